@@ -1,0 +1,1 @@
+"""The command-line interface: thin commands that parse flags, call the library and render the result."""

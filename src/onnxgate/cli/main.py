@@ -1,0 +1,77 @@
+"""`onnxgate` entry point. Commands live one per module in this folder and register themselves on ``app``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+import typer
+
+from .._version import __version__
+from .common import console, render_error
+
+app = typer.Typer(
+    name="onnxgate",
+    help="Take a PyTorch model to a proven ONNX artifact: export, verify, optimize, benchmark, bundle.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# One module per command group; each defines register(app). A module whose optional dependency is missing
+# must still import (it imports heavy packages inside the command), so `--help` never breaks.
+COMMAND_MODULES = ["demo_cmd", "export_cmd", "inspect_cmd", "verify_cmd", "bundle_cmd", "env_cmd"]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"onnxgate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """onnxgate: export → verify → optimize → quantize → benchmark → bundle."""
+
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__package__}.{name}":
+                continue  # command not built yet
+            raise
+        module.register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import ExitCode, OnnxgateError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv
+    try:
+        app(args=argv, prog_name="onnxgate", standalone_mode=False)
+        return 0
+    except OnnxgateError as exc:
+        render_error(exc, as_json=as_json)
+        return int(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        return 130
+    except click.ClickException as exc:  # usage errors: unknown flag, missing argument
+        exc.show(file=sys.stderr)
+        return int(ExitCode.BAD_INPUT)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""`onnxgate verify MODEL.onnx --against REF` (parity at every claimed shape) and `onnxgate verify BUNDLE_DIR`
+(re-run a bundle's golden inputs, torch-free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import console, emit_json
+from .export_cmd import DIM_HELP, INPUT_HELP
+
+
+def verify(
+    target: Path = typer.Argument(..., help="An .onnx file, or a bundle folder written by `onnxgate bundle`."),
+    against: str = typer.Option(None, help="The PyTorch model to compare with (default: the source recorded in the model)."),
+    inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
+    dims: list[str] = typer.Option([], "--dim", help=DIM_HELP),
+    data: list[str] = typer.Option([], "--data", help="Real inputs: an .npz/.npy file or file.py:fn yielding feeds. Repeatable."),
+    runtime: list[str] = typer.Option([], "--runtime", help="onnxruntime or openvino for a model (repeatable); "
+                                      "for a bundle, onnxruntime==X.Y.Z runs it in an isolated environment."),
+    rtol: float = typer.Option(None, help="Relative tolerance for every output (default per dtype)."),
+    atol: float = typer.Option(None, help="Absolute tolerance for every output (default per dtype)."),
+    localize: bool = typer.Option(True, "--localize/--no-localize", help="Name the first diverging layer when parity fails."),
+    reinit_degenerate: bool = typer.Option(False, "--reinit-degenerate", help="Re-initialize all-zero weights with small noise (verification only)."),
+    allow_static: list[str] = typer.Option([], "--allow-static", help="Accept this dim being frozen. Repeatable."),
+    weights: str = typer.Option(None, help="State-dict file for the --against model."),
+    arch: str = typer.Option(None, help="Architecture ref when --against is a state-dict file."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Prove an ONNX model computes what its PyTorch model computes, at every shape it claims."""
+    from ..errors import ExitCode
+
+    if target.is_dir():
+        return _verify_bundle(target, runtime, json_out)
+    from ..spec import ExportConfig, parse_dim, parse_input
+    from ..verify.api import verify as do_verify
+    from ..verify.compare import Tolerance
+
+    config = ExportConfig(inputs=tuple(parse_input(s) for s in inputs), dims=tuple(parse_dim(s) for s in dims),
+                          allow_static=tuple(allow_static))
+    default = None
+    if rtol is not None or atol is not None:
+        default = Tolerance(rtol if rtol is not None else 1e-3, atol if atol is not None else 1e-4)
+    with console.status("verifying", spinner="dots"):
+        feeds = _load_data(data, target, config) if data else None
+        result = do_verify(target, against, config=config, runtimes=tuple(runtime) or ("onnxruntime",), data=feeds,
+                           tolerances=None, localize=localize, reinit_degenerate=reinit_degenerate,
+                           weights=weights, arch=arch, trust_pickle=trust_pickle, default_tolerance=default)
+    if json_out:
+        emit_json(result.to_dict())
+    else:
+        from .render import parity_table
+
+        for w in result.warnings:
+            console.print(f"[yellow]warning[/]: {w}")
+        for p in result.parities:
+            console.print(parity_table(p))
+            for case in [c for c in p.cases if not c.passed][:5]:
+                reasons = case.error or "; ".join(f"{c.name}: {c.reason}" for c in case.comparisons if not c.passed)
+                console.print(f"  [red]{case.label}[/] ({case.source}): {reasons}")
+            colour = "green" if p.passed else "red"
+            console.print(f"[{colour}]{p.candidate}: {p.summary()}[/]")
+        if result.localization:
+            console.print(f"[bold]localizer[/]: {result.localization['summary']}")
+    if not result.passed:
+        raise typer.Exit(int(ExitCode.PARITY_FAILED if result.structure.passed else ExitCode.RUNTIME_INCOMPATIBLE))
+
+
+def _load_data(data: list[str], target: Path, config):
+    from ..verify.api import specs_from_model
+    from ..verify.inputs import load_callable, load_npz
+    from ..verify.structure import check_structure
+
+    specs, _ = specs_from_model(check_structure(target, try_ort=False), config)
+    feeds = []
+    for item in data:
+        feeds += load_npz(item, specs) if item.endswith((".npz", ".npy")) else load_callable(item, specs)
+    return feeds
+
+
+def _verify_bundle(folder: Path, runtimes: list[str], json_out: bool) -> None:
+    from ..bundle import verify_bundle_cli
+
+    verify_bundle_cli(folder, runtimes, json_out)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)

@@ -1,0 +1,44 @@
+"""Export a PyTorch model to ONNX through the strategy ladder. Needs the ``onnxgate[torch]`` extra."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from ..spec import ExportConfig
+from .ladder import Attempt, ExportResult, run_ladder
+
+
+def export(
+    model: Any,
+    output: str | Path | None = None,
+    *,
+    config: ExportConfig | None = None,
+    example_inputs: Any = None,
+    weights: str | None = None,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export ``model`` — a reference string (``torchvision:resnet18``, ``file.py:Net``, ...) or an ``nn.Module`` —
+    to ``output`` and prove the result runs in onnxruntime and matches PyTorch.
+
+    Raises ``ExportError`` (with a diagnosis) when every attempt fails and ``ParityError`` when exports ran but
+    computed wrong results (for example a dynamic dim frozen at its traced size).
+    """
+    from ..errors import require
+
+    require("torch", "torch", "Exporting a PyTorch model")
+    from ..sources import LoadedModel, load_model
+    from ..sources.inputs import name_example_inputs
+
+    if isinstance(model, str):
+        loaded = load_model(model, weights=weights, arch=arch, trust_pickle=trust_pickle)
+    else:
+        loaded = LoadedModel(module=model, ref=type(model).__name__,
+                             example_inputs=name_example_inputs(model, example_inputs, where="export(example_inputs=...)"))
+    return run_ladder(loaded, config or ExportConfig(), output, force=force, progress=progress)
+
+
+__all__ = ["export", "ExportResult", "Attempt"]

@@ -1,0 +1,299 @@
+"""The export ladder: try strategies × opsets in order, keep the first attempt that is *proven*, record them all.
+
+An attempt wins only when its file passes the structural checks, loads and runs in onnxruntime, matches PyTorch on
+the example inputs, and — for every declared-dynamic dim — still matches PyTorch at a size other than the traced one.
+That last probe is what makes a traced export that froze a batch or image size lose to one that did not.
+Failed attempts are values (``Attempt`` with an outcome and a diagnosis), not exceptions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import serde
+from .._version import __version__
+from ..errors import ExportError, ParityError
+from ..spec import ExportConfig
+from ..verify.shapes import first_off_trace_size
+from ..verify.structure import StructureReport, check_structure
+from .prepare import Prepared, prepare
+from .strategies import EXPORTERS, STRATEGIES
+
+# Outcomes, from worst to best.
+EXPORT_ERROR = "export_error"
+CHECK_FAILED = "check_failed"
+RUNTIME_ERROR = "runtime_error"
+MISMATCH = "mismatch"  # wrong at the traced shape
+FROZEN_DIM = "frozen_dim"  # right at the traced shape, wrong or unrunnable at another size of a dynamic dim
+OK = "ok"
+SKIPPED = "skipped"
+
+
+@dataclass
+class Attempt:
+    strategy: str
+    opset: int
+    seconds: float = 0.0
+    peak_mb: float = 0.0
+    outcome: str = SKIPPED
+    error_class: str | None = None
+    error: str | None = None
+    diagnosis: dict | None = None
+    opset_emitted: int | None = None
+    frozen_dims: dict[str, str] = field(default_factory=dict)  # dim name -> what happened at another size
+    max_abs_err: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    path: str | None = None  # staging file, while the ladder runs
+    parity: Any = None  # the quick ParityReport of this attempt (in to_dict as a summary)
+
+
+@dataclass
+class ExportResult:
+    ref: str
+    output: str | None
+    attempts: list[Attempt]
+    winner: int | None
+    inputs: list[str]
+    outputs: list[str]
+    dims: dict[str, dict]
+    warnings: list[str]
+    structure: StructureReport | None = None
+    diagnosis: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.winner is not None
+
+    @property
+    def fallbacks(self) -> int:
+        """How many attempts failed before the winner (0 = the first strategy worked)."""
+        return self.winner if self.winner is not None else len(self.attempts)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for a, attempt in zip(data["attempts"], self.attempts):
+            a.pop("path", None)
+            a["parity"] = attempt.parity.to_dict() if attempt.parity is not None else None
+        data["ok"] = self.ok
+        data["structure"] = self.structure.to_dict() if self.structure else None
+        return data
+
+
+def default_plan(config: ExportConfig) -> list[tuple[str, int]]:
+    from ..verify.targets import installed_ort_max_opset
+
+    strategies = [config.strategy] if config.strategy else list(STRATEGIES)
+    opsets = [config.opset] if config.opset else sorted({installed_ort_max_opset(), 17}, reverse=True)
+    return [(s, o) for s in strategies for o in opsets]
+
+
+class PeakRSS:
+    """Peak resident memory of this process above its level at entry, sampled every 5 ms (torch allocations are
+    invisible to tracemalloc, and ru_maxrss cannot be reset between attempts)."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            return 0
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def megabytes(self) -> float:
+        return round((self.peak - self.base) / 2**20, 1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:400]
+
+
+def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple[str, ...]) -> None:
+    """Fill in the attempt's outcome: structure, onnxruntime load, then quick parity — the example inputs, a
+    random feed at the traced sizes and one other size of every dynamic dim."""
+    from ..runtimes.ort import OrtRunner
+    from ..runtimes.torch_runner import TorchRunner
+    from ..verify.parity import static_dims_in_graph, verify_parity
+
+    structure = check_structure(path)
+    attempt.opset_emitted = structure.opset
+    if not (structure.checker_ok and structure.shape_inference_ok):
+        attempt.outcome, attempt.error_class = CHECK_FAILED, "onnx.checker"
+        attempt.error = structure.checker_error or structure.shape_inference_error
+        return
+    if not structure.ort_loads:
+        attempt.outcome, attempt.error_class, attempt.error = RUNTIME_ERROR, "onnxruntime.load", structure.ort_error
+        return
+    reference = TorchRunner(prepared.module, input_names=[s.name for s in prepared.specs],
+                            output_names=prepared.output_names)
+    report = verify_parity(
+        reference, OrtRunner(path), prepared.specs, prepared.dims, seeds=(0,), data=[prepared.example],
+        allow_static=allow_static, quick=True,
+        static_in_graph=static_dims_in_graph(prepared.specs, {t.name: t.shape for t in structure.inputs}),
+    )
+    attempt.parity = report
+    errors = [c.max_abs_err for case in report.cases for c in case.comparisons if c.max_abs_err is not None]
+    attempt.max_abs_err = max(errors, default=None)
+    attempt.frozen_dims = dict(report.frozen)
+    if report.passed:
+        attempt.outcome = OK
+        return
+    traced = [c for c in report.cases if c.dim is None and not c.passed]
+    if traced:
+        failed = traced[0]
+        attempt.outcome = RUNTIME_ERROR if failed.error else MISMATCH
+        attempt.error_class = "onnxruntime.run" if failed.error else "parity"
+        attempt.error = report.summary()
+    else:
+        attempt.outcome, attempt.error_class = FROZEN_DIM, "frozen_dim"
+        attempt.error = report.summary()
+
+
+def _metadata(loaded, prepared: Prepared, config: ExportConfig, attempt: Attempt) -> dict[str, str]:
+    import torch
+
+    meta = {
+        "onnxgate.version": __version__,
+        "onnxgate.torch_version": torch.__version__,
+        "onnxgate.source": loaded.ref,
+        "onnxgate.inputs": json.dumps([str(s) for s in prepared.specs]),
+        "onnxgate.dims": json.dumps({n: asdict(d) for n, d in prepared.dims.items()}),
+        "onnxgate.strategy": attempt.strategy,
+        "onnxgate.opset": str(attempt.opset_emitted or attempt.opset),
+    }
+    for key, value in loaded.meta.items():
+        meta[f"onnxgate.model.{key}"] = str(value)
+    if config.labels:
+        meta["labels"] = json.dumps(list(config.labels), ensure_ascii=False)
+    meta.update(config.meta)
+    return meta
+
+
+def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force: bool = False,
+               progress: Callable[[str], None] | None = None) -> ExportResult:
+    """Export ``loaded`` (a sources.LoadedModel) to ``output``; raise ExportError/ParityError when nothing works."""
+    note = progress or (lambda _msg: None)
+    if output is not None:
+        serde.ensure_writable(output, force=force)  # fail before minutes of exporting, not after
+    note("preparing the model")
+    prepared = prepare(loaded, config)
+    plan = default_plan(config)
+    attempts = [Attempt(s, o) for s, o in plan]
+    staging = Path(tempfile.mkdtemp(prefix="onnxgate-export-"))
+    winner = None
+    try:
+        for i, attempt in enumerate(attempts):
+            note(f"attempt {i + 1}/{len(attempts)}: {attempt.strategy} exporter, opset {attempt.opset}")
+            path = staging / f"attempt{i}" / "model.onnx"
+            path.parent.mkdir()
+            start = time.perf_counter()
+            with PeakRSS() as mem:
+                try:
+                    out = EXPORTERS[attempt.strategy](prepared, attempt.opset, path)
+                    attempt.warnings = out.warnings
+                except Exception as exc:  # an exporter failure is an expected outcome, recorded
+                    attempt.outcome, attempt.error_class, attempt.error = EXPORT_ERROR, type(exc).__name__, _first_line(exc)
+                    from .diagnose import diagnose
+
+                    attempt.diagnosis = asdict(diagnose(exc))
+            attempt.seconds = round(time.perf_counter() - start, 2)
+            attempt.peak_mb = mem.megabytes
+            if attempt.outcome == EXPORT_ERROR:
+                continue
+            note(f"attempt {i + 1}/{len(attempts)}: checking and running in onnxruntime")
+            try:
+                _judge(prepared, attempt, path, config.allow_static)
+            except Exception as exc:
+                attempt.outcome, attempt.error_class, attempt.error = RUNTIME_ERROR, type(exc).__name__, _first_line(exc)
+            attempt.path = str(path)
+            if attempt.outcome == OK:
+                winner = i
+                break
+        result = ExportResult(
+            ref=loaded.ref, output=str(output) if output else None, attempts=attempts, winner=winner,
+            inputs=[str(s) for s in prepared.specs], outputs=prepared.output_names,
+            dims={n: asdict(d) for n, d in prepared.dims.items()}, warnings=prepared.warnings,
+        )
+        if winner is None:
+            _raise_failure(result, prepared)
+        won = attempts[winner]
+        if output is not None:
+            model = serde.load(won.path)
+            del model.metadata_props[:]
+            for key, value in _metadata(loaded, prepared, config, won).items():
+                model.metadata_props.add(key=key, value=value)
+            serde.save(model, output, force=force)
+            result.structure = check_structure(output)
+        for a in attempts:
+            a.path = None
+        return result
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _raise_failure(result: ExportResult, prepared: Prepared) -> None:
+    from .diagnose import Diagnosis, format_message, summarize
+
+    attempts = result.attempts
+    frozen = [a for a in attempts if a.outcome == FROZEN_DIM]
+    if frozen:
+        dims = {}
+        for a in frozen:
+            for name, why in a.frozen_dims.items():
+                dims.setdefault(name, why)
+        names = ", ".join(f"{n} (frozen at {prepared.dims[n].example})" for n in dims)
+        detail = "; ".join(f"dim {n}: {why}" for n, why in dims.items())
+        raise ParityError(
+            result=result, message=f"Every export that ran computes wrong results at sizes other than the traced one for the dynamic "
+            f"dim(s) {names}: {detail}. The model bakes the traced size in (a Python int taken from a shape, "
+            "or a size the exporter specialized).",
+            hint="Keep sizes symbolic in forward() (use tensor.shape inside torch ops, reshape(-1, ...), "
+                 "not int(x.shape[0])), or accept the dim as static with --allow-static "
+                 f"{' --allow-static '.join(dims)}.",
+        )
+    mismatched = [a for a in attempts if a.outcome == MISMATCH]
+    if mismatched:
+        raise ParityError(
+            result=result, message=f"Every export that ran disagrees with PyTorch at the traced shape: {mismatched[0].error}.",
+            hint="Run `onnxgate verify --localize` to find the first diverging layer.",
+        )
+    diags = [Diagnosis(**a.diagnosis) for a in attempts if a.diagnosis]
+    if diags:
+        d = summarize(diags)
+        result.diagnosis = asdict(d)
+        exc = ExportError(format_message(d), result=result)
+    else:
+        last = attempts[-1]
+        exc = ExportError(f"No export attempt produced a working model; the last one ended in {last.outcome}: "
+                          f"{last.error}.", hint="See the attempts table above.", result=result)
+    raise exc

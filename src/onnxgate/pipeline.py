@@ -1,0 +1,131 @@
+"""The main job: one model through export → check → verify (→ bundle), into one report with one verdict.
+
+Each stage returns a typed result; the pipeline collects them into ``report.json`` (schema version
+``REPORT_SCHEMA_VERSION``), and the report alone decides the exit code.
+Stages still to come (optimize, quantize, bench, HTML) append to the same report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import serde
+from ._version import __version__
+from .errors import BadInputError, ExitCode, OnnxgateError, OutputExistsError
+from .spec import ExportConfig
+
+REPORT_SCHEMA_VERSION = "1"
+
+
+@dataclass
+class PipelineReport:
+    ref: str
+    out_dir: str
+    stages: dict[str, dict] = field(default_factory=dict)
+    verdict: str = "fail"
+    exit_code: int = int(ExitCode.INTERNAL)
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"schema_version": REPORT_SCHEMA_VERSION, "onnxgate_version": __version__, "ref": self.ref,
+                "out_dir": self.out_dir, "verdict": self.verdict, "exit_code": self.exit_code,
+                "reason": self.reason, "stages": self.stages}
+
+
+def _prepare_out_dir(out_dir: Path, force: bool) -> None:
+    if not out_dir.parent.is_dir():
+        raise BadInputError(f"Cannot write to '{out_dir}': the folder '{out_dir.parent}' does not exist.",
+                            hint="Create it first, or choose another output folder.")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise OutputExistsError(f"The output folder '{out_dir}' exists and is not empty.",
+                                hint="Pass --force to overwrite its files, or choose another folder with -o.")
+    out_dir.mkdir(exist_ok=True)
+
+
+def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: list[dict] | None = None,
+        evaluate: Callable | None = None, force: bool = False,
+        progress: Callable[[str], None] | None = None) -> PipelineReport:
+    """Run the pipeline on ``ref`` (a reference string or a LoadedModel) into ``out_dir``.
+
+    ``data``: real feeds verified besides the random ones. ``evaluate(runner) -> dict``: an accuracy measurement
+    run on both PyTorch and ONNX Runtime (the demo measures top-1 on the digits test split).
+    Expected failures end up in the report (verdict, exit code, reason), not as exceptions.
+    """
+    from .export.ladder import run_ladder
+    from .sources import LoadedModel, load_model
+    from .verify.api import verify
+
+    note = progress or (lambda _m: None)
+    out = Path(out_dir)
+    _prepare_out_dir(out, force)
+    config = config or ExportConfig()
+    loaded = ref if isinstance(ref, LoadedModel) else load_model(ref)
+    report = PipelineReport(loaded.ref, str(out))
+    model_path = out / "model.onnx"
+    try:
+        start = time.perf_counter()
+        exported = run_ladder(loaded, config, model_path, force=True, progress=note)
+        report.stages["export"] = {**exported.to_dict(), "seconds": round(time.perf_counter() - start, 2)}
+        note("verifying parity at every claimed shape")
+        start = time.perf_counter()
+        verified = verify(model_path, loaded, config=config, data=data)
+        report.stages["verify"] = {**verified.to_dict(), "seconds": round(time.perf_counter() - start, 2)}
+        if evaluate is not None:
+            note("measuring accuracy on real data")
+            report.stages["accuracy"] = _accuracy(evaluate, loaded, exported, model_path)
+        if not verified.passed:
+            report.verdict, report.exit_code = "fail", int(ExitCode.PARITY_FAILED)
+            report.reason = "; ".join(p.summary() for p in verified.parities if not p.passed)
+            if verified.localization:
+                report.reason += f" — {verified.localization['summary']}"
+        else:
+            report.verdict, report.exit_code = "pass", int(ExitCode.OK)
+    except OnnxgateError as exc:
+        report.verdict, report.exit_code, report.reason = "fail", int(exc.exit_code), str(exc)
+        if exc.result is not None and hasattr(exc.result, "to_dict"):
+            report.stages["export"] = exc.result.to_dict()
+    serde.save_bytes(json.dumps(report.to_dict(), indent=2, default=str, ensure_ascii=False).encode(),
+                     out / "report.json", force=True)
+    return report
+
+
+def _accuracy(evaluate: Callable, loaded, exported, model_path: Path) -> dict:
+    from .runtimes.ort import OrtRunner
+    from .runtimes.torch_runner import TorchRunner
+
+    names = [s.split(":")[0] for s in exported.inputs]
+    torch_metrics = evaluate(TorchRunner(loaded.module, input_names=names, output_names=exported.outputs))
+    onnx_metrics = evaluate(OrtRunner(model_path))
+    return {"pytorch": torch_metrics, "onnxruntime": onnx_metrics}
+
+
+def run_demo(out_dir: str | Path = "onnxgate-demo", *, force: bool = False,
+             progress: Callable[[str], None] | None = None) -> PipelineReport:
+    """The built-in example: a small CNN trained on scikit-learn's real digits images (cached after the first
+    run), exported with a dynamic batch, verified on random and real feeds at batch 1..64, accuracy measured on
+    the held-out split in PyTorch and ONNX Runtime."""
+    from .errors import require
+    from .examples import digits
+    from .sources import load_model
+    from .spec import parse_dim, parse_input
+
+    require("sklearn", "dev", "The built-in demo (scikit-learn's digits data set)")
+    note = progress or (lambda _m: None)
+    note("loading the digits CNN (trained on first use, then cached)")
+    loaded = load_model("onnxgate.examples.digits:trained_digits_cnn")
+    _, _, x_test, y_test = digits.digits_split()
+    config = ExportConfig(inputs=(parse_input("x:Bx1x8x8:float32"),), dims=(parse_dim("B=1..64@4"),),
+                          labels=tuple(str(i) for i in range(10)), meta={"dataset": "scikit-learn digits"})
+
+    def evaluate(runner) -> dict:
+        logits = np.concatenate([runner.run({"x": x_test[i:i + 64]})["output"] for i in range(0, len(x_test), 64)])
+        return {"top1": digits.accuracy(logits, y_test), "samples": int(len(y_test))}
+
+    data = [{"x": x_test[i:i + 16]} for i in range(0, 64, 16)]
+    return run(loaded, out_dir, config=config, data=data, evaluate=evaluate, force=force, progress=note)

@@ -1,0 +1,88 @@
+"""OpenVINO runner: a second, independent runtime to check an ONNX file against.
+
+openvino is an optional extra, imported when a runner is built. Outputs are keyed by the ONNX output names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadInputError, RuntimeIncompatibleError, require
+
+
+class OpenVinoRunner:
+    """Runs an ONNX file in OpenVINO on ``device`` (CPU by default).
+
+    ``execution_mode`` defaults to ``ACCURACY``: with OpenVINO's default (``PERFORMANCE``) the CPU plugin computes
+    float32 models in bfloat16 on CPUs that support it, an error of ~1e-3 that is OpenVINO's choice, not the
+    model's. Pass ``PERFORMANCE`` to measure what a deployment would get.
+
+    The CPU plugin runs dynamic shapes as they are. Devices that need static shapes get the model reshaped to
+    each new set of input shapes and recompiled on first use (cached per shape set).
+    """
+
+    def __init__(self, model_path: str | Path, device: str = "CPU", *, execution_mode: str = "ACCURACY"):
+        ov = require("openvino", "openvino", "The OpenVINO runner")
+        self.name = "openvino"
+        self.device = device
+        self._config = {"EXECUTION_MODE_HINT": execution_mode}
+        self._core = ov.Core()
+        try:
+            self._model = self._core.read_model(str(model_path))
+        except Exception as exc:  # OpenVINO raises a generic RuntimeError for every frontend failure
+            raise self._incompatible(f"cannot read '{model_path}'", exc) from exc
+        self.input_names = [p.get_any_name() for p in self._model.inputs]
+        self.output_names = [p.get_any_name() for p in self._model.outputs]
+        self._compiled: dict[tuple, object] = {}
+        self._static_only = False
+        try:
+            self._compiled[()] = self._core.compile_model(self._model, device, self._config)
+        except Exception as exc:
+            if not self._model.is_dynamic():
+                raise self._incompatible(f"cannot compile '{model_path}' for {device}", exc) from exc
+            self._static_only = True
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [name for name in self.input_names if name not in inputs]
+        if missing:
+            raise BadInputError(f"The feed has no value for input(s) {', '.join(missing)}.",
+                                hint=f"The model's inputs are: {', '.join(self.input_names)}.")
+        feed = {name: np.ascontiguousarray(inputs[name]) for name in self.input_names}
+        compiled = self._compiled_for(feed)
+        try:
+            results = compiled(feed)
+        except Exception as exc:
+            raise self._incompatible("failed to run the model", exc) from exc
+        # copy: result arrays alias the infer request's buffers, which the next call overwrites
+        return {name: np.array(results[port]) for name, port in zip(self.output_names, compiled.outputs)}
+
+    def _compiled_for(self, feed: dict[str, np.ndarray]):
+        if not self._static_only:
+            return self._compiled[()]
+        key = tuple((name, arr.shape) for name, arr in feed.items())
+        if key not in self._compiled:
+            model = self._model.clone()
+            model.reshape({name: list(arr.shape) for name, arr in feed.items()})
+            try:
+                self._compiled[key] = self._core.compile_model(model, self.device, self._config)
+            except Exception as exc:
+                raise self._incompatible(f"cannot compile the model for {self.device} at shapes {dict(key)}",
+                                         exc) from exc
+        return self._compiled[key]
+
+    def _incompatible(self, what: str, exc: Exception) -> RuntimeIncompatibleError:
+        import openvino as ov
+
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+        return RuntimeIncompatibleError(
+            f"OpenVINO {ov.get_version()} {what}: {first_line}",
+            hint="Export at an opset this OpenVINO supports (--opset), upgrade openvino, or use another device.",
+        )
+
+    def __enter__(self) -> "OpenVinoRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._compiled.clear()

@@ -1,0 +1,164 @@
+"""``onnxgate.verify``: an ONNX file against its PyTorch model, at every shape it claims.
+
+Where the input specs come from, in order: ``config.inputs`` (``--input`` flags), the ``onnxgate.inputs`` /
+``onnxgate.dims`` metadata that ``onnxgate export`` writes into every model, or the graph's own inputs (symbolic
+dims become dynamic dims; they then need an example size from ``--dim`` unless they look like a batch).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadInputError
+from ..spec import Dim, ExportConfig, InputSpec, parse_input
+from .compare import Tolerance
+from .parity import ParityReport, static_dims_in_graph, verify_parity
+from .structure import StructureReport, check_structure
+
+BATCH_LIKE = {"b", "batch", "n", "batch_size", "bs"}
+
+
+@dataclass
+class VerifyResult:
+    model: str
+    against: str | None
+    structure: StructureReport
+    parities: list[ParityReport]  # one per candidate runtime
+    warnings: list[str] = field(default_factory=list)
+    localization: dict | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.structure.passed and all(p.passed for p in self.parities)
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "model": self.model, "against": self.against,
+                "structure": self.structure.to_dict(), "parity": [p.to_dict() for p in self.parities],
+                "warnings": self.warnings, "localization": self.localization}
+
+
+def specs_from_model(structure: StructureReport, config: ExportConfig) -> tuple[list[InputSpec], dict[str, Dim]]:
+    """Input specs and dynamic dims for verifying this ONNX file (see the module docstring)."""
+    meta = structure.metadata
+    if config.inputs:
+        specs = list(config.inputs)
+        dims = {}
+    elif "onnxgate.inputs" in meta:
+        specs = [parse_input(s) for s in json.loads(meta["onnxgate.inputs"])]
+        dims = {n: Dim(**d) for n, d in json.loads(meta.get("onnxgate.dims", "{}")).items()}
+    else:
+        specs = [InputSpec(t.name, tuple(d if d is not None else f"{t.name}_dim{i}" for i, d in enumerate(t.shape)),
+                           t.dtype) for t in structure.inputs]
+        dims = {}
+    for spec in specs:
+        for name in spec.dynamic_axes.values():
+            user = next((d for d in config.dims if d.name == name), None)
+            known = dims.get(name)
+            dim = user or known or Dim(name)
+            if dim.example is None:
+                example = known.example if known and known.example else (2 if name.lower() in BATCH_LIKE else None)
+                if example is None:
+                    raise BadInputError(
+                        f"The model's input '{spec.name}' has the dynamic dim '{name}' and onnxgate does not know a "
+                        "size to verify it at.", hint=f"Give one with --dim {name}=MIN..MAX@SIZE or --dim {name}=SIZE.")
+                dim = Dim(dim.name, dim.min, dim.max, example)
+            dims[name] = dim
+    return specs, dims
+
+
+def verify(
+    model: str | Path,
+    against=None,
+    *,
+    config: ExportConfig | None = None,
+    runtimes: tuple[str, ...] = ("onnxruntime",),
+    data: list[dict[str, np.ndarray]] | None = None,
+    tolerances: dict[str, Tolerance] | None = None,
+    default_tolerance: Tolerance | None = None,
+    seeds: tuple[int, ...] = (0, 1),
+    localize: bool = True,
+    reinit_degenerate: bool = False,
+    weights: str | None = None,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+) -> VerifyResult:
+    """Verify the ONNX file ``model`` against the PyTorch model ``against``: a reference string (default: the
+    ``onnxgate.source`` recorded in the file), a ``LoadedModel`` or an ``nn.Module``. Localizes the first diverging
+    layer when parity fails."""
+    from ..errors import require
+
+    config = config or ExportConfig()
+    structure = check_structure(model)
+    ref = against if against is not None else structure.metadata.get("onnxgate.source")
+    if ref is None:
+        raise BadInputError(f"'{model}' records no source model, so there is nothing to verify it against.",
+                            hint="Name the PyTorch model with --against REF, e.g. --against torchvision:resnet18.")
+    require("torch", "torch", "Verifying against a PyTorch model")
+    from ..runtimes.torch_runner import TorchRunner, reinit_degenerate_parameters
+    from ..sources import LoadedModel, load_model
+
+    specs, dims = specs_from_model(structure, config)
+    if isinstance(ref, str):
+        loaded = load_model(ref, weights=weights, arch=arch, trust_pickle=trust_pickle)
+    else:
+        loaded = ref if isinstance(ref, LoadedModel) else LoadedModel(ref, type(ref).__name__)
+    warnings = []
+    if reinit_degenerate:
+        changed = reinit_degenerate_parameters(loaded.module)
+        if changed:
+            warnings.append(f"Re-initialized degenerate (all-zero) parameters with small noise for verification "
+                            f"only: {', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}.")
+    reference = TorchRunner(loaded.module, input_names=[s.name for s in specs],
+                            output_names=[t.name for t in structure.outputs])
+    static = static_dims_in_graph(specs, {t.name: t.shape for t in structure.inputs})
+    parities = []
+    for runtime in runtimes:
+        candidate = _runner(runtime, model)
+        parities.append(verify_parity(reference, candidate, specs, dims, seeds=seeds, data=data,
+                                      tolerances=tolerances, default=default_tolerance, allow_static=config.allow_static,
+                                      static_in_graph=static))
+    for p in parities:
+        if p.insensitive_outputs:
+            warnings.append(
+                f"The PyTorch outputs {', '.join(p.insensitive_outputs)} do not depend on the input (a zero-initialized "
+                "head or vanished activations): parity on them proves nothing. Re-run with --reinit-degenerate to "
+                "re-initialize degenerate parameters with small noise for verification only.")
+            break
+    result = VerifyResult(str(model), loaded.ref, structure, parities, warnings)
+    failed = next((p for p in parities if not p.passed), None)
+    if localize and failed is not None:
+        result.localization = _localize(loaded.module, model, failed, specs)
+    return result
+
+
+def _runner(runtime: str, model: str | Path):
+    if runtime == "onnxruntime":
+        from ..runtimes.ort import OrtRunner
+
+        return OrtRunner(model)
+    if runtime == "openvino":
+        from ..runtimes.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(model)
+    raise BadInputError(f"--runtime '{runtime}' is not a runtime onnxgate can run.", hint="Use onnxruntime or openvino.")
+
+
+def _localize(module, model: str | Path, parity: ParityReport, specs: list[InputSpec]) -> dict | None:
+    """Name the first diverging PyTorch module on the first failing feed."""
+    from .inputs import random_inputs
+    from .localize import localize
+
+    case = parity.first_failure
+    if case is None:
+        return None
+    seed = int(case.source.split("=")[1].rstrip(")")) if case.source.startswith("random(seed=") else 0
+    feed = random_inputs(specs, case.sizes, seed=seed)
+    report = localize(module, model, feed, input_names=[s.name for s in specs])
+    data = report.to_dict()
+    data["feed"] = case.label
+    data["summary"] = report.summary()
+    return data

@@ -1,0 +1,70 @@
+"""Input specs, dims, meta, labels and onnxgate.toml parsing."""
+
+import pytest
+
+from onnxgate.errors import BadInputError, ExitCode
+from onnxgate.spec import Dim, InputSpec, load_toml, parse_dim, parse_input, parse_meta, read_labels
+
+
+def test_static_and_dynamic_shapes():
+    assert parse_input("x:1x3x224x224:float32") == InputSpec("x", (1, 3, 224, 224), "float32")
+    spec = parse_input("x:Bx3xHxW:fp16")
+    assert spec.shape == ("B", 3, "H", "W") and spec.dtype == "float16"
+    assert spec.dynamic_axes == {0: "B", 2: "H", 3: "W"}
+
+
+def test_integer_value_range_and_commas():
+    spec = parse_input("ids:batch,seq:int64:0..30521")
+    assert spec.shape == ("batch", "seq") and spec.value_range == (0, 30521)
+    assert str(spec) == "ids:batchxseq:int64:0..30521"
+
+
+@pytest.mark.parametrize("bad", ["x", "x:1x3x2.5:float32", "x:1x3:complex7", "x:1x3:float32:9..1", "1x:3:float32",
+                                 "x:1x3:float32:a..b:extra"])
+def test_bad_inputs_are_bad_input_errors(bad):
+    with pytest.raises(BadInputError) as info:
+        parse_input(bad)
+    assert info.value.exit_code == ExitCode.BAD_INPUT
+    assert bad in info.value.message and info.value.hint
+
+
+def test_dims():
+    assert parse_dim("B=1..64") == Dim("B", 1, 64, None)
+    assert parse_dim("H=32..512@224") == Dim("H", 32, 512, 224)
+    assert parse_dim("S=16") == Dim("S", 1, None, 16)
+    assert parse_dim("S=8..") == Dim("S", 8, None, None)
+    for bad in ("B", "B=9..1", "B=1..8@16", "=3"):
+        with pytest.raises(BadInputError):
+            parse_dim(bad)
+
+
+def test_meta():
+    assert parse_meta(["owner=vision", "note=a=b"]) == {"owner": "vision", "note": "a=b"}
+    with pytest.raises(BadInputError):
+        parse_meta(["novalue"])
+
+
+def test_labels_keep_non_ascii(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_text("猫\n狗\n\nÉcureuil\n", encoding="utf-8")
+    assert read_labels(path) == ("猫", "狗", "Écureuil")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Écureuil".encode("latin-1"))
+    with pytest.raises(BadInputError, match="not valid UTF-8"):
+        read_labels(bad)
+
+
+def test_toml(tmp_path):
+    (tmp_path / "labels.txt").write_text("a\nb\n", encoding="utf-8")
+    path = tmp_path / "onnxgate.toml"
+    path.write_text('ref = "torchvision:resnet18"\ninput = ["x:Bx3x224x224:float32"]\ndim = ["B=1..8"]\n'
+                    'labels = "labels.txt"\n[export]\nstrategy = "dynamo"\nopset = 18\n[meta]\nowner = "me"\n')
+    run = load_toml(path)
+    assert run.ref == "torchvision:resnet18"
+    assert run.export.inputs[0].shape == ("B", 3, 224, 224)
+    assert run.export.dims == (Dim("B", 1, 8),)
+    assert (run.export.strategy, run.export.opset, run.export.meta) == ("dynamo", 18, {"owner": "me"})
+    assert run.export.labels == ("a", "b")
+    path.write_text('reff = "x"\n')
+    with pytest.raises(BadInputError, match="unknown keys: reff"):
+        load_toml(path)
