@@ -9,7 +9,8 @@ from typing import Any
 from rich.console import Console
 
 # Human output goes to stderr so `--json` output on stdout stays machine-readable.
-console = Console(stderr=True, highlight=False)
+# When stderr is not a terminal (CI logs, pipes), rich would assume 80 columns and squeeze the tables.
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 
 def emit_json(data: Any) -> None:

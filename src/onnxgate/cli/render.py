@@ -67,15 +67,15 @@ def structure_tables(s) -> list:
 def parity_table(parity) -> Table:
     """One row per feed and output: the errors that prove (or disprove) parity at each shape."""
     table = Table(title=f"parity: {parity.candidate} vs {parity.reference}", title_justify="left")
-    for col in ("feed", "data", "output", "shape", "max abs", "max rel", "outside tol", "cosine", "top-1", "verdict"):
+    for col in ("feed", "output", "shape", "max abs", "max rel", "outside", "cosine", "top-1", "verdict"):
         table.add_column(col, no_wrap=True)
     for case in parity.cases:
         if case.error:
-            table.add_row(case.label, case.source, "-", "-", "-", "-", "-", "-", "-", "[red]error[/]")
+            table.add_row(case.label, "-", "-", "-", "-", "-", "-", "-", "[red]error[/]")
             continue
         for c in case.comparisons:
             verdict = ("[green]ok[/]" if c.passed else "[red]FAIL[/]") + (" (scale)" if c.scale_relative else "")
-            table.add_row(case.label, case.source, c.name, "x".join(map(str, c.shape_ref or ())), _e(c.max_abs_err),
+            table.add_row(case.label, c.name, "x".join(map(str, c.shape_ref or ())), _e(c.max_abs_err),
                           _e(c.max_rel_err), _pct(c.mismatch_fraction), _f(c.cosine), _pct(c.top1_agreement), verdict)
     return table
 
@@ -85,7 +85,7 @@ def _e(x) -> str:
 
 
 def _f(x) -> str:
-    return "-" if x is None else f"{x:.6f}"
+    return "-" if x is None else f"{x:.5f}"
 
 
 def _pct(x) -> str:

@@ -128,7 +128,10 @@ def prepare(loaded, config: ExportConfig) -> Prepared:
             detail = f" Affected: {', '.join(affected[:8])}{' ...' if len(affected) > 8 else ''}." if affected else ""
             warnings.append("The model was in training mode; onnxgate switched it to eval mode for export "
                             f"(Dropout would stay random and BatchNorm would use batch statistics).{detail}")
-        module = module.eval()
+        try:
+            module.eval()
+        except NotImplementedError:  # a torch.export module: captured in the mode it was exported in
+            pass
         if config.device != "cpu" or any(p.device.type != "cpu" for p in module.parameters()):
             module = module.to(config.device)
 

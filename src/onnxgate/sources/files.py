@@ -1,0 +1,203 @@
+"""Model files: TorchScript archives, torch.export archives (.pt2), state dicts and pickled modules.
+
+The kind of a file is read from its content, not its extension (``.pt`` is used for all of them):
+
+* a zip archive with a ``code/`` folder is TorchScript (``torch.jit.save``);
+* a zip archive with an ``archive_format`` entry is a torch.export archive (``torch.export.save``);
+* anything else goes through ``torch.load(weights_only=True)``, which reads tensors and plain containers but
+  refuses to rebuild arbitrary Python objects. A state dict loads that way (it then needs an architecture,
+  ``--arch``); a pickled whole module is refused unless ``trust_pickle=True``, because unpickling runs code
+  chosen by whoever wrote the file.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInputError, ModelSourceError, UnsafeInputError, require
+from ._text import describe
+from .inputs import name_example_inputs
+from .model import LoadedModel
+from .weights import StateDict, extract_state_dict
+
+_SAFE_FORMATS_HINT = (
+    "Save it instead as a state dict (torch.save(model.state_dict(), PATH), then load it with --arch), as "
+    "TorchScript (torch.jit.save) or as a torch.export archive (torch.export.save, .pt2)."
+)
+
+_ARCHIVE_NAMES = {"torchscript": "a TorchScript archive", "exported_program": "a torch.export archive"}
+
+
+def open_model_file(path_text: str, ref: str, *, trust_pickle: bool) -> LoadedModel | StateDict:
+    """Load the model file ``path_text``: a LoadedModel for a whole model, a StateDict for bare weights."""
+    path = Path(path_text).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            raise ModelSourceError(
+                f"'{path_text}' is a folder, not a model file.",
+                hint=f"It holds a config.json; for a Hugging Face model folder write hf:{path_text}.",
+            )
+        raise ModelSourceError(f"'{path_text}' is a folder, not a model file.",
+                               hint="Give the path of the model file inside it.")
+    if path.suffix == ".safetensors":
+        return StateDict(_read_safetensors(path), path)
+    archive = _archive_kind(path)
+    if archive == "torchscript":
+        return _load_torchscript(path, ref)
+    if archive == "exported_program":
+        return _load_exported_program(path, ref)
+    obj = _torch_load(path, trust_pickle=trust_pickle)
+    tensors = extract_state_dict(obj)
+    if tensors is not None:
+        return StateDict(tensors, path)
+    import torch
+
+    if not isinstance(obj, torch.nn.Module):
+        raise ModelSourceError(
+            f"'{path_text}' loads as a {type(obj).__name__}, which is neither a model nor a state dict.",
+            hint="Give a TorchScript file, a torch.export archive (.pt2), a state dict with --arch, or a whole "
+            "pickled nn.Module.",
+        )
+    return LoadedModel(obj, ref, meta={"source": "pickle"})
+
+
+def read_weights(path_text: str, *, trust_pickle: bool) -> StateDict:
+    """Read a ``--weights`` file, which must hold a state dict."""
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise ModelSourceError(f"Weights file '{path_text}' does not exist (no such file).",
+                               hint=f"Check the path; a relative path is resolved against {Path.cwd()}.")
+    if path.suffix == ".safetensors":
+        return StateDict(_read_safetensors(path), path)
+    archive = _archive_kind(path)
+    if archive is not None:
+        raise BadInputError(
+            f"Weights file '{path_text}' holds a whole model ({_ARCHIVE_NAMES[archive]}), not a state dict.",
+            hint="Give it as the model reference itself, without --weights.",
+        )
+    obj = _torch_load(path, trust_pickle=trust_pickle)
+    tensors = extract_state_dict(obj)
+    if tensors is None:
+        raise ModelSourceError(
+            f"Weights file '{path_text}' holds a {type(obj).__name__}, not a state dict.",
+            hint="Save the weights with torch.save(model.state_dict(), PATH). A whole pickled model is a model "
+            "reference by itself: give it without --weights.",
+        )
+    return StateDict(tensors, path)
+
+
+def _archive_kind(path: Path) -> str | None:
+    """Tell TorchScript and torch.export archives apart by their zip entries; None for any other file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:  # not a zip (or a damaged one): torch.load decides and explains
+        return None
+    # Entries are "<archive name>/<entry>"; the second component tells the writers apart.
+    entries = {parts[1] for parts in (name.split("/") for name in names) if len(parts) > 1}
+    if "code" in entries:
+        return "torchscript"
+    if "archive_format" in entries:
+        return "exported_program"
+    return None
+
+
+def _load_torchscript(path: Path, ref: str) -> LoadedModel:
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            # The file is TorchScript already; telling the user that torch.jit is deprecated helps nobody here.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise ModelSourceError(f"'{path}' looks like a TorchScript archive but cannot be loaded: {describe(exc)}.",
+                               hint="Re-save it with torch.jit.save using this version of torch.") from exc
+    return LoadedModel(module, ref, meta={"source": "torchscript"}, kind="torchscript")
+
+
+def _load_exported_program(path: Path, ref: str) -> LoadedModel:
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise ModelSourceError(
+            f"'{path}' looks like a torch.export archive but cannot be loaded: {describe(exc)}.",
+            hint="Save it with torch.export.save(torch.export.export(model, args), PATH) using this version of "
+            "torch; AOTInductor packages (aoti_compile_and_package) hold compiled code and cannot be converted.",
+        ) from exc
+    module = program.module()
+    args, kwargs = program.example_inputs or ((), {})
+    flat = all(isinstance(value, torch.Tensor) for value in (*args, *kwargs.values()))
+    example_inputs = None
+    if flat and (args or kwargs):  # nested example inputs cannot be named one tensor each; leave them to --input
+        example_inputs = {**name_example_inputs(module, args, where=f"'{path}'"), **kwargs}
+    return LoadedModel(module, ref, example_inputs, meta={"source": "torch.export"}, kind="exported_program")
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    safetensors_torch = require("safetensors.torch", "transformers", "Reading a .safetensors file")
+    try:
+        return safetensors_torch.load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise ModelSourceError(f"'{path}' is not a readable safetensors file: {describe(exc)}.",
+                               hint="Check that the file is complete and was written by safetensors.") from exc
+
+
+def _torch_load(path: Path, *, trust_pickle: bool) -> Any:
+    """``torch.load`` that unpickles arbitrary objects only when the user trusts the file."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            # Plain pickle.dump files make torch warn about their protocol just before it refuses them anyway.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refusal = exc  # weights_only refused the content: custom objects, or bytes that are no pickle at all
+    except Exception as exc:
+        raise _unreadable(path, describe(exc)) from exc
+    if not trust_pickle:
+        if not _holds_pickle(path, refusal):
+            raise _unreadable(path, "it is neither an archive written by torch.save nor a pickle") from refusal
+        found = re.search(r"GLOBAL (\S+)", str(refusal))
+        what = f" (it references {found.group(1)})" if found else ""
+        raise UnsafeInputError(
+            f"'{path}' is a full Python pickle rather than plain weights{what}, and unpickling it runs code "
+            "stored in the file, which can do anything on this machine; onnxgate refuses to load it by default.",
+            hint="Pass --trust-pickle (trust_pickle=True) only if the file comes from a source you trust. "
+            + _SAFE_FORMATS_HINT,
+        ) from refusal
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (ImportError, AttributeError) as exc:
+        raise ModelSourceError(
+            f"'{path}' is a pickled model whose classes cannot be imported here: {describe(exc)}.",
+            hint="A pickle stores only the module and class names, not their code: make the package that defines "
+            f"the model importable (install it or add it to PYTHONPATH). {_SAFE_FORMATS_HINT}",
+        ) from exc
+    except Exception as exc:
+        raise _unreadable(path, describe(exc)) from exc
+
+
+def _holds_pickle(path: Path, refusal: pickle.UnpicklingError) -> bool:
+    """Whether a file ``weights_only`` refused is a real pickle (not random bytes): it named a Python global, or
+    it is a torch.save zip archive (whose data is always a pickle), or it starts with a pickle protocol opcode."""
+    if "GLOBAL " in str(refusal) or zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as file:
+        return file.read(1) == pickle.PROTO
+
+
+def _unreadable(path: Path, reason: str) -> ModelSourceError:
+    return ModelSourceError(
+        f"'{path}' is not a file PyTorch can load ({reason}).",
+        hint="Give a TorchScript file, a torch.export archive (.pt2), a state dict with --arch, or a pickled "
+        "nn.Module with --trust-pickle.",
+    )

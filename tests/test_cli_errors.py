@@ -1,0 +1,95 @@
+"""Bad input: one-paragraph error, a documented non-zero exit code, no traceback, nothing half-written."""
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from onnxgate.cli.main import main
+from onnxgate.errors import ExitCode
+
+
+class _WritesMarker:
+    """Unpickling this object creates a file: proof that untrusted code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def evil_pickle(tmp_path):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "model.pt"
+    with open(path, "wb") as f:
+        pickle.dump(_WritesMarker(marker), f)
+    return path, marker
+
+
+@pytest.mark.parametrize("argv, code, needle", [
+    (["export", "missing_model.py:Net", "-o", "{tmp}/m.onnx"], ExitCode.BAD_INPUT, "missing_model.py"),
+    (["export", "resnet18", "-o", "{tmp}/m.onnx"], ExitCode.BAD_INPUT, "resnet18"),
+    (["export", "torchvision:resnet1800", "-o", "{tmp}/m.onnx"], ExitCode.BAD_INPUT, "resnet1800"),
+    (["export", "torchvision:resnet18", "-o", "{tmp}/m.onnx", "--input", "x:1x3xx224:float32"], ExitCode.BAD_INPUT, "does not parse"),
+    (["export", "torchvision:resnet18", "-o", "{tmp}/no/such/folder/m.onnx"], ExitCode.BAD_INPUT, "does not exist"),
+    (["inspect", "{tmp}/nothing.onnx"], ExitCode.BAD_INPUT, "nothing.onnx"),
+])
+def test_bad_input_gives_one_paragraph_and_exit_code(capsys, tmp_path, argv, code, needle):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    got, out, err = run_cli(capsys, *argv)
+    assert got == code
+    assert needle in err
+    assert "Traceback" not in err + out
+    assert not list(tmp_path.glob("**/*.onnx")), "nothing may be written on bad input"
+
+
+def test_pickle_refused_without_trust_and_never_unpickled(capsys, tmp_path, evil_pickle):
+    path, marker = evil_pickle
+    code, out, err = run_cli(capsys, "export", str(path), "-o", str(tmp_path / "m.onnx"))
+    assert code == ExitCode.UNSAFE_INPUT
+    assert "--trust-pickle" in err
+    assert not marker.exists(), "the pickle was unpickled without --trust-pickle"
+
+
+def test_existing_output_is_kept_without_force(capsys, tmp_path):
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"precious")
+    code, _, err = run_cli(capsys, "export", "torchvision:resnet18", "-o", str(target))
+    assert code == ExitCode.BAD_INPUT and "--force" in err
+    assert target.read_bytes() == b"precious"
+
+
+def test_json_error_on_stdout(capsys, tmp_path):
+    import json
+
+    code, out, _ = run_cli(capsys, "export", "nocolon", "-o", str(tmp_path / "m.onnx"), "--json")
+    assert code == ExitCode.BAD_INPUT
+    data = json.loads(out)
+    assert data["ok"] is False and data["error"]["exit_code"] == ExitCode.BAD_INPUT and data["error"]["hint"]
+
+
+def test_no_traceback_in_a_real_process(tmp_path):
+    """The installed console script, not just main(): an expected failure prints no traceback."""
+    exe = Path(sys.executable).parent / "onnxgate"
+    proc = subprocess.run([str(exe), "export", "torchvision:not_a_model", "-o", str(tmp_path / "m.onnx")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == ExitCode.BAD_INPUT
+    assert "not_a_model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_version(capsys):
+    from onnxgate import __version__
+
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and __version__ in out
