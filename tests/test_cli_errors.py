@@ -88,6 +88,11 @@ def test_no_traceback_in_a_real_process(tmp_path):
     assert "not_a_model" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_usage_error_is_bad_input_without_traceback(capsys):
+    code, out, err = run_cli(capsys, "export", "--no-such-flag")
+    assert code == ExitCode.BAD_INPUT and "--no-such-flag" in err and "Traceback" not in err
+
+
 def test_version(capsys):
     from onnxgate import __version__
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
 import typer
+
+try:  # typer >= 0.20 vendors click as typer._click; older typer uses the click package itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
 
 from .._version import __version__
 from .common import console, render_error
@@ -56,17 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
     try:
-        app(args=argv, prog_name="onnxgate", standalone_mode=False)
-        return 0
+        # With standalone_mode=False, a typer.Exit(code) raised by a command comes back as the return value.
+        rv = app(args=argv, prog_name="onnxgate", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
     except OnnxgateError as exc:
         render_error(exc, as_json=as_json)
         return int(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code or 0)
-    except click.exceptions.Abort:
+    except typer.Abort:
         console.print("aborted")
         return 130
-    except click.ClickException as exc:  # usage errors: unknown flag, missing argument
+    except ClickException as exc:  # usage errors: unknown flag, missing argument
         exc.show(file=sys.stderr)
         return int(ExitCode.BAD_INPUT)
     except KeyboardInterrupt:

@@ -44,7 +44,7 @@ class Attempt:
     strategy: str
     opset: int
     seconds: float = 0.0
-    peak_mb: float = 0.0
+    peak_mb: float = 0.0  # peak resident memory of the process during the attempt
     outcome: str = SKIPPED
     error_class: str | None = None
     error: str | None = None
@@ -98,8 +98,9 @@ def default_plan(config: ExportConfig) -> list[tuple[str, int]]:
 
 
 class PeakRSS:
-    """Peak resident memory of this process above its level at entry, sampled every 5 ms (torch allocations are
-    invisible to tracemalloc, and ru_maxrss cannot be reset between attempts)."""
+    """Peak resident memory of this process while the block runs, sampled every 5 ms (torch allocations are
+    invisible to tracemalloc, and ru_maxrss cannot be reset between attempts). Absolute, not a delta: memory
+    freed by an earlier attempt and reused by the allocator would make a delta meaningless."""
 
     def __init__(self):
         self.peak = 0
@@ -118,7 +119,7 @@ class PeakRSS:
             self.peak = max(self.peak, self._rss())
 
     def __enter__(self):
-        self.base = self.peak = self._rss()
+        self.peak = self._rss()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -130,7 +131,7 @@ class PeakRSS:
 
     @property
     def megabytes(self) -> float:
-        return round((self.peak - self.base) / 2**20, 1)
+        return round(self.peak / 2**20, 1)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -141,7 +142,7 @@ def _first_line(exc: BaseException) -> str:
 def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple[str, ...]) -> None:
     """Fill in the attempt's outcome: structure, onnxruntime load, then quick parity — the example inputs, a
     random feed at the traced sizes and one other size of every dynamic dim."""
-    from ..runtimes.ort import OrtRunner
+    from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
     from ..runtimes.torch_runner import TorchRunner
     from ..verify.parity import static_dims_in_graph, verify_parity
 
@@ -157,7 +158,7 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
     reference = TorchRunner(prepared.module, input_names=[s.name for s in prepared.specs],
                             output_names=prepared.output_names)
     report = verify_parity(
-        reference, OrtRunner(path), prepared.specs, prepared.dims, seeds=(0,), data=[prepared.example],
+        reference, OrtRunner(path, opt_level=VERIFY_OPT_LEVEL), prepared.specs, prepared.dims, seeds=(0,), data=[prepared.example],
         allow_static=allow_static, quick=True,
         static_in_graph=static_dims_in_graph(prepared.specs, {t.name: t.shape for t in structure.inputs}),
     )

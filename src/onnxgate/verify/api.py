@@ -137,9 +137,9 @@ def verify(
 
 def _runner(runtime: str, model: str | Path):
     if runtime == "onnxruntime":
-        from ..runtimes.ort import OrtRunner
+        from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
 
-        return OrtRunner(model)
+        return OrtRunner(model, opt_level=VERIFY_OPT_LEVEL)
     if runtime == "openvino":
         from ..runtimes.openvino import OpenVinoRunner
 
