@@ -15,9 +15,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import serde
 from ._version import __version__
 from .errors import BadInputError, ExitCode, OnnxgateError, OutputExistsError
+from .fsutil import atomic_write_text
 from .spec import ExportConfig
 
 REPORT_SCHEMA_VERSION = "1"
@@ -49,7 +49,7 @@ def _prepare_out_dir(out_dir: Path, force: bool) -> None:
 
 
 def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: list[dict] | None = None,
-        evaluate: Callable | None = None, force: bool = False,
+        evaluate: Callable | None = None, force: bool = False, bundle: bool = True,
         progress: Callable[[str], None] | None = None) -> PipelineReport:
     """Run the pipeline on ``ref`` (a reference string or a LoadedModel) into ``out_dir``.
 
@@ -57,6 +57,7 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
     run on both PyTorch and ONNX Runtime (the demo measures top-1 on the digits test split).
     Expected failures end up in the report (verdict, exit code, reason), not as exceptions.
     """
+    from .bundle import verify_bundle
     from .export.ladder import run_ladder
     from .sources import LoadedModel, load_model
     from .verify.api import verify
@@ -79,6 +80,10 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
         if evaluate is not None:
             note("measuring accuracy on real data")
             report.stages["accuracy"] = _accuracy(evaluate, loaded, exported, model_path)
+        if verified.passed and bundle:
+            note("writing the bundle")
+            path = write_verified_bundle(loaded, exported, verified, out / "bundle", force=True)
+            report.stages["bundle"] = {"path": str(path), "verification": verify_bundle(path).to_dict()}
         if not verified.passed:
             report.verdict, report.exit_code = "fail", int(ExitCode.PARITY_FAILED)
             report.reason = "; ".join(p.summary() for p in verified.parities if not p.passed)
@@ -90,9 +95,60 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
         report.verdict, report.exit_code, report.reason = "fail", int(exc.exit_code), str(exc)
         if exc.result is not None and hasattr(exc.result, "to_dict"):
             report.stages["export"] = exc.result.to_dict()
-    serde.save_bytes(json.dumps(report.to_dict(), indent=2, default=str, ensure_ascii=False).encode(),
-                     out / "report.json", force=True)
+    atomic_write_text(out / "report.json", json.dumps(report.to_dict(), indent=2, default=str, ensure_ascii=False),
+                      force=True)
     return report
+
+
+def write_verified_bundle(loaded, exported, verified, out_dir: Path, *, force: bool, tarball: bool = False) -> Path:
+    """Bundle an exported model that passed verification: golden inputs are a seeded random feed at the traced
+    sizes, reference outputs come from PyTorch, tolerances are the ones verification used."""
+    from .bundle import write_bundle
+    from .runtimes.torch_runner import TorchRunner
+    from .verify.api import specs_from_model
+    from .verify.inputs import random_inputs
+
+    specs, dims = specs_from_model(verified.structure, ExportConfig())
+    golden = random_inputs(specs, {n: d.example for n, d in dims.items()}, seed=0)
+    reference = TorchRunner(loaded.module, input_names=[s.name for s in specs],
+                            output_names=[t.name for t in verified.structure.outputs]).run(golden)
+    first_case = verified.parities[0].cases[0]
+    tolerances = {c.name: (c.tolerance.rtol, c.tolerance.atol) for c in first_case.comparisons}
+    won = exported.attempts[exported.winner]
+    export_info = {"strategy": won.strategy, "opset": won.opset_emitted or won.opset, "seconds": won.seconds,
+                   "peak_mb": won.peak_mb, "attempts": len([a for a in exported.attempts if a.outcome != "skipped"])}
+    verification = {"passed": verified.passed, "summary": [p.summary() for p in verified.parities]}
+    return write_bundle(out_dir, model_path=verified.model, golden_inputs=golden, reference_outputs=reference,
+                        tolerances=tolerances, export_info=export_info, verification=verification,
+                        source_ref=loaded.ref, force=force, tarball=tarball)
+
+
+def bundle_from_ref(ref: str, out_dir: str | Path, *, config: ExportConfig | None = None, force: bool = False,
+                    tarball: bool = False, progress: Callable[[str], None] | None = None) -> Path:
+    """`onnxgate bundle REF -o DIR`: export, verify against PyTorch, and write the bundle to ``DIR``.
+    Raises ParityError when verification fails: an unproven model is never bundled."""
+    import tempfile
+
+    from .errors import ParityError
+    from .export.ladder import run_ladder
+    from .fsutil import check_target
+    from .sources import load_model
+    from .verify.api import verify
+
+    note = progress or (lambda _m: None)
+    check_target(Path(out_dir), force=force, kind="folder")
+    loaded = load_model(ref)
+    config = config or ExportConfig()
+    with tempfile.TemporaryDirectory(prefix="onnxgate-bundle-") as tmp:
+        model_path = Path(tmp) / "model.onnx"
+        exported = run_ladder(loaded, config, model_path, force=True, progress=note)
+        note("verifying parity at every claimed shape")
+        verified = verify(model_path, loaded, config=config)
+        if not verified.passed:
+            raise ParityError("; ".join(p.summary() for p in verified.parities if not p.passed),
+                              hint="Run `onnxgate verify --localize` on the exported model to find the diverging layer.")
+        note("writing the bundle")
+        return write_verified_bundle(loaded, exported, verified, Path(out_dir), force=force, tarball=tarball)
 
 
 def _accuracy(evaluate: Callable, loaded, exported, model_path: Path) -> dict:

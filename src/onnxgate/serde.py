@@ -1,7 +1,7 @@
 """The one door to protobuf: every ONNX file onnxgate reads or writes goes through here.
 
-Keeps three promises in one place: writes are atomic (temporary file in the same folder, then rename), an existing
-file is kept unless ``force``, and external-data locations never leave the model's folder (a crafted model could
+Keeps three promises in one place: writes are atomic (``fsutil``: temporary file in the same folder, then rename),
+an existing file is kept unless ``force``, and external-data locations never leave the model's folder (a crafted model could
 otherwise make a loader read ``/etc/shadow`` or write outside the output folder).
 """
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import onnx
 
-from .errors import BadInputError, OutputExistsError, UnsafeInputError
+from .errors import BadInputError, UnsafeInputError
+from .fsutil import atomic_file, check_target
 
 # protobuf cannot serialize a message over 2 GiB; stay well clear of it.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -66,45 +67,23 @@ def load(path: str | Path, *, load_external_data: bool = True) -> onnx.ModelProt
     return model
 
 
-def ensure_writable(path: str | Path, *, force: bool) -> Path:
-    """Check an output path before doing expensive work: its folder exists and it is not taken."""
-    p = Path(path)
-    if not p.parent.is_dir():
-        raise BadInputError(f"Cannot write '{path}': the folder '{p.parent}' does not exist.",
-                            hint="Create the folder first, or choose another output path.")
-    if p.exists() and not force:
-        raise OutputExistsError(f"'{path}' already exists; onnxgate does not overwrite outputs by default.",
-                                hint="Pass --force to replace it, or choose another output path.")
-    return p
-
-
 def save(model: onnx.ModelProto, path: str | Path, *, force: bool = False) -> Path:
     """Write ``model`` atomically. Models too big for one protobuf get their weights in ``<name>.data`` beside
     the file (note: onnx then moves the tensors out of the in-memory ``model``)."""
-    p = ensure_writable(path, force=force)
+    p = Path(path)
+    check_target(p, force=force, kind="model file")
+    if model.ByteSize() <= EXTERNAL_DATA_THRESHOLD:
+        with atomic_file(p, force=force) as tmp:
+            onnx.save_model(model, str(tmp))
+        return p
+    data_name = p.name + ".data"
+    check_target(p.parent / data_name, force=force, kind="external data file")
     staging = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
     try:
-        if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
-            data_name = p.name + ".data"
-            onnx.save_model(model, str(staging / p.name), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-            os.replace(staging / data_name, p.parent / data_name)
-        else:
-            onnx.save_model(model, str(staging / p.name))
+        onnx.save_model(model, str(staging / p.name), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        os.replace(staging / data_name, p.parent / data_name)
         os.replace(staging / p.name, p)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return p
-
-
-def save_bytes(data: bytes, path: str | Path, *, force: bool = False) -> Path:
-    p = ensure_writable(path, force=force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return p

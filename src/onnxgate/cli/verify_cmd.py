@@ -32,8 +32,10 @@ def verify(
     """Prove an ONNX model computes what its PyTorch model computes, at every shape it claims."""
     from ..errors import ExitCode
 
-    if target.is_dir():
-        return _verify_bundle(target, runtime, json_out)
+    if target.is_dir() or target.name.endswith((".tar.gz", ".tgz")):
+        from .bundle_cmd import verify_and_report
+
+        return verify_and_report(target, runtime, json_out)
     from ..spec import ExportConfig, parse_dim, parse_input
     from ..verify.api import verify as do_verify
     from ..verify.compare import Tolerance
@@ -78,12 +80,6 @@ def _load_data(data: list[str], target: Path, config):
     for item in data:
         feeds += load_npz(item, specs) if item.endswith((".npz", ".npy")) else load_callable(item, specs)
     return feeds
-
-
-def _verify_bundle(folder: Path, runtimes: list[str], json_out: bool) -> None:
-    from ..bundle import verify_bundle_cli
-
-    verify_bundle_cli(folder, runtimes, json_out)
 
 
 def register(app: typer.Typer) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import serde
+from ..fsutil import check_target
 from .._version import __version__
 from ..errors import ExportError, ParityError
 from ..spec import ExportConfig
@@ -33,6 +34,7 @@ from .strategies import EXPORTERS, STRATEGIES
 EXPORT_ERROR = "export_error"
 CHECK_FAILED = "check_failed"
 RUNTIME_ERROR = "runtime_error"
+TRACED_BRANCH = "traced_branch"  # tracing baked in the branch a data-dependent `if` took on the example
 MISMATCH = "mismatch"  # wrong at the traced shape
 FROZEN_DIM = "frozen_dim"  # right at the traced shape, wrong or unrunnable at another size of a dynamic dim
 OK = "ok"
@@ -205,7 +207,7 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
     """Export ``loaded`` (a sources.LoadedModel) to ``output``; raise ExportError/ParityError when nothing works."""
     note = progress or (lambda _msg: None)
     if output is not None:
-        serde.ensure_writable(output, force=force)  # fail before minutes of exporting, not after
+        check_target(Path(output), force=force, kind="model file")  # fail before minutes of exporting, not after
     note("preparing the model")
     prepared = prepare(loaded, config)
     plan = default_plan(config)
@@ -226,10 +228,19 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
                     attempt.outcome, attempt.error_class, attempt.error = EXPORT_ERROR, type(exc).__name__, _first_line(exc)
                     from .diagnose import diagnose
 
-                    attempt.diagnosis = asdict(diagnose(exc))
+                    attempt.diagnosis = asdict(diagnose(exc, getattr(exc, "exporter_output", "")))
             attempt.seconds = round(time.perf_counter() - start, 2)
             attempt.peak_mb = mem.megabytes
             if attempt.outcome == EXPORT_ERROR:
+                continue
+            if out.traced_branches:
+                from .diagnose import known
+
+                where = ", ".join(out.traced_branches)
+                attempt.outcome, attempt.error_class = TRACED_BRANCH, "TracerWarning"
+                attempt.error = f"tracing turned a tensor into a Python bool at {where}: only the branch taken on the example input is in the graph"
+                attempt.diagnosis = asdict(known("data_dependent_control_flow", detail=attempt.error,
+                                                 location=out.traced_branches[0]))
                 continue
             note(f"attempt {i + 1}/{len(attempts)}: checking and running in onnxruntime")
             try:

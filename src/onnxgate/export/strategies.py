@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,9 @@ STRATEGIES = ("dynamo", "torchscript")
 class StrategyOutput:
     path: Path
     warnings: list[str] = field(default_factory=list)
+    # file:line of each place where tracing turned a tensor into a Python bool: the branch taken there is baked
+    # into the graph, whatever parity on a few random inputs happens to show.
+    traced_branches: list[str] = field(default_factory=list)
 
 
 def _dynamic_shapes(prepared: Prepared):
@@ -68,19 +74,46 @@ def export_dynamo(prepared: Prepared, opset: int, path: Path) -> StrategyOutput:
     return StrategyOutput(path, _collect(caught, "opset_version"))
 
 
+@contextlib.contextmanager
+def captured_fd1():
+    """Capture what C++ code writes straight to file descriptor 1 (the TorchScript exporter dumps its failing
+    graph there, which names the module and source line). Yields a list that receives the text on exit."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    text: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield text
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            text.append(sink.read().decode("utf-8", "replace"))
+
+
 def export_torchscript(prepared: Prepared, opset: int, path: Path) -> StrategyOutput:
     import torch
 
     args, kwargs = prepared.torch_args()
     dynamic_axes = {s.name: dict(s.dynamic_axes) for s in prepared.specs if s.dynamic_axes}
-    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("always")
-        torch.onnx.export(
-            prepared.module, args, str(path), kwargs=kwargs or None, dynamo=False, opset_version=opset,
-            input_names=[s.name for s in prepared.specs], output_names=prepared.output_names,
-            dynamic_axes=dynamic_axes or None, do_constant_folding=True,
-        )
-    return StrategyOutput(path, _collect(caught, "legacy TorchScript-based ONNX export"))
+    dumped: list[str] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()), \
+                captured_fd1() as dumped:
+            warnings.simplefilter("always")
+            torch.onnx.export(
+                prepared.module, args, str(path), kwargs=kwargs or None, dynamo=False, opset_version=opset,
+                input_names=[s.name for s in prepared.specs], output_names=prepared.output_names,
+                dynamic_axes=dynamic_axes or None, do_constant_folding=True,
+            )
+    except Exception as exc:
+        exc.exporter_output = "".join(dumped)  # read by the ladder's diagnosis
+        raise
+    branches = [f"{w.filename}:{w.lineno}" for w in caught
+                if w.category.__name__ == "TracerWarning" and "to a Python boolean" in str(w.message)]
+    return StrategyOutput(path, _collect(caught, "legacy TorchScript-based ONNX export"), sorted(set(branches)))
 
 
 EXPORTERS = {"dynamo": export_dynamo, "torchscript": export_torchscript}

@@ -1,0 +1,221 @@
+"""Write a bundle: the model, its golden inputs and reference outputs, lock files, and a manifest.
+
+The bundle is built in a temporary folder next to the destination and renamed into place, so a bundle
+folder either exists complete (its manifest matching every file) or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import envinfo
+from ..errors import BadInputError, UnsafeInputError
+from ..fsutil import atomic_dir, atomic_file, check_target
+from ..verify.compare import default_tolerance
+from . import manifest as mf
+from ._worker import save_npz
+
+_RESERVED = {mf.MANIFEST, mf.MODEL, mf.GOLDEN_INPUTS, mf.REFERENCE_OUTPUTS, *envinfo.LOCK_FILES}
+
+
+def write_bundle(out_dir: str | Path, *, model_path: str | Path, golden_inputs: dict[str, np.ndarray],
+                 reference_outputs: dict[str, np.ndarray],
+                 tolerances: dict[str, tuple[float, float]] | None = None, export_info: dict | None = None,
+                 verification: dict | None = None, source_ref: str | None = None, force: bool = False,
+                 tarball: bool = False) -> Path:
+    """Write a bundle folder at ``out_dir`` (and ``<out_dir>.tar.gz`` with ``tarball``); return the folder.
+
+    ``tolerances`` maps output names to ``(rtol, atol)``; outputs not named get the defaults.
+    ``export_info`` (the export attempt that won) and ``verification`` (the parity results) are recorded
+    as given. Existing outputs are replaced only with ``force``.
+    """
+    out_dir, model_path = Path(out_dir), Path(model_path)
+    model = describe_model(model_path)
+    _check_arrays("golden inputs", golden_inputs, model["inputs"], model_path)
+    _check_arrays("reference outputs", reference_outputs, model["outputs"], model_path)
+    output_names = [spec["name"] for spec in model["outputs"]]
+    tolerance_table = _tolerances(tolerances, {name: reference_outputs[name] for name in output_names})
+    tar_path = out_dir.with_name(out_dir.name + ".tar.gz")
+    if tarball:
+        check_target(tar_path, force=force, kind="file")  # refuse before writing anything
+
+    with atomic_dir(out_dir, force=force) as tmp:
+        shutil.copyfile(model_path, tmp / mf.MODEL)
+        for rel in model["external_data"]:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(model_path.parent / rel, tmp / rel)
+        save_npz(tmp / mf.GOLDEN_INPUTS, golden_inputs)
+        save_npz(tmp / mf.REFERENCE_OUTPUTS, {name: reference_outputs[name] for name in output_names})
+        envinfo.write_locks(tmp)
+        env = envinfo.capture()
+        manifest = {
+            "format": mf.FORMAT,
+            "format_version": mf.FORMAT_VERSION,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "source_ref": source_ref,
+            "model": {key: model[key] for key in ("file", "ir_version", "opset", "opset_imports", "producer",
+                                                  "external_data")},
+            "inputs": model["inputs"],
+            "outputs": model["outputs"],
+            "tolerances": tolerance_table,
+            "files": mf.file_entries(tmp),
+            "environment": {key: env[key] for key in ("versions", "platform", "cpu")},
+            "export": export_info,
+            "verification": verification,
+        }
+        (tmp / mf.MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    if tarball:
+        write_tarball(out_dir, tar_path, force=force)
+    return out_dir
+
+
+def write_tarball(folder: Path, tar_path: Path, *, force: bool = False) -> Path:
+    """Pack ``folder`` as ``tar_path`` with the folder name as its single top-level entry."""
+    with atomic_file(tar_path, force=force) as tmp:
+        with tarfile.open(tmp, "w:gz") as tar:
+            tar.add(folder, arcname=folder.name, filter=_anonymous)
+    return tar_path
+
+
+def _anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def describe_model(model_path: Path) -> dict[str, Any]:
+    """Input/output specs, opsets and external-data files of an ONNX file, read without its weights."""
+    import onnx
+
+    if not model_path.is_file():
+        raise BadInputError(f"The model file '{model_path}' does not exist.",
+                            hint="Pass the path of an existing .onnx file.")
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise BadInputError(f"'{model_path}' is not a readable ONNX model: {exc}",
+                            hint="Pass an .onnx file written by an ONNX exporter.") from exc
+    initializers = {t.name for t in proto.graph.initializer}
+    opsets = {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import}
+    return {
+        "file": mf.MODEL,
+        "ir_version": proto.ir_version,
+        "opset": opsets.get("ai.onnx"),
+        "opset_imports": opsets,
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip() or None,
+        "external_data": _external_data(proto, model_path),
+        "inputs": [_value_spec(v) for v in proto.graph.input if v.name not in initializers],
+        "outputs": [_value_spec(v) for v in proto.graph.output],
+    }
+
+
+def _value_spec(value) -> dict[str, Any]:
+    """name, shape (ints, symbolic dims as their names, None when unknown) and numpy dtype name."""
+    from onnx import TensorProto, helper
+
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return {"name": value.name, "shape": None, "dtype": kind}
+    tensor = value.type.tensor_type
+    shape = None
+    if tensor.HasField("shape"):
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    except (KeyError, ValueError):  # a type numpy has no name for
+        dtype = TensorProto.DataType.Name(tensor.elem_type).lower()
+    return {"name": value.name, "shape": shape, "dtype": dtype}
+
+
+def _external_data(proto, model_path: Path) -> list[str]:
+    """The external-data files the model references, checked to stay inside the model's folder."""
+    from onnx import TensorProto
+
+    folder = model_path.parent.resolve()
+    found: set[str] = set()
+    for tensor in _all_tensors(proto.graph):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        location = {entry.key: entry.value for entry in tensor.external_data}.get("location", "")
+        where = f"The model '{model_path}' (tensor '{tensor.name}')"
+        rel = mf.safe_relative(location, where=where).as_posix()
+        target = folder / rel
+        if not target.resolve().is_relative_to(folder):
+            raise UnsafeInputError(f"{where} names the external-data file '{location}', a link leading out of "
+                                   "the model's folder.", hint="Copy the data file into the model's folder.")
+        if rel in _RESERVED:
+            raise BadInputError(f"{where} stores weights in '{location}', a file name the bundle needs itself.",
+                                hint="Re-save the model with another external-data location, e.g. model.onnx.data.")
+        if not target.is_file():
+            raise BadInputError(f"{where} keeps its weights in '{location}', which is not in '{folder}'.",
+                                hint="Put the external-data file next to the model, as it was saved.")
+        found.add(rel)
+    return sorted(found)
+
+
+def _all_tensors(graph):
+    """Every tensor of a graph: initializers, sparse initializers, and those in node attributes/subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def _check_arrays(what: str, arrays: dict[str, np.ndarray], specs: list[dict], model_path: Path) -> None:
+    """One array per model input (output), of its dtype and rank: a bundle that cannot run is refused now,
+    not discovered on the production machine."""
+    names = [spec["name"] for spec in specs]
+    missing = [name for name in names if name not in arrays]
+    extra = [name for name in arrays if name not in names]
+    if missing or extra:
+        found = "; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
+                                        extra and f"not in the model: {', '.join(extra)}"]))
+        raise BadInputError(f"The {what} do not match the model '{model_path}': {found}.",
+                            hint=f"Provide exactly one array for each of: {', '.join(names)}.")
+    for spec in specs:
+        array = np.asarray(arrays[spec["name"]])
+        wrong = []
+        if array.dtype.name != spec["dtype"]:
+            wrong.append(f"dtype {array.dtype.name}, the model says {spec['dtype']}")
+        if spec["shape"] is not None and (array.ndim != len(spec["shape"]) or any(
+                isinstance(dim, int) and dim != size for dim, size in zip(spec["shape"], array.shape, strict=True))):
+            wrong.append(f"shape {list(array.shape)}, the model says {spec['shape']}")
+        if wrong:
+            raise BadInputError(f"The {what} array '{spec['name']}' has {' and '.join(wrong)} ('{model_path}').",
+                                hint=f"Convert it, e.g. array.astype('{spec['dtype']}'), or fix its shape.")
+
+
+def _tolerances(tolerances: dict[str, tuple[float, float]] | None, reference: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Per-output tolerances: the caller's, else the default for the output's dtype (as `onnxgate verify`)."""
+    tolerances = tolerances or {}
+    names = list(reference)
+    unknown = [name for name in tolerances if name not in names]
+    if unknown:
+        raise BadInputError(f"Tolerances are given for {', '.join(unknown)}, which the model does not output.",
+                            hint=f"Name model outputs: {', '.join(names)}.")
+    table = {}
+    for name in names:
+        default = default_tolerance(np.asarray(reference[name]).dtype.name)
+        rtol, atol = tolerances.get(name, (default.rtol, default.atol))
+        if not (rtol >= 0 and atol >= 0):
+            raise BadInputError(f"The tolerance for output '{name}' (rtol={rtol}, atol={atol}) is negative or NaN.",
+                                hint="Use non-negative numbers, e.g. rtol=1e-3, atol=1e-4.")
+        table[name] = {"rtol": float(rtol), "atol": float(atol)}
+    return table
+

@@ -1,0 +1,180 @@
+"""`onnxgate bundle` writes a portable bundle; `onnxgate verify-bundle` re-verifies one, on one or many runtimes.
+
+Both are torch-free when given an ONNX file: `bundle MODEL.onnx --golden IN.npz --reference OUT.npz`
+packs a model whose reference outputs already exist. Bundling from a model reference runs the pipeline (export,
+verify against PyTorch, bundle) and needs the torch extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import BadInputError, ExitCode, IntegrityError, ParityError, RuntimeIncompatibleError, UnsafeInputError
+from .common import console, emit_json
+from .export_cmd import DIM_HELP, INPUT_HELP
+
+# When several cells fail, the exit code names the worst: a tampered bundle, then wrong numbers.
+_SEVERITY = ("tampered", "fail", "crashed", "incompatible", "unavailable")
+_ERRORS = {ExitCode.INTEGRITY: IntegrityError, ExitCode.PARITY_FAILED: ParityError,
+           ExitCode.RUNTIME_INCOMPATIBLE: RuntimeIncompatibleError}
+_HINTS = {
+    "tampered": "Do not use this bundle: re-create it, or fetch it again from its source.",
+    "fail": "This runtime computes different numbers (see the per-output errors): pin a runtime that passes, "
+            "or re-export.",
+    "incompatible": "Use a runtime that passes, or re-export at an opset this runtime supports (--opset).",
+}
+_STYLES = {"pass": "green", "fail": "red", "tampered": "bold red", "incompatible": "yellow",
+           "unavailable": "dim", "crashed": "red"}
+
+
+def bundle(
+    model_or_ref: str = typer.Argument(..., help="An .onnx file, or a model reference to export first."),
+    out: Path = typer.Option(..., "-o", "--out", help="The bundle folder to write."),
+    golden: Path | None = typer.Option(None, "--golden", help="Golden inputs .npz (with an .onnx file)."),
+    reference: Path | None = typer.Option(None, "--reference", help="Reference outputs .npz (with an .onnx file)."),
+    rtol: float | None = typer.Option(None, "--rtol", help="Relative tolerance for every output (default 1e-3)."),
+    atol: float | None = typer.Option(None, "--atol", help="Absolute tolerance for every output (default 1e-4)."),
+    inputs: list[str] = typer.Option([], "--input", "-i", help="With a model reference: " + INPUT_HELP),
+    dims: list[str] = typer.Option([], "--dim", help="With a model reference: " + DIM_HELP),
+    tar: bool = typer.Option(False, "--tar", help="Also write OUT.tar.gz."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Write a bundle (model, golden inputs, reference outputs, lock files, manifest), then verify it."""
+    if model_or_ref.lower().endswith(".onnx"):
+        written = _bundle_onnx_file(Path(model_or_ref), out, golden, reference, rtol, atol, tar, force)
+    else:
+        if golden or reference:
+            raise BadInputError(f"--golden/--reference apply to an .onnx file, not to the model reference "
+                                f"'{model_or_ref}'.", hint="Drop them: golden data comes from the export.")
+        written = _bundle_from_ref(model_or_ref, out, inputs, dims, tar, force)
+    from ..bundle import verify_bundle
+
+    _finish([verify_bundle(written)], json_out, written=str(written))
+
+
+def _bundle_onnx_file(model: Path, out: Path, golden: Path | None, reference: Path | None, rtol: float | None,
+                      atol: float | None, tar: bool, force: bool) -> Path:
+    from ..bundle import write_bundle
+    from ..verify.compare import default_tolerance
+
+    if golden is None or reference is None:
+        raise BadInputError(
+            f"Bundling the ONNX file '{model}' needs its golden inputs and reference outputs.",
+            hint="Pass --golden INPUTS.npz --reference OUTPUTS.npz (one array per model input/output).",
+        )
+    inputs, outputs = _load_npz(golden, "--golden"), _load_npz(reference, "--reference")
+    tolerances = None
+    if rtol is not None or atol is not None:
+        tolerances = {}
+        for name, array in outputs.items():
+            default = default_tolerance(array.dtype.name)
+            tolerances[name] = (default.rtol if rtol is None else rtol, default.atol if atol is None else atol)
+    return write_bundle(out, model_path=model, golden_inputs=inputs, reference_outputs=outputs,
+                        tolerances=tolerances, source_ref=str(model), force=force, tarball=tar)
+
+
+def _bundle_from_ref(ref: str, out: Path, inputs: list[str], dims: list[str], tar: bool, force: bool) -> Path:
+    from ..pipeline import bundle_from_ref
+    from ..spec import ExportConfig, parse_dim, parse_input
+
+    config = ExportConfig(inputs=tuple(map(parse_input, inputs)), dims=tuple(map(parse_dim, dims)))
+    with console.status("exporting and verifying", spinner="dots") as status:
+        return bundle_from_ref(ref, out, config=config, force=force, tarball=tar, progress=status.update)
+
+
+def verify_bundle_cmd(
+    bundle_path: Path = typer.Argument(..., help="A bundle folder or .tar.gz."),
+    runtime: list[str] = typer.Option([], "--runtime", help="Verify on this exact release, e.g. "
+                                      "onnxruntime==1.17.3, in an isolated venv. Repeat for a matrix."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Check every file's checksum, then run the golden inputs and compare with the reference outputs."""
+    verify_and_report(bundle_path, runtime, json_out)
+
+
+def verify_and_report(bundle_path: Path, runtimes: list[str], json_out: bool) -> None:
+    """Verify a bundle on each runtime (none: this process's onnxruntime), print, exit with the worst code.
+
+    Shared by `onnxgate verify-bundle` and `onnxgate verify BUNDLE` (which routes bundle folders and .tar.gz files here).
+    """
+    from ..bundle import parse_runtime, verify_matrix
+
+    for spec in runtimes:
+        parse_runtime(spec)  # reject a typo before minutes of installing the others
+    _finish(verify_matrix(bundle_path, list(runtimes) or [None]), json_out)
+
+
+def _finish(results: list, json_out: bool, **extra) -> None:
+    """Report the results; exit with the code of the worst failed cell (0 when every cell passed)."""
+    worst = next((r for status in _SEVERITY for r in results if r.status == status), None)
+    error = None
+    if worst is not None:
+        error = _ERRORS[worst.exit_code](
+            f"Bundle verification failed on {worst.runtime}: {worst.status}: {worst.reason}",
+            hint=_HINTS.get(worst.status, _HINTS["incompatible"]),
+        )
+    if json_out:
+        emit_json({"ok": error is None, **extra, "results": [r.to_dict() for r in results],
+                   "error": None if error is None else {"type": type(error).__name__, "message": error.message,
+                                                        "hint": error.hint, "exit_code": int(error.exit_code)}})
+        if error is not None:
+            raise typer.Exit(int(error.exit_code))
+        return
+    if "written" in extra:
+        console.print(f"bundle written: [bold]{escape(extra['written'])}[/]")
+    console.print(_results_table(results))
+    if len(results) == 1 and results[0].outputs:
+        console.print(_outputs_table(results[0]))
+    if error is not None:
+        raise error
+
+
+def _results_table(results: list) -> Table:
+    table = Table(title=f"bundle verification: {results[0].bundle}", title_justify="left")
+    for column in ("runtime", "ran", "status", "detail"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        style = _STYLES.get(r.status, "")
+        detail = r.reason or f"{len(r.files_checked)} files intact, {len(r.outputs)} output(s) within tolerance"
+        table.add_row(escape(r.runtime), r.runtime_version or "-", f"[{style}]{r.status}[/]", escape(detail))
+    return table
+
+
+def _outputs_table(result) -> Table:
+    table = Table(title="outputs", title_justify="left")
+    for column in ("output", "max abs err", "max rel err", "rtol", "atol", "ok"):
+        table.add_column(column)
+    for c in result.outputs:
+        table.add_row(escape(c.name), _num(c.max_abs_err), _num(c.max_rel_err), f"{c.tolerance.rtol:g}", f"{c.tolerance.atol:g}",
+                      "[green]yes[/]" if c.passed else f"[red]no[/] {escape(c.reason or '')}")
+    return table
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _load_npz(path: Path, flag: str) -> dict:
+    import zipfile
+
+    import numpy as np
+
+    hint = "Save it with np.savez(path, name=array, ...): one array per model input/output."
+    if not zipfile.is_zipfile(path):  # also False for a missing file
+        raise BadInputError(f"{flag} '{path}' is not an .npz archive (missing, or not a zip file).", hint=hint)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except ValueError as exc:  # object arrays would need pickle
+        raise UnsafeInputError(f"{flag} '{path}' holds pickled object arrays, which onnxgate does not load.",
+                               hint=hint) from exc
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bundle")(bundle)
+    app.command("verify-bundle")(verify_bundle_cmd)

@@ -1,0 +1,47 @@
+"""`verify` on real model families at batch 1, 3 and 7 and, for CNNs, two other spatial sizes — against
+PyTorch in ONNX Runtime, and in OpenVINO with the same tolerances."""
+
+import pytest
+
+import onnxgate
+from onnxgate.spec import ExportConfig, parse_dim, parse_input
+
+pytestmark = pytest.mark.slow
+
+CASES = {
+    # ref: (inputs, dims)
+    "torchvision:resnet18": (["x:Bx3xSxS:float32"], ["B=1..7@2", "S=160..288@224"]),
+    "torchvision:mobilenet_v3_small": (["x:Bx3xSxS:float32"], ["B=1..7@2", "S=160..288@224"]),
+    "torchvision:vit_b_16": (["x:Bx3x224x224:float32"], ["B=1..7@2"]),
+    "onnxgate.examples.tiny_transformers:bert": (
+        ["input_ids:BxT:int64:0..999", "attention_mask:BxT:int64:1..1"], ["B=1..7@2", "T=8..32@16"]),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("zoo")
+    return folder
+
+
+def probe(report, dim):
+    return sorted({c.sizes[dim] for c in report.cases})
+
+
+@pytest.mark.parametrize("ref", list(CASES))
+def test_verify_at_every_claimed_shape(ref, exported):
+    inputs, dims = CASES[ref]
+    config = ExportConfig(inputs=tuple(map(parse_input, inputs)), dims=tuple(map(parse_dim, dims)))
+    path = exported / (ref.replace(":", "_").replace(".", "_") + ".onnx")
+    onnxgate.export(ref, path, config=config)
+    runtimes = ("onnxruntime", "openvino") if ref == "torchvision:resnet18" else ("onnxruntime",)
+    result = onnxgate.verify(path, runtimes=runtimes)  # against the source recorded in the model
+    for parity in result.parities:
+        assert parity.passed, parity.summary()
+        assert {1, 2, 3, 7} <= set(probe(parity, "B"))
+        if "S" in parity.cases[0].sizes:
+            assert {160, 224, 288} <= set(probe(parity, "S"))
+        for case in parity.cases:
+            for comp in case.comparisons:
+                assert comp.passed and comp.max_abs_err is not None
+    assert [p.candidate for p in result.parities] == list(runtimes)
