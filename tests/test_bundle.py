@@ -340,3 +340,20 @@ def _installed(name: str) -> str | None:
 
 def _norm(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
+
+
+@pytest.mark.slow
+def test_a_torch_cnn_bundled_from_its_ref_verifies_without_torch(runtime_venv, tmp_path):
+    """The issue's scenario end to end: `onnxgate bundle REF` exports a real PyTorch CNN, verifies it against
+    PyTorch and writes the bundle; the clean venv (no torch) then re-verifies it with `onnxgate verify DIR`."""
+    from onnxgate.pipeline import bundle_from_ref
+    from onnxgate.spec import ExportConfig, parse_dim, parse_input
+
+    config = ExportConfig(inputs=(parse_input("x:Bx1x8x8:float32"),), dims=(parse_dim("B=1..64@4"),))
+    out = bundle_from_ref("onnxgate.examples.digits:trained_digits_cnn", tmp_path / "cnn-bundle", config=config)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source_ref"] == "onnxgate.examples.digits:trained_digits_cnn"
+    proc = subprocess.run([str(runtime_venv / "bin" / "onnxgate"), "verify", str(out), "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["results"][0]["passed"]
