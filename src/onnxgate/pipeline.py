@@ -37,6 +37,14 @@ class PipelineReport:
                 "out_dir": self.out_dir, "verdict": self.verdict, "exit_code": self.exit_code,
                 "reason": self.reason, "stages": self.stages}
 
+    def to_html(self) -> str:
+        from .report import render_html
+
+        return render_html(self.to_dict())
+
+    def _repr_html_(self) -> str:  # Jupyter renders the report inline
+        return self.to_html()
+
 
 def _prepare_out_dir(out_dir: Path, force: bool) -> None:
     if not out_dir.parent.is_dir():
@@ -95,8 +103,21 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
         report.verdict, report.exit_code, report.reason = "fail", int(exc.exit_code), str(exc)
         if exc.result is not None and hasattr(exc.result, "to_dict"):
             report.stages["export"] = exc.result.to_dict()
+            if getattr(exc.result, "rejected", None):
+                note("localizing the divergence in the rejected export")
+                rejected = verify(exc.result.rejected, loaded, config=config, data=data)
+                report.stages["verify"] = rejected.to_dict()
+                failed = [p.summary() for p in rejected.parities if not p.passed]
+                if failed:
+                    report.reason += f" The rejected export ({Path(exc.result.rejected).name}): {'; '.join(failed)}."
+                if rejected.localization:
+                    report.reason += f" Localizer: {rejected.localization['summary']}."
+    from .envinfo import capture
+
+    report.stages["environment"] = capture()
     atomic_write_text(out / "report.json", json.dumps(report.to_dict(), indent=2, default=str, ensure_ascii=False),
                       force=True)
+    atomic_write_text(out / "report.html", report.to_html(), force=True)
     return report
 
 

@@ -71,6 +71,7 @@ class ExportResult:
     warnings: list[str]
     structure: StructureReport | None = None
     diagnosis: dict | None = None
+    rejected: str | None = None  # an export that ran but failed parity, kept for diagnosis (never as `output`)
 
     @property
     def ok(self) -> bool:
@@ -91,12 +92,28 @@ class ExportResult:
         return data
 
 
+def exporter_max_opsets() -> dict[str, int]:
+    """The newest opset each torch exporter emits (torch 2.14: dynamo 23, TorchScript 20). Asking for more makes
+    the TorchScript exporter fail and the dynamo exporter fall back silently."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:  # private module moved: fall back to torch 2.14's values
+        return {"dynamo": 23, "torchscript": 20}
+    return {"dynamo": _constants.ONNX_MAX_OPSET, "torchscript": _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET}
+
+
 def default_plan(config: ExportConfig) -> list[tuple[str, int]]:
+    """Strategies in order (dynamo, then TorchScript), each at the newest opset both the installed onnxruntime
+    and that exporter support, then at 17 (old runtimes). ``--strategy``/``--opset`` pin one."""
     from ..verify.targets import installed_ort_max_opset
 
     strategies = [config.strategy] if config.strategy else list(STRATEGIES)
-    opsets = [config.opset] if config.opset else sorted({installed_ort_max_opset(), 17}, reverse=True)
-    return [(s, o) for s in strategies for o in opsets]
+    limits = exporter_max_opsets()
+    plan = []
+    for strategy in strategies:
+        opsets = [config.opset] if config.opset else [min(installed_ort_max_opset(), limits[strategy]), 17]
+        plan += [(strategy, o) for o in dict.fromkeys(opsets)]
+    return plan
 
 
 class PeakRSS:
@@ -257,20 +274,41 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
             dims={n: asdict(d) for n, d in prepared.dims.items()}, warnings=prepared.warnings,
         )
         if winner is None:
+            if output is not None:
+                result.rejected = _keep_rejected(loaded, prepared, config, attempts, Path(output))
             _raise_failure(result, prepared)
         won = attempts[winner]
         if output is not None:
-            model = serde.load(won.path)
-            del model.metadata_props[:]
-            for key, value in _metadata(loaded, prepared, config, won).items():
-                model.metadata_props.add(key=key, value=value)
-            serde.save(model, output, force=force)
+            _save_with_metadata(won, loaded, prepared, config, Path(output), force=force)
             result.structure = check_structure(output)
         for a in attempts:
             a.path = None
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save_with_metadata(attempt: Attempt, loaded, prepared: Prepared, config: ExportConfig, output: Path, *,
+                        force: bool) -> None:
+    model = serde.load(attempt.path)
+    del model.metadata_props[:]
+    for key, value in _metadata(loaded, prepared, config, attempt).items():
+        model.metadata_props.add(key=key, value=value)
+    serde.save(model, output, force=force)
+
+
+def _keep_rejected(loaded, prepared: Prepared, config: ExportConfig, attempts: list[Attempt], output: Path) -> str | None:
+    """An export that ran but computed wrong results is kept beside the output as ``NAME.rejected.onnx``, never
+    under the output's own name, so `onnxgate verify --localize` (and the pipeline's report) can show where it
+    goes wrong."""
+    ran = [a for a in attempts if a.outcome in (FROZEN_DIM, MISMATCH) and a.path]
+    if not ran:
+        return None
+    # Prefer a graph that kept the dim symbolic: it runs at the failing size, so localization can show where.
+    ran.sort(key=lambda a: a.parity is not None and bool(a.parity.static_in_graph))
+    rejected = output.with_name(output.name.removesuffix(".onnx") + ".rejected.onnx")
+    _save_with_metadata(ran[0], loaded, prepared, config, rejected, force=True)
+    return str(rejected)
 
 
 def _raise_failure(result: ExportResult, prepared: Prepared) -> None:

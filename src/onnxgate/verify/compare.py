@@ -24,6 +24,8 @@ from rich.table import Table
 
 #: Above this max |ref| an output is judged against its own scale rather than element-wise.
 SCALE_RELATIVE_THRESHOLD = 1e3
+#: Decades of the error histogram: <=1e-12, (1e-12, 1e-11], ..., (1e2, inf).
+ERR_DECADES = (-12, 3)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,9 @@ class OutputComparison:
     scaled_max_err: float | None = None  # max_abs_err / scale
     scale_relative: bool = False  # judged against the scale, not element-wise (see the module docstring)
     notes: list[str] = field(default_factory=list)
+    # How |got - ref| is distributed: counts per decade, bin i holds errors in [1e(ERR_DECADES[0]+i-1), 1e(..+i)),
+    # the first bin also exact zeros and anything below. The HTML report plots it.
+    error_histogram: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -179,6 +184,8 @@ def _fill_statistics(comp: OutputComparison, a: np.ndarray, b: np.ndarray, tol: 
     comp.cosine = float(np.dot(a, b) / norm) if norm > 0 else float(np.array_equal(a, b))
     comp.scale = float(abs_ref.max())
     comp.scaled_max_err = comp.max_abs_err / comp.scale if comp.scale > 0 else comp.max_abs_err
+    edges = np.concatenate([[-np.inf], 10.0 ** np.arange(*ERR_DECADES), [np.inf]])
+    comp.error_histogram = np.histogram(abs_err, bins=edges)[0].astype(int).tolist()
 
 
 def _scale_relative_applies(ref: np.ndarray, scale: float | None) -> bool:

@@ -125,13 +125,15 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
         for size in [s for s in sizes_to_try if s is not None]:
             sizes = {**traced, name: size}
             case = ShapeCase(f"{name}={size}", sizes, f"random(seed={seeds[0] + 100})", dim=name)
-            _run_case(case, random_inputs(specs, sizes, seed=seeds[0] + 100), reference, candidate, tolerances, default)
+            ref = _run_case(case, random_inputs(specs, sizes, seed=seeds[0] + 100), reference, candidate, tolerances,
+                            default)
             cases.append(case)
             if not case.passed and traced_ok and name not in frozen:
                 if case.error and case.error.startswith("the reference fails"):
                     continue  # PyTorch itself rejects this size: not the export's fault
                 bad = [c for c in case.comparisons if not c.passed]
-                why = case.error or f"{bad[0].name}: {bad[0].reason}"
+                why = (f"output {', '.join(ref or [])} not computed: {case.error}" if case.error
+                       else f"output {bad[0].name}: {bad[0].reason}")
                 frozen[name] = f"traced at {dim.example}, wrong at {name}={size} ({why})"
     # A size the reference itself cannot run is no evidence either way.
     cases = [c for c in cases if not (c.dim and c.error and c.error.startswith("the reference fails"))]

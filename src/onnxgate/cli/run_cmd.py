@@ -1,0 +1,100 @@
+"""`onnxgate run REF|onnxgate.toml` — the main job — and `onnxgate demo`, the same job on the built-in example."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import console, emit_json
+from .export_cmd import DIM_HELP, INPUT_HELP, build_config
+
+
+def run(
+    target: str = typer.Argument(None, help="A model reference or an onnxgate.toml. Without one, runs the demo."),
+    output: Path = typer.Option(None, "-o", "--output", help="Folder for model, bundle and reports (default onnxgate-out)."),
+    inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
+    dims: list[str] = typer.Option([], "--dim", help=DIM_HELP),
+    data: list[str] = typer.Option([], "--data", help="Real inputs: .npz/.npy or file.py:fn yielding feeds. Repeatable."),
+    strategy: str = typer.Option(None, help="Pin one export strategy: dynamo or torchscript."),
+    opset: int = typer.Option(None, help="Pin one opset."),
+    meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE written into the model's metadata. Repeatable."),
+    labels: Path = typer.Option(None, help="Class labels file (UTF-8, one a line)."),
+    allow_static: list[str] = typer.Option([], "--allow-static", help="Accept this dim being frozen. Repeatable."),
+    bundle: bool = typer.Option(True, "--bundle/--no-bundle", help="Write the portable bundle when verification passes."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the output folder's files."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Export → verify → bundle → report (report.json, report.html), with an exit code a CI pipeline can gate on."""
+    from ..pipeline import run as run_pipeline
+    from ..pipeline import run_demo
+
+    if target is None:
+        with console.status("demo", spinner="dots") as status:
+            report = run_demo(output or Path("onnxgate-demo"), force=force, progress=status.update)
+        return render_pipeline(report, json_out)
+    config_file = Path(target) if target.endswith(".toml") else None
+    run_cfg, cfg = build_config(inputs, dims, strategy, opset, None, meta, labels, allow_static, config_file)
+    ref = run_cfg.ref if config_file else target
+    if not ref:
+        from ..errors import BadInputError
+
+        raise BadInputError(f"'{target}' names no model (its `ref` key is missing).", hint='Add ref = "torchvision:resnet18" to it.')
+    out = output or Path(run_cfg.output or "onnxgate-out")
+    feeds = _load_data(data, cfg) if data else None
+    with console.status("running", spinner="dots") as status:
+        report = run_pipeline(ref, out, config=cfg, data=feeds, force=force, bundle=bundle, progress=status.update)
+    render_pipeline(report, json_out)
+
+
+def _load_data(data: list[str], cfg):
+    from ..verify.inputs import load_callable, load_npz
+
+    feeds = []
+    for item in data:
+        feeds += load_npz(item, list(cfg.inputs)) if item.endswith((".npz", ".npy")) else load_callable(item, list(cfg.inputs))
+    return feeds
+
+
+def demo(
+    output: Path = typer.Option(Path("onnxgate-demo"), "-o", "--output", help="Folder for the model and report."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the output folder's files."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Train (once) a small CNN on scikit-learn's digits, then export, verify, bundle and report end to end."""
+    from ..pipeline import run_demo
+
+    with console.status("demo", spinner="dots") as status:
+        report = run_demo(output, force=force, progress=status.update)
+    render_pipeline(report, json_out)
+
+
+def render_pipeline(report, json_out: bool) -> None:
+    if json_out:
+        emit_json(report.to_dict())
+    else:
+        export = report.stages.get("export")
+        if export and export.get("winner") is not None:
+            won = export["attempts"][export["winner"]]
+            console.print(f"export: {won['strategy']} exporter, opset {won.get('opset_emitted') or won['opset']}, "
+                          f"after {export['winner']} failed attempt(s)")
+        verify = report.stages.get("verify")
+        for p in (verify or {}).get("parity", []):
+            console.print(f"parity ({p['candidate']}): {p['summary']}")
+        if verify and verify.get("localization"):
+            console.print(f"localizer: {verify['localization']['summary']}")
+        acc = report.stages.get("accuracy")
+        if acc:
+            console.print("accuracy: " + ", ".join(f"{k} top-1 {v['top1']:.2%}" for k, v in acc.items()))
+        if report.stages.get("bundle"):
+            console.print(f"bundle: {report.stages['bundle']['path']}")
+        colour = "green" if report.verdict == "pass" else "red"
+        console.print(f"[{colour}]verdict: {report.verdict}[/]" + (f" — {report.reason}" if report.reason else ""))
+        console.print(f"report: {Path(report.out_dir) / 'report.html'} (and report.json)")
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("demo")(demo)

@@ -1,0 +1,203 @@
+"""The HTML report: one self-contained file (inline CSS and SVG, no scripts, no network), verdict first.
+
+Rendered from the JSON report (``report.json``), so what a person reads and what a machine reads are the same
+facts. Sections appear only for the stages that ran.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from ..verify.compare import ERR_DECADES
+from . import svg
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#222}
+h1{font-size:22px} h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+table{border-collapse:collapse;font-size:12px;margin:8px 0} th,td{border:1px solid #ddd;padding:3px 6px;text-align:left}
+th{background:#f4f4f4} .pass{color:#0a7a2f;font-weight:bold} .fail{color:#c62828;font-weight:bold}
+.verdict{padding:12px 16px;border-radius:6px;font-size:16px;margin:12px 0}
+.verdict.pass{background:#e6f4ea} .verdict.fail{background:#fdecea} .muted{color:#777;font-size:12px}
+.plots{display:flex;flex-wrap:wrap;gap:16px} code{background:#f4f4f4;padding:1px 4px}
+"""
+
+
+def _e(x: Any) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.2e}" if (x != 0 and (abs(x) < 1e-2 or abs(x) >= 1e4)) else f"{x:.4g}"
+    return escape(str(x))
+
+
+def _table(headers: list[str], rows: list[list[Any]], raw: set[int] | None = None) -> str:
+    raw = raw or set()
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c if i in raw else _e(c)}</td>" for i, c in enumerate(r)) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _ok(passed: bool) -> str:
+    return '<span class="pass">pass</span>' if passed else '<span class="fail">FAIL</span>'
+
+
+def render_html(report: dict) -> str:
+    stages = report.get("stages", {})
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>onnxgate report: "
+             f"{escape(report.get('ref', ''))}</title><style>{CSS}</style></head><body>",
+             f"<h1>onnxgate report — <code>{escape(report.get('ref', ''))}</code></h1>", _verdict(report)]
+    for section in (_export, _parity, _localization, _accuracy, _bench, _graph, _targets, _environment):
+        html = section(stages)
+        if html:
+            parts.append(html)
+    parts.append(f"<p class='muted'>onnxgate {escape(report.get('onnxgate_version', ''))}, report schema "
+                 f"{escape(str(report.get('schema_version', '')))}</p></body></html>")
+    return "".join(parts)
+
+
+def _verdict(report: dict) -> str:
+    cls = "pass" if report.get("verdict") == "pass" else "fail"
+    text = "PASS — every gate held" if cls == "pass" else f"FAIL (exit code {report.get('exit_code')})"
+    reason = f"<div>{escape(report['reason'])}</div>" if report.get("reason") else ""
+    return f"<div class='verdict {cls}' id='verdict'><strong>{text}</strong>{reason}</div>"
+
+
+def _export(stages: dict) -> str:
+    export = stages.get("export")
+    if not export:
+        return ""
+    rows = []
+    for i, a in enumerate(export["attempts"]):
+        outcome = a["outcome"] if i != export.get("winner") else f"{a['outcome']} (winner)"
+        rows.append([i + 1, a["strategy"], a["opset"], a.get("opset_emitted"), a["seconds"], a["peak_mb"], outcome,
+                     (a.get("error") or "")[:200]])
+    diag = export.get("diagnosis")
+    extra = f"<p><strong>Diagnosis:</strong> {escape(diag['cause'])} <em>Fix:</em> {escape(diag['fix'])}</p>" if diag else ""
+    warnings = "".join(f"<p class='muted'>warning: {escape(w)}</p>" for w in export.get("warnings", []))
+    return ("<h2 id='export'>Export attempts</h2>" + _table(
+        ["#", "strategy", "opset asked", "opset emitted", "seconds", "peak RSS MB", "outcome", "detail"], rows)
+        + extra + warnings)
+
+
+def _parity(stages: dict) -> str:
+    verify = stages.get("verify")
+    if not verify:
+        return ""
+    parts = ["<h2 id='parity'>Parity against PyTorch, per shape and output</h2>"]
+    labels = [f"≤1e{ERR_DECADES[0]}"] + [f"1e{d}" for d in range(ERR_DECADES[0] + 1, ERR_DECADES[1])] + [f">1e{ERR_DECADES[1] - 1}"]
+    for p in verify.get("parity", []):
+        parts.append(f"<h3>{escape(p['candidate'])} vs {escape(p['reference'])}: {_ok(p['passed'])} — "
+                     f"{escape(p['summary'])}</h3>")
+        rows, bar_labels, bar_values, failing, hist = [], [], [], set(), {}
+        for case in p["cases"]:
+            sizes = ", ".join(f"{k}={v}" for k, v in case["sizes"].items())
+            if case.get("error"):
+                rows.append([case["label"], sizes, "–", "–", None, None, None, None, None, _ok(False) + " " + escape(case["error"])])
+                continue
+            for o in case["outputs"]:
+                rows.append([case["label"], sizes, o["name"], "x".join(map(str, o.get("shape_ref") or [])),
+                             o["max_abs_err"], o["max_rel_err"], o["mismatch_fraction"], o["cosine"],
+                             o["top1_agreement"], _ok(o["passed"]) + (" " + escape(o["reason"]) if o.get("reason") else "")])
+                if not o["passed"]:
+                    failing.add(len(bar_labels))
+                bar_labels.append(f"{case['label']} · {o['name']}")
+                bar_values.append(o["max_abs_err"])
+                if o.get("error_histogram"):
+                    acc = hist.setdefault(o["name"], [0] * len(o["error_histogram"]))
+                    hist[o["name"]] = [x + y for x, y in zip(acc, o["error_histogram"])]
+        parts.append(_table(["feed", "sizes", "output", "shape", "max abs", "max rel", "outside tol", "cosine",
+                             "top-1", "verdict"], rows, raw={9}))
+        if p.get("frozen"):
+            parts.append("<p class='fail'>" + "<br>".join(f"dim {escape(d)} is frozen: {escape(w)}"
+                                                          for d, w in p["frozen"].items()) + "</p>")
+        parts.append("<div class='plots'>" + svg.bar_chart(
+            f"max-abs-error-{p['candidate']}", f"max |error| per feed and output ({p['candidate']})", bar_labels,
+            bar_values, log=True, highlight=failing) + svg.histogram(
+            f"error-distribution-{p['candidate']}", f"error distribution per output ({p['candidate']})", hist, labels)
+            + "</div>")
+    for w in verify.get("warnings", []):
+        parts.append(f"<p class='muted'>warning: {escape(w)}</p>")
+    return "".join(parts)
+
+
+def _localization(stages: dict) -> str:
+    loc = (stages.get("verify") or {}).get("localization")
+    if not loc:
+        return ""
+    layers = loc.get("layers", [])
+    rows = [[l["module"], l["module_type"], l["max_abs_err"], _ok(l["passed"]), ", ".join(l["onnx_nodes"][:4])]
+            for l in layers[:60]]
+    chart = svg.line_chart("layer-error", "max |error| per layer (PyTorch module vs its ONNX nodes)",
+                           [l["module"] for l in layers], [l["max_abs_err"] for l in layers])
+    return (f"<h2 id='localization'>Layer-wise localization</h2><p><strong>{escape(loc.get('summary', ''))}</strong>"
+            f" (feed: {escape(str(loc.get('feed', '')))}, mapping: {escape(loc.get('strategy', ''))})</p>"
+            + chart + _table(["module", "type", "max abs err", "verdict", "ONNX nodes"], rows, raw={3}))
+
+
+def _accuracy(stages: dict) -> str:
+    acc = stages.get("accuracy")
+    if not acc:
+        return ""
+    rows = [[runtime, m.get("top1"), m.get("samples")] for runtime, m in acc.items()]
+    return "<h2 id='accuracy'>Accuracy on real data</h2>" + _table(["runtime", "top-1", "samples"], rows)
+
+
+def _bench(stages: dict) -> str:
+    bench = stages.get("bench")
+    if not bench:
+        return ""
+    configs = bench.get("configs", [])
+    rows = [[c.get("name"), c.get("threads"), c.get("p50_ms"), c.get("p90_ms"), c.get("p99_ms"), c.get("speedup")]
+            for c in configs]
+    chart = svg.bar_chart("latency", "median latency, ms (lower is better)", [str(c.get("name")) for c in configs],
+                          [c.get("p50_ms") for c in configs], unit=" ms")
+    speed = svg.bar_chart("speedup", "speed-up over PyTorch eager (best thread count each)",
+                          [str(c.get("name")) for c in configs], [c.get("speedup") for c in configs], unit="×")
+    return ("<h2 id='bench'>Benchmark</h2>" + f"<div class='plots'>{chart}{speed}</div>"
+            + _table(["configuration", "threads", "p50 ms", "p90 ms", "p99 ms", "speed-up"], rows))
+
+
+def _graph(stages: dict) -> str:
+    structure = (stages.get("verify") or {}).get("structure") or (stages.get("export") or {}).get("structure")
+    if not structure:
+        return ""
+    io_rows = [[kind, t["name"], t["dtype"], "x".join("?" if d is None else str(d) for d in t["shape"])]
+               for kind, key in (("input", "inputs"), ("output", "outputs")) for t in structure[key]]
+    ops = list(structure["op_histogram"].items())[:30]
+    chart = svg.bar_chart("operators", "operator histogram", [o for o, _ in ops], [float(n) for _, n in ops])
+    facts = [["opset / IR", f"{structure['opset']} / {structure['ir_version']}"],
+             ["size", f"{structure['size_bytes'] / 2**20:.2f} MB"],
+             ["parameters", f"{structure['parameter_count']:,}"], ["nodes", structure["node_count"]],
+             ["onnx.checker", "ok" if structure["checker_ok"] else structure["checker_error"]],
+             ["onnxruntime loads", structure.get("ort_loads")]]
+    return ("<h2 id='graph'>Graph</h2>" + _table(["", ""], facts) + _table(["kind", "name", "dtype", "shape"], io_rows)
+            + chart)
+
+
+def _targets(stages: dict) -> str:
+    targets = stages.get("targets")
+    if not targets:
+        return ""
+    rows = [[t["target"], _ok(t["supported"]), "; ".join(t.get("reasons", []))] for t in targets]
+    return "<h2 id='targets'>Target compatibility</h2>" + _table(["target", "verdict", "reasons"], rows, raw={1})
+
+
+def _environment(stages: dict) -> str:
+    env = stages.get("environment")
+    if not env:
+        return ""
+    rows = [[k, v] for k, v in _flatten(env)]
+    return "<h2 id='environment'>Environment</h2>" + _table(["key", "value"], rows)
+
+
+def _flatten(data: dict, prefix: str = ""):
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _flatten(v, key + ".")
+        elif isinstance(v, list):
+            yield key, ", ".join(map(str, v[:20])) + (" …" if len(v) > 20 else "")
+        else:
+            yield key, v
