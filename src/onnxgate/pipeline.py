@@ -57,7 +57,7 @@ def _prepare_out_dir(out_dir: Path, force: bool) -> None:
 
 
 def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: list[dict] | None = None,
-        evaluate: Callable | None = None, force: bool = False, bundle: bool = True,
+        evaluate: Callable | None = None, force: bool = False, bundle: bool = True, targets: tuple[str, ...] = (),
         progress: Callable[[str], None] | None = None) -> PipelineReport:
     """Run the pipeline on ``ref`` (a reference string or a LoadedModel) into ``out_dir``.
 
@@ -83,8 +83,10 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
         report.stages["export"] = {**exported.to_dict(), "seconds": round(time.perf_counter() - start, 2)}
         note("verifying parity at every claimed shape")
         start = time.perf_counter()
-        verified = verify(model_path, loaded, config=config, data=data)
+        verified = verify(model_path, loaded, config=config, data=data, targets=targets)
         report.stages["verify"] = {**verified.to_dict(), "seconds": round(time.perf_counter() - start, 2)}
+        if verified.targets:
+            report.stages["targets"] = [t.to_dict() for t in verified.targets]
         if evaluate is not None:
             note("measuring accuracy on real data")
             report.stages["accuracy"] = _accuracy(evaluate, loaded, exported, model_path)
@@ -92,11 +94,16 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
             note("writing the bundle")
             path = write_verified_bundle(loaded, exported, verified, out / "bundle", force=True)
             report.stages["bundle"] = {"path": str(path), "verification": verify_bundle(path).to_dict()}
-        if not verified.passed:
+        unsupported = [t for t in verified.targets if not t.supported]
+        if not all(p.passed for p in verified.parities):
             report.verdict, report.exit_code = "fail", int(ExitCode.PARITY_FAILED)
             report.reason = "; ".join(p.summary() for p in verified.parities if not p.passed)
             if verified.localization:
                 report.reason += f" — {verified.localization['summary']}"
+        elif not verified.passed:
+            report.verdict, report.exit_code = "fail", int(ExitCode.RUNTIME_INCOMPATIBLE)
+            report.reason = "; ".join([f"{t.target}: {'; '.join(t.reasons)}" for t in unsupported]
+                                      or [verified.structure.ort_error or verified.structure.checker_error or "structural check failed"])
         else:
             report.verdict, report.exit_code = "pass", int(ExitCode.OK)
     except OnnxgateError as exc:

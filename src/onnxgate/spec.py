@@ -180,6 +180,7 @@ class RunConfig:
     arch: str | None = None
     trust_pickle: bool = False
     output: str | None = None
+    targets: tuple[str, ...] = ()  # runtimes the model must run on, e.g. "onnxruntime==1.16"
 
 
 def read_labels(path: str | Path) -> tuple[str, ...]:
@@ -216,7 +217,7 @@ def load_toml(path: str | Path) -> RunConfig:
         raise BadInputError(f"Config file '{path}' is not valid TOML: {exc}.", hint="Fix the syntax at that line.") from None
     export = data.get("export", {})
     known = {"ref", "input", "dim", "export", "meta", "labels", "weights", "arch", "trust_pickle", "output",
-             "allow_static", "device"}
+             "allow_static", "device", "target"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise BadInputError(f"Config file '{path}' has unknown keys: {', '.join(unknown)}.",
@@ -235,7 +236,8 @@ def load_toml(path: str | Path) -> RunConfig:
         allow_static=tuple(data.get("allow_static", [])),
     )
     return RunConfig(ref=data.get("ref"), export=cfg, weights=data.get("weights"), arch=data.get("arch"),
-                     trust_pickle=bool(data.get("trust_pickle", False)), output=data.get("output"))
+                     trust_pickle=bool(data.get("trust_pickle", False)), output=data.get("output"),
+                     targets=tuple(data.get("target", [])))
 
 
 __all__ = ["Dim", "InputSpec", "ExportConfig", "RunConfig", "parse_input", "parse_dim", "parse_meta",

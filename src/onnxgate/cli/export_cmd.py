@@ -9,6 +9,8 @@ import typer
 from .common import console, emit_json
 
 INPUT_HELP = "NAME:SHAPE:DTYPE[:LOW..HIGH], e.g. x:Bx3x224x224:float32 or ids:Bx128:int64:0..30521. Repeatable."
+TARGET_HELP = ("A runtime the model must run on, e.g. onnxruntime==1.16, openvino==2024.0, tensorrt==10.0: checks "
+               "its opset, IR version and operators (the installed onnxruntime: by loading). Repeatable.")
 DIM_HELP = "NAME=MIN..MAX[@EXAMPLE] or NAME=EXAMPLE for a named dim, e.g. B=1..64 or H=32..512@224. Repeatable."
 
 

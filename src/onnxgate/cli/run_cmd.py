@@ -7,11 +7,11 @@ from pathlib import Path
 import typer
 
 from .common import console, emit_json
-from .export_cmd import DIM_HELP, INPUT_HELP, build_config
+from .export_cmd import DIM_HELP, INPUT_HELP, TARGET_HELP, build_config
 
 
 def run(
-    target: str = typer.Argument(None, help="A model reference or an onnxgate.toml. Without one, runs the demo."),
+    model: str = typer.Argument(None, help="A model reference or an onnxgate.toml. Without one, runs the demo."),
     output: Path = typer.Option(None, "-o", "--output", help="Folder for model, bundle and reports (default onnxgate-out)."),
     inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
     dims: list[str] = typer.Option([], "--dim", help=DIM_HELP),
@@ -21,6 +21,7 @@ def run(
     meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE written into the model's metadata. Repeatable."),
     labels: Path = typer.Option(None, help="Class labels file (UTF-8, one a line)."),
     allow_static: list[str] = typer.Option([], "--allow-static", help="Accept this dim being frozen. Repeatable."),
+    target: list[str] = typer.Option([], "--target", help=TARGET_HELP),
     bundle: bool = typer.Option(True, "--bundle/--no-bundle", help="Write the portable bundle when verification passes."),
     force: bool = typer.Option(False, "--force", help="Overwrite the output folder's files."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
@@ -29,21 +30,22 @@ def run(
     from ..pipeline import run as run_pipeline
     from ..pipeline import run_demo
 
-    if target is None:
+    if model is None:
         with console.status("demo", spinner="dots") as status:
             report = run_demo(output or Path("onnxgate-demo"), force=force, progress=status.update)
         return render_pipeline(report, json_out)
-    config_file = Path(target) if target.endswith(".toml") else None
+    config_file = Path(model) if model.endswith(".toml") else None
     run_cfg, cfg = build_config(inputs, dims, strategy, opset, None, meta, labels, allow_static, config_file)
-    ref = run_cfg.ref if config_file else target
+    ref = run_cfg.ref if config_file else model
     if not ref:
         from ..errors import BadInputError
 
-        raise BadInputError(f"'{target}' names no model (its `ref` key is missing).", hint='Add ref = "torchvision:resnet18" to it.')
+        raise BadInputError(f"'{model}' names no model (its `ref` key is missing).", hint='Add ref = "torchvision:resnet18" to it.')
     out = output or Path(run_cfg.output or "onnxgate-out")
     feeds = _load_data(data, cfg) if data else None
     with console.status("running", spinner="dots") as status:
-        report = run_pipeline(ref, out, config=cfg, data=feeds, force=force, bundle=bundle, progress=status.update)
+        report = run_pipeline(ref, out, config=cfg, data=feeds, force=force, bundle=bundle,
+                              targets=tuple(target) or run_cfg.targets, progress=status.update)
     render_pipeline(report, json_out)
 
 

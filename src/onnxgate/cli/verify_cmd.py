@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from .common import console, emit_json
-from .export_cmd import DIM_HELP, INPUT_HELP
+from .export_cmd import DIM_HELP, INPUT_HELP, TARGET_HELP
 
 
 def verify(
@@ -24,6 +24,7 @@ def verify(
     localize: bool = typer.Option(True, "--localize/--no-localize", help="Name the first diverging layer when parity fails."),
     reinit_degenerate: bool = typer.Option(False, "--reinit-degenerate", help="Re-initialize all-zero weights with small noise (verification only)."),
     allow_static: list[str] = typer.Option([], "--allow-static", help="Accept this dim being frozen. Repeatable."),
+    targets: list[str] = typer.Option([], "--target", help=TARGET_HELP),
     weights: str = typer.Option(None, help="State-dict file for the --against model."),
     arch: str = typer.Option(None, help="Architecture ref when --against is a state-dict file."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model file."),
@@ -49,7 +50,8 @@ def verify(
         feeds = _load_data(data, target, config) if data else None
         result = do_verify(target, against, config=config, runtimes=tuple(runtime) or ("onnxruntime",), data=feeds,
                            tolerances=None, localize=localize, reinit_degenerate=reinit_degenerate,
-                           weights=weights, arch=arch, trust_pickle=trust_pickle, default_tolerance=default)
+                           weights=weights, arch=arch, trust_pickle=trust_pickle, default_tolerance=default,
+                           targets=tuple(targets))
     if json_out:
         emit_json(result.to_dict())
     else:
@@ -66,8 +68,14 @@ def verify(
             console.print(f"[{colour}]{p.candidate}: {p.summary()}[/]")
         if result.localization:
             console.print(f"[bold]localizer[/]: {result.localization['summary']}")
+        if result.targets:
+            from ..verify.targets import render_targets_table
+
+            console.print(render_targets_table(result.targets))
     if not result.passed:
-        raise typer.Exit(int(ExitCode.PARITY_FAILED if result.structure.passed else ExitCode.RUNTIME_INCOMPATIBLE))
+        parity_ok = all(p.passed for p in result.parities)
+        raise typer.Exit(int(ExitCode.PARITY_FAILED if result.structure.passed and not parity_ok
+                             else ExitCode.RUNTIME_INCOMPATIBLE))
 
 
 def _load_data(data: list[str], target: Path, config):

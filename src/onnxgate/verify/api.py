@@ -30,15 +30,18 @@ class VerifyResult:
     parities: list[ParityReport]  # one per candidate runtime
     warnings: list[str] = field(default_factory=list)
     localization: dict | None = None
+    targets: list = field(default_factory=list)  # TargetResult per --target
 
     @property
     def passed(self) -> bool:
-        return self.structure.passed and all(p.passed for p in self.parities)
+        return (self.structure.passed and all(p.passed for p in self.parities)
+                and all(t.supported for t in self.targets))
 
     def to_dict(self) -> dict:
         return {"passed": self.passed, "model": self.model, "against": self.against,
                 "structure": self.structure.to_dict(), "parity": [p.to_dict() for p in self.parities],
-                "warnings": self.warnings, "localization": self.localization}
+                "warnings": self.warnings, "localization": self.localization,
+                "targets": [t.to_dict() for t in self.targets]}
 
 
 def specs_from_model(structure: StructureReport, config: ExportConfig) -> tuple[list[InputSpec], dict[str, Dim]]:
@@ -85,14 +88,18 @@ def verify(
     weights: str | None = None,
     arch: str | None = None,
     trust_pickle: bool = False,
+    targets: tuple[str, ...] = (),
 ) -> VerifyResult:
     """Verify the ONNX file ``model`` against the PyTorch model ``against``: a reference string (default: the
     ``onnxgate.source`` recorded in the file), a ``LoadedModel`` or an ``nn.Module``. Localizes the first diverging
     layer when parity fails."""
     from ..errors import require
 
+    from .targets import check_targets
+
     config = config or ExportConfig()
     structure = check_structure(model)
+    target_results = check_targets(structure, list(targets)) if targets else []  # malformed targets fail first
     ref = against if against is not None else structure.metadata.get("onnxgate.source")
     if ref is None:
         raise BadInputError(f"'{model}' records no source model, so there is nothing to verify it against.",
@@ -128,7 +135,7 @@ def verify(
                 "head or vanished activations): parity on them proves nothing. Re-run with --reinit-degenerate to "
                 "re-initialize degenerate parameters with small noise for verification only.")
             break
-    result = VerifyResult(str(model), loaded.ref, structure, parities, warnings)
+    result = VerifyResult(str(model), loaded.ref, structure, parities, warnings, targets=target_results)
     failed = next((p for p in parities if not p.passed), None)
     if localize and failed is not None:
         result.localization = _localize(loaded.module, model, failed, specs)
