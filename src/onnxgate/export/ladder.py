@@ -158,9 +158,15 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:400]
 
 
-def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple[str, ...]) -> None:
+def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple[str, ...],
+           traced_branches: list[str]) -> None:
     """Fill in the attempt's outcome: structure, onnxruntime load, then quick parity — the example inputs, a
-    random feed at the traced sizes and one other size of every dynamic dim."""
+    random feed at the traced sizes and one other size of every dynamic dim.
+
+    When tracing turned tensors into Python bools (``traced_branches``), the graph holds only the branches taken on
+    the example, and a few random feeds may well take the same ones. Such an attempt must also agree on feeds
+    built to take the other side — the example negated and rescaled, and more seeds — or it is rejected as a
+    baked-in data-dependent branch."""
     from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
     from ..runtimes.torch_runner import TorchRunner
     from ..verify.parity import static_dims_in_graph, verify_parity
@@ -176,8 +182,10 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
         return
     reference = TorchRunner(prepared.module, input_names=[s.name for s in prepared.specs],
                             output_names=prepared.output_names)
+    data = [prepared.example] + (_branch_probes(prepared.example) if traced_branches else [])
     report = verify_parity(
-        reference, OrtRunner(path, opt_level=VERIFY_OPT_LEVEL), prepared.specs, prepared.dims, seeds=(0,), data=[prepared.example],
+        reference, OrtRunner(path, opt_level=VERIFY_OPT_LEVEL), prepared.specs, prepared.dims,
+        seeds=(0, 1, 2) if traced_branches else (0,), data=data,
         allow_static=allow_static, quick=True,
         static_in_graph=static_dims_in_graph(prepared.specs, {t.name: t.shape for t in structure.inputs}),
     )
@@ -187,8 +195,21 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
     attempt.frozen_dims = dict(report.frozen)
     if report.passed:
         attempt.outcome = OK
+        if traced_branches:
+            attempt.warnings.append(f"tracing turned tensors into Python bools at {', '.join(traced_branches)}; the "
+                                    "export agreed with PyTorch on negated, rescaled and random inputs, but a branch "
+                                    "those do not reach would still be baked in")
         return
     traced = [c for c in report.cases if c.dim is None and not c.passed]
+    if traced and traced_branches:
+        from .diagnose import known
+
+        where = ", ".join(traced_branches)
+        attempt.outcome, attempt.error_class = TRACED_BRANCH, "TracerWarning"
+        attempt.error = (f"tracing turned a tensor into a Python bool at {where}, and the graph disagrees with "
+                         f"PyTorch on {traced[0].label} ({traced[0].source}): only the branch taken on the example is in it")
+        attempt.diagnosis = asdict(known("data_dependent_control_flow", detail=attempt.error, location=traced_branches[0]))
+        return
     if traced:
         failed = traced[0]
         attempt.outcome = RUNTIME_ERROR if failed.error else MISMATCH
@@ -197,6 +218,17 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
     else:
         attempt.outcome, attempt.error_class = FROZEN_DIM, "frozen_dim"
         attempt.error = report.summary()
+
+
+def _branch_probes(example: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Feeds meant to send data-dependent branches the other way: float inputs negated, scaled up and down."""
+    probes = []
+    for factor in (-1.0, 10.0, 0.1, -10.0):
+        feed = {n: (a * np.asarray(factor, dtype=a.dtype)) if np.issubdtype(a.dtype, np.floating) else a
+                for n, a in example.items()}
+        if any(np.issubdtype(a.dtype, np.floating) for a in example.values()):
+            probes.append(feed)
+    return probes
 
 
 def _metadata(loaded, prepared: Prepared, config: ExportConfig, attempt: Attempt) -> dict[str, str]:
@@ -250,18 +282,9 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
             attempt.peak_mb = mem.megabytes
             if attempt.outcome == EXPORT_ERROR:
                 continue
-            if out.traced_branches:
-                from .diagnose import known
-
-                where = ", ".join(out.traced_branches)
-                attempt.outcome, attempt.error_class = TRACED_BRANCH, "TracerWarning"
-                attempt.error = f"tracing turned a tensor into a Python bool at {where}: only the branch taken on the example input is in the graph"
-                attempt.diagnosis = asdict(known("data_dependent_control_flow", detail=attempt.error,
-                                                 location=out.traced_branches[0]))
-                continue
             note(f"attempt {i + 1}/{len(attempts)}: checking and running in onnxruntime")
             try:
-                _judge(prepared, attempt, path, config.allow_static)
+                _judge(prepared, attempt, path, config.allow_static, out.traced_branches)
             except Exception as exc:
                 attempt.outcome, attempt.error_class, attempt.error = RUNTIME_ERROR, type(exc).__name__, _first_line(exc)
             attempt.path = str(path)
