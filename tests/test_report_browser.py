@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None and not __import__("os").enviro
 def report_html(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "run"
     code = main(["run", "onnxgate.examples.digits:trained_digits_cnn", "--input", "x:Bx1x8x8:float32",
-                 "--dim", "B=1..32@4", "-o", str(out), "--no-bundle"])
+                 "--dim", "B=1..32@4", "-o", str(out), "--no-bundle", "--bench", "quick"])
     assert code == 0
     return out / "report.html"
 
@@ -54,6 +54,7 @@ def test_report_renders_without_errors_and_plots_have_size(report_html):
     assert not requests, f"the report fetched {requests}"
     assert "PASS" in verdict
     names = {name for name, *_ in plots}
-    assert {"max-abs-error-onnxruntime", "error-distribution-onnxruntime", "operators"} <= names
+    assert {"max-abs-error-onnxruntime", "error-distribution-onnxruntime", "operators", "latency", "speedup",
+            "latency-distribution"} <= names
     for name, width, height, marks in plots:
         assert width > 100 and height > 30 and marks > 0, (name, width, height, marks)

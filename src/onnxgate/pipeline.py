@@ -58,11 +58,12 @@ def _prepare_out_dir(out_dir: Path, force: bool) -> None:
 
 def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: list[dict] | None = None,
         evaluate: Callable | None = None, force: bool = False, bundle: bool = True, targets: tuple[str, ...] = (),
-        progress: Callable[[str], None] | None = None) -> PipelineReport:
+        bench: str | None = "quick", progress: Callable[[str], None] | None = None) -> PipelineReport:
     """Run the pipeline on ``ref`` (a reference string or a LoadedModel) into ``out_dir``.
 
     ``data``: real feeds verified besides the random ones. ``evaluate(runner) -> dict``: an accuracy measurement
     run on both PyTorch and ONNX Runtime (the demo measures top-1 on the digits test split).
+    ``bench``: "quick" (under a minute), "full", or None to skip the benchmark stage.
     Expected failures end up in the report (verdict, exit code, reason), not as exceptions.
     """
     from .bundle import verify_bundle
@@ -90,6 +91,14 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
         if evaluate is not None:
             note("measuring accuracy on real data")
             report.stages["accuracy"] = _accuracy(evaluate, loaded, exported, model_path)
+        if verified.passed and bench:
+            from .bench import BenchSettings
+            from .bench import bench as run_bench
+
+            note("benchmarking against PyTorch eager")
+            settings = BenchSettings.quick() if bench == "quick" else BenchSettings()
+            report.stages["bench"] = run_bench(model_path, against=loaded, config=config, settings=settings,
+                                               base_verified=True, progress=note).to_dict()
         if verified.passed and bundle:
             note("writing the bundle")
             path = write_verified_bundle(loaded, exported, verified, out / "bundle", force=True)

@@ -23,6 +23,7 @@ def run(
     allow_static: list[str] = typer.Option([], "--allow-static", help="Accept this dim being frozen. Repeatable."),
     target: list[str] = typer.Option([], "--target", help=TARGET_HELP),
     bundle: bool = typer.Option(True, "--bundle/--no-bundle", help="Write the portable bundle when verification passes."),
+    bench: str = typer.Option("quick", "--bench", help="Benchmark stage: quick (under a minute), full, or none."),
     force: bool = typer.Option(False, "--force", help="Overwrite the output folder's files."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -45,8 +46,17 @@ def run(
     feeds = _load_data(data, cfg) if data else None
     with console.status("running", spinner="dots") as status:
         report = run_pipeline(ref, out, config=cfg, data=feeds, force=force, bundle=bundle,
-                              targets=tuple(target) or run_cfg.targets, progress=status.update)
+                              targets=tuple(target) or run_cfg.targets, bench=_bench_mode(bench),
+                              progress=status.update)
     render_pipeline(report, json_out)
+
+
+def _bench_mode(value: str) -> str | None:
+    from ..errors import BadInputError
+
+    if value not in ("quick", "full", "none"):
+        raise BadInputError(f"--bench '{value}' is not a benchmark mode.", hint="Use quick, full or none.")
+    return None if value == "none" else value
 
 
 def _load_data(data: list[str], cfg):
@@ -88,6 +98,10 @@ def render_pipeline(report, json_out: bool) -> None:
         acc = report.stages.get("accuracy")
         if acc:
             console.print("accuracy: " + ", ".join(f"{k} top-1 {v['top1']:.2%}" for k, v in acc.items()))
+        rec = (report.stages.get("bench") or {}).get("recommendation")
+        if rec:
+            console.print(f"bench: recommended {rec['config_id']}: p50 {rec['p50_ms']:.2f} ms"
+                          + (f", {rec['speedup']:.2f}x PyTorch eager" if rec.get("speedup") else ""))
         if report.stages.get("bundle"):
             console.print(f"bundle: {report.stages['bundle']['path']}")
         colour = "green" if report.verdict == "pass" else "red"

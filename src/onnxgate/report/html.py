@@ -148,15 +148,29 @@ def _bench(stages: dict) -> str:
     bench = stages.get("bench")
     if not bench:
         return ""
-    configs = bench.get("configs", [])
-    rows = [[c.get("name"), c.get("threads"), c.get("p50_ms"), c.get("p90_ms"), c.get("p99_ms"), c.get("speedup")]
-            for c in configs]
-    chart = svg.bar_chart("latency", "median latency, ms (lower is better)", [str(c.get("name")) for c in configs],
-                          [c.get("p50_ms") for c in configs], unit=" ms")
-    speed = svg.bar_chart("speedup", "speed-up over PyTorch eager (best thread count each)",
-                          [str(c.get("name")) for c in configs], [c.get("speedup") for c in configs], unit="×")
-    return ("<h2 id='bench'>Benchmark</h2>" + f"<div class='plots'>{chart}{speed}</div>"
-            + _table(["configuration", "threads", "p50 ms", "p90 ms", "p99 ms", "speed-up"], rows))
+    measured = [c for c in bench.get("configs", []) if c.get("latency")]
+    rows = [[c["id"], c.get("threads"), c["latency"]["p50_ms"], c["latency"]["p90_ms"], c["latency"]["p99_ms"],
+             c["latency"].get("std_ms"), c.get("speedup"), c.get("peak_fraction")] for c in measured]
+    rows += [[c["id"], c.get("threads"), None, None, None, None, None, c.get("error")]
+             for c in bench.get("configs", []) if not c.get("latency")]
+    ids = [c["id"] for c in measured]
+    latency = svg.bar_chart("latency", "median latency, ms (lower is better)", ids,
+                            [c["latency"]["p50_ms"] for c in measured], unit=" ms")
+    speed = svg.bar_chart("speedup", "speed-up over PyTorch eager's best configuration", ids,
+                          [c.get("speedup") for c in measured], unit="×")
+    spread = svg.box_plot("latency-distribution", "latency distribution per configuration, ms", ids,
+                          [c["latency"].get("samples_ms", []) for c in measured])
+    sides = bench.get("sides", [])
+    side_rows = [[s.get("side"), s.get("best_config"), s.get("p50_ms"), s.get("speedup"), s.get("startup_s"),
+                  s.get("peak_rss_mb"), s.get("size_bytes")] for s in sides]
+    rec = bench.get("recommendation")
+    rec_html = (f"<p><strong>Recommended:</strong> {escape(rec['config_id'])} ({_e(rec.get('speedup'))}× PyTorch "
+                f"eager, p50 {_e(rec.get('p50_ms'))} ms)</p>") if rec else ""
+    warnings = "".join(f"<p class='muted'>warning: {escape(w)}</p>" for w in bench.get("warnings", []))
+    return ("<h2 id='bench'>Benchmark</h2>" + rec_html + f"<div class='plots'>{latency}{speed}{spread}</div>"
+            + _table(["configuration", "threads", "p50 ms", "p90 ms", "p99 ms", "std ms", "speed-up", "of GEMM peak"], rows)
+            + _table(["side", "best configuration", "p50 ms", "speed-up", "start-up s", "peak RSS MB", "size bytes"],
+                     side_rows) + warnings)
 
 
 def _graph(stages: dict) -> str:

@@ -111,6 +111,32 @@ def line_chart(name: str, title: str, labels: list[str], values: list[float | No
     return "".join(parts)
 
 
+def box_plot(name: str, title: str, labels: list[str], samples: list[list[float]], width: int = 640) -> str:
+    """One horizontal box per configuration: p5–p95 whiskers, p25–p75 box, median tick (linear ms axis)."""
+    import numpy as np
+
+    rows = [(l, np.asarray(s, dtype=float)) for l, s in zip(labels, samples) if len(s)]
+    if not rows:
+        return _empty(name, title, width)
+    row, left, top = 20, 190, 28
+    height = top + row * len(rows) + 24
+    hi = max(float(np.percentile(s, 95)) for _, s in rows) or 1.0
+    span = width - left - 20
+    x = lambda v: left + min(v / hi, 1.0) * span  # noqa: E731
+    parts = [_open(name, title, width, height)]
+    for i, (label, s) in enumerate(rows):
+        p5, p25, p50, p75, p95 = (float(v) for v in np.percentile(s, [5, 25, 50, 75, 95]))
+        y = top + i * row + row / 2
+        parts.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end" font-size="11">{escape(label[:32])}</text>')
+        parts.append(f'<line x1="{x(p5):.1f}" x2="{x(p95):.1f}" y1="{y}" y2="{y}" stroke="#555"/>')
+        parts.append(f'<rect x="{x(p25):.1f}" y="{y - 6}" width="{max(x(p75) - x(p25), 1):.1f}" height="12" '
+                     f'fill="{PALETTE[0]}" opacity="0.6"><title>{escape(label)}: p50 {_fmt(p50)} ms</title></rect>')
+        parts.append(f'<line x1="{x(p50):.1f}" x2="{x(p50):.1f}" y1="{y - 7}" y2="{y + 7}" stroke="#000" stroke-width="2"/>')
+    parts.append(f'<text x="{left}" y="{height - 6}" font-size="10" fill="#666">0 to {_fmt(hi)} ms; whiskers p5–p95, '
+                 'box p25–p75, tick median</text></svg>')
+    return "".join(parts)
+
+
 def _open(name: str, title: str, width: int, height: int) -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" data-plot="{escape(name)}" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'

@@ -1,0 +1,124 @@
+"""The configurations a benchmark measures, and the runner for each.
+
+A *side* is one way to ship the model: PyTorch eager, or one ONNX variant in one runtime (``onnxruntime:base``,
+``openvino:int8``). A *configuration* is a side at one thread count (and, for ONNX Runtime, one graph optimization
+level). Every side is measured at 1 thread and at all usable cores, and compared at its best configuration: a
+baseline pinned to a thread count that suits it badly would flatter the other side.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import require
+
+PYTORCH, ONNXRUNTIME, OPENVINO = "pytorch", "onnxruntime", "openvino"
+RUNTIMES = (PYTORCH, ONNXRUNTIME, OPENVINO)
+EAGER = "eager"  # the variant name of the PyTorch side
+BASE = "base"  # the variant name of the ONNX file being benchmarked (other variants are named by the caller)
+PYTORCH_SIDE = f"{PYTORCH}:{EAGER}"  # the baseline every ratio is taken against
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An ONNX file to benchmark. ``verified``: it passed parity verification (only verified variants can be
+    recommended)."""
+
+    name: str
+    path: str
+    verified: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    runtime: str
+    variant: str
+    threads: int
+    opt_level: str | None = None  # onnxruntime only
+
+    @property
+    def side(self) -> str:
+        return f"{self.runtime}:{self.variant}"
+
+    @property
+    def id(self) -> str:
+        level = f"/{self.opt_level}" if self.opt_level else ""
+        return f"{self.side}{level}/t{self.threads}"
+
+
+def plan(variants: list[Variant], *, runtimes: tuple[str, ...], threads: tuple[int, ...],
+         opt_levels: tuple[str, ...]) -> list[Config]:
+    """Every configuration to measure. Optimization levels are swept on the base variant only: the other
+    variants are what an optimizer already produced, measured at ONNX Runtime's default level ("all")."""
+    configs = [Config(PYTORCH, EAGER, t) for t in threads] if PYTORCH in runtimes else []
+    for variant in variants:
+        if ONNXRUNTIME in runtimes:
+            levels = opt_levels if variant.name == BASE else ("all",)
+            configs += [Config(ONNXRUNTIME, variant.name, t, level) for level in levels for t in threads]
+        if OPENVINO in runtimes:
+            configs += [Config(OPENVINO, variant.name, t) for t in threads]
+    return configs
+
+
+class OpenVinoBenchRunner:
+    """OpenVINO the way a deployment runs it: PERFORMANCE execution mode, LATENCY hint, a fixed thread count, one
+    infer request reused between calls.
+
+    ``runtimes.openvino.OpenVinoRunner`` defaults to ACCURACY mode for verification and takes no thread count,
+    which a fair benchmark needs. In PERFORMANCE mode OpenVINO may compute float32 models in bfloat16 on CPUs that
+    support it; ``inference_precision`` records what it chose, so the report can say so.
+    """
+
+    name = OPENVINO
+
+    def __init__(self, model_path: str | Path, threads: int):
+        ov = require("openvino", "openvino", "Benchmarking OpenVINO")
+        properties = {"EXECUTION_MODE_HINT": "PERFORMANCE", "PERFORMANCE_HINT": "LATENCY",
+                      "INFERENCE_NUM_THREADS": threads}
+        self._compiled = ov.Core().compile_model(str(model_path), "CPU", properties)
+        self._request = self._compiled.create_infer_request()
+        self.input_names = [p.get_any_name() for p in self._compiled.inputs]
+        self.output_names = [p.get_any_name() for p in self._compiled.outputs]
+        self.inference_precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._request.infer({name: inputs[name] for name in self.input_names})
+        # copied, as every runner returns arrays the caller owns (the request's buffers are reused)
+        return {name: self._request.get_output_tensor(i).data.copy() for i, name in enumerate(self.output_names)}
+
+    def __enter__(self) -> "OpenVinoBenchRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._request = self._compiled = None
+
+
+@contextmanager
+def open_runner(config: Config, *, model_path: str | Path | None, module: Any = None,
+                input_names: list[str] | None = None) -> Iterator[Any]:
+    """The runner of ``config``, with its thread count in force while the block runs."""
+    if config.runtime == PYTORCH:
+        import torch
+
+        from ..runtimes.torch_runner import TorchRunner
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(config.threads)  # process-wide: restored when the block ends
+        try:
+            with TorchRunner(module, input_names=list(input_names or [])) as runner:
+                yield runner
+        finally:
+            torch.set_num_threads(previous)
+    elif config.runtime == ONNXRUNTIME:
+        from ..runtimes.ort import OrtRunner
+
+        with OrtRunner(model_path, opt_level=config.opt_level or "all", intra_op_threads=config.threads) as runner:
+            yield runner
+    else:
+        with OpenVinoBenchRunner(model_path, config.threads) as runner:
+            yield runner

@@ -1,0 +1,160 @@
+"""`onnxgate bench REF_OR_MODEL`: PyTorch eager against ONNX Runtime and OpenVINO, every variant, one run."""
+
+from __future__ import annotations
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .common import console, emit_json
+from .export_cmd import DIM_HELP, INPUT_HELP
+
+
+def bench(
+    model: str = typer.Argument(..., help="An .onnx file, or a model reference (torchvision:resnet18, file.py:Net, "
+                                          "...) to export first."),
+    against: str = typer.Option(None, help="The PyTorch model of an .onnx file; without it PyTorch eager is not "
+                                           "measured."),
+    variant: list[str] = typer.Option([], "--variant", metavar="NAME=PATH", help="Another ONNX file to measure "
+                                      "(optimized, fp16, int8...). Repeatable."),
+    verified: list[str] = typer.Option([], "--verified", metavar="NAME", help="A variant that passed verification "
+                                       "and may be recommended (the base model counts when onnxgate exported it). "
+                                       "Repeatable."),
+    inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
+    dims: list[str] = typer.Option([], "--dim", help=DIM_HELP),
+    runtime: list[str] = typer.Option([], "--runtime", help="pytorch, onnxruntime or openvino (repeatable; "
+                                      "default all)."),
+    threads: list[int] = typer.Option([], "--threads", help="Thread counts to measure (repeatable; default 1 and "
+                                      "all cores)."),
+    quick: bool = typer.Option(False, "--quick", help="Short runs, fewer levels and batch sizes: for CI."),
+    seconds: float = typer.Option(None, help="Time per configuration, at most (default 3, quick 0.8)."),
+    runs: int = typer.Option(None, help="Timed runs per repeat, at most."),
+    repeats: int = typer.Option(None, help="Repeats per configuration (their spread is reported; default 3)."),
+    max_batch: int = typer.Option(None, "--max-batch", help="Largest batch of the throughput sweep (default 8, "
+                                  "quick 4)."),
+    startup: bool = typer.Option(True, "--startup/--no-startup", help="Measure start-up and peak memory in fresh "
+                                 "processes."),
+    weights: str = typer.Option(None, help="State-dict file for the PyTorch model."),
+    arch: str = typer.Option(None, help="Architecture ref when the model is a state-dict file."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Latency, throughput, start-up, memory, size and GFLOP/s of every runtime and variant, against PyTorch."""
+    from ..bench import BenchSettings, Variant, bench as do_bench
+    from ..errors import BadInputError
+    from ..spec import ExportConfig, parse_dim, parse_input
+
+    pairs = [_name_and_path(text) for text in variant]
+    unknown = sorted(set(verified) - {name for name, _ in pairs} - {"base"})
+    if unknown:
+        raise BadInputError(f"--verified names {', '.join(unknown)}, which no --variant defines.",
+                            hint="Name the base model 'base' or a variant given with --variant NAME=PATH.")
+    overrides = {key: value for key, value in {"seconds": seconds, "runs": runs, "repeats": repeats,
+                                               "max_batch": max_batch}.items() if value is not None}
+    if runtime:
+        overrides["runtimes"] = tuple(runtime)
+    if threads:
+        overrides["threads"] = tuple(threads)
+    if not startup:
+        overrides["startup_repeats"] = 0
+    settings = BenchSettings.quick(**overrides) if quick else BenchSettings(**overrides)
+    config = ExportConfig(inputs=tuple(parse_input(s) for s in inputs), dims=tuple(parse_dim(s) for s in dims))
+    with console.status("benchmarking", spinner="dots") as status:
+        report = do_bench(model, against=against, variants=[Variant(n, p, n in verified) for n, p in pairs],
+                          config=config, settings=settings, base_verified=True if "base" in verified else None,
+                          weights=weights, arch=arch, trust_pickle=trust_pickle, progress=status.update)
+    if json_out:
+        emit_json(report.to_dict())
+        return
+    for table in (latency_table(report), sides_table(report), throughput_table(report)):
+        if table.row_count:
+            console.print(table)
+    peaks = ", ".join(f"{g:.0f} GFLOP/s at {t} thread{'s' if t > 1 else ''}"
+                      for t, g in sorted(report.peak_gflops.items()))
+    console.print(f"GEMM peak measured: {peaks}; benchmark took {report.seconds:.0f} s")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning[/]: {escape(warning)}")
+    console.print(recommendation_line(report.recommendation()))
+
+
+def _name_and_path(text: str) -> tuple[str, str]:
+    from ..errors import BadInputError
+
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise BadInputError(f"--variant '{text}' does not parse.",
+                            hint="Write it as NAME=PATH, e.g. int8=model.int8.onnx.")
+    return name.strip(), path.strip()
+
+
+def _x(ratio: float | None) -> str:
+    return f"{ratio:.2f}x" if ratio else "-"
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "-"
+
+
+def latency_table(report) -> Table:
+    table = Table(title=f"latency (ms) at batch {report.configs[0].batch if report.configs else 1}",
+                  title_justify="left")
+    for col in ("configuration", "p50", "p90", "p99", "mean ± std", "repeats (min-max of medians)", "GFLOP/s",
+                "% peak", "vs PyTorch"):
+        table.add_column(col, justify="left" if col == "configuration" else "right")
+    for r in report.configs:
+        if r.latency is None:
+            table.add_row(r.config.id, f"[red]{escape(r.error or 'failed')}[/]", *[""] * 7)
+            continue
+        stats = r.latency.to_dict(0)
+        table.add_row(r.config.id, _ms(stats["p50_ms"]), _ms(stats["p90_ms"]), _ms(stats["p99_ms"]),
+                      f"{stats['mean_ms']:.2f} ± {stats['std_ms']:.2f}",
+                      f"{stats['repeats']['min_ms']:.2f}-{stats['repeats']['max_ms']:.2f}",
+                      f"{r.gflops:.1f}" if r.gflops else "-",
+                      f"{r.peak_fraction:.0%}" if r.peak_fraction else "-", _x(report.speedup(r)))
+    return table
+
+
+def sides_table(report) -> Table:
+    table = Table(title="each side at its best configuration (ratios: > 1 is better than PyTorch, memory: lower)",
+                  title_justify="left")
+    for col in ("side", "verified", "best configuration", "p50 ms", "speedup", "start-up s", "start-up speedup",
+                "peak RSS MB", "memory ratio", "size MB"):
+        table.add_column(col, justify="left" if col in ("side", "best configuration") else "right")
+    for s in report.side_summaries():
+        verified = "-" if s["verified"] is None else ("[green]yes[/]" if s["verified"] else "[yellow]no[/]")
+        table.add_row(s["side"], verified, s["best_config"] or "-", _ms(s["p50_ms"]), _x(s["speedup"]),
+                      _ms(s["startup_s"]), _x(s["startup_speedup"]),
+                      f"{s['peak_rss_mb']:.0f}" if s["peak_rss_mb"] else "-",
+                      f"{s['memory_ratio']:.2f}" if s["memory_ratio"] else "-",
+                      f"{s['size_bytes'] / 2**20:.1f}" if s["size_bytes"] else "-")
+    return table
+
+
+def throughput_table(report) -> Table:
+    batches = sorted({p.batch for p in report.throughput})
+    table = Table(title="throughput (items/s) by batch size, each side at its best configuration",
+                  title_justify="left")
+    table.add_column("configuration")
+    for b in batches:
+        table.add_column(f"batch {b}", justify="right")
+    table.add_column("GFLOP/s (% peak) at the largest batch", justify="right")
+    for config_id in dict.fromkeys(p.config_id for p in report.throughput):
+        points = {p.batch: p for p in report.throughput if p.config_id == config_id}
+        last = points[max(points)]
+        efficiency = f"{last.gflops:.1f} ({last.peak_fraction:.0%})" if last.gflops else "-"
+        table.add_row(config_id, *[f"{points[b].items_per_s:.1f}" if b in points else "-" for b in batches],
+                      efficiency)
+    return table
+
+
+def recommendation_line(rec: dict | None) -> str:
+    if rec is None:
+        return ("[yellow]no recommendation[/]: no measured variant passed verification "
+                "(mark verified ones with --verified NAME)")
+    text = f"[green]recommended[/]: {rec['config_id']} ({rec['p50_ms']:.2f} ms at p50"
+    text += f", {rec['speedup']:.2f}x PyTorch eager)" if rec["speedup"] else ")"
+    return text + "".join(f"; {escape(n)}" for n in rec["notes"])
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
