@@ -58,12 +58,14 @@ def _prepare_out_dir(out_dir: Path, force: bool) -> None:
 
 def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: list[dict] | None = None,
         evaluate: Callable | None = None, force: bool = False, bundle: bool = True, targets: tuple[str, ...] = (),
-        bench: str | None = "quick", progress: Callable[[str], None] | None = None) -> PipelineReport:
+        bench: str | None = "quick", optimize: bool = True, quantize: QuantizeConfig | None = None,
+        progress: Callable[[str], None] | None = None) -> PipelineReport:
     """Run the pipeline on ``ref`` (a reference string or a LoadedModel) into ``out_dir``.
 
     ``data``: real feeds verified besides the random ones. ``evaluate(runner) -> dict``: an accuracy measurement
     run on both PyTorch and ONNX Runtime (the demo measures top-1 on the digits test split).
-    ``bench``: "quick" (under a minute), "full", or None to skip the benchmark stage.
+    ``bench``: "quick" (under a minute), "full", or None to skip the benchmark stage. ``optimize``: write the
+    verified, optimized ``model.opt.onnx``. ``quantize``: an INT8 variant within an accuracy budget.
     Expected failures end up in the report (verdict, exit code, reason), not as exceptions.
     """
     from .bundle import verify_bundle
@@ -91,14 +93,19 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
         if evaluate is not None:
             note("measuring accuracy on real data")
             report.stages["accuracy"] = _accuracy(evaluate, loaded, exported, model_path)
+        variants = []
+        if verified.passed and optimize:
+            variants += _optimize_stage(report, model_path, out, note)
+        if verified.passed and quantize is not None:
+            variants += _quantize_stage(report, model_path, out, quantize, note)
         if verified.passed and bench:
             from .bench import BenchSettings
             from .bench import bench as run_bench
 
             note("benchmarking against PyTorch eager")
             settings = BenchSettings.quick() if bench == "quick" else BenchSettings()
-            report.stages["bench"] = run_bench(model_path, against=loaded, config=config, settings=settings,
-                                               base_verified=True, progress=note).to_dict()
+            report.stages["bench"] = run_bench(model_path, against=loaded, variants=variants, config=config,
+                                               settings=settings, base_verified=True, progress=note).to_dict()
         if verified.passed and bundle:
             note("writing the bundle")
             path = write_verified_bundle(loaded, exported, verified, out / "bundle", force=True)
@@ -109,6 +116,9 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
             report.reason = "; ".join(p.summary() for p in verified.parities if not p.passed)
             if verified.localization:
                 report.reason += f" — {verified.localization['summary']}"
+        elif quantize is not None and not report.stages["quantize"]["passed"]:
+            report.verdict, report.exit_code = "fail", int(ExitCode.ACCURACY_BUDGET)
+            report.reason = report.stages["quantize"]["summary"]
         elif not verified.passed:
             report.verdict, report.exit_code = "fail", int(ExitCode.RUNTIME_INCOMPATIBLE)
             report.reason = "; ".join([f"{t.target}: {'; '.join(t.reasons)}" for t in unsupported]
@@ -135,6 +145,42 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
                       force=True)
     atomic_write_text(out / "report.html", report.to_html(), force=True)
     return report
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """The INT8 stage: ``calib``/``eval_data`` are DATA (npz, image folder, file.py:fn) or in-memory feeds."""
+
+    mode: str = "static"
+    calib: object = None
+    eval_data: object = None
+    labels: object = None
+    method: str = "minmax"
+    max_accuracy_drop: float | None = None
+    max_error: float | None = None
+
+
+def _optimize_stage(report: PipelineReport, model_path: Path, out: Path, note) -> list:
+    from .bench import Variant
+    from .transform import optimize
+
+    note("optimizing (each transform re-verified)")
+    result = optimize(model_path, out / "model.opt.onnx", force=True, progress=note)
+    report.stages["optimize"] = {**result.to_dict(), "path": str(out / "model.opt.onnx") if result.passed else None}
+    return [Variant("optimized", str(out / "model.opt.onnx"), verified=True)] if result.passed else []
+
+
+def _quantize_stage(report: PipelineReport, model_path: Path, out: Path, cfg: QuantizeConfig, note) -> list:
+    from .bench import Variant
+    from .transform import quantize
+
+    note(f"quantizing to INT8 ({cfg.mode})")
+    result = quantize(model_path, out / "model.int8.onnx", mode=cfg.mode, calib=cfg.calib, eval_data=cfg.eval_data,
+                      labels=cfg.labels, method=cfg.method, max_accuracy_drop=cfg.max_accuracy_drop,
+                      max_error=cfg.max_error, force=True, progress=note)
+    report.stages["quantize"] = {**result.to_dict(), "passed": result.passed, "summary": result.summary(),
+                                 "path": str(out / "model.int8.onnx") if result.passed else None}
+    return [Variant("int8", str(out / "model.int8.onnx"), verified=True)] if result.passed else []
 
 
 def write_verified_bundle(loaded, exported, verified, out_dir: Path, *, force: bool, tarball: bool = False) -> Path:
@@ -202,7 +248,8 @@ def run_demo(out_dir: str | Path = "onnxgate-demo", *, force: bool = False,
              progress: Callable[[str], None] | None = None) -> PipelineReport:
     """The built-in example: a small CNN trained on scikit-learn's real digits images (cached after the first
     run), exported with a dynamic batch, verified on random and real feeds at batch 1..64, accuracy measured on
-    the held-out split in PyTorch and ONNX Runtime."""
+    the held-out split in PyTorch and ONNX Runtime, optimized, quantized to INT8 with calibration on the training
+    split within a 1-point top-1 budget, benchmarked and bundled."""
     from .errors import require
     from .examples import digits
     from .sources import load_model
@@ -221,4 +268,7 @@ def run_demo(out_dir: str | Path = "onnxgate-demo", *, force: bool = False,
         return {"top1": digits.accuracy(logits, y_test), "samples": int(len(y_test))}
 
     data = [{"x": x_test[i:i + 16]} for i in range(0, 64, 16)]
-    return run(loaded, out_dir, config=config, data=data, evaluate=evaluate, force=force, progress=note)
+    x_train, _, _, _ = digits.digits_split()
+    int8 = QuantizeConfig(calib=[{"x": x_train[i:i + 64]} for i in range(0, 512, 64)],
+                          eval_data=[{"x": x_test}], labels=y_test, max_accuracy_drop=1.0)
+    return run(loaded, out_dir, config=config, data=data, evaluate=evaluate, force=force, quantize=int8, progress=note)

@@ -24,6 +24,12 @@ def run(
     target: list[str] = typer.Option([], "--target", help=TARGET_HELP),
     bundle: bool = typer.Option(True, "--bundle/--no-bundle", help="Write the portable bundle when verification passes."),
     bench: str = typer.Option("quick", "--bench", help="Benchmark stage: quick (under a minute), full, or none."),
+    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Write a verified, optimized model.opt.onnx."),
+    quantize: str = typer.Option(None, "--quantize", help="Add an INT8 variant: static or dynamic."),
+    calib: str = typer.Option(None, "--calib", help="Calibration DATA for --quantize static (npz, image folder, file.py:fn)."),
+    eval_data: str = typer.Option(None, "--eval", help="Labelled evaluation DATA for the accuracy budget."),
+    max_accuracy_drop: float = typer.Option(None, "--max-accuracy-drop", help="Top-1 budget in points (exit 5 if missed)."),
+    max_error: float = typer.Option(None, "--max-error", help="Max abs error budget against FP32 (exit 5 if missed)."),
     force: bool = typer.Option(False, "--force", help="Overwrite the output folder's files."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -44,10 +50,14 @@ def run(
         raise BadInputError(f"'{model}' names no model (its `ref` key is missing).", hint='Add ref = "torchvision:resnet18" to it.')
     out = output or Path(run_cfg.output or "onnxgate-out")
     feeds = _load_data(data, cfg) if data else None
+    from ..pipeline import QuantizeConfig
+
+    int8 = QuantizeConfig(mode=quantize, calib=calib, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop,
+                          max_error=max_error) if quantize else None
     with console.status("running", spinner="dots") as status:
         report = run_pipeline(ref, out, config=cfg, data=feeds, force=force, bundle=bundle,
                               targets=tuple(target) or run_cfg.targets, bench=_bench_mode(bench),
-                              progress=status.update)
+                              optimize=optimize, quantize=int8, progress=status.update)
     render_pipeline(report, json_out)
 
 
@@ -98,6 +108,10 @@ def render_pipeline(report, json_out: bool) -> None:
         acc = report.stages.get("accuracy")
         if acc:
             console.print("accuracy: " + ", ".join(f"{k} top-1 {v['top1']:.2%}" for k, v in acc.items()))
+        if report.stages.get("optimize"):
+            console.print(f"optimize: {report.stages['optimize']['summary']}")
+        if report.stages.get("quantize"):
+            console.print(f"quantize: {report.stages['quantize']['summary']}")
         rec = (report.stages.get("bench") or {}).get("recommendation")
         if rec:
             console.print(f"bench: recommended {rec['config_id']}: p50 {rec['p50_ms']:.2f} ms"

@@ -48,7 +48,7 @@ def render_html(report: dict) -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>onnxgate report: "
              f"{escape(report.get('ref', ''))}</title><style>{CSS}</style></head><body>",
              f"<h1>onnxgate report — <code>{escape(report.get('ref', ''))}</code></h1>", _verdict(report)]
-    for section in (_export, _parity, _localization, _accuracy, _bench, _graph, _targets, _environment):
+    for section in (_export, _parity, _localization, _accuracy, _transforms, _bench, _graph, _targets, _environment):
         html = section(stages)
         if html:
             parts.append(html)
@@ -142,6 +142,26 @@ def _accuracy(stages: dict) -> str:
         return ""
     rows = [[runtime, m.get("top1"), m.get("samples")] for runtime, m in acc.items()]
     return "<h2 id='accuracy'>Accuracy on real data</h2>" + _table(["runtime", "top-1", "samples"], rows)
+
+
+def _transforms(stages: dict) -> str:
+    """Every transform, re-verified: applied, unchanged, rolled back (with why) or failed."""
+    records = list((stages.get("optimize") or {}).get("transforms", []))
+    quant = stages.get("quantize")
+    if quant and quant.get("record"):
+        records.append(quant["record"])
+    if not records:
+        return ""
+    rows = [[r["name"], r["status"], r["nodes_before"], r["nodes_after"], r["size_before"], r["size_after"],
+             r.get("error_vs_float"), r.get("message") or ""] for r in records]
+    extra = ""
+    if quant:
+        kept = ", ".join(n.get("name", str(n)) if isinstance(n, dict) else str(n) for n in quant.get("float_nodes", []))
+        extra = (f"<p>{_ok(quant['passed'])} INT8: {escape(quant['summary'])}</p>"
+                 + (f"<p>nodes kept in float: {escape(kept)}</p>" if kept else ""))
+    return ("<h2 id='transforms'>Optimize and quantize (each step re-verified)</h2>" + extra
+            + _table(["transform", "status", "nodes before", "nodes after", "bytes before", "bytes after",
+                      "max abs err vs float", "message"], rows))
 
 
 def _bench(stages: dict) -> str:

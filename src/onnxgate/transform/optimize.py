@@ -1,0 +1,78 @@
+"""``optimize`` and ``to_fp16``: an ONNX file through verified passes into a new ONNX file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .. import serde
+from ..errors import BadInputError
+from ..fsutil import check_target
+from .data import DataArg, load_data, model_specs
+from .fp16 import ToFp16
+from .ort_optimize import DEFAULT_LEVEL, OrtOptimize
+from .passes import APPLIED, Pass, TransformReport, run_passes
+from .simplify import DEFAULT_SIMPLIFIER, FoldConstants, Simplify
+from .verifier import Verifier
+
+
+def optimize(model_path: str | Path, out: str | Path, *, level: str | None = DEFAULT_LEVEL,
+             simplifier: str | None = DEFAULT_SIMPLIFIER, fold: bool = True, fp16: bool = False,
+             keep_io_types: bool = True, fp16_keep_ops: tuple[str, ...] = (), feeds: DataArg = None,
+             force: bool = False, progress: Callable[[str], None] | None = None) -> TransformReport:
+    """Constant folding, simplification (``simplifier``: onnxslim, onnxsim or None), onnxruntime's offline
+    optimization at ``level`` (basic, extended, layout or None) and, with ``fp16``, float16 conversion — each
+    verified against the model before it on ``feeds`` (default: seeded random inputs, at the traced size and
+    another size of every dynamic dim) and rolled back if it breaks parity.
+
+    The model is written to ``out`` only when ``report.passed``: that is False when FP16 was asked for and had to be
+    rolled back (the caller asked for a float16 model and would silently get a float32 one).
+    """
+    passes: list[Pass] = []
+    if fold:
+        passes.append(FoldConstants())
+    if simplifier and simplifier != "none":
+        passes.append(Simplify(simplifier))
+    if level and level != "none":
+        passes.append(OrtOptimize(level))
+    if fp16:
+        passes.append(ToFp16(keep_io_types=keep_io_types, keep_ops=tuple(fp16_keep_ops)))
+    report = transform(model_path, out, passes, feeds=feeds, force=force, progress=progress)
+    if fp16:
+        report.passed = report.records[-1].status == APPLIED
+    return _write(report, out, force)
+
+
+def to_fp16(model_path: str | Path, out: str | Path, *, keep_io_types: bool = True, keep_ops: tuple[str, ...] = (),
+            feeds: DataArg = None, force: bool = False) -> TransformReport:
+    """Convert to float16 (see ``transform.fp16``), verified with float16 tolerances; written only if it passes."""
+    report = transform(model_path, out, [ToFp16(keep_io_types=keep_io_types, keep_ops=tuple(keep_ops))],
+                       feeds=feeds, force=force)
+    report.passed = report.records[-1].status == APPLIED
+    return _write(report, out, force)
+
+
+def transform(model_path: str | Path, out: str | Path, passes: list[Pass], *, feeds: DataArg = None,
+              force: bool = False, progress: Callable[[str], None] | None = None) -> TransformReport:
+    """Run ``passes`` on the model at ``model_path`` with verification (see ``run_passes``); nothing is written."""
+    check_target(Path(out), force=force, kind="model file")  # fail before the work, not after
+    model = serde.load(model_path)
+    if model.ByteSize() > serde.EXTERNAL_DATA_THRESHOLD:
+        raise BadInputError(f"'{model_path}' is over {serde.EXTERNAL_DATA_THRESHOLD / 1e9:.1f} GB; onnxgate's "
+                            "transforms keep models in memory as one protobuf, which cannot exceed 2 GB.",
+                            hint="Optimize it with onnxruntime directly (SessionOptions.optimized_model_filepath).")
+    specs, dims = model_specs(model_path)
+    if feeds is None:
+        verifier = Verifier.random(specs, dims)
+    else:
+        data = load_data(feeds, specs, model=model, what="verification data")
+        verifier = Verifier(data.feeds, source=data.source)
+    report = run_passes(model, passes, verifier=verifier, progress=progress)
+    report.source, report.feeds = str(model_path), verifier.source
+    return report
+
+
+def _write(report: TransformReport, out: str | Path, force: bool) -> TransformReport:
+    if report.passed:
+        report.output = str(serde.save(report.model, out, force=force))
+    return report

@@ -1,0 +1,199 @@
+"""Transforms as verified passes: apply one, re-verify, keep it or roll it back.
+
+A pass takes an ``onnx.ModelProto`` and returns a ``PassResult``. ``run_passes`` hands each pass a *copy* of the
+last verified model, then runs the result on the verifier's fixed feeds (onnxruntime, graph optimizations off, so
+the graph is judged as written) and compares it with the last verified model's outputs. A pass whose result does
+not load, does not run, or computes something else is rolled back: the previous model is kept and the record says
+why. Comparing with the last verified model (not the float original) keeps each step's tolerance honest — an FP16
+step is judged with FP16 tolerances, the exact rewrites before it with FP32 ones — while every record still states
+its error against the float model, so drift across steps stays visible.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import onnx
+
+from ..verify.compare import Tolerance
+from .verifier import Verifier
+
+APPLIED, ROLLED_BACK, FAILED, UNCHANGED = "applied", "rolled_back", "failed", "unchanged"
+
+
+@dataclass
+class PassResult:
+    """What a pass produced. ``tolerance``: how closely the result must match the last verified model (None: the
+    default of each output's dtype); ``relative_to_scale``: judge errors against each output's magnitude, for
+    reduced precision, whose absolute error grows with the values (element-wise rtol is meaningless for logits
+    near zero, and a fixed atol for outputs that are all small)."""
+
+    model: onnx.ModelProto
+    changed: bool
+    name: str
+    details: dict[str, Any] = field(default_factory=dict)
+    tolerance: Tolerance | None = None
+    relative_to_scale: bool = False
+
+
+class Pass(Protocol):
+    """A transform: a callable taking a model (a copy it may modify) and returning a PassResult. ``name`` names it
+    in records even when it raises."""
+
+    name: str
+
+    def __call__(self, model: onnx.ModelProto) -> PassResult: ...
+
+
+@dataclass
+class TransformRecord:
+    """One pass: what it changed and what that cost in accuracy. Errors are max abs errors over every output and
+    feed; ``error_vs_float`` is against the float model the run started from."""
+
+    name: str
+    status: str  # applied / rolled_back / failed / unchanged
+    nodes_before: int
+    nodes_after: int
+    size_before: int  # serialized bytes
+    size_after: int
+    error_vs_previous: float | None = None
+    error_vs_float: float | None = None
+    seconds: float = 0.0  # the transform itself
+    verify_seconds: float = 0.0
+    message: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TransformReport:
+    """Every pass of one run, and the model it ended with (``model``, not serialized by ``to_dict``)."""
+
+    records: list[TransformRecord]
+    model: onnx.ModelProto
+    nodes_before: int
+    size_before: int
+    error_vs_float: float = 0.0
+    source: str | None = None
+    output: str | None = None  # set once the model is written
+    passed: bool = True  # False when a transform the caller required was rolled back
+    feeds: str | None = None  # where the verification feeds came from
+
+    @property
+    def nodes_after(self) -> int:
+        return len(self.model.graph.node)
+
+    @property
+    def size_after(self) -> int:
+        return self.model.ByteSize()
+
+    @property
+    def applied(self) -> list[str]:
+        return [r.name for r in self.records if r.status == APPLIED]
+
+    @property
+    def rolled_back(self) -> list[TransformRecord]:
+        return [r for r in self.records if r.status in (ROLLED_BACK, FAILED)]
+
+    def summary(self) -> str:
+        text = (f"{self.nodes_before} -> {self.nodes_after} nodes, {_mb(self.size_before)} -> {_mb(self.size_after)}, "
+                f"max abs err vs float {self.error_vs_float:.2e}")
+        if self.rolled_back:
+            text += f"; rolled back: {', '.join(r.name for r in self.rolled_back)}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "summary": self.summary(), "source": self.source, "output": self.output,
+                "feeds": self.feeds, "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
+                "size_before": self.size_before, "size_after": self.size_after,
+                "error_vs_float": self.error_vs_float, "applied": self.applied,
+                "transforms": [r.to_dict() for r in self.records]}
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.2f} MB"
+
+
+def pass_name(p: Callable) -> str:
+    return getattr(p, "name", None) or getattr(p, "__name__", type(p).__name__)
+
+
+def graph_changed(before: onnx.ModelProto, after: onnx.ModelProto) -> bool:
+    """Did a pass change the computation? Metadata and producer fields do not count."""
+    return (before.graph.SerializeToString(deterministic=True) != after.graph.SerializeToString(deterministic=True)
+            or list(before.opset_import) != list(after.opset_import))
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    clone = onnx.ModelProto()
+    clone.CopyFrom(model)
+    return clone
+
+
+def run_passes(model: onnx.ModelProto, passes: list[Pass], *, verifier: Verifier,
+               progress: Callable[[str], None] | None = None) -> TransformReport:
+    """Apply ``passes`` in order to ``model`` (not modified), verifying each result against the last verified model
+    on ``verifier``'s feeds; a pass that breaks parity or raises is rolled back. The input model must run in
+    onnxruntime (else ``RuntimeIncompatibleError``)."""
+    note = progress or (lambda _m: None)
+    float_outputs = verifier.run(model, what="the input model")
+    current, current_outputs = model, float_outputs
+    report = TransformReport([], model, len(model.graph.node), model.ByteSize())
+    for p in passes:
+        name = pass_name(p)
+        note(f"{name}: transforming")
+        record = TransformRecord(name, UNCHANGED, len(current.graph.node), len(current.graph.node),
+                                 current.ByteSize(), current.ByteSize())
+        start = time.perf_counter()
+        try:
+            result = p(copy_model(current))
+        except Exception as exc:  # a third-party tool crashed on this graph: keep the model we had
+            record.status, record.message = FAILED, f"{name} raised {type(exc).__name__}: {_first_line(exc)}"
+            result = None
+        record.seconds = round(time.perf_counter() - start, 3)
+        if result is not None:
+            record.details = dict(result.details)
+            record.nodes_after, record.size_after = len(result.model.graph.node), result.model.ByteSize()
+        if result is not None and result.changed:
+            note(f"{name}: verifying")
+            start = time.perf_counter()
+            verdict = verifier.judge(result.model, current_outputs, tolerance=result.tolerance,
+                                     relative_to_scale=result.relative_to_scale)
+            record.verify_seconds = round(time.perf_counter() - start, 3)
+            record.error_vs_previous = verdict.max_abs_err
+            if verdict.passed:
+                record.status = APPLIED
+                record.error_vs_float = verifier.max_abs_err(float_outputs, verdict.outputs)
+                current, current_outputs = result.model, verdict.outputs
+            else:
+                record.status = ROLLED_BACK
+                record.message = f"{name} broke parity, so it was rolled back: {verdict.reason}"
+        report.records.append(record)
+    report.model = _with_metadata_of(current, model, applied=[r.name for r in report.records if r.status == APPLIED])
+    report.error_vs_float = verifier.max_abs_err(float_outputs, current_outputs)
+    return report
+
+
+def _with_metadata_of(model: onnx.ModelProto, original: onnx.ModelProto, *, applied: list[str]) -> onnx.ModelProto:
+    """Some tools drop the model's metadata; onnxgate's keys (input specs, source) must survive every pass. The
+    applied transforms are recorded under ``onnxgate.transforms``."""
+    import json
+
+    present = {p.key for p in model.metadata_props}
+    for prop in original.metadata_props:
+        if prop.key not in present:
+            model.metadata_props.add(key=prop.key, value=prop.value)
+    if applied:
+        previous = next((json.loads(p.value) for p in model.metadata_props if p.key == "onnxgate.transforms"), [])
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                            "onnxgate.transforms": json.dumps(previous + applied)})
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

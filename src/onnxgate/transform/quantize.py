@@ -1,0 +1,312 @@
+"""INT8 quantization within an accuracy budget.
+
+``static``: QDQ format (QuantizeLinear/DequantizeLinear around each quantized operator, the format every runtime
+reads), activation ranges calibrated on real data (MinMax, Entropy or Percentile), per-channel weights.
+``dynamic``: int8 weights, activation ranges computed at run time; for Linear/MatMul-heavy models (transformers,
+LSTMs), no calibration data needed.
+
+Both start from onnxruntime's ``quant_pre_process`` (symbolic shape inference and graph cleanup), then quantize,
+then measure the budget (see ``budget``). While the budget is missed, the node that adds the most error (see
+``sensitivity``) is kept in float and the model quantized again — one node per step, at most ``max_float_nodes``
+steps and never more than half the quantized nodes (a model mostly in float has lost what quantization is for).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tempfile
+import time
+import warnings as warnings_module
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from .. import serde
+from ..errors import BadInputError
+from ..fsutil import check_target
+from .budget import Budget, Evaluation, check, evaluate, run_outputs, top1
+from .data import DataArg, Dataset, load_data, model_specs, random_dataset
+from .passes import APPLIED, ROLLED_BACK, TransformRecord
+from .sensitivity import QDQ_OPS, NodeSensitivity, node_sensitivity
+
+MODES = ("static", "dynamic")
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+DEFAULT_MAX_FLOAT_NODES = 8
+DEFAULT_ACCURACY_DROP = 1.0  # points, when labels are given and no budget is
+# Not "Attention": onnxruntime's dynamic quantizer rewrites any node of that type into its contrib QAttention,
+# which breaks the standard ONNX Attention operator (opset 23) that the dynamo exporter emits.
+DYNAMIC_OP_TYPES = ("MatMul", "Gather", "LSTM")
+
+
+@dataclass
+class QuantizeStep:
+    float_nodes: list[str]  # nodes kept in float at this step
+    evaluations: list[Evaluation]
+    miss: str | None  # what misses the budget; None when it holds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"float_nodes": self.float_nodes, "miss": self.miss,
+                "evaluations": [e.to_dict() for e in self.evaluations]}
+
+
+@dataclass
+class QuantizeReport:
+    source: str
+    mode: str
+    method: str | None
+    per_channel: bool
+    budget: Budget
+    calibration: str | None
+    evaluation: str
+    fp32_accuracy: float | None = None
+    steps: list[QuantizeStep] = field(default_factory=list)
+    float_nodes: list[NodeSensitivity] = field(default_factory=list)  # kept in float, in order, with the reason
+    record: TransformRecord | None = None
+    output: str | None = None  # set once written (only when the budget holds)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.steps) and self.steps[-1].miss is None
+
+    @property
+    def final(self) -> QuantizeStep:
+        return self.steps[-1]
+
+    def summary(self) -> str:
+        what = f"{self.mode} int8" + (f" ({self.method})" if self.method else "")
+        worst = max(self.final.evaluations, key=lambda e: (e.drop or 0.0, e.max_abs_err))
+        measured = f"max abs err {worst.max_abs_err:.3g}"
+        if worst.accuracy is not None:
+            measured = (f"top-1 {worst.accuracy * 100:.2f}% vs {self.fp32_accuracy * 100:.2f}% FP32 "
+                        f"(drop {worst.drop:.2f} points), " + measured)
+        kept = ", ".join(s.node for s in self.float_nodes) or "none"
+        if self.passed:
+            return f"{what}: {measured}; budget {self.budget}; nodes kept in float: {kept}"
+        return (f"{what} misses the budget ({self.budget}): {self.final.miss}; tried keeping in float: {kept}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "summary": self.summary(), "source": self.source, "output": self.output,
+                "mode": self.mode, "method": self.method, "per_channel": self.per_channel,
+                "budget": {"max_accuracy_drop": self.budget.max_accuracy_drop, "max_error": self.budget.max_error},
+                "calibration": self.calibration, "evaluation": self.evaluation, "fp32_accuracy": self.fp32_accuracy,
+                "float_nodes": [s.to_dict() for s in self.float_nodes], "steps": [s.to_dict() for s in self.steps],
+                "record": self.record.to_dict() if self.record else None, "warnings": self.warnings}
+
+
+def quantize(model_path: str | Path, out: str | Path, *, mode: str = "static", calib: DataArg = None,
+             eval_data: DataArg = None, labels: Any = None, labels_key: str = "labels", preprocess: str | None = None,
+             method: str = "minmax", per_channel: bool = True, max_accuracy_drop: float | None = None,
+             max_error: float | None = None, max_float_nodes: int = DEFAULT_MAX_FLOAT_NODES, force: bool = False,
+             progress: Callable[[str], None] | None = None) -> QuantizeReport:
+    """Quantize the ONNX file at ``model_path`` to int8 and write it to ``out`` if it holds the budget.
+
+    ``calib`` / ``eval_data``: DATA (an .npz, an image folder, ``file.py:fn``) or in-memory feeds; ``labels`` (or
+    the data's ``labels_key``) make top-1 accuracy measurable. Without a budget, labelled evaluation data gets
+    ``max_accuracy_drop=1.0``; unlabelled data is only measured. A missed budget is a value, not an exception:
+    ``report.passed`` is False, nothing is written, and ``report.float_nodes`` lists what was tried.
+    """
+    note = progress or (lambda _m: None)
+    if mode not in MODES:
+        raise BadInputError(f"Quantization mode '{mode}' is not supported.", hint="Use static or dynamic.")
+    if method not in METHODS:
+        raise BadInputError(f"Calibration method '{method}' is not supported.", hint=f"Use one of: {', '.join(METHODS)}.")
+    check_target(Path(out), force=force, kind="model file")
+    model = serde.load(model_path)
+    specs, dims = model_specs(model_path)
+    report = QuantizeReport(source=str(model_path), mode=mode, method=method if mode == "static" else None,
+                            per_channel=per_channel, budget=Budget(max_accuracy_drop, max_error), calibration=None,
+                            evaluation="")
+    calibration = _calibration_data(calib, specs, dims, model, mode, labels_key, preprocess, report)
+    evaluation = _evaluation_data(eval_data, calibration, specs, dims, model, labels, labels_key, preprocess, report)
+
+    note("running the FP32 model on the evaluation data")
+    reference = run_outputs(model, evaluation)
+    if evaluation.labels is not None:
+        report.fp32_accuracy = top1(reference, evaluation.labels)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="onnxgate-quant-") as tmp:
+        quantizer = _Quantizer(Path(tmp), model, mode, method, per_channel, calibration)
+        report.warnings += quantizer.notes
+        quantized = _search(quantizer, evaluation, reference, report, max_float_nodes, note)
+    if not any(n.op_type in QDQ_OPS for n in quantized.graph.node):
+        report.warnings.append(f"Nothing was quantized: the model has no operator that {mode} quantization handles"
+                               + (f" ({', '.join(DYNAMIC_OP_TYPES)})." if mode == "dynamic" else "."))
+    report.record = TransformRecord(
+        f"quantize:{mode}", APPLIED if report.passed else ROLLED_BACK, len(model.graph.node),
+        len(quantized.graph.node), model.ByteSize(), quantized.ByteSize(),
+        error_vs_float=max(e.max_abs_err for e in report.final.evaluations),
+        seconds=round(time.perf_counter() - start, 3),
+        message=None if report.passed else f"not written: {report.final.miss}")
+    if report.passed:
+        _record_in_metadata(quantized, model, report)
+        report.output = str(serde.save(quantized, out, force=force))
+    return report
+
+
+def _search(quantizer: "_Quantizer", evaluation: Dataset, reference, report: QuantizeReport, max_float_nodes: int,
+            note: Callable[[str], None]) -> onnx.ModelProto:
+    """Quantize, measure, and keep the most sensitive node in float until the budget holds (see the module doc)."""
+    excluded: list[str] = []
+    limit = max_float_nodes
+    while True:
+        note(f"quantizing ({len(excluded)} nodes kept in float)")
+        quantized = quantizer.quantize(excluded)
+        evaluations = evaluate(quantized, evaluation, reference, report.fp32_accuracy)
+        miss = check(report.budget, evaluations)
+        report.steps.append(QuantizeStep(list(excluded), evaluations, miss))
+        if miss is None or len(excluded) >= limit:
+            return quantized
+        note("measuring each node's sensitivity")
+        ranked = node_sensitivity(quantizer.float_model, quantized, evaluation.feeds[0], dynamic=quantizer.dynamic)
+        if not excluded:
+            limit = min(max_float_nodes, len(ranked) // 2)
+        candidates = [s for s in ranked if s.node not in excluded]
+        if not candidates or len(excluded) >= limit:
+            return quantized
+        excluded.append(candidates[0].node)
+        report.float_nodes.append(candidates[0])
+
+
+class _Quantizer:
+    """onnxruntime's quantizer on the pre-processed float model; calibrates once and reuses the ranges."""
+
+    def __init__(self, tmp: Path, model: onnx.ModelProto, mode: str, method: str, per_channel: bool,
+                 calibration: Dataset | None):
+        self.tmp, self.method, self.per_channel = tmp, method, per_channel
+        self.dynamic = mode == "dynamic"
+        self.calibration = calibration
+        self.notes: list[str] = []
+        self.float_path = self._pre_process(model)
+        self.float_model = onnx.load(str(self.float_path))
+        self.count = 0
+
+    def _pre_process(self, model: onnx.ModelProto) -> Path:
+        """Shape inference and graph cleanup, which the quantizer needs to place Q/DQ pairs well. onnxruntime's
+        symbolic shape inference gives up on some graphs (the opset-23 Attention of dynamo exports); then ONNX's own
+        shape inference is used, and a model neither can handle is quantized as it is."""
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        original, processed = self.tmp / "float.onnx", self.tmp / "float_pre.onnx"
+        onnx.save(model, str(original))
+        failures = []
+        for skip_symbolic in (False, True):
+            try:
+                with _sandbox(self.tmp):
+                    quant_pre_process(str(original), str(processed), skip_symbolic_shape=skip_symbolic)
+                return processed
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {str(exc).strip()[:200]}")
+        self.notes.append(f"quant_pre_process failed ({'; '.join(failures)}); quantizing the model as it is.")
+        return original
+
+    def quantize(self, exclude: list[str]) -> onnx.ModelProto:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_dynamic, quantize_static
+
+        self.count += 1
+        out = self.tmp / f"quantized_{self.count}.onnx"
+        with _sandbox(self.tmp):
+            if self.dynamic:
+                quantize_dynamic(str(self.float_path), str(out), op_types_to_quantize=list(DYNAMIC_OP_TYPES),
+                                 per_channel=self.per_channel, nodes_to_exclude=list(exclude))
+            else:
+                quantize_static(str(self.float_path), str(out), _FeedReader(self._calibration_feeds()),
+                                quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
+                                calibrate_method=getattr(CalibrationMethod, METHODS[self.method]),
+                                nodes_to_exclude=list(exclude), calibration_cache_path=str(self.tmp / "ranges.json"))
+        return onnx.load(str(out))
+
+    def _calibration_feeds(self) -> list[dict[str, np.ndarray]]:
+        """The histogram calibrators (entropy, percentile) stack every batch's activations, so batches of different
+        sizes fail inside onnxruntime; they get one sample at a time."""
+        feeds = self.calibration.feeds
+        shapes = {tuple((k, v.shape) for k, v in f.items()) for f in feeds}
+        if self.method == "minmax" or len(shapes) == 1:
+            return feeds
+        dynamic_batch = all(i.type.tensor_type.shape.dim[0].dim_param if i.type.tensor_type.shape.dim else False
+                            for i in self.float_model.graph.input)
+        if not dynamic_batch:
+            raise BadInputError(f"The calibration data '{self.calibration.source}' has batches of different shapes, "
+                                f"which {self.method} calibration cannot combine, and the model's batch is fixed.",
+                                hint="Give batches of one shape, or use --method minmax.")
+        return [{k: v[i:i + 1] for k, v in f.items()} for f in feeds for i in range(len(next(iter(f.values()))))]
+
+
+class _FeedReader:
+    """onnxruntime's CalibrationDataReader protocol over a list of feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._feeds = feeds
+        self._iter = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self._feeds)
+
+
+@contextlib.contextmanager
+def _sandbox(folder: Path):
+    """Run onnxruntime's quantization tools inside ``folder``: they print progress to stdout (which would corrupt
+    ``--json`` output), log advice onnxgate already follows, and its symbolic shape inference drops debug files
+    into the working directory when it gives up."""
+    with contextlib.chdir(folder), contextlib.redirect_stdout(io.StringIO()), warnings_module.catch_warnings():
+        warnings_module.simplefilter("ignore")
+        yield
+
+
+def _calibration_data(calib: DataArg, specs, dims, model, mode, labels_key, preprocess, report) -> Dataset | None:
+    if mode == "dynamic":
+        if calib is not None:
+            report.warnings.append("Dynamic quantization computes activation ranges at run time; the calibration "
+                                   "data is not used.")
+        return None
+    if calib is None:
+        data = random_dataset(specs, dims)
+        report.warnings.append("No calibration data given: calibrated on random inputs, so activation ranges (and "
+                               "accuracy) on real data are unknown. Pass --calib with real samples.")
+    else:
+        data = load_data(calib, specs, model=model, labels_key=labels_key, preprocess=preprocess,
+                         what="calibration data")
+    report.calibration = f"{data.source} ({data.samples} samples)"
+    return data
+
+
+def _evaluation_data(eval_data: DataArg, calibration: Dataset | None, specs, dims, model, labels, labels_key,
+                     preprocess, report: QuantizeReport) -> Dataset:
+    if eval_data is not None:
+        data = load_data(eval_data, specs, model=model, labels=labels, labels_key=labels_key, preprocess=preprocess,
+                         what="evaluation data")
+    elif calibration is not None and not calibration.source.startswith("random"):
+        data = calibration
+        report.warnings.append("No evaluation data given: the budget is measured on the calibration data, which "
+                               "flatters the result. Pass --eval with held-out samples.")
+    else:
+        data = random_dataset(specs, dims)
+        report.warnings.append("No evaluation data given: the error is measured on random inputs.")
+    if report.budget.max_accuracy_drop is not None and data.labels is None:
+        raise BadInputError(f"--max-accuracy-drop needs labels, and the evaluation data '{data.source}' has none.",
+                            hint=f"Put labels in the .npz under '{labels_key}' (or --labels-key), use class "
+                                 "sub-folders for images, or give --max-error instead.")
+    if not report.budget.given:
+        if data.labels is not None:
+            report.budget = Budget(max_accuracy_drop=DEFAULT_ACCURACY_DROP)
+        else:
+            report.warnings.append("No budget given and no labels: the error is reported, not gated.")
+    report.evaluation = f"{data.source} ({data.samples} samples)"
+    return data
+
+
+def _record_in_metadata(model: onnx.ModelProto, original: onnx.ModelProto, report: QuantizeReport) -> None:
+    """Keep the input's metadata (onnxgate's input specs above all) and record how the model was quantized."""
+    props = {p.key: p.value for p in original.metadata_props} | {p.key: p.value for p in model.metadata_props}
+    props["onnxgate.quantization"] = json.dumps({
+        "mode": report.mode, "method": report.method, "per_channel": report.per_channel,
+        "float_nodes": [s.node for s in report.float_nodes], "budget": str(report.budget)})
+    onnx.helper.set_model_props(model, props)
