@@ -4,18 +4,12 @@ PyTorch in ONNX Runtime, and in OpenVINO with the same tolerances."""
 import pytest
 
 import onnxgate
+from onnxgate.examples.corpus import VERIFY_CASES
 from onnxgate.spec import ExportConfig, parse_dim, parse_input
 
 pytestmark = pytest.mark.slow
 
-CASES = {
-    # ref: (inputs, dims)
-    "torchvision:resnet18": (["x:Bx3xSxS:float32"], ["B=1..7@2", "S=160..288@224"]),
-    "torchvision:mobilenet_v3_small": (["x:Bx3xSxS:float32"], ["B=1..7@2", "S=160..288@224"]),
-    "torchvision:vit_b_16": (["x:Bx3x224x224:float32"], ["B=1..7@2"]),
-    "onnxgate.examples.tiny_transformers:bert": (
-        ["input_ids:BxT:int64:0..999", "attention_mask:BxT:int64:1..1"], ["B=1..7@2", "T=8..32@16"]),
-}
+CASES = VERIFY_CASES
 
 
 @pytest.fixture(scope="module")

@@ -26,3 +26,11 @@ CORPUS: list[tuple[str, list[str], list[str]]] = [
     ("onnxgate.examples.tiny_transformers:gpt2", TEXT, TEXT_DIMS),
     ("onnxgate.examples.tiny_transformers:t5", [*TEXT, "decoder_input_ids:BxT:int64:0..999"], [*TEXT_DIMS, "T=2..32@8"]),
 ]
+
+# Models `onnxgate verify` must pass at batch 1, 3 and 7 and, for the CNNs, two other spatial sizes (issue 3).
+VERIFY_CASES: dict[str, tuple[list[str], list[str]]] = {
+    "torchvision:resnet18": (["x:Bx3xSxS:float32"], ["B=1..7@2", "S=160..288@224"]),
+    "torchvision:mobilenet_v3_small": (["x:Bx3xSxS:float32"], ["B=1..7@2", "S=160..288@224"]),
+    "torchvision:vit_b_16": (["x:Bx3x224x224:float32"], ["B=1..7@2"]),
+    "onnxgate.examples.tiny_transformers:bert": (TEXT, ["B=1..7@2", "S=8..32@16"]),
+}
