@@ -177,7 +177,10 @@ def test_gemm_peak_is_measured():
 
 def test_busy_machine_is_called_out():
     assert MachineLoad(2, [0.1, 0.1, 0.1], 0.05).warnings() == []
-    assert len(MachineLoad(2, [1.5, 1.0, 1.0], 0.05).warnings()) == 1
+    # A high load average alone (it trails a minute and includes our own earlier runs) is not proof of a busy
+    # machine when other processes' CPU use was measured directly; it decides only when that measurement is missing.
+    assert MachineLoad(2, [1.5, 1.0, 1.0], 0.05).warnings() == []
+    assert len(MachineLoad(2, [1.5, 1.0, 1.0], None).warnings()) == 1
     assert "other processes used 0.80" in MachineLoad(2, [0.1, 0.1, 0.1], 0.8).warnings()[0]
     load = LoadMonitor().stop()
     assert load.cores >= 1 and (load.other_cores is None or load.other_cores >= 0)

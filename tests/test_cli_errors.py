@@ -98,3 +98,23 @@ def test_version(capsys):
 
     code, out, _ = run_cli(capsys, "--version")
     assert code == 0 and __version__ in out
+
+
+@pytest.mark.slow
+def test_issue_acceptance_resnet18_export_runs_at_batch_1_and_4(capsys, tmp_path):
+    """The foundation issue's first acceptance line, verbatim, then onnxruntime at batch 1 and 4 vs PyTorch."""
+    import numpy as np
+
+    import onnxgate
+    from onnxgate.runtimes.ort import OrtRunner
+
+    out = tmp_path / "r18.onnx"
+    code, _, err = run_cli(capsys, "export", "torchvision:resnet18", "-o", str(out), "--input", "x:Bx3x224x224:float32")
+    assert code == 0, err
+    model = onnxgate.load_model("torchvision:resnet18").module
+    for batch in (1, 4):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).numpy()
+        got = OrtRunner(out).run({"x": x})["output"]
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)

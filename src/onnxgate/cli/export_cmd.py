@@ -83,9 +83,13 @@ def export(
     if result.structure:
         console.print(io_table(result.structure))
     won = result.attempts[result.winner]
+    dynamic = [d for d in result.dims if d not in won.frozen_dims]
     console.print(f"[green]exported[/] {output} with the {won.strategy} exporter at opset "
                   f"{won.opset_emitted or won.opset}; matches PyTorch (max abs err {won.max_abs_err:.2e})"
-                  + (f" and keeps dims {', '.join(result.dims)} dynamic" if result.dims else ""))
+                  + (f" and keeps dims {', '.join(dynamic)} dynamic" if dynamic else ""))
+    for name, why in won.frozen_dims.items():
+        console.print(f"[yellow]static by request[/] (--allow-static {name}): dim {name} is frozen at "
+                      f"{result.dims[name]['example']}: {why}")
 
 
 def register(app: typer.Typer) -> None:
