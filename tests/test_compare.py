@@ -191,3 +191,13 @@ def test_detection_near_the_score_cut_may_be_dropped():
     # without a threshold the cut is the lowest score present (a top-k cap)
     assert match_detections(BOXES, SCORES, LABELS, BOXES[:3], SCORES[:3], LABELS[:3]).passed
     assert not match_detections(BOXES, SCORES, LABELS, BOXES[[0, 2, 3]], SCORES[[0, 2, 3]], LABELS[[0, 2, 3]]).passed
+
+
+def test_tiny_outputs_are_judged_against_their_own_scale():
+    """Vanished activations (max |ref| ~ 1e-9) would pass any candidate within atol=1e-4, zeros included."""
+    rng = np.random.default_rng(0)
+    ref = (rng.standard_normal((2, 10)) * 1e-9).astype(np.float32)
+    zeros = compare_outputs({"y": ref}, {"y": np.zeros_like(ref)})[0]
+    assert not zeros.passed and "atol tightened" in " ".join(zeros.notes)
+    noise = compare_outputs({"y": ref}, {"y": ref * (1 + 1e-6)})[0]
+    assert noise.passed

@@ -157,6 +157,9 @@ class ExportConfig:
     labels: tuple[str, ...] = ()
     allow_static: tuple[str, ...] = ()  # dims the user accepts as frozen
     check_determinism: bool = True
+    # Re-initialize all-zero weights (a zero-init head) with seeded noise before export, so parity on random-weight
+    # models proves something. Recorded in the model's metadata; verify applies the same to its reference.
+    reinit_degenerate: bool = False
 
     def dim(self, name: str) -> Dim:
         for d in self.dims:

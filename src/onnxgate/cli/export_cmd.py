@@ -51,6 +51,8 @@ def export(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model file. Runs code from the file: only for files you trust."),
     meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE written into the model's metadata. Repeatable."),
     labels: Path = typer.Option(None, help="Class labels file (UTF-8, one a line) stored in the model's metadata."),
+    reinit_degenerate: bool = typer.Option(False, "--reinit-degenerate", help="Re-initialize all-zero weights "
+                                           "with small seeded noise before export (random-weight models only)."),
     allow_static: list[str] = typer.Option([], "--allow-static", help="Accept this dynamic dim being frozen at its traced size. Repeatable."),
     config_file: Path = typer.Option(None, "--config", help="Read settings from an onnxgate.toml."),
     force: bool = typer.Option(False, "--force", help="Overwrite the output if it exists."),
@@ -58,8 +60,10 @@ def export(
 ) -> None:
     """Export a PyTorch model to ONNX, trying dynamo and TorchScript exporters over opsets until one is proven."""
     from ..errors import BadInputError
+    from ..spec import replace
 
     run, cfg = build_config(inputs, dims, strategy, opset, device, meta, labels, allow_static, config_file)
+    cfg = replace(cfg, reinit_degenerate=reinit_degenerate or cfg.reinit_degenerate)
     ref = ref or run.ref
     if not ref:
         raise BadInputError("No model given.", hint="Pass a model reference, e.g. onnxgate export torchvision:resnet18 -o r18.onnx.")

@@ -20,6 +20,8 @@ def run(
     opset: int = typer.Option(None, help="Pin one opset."),
     meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE written into the model's metadata. Repeatable."),
     labels: Path = typer.Option(None, help="Class labels file (UTF-8, one a line)."),
+    reinit_degenerate: bool = typer.Option(False, "--reinit-degenerate", help="Re-initialize all-zero weights "
+                                           "with small seeded noise before export (random-weight models only)."),
     allow_static: list[str] = typer.Option([], "--allow-static", help="Accept this dim being frozen. Repeatable."),
     target: list[str] = typer.Option([], "--target", help=TARGET_HELP),
     bundle: bool = typer.Option(True, "--bundle/--no-bundle", help="Write the portable bundle when verification passes."),
@@ -43,6 +45,9 @@ def run(
         return render_pipeline(report, json_out)
     config_file = Path(model) if model.endswith(".toml") else None
     run_cfg, cfg = build_config(inputs, dims, strategy, opset, None, meta, labels, allow_static, config_file)
+    from ..spec import replace
+
+    cfg = replace(cfg, reinit_degenerate=reinit_degenerate or cfg.reinit_degenerate)
     ref = run_cfg.ref if config_file else model
     if not ref:
         from ..errors import BadInputError

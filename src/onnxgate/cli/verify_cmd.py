@@ -22,7 +22,7 @@ def verify(
     rtol: float = typer.Option(None, help="Relative tolerance for every output (default per dtype)."),
     atol: float = typer.Option(None, help="Absolute tolerance for every output (default per dtype)."),
     localize: bool = typer.Option(True, "--localize/--no-localize", help="Name the first diverging layer when parity fails."),
-    reinit_degenerate: bool = typer.Option(False, "--reinit-degenerate", help="Re-initialize all-zero weights with small noise (verification only)."),
+    reinit_degenerate: bool = typer.Option(False, "--reinit-degenerate", help="Re-initialize the reference's all-zero weights with seeded noise, as `export --reinit-degenerate` did (automatic when the model records it)."),
     allow_static: list[str] = typer.Option([], "--allow-static", help="Accept this dim being frozen. Repeatable."),
     targets: list[str] = typer.Option([], "--target", help=TARGET_HELP),
     weights: str = typer.Option(None, help="State-dict file for the --against model."),

@@ -245,6 +245,8 @@ def _metadata(loaded, prepared: Prepared, config: ExportConfig, attempt: Attempt
     }
     for key, value in loaded.meta.items():
         meta[f"onnxgate.model.{key}"] = str(value)
+    if config.reinit_degenerate:
+        meta["onnxgate.reinit_degenerate"] = "true"  # verify re-applies the same seeded re-initialization
     if config.labels:
         meta["labels"] = json.dumps(list(config.labels), ensure_ascii=False)
     meta.update(config.meta)

@@ -135,6 +135,13 @@ def prepare(loaded, config: ExportConfig) -> Prepared:
         if config.device != "cpu" or any(p.device.type != "cpu" for p in module.parameters()):
             module = module.to(config.device)
 
+    if config.reinit_degenerate:
+        from ..runtimes.torch_runner import reinit_degenerate_parameters
+
+        prepared_reinit = reinit_degenerate_parameters(module)
+        if prepared_reinit:
+            warnings.append(f"Re-initialized all-zero weights with small seeded noise (--reinit-degenerate): "
+                            f"{', '.join(prepared_reinit[:6])}{' ...' if len(prepared_reinit) > 6 else ''}.")
     specs, dims = resolve_specs(config, loaded.example_inputs, module)
     example = example_inputs(specs, dims, loaded.example_inputs)
     call_as_kwargs = calls_by_keyword(module, [s.name for s in specs])

@@ -114,7 +114,7 @@ def verify(
     else:
         loaded = ref if isinstance(ref, LoadedModel) else LoadedModel(ref, type(ref).__name__)
     warnings = []
-    if reinit_degenerate:
+    if reinit_degenerate or config.reinit_degenerate or structure.metadata.get("onnxgate.reinit_degenerate") == "true":
         changed = reinit_degenerate_parameters(loaded.module)
         if changed:
             warnings.append(f"Re-initialized degenerate (all-zero) parameters with small noise for verification "
@@ -132,8 +132,8 @@ def verify(
         if p.insensitive_outputs:
             warnings.append(
                 f"The PyTorch outputs {', '.join(p.insensitive_outputs)} do not depend on the input (a zero-initialized "
-                "head or vanished activations): parity on them proves nothing. Re-run with --reinit-degenerate to "
-                "re-initialize degenerate parameters with small noise for verification only.")
+                "head or vanished activations): parity on them proves nothing. Export with --reinit-degenerate to "
+                "re-initialize all-zero weights with small seeded noise (verify then applies the same).")
             break
     result = VerifyResult(str(model), loaded.ref, structure, parities, warnings, targets=target_results)
     failed = next((p for p in parities if not p.passed), None)

@@ -153,6 +153,7 @@ def _compare_one(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance, re
     failures += _nonfinite_failures(a, b, ref_label)
     finite = np.isfinite(a) & np.isfinite(b)
     a, b = a[finite], b[finite]
+    tol = _tie_atol_to_scale(comp, a, tol)
     _fill_statistics(comp, a, b, tol)
     if _is_classifier_like(ref):
         _fill_topk(comp, _as_float64(ref), _as_float64(got))
@@ -171,6 +172,20 @@ def _compare_one(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance, re
     comp.passed = not failures
     comp.reason = "; ".join(failures) or None
     return comp
+
+
+def _tie_atol_to_scale(comp: OutputComparison, ref: np.ndarray, tol: Tolerance) -> Tolerance:
+    """An output whose largest value is below atol would pass any candidate within atol — a random-weight net
+    whose activations vanished to 1e-9 "matches" an all-zero candidate. So atol never exceeds rtol × the output's
+    own scale; the comparison says when it was tightened."""
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    if tol.atol > 0 and 0 < scale and tol.rtol * scale < tol.atol:
+        tightened = Tolerance(tol.rtol, tol.rtol * scale)
+        comp.tolerance = tightened
+        comp.notes.append(f"atol tightened to rtol x scale = {sci(tightened.atol)}: the output's largest value "
+                          f"({sci(scale)}) is below the default atol, which would accept almost anything")
+        return tightened
+    return tol
 
 
 def _as_float64(x: np.ndarray) -> np.ndarray:
