@@ -132,8 +132,8 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
                 if case.error and case.error.startswith("the reference fails"):
                     continue  # PyTorch itself rejects this size: not the export's fault
                 bad = [c for c in case.comparisons if not c.passed]
-                why = (f"output {', '.join(ref or [])} not computed: {case.error}" if case.error
-                       else f"output {bad[0].name}: {bad[0].reason}")
+                why = (f"no output computed ({', '.join(repr(n) for n in ref or [])}): {case.error}" if case.error
+                       else f"output '{bad[0].name}': {bad[0].reason}")
                 frozen[name] = f"traced at {dim.example}, wrong at {name}={size} ({why})"
     # A size the reference itself cannot run is no evidence either way.
     cases = [c for c in cases if not (c.dim and c.error and c.error.startswith("the reference fails"))]
