@@ -54,7 +54,9 @@ def run(
 
         raise BadInputError(f"'{model}' names no model (its `ref` key is missing).", hint='Add ref = "torchvision:resnet18" to it.')
     out = output or Path(run_cfg.output or "onnxgate-out")
-    feeds = _load_data(data, cfg) if data else None
+    from ..verify.inputs import load_feeds
+
+    feeds = load_feeds(data, list(cfg.inputs)) if data else None
     from ..pipeline import QuantizeConfig
 
     int8 = QuantizeConfig(mode=quantize, calib=calib, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop,
@@ -72,15 +74,6 @@ def _bench_mode(value: str) -> str | None:
     if value not in ("quick", "full", "none"):
         raise BadInputError(f"--bench '{value}' is not a benchmark mode.", hint="Use quick, full or none.")
     return None if value == "none" else value
-
-
-def _load_data(data: list[str], cfg):
-    from ..verify.inputs import load_callable, load_npz
-
-    feeds = []
-    for item in data:
-        feeds += load_npz(item, list(cfg.inputs)) if item.endswith((".npz", ".npy")) else load_callable(item, list(cfg.inputs))
-    return feeds
 
 
 def demo(

@@ -80,14 +80,11 @@ def verify(
 
 def _load_data(data: list[str], target: Path, config):
     from ..verify.api import specs_from_model
-    from ..verify.inputs import load_callable, load_npz
+    from ..verify.inputs import load_feeds
     from ..verify.structure import check_structure
 
     specs, _ = specs_from_model(check_structure(target, try_ort=False), config)
-    feeds = []
-    for item in data:
-        feeds += load_npz(item, specs) if item.endswith((".npz", ".npy")) else load_callable(item, specs)
-    return feeds
+    return load_feeds(data, specs)
 
 
 def register(app: typer.Typer) -> None:

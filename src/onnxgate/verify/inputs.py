@@ -222,6 +222,14 @@ def _resize_and_crop(img, shorter: int, crop: int):
     return img.crop((left, top, left + crop, top + crop))
 
 
+def load_feeds(items: list[str], specs: list[InputSpec]) -> list[Feed]:
+    """The feeds of every ``--data`` item: ``.npz``/``.npy`` files, or ``file.py:fn`` / ``pkg.mod:fn`` callables."""
+    feeds: list[Feed] = []
+    for item in items:
+        feeds += load_npz(item, specs) if item.endswith((".npz", ".npy")) else load_callable(item, specs)
+    return feeds
+
+
 def load_callable(ref: str, specs: list[InputSpec] | None = None, *, limit: int | None = None) -> list[Feed]:
     """Feeds from the user's function ``file.py:fn`` or ``pkg.mod:fn``.
 
