@@ -206,7 +206,7 @@ class _Quantizer:
         return original
 
     def quantize(self, exclude: list[str]) -> onnx.ModelProto:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_dynamic, quantize_static
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
         self.count += 1
         out = self.tmp / f"quantized_{self.count}.onnx"
@@ -217,6 +217,9 @@ class _Quantizer:
             else:
                 quantize_static(str(self.float_path), str(out), _FeedReader(self._calibration_feeds()),
                                 quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
+                                # U8S8 (uint8 activations, int8 weights): onnxruntime's fast path on x86 CPUs. With
+                                # int8 activations (S8S8, the quantizer's default) resnet18 ran 3x slower here.
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=getattr(CalibrationMethod, METHODS[self.method]),
                                 nodes_to_exclude=list(exclude), calibration_cache_path=str(self.tmp / "ranges.json"))
         return onnx.load(str(out))
