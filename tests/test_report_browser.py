@@ -3,8 +3,6 @@ network requests, every plot rendered with a size. Keeps a screenshot under test
 """
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -4,7 +4,6 @@ localizer names the responsible module."""
 import math
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 

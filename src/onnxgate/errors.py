@@ -98,6 +98,13 @@ class IntegrityError(OnnxgateError):
     exit_code = ExitCode.INTEGRITY
 
 
+def first_line(exc: BaseException, limit: int = 400) -> str:
+    """The first line of an exception's message (its type name when the message is empty), cut at ``limit``: what
+    results and reports record of a library error without its multi-line dumps."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 def require(module: str, extra: str, purpose: str):
     """Import an optional dependency or raise MissingExtraError naming the extra to install."""
     import importlib

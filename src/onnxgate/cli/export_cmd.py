@@ -17,7 +17,7 @@ DIM_HELP = "NAME=MIN..MAX[@EXAMPLE] or NAME=EXAMPLE for a named dim, e.g. B=1..6
 def build_config(inputs, dims, strategy, opset, device, meta, labels, allow_static, config_file):
     """Flags win over onnxgate.toml, which wins over library defaults."""
     from ..errors import BadInputError
-    from ..spec import ExportConfig, RunConfig, load_toml, parse_dim, parse_input, parse_meta, read_labels, replace
+    from ..spec import RunConfig, load_toml, parse_dim, parse_input, parse_meta, read_labels, replace
 
     run = load_toml(config_file) if config_file else RunConfig()
     cfg = run.export

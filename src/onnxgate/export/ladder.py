@@ -23,9 +23,8 @@ import numpy as np
 from .. import serde
 from ..fsutil import check_target
 from .._version import __version__
-from ..errors import ExportError, ParityError
+from ..errors import ExportError, ParityError, first_line
 from ..spec import ExportConfig
-from ..verify.shapes import first_off_trace_size
 from ..verify.structure import StructureReport, check_structure
 from .prepare import Prepared, prepare
 from .strategies import EXPORTERS, STRATEGIES
@@ -153,11 +152,6 @@ class PeakRSS:
         return round(self.peak / 2**20, 1)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:400]
-
-
 def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple[str, ...],
            traced_branches: list[str]) -> None:
     """Fill in the attempt's outcome: structure, onnxruntime load, then quick parity — the example inputs, a
@@ -276,7 +270,7 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
                     out = EXPORTERS[attempt.strategy](prepared, attempt.opset, path)
                     attempt.warnings = out.warnings
                 except Exception as exc:  # an exporter failure is an expected outcome, recorded
-                    attempt.outcome, attempt.error_class, attempt.error = EXPORT_ERROR, type(exc).__name__, _first_line(exc)
+                    attempt.outcome, attempt.error_class, attempt.error = EXPORT_ERROR, type(exc).__name__, first_line(exc)
                     from .diagnose import diagnose
 
                     attempt.diagnosis = asdict(diagnose(exc, getattr(exc, "exporter_output", "")))
@@ -288,7 +282,7 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
             try:
                 _judge(prepared, attempt, path, config.allow_static, out.traced_branches)
             except Exception as exc:
-                attempt.outcome, attempt.error_class, attempt.error = RUNTIME_ERROR, type(exc).__name__, _first_line(exc)
+                attempt.outcome, attempt.error_class, attempt.error = RUNTIME_ERROR, type(exc).__name__, first_line(exc)
             attempt.path = str(path)
             if attempt.outcome == OK:
                 winner = i

@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 
 import onnx
 
+from ..errors import first_line
 from ..verify.compare import Tolerance
 from .verifier import Verifier
 
@@ -152,7 +153,7 @@ def run_passes(model: onnx.ModelProto, passes: list[Pass], *, verifier: Verifier
         try:
             result = p(copy_model(current))
         except Exception as exc:  # a third-party tool crashed on this graph: keep the model we had
-            record.status, record.message = FAILED, f"{name} raised {type(exc).__name__}: {_first_line(exc)}"
+            record.status, record.message = FAILED, f"{name} raised {type(exc).__name__}: {first_line(exc, 300)}"
             result = None
         record.seconds = round(time.perf_counter() - start, 3)
         if result is not None:
@@ -194,6 +195,3 @@ def _with_metadata_of(model: onnx.ModelProto, original: onnx.ModelProto, *, appl
     return model
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

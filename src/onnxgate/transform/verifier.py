@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..errors import RuntimeIncompatibleError
+from ..errors import RuntimeIncompatibleError, first_line
 from ..spec import Dim, InputSpec
 from ..verify.compare import Tolerance, compare_outputs
 from ..verify.inputs import Feed, random_inputs
@@ -63,7 +63,7 @@ class Verifier:
             try:
                 outputs.append(dict(zip(names, session.run(None, cast))))
             except Exception as exc:
-                raise RuntimeIncompatibleError(f"onnxruntime cannot run {what}: {_first_line(exc)}",
+                raise RuntimeIncompatibleError(f"onnxruntime cannot run {what}: {first_line(exc)}",
                                                hint="Check that the feeds match the model's inputs.") from exc
         return outputs
 
@@ -113,7 +113,7 @@ def session_for(model: onnx.ModelProto, *, what: str, opt_level: str | None = No
     try:
         return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise RuntimeIncompatibleError(f"onnxruntime {ort.__version__} cannot load {what}: {_first_line(exc)}",
+        raise RuntimeIncompatibleError(f"onnxruntime {ort.__version__} cannot load {what}: {first_line(exc)}",
                                        hint="Check the model with `onnxgate inspect`.") from exc
 
 
@@ -147,6 +147,3 @@ def _cast_like(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[s
     return out
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:400]

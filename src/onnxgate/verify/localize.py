@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import BadInputError
+from ..errors import BadInputError, first_line
 from ..runtimes.ort import OrtRunner
 from .compare import OutputComparison, Tolerance, compare_outputs, sci
 
@@ -329,8 +329,7 @@ def _ort_runner(model):
 
 def _first_line(exc: BaseException) -> str:
     """A one-line error: for an onnxruntime kernel failure, the node and its message without C++ source noise."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
+    text = first_line(exc, limit=10_000)
     if match := re.search(r"running (\w+) node\. Name:'([^']*)' Status Message: (.*)", text):
         message = re.sub(r"^\S+:\d+ .*? was false\. ", "", match.group(3))
         text = f"{match.group(1)} node '{match.group(2)}': {message}"

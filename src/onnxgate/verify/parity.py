@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..spec import Dim, InputSpec
+from ..errors import first_line
 from .compare import OutputComparison, Tolerance, check_input_sensitivity, compare_outputs
 from .inputs import random_inputs
 from .shapes import first_off_trace_size, probe_sizes
@@ -75,21 +76,16 @@ class ParityReport:
                 "cases": [c.to_dict() for c in self.cases]}
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
 def _run_case(case: ShapeCase, feed, reference, candidate, tolerances, default) -> dict[str, np.ndarray] | None:
     try:
         ref = reference.run(feed)
     except Exception as exc:
-        case.error = f"the reference fails on this feed: {_first_line(exc)}"
+        case.error = f"the reference fails on this feed: {first_line(exc, 300)}"
         return None
     try:
         got = candidate.run(feed)
     except Exception as exc:
-        case.error = f"{candidate.name} fails: {_first_line(exc)}"
+        case.error = f"{candidate.name} fails: {first_line(exc, 300)}"
         return ref
     # Candidate outputs line up with the reference by position: the exporter named them from the same flattening.
     got = dict(zip(ref, got.values())) if set(got) != set(ref) and len(got) == len(ref) else got

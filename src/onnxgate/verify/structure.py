@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from .. import serde
+from ..errors import first_line
 
 _ELEM_TYPES = {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
 _DTYPE_NAMES = {"float": "float32", "double": "float64"}
@@ -85,11 +86,6 @@ def tensor_infos(values) -> list[TensorInfo]:
     return infos
 
 
-def _first_line(exc: BaseException, limit: int = 400) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
-
-
 def check_structure(path: str | Path, *, try_ort: bool = True) -> StructureReport:
     """Run every structural check on the ONNX file at ``path`` and return what was found (never raises for a
     model that fails a check: the failure is in the report)."""
@@ -102,14 +98,14 @@ def check_structure(path: str | Path, *, try_ort: bool = True) -> StructureRepor
     try:  # by path: the checker reads external data itself and handles models over 2 GB
         onnx.checker.check_model(str(p), full_check=True)
     except Exception as exc:
-        checker_ok, checker_error = False, _first_line(exc)
+        checker_ok, checker_error = False, first_line(exc)
 
     inferred = model
     shape_ok, shape_error = True, None
     try:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:
-        shape_ok, shape_error = False, _first_line(exc)
+        shape_ok, shape_error = False, first_line(exc)
 
     params, param_bytes = 0, 0
     for init in model.graph.initializer:
@@ -147,4 +143,4 @@ def ort_load_check(path: Path) -> tuple[str | None, bool | None, str | None]:
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         return ort.__version__, True, None
     except Exception as exc:
-        return ort.__version__, False, _first_line(exc)
+        return ort.__version__, False, first_line(exc)
