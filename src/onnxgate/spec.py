@@ -29,6 +29,11 @@ _NAME = r"[A-Za-z_][A-Za-z0-9_.\-]*"
 _DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+# Dim names that mean "batch": without an example size they are traced at 2 (the dynamo exporter specializes a dim
+# traced at 0 or 1 to a constant).
+BATCH_NAMES = frozenset({"b", "batch", "n", "batch_size", "bs"})
+
+
 @dataclass(frozen=True)
 class Dim:
     """A named dynamic dimension. ``example`` is the size used for tracing; None = take it from the model."""

@@ -25,7 +25,7 @@ from .spec import Dim, ExportConfig, InputSpec
 
 
 def _config(example_inputs: dict[str, Any], dims: dict[str, dict[int, str]] | None,
-            ranges: dict[str, tuple[int, int]] | None) -> ExportConfig:
+            ranges: dict[str, tuple[int, int]] | None, allow_static: tuple[str, ...]) -> ExportConfig:
     dims = dims or {}
     specs = []
     for name, tensor in example_inputs.items():
@@ -33,7 +33,7 @@ def _config(example_inputs: dict[str, Any], dims: dict[str, dict[int, str]] | No
         specs.append(InputSpec(name, tuple(int(d) if not isinstance(d, str) else d for d in shape),
                                str(tensor.dtype).removeprefix("torch.")))
     dim_specs = tuple(Dim(name, lo, hi) for name, (lo, hi) in (ranges or {}).items())
-    return ExportConfig(inputs=tuple(specs), dims=dim_specs)
+    return ExportConfig(inputs=tuple(specs), dims=dim_specs, allow_static=tuple(allow_static))
 
 
 def assert_exports(model, example_inputs: dict[str, Any], *, dims: dict[str, dict[int, str]] | None = None,
@@ -44,8 +44,7 @@ def assert_exports(model, example_inputs: dict[str, Any], *, dims: dict[str, dic
     ONNX path. Fails the test with onnxgate's diagnosis when anything does not hold."""
     import onnxgate
 
-    config = _config(example_inputs, dims, ranges)
-    config = ExportConfig(inputs=config.inputs, dims=config.dims, allow_static=tuple(allow_static))
+    config = _config(example_inputs, dims, ranges, allow_static)
     path = Path(tmp_path) / "model.onnx"
     try:
         onnxgate.export(model, path, config=config, example_inputs=example_inputs, force=True)

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInputError
-from ..spec import Dim, ExportConfig, InputSpec
+from ..spec import BATCH_NAMES, Dim, ExportConfig, InputSpec
 
-BATCH_NAMES = {"b", "batch", "n", "batch_size", "bs"}
 
 
 @dataclass

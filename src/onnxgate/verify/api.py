@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
-from ..spec import Dim, ExportConfig, InputSpec, parse_input
+from ..spec import BATCH_NAMES, Dim, ExportConfig, InputSpec, parse_input
 from .compare import Tolerance
 from .parity import ParityReport, static_dims_in_graph, verify_parity
 from .structure import StructureReport, check_structure
 
-BATCH_LIKE = {"b", "batch", "n", "batch_size", "bs"}
 
 
 @dataclass
@@ -63,7 +62,7 @@ def specs_from_model(structure: StructureReport, config: ExportConfig) -> tuple[
             known = dims.get(name)
             dim = user or known or Dim(name)
             if dim.example is None:
-                example = known.example if known and known.example else (2 if name.lower() in BATCH_LIKE else None)
+                example = known.example if known and known.example else (2 if name.lower() in BATCH_NAMES else None)
                 if example is None:
                     raise BadInputError(
                         f"The model's input '{spec.name}' has the dynamic dim '{name}' and onnxgate does not know a "
