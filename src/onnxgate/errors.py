@@ -17,10 +17,18 @@ they become errors only at the very end, when the CLI turns a failed report into
     ├── AccuracyBudgetError    exit 5   a quantized model misses its accuracy budget
     ├── RuntimeIncompatibleError exit 6 the target runtime cannot load or run the model
     └── IntegrityError         exit 9   a bundle file does not match its recorded checksum
+
+    ModelCodeExit (a plain Exception, not an OnnxgateError): the model's own code called ``sys.exit()`` or raised
+    ``KeyboardInterrupt``. ``user_code()`` turns those BaseExceptions into this value-like failure where user code
+    runs, so the stage reports it like any other model error and a model can never make onnxgate exit 0.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 
 
@@ -113,3 +121,38 @@ def require(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(module, extra, purpose) from exc
+
+
+class ModelCodeExit(Exception):
+    """The model's own code tried to end the process (``sys.exit``, ``exit()``, ``KeyboardInterrupt``)."""
+
+
+_user_interrupts = 0  # SIGINTs really delivered (Ctrl-C); counted by the handler install_interrupt_tracker sets
+
+
+def install_interrupt_tracker() -> None:
+    """Count real Ctrl-C presses, so ``user_code`` can tell them from a ``KeyboardInterrupt`` the model raised."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        global _user_interrupts
+        _user_interrupts += 1
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
+@contextmanager
+def user_code(what: str) -> Iterator[None]:
+    """Run the user's model code (import, construction, forward, export tracing): a ``sys.exit()`` or a
+    ``KeyboardInterrupt`` the model raises itself becomes ``ModelCodeExit``; a real Ctrl-C still interrupts."""
+    seen = _user_interrupts
+    try:
+        yield
+    except SystemExit as exc:
+        raise ModelCodeExit(f"the model's code called sys.exit({exc.code!r}) while {what}") from None
+    except KeyboardInterrupt:
+        if _user_interrupts != seen:
+            raise
+        raise ModelCodeExit(f"the model's code raised KeyboardInterrupt while {what}") from None

@@ -57,8 +57,11 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     from ..errors import ExitCode, OnnxgateError
 
+    from ..errors import install_interrupt_tracker
+
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
+    install_interrupt_tracker()
     try:
         # With standalone_mode=False, a typer.Exit(code) raised by a command comes back as the return value.
         rv = app(args=argv, prog_name="onnxgate", standalone_mode=False)
@@ -76,6 +79,21 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.BAD_INPUT)
     except KeyboardInterrupt:
         return 130
+    except SystemExit as exc:
+        # onnxgate's own commands end with typer.Exit, never SystemExit: this one came from code it called (a
+        # model's sys.exit() that no user_code() guard caught). Never let it pass for a verdict, least of all 0.
+        render_error(_foreign_exit(exc), as_json=as_json)
+        return int(ExitCode.INTERNAL)
+
+
+def _foreign_exit(exc: SystemExit):
+    from ..errors import OnnxgateError
+
+    error = OnnxgateError(f"Code that onnxgate called (most likely the model's own code) called sys.exit({exc.code!r}); "
+                          "onnxgate stopped without a verdict.",
+                          hint="Remove the sys.exit()/exit() call from the model's code path (import, __init__, "
+                          "forward), or keep it under `if __name__ == '__main__':`.")
+    return error
 
 
 if __name__ == "__main__":

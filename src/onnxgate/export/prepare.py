@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, ModelCodeExit, user_code
 from ..spec import BATCH_NAMES, Dim, ExportConfig, InputSpec
 
 
@@ -151,11 +151,14 @@ def prepare(loaded, config: ExportConfig) -> Prepared:
         if config.device != "cpu":
             args = tuple(a.to(config.device) for a in args)
             kwargs = {k: v.to(config.device) for k, v in kwargs.items()}
-        with torch.no_grad():
+        with torch.no_grad(), user_code("running forward() on the example inputs"):
             return flatten_outputs(module(*args, **kwargs))
 
     try:
         first = forward()
+    except ModelCodeExit as exc:
+        raise BadInputError(f"The model cannot be run: {exc}.",
+                            hint="Remove the sys.exit()/exit()/KeyboardInterrupt from the model's forward().") from exc
     except Exception as exc:
         raise BadInputError(
             f"The model fails on the example inputs ({', '.join(str(s) for s in specs)}): "

@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import user_code
 from .prepare import Prepared
 
 STRATEGIES = ("dynamo", "torchscript")
@@ -65,11 +66,12 @@ def export_dynamo(prepared: Prepared, opset: int, path: Path) -> StrategyOutput:
     stdout = io.StringIO()
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(stdout):
         warnings.simplefilter("always")
-        program = torch.onnx.export(
-            prepared.module, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
-            dynamic_shapes=dynamic, input_names=[s.name for s in prepared.specs],
-            output_names=prepared.output_names, external_data=True, verbose=False,
-        )
+        with user_code("the dynamo exporter traced it"):
+            program = torch.onnx.export(
+                prepared.module, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
+                dynamic_shapes=dynamic, input_names=[s.name for s in prepared.specs],
+                output_names=prepared.output_names, external_data=True, verbose=False,
+            )
         program.save(str(path), external_data=None)
     return StrategyOutput(path, _collect(caught, "opset_version"))
 
@@ -101,7 +103,7 @@ def export_torchscript(prepared: Prepared, opset: int, path: Path) -> StrategyOu
     dumped: list[str] = []
     try:
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()), \
-                captured_fd1() as dumped:
+                captured_fd1() as dumped, user_code("the TorchScript exporter traced it"):
             warnings.simplefilter("always")
             torch.onnx.export(
                 prepared.module, args, str(path), kwargs=kwargs or None, dynamo=False, opset_version=opset,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, user_code
 
 
 def flatten_outputs(obj: Any, prefix: str = "out") -> list[tuple[str, Any]]:
@@ -79,7 +79,7 @@ class TorchRunner:
             raise BadInputError(f"The feed has no value for input(s) {', '.join(missing)}.",
                                 hint=f"The model's inputs are: {', '.join(self.input_names)}.")
         args = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self.input_names]
-        with torch.no_grad():
+        with torch.no_grad(), user_code("running the PyTorch reference"):
             if self.by_keyword:
                 result = self.module(**dict(zip(self.input_names, args)))
             else:

@@ -12,23 +12,17 @@ The kind of a file is read from its content, not its extension (``.pt`` is used 
 
 from __future__ import annotations
 
-import pickle
-import re
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, ModelSourceError, UnsafeInputError, require
+from ..errors import BadInputError, ModelSourceError, require
+from ..safe_load import check_pt2_archive, load_pt2, torch_load
 from ._text import describe
 from .inputs import name_example_inputs
 from .model import LoadedModel
 from .weights import StateDict, extract_state_dict
-
-_SAFE_FORMATS_HINT = (
-    "Save it instead as a state dict (torch.save(model.state_dict(), PATH), then load it with --arch), as "
-    "TorchScript (torch.jit.save) or as a torch.export archive (torch.export.save, .pt2)."
-)
 
 _ARCHIVE_NAMES = {"torchscript": "a TorchScript archive", "exported_program": "a torch.export archive"}
 
@@ -50,8 +44,8 @@ def open_model_file(path_text: str, ref: str, *, trust_pickle: bool) -> LoadedMo
     if archive == "torchscript":
         return _load_torchscript(path, ref)
     if archive == "exported_program":
-        return _load_exported_program(path, ref)
-    obj = _torch_load(path, trust_pickle=trust_pickle)
+        return _load_exported_program(path, ref, trust_pickle=trust_pickle)
+    obj = torch_load(path, trust_pickle=trust_pickle)
     tensors = extract_state_dict(obj)
     if tensors is not None:
         return StateDict(tensors, path)
@@ -80,7 +74,7 @@ def read_weights(path_text: str, *, trust_pickle: bool) -> StateDict:
             f"Weights file '{path_text}' holds a whole model ({_ARCHIVE_NAMES[archive]}), not a state dict.",
             hint="Give it as the model reference itself, without --weights.",
         )
-    obj = _torch_load(path, trust_pickle=trust_pickle)
+    obj = torch_load(path, trust_pickle=trust_pickle)
     tensors = extract_state_dict(obj)
     if tensors is None:
         raise ModelSourceError(
@@ -121,11 +115,13 @@ def _load_torchscript(path: Path, ref: str) -> LoadedModel:
     return LoadedModel(module, ref, meta={"source": "torchscript"}, kind="torchscript")
 
 
-def _load_exported_program(path: Path, ref: str) -> LoadedModel:
+def _load_exported_program(path: Path, ref: str, *, trust_pickle: bool) -> LoadedModel:
     import torch
 
+    if not trust_pickle:
+        check_pt2_archive(path)  # torch.export.load unpickles with weights_only=False: look before it does
     try:
-        program = torch.export.load(str(path))
+        program = torch.export.load(str(path)) if trust_pickle else load_pt2(path)
     except Exception as exc:
         raise ModelSourceError(
             f"'{path}' looks like a torch.export archive but cannot be loaded: {describe(exc)}.",
@@ -148,56 +144,3 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     except Exception as exc:
         raise ModelSourceError(f"'{path}' is not a readable safetensors file: {describe(exc)}.",
                                hint="Check that the file is complete and was written by safetensors.") from exc
-
-
-def _torch_load(path: Path, *, trust_pickle: bool) -> Any:
-    """``torch.load`` that unpickles arbitrary objects only when the user trusts the file."""
-    import torch
-
-    try:
-        with warnings.catch_warnings():
-            # Plain pickle.dump files make torch warn about their protocol just before it refuses them anyway.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refusal = exc  # weights_only refused the content: custom objects, or bytes that are no pickle at all
-    except Exception as exc:
-        raise _unreadable(path, describe(exc)) from exc
-    if not trust_pickle:
-        if not _holds_pickle(path, refusal):
-            raise _unreadable(path, "it is neither an archive written by torch.save nor a pickle") from refusal
-        found = re.search(r"GLOBAL (\S+)", str(refusal))
-        what = f" (it references {found.group(1)})" if found else ""
-        raise UnsafeInputError(
-            f"'{path}' is a full Python pickle rather than plain weights{what}, and unpickling it runs code "
-            "stored in the file, which can do anything on this machine; onnxgate refuses to load it by default.",
-            hint="Pass --trust-pickle (trust_pickle=True) only if the file comes from a source you trust. "
-            + _SAFE_FORMATS_HINT,
-        ) from refusal
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (ImportError, AttributeError) as exc:
-        raise ModelSourceError(
-            f"'{path}' is a pickled model whose classes cannot be imported here: {describe(exc)}.",
-            hint="A pickle stores only the module and class names, not their code: make the package that defines "
-            f"the model importable (install it or add it to PYTHONPATH). {_SAFE_FORMATS_HINT}",
-        ) from exc
-    except Exception as exc:
-        raise _unreadable(path, describe(exc)) from exc
-
-
-def _holds_pickle(path: Path, refusal: pickle.UnpicklingError) -> bool:
-    """Whether a file ``weights_only`` refused is a real pickle (not random bytes): it named a Python global, or
-    it is a torch.save zip archive (whose data is always a pickle), or it starts with a pickle protocol opcode."""
-    if "GLOBAL " in str(refusal) or zipfile.is_zipfile(path):
-        return True
-    with open(path, "rb") as file:
-        return file.read(1) == pickle.PROTO
-
-
-def _unreadable(path: Path, reason: str) -> ModelSourceError:
-    return ModelSourceError(
-        f"'{path}' is not a file PyTorch can load ({reason}).",
-        hint="Give a TorchScript file, a torch.export archive (.pt2), a state dict with --arch, or a pickled "
-        "nn.Module with --trust-pickle.",
-    )

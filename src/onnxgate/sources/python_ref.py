@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..errors import ModelSourceError
+from ..errors import ModelSourceError, user_code
 from ._text import describe, listing
 from .inputs import name_example_inputs
 from .model import LoadedModel
@@ -48,9 +48,10 @@ def load_from_file(file_text: str, name: str, ref: str, state_dict: StateDict | 
     # find a module's code through sys.modules.
     sys.modules[module_name] = module
     try:
-        with _on_sys_path(path.resolve().parent):  # so the file can import the modules next to it
+        # _on_sys_path: so the file can import the modules next to it
+        with _on_sys_path(path.resolve().parent), user_code(f"importing '{file_text}'"):
             spec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:
+    except Exception as exc:
         del sys.modules[module_name]
         raise ModelSourceError(
             f"Running the Python file '{file_text}' failed with {describe(exc, path)}.",
@@ -63,7 +64,8 @@ def load_from_file(file_text: str, name: str, ref: str, state_dict: StateDict | 
 def load_from_module(module_name: str, name: str, ref: str, state_dict: StateDict | None) -> LoadedModel:
     """Load ``name`` from the importable module ``module_name``; the current directory is searched too."""
     try:
-        with _on_sys_path(Path.cwd()):  # as `python -m` would; the onnxgate entry point does not add it itself
+        # _on_sys_path: as `python -m` would; the onnxgate entry point does not add it itself
+        with _on_sys_path(Path.cwd()), user_code(f"importing module '{module_name}'"):
             module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
@@ -76,7 +78,7 @@ def load_from_module(module_name: str, name: str, ref: str, state_dict: StateDic
             f"Importing module '{module_name}' failed: it needs the package '{exc.name}', which is not installed.",
             hint=f"Install '{exc.name}' in this environment.",
         ) from exc
-    except (Exception, SystemExit) as exc:
+    except Exception as exc:
         raise ModelSourceError(
             f"Importing module '{module_name}' failed with {describe(exc)}.",
             hint="Fix that error; importing the module must not need command-line arguments.",
@@ -185,7 +187,8 @@ def _require_no_arguments(obj: Any, label: str, ref: str, *, is_class: bool) -> 
 
 def _call(obj: Any, label: str, user_file: str | None) -> Any:
     try:
-        return obj()
+        with user_code(f"building the model from {label}"):
+            return obj()
     except Exception as exc:
         raise ModelSourceError(f"Building the model from {label} failed with {describe(exc, user_file)}.",
                                hint="Fix the error in the model code.") from exc

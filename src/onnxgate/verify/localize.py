@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import BadInputError, first_line
+from ..errors import BadInputError, first_line, user_code
 from ..runtimes.ort import OrtRunner
 from .compare import OutputComparison, Tolerance, compare_outputs, sci
 
@@ -158,7 +158,7 @@ def _capture_module_outputs(module, feed: dict[str, np.ndarray], input_names: li
     handles = [sub.register_forward_hook(hook_for(name, sub)) for name, sub in named]
     try:
         args = [torch.from_numpy(np.ascontiguousarray(feed[n])) for n in input_names]
-        with torch.no_grad():
+        with torch.no_grad(), user_code("running the PyTorch reference with layer hooks"):
             runner.module(**dict(zip(input_names, args))) if runner.by_keyword else runner.module(*args)
     finally:
         for handle in handles:
