@@ -13,7 +13,8 @@ from .export_cmd import DIM_HELP, INPUT_HELP, TARGET_HELP
 
 def verify(
     target: Path = typer.Argument(..., help="An .onnx file, or a bundle folder written by `onnxgate bundle`."),
-    against: str = typer.Option(None, help="The PyTorch model to compare with (default: the source recorded in the model)."),
+    against: str = typer.Option(None, help="The PyTorch model to compare with (default: the source recorded in the model, when it is a torchvision:/timm: name)."),
+    trust_source: bool = typer.Option(False, "--trust-source", help="Use the source model the file's metadata records even when it is code (a .py file, a module, a model file): imports and runs it. Only for files you trust."),
     inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
     dims: list[str] = typer.Option([], "--dim", help=DIM_HELP),
     data: list[str] = typer.Option([], "--data", help="Real inputs: an .npz/.npy file or file.py:fn yielding feeds. Repeatable."),
@@ -50,7 +51,7 @@ def verify(
         feeds = _load_data(data, target, config) if data else None
         result = do_verify(target, against, config=config, runtimes=tuple(runtime) or ("onnxruntime",), data=feeds,
                            tolerances=None, localize=localize, reinit_degenerate=reinit_degenerate,
-                           weights=weights, arch=arch, trust_pickle=trust_pickle, default_tolerance=default,
+                           weights=weights, arch=arch, trust_pickle=trust_pickle, trust_source=trust_source, default_tolerance=default,
                            targets=tuple(targets))
     if json_out:
         emit_json(result.to_dict())

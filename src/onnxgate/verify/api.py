@@ -88,10 +88,13 @@ def verify(
     arch: str | None = None,
     trust_pickle: bool = False,
     targets: tuple[str, ...] = (),
+    trust_source: bool = False,
 ) -> VerifyResult:
-    """Verify the ONNX file ``model`` against the PyTorch model ``against``: a reference string (default: the
-    ``onnxgate.source`` recorded in the file), a ``LoadedModel`` or an ``nn.Module``. Localizes the first diverging
-    layer when parity fails."""
+    """Verify the ONNX file ``model`` against the PyTorch model ``against``: a reference string, a ``LoadedModel``
+    or an ``nn.Module``. Without ``against``, the ``onnxgate.source`` recorded in the file is used only when it is
+    a registry name (``torchvision:NAME``, ``timm:NAME``) or ``trust_source`` is set: a file's metadata is data, and
+    verifying a file must never import or run code its author chose. Localizes the first diverging layer when
+    parity fails."""
     from ..errors import require
 
     from .targets import check_targets
@@ -99,10 +102,7 @@ def verify(
     config = config or ExportConfig()
     structure = check_structure(model)
     target_results = check_targets(structure, list(targets)) if targets else []  # malformed targets fail first
-    ref = against if against is not None else structure.metadata.get("onnxgate.source")
-    if ref is None:
-        raise BadInputError(f"'{model}' records no source model, so there is nothing to verify it against.",
-                            hint="Name the PyTorch model with --against REF, e.g. --against torchvision:resnet18.")
+    ref = against if against is not None else recorded_reference(model, structure.metadata, trust_source=trust_source)
     require("torch", "torch", "Verifying against a PyTorch model")
     from ..runtimes.torch_runner import TorchRunner, reinit_degenerate_parameters
     from ..sources import LoadedModel, load_model
@@ -139,6 +139,40 @@ def verify(
     if localize and failed is not None:
         result.localization = _localize(loaded.module, model, failed, specs)
     return result
+
+
+# Recorded sources that name an entry of a model registry, not code: the name is checked against the registry's
+# own list before anything is built, so a file cannot make onnxgate import a module or run a function it chose.
+REGISTRY_SOURCES = ("torchvision", "timm")
+
+
+def recorded_reference(model: str | Path, metadata: dict[str, str], *, trust_source: bool) -> str:
+    """The source model recorded in an ONNX file's metadata, if onnxgate may use it without being told to."""
+    from ..sources.loader import parse_ref
+
+    recorded = metadata.get("onnxgate.source")
+    if recorded is None:
+        raise BadInputError(f"'{model}' records no source model, so there is nothing to verify it against.",
+                            hint="Name the PyTorch model with --against REF, e.g. --against torchvision:resnet18.")
+    shown = recorded if len(recorded) <= 200 else recorded[:200] + "..."
+    try:
+        kind = parse_ref(recorded).kind
+    except BadInputError:
+        kind = None
+    if kind in REGISTRY_SOURCES or (trust_source and kind is not None):
+        return recorded
+    if kind is None:
+        raise BadInputError(f"'{model}' records a source model ('{shown}') that is not a model reference onnxgate "
+                            "can use, so there is nothing to verify it against.",
+                            hint="Name the PyTorch model with --against REF.")
+    raise BadInputError(
+        f"'{model}' names its source model '{shown}' in its metadata, but onnxgate does not import or run code that "
+        "a file merely names: verifying a file you were given must not run its author's choice of code. No "
+        "reference was given, so nothing was verified.",
+        hint=f"If you trust that source, pass it yourself: --against '{shown}' (or --trust-source to use what the "
+        "file records). A bundle folder carries golden outputs: `onnxgate verify BUNDLE_DIR` checks it without "
+        "PyTorch.",
+    )
 
 
 def _runner(runtime: str, model: str | Path):
