@@ -272,3 +272,36 @@ def test_a_model_calling_sys_exit_never_passes(capsys, tmp_path, case, command):
     assert "sys.exit" in said or "KeyboardInterrupt" in said, said
     assert "Traceback" not in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+CRASHING_MODELS = {
+    "segfault": "import ctypes\n        ctypes.string_at(0)",
+    "abort": "import os\n        os.abort()",
+}
+
+
+@pytest.mark.parametrize("crash", list(CRASHING_MODELS))
+@pytest.mark.parametrize("command", ["export", "run"])
+def test_a_native_crash_in_model_code_is_an_outcome_not_the_tools_death(tmp_path, crash, command):
+    """The console script runs model code in a child process: a segfault/abort there is a clean exit 3 with the
+    JSON envelope naming the signal, and nothing is written."""
+    model_file = tmp_path / "crash.py"
+    model_file.write_text(f"""
+import torch
+class Net(torch.nn.Module):
+    def forward(self, x):
+        {CRASHING_MODELS[crash]}
+        return x
+def example():
+    return Net(), (torch.randn(2, 4),)
+""")
+    out = tmp_path / ("m.onnx" if command == "export" else "out")
+    argv = [command, f"{model_file}:example", "-o", str(out), "--json"] + (["--bench", "none"] if command == "run" else [])
+    proc = subprocess.run([str(Path(sys.executable).parent / "onnxgate"), *argv], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == ExitCode.EXPORT_FAILED, proc.stderr
+    envelope = json.loads(proc.stdout)
+    assert envelope["ok"] is False and envelope["error"]["exit_code"] == ExitCode.EXPORT_FAILED
+    assert {"segfault": "SIGSEGV", "abort": "SIGABRT"}[crash] in envelope["error"]["message"]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.iterdir())  # run creates its (empty) output folder up front

@@ -96,5 +96,13 @@ def _foreign_exit(exc: SystemExit):
     return error
 
 
+def entry() -> None:
+    """The ``onnxgate`` console script: commands that run model code go to a child process (see isolate.py)."""
+    from .isolate import run_isolated, wants_isolation
+
+    argv = sys.argv[1:]
+    sys.exit(run_isolated(argv) if wants_isolation(argv) else main(argv))
+
+
 if __name__ == "__main__":
     sys.exit(main())

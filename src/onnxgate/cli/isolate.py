@@ -1,0 +1,76 @@
+"""Run a command that executes untrusted code in a child process, so a native crash cannot take onnxgate down.
+
+A model's forward, a custom op, an exporter bug or onnxruntime on a malformed file can crash the interpreter
+(segfault, abort) or exhaust memory. In-process, that ends the tool with no message and no JSON: a CI log shows a
+bare signal. The ``onnxgate`` console script therefore runs the commands that execute model code or load model
+files in a child interpreter with the same arguments, inheriting stdin/stdout/stderr (progress streams through
+unchanged), and reports a child that died from a signal as an ordinary onnxgate error with a documented exit
+code and, under ``--json``, the shared error envelope. ``main()`` called from Python (the tests, a notebook) runs
+in-process, as a library call should.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from ..errors import ExitCode, OnnxgateError
+
+# Commands that import or run the user's model code, or hand files to a runtime; --help/--version/inspect/env run
+# in-process (they are cheap and load nothing executable).
+ISOLATED_COMMANDS = frozenset({"export", "run", "demo", "bundle", "bench", "verify", "optimize", "quantize"})
+# What a crash means for each command's verdict: the export-side commands failed to produce a model; the
+# verify-side ones met a model their runtime cannot run.
+_CRASH_EXIT = {"verify": ExitCode.RUNTIME_INCOMPATIBLE, "optimize": ExitCode.RUNTIME_INCOMPATIBLE,
+               "quantize": ExitCode.RUNTIME_INCOMPATIBLE}
+CHILD_ENV = "ONNXGATE_CHILD"
+
+
+def wants_isolation(argv: list[str]) -> bool:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return (os.environ.get(CHILD_ENV) != "1" and command in ISOLATED_COMMANDS
+            and not {"--help", "-h"} & set(argv))
+
+
+def run_isolated(argv: list[str]) -> int:
+    """Run ``onnxgate ARGV`` in a child interpreter; translate a death by signal into an onnxgate error."""
+    env = dict(os.environ, **{CHILD_ENV: "1"})
+    command = next(a for a in argv if not a.startswith("-"))
+    child = subprocess.Popen([sys.executable, "-m", "onnxgate.cli.main", *argv], env=env)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child (same process group)
+    try:
+        code = child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if code >= 0:
+        return code
+    error = crash_error(command, -code)
+    from .common import render_error
+
+    render_error(error, as_json="--json" in argv)
+    return int(error.exit_code)
+
+
+def crash_error(command: str, signum: int) -> OnnxgateError:
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    cause = {
+        "SIGKILL": "killed from outside, most often by the kernel's out-of-memory killer",
+        "SIGSEGV": "a segmentation fault in native code: a custom op, an exporter or a runtime bug",
+        "SIGABRT": "an abort in native code: a failed C++ assertion in a runtime or an exporter, or os.abort()",
+        "SIGBUS": "a bus error in native code",
+        "SIGFPE": "a floating-point exception in native code",
+    }.get(name, "a fatal signal")
+    error = OnnxgateError(
+        f"'onnxgate {command}' crashed while running the model's code or its runtime: the worker process died from "
+        f"{name} ({cause}). onnxgate ran it in a child process, so this report is all that was lost; no output was "
+        "written.",
+        hint="Re-run with the model's own code under a debugger (python -X faulthandler) to find the crashing op; "
+        "if it is memory, use smaller --dim ranges or a machine with more memory.",
+    )
+    error.exit_code = _CRASH_EXIT.get(command, ExitCode.EXPORT_FAILED)
+    return error
