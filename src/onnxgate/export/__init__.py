@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..spec import ExportConfig
-from .ladder import Attempt, ExportResult, run_ladder
 
 
 def export(
@@ -20,7 +19,7 @@ def export(
     trust_pickle: bool = False,
     force: bool = False,
     progress: Callable[[str], None] | None = None,
-) -> ExportResult:
+) -> "ExportResult":
     """Export ``model`` — a reference string (``torchvision:resnet18``, ``file.py:Net``, ...) or an ``nn.Module`` —
     to ``output`` and prove the result runs in onnxruntime and matches PyTorch.
 
@@ -32,6 +31,7 @@ def export(
     require("torch", "torch", "Exporting a PyTorch model")
     from ..sources import LoadedModel, load_model
     from ..sources.inputs import name_example_inputs
+    from .ladder import run_ladder
 
     if isinstance(model, str):
         loaded = load_model(model, weights=weights, arch=arch, trust_pickle=trust_pickle)
@@ -41,4 +41,7 @@ def export(
     return run_ladder(loaded, config or ExportConfig(), output, force=force, progress=progress)
 
 
+from .._lazy import lazy_exports  # noqa: E402
+
+__getattr__, __dir__ = lazy_exports(__name__, {"ExportResult": ".ladder", "Attempt": ".ladder"})
 __all__ = ["export", "ExportResult", "Attempt"]

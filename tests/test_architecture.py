@@ -1,0 +1,100 @@
+"""The rooms hold: a small public face that matches the modules, and a verification path that needs neither torch
+nor onnx (a production box has numpy, onnxruntime and the CLI libraries only)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxgate
+
+# The public entry points and where they are implemented: the list a user reads in the README and docs.
+PUBLIC_FUNCTIONS = {
+    "export": "onnxgate.export:export",
+    "verify": "onnxgate.verify.api:verify",
+    "inspect": "onnxgate.verify.structure:check_structure",
+    "load_model": "onnxgate.sources.loader:load_model",
+    "optimize": "onnxgate.transform.optimize:optimize",
+    "quantize": "onnxgate.transform.quantize:quantize",
+    "bench": "onnxgate.bench.api:bench",
+    "bundle": "onnxgate.pipeline:bundle_from_ref",
+    "verify_bundle": "onnxgate.bundle.verify:verify_bundle",
+    "run": "onnxgate.pipeline:run",
+}
+
+
+def test_public_list_matches_the_package():
+    public = {name for name in dir(onnxgate) if not name.startswith("_")}
+    listed = set(onnxgate.__all__) - {"__version__"}
+    assert listed <= public, f"listed but missing: {listed - public}"
+    callables = {name for name in public if callable(getattr(onnxgate, name))}
+    assert callables <= listed, f"public but not in __all__: {callables - listed}"
+    assert set(PUBLIC_FUNCTIONS) <= listed
+
+
+@pytest.mark.parametrize("name", list(PUBLIC_FUNCTIONS))
+def test_each_entry_point_reaches_its_implementation(name):
+    module_name, attr = PUBLIC_FUNCTIONS[name].split(":")
+    implementation = getattr(importlib.import_module(module_name), attr)
+    assert callable(getattr(onnxgate, name)), f"onnxgate.{name} was rebound to a module"
+    assert inspect.getdoc(getattr(onnxgate, name))
+    assert callable(implementation)
+
+
+@pytest.mark.parametrize("package", ["onnxgate.export", "onnxgate.verify", "onnxgate.bench", "onnxgate.bundle",
+                                     "onnxgate.transform", "onnxgate.runtimes", "onnxgate.sources"])
+def test_each_subpackage_exports_what_it_lists(package):
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None, f"{package}.{name}"
+
+
+LIGHT_MODULES = ["onnxgate", "onnxgate.cli.main", "onnxgate.bundle.verify", "onnxgate.bundle.manifest",
+                 "onnxgate.verify.compare", "onnxgate.runtimes.ort", "onnxgate.spec", "onnxgate.errors"]
+
+
+@pytest.mark.parametrize("module", LIGHT_MODULES)
+def test_light_modules_import_neither_torch_nor_onnx(module):
+    code = (f"import sys; import {module}; heavy = [m for m in ('torch', 'onnx', 'onnxgate.export.ladder') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"importing {module} loads {out.strip()}"
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory) -> Path:
+    from onnxgate.bundle.write import write_bundle
+
+    folder = tmp_path_factory.mktemp("light")
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = folder / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    feed = {"x": rng.standard_normal((2, 4)).astype(np.float32)}
+    outputs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+    return write_bundle(folder / "bundle", model_path=path, golden_inputs=feed, reference_outputs={"y": outputs[0]},
+                        source_ref="tests:matmul")
+
+
+def test_a_bundle_verifies_with_torch_and_onnx_unimportable(tiny_bundle):
+    """Like a production box: `import onnx` / `import torch` fail, and `onnxgate verify BUNDLE` still passes."""
+    code = ("import sys; sys.modules['onnx'] = None; sys.modules['torch'] = None\n"
+            "from onnxgate.cli.main import main\n"
+            f"sys.exit(main(['verify', {str(tiny_bundle)!r}, '--json']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["ok"] is True
