@@ -1,8 +1,9 @@
-"""The main job: one model through export → check → verify (→ bundle), into one report with one verdict.
+"""The main job: one model through a list of stages into one report, with one verdict from the judge.
 
-Each stage returns a typed result; the pipeline collects them into ``report.json`` (schema version
-``REPORT_SCHEMA_VERSION``), and the report alone decides the exit code.
-Stages still to come (optimize, quantize, bench, HTML) append to the same report.
+``STAGES`` runs in order over one ``Job`` (the model, its configuration and the typed results so far); each stage
+records its facts in ``report.stages`` and leaves its typed result on the job. After the last stage, ``judge``
+(``outcome.py``) turns the first failed result into the report's verdict, exit code, reason and hint: the same
+rules as ``onnxgate verify`` / ``inspect`` / ``quantize`` apply, so the same failure gives the same code.
 """
 
 from __future__ import annotations
@@ -11,39 +12,18 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from ._version import __version__
-from .errors import BadInputError, ExitCode, OnnxgateError, OutputExistsError
+from .errors import BadInputError, OnnxgateError, OutputExistsError
 from .fsutil import atomic_write_text
+from .outcome import Outcome, judge
+from .report.model import REPORT_SCHEMA_VERSION, PipelineReport
 from .spec import ExportConfig
 
-REPORT_SCHEMA_VERSION = "1"
-
-
-@dataclass
-class PipelineReport:
-    ref: str
-    out_dir: str
-    stages: dict[str, dict] = field(default_factory=dict)
-    verdict: str = "fail"
-    exit_code: int = int(ExitCode.INTERNAL)
-    reason: str | None = None
-
-    def to_dict(self) -> dict:
-        return {"schema_version": REPORT_SCHEMA_VERSION, "onnxgate_version": __version__, "ref": self.ref,
-                "out_dir": self.out_dir, "verdict": self.verdict, "exit_code": self.exit_code,
-                "reason": self.reason, "stages": self.stages}
-
-    def to_html(self) -> str:
-        from .report import render_html
-
-        return render_html(self.to_dict())
-
-    def _repr_html_(self) -> str:  # Jupyter renders the report inline
-        return self.to_html()
+__all__ = ["run", "run_demo", "bundle_from_ref", "write_verified_bundle", "QuantizeConfig", "PipelineReport",
+           "REPORT_SCHEMA_VERSION", "STAGES"]
 
 
 def _prepare_out_dir(out_dir: Path, force: bool) -> None:
@@ -54,6 +34,37 @@ def _prepare_out_dir(out_dir: Path, force: bool) -> None:
         raise OutputExistsError(f"The output folder '{out_dir}' exists and is not empty.",
                                 hint="Pass --force to overwrite its files, or choose another folder with -o.")
     out_dir.mkdir(exist_ok=True)
+
+
+@dataclass
+class Job:
+    """One pipeline run: what the stages share. Typed results accumulate as the stages run."""
+
+    loaded: Any
+    config: ExportConfig
+    out: Path
+    note: Callable[[str], None]
+    data: list[dict] | None = None
+    evaluate: Callable | None = None
+    targets: tuple[str, ...] = ()
+    bench: str | None = "quick"
+    optimize: bool = True
+    quantize: QuantizeConfig | None = None
+    bundle: bool = True
+    exported: Any = None
+    verified: Any = None
+    quantized: Any = None
+    variants: list = field(default_factory=list)
+    failure: Outcome | None = None  # an error that ended the run early (the remaining stages are skipped)
+
+    @property
+    def model_path(self) -> Path:
+        return self.out / "model.onnx"
+
+    @property
+    def proven(self) -> bool:
+        """The exported model verified: the later stages (optimize ... bundle) only run on a proven model."""
+        return self.verified is not None and self.verified.passed
 
 
 def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: list[dict] | None = None,
@@ -68,83 +79,159 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
     verified, optimized ``model.opt.onnx``. ``quantize``: an INT8 variant within an accuracy budget.
     Expected failures end up in the report (verdict, exit code, reason), not as exceptions.
     """
-    from .bundle import verify_bundle
-    from .export.ladder import run_ladder
     from .sources import LoadedModel, load_model
-    from .verify.api import verify
 
-    note = progress or (lambda _m: None)
     out = Path(out_dir)
     _prepare_out_dir(out, force)
-    config = config or ExportConfig()
     loaded = ref if isinstance(ref, LoadedModel) else load_model(ref)
+    job = Job(loaded, config or ExportConfig(), out, progress or (lambda _m: None), data=data, evaluate=evaluate,
+              targets=targets, bench=bench, optimize=optimize, quantize=quantize, bundle=bundle)
     report = PipelineReport(loaded.ref, str(out))
-    model_path = out / "model.onnx"
-    try:
-        start = time.perf_counter()
-        exported = run_ladder(loaded, config, model_path, force=True, progress=note)
-        report.stages["export"] = {**exported.to_dict(), "seconds": round(time.perf_counter() - start, 2)}
-        note("verifying parity at every claimed shape")
-        start = time.perf_counter()
-        verified = verify(model_path, loaded, config=config, data=data, targets=targets)
-        report.stages["verify"] = {**verified.to_dict(), "seconds": round(time.perf_counter() - start, 2)}
-        if verified.targets:
-            report.stages["targets"] = [t.to_dict() for t in verified.targets]
-        if evaluate is not None:
-            note("measuring accuracy on real data")
-            report.stages["accuracy"] = _accuracy(evaluate, loaded, exported, model_path)
-        variants = []
-        if verified.passed and optimize:
-            variants += _optimize_stage(report, model_path, out, note)
-        if verified.passed and quantize is not None:
-            variants += _quantize_stage(report, model_path, out, quantize, note)
-        if verified.passed and bench:
-            from .bench import BenchSettings
-            from .bench import bench as run_bench
+    for stage in STAGES:
+        if job.failure is not None:
+            break
+        try:
+            stage(job, report)
+        except OnnxgateError as exc:
+            job.failure = judge(exc)
+    _conclude(job, report)
+    _write_reports(report, out)
+    return report
 
-            note("benchmarking against PyTorch eager")
-            settings = BenchSettings.quick() if bench == "quick" else BenchSettings()
-            report.stages["bench"] = run_bench(model_path, against=loaded, variants=variants, config=config,
-                                               settings=settings, base_verified=True, progress=note).to_dict()
-        if verified.passed and bundle:
-            note("writing the bundle")
-            path = write_verified_bundle(loaded, exported, verified, out / "bundle", force=True)
-            report.stages["bundle"] = {"path": str(path), "verification": verify_bundle(path).to_dict()}
-        unsupported = [t for t in verified.targets if not t.supported]
-        if not all(p.passed for p in verified.parities):
-            report.verdict, report.exit_code = "fail", int(ExitCode.PARITY_FAILED)
-            report.reason = "; ".join(p.summary() for p in verified.parities if not p.passed)
-            if verified.localization:
-                report.reason += f" — {verified.localization['summary']}"
-        elif quantize is not None and not report.stages["quantize"]["passed"]:
-            report.verdict, report.exit_code = "fail", int(ExitCode.ACCURACY_BUDGET)
-            report.reason = report.stages["quantize"]["summary"]
-        elif not verified.passed:
-            report.verdict, report.exit_code = "fail", int(ExitCode.RUNTIME_INCOMPATIBLE)
-            report.reason = "; ".join([f"{t.target}: {'; '.join(t.reasons)}" for t in unsupported]
-                                      or [verified.structure.ort_error or verified.structure.checker_error or "structural check failed"])
-        else:
-            report.verdict, report.exit_code = "pass", int(ExitCode.OK)
-    except OnnxgateError as exc:
-        report.verdict, report.exit_code, report.reason = "fail", int(exc.exit_code), str(exc)
+
+def _export_stage(job: Job, report: PipelineReport) -> None:
+    from .export.ladder import run_ladder
+
+    start = time.perf_counter()
+    try:
+        job.exported = run_ladder(job.loaded, job.config, job.model_path, force=True, progress=job.note)
+    except OnnxgateError as exc:  # every attempt failed, or ran but computed wrong numbers
+        job.failure = judge(exc)
         if exc.result is not None and hasattr(exc.result, "to_dict"):
             report.stages["export"] = exc.result.to_dict()
-            if getattr(exc.result, "rejected", None):
-                note("localizing the divergence in the rejected export")
-                rejected = verify(exc.result.rejected, loaded, config=config, data=data)
-                report.stages["verify"] = rejected.to_dict()
-                failed = [p.summary() for p in rejected.parities if not p.passed]
-                if failed:
-                    report.reason += f" The rejected export ({Path(exc.result.rejected).name}): {'; '.join(failed)}."
-                if rejected.localization:
-                    report.reason += f" Localizer: {rejected.localization['summary']}."
+            _localize_rejected(job, report, exc.result)
+        return
+    report.stages["export"] = {**job.exported.to_dict(), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _localize_rejected(job: Job, report: PipelineReport, exported) -> None:
+    """An export that ran but computed something else is kept as NAME.rejected.onnx: say where it diverges."""
+    from .verify.api import verify
+
+    if not getattr(exported, "rejected", None):
+        return
+    job.note("localizing the divergence in the rejected export")
+    rejected = verify(exported.rejected, job.loaded, config=job.config, data=job.data)
+    report.stages["verify"] = rejected.to_dict()
+    reason = job.failure.reason or ""
+    failed = [p.summary() for p in rejected.parities if not p.passed]
+    if failed:
+        reason += f" The rejected export ({Path(exported.rejected).name}): {'; '.join(failed)}."
+    if rejected.localization:
+        reason += f" Localizer: {rejected.localization['summary']}."
+    job.failure = Outcome(False, job.failure.exit_code, reason, job.failure.hint)
+
+
+def _verify_stage(job: Job, report: PipelineReport) -> None:
+    from .verify.api import verify
+
+    job.note("verifying parity at every claimed shape")
+    start = time.perf_counter()
+    job.verified = verify(job.model_path, job.loaded, config=job.config, data=job.data, targets=job.targets)
+    report.stages["verify"] = {**job.verified.to_dict(), "seconds": round(time.perf_counter() - start, 2)}
+    if job.verified.targets:
+        report.stages["targets"] = [t.to_dict() for t in job.verified.targets]
+
+
+def _accuracy_stage(job: Job, report: PipelineReport) -> None:
+    from .runtimes.ort import OrtRunner
+    from .runtimes.torch_runner import TorchRunner
+
+    if job.evaluate is None:
+        return
+    job.note("measuring accuracy on real data")
+    names = [s.split(":")[0] for s in job.exported.inputs]
+    torch_metrics = job.evaluate(TorchRunner(job.loaded.module, input_names=names, output_names=job.exported.outputs))
+    onnx_metrics = job.evaluate(OrtRunner(job.model_path))
+    report.stages["accuracy"] = {"pytorch": torch_metrics, "onnxruntime": onnx_metrics}
+
+
+def _optimize_stage(job: Job, report: PipelineReport) -> None:
+    from .bench import Variant
+    from .transform import optimize
+
+    if not (job.proven and job.optimize):
+        return
+    job.note("optimizing (each transform re-verified)")
+    path = job.out / "model.opt.onnx"
+    result = optimize(job.model_path, path, force=True, progress=job.note)
+    report.stages["optimize"] = {**result.to_dict(), "path": str(path) if result.passed else None}
+    if result.passed:
+        job.variants.append(Variant("optimized", str(path), verified=True))
+
+
+def _quantize_stage(job: Job, report: PipelineReport) -> None:
+    from .bench import Variant
+    from .transform import quantize
+
+    cfg = job.quantize
+    if not job.proven or cfg is None:
+        return
+    job.note(f"quantizing to INT8 ({cfg.mode})")
+    path = job.out / "model.int8.onnx"
+    job.quantized = quantize(job.model_path, path, mode=cfg.mode, calib=cfg.calib, eval_data=cfg.eval_data,
+                             labels=cfg.labels, method=cfg.method, max_accuracy_drop=cfg.max_accuracy_drop,
+                             max_error=cfg.max_error, force=True, progress=job.note)
+    passed = job.quantized.passed
+    report.stages["quantize"] = {**job.quantized.to_dict(), "passed": passed, "summary": job.quantized.summary(),
+                                 "path": str(path) if passed else None}
+    if passed:
+        job.variants.append(Variant("int8", str(path), verified=True))
+
+
+def _bench_stage(job: Job, report: PipelineReport) -> None:
+    from .bench import BenchSettings
+    from .bench import bench as run_bench
+
+    if not (job.proven and job.bench):
+        return
+    job.note("benchmarking against PyTorch eager")
+    settings = BenchSettings.quick() if job.bench == "quick" else BenchSettings()
+    report.stages["bench"] = run_bench(job.model_path, against=job.loaded, variants=job.variants, config=job.config,
+                                       settings=settings, base_verified=True, progress=job.note).to_dict()
+
+
+def _bundle_stage(job: Job, report: PipelineReport) -> None:
+    from .bundle.verify import verify_bundle
+
+    if not (job.proven and job.bundle):
+        return
+    job.note("writing the bundle")
+    path = write_verified_bundle(job.loaded, job.exported, job.verified, job.out / "bundle", force=True)
+    report.stages["bundle"] = {"path": str(path), "verification": verify_bundle(path).to_dict()}
+
+
+# The main job, in order. A stage that does not apply (no --quantize, an unproven model) returns at once.
+STAGES: tuple[Callable[[Job, PipelineReport], None], ...] = (
+    _export_stage, _verify_stage, _accuracy_stage, _optimize_stage, _quantize_stage, _bench_stage, _bundle_stage)
+
+
+def _conclude(job: Job, report: PipelineReport) -> None:
+    """The verdict: an early failure, else the first failed typed result (verification, then the INT8 budget)."""
+    outcomes = [job.failure] + [judge(r) for r in (job.verified, job.quantized) if r is not None]
+    failed = next((o for o in outcomes if o is not None and not o.passed), None)
+    report.verdict = "pass" if failed is None else "fail"
+    report.exit_code = 0 if failed is None else failed.exit_code
+    report.reason, report.hint = (None, None) if failed is None else (failed.reason, failed.hint)
+
+
+def _write_reports(report: PipelineReport, out: Path) -> None:
     from .envinfo import capture
 
     report.stages["environment"] = capture()
     atomic_write_text(out / "report.json", json.dumps(report.to_dict(), indent=2, default=str, ensure_ascii=False),
                       force=True)
     atomic_write_text(out / "report.html", report.to_html(), force=True)
-    return report
 
 
 @dataclass(frozen=True)
@@ -158,29 +245,6 @@ class QuantizeConfig:
     method: str = "minmax"
     max_accuracy_drop: float | None = None
     max_error: float | None = None
-
-
-def _optimize_stage(report: PipelineReport, model_path: Path, out: Path, note) -> list:
-    from .bench import Variant
-    from .transform import optimize
-
-    note("optimizing (each transform re-verified)")
-    result = optimize(model_path, out / "model.opt.onnx", force=True, progress=note)
-    report.stages["optimize"] = {**result.to_dict(), "path": str(out / "model.opt.onnx") if result.passed else None}
-    return [Variant("optimized", str(out / "model.opt.onnx"), verified=True)] if result.passed else []
-
-
-def _quantize_stage(report: PipelineReport, model_path: Path, out: Path, cfg: QuantizeConfig, note) -> list:
-    from .bench import Variant
-    from .transform import quantize
-
-    note(f"quantizing to INT8 ({cfg.mode})")
-    result = quantize(model_path, out / "model.int8.onnx", mode=cfg.mode, calib=cfg.calib, eval_data=cfg.eval_data,
-                      labels=cfg.labels, method=cfg.method, max_accuracy_drop=cfg.max_accuracy_drop,
-                      max_error=cfg.max_error, force=True, progress=note)
-    report.stages["quantize"] = {**result.to_dict(), "passed": result.passed, "summary": result.summary(),
-                                 "path": str(out / "model.int8.onnx") if result.passed else None}
-    return [Variant("int8", str(out / "model.int8.onnx"), verified=True)] if result.passed else []
 
 
 def write_verified_bundle(loaded, exported, verified, out_dir: Path, *, force: bool, tarball: bool = False) -> Path:
@@ -212,8 +276,8 @@ def bundle_from_ref(ref: str, out_dir: str | Path, *, config: ExportConfig | Non
     Raises ParityError when verification fails: an unproven model is never bundled."""
     import tempfile
 
-    from .errors import ParityError
     from .export.ladder import run_ladder
+    from .outcome import raise_for
     from .fsutil import check_target
     from .sources import load_model
     from .verify.api import verify
@@ -227,21 +291,9 @@ def bundle_from_ref(ref: str, out_dir: str | Path, *, config: ExportConfig | Non
         exported = run_ladder(loaded, config, model_path, force=True, progress=note)
         note("verifying parity at every claimed shape")
         verified = verify(model_path, loaded, config=config)
-        if not verified.passed:
-            raise ParityError("; ".join(p.summary() for p in verified.parities if not p.passed),
-                              hint="Run `onnxgate verify --localize` on the exported model to find the diverging layer.")
+        raise_for(verified)  # an unproven model is never bundled
         note("writing the bundle")
         return write_verified_bundle(loaded, exported, verified, Path(out_dir), force=force, tarball=tarball)
-
-
-def _accuracy(evaluate: Callable, loaded, exported, model_path: Path) -> dict:
-    from .runtimes.ort import OrtRunner
-    from .runtimes.torch_runner import TorchRunner
-
-    names = [s.split(":")[0] for s in exported.inputs]
-    torch_metrics = evaluate(TorchRunner(loaded.module, input_names=names, output_names=exported.outputs))
-    onnx_metrics = evaluate(OrtRunner(model_path))
-    return {"pytorch": torch_metrics, "onnxruntime": onnx_metrics}
 
 
 def run_demo(out_dir: str | Path = "onnxgate-demo", *, force: bool = False,

@@ -1,0 +1,204 @@
+"""The one judge: every stage result (and every onnxgate error) maps to one ``Outcome`` here, and nowhere else.
+
+An ``Outcome`` is the verdict a user gates on: ``passed``, the process ``exit_code``, a one-line ``reason`` and a
+``hint`` naming the fix. The CLI, the pipeline and the Python API all ask ``judge(result)``, so the same failure
+gives the same exit code whichever door it came through:
+
+    result                       fails when                                   exit
+    StructureReport (inspect)    not valid ONNX (checker, unknown dtypes...)   2  bad input
+                                 valid, but this onnxruntime cannot load it    6  runtime incompatible
+    TargetResult (--target)      the named runtime release cannot run it       6
+    VerifyResult                 structure / targets as above; then parity     4  parity failed
+    ExportResult                 no attempt won                                3  export failed
+    TransformReport (optimize)   a required transform was rolled back          4
+    QuantizeReport               the accuracy budget is missed                 5  accuracy budget
+    BundleVerification           tampered 9, wrong numbers 4, cannot run 6
+    PipelineReport (run)         the worst of its stages (its own verdict)
+    OnnxgateError                always: its own exit code
+    anything else raised         a bug in onnxgate                             1
+
+``envelope(command, ...)`` is the one JSON document every command prints under ``--json`` (schema:
+``docs/schemas/envelope.schema.json``). Result types are matched by class name so this module imports nothing
+heavy: it is on the torch-free, onnx-free path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ._version import __version__
+from .errors import ExitCode, OnnxgateError
+
+ENVELOPE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    passed: bool
+    exit_code: int
+    reason: str | None = None
+    hint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PASSED = Outcome(True, int(ExitCode.OK))
+
+
+def _fail(code: ExitCode, reason: str, hint: str | None = None) -> Outcome:
+    return Outcome(False, int(code), reason, hint)
+
+
+def _structure(report) -> Outcome:
+    invalid = ([f"onnx.checker: {report.checker_error}"] if not report.checker_ok else []) + list(
+        report.structure_errors) + ([f"shape inference: {report.shape_inference_error}"]
+                                    if not report.shape_inference_ok else [])
+    if invalid:
+        return _fail(ExitCode.BAD_INPUT, f"'{report.path}' is not a valid ONNX model: {'; '.join(invalid)}",
+                     "Re-export the model, or check the file is complete (`onnxgate inspect` lists what is wrong).")
+    if report.ort_loads is False:
+        return _fail(ExitCode.RUNTIME_INCOMPATIBLE,
+                     f"onnxruntime {report.ort_version} cannot load '{report.path}': {report.ort_error}",
+                     "Export at an opset this onnxruntime supports (--opset, --target), or upgrade onnxruntime.")
+    return PASSED
+
+
+def _targets(targets) -> Outcome:
+    failed = [t for t in targets if not t.supported]
+    if failed:
+        return _fail(ExitCode.RUNTIME_INCOMPATIBLE,
+                     "; ".join(f"{t.target}: {'; '.join(t.reasons)}" for t in failed),
+                     "Export for that target (--target on export/run, or --opset), or upgrade the runtime.")
+    return PASSED
+
+
+def _verify(result) -> Outcome:
+    for outcome in (_structure(result.structure), _targets(result.targets)):
+        if not outcome.passed:
+            return outcome
+    failed = [p for p in result.parities if not p.passed]
+    if failed:
+        where = f" Localizer: {result.localization['summary']}" if result.localization else ""
+        return _fail(ExitCode.PARITY_FAILED, "; ".join(f"{p.candidate}: {p.summary()}" for p in failed) + where,
+                     "The ONNX model computes something else than PyTorch: see the failing cases and the localizer.")
+    return PASSED
+
+
+def _export(result) -> Outcome:
+    if result.ok:
+        return PASSED
+    error = getattr(result, "error", None)
+    if isinstance(error, OnnxgateError):
+        return judge(error)
+    return _fail(ExitCode.EXPORT_FAILED, "every export attempt failed",
+                 "See the attempts and their diagnoses.")
+
+
+def _transform(report) -> Outcome:
+    if report.passed:
+        return PASSED
+    failed = report.rolled_back
+    what = "; ".join(f"{r.name}: {r.message}" for r in failed) or "a required transform did not verify"
+    return _fail(ExitCode.PARITY_FAILED, f"{what}. The output was not written.",
+                 "Keep more operators in float32 with --fp16-keep OP, or run without --fp16.")
+
+
+def _quantize(report) -> Outcome:
+    if report.passed:
+        return PASSED
+    tried = ", ".join(s.node for s in report.float_nodes) or "none (no node could be kept in float)"
+    return _fail(ExitCode.ACCURACY_BUDGET,
+                 f"the int8 model misses the accuracy budget ({report.budget}): {report.final.miss}. Nodes tried in "
+                 f"float: {tried}. The output was not written.",
+                 "Try --method entropy or percentile, more calibration data, --max-float-nodes, --mode dynamic, or "
+                 "a looser budget.")
+
+
+_BUNDLE_CODES = {"pass": ExitCode.OK, "tampered": ExitCode.INTEGRITY, "fail": ExitCode.PARITY_FAILED,
+                 "incompatible": ExitCode.RUNTIME_INCOMPATIBLE, "unavailable": ExitCode.RUNTIME_INCOMPATIBLE,
+                 "crashed": ExitCode.RUNTIME_INCOMPATIBLE, "unsafe": ExitCode.UNSAFE_INPUT,
+                 "malformed": ExitCode.BAD_INPUT}
+_BUNDLE_HINTS = {
+    "tampered": "The bundle was changed after it was written: get a fresh copy from its source.",
+    "fail": "The numbers differ beyond the recorded tolerances on this runtime: pin the runtime the bundle was "
+            "verified with (requirements-runtime.txt), or re-bundle on this one.",
+    "unsafe": "The bundle reaches outside its folder: do not use it; get a fresh copy from its source.",
+    "malformed": "The manifest is not one onnxgate wrote: re-bundle the model.",
+}
+
+
+def _bundle(result) -> Outcome:
+    code = _BUNDLE_CODES.get(result.status, ExitCode.RUNTIME_INCOMPATIBLE)
+    if code == ExitCode.OK:
+        return PASSED
+    return _fail(code, f"bundle verification failed on {result.runtime}: {result.status}: {result.reason}",
+                 _BUNDLE_HINTS.get(result.status, "Install a runtime release that can run the model "
+                                                  "(requirements-runtime.txt pins the verified one)."))
+
+
+def _pipeline(report) -> Outcome:
+    if report.verdict == "pass":
+        return PASSED
+    return Outcome(False, int(report.exit_code), report.reason, getattr(report, "hint", None))
+
+
+_JUDGES: dict[str, Callable[[Any], Outcome]] = {
+    "StructureReport": _structure, "TargetResult": lambda t: _targets([t]), "VerifyResult": _verify,
+    "ExportResult": _export, "TransformReport": _transform, "QuantizeReport": _quantize,
+    "BundleVerification": _bundle, "PipelineReport": _pipeline,
+}
+
+
+def judge(result: Any) -> Outcome:
+    """The verdict of a stage result, a list of them (the worst wins), or an exception."""
+    if isinstance(result, OnnxgateError):
+        return _fail(result.exit_code, result.message, result.hint)
+    if isinstance(result, BaseException):
+        return _fail(ExitCode.INTERNAL, f"{type(result).__name__}: {result}", "This is a bug in onnxgate.")
+    if isinstance(result, (list, tuple)):
+        outcomes = [judge(r) for r in result]
+        return next((o for o in outcomes if not o.passed), PASSED)
+    try:
+        return _JUDGES[type(result).__name__](result)
+    except KeyError:
+        raise TypeError(f"onnxgate has no verdict rule for {type(result).__name__}") from None
+
+
+def exit_code(result: Any) -> int:
+    return judge(result).exit_code
+
+
+def raise_for(result: Any) -> None:
+    """At the edge of the Python API: raise the failed verdict of ``result`` as the matching onnxgate error."""
+    outcome = judge(result)
+    if outcome.passed:
+        return
+    from . import errors
+
+    classes = {ExitCode.BAD_INPUT: errors.BadInputError, ExitCode.EXPORT_FAILED: errors.ExportError,
+               ExitCode.PARITY_FAILED: errors.ParityError, ExitCode.ACCURACY_BUDGET: errors.AccuracyBudgetError,
+               ExitCode.RUNTIME_INCOMPATIBLE: errors.RuntimeIncompatibleError,
+               ExitCode.UNSAFE_INPUT: errors.UnsafeInputError, ExitCode.INTEGRITY: errors.IntegrityError}
+    raise classes.get(ExitCode(outcome.exit_code), OnnxgateError)(outcome.reason or "failed", hint=outcome.hint,
+                                                                   result=result)
+
+
+def envelope(command: str, *, result: Any = None, error: BaseException | None = None,
+             data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON document every command prints under ``--json``: the verdict on top, the facts under ``result``.
+
+    ``result``: a stage result (judged, and serialized with its ``to_dict()``); ``data``: the facts to print when
+    they are not one result object (several bundle runtimes); ``error``: an exception that ended the command."""
+    outcome = judge(error if error is not None else result) if (error is not None or result is not None) else PASSED
+    if data is None and result is not None:
+        data = [r.to_dict() for r in result] if isinstance(result, (list, tuple)) else result.to_dict()
+    doc: dict[str, Any] = {"envelope": ENVELOPE_VERSION, "onnxgate_version": __version__, "command": command,
+                           "ok": outcome.passed, "exit_code": outcome.exit_code, "reason": outcome.reason,
+                           "hint": outcome.hint, "result": data, "error": None}
+    if error is not None:
+        doc["error"] = {"type": type(error).__name__, "message": getattr(error, "message", str(error)),
+                        "hint": getattr(error, "hint", None), "exit_code": outcome.exit_code}
+    return doc
