@@ -83,3 +83,36 @@ def test_atomic_dir_replaces_only_with_force_and_wholly(tmp_path):
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in target.iterdir()] == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+# ------------------------------------------------------------------ owner-tagged staging (issue 10 item 7)
+
+
+def test_temporary_names_say_who_owns_them_and_what_they_become(tmp_path):
+    from onnxgate.fsutil import atomic_file, parse_staging_name
+
+    with atomic_file(tmp_path / "model.onnx") as tmp:
+        owner = parse_staging_name(tmp.name)
+        assert tmp.parent == tmp_path and tmp.name.startswith(".onnxgate-staging-")
+        assert (owner.pid, owner.kind, owner.name) == (os.getpid(), "tmp", "model.onnx")
+        tmp.write_bytes(b"onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+    long_name = "m" * 300 + ".onnx"  # 255 bytes is the limit of a file name: the destination part is cut
+    with atomic_file(tmp_path / long_name[:250]) as tmp:
+        owner = parse_staging_name(tmp.name)
+        assert len(tmp.name.encode()) < 255 and owner.pid == os.getpid() and not owner.name_complete
+    with atomic_file(tmp_path / ("é" * 100)) as tmp:  # 200 bytes: the budget counts bytes, not characters
+        assert len(tmp.name.encode()) < 255 and not parse_staging_name(tmp.name).name_complete
+    assert parse_staging_name(".model.onnx.1a2b3c4d.tmp") is None  # an older onnxgate's name: owner unknown
+    assert parse_staging_name(".onnxgate-staging-0-abcdef-1a2b3c4d.tmp.x") is None  # PID 0 is no owner
+
+
+def test_pid_alive_tells_running_from_gone():
+    import subprocess
+
+    from onnxgate.fsutil import pid_alive
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    assert pid_alive(os.getpid()) and pid_alive(1)  # PID 1 exists, whoever owns it (EPERM counts as alive)
+    assert not pid_alive(proc.pid) and not pid_alive(0) and not pid_alive(-5) and not pid_alive(2**40)

@@ -13,6 +13,8 @@ both cases; anything else means the process itself failed (a native crash), whic
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import sys
@@ -51,7 +53,10 @@ def run_model(model_path: str, inputs: dict[str, np.ndarray]) -> dict[str, np.nd
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only; warnings would interleave with the JSON protocol
     try:
-        session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        # When a session fails to build, onnxruntime's Python wrapper print()s an "EP Error ... Falling back"
+        # banner to stdout and retries: that would corrupt `--json` output (and this script's protocol line).
+        with contextlib.redirect_stdout(io.StringIO()):
+            session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented classes
         raise ModelRunError("load", clean_message(exc)) from exc
     names = [o.name for o in session.get_outputs()]

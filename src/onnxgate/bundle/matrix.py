@@ -6,6 +6,12 @@ that release itself. So for ``onnxruntime==1.17.3`` onnxgate creates a venv hold
 (default ``~/.cache``), and runs ``_worker.py`` there by path. The worker is a separate process so that a
 native crash in an old runtime shows up as a "crashed" cell, not as the death of onnxgate; outputs come
 back as an npz and are compared in the parent with the manifest's tolerances.
+
+An old release is not trusted to contain the bundle: older onnxruntime releases check external-data
+locations (``../../etc/shadow``, absolute paths, links) less strictly than onnxgate, or not at all. So
+``verify.py`` checks links, sizes, checksums and every external-data reference itself before any cell runs,
+and each release here is handed a model already proven to read only the bundle's own, checksummed files.
+The worker's scratch folder is owner-tagged (``fsutil.staging_dir``): a killed run's is swept by the next.
 """
 
 from __future__ import annotations
@@ -16,14 +22,13 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BadInputError, OutputExistsError
-from ..fsutil import atomic_dir
+from ..fsutil import atomic_dir, staging_dir
 from ._worker import save_npz
 
 WORKER = Path(__file__).with_name("_worker.py")
@@ -130,7 +135,7 @@ def run_in_venv(model: Path, inputs: dict[str, np.ndarray], runtime: str) -> Run
         venv = ensure_venv(package, version)
     except RuntimeUnavailable as exc:
         return RunOutcome("unavailable", None, reason=str(exc))
-    with tempfile.TemporaryDirectory(prefix="onnxgate-run-") as tmp:
+    with staging_dir("run") as tmp:  # owner-tagged: swept by the next run if this one is killed
         inputs_path, outputs_path = Path(tmp, "inputs.npz"), Path(tmp, "outputs.npz")
         save_npz(inputs_path, inputs)
         command = [str(venv_python(venv)), "-I", str(WORKER), str(model), str(inputs_path), str(outputs_path)]

@@ -5,14 +5,31 @@ install. With ``runtime="onnxruntime==X.Y.Z"`` the model runs in an isolated vir
 exactly that release (see ``matrix.py``); otherwise in this process, with the onnxruntime installed here.
 
 Outcomes are values, not exceptions: a tampered file, wrong numbers or a runtime that cannot load the model
-each give a failed ``BundleVerification`` with a ``status``, a ``reason`` and an ``exit_code``. Only a path
-that is not a bundle at all (no manifest, unreadable manifest) raises.
+each give a failed ``BundleVerification`` with a ``status``, a ``reason`` and an ``exit_code``. What raises is
+what must stop verification before anything runs: a path that is not a bundle or a malformed manifest
+(BadInputError, exit 2), and anything that would make onnxgate or a runtime touch files outside the bundle —
+links, special files, external data leaving the folder, tar members that are links or escape, archives beyond
+the size caps (UnsafeInputError, exit 7).
+
+Nothing a bundle holds is trusted before it is checked, because the runtime matrix hands the model to old
+onnxruntime releases whose own checks are weaker: onnxgate checks containment itself, the same way for every
+runtime (see ``manifest.py`` for the files, ``check_external_data`` for what the model references,
+``opened_bundle`` for archives).
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import lzma
+import math
+import mmap
+import os
+import shutil
 import tarfile
-import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -21,10 +38,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError, ExitCode, IntegrityError, UnsafeInputError
+from ..errors import BadInputError, ExitCode, IntegrityError, OnnxgateError, UnsafeInputError
+from ..fsutil import staging_dir
 from ..verify.compare import OutputComparison, Tolerance, compare_outputs
 from . import manifest as mf
+from ._onnx_refs import ProtoError, external_data_refs
 from .matrix import RunOutcome, run_in_venv
+
+MAX_NPZ_BYTES = 8 << 30  # golden inputs / reference outputs, uncompressed
+_NUMERIC = "biufc"
+_ORT_MEMORY_TAG = "_ORT_MEM_ADDR_"  # onnxruntime reads "*/_ORT_MEM_ADDR_/*" locations from a memory address
 
 # status → process exit code; "pass" is the only success.
 EXIT_CODES = {
@@ -76,21 +99,32 @@ def verify_bundle(path: str | Path, *, runtime: str | None = None) -> BundleVeri
     return verify_matrix(path, [runtime])[0]
 
 
-def verify_matrix(path: str | Path, runtimes: list[str | None]) -> list[BundleVerification]:
+def verify_matrix(path: str | Path, runtimes: list[str | None], *,
+                  limits: TarLimits | None = None) -> list[BundleVerification]:
     """Verify one bundle on several runtimes (None = this process's onnxruntime): one result per runtime.
 
-    Checksums are checked once; if any file changed, every cell says "tampered" and nothing is run.
+    Everything onnxgate can check itself is checked once, before any runtime sees the bundle: the manifest's
+    shape (exit 2), links and special files (exit 7), each file's size and then its checksum (exit 9), and
+    the model's external-data references (exit 7 when one leaves the bundle, 9 when it names a file the
+    manifest does not vouch for). So an old onnxruntime in the matrix, whose own checks are weaker, is only
+    ever handed a bundle already proven self-contained. ``limits`` bounds what a tar may unpack to.
     """
-    with opened_bundle(Path(path)) as folder:
+    with opened_bundle(Path(path), limits=limits) as folder:
         manifest = mf.read_manifest(folder)
-        problems = mf.check_files(folder, manifest)
+        found = mf.scan_bundle(folder)  # refuses links before any file is opened
+        problems = mf.check_files(folder, manifest, found)
         checked = sorted(manifest["files"])
+        what = "the bundle changed since it was written"
+        if not problems:
+            problems = check_external_data(folder, manifest)
+            what = "the model's external data does not match the bundle"
         if problems:
-            reason = "the bundle changed since it was written: " + "; ".join(problems)
+            reason = f"{what}: " + "; ".join(problems[:20]) + (
+                f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
             return [BundleVerification(str(path), "tampered", runtime or "onnxruntime", files_checked=checked,
                                        reason=reason) for runtime in runtimes]
-        inputs = _load_npz(folder / mf.GOLDEN_INPUTS)
-        reference = _load_npz(folder / mf.REFERENCE_OUTPUTS)
+        inputs = load_npz(folder / mf.GOLDEN_INPUTS)
+        reference = load_npz(folder / mf.REFERENCE_OUTPUTS)
         results = []
         for runtime in runtimes:
             run = run_in_venv(folder / mf.MODEL, inputs, runtime) if runtime else run_here(folder / mf.MODEL, inputs)
@@ -104,6 +138,80 @@ def verify_matrix(path: str | Path, runtimes: list[str | None]) -> list[BundleVe
                     result.reason = f"output(s) {', '.join(failed)} differ from the reference beyond tolerance"
             results.append(result)
         return results
+
+
+def check_external_data(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """The external-data files ``model.onnx`` makes a runtime open, checked by onnxgate for every runtime.
+
+    Raises UnsafeInputError when a location leaves the bundle (absolute, '..', a drive, a backslash path,
+    onnxruntime's in-memory address tag) and BadInputError when the model cannot be parsed; returns problems
+    (reported as a changed bundle, exit 9) when a location names a file the manifest does not list with a
+    checksum, or an offset/length beyond that file. Links were refused by the scan before this runs, so a
+    listed path is a regular file inside the bundle. Reads the protobuf without the onnx package.
+    """
+    model = folder / mf.MODEL
+    where = f"The model '{model}'"
+    try:
+        with open(model, "rb") as fh:
+            # Mapped, not read: a 2 GB model costs no extra memory. Closed by the garbage collector, since a
+            # ProtoError's traceback may still hold a view of it.
+            size = os.fstat(fh.fileno()).st_size
+            data = b"" if size == 0 else mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        refs = external_data_refs(data)
+    except ProtoError as exc:
+        raise BadInputError(f"{where} is not a readable ONNX model ({exc}), so onnxgate cannot tell which files it "
+                            "would make the runtime open.", hint="Re-create the bundle from a valid model.") from None
+    problems = []
+    for ref in refs:
+        tensor = ref.tensor.decode("utf-8", "replace")[:200]
+        locations = ref.values(b"location")
+        if ref.external and not locations:
+            problems.append(f"{mf.MODEL}: tensor '{tensor}' keeps its data externally but names no location")
+        for raw in locations:
+            rel = _checked_location(raw, f"{where} (the external-data location of tensor '{tensor}')")
+            entry = manifest["files"].get(rel)
+            if entry is None:
+                problems.append(f"{mf.MODEL}: tensor '{tensor}' reads external data from '{rel}', which the "
+                                "manifest does not list with a checksum")
+                continue
+            problem = _range_problem(ref, entry["bytes"])
+            if problem:
+                problems.append(f"{mf.MODEL}: tensor '{tensor}' {problem} of '{rel}' ({entry['bytes']:,} bytes)")
+    return problems
+
+
+def _checked_location(raw: bytes, where: str) -> str:
+    """An external-data location as the bundle-relative path it names; UnsafeInputError if it leaves the bundle."""
+    hint = ("A bundle's model may only name external-data files inside the bundle, by plain relative paths; "
+            "re-create the bundle with `onnxgate bundle`.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnsafeInputError(f"{where} names an external-data location that is not UTF-8 text ({raw[:80]!r}).",
+                               hint=hint) from None
+    if _ORT_MEMORY_TAG in text or "\\" in text:
+        raise UnsafeInputError(f"{where} names the external-data location {text[:200]!r}, which onnxruntime would "
+                               "not read as a file in the bundle (a memory address, or a Windows path).", hint=hint)
+    rel = mf.safe_relative(text, where=where).as_posix()
+    if len(rel) > mf.MAX_PATH_CHARS or rel in ("", "."):
+        raise UnsafeInputError(f"{where} names the external-data location {text[:200]!r}, which is no file name.",
+                               hint=hint)
+    return rel
+
+
+def _range_problem(ref, size: int) -> str | None:
+    """Why the tensor's offset/length cannot lie within a file of ``size`` bytes (None when they do)."""
+    numbers = {}
+    for key in (b"offset", b"length"):
+        for raw in ref.values(key):
+            text = raw.decode("ascii", "replace")
+            if not text.isdigit() or len(text) > 20:
+                return f"gives the external-data {key.decode()} {text[:40]!r}, not a whole number,"
+            numbers[key] = int(text)
+    offset, length = numbers.get(b"offset", 0), numbers.get(b"length", 0)
+    if offset + length > size:
+        return f"reads bytes {offset:,}..{offset + length:,}, beyond the end"
+    return None
 
 
 def run_here(model: Path, inputs: dict[str, np.ndarray]) -> RunOutcome:
@@ -123,49 +231,283 @@ def run_here(model: Path, inputs: dict[str, np.ndarray]) -> RunOutcome:
 def compare_all(manifest: dict[str, Any], reference: dict[str, np.ndarray],
                 got: dict[str, np.ndarray]) -> list[OutputComparison]:
     """Compare every output the manifest lists with its reference, at the manifest's tolerances — with the same
-    engine as `onnxgate verify` (scale-relative judging for huge outputs, NaN/Inf placement, exact integers)."""
+    engine as `onnxgate verify` (scale-relative judging for huge outputs, NaN/Inf placement, exact integers).
+
+    The arrays come from the bundle and the runtime, so they are checked before the engine sees them: an
+    output whose reference (or result) is not numeric, or a detection group that does not line up, is a failed
+    comparison with its reason, never an exception.
+    """
     names = [spec["name"] for spec in manifest["outputs"]]
     tolerances = {name: Tolerance(tol["rtol"], tol["atol"]) for name, tol in manifest["tolerances"].items()}
-    return compare_outputs({n: reference[n] for n in names if n in reference}, got, tolerances=tolerances,
-                           reference_label="the reference") + [
-        OutputComparison(n, None, None, None, None, tolerances.get(n, Tolerance(0.0, 0.0)),
-                         reason="missing from reference_outputs.npz")
-        for n in names if n not in reference]
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    failed: dict[str, str] = {}
+    for name in names:
+        if name not in reference:
+            failed[name] = "missing from reference_outputs.npz"
+        elif np.asarray(reference[name]).dtype.kind not in _NUMERIC:
+            failed[name] = f"the reference has dtype {np.asarray(reference[name]).dtype}, which is not numeric"
+        elif name in got and np.asarray(got[name]).dtype.kind not in _NUMERIC:
+            failed[name] = f"the runtime returned dtype {np.asarray(got[name]).dtype}, which is not numeric"
+    comparable = {n: reference[n] for n in names if n not in failed}
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
+        compared = compare_outputs(comparable, got, tolerances=tolerances, reference_label="the reference")
+    except (ValueError, TypeError, IndexError) as exc:  # e.g. boxes/scores/labels of different counts
+        compared = [OutputComparison(n, None, None, None, None, tolerances.get(n, Tolerance(0.0, 0.0)),
+                                     reason=f"cannot be compared: {str(exc)[:300]}") for n in comparable]
+    return compared + [OutputComparison(n, None, None, None, None, tolerances.get(n, Tolerance(0.0, 0.0)),
+                                        reason=why) for n, why in failed.items()]
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a bundle's npz, with every allocation bounded before it happens.
+
+    The checksum only proves the file is the one the bundle's author shipped, not that it is harmless: an npz
+    is a zip, and a few kilobytes can declare gigabytes. So member count, the declared uncompressed sizes and
+    each array's shape x itemsize are checked against ``MAX_NPZ_BYTES`` before any array is read, and object
+    arrays (which need pickle) are refused.
+    """
+    hint = "Re-create the bundle with `onnxgate bundle`."
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            declared = sum(info.file_size for info in infos)
+            if len(infos) > mf.MAX_NAMES or declared > MAX_NPZ_BYTES:
+                raise UnsafeInputError(
+                    f"'{path}' declares {len(infos):,} arrays and {declared:,} bytes uncompressed, beyond what "
+                    f"onnxgate unpacks ({mf.MAX_NAMES:,} arrays, {MAX_NPZ_BYTES:,} bytes).", hint=hint)
+            arrays = {}
+            for info in infos:
+                if not info.filename.endswith(".npy") or info.filename[:-4] in arrays:
+                    raise IntegrityError(f"'{path}' holds '{info.filename[:200]}', which is not one array per "
+                                         "name (.npy).", hint=hint)
+                with archive.open(info) as fh:
+                    _check_npy_header(fh, info, path)
+                    fh.seek(0)
+                    arrays[info.filename[:-4]] = np.lib.format.read_array(fh, allow_pickle=False)
+            return arrays
+    except OnnxgateError:
+        raise
     except ValueError as exc:  # object arrays: would need pickle, which a bundle never contains
-        raise UnsafeInputError(f"'{path}' holds pickled arrays, which onnxgate never writes into a bundle.",
-                               hint="Re-create the bundle with `onnxgate bundle`.") from exc
-    except Exception as exc:  # checksum passed, so the writer itself produced a broken file
-        raise IntegrityError(f"'{path}' cannot be read as an npz archive: {exc}",
-                             hint="Re-create the bundle with `onnxgate bundle`.") from exc
+        if "allow_pickle" in str(exc):
+            raise UnsafeInputError(f"'{path}' holds pickled arrays, which onnxgate never writes into a bundle.",
+                                   hint=hint) from exc
+        raise IntegrityError(f"'{path}' cannot be read as an npz archive: {str(exc)[:300]}", hint=hint) from exc
+    except Exception as exc:  # noqa: BLE001  checksum passed, so the writer itself shipped a broken file
+        raise IntegrityError(f"'{path}' cannot be read as an npz archive: {str(exc)[:300]}", hint=hint) from exc
+
+
+def _check_npy_header(fh, info: zipfile.ZipInfo, path: Path) -> None:
+    """Refuse an array before reading it: object dtype, or more data than its zip entry declares."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise IntegrityError(f"'{path}' holds '{info.filename[:200]}' in .npy format {version}, which onnxgate "
+                             "does not write.", hint="Re-create the bundle with `onnxgate bundle`.")
+    if dtype.hasobject:
+        raise UnsafeInputError(f"'{path}' holds pickled arrays ('{info.filename[:200]}'), which onnxgate never "
+                               "writes into a bundle.", hint="Re-create the bundle with `onnxgate bundle`.")
+    nbytes = math.prod(int(d) for d in shape) * dtype.itemsize
+    if nbytes > info.file_size:
+        raise IntegrityError(f"'{path}': the array '{info.filename[:200]}' declares {nbytes:,} bytes of data but "
+                             f"its entry holds {info.file_size:,}.",
+                             hint="Re-create the bundle with `onnxgate bundle`.")
+
+
+# ------------------------------------------------------------------------------------------------ tar files
+
+
+@dataclass(frozen=True)
+class TarLimits:
+    """What a bundle archive may unpack to, checked from its headers before anything is written."""
+
+    max_members: int = 10_000
+    max_member_bytes: int = 32 << 30
+    max_total_bytes: int = 64 << 30
+    max_header_bytes: int = 1 << 20  # one PAX or GNU long-name header; tarfile reads it whole into memory
+
+
+class _HeaderTooLarge(Exception):
+    pass
+
+
+class _BoundedReads(io.RawIOBase):
+    """A decompressed archive stream whose single reads are bounded.
+
+    tarfile reads a PAX or GNU long-name header's whole content with one ``read(size)`` while listing members,
+    before onnxgate sees the member: a gzip of zeros could declare a multi-gigabyte header. Refusing any read
+    larger than the largest block onnxgate itself asks for turns that into a clean refusal.
+    """
+
+    def __init__(self, raw, limit: int):
+        self._raw, self._limit = raw, limit
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > self._limit:
+            raise _HeaderTooLarge(size)
+        return self._raw.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+
+_COPY_BLOCK = 1 << 20
 
 
 @contextmanager
-def opened_bundle(path: Path) -> Iterator[Path]:
-    """The bundle folder at ``path``; a ``.tar.gz`` is unpacked (safely) into a temporary folder first."""
+def opened_bundle(path: Path, *, limits: TarLimits | None = None) -> Iterator[Path]:
+    """The bundle folder at ``path``; a tar archive (.tar, .tar.gz, .tar.bz2, .tar.xz) is unpacked first.
+
+    Unpacking is onnxgate's own, never ``extractall``: every header is read and checked first (regular files
+    and folders only — no links, devices or FIFOs; no absolute paths or '..'; one top-level folder; caps on
+    member count, member size and total size; enough free space), then the members are written one by one
+    into an owner-tagged staging folder in ``$TMPDIR`` (see ``fsutil.staging_dir``), which is removed when
+    verification ends, or by the next run if this one is killed.
+    """
     if path.is_dir():
         yield path
         return
-    if not path.is_file():
+    if not path.exists():
         raise BadInputError(f"The bundle '{path}' does not exist.",
                             hint="Pass a bundle folder or .tar.gz written by `onnxgate bundle`.")
-    if not tarfile.is_tarfile(path):
-        raise BadInputError(f"'{path}' is neither a bundle folder nor a tar archive.",
+    if not path.is_file():
+        raise BadInputError(f"'{path}' is neither a bundle folder nor a tar archive (it is not a regular file).",
                             hint="Pass a bundle folder or .tar.gz written by `onnxgate bundle`.")
-    with tempfile.TemporaryDirectory(prefix="onnxgate-bundle-") as tmp:
+    limits = limits or TarLimits()
+    with staging_dir("bundle") as staging:
+        yield _unpack(path, staging, limits)
+
+
+def _unpack(path: Path, staging: Path, limits: TarLimits) -> Path:
+    hint = "Only unpack bundles written by `onnxgate bundle --tar`; re-create or re-download this one."
+    with open(path, "rb") as raw, _decompressed(raw) as stream:
+        bounded = _BoundedReads(stream, max(limits.max_header_bytes + tarfile.BLOCKSIZE, _COPY_BLOCK))
         try:
-            with tarfile.open(path) as tar:
-                tar.extractall(tmp, filter="data")  # refuses absolute paths, '..', links leaving the folder
-        except tarfile.FilterError as exc:
-            raise UnsafeInputError(f"The archive '{path}' contains an unsafe member: {exc}",
-                                   hint="Only unpack bundles written by `onnxgate bundle`.") from exc
-        folders = [p for p in Path(tmp).iterdir() if p.is_dir()]
-        if len(folders) != 1 or len(list(Path(tmp).iterdir())) != 1:
+            tar = tarfile.open(fileobj=bounded, mode="r:")
+            members = _checked_members(tar, path, limits, hint)
+        except _HeaderTooLarge:
+            raise UnsafeInputError(f"The archive '{path}' holds a member header larger than "
+                                   f"{limits.max_header_bytes:,} bytes; onnxgate does not read it.",
+                                   hint=hint) from None
+        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+            raise BadInputError(f"'{path}' is neither a bundle folder nor a readable tar archive "
+                                f"({str(exc)[:200] or type(exc).__name__}).",
+                                hint="Pass a bundle folder or .tar.gz written by `onnxgate bundle`.") from None
+        tops = {rel.split("/", 1)[0] for rel, _member in members}
+        if len(tops) != 1 or any(rel == next(iter(tops)) and not m.isdir() for rel, m in members):
             raise BadInputError(f"The archive '{path}' does not hold exactly one bundle folder.",
                                 hint="Pass a .tar.gz written by `onnxgate bundle --tar`.")
-        yield folders[0]
+        total = sum(m.size for _rel, m in members)
+        free = shutil.disk_usage(staging).free
+        if total + (16 << 20) > free:
+            raise BadInputError(f"Unpacking '{path}' needs {total:,} bytes, but '{staging.parent}' has {free:,} "
+                                "free.", hint="Point TMPDIR at a folder with more space, or unpack the bundle "
+                                "yourself and verify the folder.")
+        for rel, member in members:
+            _extract_one(tar, member, staging / rel, path, hint)
+        return staging / tops.pop()
+
+
+@contextmanager
+def _decompressed(raw):
+    """The archive's tar stream, whatever compression its magic bytes name."""
+    magic = raw.read(6)
+    raw.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        opened = gzip.GzipFile(fileobj=raw, mode="rb")
+    elif magic.startswith(b"BZh"):
+        opened = bz2.BZ2File(raw, mode="rb")
+    elif magic.startswith(b"\xfd7zXZ\x00"):
+        opened = lzma.LZMAFile(raw, mode="rb")
+    else:
+        opened = raw
+    try:
+        yield opened
+    finally:
+        if opened is not raw:
+            opened.close()
+
+
+def _checked_members(tar: tarfile.TarFile, path: Path, limits: TarLimits,
+                     hint: str) -> list[tuple[str, tarfile.TarInfo]]:
+    """Every member's header, checked, before anything is written; UnsafeInputError naming the first bad one."""
+    members: list[tuple[str, tarfile.TarInfo]] = []
+    seen: set[str] = set()
+    total = 0
+    while (member := tar.next()) is not None:
+        if len(members) >= limits.max_members:
+            raise UnsafeInputError(f"The archive '{path}' holds more than {limits.max_members:,} members; a bundle "
+                                   "holds a handful.", hint=hint)
+        name = member.name
+        where = f"The archive '{path}' (member {name[:200]!r})"
+        if not (member.isreg() or member.isdir()) or member.issparse():
+            kind = ("a symbolic link" if member.issym() else "a hard link" if member.islnk() else
+                    "a device" if member.isdev() else "a sparse file" if member.issparse() else "a special file")
+            target = f" to '{member.linkname[:200]}'" if member.issym() or member.islnk() else ""
+            raise UnsafeInputError(f"{where} is {kind}{target}; a bundle holds only regular files and folders, and "
+                                   "onnxgate does not unpack it.", hint=hint)
+        rel = mf.safe_relative(name, where=where).as_posix() if name not in ("", ".", "./") else "."
+        if rel == "." or "\\" in name:
+            if rel == "." and member.isdir():
+                continue  # the archive's root entry, "./"
+            raise BadInputError(f"{where} has no usable name.", hint=hint)
+        if len(rel) > mf.MAX_PATH_CHARS or rel.count("/") >= mf.MAX_PATH_DEPTH:
+            raise UnsafeInputError(f"{where} has a path longer than {mf.MAX_PATH_CHARS} characters or deeper than "
+                                   f"{mf.MAX_PATH_DEPTH} folders.", hint=hint)
+        if rel in seen:
+            raise UnsafeInputError(f"{where} appears twice; the second copy would silently replace the first.",
+                                   hint=hint)
+        seen.add(rel)
+        if member.size > limits.max_member_bytes:
+            raise UnsafeInputError(f"{where} declares {member.size:,} bytes, more than the {limits.max_member_bytes:,} "
+                                   "onnxgate unpacks per file.", hint=hint)
+        total += member.size
+        if total > limits.max_total_bytes:
+            raise UnsafeInputError(f"The archive '{path}' declares more than {limits.max_total_bytes:,} bytes in all "
+                                   f"(reached at member {name[:200]!r}); onnxgate does not unpack it.", hint=hint)
+        members.append((rel, member))
+    return members
+
+
+def _extract_one(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path, path: Path, hint: str) -> None:
+    """Write one checked member: a folder, or a file created anew (never through a link), exactly its size."""
+    try:
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        raise BadInputError(f"The archive '{path}' cannot be unpacked at member '{member.name[:200]}': "
+                            f"{exc.strerror or exc} (members that clash with each other?).", hint=hint) from None
+    written = 0
+    with os.fdopen(fd, "wb") as out:
+        source = tar.extractfile(member)
+        while written < member.size:
+            try:
+                block = source.read(min(_COPY_BLOCK, member.size - written))
+            except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:  # gzip CRC: OSError
+                raise IntegrityError(f"The archive '{path}' is damaged at member '{member.name[:200]}': "
+                                     f"{str(exc)[:200] or type(exc).__name__}.", hint=hint) from None
+            if not block:
+                break
+            try:
+                out.write(block)
+            except OSError as exc:
+                raise BadInputError(f"Cannot unpack '{path}' into '{target.parent}': {exc.strerror or exc}.",
+                                    hint="Point TMPDIR at a folder with more space, or unpack the bundle yourself "
+                                         "and verify the folder.") from None
+            written += len(block)
+    if written != member.size:
+        raise IntegrityError(f"The archive '{path}' ends inside member '{member.name[:200]}' ({written:,} of "
+                             f"{member.size:,} bytes).", hint=hint)
