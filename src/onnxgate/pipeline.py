@@ -274,9 +274,8 @@ def bundle_from_ref(ref: str, out_dir: str | Path, *, config: ExportConfig | Non
                     tarball: bool = False, progress: Callable[[str], None] | None = None) -> Path:
     """`onnxgate bundle REF -o DIR`: export, verify against PyTorch, and write the bundle to ``DIR``.
     Raises ParityError when verification fails: an unproven model is never bundled."""
-    import tempfile
-
     from .export.ladder import run_ladder
+    from .fsutil import staging_dir
     from .outcome import raise_for
     from .fsutil import check_target
     from .sources import load_model
@@ -286,7 +285,7 @@ def bundle_from_ref(ref: str, out_dir: str | Path, *, config: ExportConfig | Non
     check_target(Path(out_dir), force=force, kind="folder")
     loaded = load_model(ref)
     config = config or ExportConfig()
-    with tempfile.TemporaryDirectory(prefix="onnxgate-bundle-") as tmp:
+    with staging_dir("bundle") as tmp:
         model_path = Path(tmp) / "model.onnx"
         exported = run_ladder(loaded, config, model_path, force=True, progress=note)
         note("verifying parity at every claimed shape")
