@@ -307,6 +307,21 @@ def test_a_probe_that_fails_is_a_result_not_a_crash(tmp_path):
     assert startup.startup_s is None and startup.peak_rss_mb is None and "missing.onnx" in startup.error
 
 
+@pytest.mark.parametrize("runtime, level", [("onnxruntime", "disable"), ("openvino", None)])
+def test_onnx_probes_build_their_sessions_through_the_runtimes_layer(tiny, tmp_path, runtime, level):
+    """The start-up probe opens the model with runtimes.ort.open_session / runtimes.openvino.OpenVinoRunner, as the
+    benchmark does, and its phases still bracket the runtime's import and the session's creation."""
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    _, folder = tiny
+    feed_files = save_feed({"x": np.zeros((1, 3, 16, 16), np.float32)}, tmp_path)
+    startup = measure_startup(Config(runtime, "base", 1, level), feed_files=feed_files,
+                              model_path=str(folder / "tiny.onnx"), source=None, repeats=1)
+    assert startup.error is None, startup.error
+    assert startup.import_s > 0 and startup.load_s > 0 and startup.first_run_s > 0
+    assert startup.startup_s > startup.import_s + startup.load_s and startup.peak_rss_mb > 0
+
+
 def test_results_markdown_names_the_command_and_the_targets(onnx_report):
     spec = importlib.util.spec_from_file_location("reference_set", ROOT / "benchmarks/reference_set.py")
     reference_set = importlib.util.module_from_spec(spec)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import warnings
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -210,6 +211,48 @@ def test_external_data_and_no_scope_information(healthy, tmp_path):
     report = localize(healthy, anonymous, {"x": _rand(1, 3, 8, 8)})
     assert report.strategy == "none" and report.layers == [] and report.first_divergent is None
     assert "stem" in report.unmatched_modules and report.summary().startswith("no layer-wise localization")
+
+
+def test_a_model_over_the_protobuf_limit_runs_from_a_scratch_file(healthy, tmp_path, monkeypatch):
+    """A model too big for one protobuf reaches onnxruntime as a file with external data, in a scratch folder that
+    is removed afterwards (simulated: serde's limits lowered below this tiny model's size)."""
+    import tempfile
+
+    from onnxgate import serde
+    from onnxgate.fsutil import STAGING_PREFIX
+
+    path = _export(healthy, torch.randn(1, 3, 8, 8), tmp_path / "healthy.onnx")
+    expected = localize(healthy, path, {"x": _rand(1, 3, 8, 8)})
+    monkeypatch.setattr(serde, "PROTOBUF_LIMIT", 100)
+    monkeypatch.setattr(serde, "EXTERNAL_DATA_THRESHOLD", 100)
+    saved = []
+    real_save = serde.save
+    monkeypatch.setattr(serde, "save", lambda model, out, **kw: saved.append(out) or real_save(model, out, **kw))
+    report = localize(healthy, path, {"x": _rand(1, 3, 8, 8)})
+    assert saved and report.first_divergent is None
+    assert [(r.module, r.max_abs_err) for r in report.layers] == [(r.module, r.max_abs_err) for r in expected.layers]
+    assert not any(Path(tempfile.gettempdir(), p.parent.name).exists() for p in saved)
+    assert all(p.parent.name.startswith(STAGING_PREFIX) for p in saved)
+
+
+def test_external_data_outside_the_model_folder_is_refused(healthy, tmp_path):
+    from onnxgate.errors import UnsafeInputError
+
+    path = _export(healthy, torch.randn(1, 3, 8, 8), tmp_path / "healthy.onnx")
+    proto = onnx.load(str(path))
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    onnx.save_model(proto, str(inner / "model.onnx"), save_as_external_data=True, location="weights.bin",
+                    size_threshold=0)
+    (inner / "weights.bin").rename(tmp_path / "weights.bin")  # and point the model at it, one folder up
+    crafted = onnx.load(str(inner / "model.onnx"), load_external_data=False)
+    for tensor in crafted.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../weights.bin"
+    (inner / "model.onnx").write_bytes(crafted.SerializeToString())
+    with pytest.raises(UnsafeInputError, match="outside its folder"):
+        localize(healthy, inner / "model.onnx", {"x": _rand(1, 3, 8, 8)})
 
 
 def test_importable_without_torch():

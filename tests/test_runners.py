@@ -75,6 +75,35 @@ def test_openvino_static_only_path_reshapes_per_shape(tiny):
         runner.run({"y": np.zeros(1)})
 
 
+def test_openvino_runner_as_the_benchmark_configures_it(tiny):
+    """One OpenVINO runner: ACCURACY for verification; the benchmark's PERFORMANCE mode, LATENCY hint and thread
+    count through the same class, with the precision OpenVINO chose on record."""
+    pytest.importorskip("openvino")
+    from onnxgate.bench.runners import Config, open_runner
+    from onnxgate.runtimes.openvino import OpenVinoRunner
+
+    model, path = tiny
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    y = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    accurate = OpenVinoRunner(path)
+    assert accurate._config == {"EXECUTION_MODE_HINT": "ACCURACY"}
+    assert accurate.inference_precision in {"dynamic", "f32"}  # "dynamic": each op at the model's own precision
+    expected = accurate.run({"x": x})
+    with open_runner(Config("openvino", "base", 1), model_path=path) as runner:
+        assert isinstance(runner, OpenVinoRunner) and isinstance(runner, Runner)
+        assert runner._config == {"EXECUTION_MODE_HINT": "PERFORMANCE", "PERFORMANCE_HINT": "LATENCY",
+                                  "INFERENCE_NUM_THREADS": 1}
+        compiled = runner._compiled[()]
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+        assert runner.inference_precision in {"f32", "bf16", "f16"}
+        got = runner.run({"x": x})
+        before = got["logits"].copy()
+        runner.run({"x": y})  # the reused infer request overwrites its buffers; the caller's arrays stay
+        np.testing.assert_array_equal(got["logits"], before)
+    tol = 1e-4 if runner.inference_precision == "f32" else 5e-2  # bf16 on CPUs that have it: OpenVINO's choice
+    np.testing.assert_allclose(got["logits"], expected["logits"], rtol=tol, atol=tol)
+
+
 def test_missing_openvino_raises_missing_extra(monkeypatch, tmp_path):
     from onnxgate.errors import MissingExtraError
     from onnxgate.runtimes.openvino import OpenVinoRunner

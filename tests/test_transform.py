@@ -180,3 +180,15 @@ def test_cli_fp16_that_breaks_parity_exits_with_the_parity_code(tmp_path, capsys
     data = json.loads(capsys.readouterr().out)
     assert code == ExitCode.PARITY_FAILED == data["error"]["exit_code"] and not out.exists()
     assert data["transforms"][0]["status"] == "rolled_back" and "y on feed 0:" in data["error"]["message"]
+
+
+def test_ort_optimize_layout_level_and_a_candidate_onnxruntime_cannot_load():
+    from onnxgate.transform.ort_optimize import OrtOptimize
+
+    result = OrtOptimize("layout")(mlp())  # offline optimization through runtimes.ort.optimize_offline
+    assert result.name == "ort-optimize:layout" and result.details["level"] == "layout" and result.model.graph.node
+    check = verifier()
+    broken = mlp()
+    broken.graph.node[0].op_type = "NoSuchOp"
+    verdict = check.judge(broken, check.run(mlp()))
+    assert not verdict.passed and "cannot load the transformed model" in verdict.reason

@@ -1,8 +1,10 @@
 """The one door to protobuf: every ONNX file onnxgate reads or writes goes through here.
 
-Keeps three promises in one place: writes are atomic (``fsutil``: temporary file in the same folder, then rename),
-an existing file is kept unless ``force``, and external-data locations never leave the model's folder (a crafted model could
-otherwise make a loader read ``/etc/shadow`` or write outside the output folder).
+Keeps four promises in one place: writes are atomic (``fsutil``: temporary file in the same folder, then rename),
+an existing file is kept unless ``force``, external-data locations never leave the model's folder (a crafted model could
+otherwise make a loader read ``/etc/shadow`` or write outside the output folder), and a model too big for one protobuf
+is refused in memory with a clear error (``to_bytes``) and written with external data on disk (``save``).
+Runtime sessions are built in ``runtimes/`` (``runtimes.ort.open_session``), which serializes protos through here.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
 
 from .errors import BadInputError, UnsafeInputError
-from .fsutil import atomic_file, check_target
+from .fsutil import atomic_file, check_target, staging_dir
 
 # protobuf cannot serialize a message over 2 GiB; stay well clear of it.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+PROTOBUF_LIMIT = 2**31 - 1  # protobuf's hard limit on one serialized message, in bytes
 
 
 def external_data_locations(model: onnx.ModelProto) -> list[str]:
@@ -82,8 +87,44 @@ def save(model: onnx.ModelProto, path: str | Path, *, force: bool = False) -> Pa
     try:
         onnx.save_model(model, str(staging / p.name), save_as_external_data=True,
                         all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-        os.replace(staging / data_name, p.parent / data_name)
+        if (staging / data_name).exists():  # onnx writes none when no tensor is stored as raw bytes over 1 KiB
+            os.replace(staging / data_name, p.parent / data_name)
         os.replace(staging / p.name, p)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return p
+
+
+def fits_in_bytes(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` can be serialized as one protobuf message (see ``to_bytes``)."""
+    return model.ByteSize() <= PROTOBUF_LIMIT
+
+
+def to_bytes(model: onnx.ModelProto) -> bytes:
+    """The serialized model, for a runtime to load from memory. A model over protobuf's 2 GiB limit cannot be
+    serialized: that is a clear ``BadInputError`` naming the way out (a file with external data), not protobuf's
+    ValueError from deep inside a session constructor."""
+    size = model.ByteSize()
+    if size > PROTOBUF_LIMIT:
+        raise _too_big(size)
+    try:
+        return model.SerializeToString()
+    except ValueError as exc:  # protobuf's own size check, should ByteSize and it ever disagree
+        raise _too_big(size) from exc
+
+
+def _too_big(size: int) -> BadInputError:
+    return BadInputError(
+        f"The model is {size / 1e9:.2f} GB, over protobuf's 2 GiB limit: it cannot be serialized into memory.",
+        hint="Pass a path instead: save it with external data (serde.save does so for large models, "
+             "serde.temporary_file for a scratch copy) and give that file to the runtime.")
+
+
+@contextmanager
+def temporary_file(model: onnx.ModelProto, label: str = "model") -> Iterator[Path]:
+    """``model`` saved (as ``save`` does: atomically, with external data when large) into a private, owner-tagged
+    scratch folder (``fsutil.staging_dir``); yields the .onnx path and removes the folder when the block ends.
+    ``label`` (1..16 lowercase letters) names the folder. Like ``save``, a large model's tensors are moved out of
+    the in-memory ``model``: pass a copy you can spare."""
+    with staging_dir(label) as folder:
+        yield save(model, folder / "model.onnx")

@@ -1,8 +1,10 @@
 """Cold start and peak memory of one runner, measured in the fresh process that runs this file.
 
-Run by path, not as ``-m onnxgate...``, so an ONNX runtime's start-up does not include importing onnxgate: the
-ONNX probes import only numpy and their runtime, as a deployment would. The PyTorch probe builds the model from its
-reference with onnxgate's loader (a deployment imports its model code too) and calls it as the reference runner does.
+Run by path, not as ``-m onnxgate...``, so an ONNX runtime's start-up does not include importing all of onnxgate:
+the ONNX probes import numpy, their runtime and onnxgate's thin session layer (``runtimes.ort.open_session`` /
+``runtimes.openvino.OpenVinoRunner``, the one place onnxgate builds sessions; neither imports onnx or torch), which
+adds a few tens of milliseconds to ``import_s``. The PyTorch probe builds the model from its reference with
+onnxgate's loader (a deployment imports its model code too) and calls it as the reference runner does.
 
 Protocol:  python _probe.py SPEC_JSON
 SPEC: {"runtime": "pytorch" | "onnxruntime" | "openvino", "threads": N, "model": ONNX path,
@@ -40,25 +42,27 @@ def _pytorch(spec, feed_names):
 
 
 def _onnxruntime(spec, feed_names):
-    import onnxruntime as ort
+    import onnxruntime  # noqa: F401  (its import is what this phase measures)
+
+    from onnxgate.runtimes.ort import OPT_LEVELS, open_session
 
     imported = time.perf_counter()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, spec["ort_level"])
-    options.intra_op_num_threads = spec["threads"]
-    options.log_severity_level = 3
-    session = ort.InferenceSession(spec["model"], options, providers=["CPUExecutionProvider"])
+    level = next(name for name, member in OPT_LEVELS.items() if member == spec["ort_level"])
+    session = open_session(spec["model"], opt_level=level, intra_op_threads=spec["threads"],
+                           providers=["CPUExecutionProvider"])
     return imported, lambda feed: session.run(None, feed)
 
 
 def _openvino(spec, feed_names):
-    import openvino as ov
+    import openvino  # noqa: F401  (its import is what this phase measures)
+
+    from onnxgate.runtimes.openvino import OpenVinoRunner
 
     imported = time.perf_counter()
-    compiled = ov.Core().compile_model(spec["model"], "CPU", {
-        "EXECUTION_MODE_HINT": "PERFORMANCE", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": spec["threads"]})
-    request = compiled.create_infer_request()
-    return imported, request.infer
+    # as the benchmark runs it (bench.runners.open_runner): PERFORMANCE mode, LATENCY hint, a fixed thread count
+    runner = OpenVinoRunner(spec["model"], "CPU", execution_mode="PERFORMANCE", performance_hint="LATENCY",
+                            threads=spec["threads"])
+    return imported, runner.run
 
 
 def main(spec: dict) -> dict:
@@ -97,6 +101,6 @@ if __name__ == "__main__":
     try:
         result = main(json.loads(sys.argv[1]))
     except Exception as exc:  # reported to the parent as a value; a native crash shows as a non-zero exit
-        lines = str(exc).strip().splitlines()
+        lines = str(getattr(exc, "message", exc)).strip().splitlines()  # onnxgate's errors: without the hint
         result = {"ok": False, "error": f"{type(exc).__name__}: {lines[0][:400] if lines else ''}"}
     print(json.dumps(result), flush=True)

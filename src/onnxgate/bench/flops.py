@@ -43,7 +43,9 @@ def count_flops(model_path: str | Path, input_shapes: dict[str, tuple[int, ...]]
     """FLOPs of one inference of ``model_path`` with inputs of ``input_shapes`` (see the module docstring)."""
     import onnx
 
-    model = onnx.load(str(model_path))
+    from .. import serde
+
+    model = serde.load(model_path)
     for value in model.graph.input:
         shape = input_shapes.get(value.name)
         if shape is None:
@@ -160,7 +162,7 @@ def gemm_peak_gflops(threads: int, *, sizes: tuple[int, ...] = PEAK_SIZES, secon
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         feed = {"x": rng.standard_normal((n, n)).astype(np.float32)}
-        with OrtRunner(model.SerializeToString(), intra_op_threads=threads) as runner:
+        with OrtRunner(model, intra_op_threads=threads) as runner:
             stats = measure(lambda: runner.run(feed), warmup_runs=2, runs=10_000, seconds=seconds / len(sizes),
                             repeats=3)
         best = max(best, 2 * n ** 3 / (min(stats.repeat_medians_ms) * 1e-3) / 1e9)

@@ -13,10 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-
-from ..errors import require
-
 PYTORCH, ONNXRUNTIME, OPENVINO = "pytorch", "onnxruntime", "openvino"
 RUNTIMES = (PYTORCH, ONNXRUNTIME, OPENVINO)
 EAGER = "eager"  # the variant name of the PyTorch side
@@ -65,39 +61,6 @@ def plan(variants: list[Variant], *, runtimes: tuple[str, ...], threads: tuple[i
     return configs
 
 
-class OpenVinoBenchRunner:
-    """OpenVINO the way a deployment runs it: PERFORMANCE execution mode, LATENCY hint, a fixed thread count, one
-    infer request reused between calls.
-
-    ``runtimes.openvino.OpenVinoRunner`` defaults to ACCURACY mode for verification and takes no thread count,
-    which a fair benchmark needs. In PERFORMANCE mode OpenVINO may compute float32 models in bfloat16 on CPUs that
-    support it; ``inference_precision`` records what it chose, so the report can say so.
-    """
-
-    name = OPENVINO
-
-    def __init__(self, model_path: str | Path, threads: int):
-        ov = require("openvino", "openvino", "Benchmarking OpenVINO")
-        properties = {"EXECUTION_MODE_HINT": "PERFORMANCE", "PERFORMANCE_HINT": "LATENCY",
-                      "INFERENCE_NUM_THREADS": threads}
-        self._compiled = ov.Core().compile_model(str(model_path), "CPU", properties)
-        self._request = self._compiled.create_infer_request()
-        self.input_names = [p.get_any_name() for p in self._compiled.inputs]
-        self.output_names = [p.get_any_name() for p in self._compiled.outputs]
-        self.inference_precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self._request.infer({name: inputs[name] for name in self.input_names})
-        # copied, as every runner returns arrays the caller owns (the request's buffers are reused)
-        return {name: self._request.get_output_tensor(i).data.copy() for i, name in enumerate(self.output_names)}
-
-    def __enter__(self) -> "OpenVinoBenchRunner":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._request = self._compiled = None
-
-
 @contextmanager
 def open_runner(config: Config, *, model_path: str | Path | None, module: Any = None,
                 input_names: list[str] | None = None) -> Iterator[Any]:
@@ -120,5 +83,11 @@ def open_runner(config: Config, *, model_path: str | Path | None, module: Any = 
         with OrtRunner(model_path, opt_level=config.opt_level or "all", intra_op_threads=config.threads) as runner:
             yield runner
     else:
-        with OpenVinoBenchRunner(model_path, config.threads) as runner:
+        from ..runtimes.openvino import OpenVinoRunner
+
+        # OpenVINO the way a deployment runs it: PERFORMANCE execution mode (which may compute float32 models in
+        # bfloat16 on CPUs that support it; ``runner.inference_precision`` says what it chose), LATENCY hint, a fixed
+        # thread count, one infer request reused between calls.
+        with OpenVinoRunner(model_path, "CPU", execution_mode="PERFORMANCE", performance_hint="LATENCY",
+                            threads=config.threads) as runner:
             yield runner

@@ -126,12 +126,11 @@ def _check_variants(variants: list[Variant]) -> None:
 
 
 def size_on_disk(path: str) -> int:
-    """The .onnx file plus the external data files its initializers reference."""
-    import onnx
+    """The .onnx file plus the external data files its tensors reference (read without loading them; a location
+    outside the model's folder is refused, as every read of a model refuses it)."""
+    from .. import serde
 
-    model = onnx.load(path, load_external_data=False)
-    locations = {entry.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-                 for entry in t.external_data if entry.key == "location"}
+    locations = serde.external_data_locations(serde.load(path, load_external_data=False))
     folder = Path(path).parent
     return Path(path).stat().st_size + sum((folder / loc).stat().st_size for loc in locations
                                            if (folder / loc).is_file())

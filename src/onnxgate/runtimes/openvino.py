@@ -1,6 +1,7 @@
-"""OpenVINO runner: a second, independent runtime to check an ONNX file against.
+"""OpenVINO runner: a second, independent runtime to check an ONNX file against, and the one the benchmark times.
 
-openvino is an optional extra, imported when a runner is built. Outputs are keyed by the ONNX output names.
+openvino is an optional extra, imported when a runner is built. Outputs are keyed by the ONNX output names. This is
+the only place onnxgate compiles an OpenVINO model.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadInputError, RuntimeIncompatibleError, require
+from ..errors import BadInputError, RuntimeIncompatibleError, first_line, require
 
 
 class OpenVinoRunner:
@@ -17,17 +18,25 @@ class OpenVinoRunner:
 
     ``execution_mode`` defaults to ``ACCURACY``: with OpenVINO's default (``PERFORMANCE``) the CPU plugin computes
     float32 models in bfloat16 on CPUs that support it, an error of ~1e-3 that is OpenVINO's choice, not the
-    model's. Pass ``PERFORMANCE`` to measure what a deployment would get.
+    model's. A benchmark measures what a deployment would get: ``execution_mode="PERFORMANCE"``,
+    ``performance_hint="LATENCY"`` and a fixed thread count (``threads``; None: OpenVINO's choice).
+    ``inference_precision`` says what OpenVINO chose to compute in (``f32``, ``bf16``, ...), so a report can say so.
 
-    The CPU plugin runs dynamic shapes as they are. Devices that need static shapes get the model reshaped to
-    each new set of input shapes and recompiled on first use (cached per shape set).
+    Each compiled model keeps one infer request, reused between calls; outputs are copied once, so the caller owns
+    them. The CPU plugin runs dynamic shapes as they are. Devices that need static shapes get the model reshaped
+    to each new set of input shapes and recompiled on first use (cached per shape set).
     """
 
-    def __init__(self, model_path: str | Path, device: str = "CPU", *, execution_mode: str = "ACCURACY"):
+    def __init__(self, model_path: str | Path, device: str = "CPU", *, execution_mode: str = "ACCURACY",
+                 threads: int | None = None, performance_hint: str | None = None):
         ov = require("openvino", "openvino", "The OpenVINO runner")
         self.name = "openvino"
         self.device = device
-        self._config = {"EXECUTION_MODE_HINT": execution_mode}
+        self._config: dict[str, object] = {"EXECUTION_MODE_HINT": execution_mode}
+        if performance_hint is not None:
+            self._config["PERFORMANCE_HINT"] = performance_hint
+        if threads is not None:
+            self._config["INFERENCE_NUM_THREADS"] = int(threads)
         self._core = ov.Core()
         try:
             self._model = self._core.read_model(str(model_path))
@@ -44,6 +53,19 @@ class OpenVinoRunner:
                 raise self._incompatible(f"cannot compile '{model_path}' for {device}", exc) from exc
             self._static_only = True
 
+    @property
+    def inference_precision(self) -> str | None:
+        """The element type OpenVINO computes in (``f32``, ``bf16``, ``f16``; ``dynamic`` in ACCURACY mode: the
+        model's own precision), as the compiled model reports it; None before a static-shape device has compiled
+        anything, or when the device does not say."""
+        compiled = next(iter(self._compiled.values()), None)
+        if compiled is None:
+            return None
+        try:
+            return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        except Exception:  # a plugin without the property
+            return None
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [name for name in self.input_names if name not in inputs]
         if missing:
@@ -52,7 +74,8 @@ class OpenVinoRunner:
         feed = {name: np.ascontiguousarray(inputs[name]) for name in self.input_names}
         compiled = self._compiled_for(feed)
         try:
-            results = compiled(feed)
+            # the compiled model's own infer request, created once and reused; outputs alias its buffers
+            results = compiled(feed, share_inputs=True, share_outputs=True)
         except Exception as exc:
             raise self._incompatible("failed to run the model", exc) from exc
         # copy: result arrays alias the infer request's buffers, which the next call overwrites
@@ -75,9 +98,8 @@ class OpenVinoRunner:
     def _incompatible(self, what: str, exc: Exception) -> RuntimeIncompatibleError:
         import openvino as ov
 
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
         return RuntimeIncompatibleError(
-            f"OpenVINO {ov.get_version()} {what}: {first_line}",
+            f"OpenVINO {ov.get_version()} {what}: {first_line(exc)}",
             hint="Export at an opset this OpenVINO supports (--opset), upgrade openvino, or use another device.",
         )
 

@@ -1,15 +1,28 @@
-"""ONNX Runtime runner (CPU by default; CUDA/TensorRT providers when asked for and present)."""
+"""ONNX Runtime: the one place onnxgate builds an onnxruntime session (CPU by default; CUDA/TensorRT providers when
+asked for and present).
+
+``open_session`` builds every session — the runner's, the transforms' verifier's, offline optimization's, the
+benchmark's start-up probe's — from a path, serialized bytes or an ``onnx.ModelProto``, and is the one translation
+of onnxruntime's load errors into ``RuntimeIncompatibleError``. Neither onnx nor onnxruntime is imported at module
+load: the bundle verifier imports this module where onnx is not installed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..errors import RuntimeIncompatibleError
+from ..errors import BadInputError, RuntimeIncompatibleError, first_line
 
+# onnxgate's level name -> onnxruntime's GraphOptimizationLevel member. "layout" adds the NCHWc layout transforms,
+# tuned to this machine's CPU (offline optimization offers it; see transform/ort_optimize.py).
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-              "all": "ORT_ENABLE_ALL"}
+              "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
 
 # Parity is judged on the graph as written. ONNX Runtime's optimizer rewrites some graphs into what the user
 # probably meant — it deletes Dropout nodes even when exported with training_mode=True — so a model exported in
@@ -17,34 +30,68 @@ OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extend
 # optimizations off). Benchmarks, not verification, use the optimized levels.
 VERIFY_OPT_LEVEL = "disable"
 
+def open_session(model: Any, *, what: str | None = None, opt_level: str = "all", intra_op_threads: int = 0,
+                 inter_op_threads: int = 0, providers: list[str] | None = None,
+                 optimized_model_path: str | Path | None = None, log_severity: int = 3):
+    """An ``onnxruntime.InferenceSession`` for ``model``: a path, serialized bytes or an ``onnx.ModelProto``
+    (serialized through ``serde.to_bytes``, which refuses one over protobuf's 2 GiB limit: pass a path then).
+
+    ``what`` names the model in errors (default: the path, or "the model"). ``providers`` defaults to CPU only, so
+    results do not depend on which GPUs a machine happens to have; providers this onnxruntime lacks are dropped.
+    ``optimized_model_path``: onnxruntime writes the graph it built at ``opt_level`` there (offline optimization).
+    Raises ``RuntimeIncompatibleError`` when onnxruntime cannot load the model.
+    """
+    import onnxruntime as ort
+
+    if opt_level not in OPT_LEVELS:
+        raise BadInputError(f"Optimization level '{opt_level}' is not one of onnxruntime's levels.",
+                            hint=f"Use one of: {', '.join(OPT_LEVELS)}.")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level])
+    so.intra_op_num_threads = intra_op_threads
+    so.inter_op_num_threads = inter_op_threads
+    so.log_severity_level = log_severity
+    if optimized_model_path is not None:
+        so.optimized_model_filepath = str(optimized_model_path)
+    available = ort.get_available_providers()
+    chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+    if isinstance(model, (str, os.PathLike)):
+        source, where = str(model), what or f"'{model}'"
+    elif isinstance(model, (bytes, bytearray, memoryview)):
+        source, where = bytes(model), what or "the model"
+    else:  # an onnx.ModelProto
+        from .. import serde
+
+        source, where = serde.to_bytes(model), what or "the model"
+    try:
+        # onnxruntime's Python layer prints its provider fallback ("EP Error ... Falling back") on stdout, which
+        # would corrupt `--json` output: keep it off stdout.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return ort.InferenceSession(source, so, providers=chosen)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented/NoSuchFile classes
+        raise RuntimeIncompatibleError(
+            f"onnxruntime {ort.__version__} cannot load {where}: {first_line(exc)}",
+            hint="Export at an opset this onnxruntime supports (--opset), upgrade onnxruntime, or check the model "
+                 "with `onnxgate inspect`.",
+        ) from exc
+
+
+def optimize_offline(model: Any, level: str, out_path: str | Path) -> Path:
+    """onnxruntime's offline graph optimization: the graph a CPU session builds at ``level`` (a key of
+    ``OPT_LEVELS``), written by onnxruntime to ``out_path``. Returns ``out_path``; read it with ``serde.load``."""
+    open_session(model, what="the model to optimize", opt_level=level, providers=["CPUExecutionProvider"],
+                 optimized_model_path=out_path)  # the hardware-specific warning is recorded by the caller instead
+    return Path(out_path)
+
 
 class OrtRunner:
-    """Runs an ONNX file or serialized model bytes in onnxruntime.
+    """Runs an ONNX file, serialized model bytes or an ``onnx.ModelProto`` in onnxruntime (see ``open_session``)."""
 
-    ``providers`` defaults to CPU only, so results do not depend on which GPUs a machine happens to have.
-    """
-
-    def __init__(self, model: str | Path | bytes, *, providers: list[str] | None = None,
-                 opt_level: str = "all", intra_op_threads: int = 0, inter_op_threads: int = 0):
-        import onnxruntime as ort
-
+    def __init__(self, model: Any, *, providers: list[str] | None = None, opt_level: str = "all",
+                 intra_op_threads: int = 0, inter_op_threads: int = 0, what: str | None = None):
         self.name = "onnxruntime"
-        so = ort.SessionOptions()
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level])
-        so.intra_op_num_threads = intra_op_threads
-        so.inter_op_num_threads = inter_op_threads
-        so.log_severity_level = 3
-        available = ort.get_available_providers()
-        providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
-        src = model if isinstance(model, bytes) else str(model)
-        try:
-            self.session = ort.InferenceSession(src, so, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented classes
-            where = "the model" if isinstance(model, bytes) else f"'{model}'"
-            raise RuntimeIncompatibleError(
-                f"onnxruntime {ort.__version__} cannot load {where}: {str(exc).strip().splitlines()[0][:400]}",
-                hint="Export at an opset this onnxruntime supports (--opset), or upgrade onnxruntime.",
-            ) from exc
+        self.session = open_session(model, what=what, opt_level=opt_level, intra_op_threads=intra_op_threads,
+                                    inter_op_threads=inter_op_threads, providers=providers)
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -10,16 +10,18 @@ time: onnxruntime applies the same rewrites at load by default.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import onnx
 
+from .. import serde
 from ..errors import BadInputError
+from ..fsutil import staging_dir
+from ..runtimes.ort import OPT_LEVELS, optimize_offline
 from .passes import PassResult, graph_changed
 
-LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "layout": "ORT_ENABLE_LAYOUT"}
+# The offline levels, named as in runtimes.ort.OPT_LEVELS (the one table of onnxruntime's levels).
+LEVELS = {name: OPT_LEVELS[name] for name in ("basic", "extended", "layout")}
 DEFAULT_LEVEL = "basic"
 
 
@@ -39,14 +41,9 @@ class OrtOptimize:
     def __call__(self, model: onnx.ModelProto) -> PassResult:
         import onnxruntime as ort
 
-        with tempfile.TemporaryDirectory(prefix="onnxgate-ortopt-") as tmp:
-            path = Path(tmp) / "optimized.onnx"
-            so = ort.SessionOptions()
-            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[self.level])
-            so.optimized_model_filepath = str(path)
-            so.log_severity_level = 3  # the hardware-specific warning is recorded in ``details`` instead
-            ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-            out = onnx.load(str(path))
+        with staging_dir("ortopt") as tmp:
+            # the hardware-specific warning (log severity 3 hides it) is recorded in ``details`` instead
+            out = serde.load(optimize_offline(model, self.level, tmp / "optimized.onnx"))
         domains = sorted({n.domain for n in out.graph.node if n.domain not in ("", "ai.onnx")})
         details = {"level": self.level, "onnxruntime": ort.__version__, "custom_domains": domains,
                    "ort_only": bool(domains), "hardware_specific": "com.microsoft.nchwc" in domains}

@@ -31,7 +31,7 @@ from ..errors import BadInputError
 from ..fsutil import check_target
 from .budget import Budget, Evaluation, check, evaluate, run_outputs, top1
 from .data import DataArg, Dataset, load_data, model_specs, random_dataset
-from .passes import APPLIED, ROLLED_BACK, TransformRecord
+from .passes import APPLIED, ROLLED_BACK, TransformRecord, copy_model
 from .sensitivity import QDQ_OPS, NodeSensitivity, node_sensitivity
 
 MODES = ("static", "dynamic")
@@ -183,7 +183,7 @@ class _Quantizer:
         self.calibration = calibration
         self.notes: list[str] = []
         self.float_path = self._pre_process(model)
-        self.float_model = onnx.load(str(self.float_path))
+        self.float_model = serde.load(self.float_path)
         self.count = 0
 
     def _pre_process(self, model: onnx.ModelProto) -> Path:
@@ -193,7 +193,8 @@ class _Quantizer:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         original, processed = self.tmp / "float.onnx", self.tmp / "float_pre.onnx"
-        onnx.save(model, str(original))
+        # a large model is saved with external data, which moves the tensors out of the proto saved: keep ours
+        serde.save(model if model.ByteSize() <= serde.EXTERNAL_DATA_THRESHOLD else copy_model(model), original)
         failures = []
         for skip_symbolic in (False, True):
             try:
@@ -222,7 +223,7 @@ class _Quantizer:
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=getattr(CalibrationMethod, METHODS[self.method]),
                                 nodes_to_exclude=list(exclude), calibration_cache_path=str(self.tmp / "ranges.json"))
-        return onnx.load(str(out))
+        return serde.load(out)
 
     def _calibration_feeds(self) -> list[dict[str, np.ndarray]]:
         """The histogram calibrators (entropy, percentile) stack every batch's activations, so batches of different

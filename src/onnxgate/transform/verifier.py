@@ -102,19 +102,10 @@ _NP_OF_ORT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 
 def session_for(model: onnx.ModelProto, *, what: str, opt_level: str | None = None, threads: int = 0):
     """An onnxruntime CPU session for an in-memory model (default: optimizations off, as verification wants)."""
-    import onnxruntime as ort
+    from ..runtimes.ort import VERIFY_OPT_LEVEL, open_session
 
-    from ..runtimes.ort import OPT_LEVELS, VERIFY_OPT_LEVEL
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level or VERIFY_OPT_LEVEL])
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise RuntimeIncompatibleError(f"onnxruntime {ort.__version__} cannot load {what}: {first_line(exc)}",
-                                       hint="Check the model with `onnxgate inspect`.") from exc
+    return open_session(model, what=what, opt_level=opt_level or VERIFY_OPT_LEVEL, intra_op_threads=threads,
+                        providers=["CPUExecutionProvider"])
 
 
 def _scaled(ref: dict[str, np.ndarray], tolerance: Tolerance | None, *, relative: bool) -> dict[str, Tolerance]:

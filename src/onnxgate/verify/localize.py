@@ -22,7 +22,6 @@ import ast
 import contextlib
 import itertools
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .. import serde
 from ..errors import BadInputError, first_line, user_code
 from ..runtimes.ort import OrtRunner
 from .compare import OutputComparison, Tolerance, compare_outputs, sci
@@ -38,7 +38,6 @@ SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 RULE_KEY = "pkg.onnxscript.rewriter.rule_name"
 MAX_NODES_LISTED = 10
 MAX_CANDIDATES = 6  # values tried per module, latest first: the last node's output is almost always the one
-PROTOBUF_LIMIT = 2**31 - 2**24  # a bigger model cannot be serialized to bytes; it goes through a temporary file
 
 
 @dataclass
@@ -93,7 +92,7 @@ def localize(module, onnx_path: str | Path, feed: dict[str, np.ndarray], *, inpu
     ``input_names`` orders the feed for ``forward()`` (default: the ONNX graph inputs). ``tolerance`` defaults to
     the per-dtype default of ``compare_outputs``. At most ``max_layers`` modules are compared, in execution order.
     """
-    model = onnx.load(str(onnx_path))  # resolves external data relative to the file
+    model = serde.load(onnx_path)  # external data resolved relative to the file, never outside its folder
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
     names = list(input_names) if input_names else [i.name for i in graph.input if i.name not in initializers]
@@ -314,17 +313,14 @@ def _subgraph_inputs(node) -> set[str]:
 
 @contextlib.contextmanager
 def _ort_runner(model):
-    """OrtRunner without graph optimizations (so exposed values are not fused away); from bytes when the model
-    fits in protobuf, else from a temporary file with external data."""
-    if model.ByteSize() < PROTOBUF_LIMIT:
-        with OrtRunner(model.SerializeToString(), opt_level="disable") as runner:
+    """OrtRunner without graph optimizations (so exposed values are not fused away); from memory when the model
+    fits in one protobuf, else from a scratch file with external data (which empties ``model``, a throwaway copy)."""
+    if serde.fits_in_bytes(model):
+        with OrtRunner(model, opt_level="disable") as runner:
             yield runner
         return
-    with tempfile.TemporaryDirectory(prefix="onnxgate-localize-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
-        with OrtRunner(path, opt_level="disable") as runner:
-            yield runner
+    with serde.temporary_file(model, "localize") as path, OrtRunner(path, opt_level="disable") as runner:
+        yield runner
 
 
 def _first_line(exc: BaseException) -> str:
