@@ -28,10 +28,6 @@ DOORS = ("src/onnxgate/serde.py", "src/onnxgate/runtimes/")  # a file, and a fol
 # that no longer violates fails `test_pending_list_only_shrinks` until it is removed from the list.
 PENDING = {
     "src/onnxgate/verify/structure.py",  # ort_load_check builds its own InferenceSession: use runtimes.ort.open_session
-    "src/onnxgate/bundle/write.py",  # onnx.load(..., load_external_data=False): use serde.load
-    # A self-contained script run by path with the Python of isolated venvs that hold only numpy and one onnxruntime
-    # release (no onnxgate, so it cannot import runtimes.ort): it belongs under runtimes/, not rewritten on top of it.
-    "src/onnxgate/bundle/_worker.py",
 }
 
 ONNX_IO = {"load", "load_model", "load_from_string", "load_model_from_string", "save", "save_model",

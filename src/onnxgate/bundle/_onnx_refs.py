@@ -7,7 +7,7 @@ walks just enough of the ONNX schema to find every ``TensorProto`` that can carr
 sparse initializers, node attributes, subgraphs, functions, training graphs) and returns its
 ``external_data`` entries; the caller judges them. Raw tensor bytes are skipped by length, never copied.
 
-Standard library only and self-contained, like ``_worker.py``. Fail closed: anything it cannot parse (a
+Standard library only and self-contained, like ``runtimes/venv_worker.py``. Fail closed: anything it cannot parse (a
 truncated field, a group, nesting deeper than protobuf's own limit) raises :class:`ProtoError` rather than
 being skipped, so no reference can hide in a part of the file this reader did not understand.
 

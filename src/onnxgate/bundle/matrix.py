@@ -3,7 +3,7 @@
 "Does this model still load on the onnxruntime 1.17 our production image pins?" can only be answered by
 that release itself. So for ``onnxruntime==1.17.3`` onnxgate creates a venv holding exactly that release
 (and a numpy it was built for), cached under ``$XDG_CACHE_HOME/onnxgate/venvs/onnxruntime-1.17.3``
-(default ``~/.cache``), and runs ``_worker.py`` there by path. The worker is a separate process so that a
+(default ``~/.cache``), and runs ``runtimes/venv_worker.py`` there by path. The worker is a separate process so that a
 native crash in an old runtime shows up as a "crashed" cell, not as the death of onnxgate; outputs come
 back as an npz and are compared in the parent with the manifest's tolerances.
 
@@ -29,9 +29,9 @@ import numpy as np
 
 from ..errors import BadInputError, OutputExistsError
 from ..fsutil import atomic_dir, staging_dir
-from ._worker import save_npz
+from ..runtimes.venv_worker import save_npz
 
-WORKER = Path(__file__).with_name("_worker.py")
+WORKER = Path(__file__).parent.parent / "runtimes" / "venv_worker.py"
 READY_MARKER = ".onnxgate-venv.json"  # written last: a venv without it is incomplete
 PIP_TIMEOUT_S = 1800
 WORKER_TIMEOUT_S = 900

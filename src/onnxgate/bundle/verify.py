@@ -218,7 +218,7 @@ def run_here(model: Path, inputs: dict[str, np.ndarray]) -> RunOutcome:
     """Run the model with this process's onnxruntime, the same way the venv worker does."""
     import onnxruntime
 
-    from ._worker import ModelRunError, run_model
+    from ..runtimes.venv_worker import ModelRunError, run_model
 
     version = onnxruntime.__version__
     try:

@@ -20,7 +20,7 @@ from ..errors import BadInputError, UnsafeInputError
 from ..fsutil import atomic_dir, atomic_file, check_target
 from ..verify.compare import default_tolerance
 from . import manifest as mf
-from ._worker import save_npz
+from ..runtimes.venv_worker import save_npz
 
 _RESERVED = {mf.MANIFEST, mf.MODEL, mf.GOLDEN_INPUTS, mf.REFERENCE_OUTPUTS, *envinfo.LOCK_FILES}
 
@@ -92,16 +92,9 @@ def _anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 def describe_model(model_path: Path) -> dict[str, Any]:
     """Input/output specs, opsets and external-data files of an ONNX file, read without its weights."""
-    import onnx
+    from .. import serde
 
-    if not model_path.is_file():
-        raise BadInputError(f"The model file '{model_path}' does not exist.",
-                            hint="Pass the path of an existing .onnx file.")
-    try:
-        proto = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise BadInputError(f"'{model_path}' is not a readable ONNX model: {exc}",
-                            hint="Pass an .onnx file written by an ONNX exporter.") from exc
+    proto = serde.load(model_path, load_external_data=False)  # BadInputError when missing or unreadable
     initializers = {t.name for t in proto.graph.initializer}
     opsets = {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import}
     return {

@@ -5,7 +5,7 @@ by path with the Python of an isolated virtual environment holding one exact onn
 included: numpy 1.x, onnxruntime from 1.15 on). ``verify.py`` imports the same ``run_model`` for the
 in-process case, so every runtime in a matrix executes the model the same way.
 
-Script protocol:  python _worker.py MODEL GOLDEN_INPUTS_NPZ OUTPUTS_NPZ
+Script protocol:  python venv_worker.py MODEL GOLDEN_INPUTS_NPZ OUTPUTS_NPZ
 prints one JSON line on stdout: {"ok": true, "onnxruntime": "1.17.3", "numpy": "1.26.4"} with the outputs
 written to OUTPUTS_NPZ, or {"ok": false, "stage": "load" | "run", "error": "...", ...}. Exit status 0 in
 both cases; anything else means the process itself failed (a native crash), which the parent reports.
