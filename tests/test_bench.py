@@ -270,7 +270,7 @@ def test_cli_exports_a_reference_first_and_prints_json(tiny, capsys):
     ref, _ = tiny
     code = main(["bench", ref, "--quick", "--json", "--runtime", "pytorch", "--runtime", "onnxruntime",
                  "--seconds", "0.1", "--runs", "10", "--repeats", "2", "--max-batch", "2", "--no-startup"])
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)["result"]
     assert code == 0
     validate(data)
     assert data["model"]["exported"] and data["model"]["inputs"] == ["x:Bx3x16x16:float32"]  # batch made dynamic

@@ -229,7 +229,7 @@ def test_verify_bundle_cli_exit_codes(bundle_copy, capsys):
     assert "model.onnx" in capsys.readouterr().err
     assert main(["verify-bundle", str(bundle_copy), "--json"]) == 9
     report = json.loads(capsys.readouterr().out)
-    assert report["ok"] is False and report["results"][0]["status"] == "tampered"
+    assert report["ok"] is False and report["result"]["results"][0]["status"] == "tampered"
     assert report["error"]["type"] == "IntegrityError" and report["error"]["exit_code"] == 9
     assert main(["verify-bundle", str(bundle_copy), "--runtime", "onnxruntime>=1.17"]) == 2
 
@@ -243,7 +243,7 @@ def test_bundle_cli_packs_an_onnx_file_and_self_verifies(model, tmp_path, capsys
             "--reference", str(tmp_path / "ref.npz"), "--atol", "1e-3", "--json"]
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["ok"] and report["written"] == str(out) and report["results"][0]["status"] == "pass"
+    assert report["ok"] and report["result"]["written"] == str(out) and report["result"]["results"][0]["status"] == "pass"
     assert json.loads((out / "manifest.json").read_text())["tolerances"]["logits"] == {"rtol": 1e-3, "atol": 1e-3}
     assert main(args) == 2  # exists, no --force
     assert main(["bundle", str(model), "-o", str(tmp_path / "c")]) == 2  # no golden data
@@ -290,7 +290,7 @@ def test_bundle_verifies_in_a_fresh_torch_free_venv(runtime_venv, bundle):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["ok"] and report["results"][0]["passed"]
+    assert report["ok"] and report["result"]["results"][0]["passed"]
 
 
 @pytest.mark.slow
@@ -356,4 +356,4 @@ def test_a_torch_cnn_bundled_from_its_ref_verifies_without_torch(runtime_venv, t
     proc = subprocess.run([str(runtime_venv / "bin" / "onnxgate"), "verify", str(out), "--json"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["results"][0]["passed"]
+    assert json.loads(proc.stdout)["result"]["results"][0]["passed"]

@@ -196,8 +196,8 @@ def test_declared_bytes_are_checked_before_the_file_is_read(copy, capsys):
         fh.write(b"\0" * 4096)
     with opened_paths() as opened:
         code, report = verify_cli(copy, capsys)
-    assert code == 9 and report["results"][0]["status"] == "tampered"
-    reason = report["results"][0]["reason"]
+    assert code == 9 and report["result"]["results"][0]["status"] == "tampered"
+    reason = report["result"]["results"][0]["reason"]
     assert "requirements.txt: " in reason and "the manifest says" in reason
     assert "golden_inputs.npz: " in reason and "bytes, the manifest says" in reason
     assert not any(p.endswith(("requirements.txt", "golden_inputs.npz")) for p in opened), opened
@@ -320,14 +320,14 @@ def test_symlinked_external_data_is_refused(ext_copy, tmp_path):
 def test_external_data_the_manifest_does_not_vouch_for_is_integrity(ext_copy, capsys):
     set_location(ext_copy, "unlisted.data")
     code, report = verify_cli(ext_copy, capsys)
-    assert code == 9 and "'unlisted.data', which the manifest does not list" in report["results"][0]["reason"]
+    assert code == 9 and "'unlisted.data', which the manifest does not list" in report["result"]["results"][0]["reason"]
 
 
 def test_external_data_offsets_beyond_the_file_are_integrity(ext_copy, capsys):
     size = (ext_copy / "m.onnx.data").stat().st_size
     set_location(ext_copy, "m.onnx.data", offset=str(size), length="16")
     code, report = verify_cli(ext_copy, capsys)
-    assert code == 9 and "beyond the end of 'm.onnx.data'" in report["results"][0]["reason"]
+    assert code == 9 and "beyond the end of 'm.onnx.data'" in report["result"]["results"][0]["reason"]
 
 
 def test_an_unparseable_model_is_bad_input(copy, capsys):
@@ -438,7 +438,7 @@ def test_a_reference_that_is_not_numeric_fails_the_comparison_cleanly(copy, caps
     _npz_with(copy / "reference_outputs.npz", "logits", payload.getvalue())
     rehash(copy)
     code, report = verify_cli(copy, capsys)
-    assert code == 4 and "not numeric" in report["results"][0]["outputs"][0]["reason"]
+    assert code == 4 and "not numeric" in report["result"]["results"][0]["outputs"][0]["reason"]
 
 
 # ---------------------------------------------------------------------------------------------------- tarballs

@@ -169,10 +169,10 @@ def test_clean_command_removes_dead_staging_from_folders_and_tmpdir_and_reports_
     kept = leftover(out, live_child, name="bundle", folder_kind=True)
     assert main(["clean", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["ok"] is True and str(out) in report["folders"] and str(private_tmpdir) in report["folders"]
-    assert sorted(e["path"] for e in report["removed"]) == sorted(str(p) for p in removed)
-    assert all(e["pid"] == dead for e in report["removed"]) and report["bytes_freed"] == 4096
-    assert [e["path"] for e in report["kept"]] == [str(kept)] and "running" in report["kept"][0]["reason"]
+    assert report["ok"] is True and str(out) in report["result"]["folders"] and str(private_tmpdir) in report["result"]["folders"]
+    assert sorted(e["path"] for e in report["result"]["removed"]) == sorted(str(p) for p in removed)
+    assert all(e["pid"] == dead for e in report["result"]["removed"]) and report["result"]["bytes_freed"] == 4096
+    assert [e["path"] for e in report["result"]["kept"]] == [str(kept)] and "running" in report["result"]["kept"][0]["reason"]
     assert not any(p.exists() for p in removed) and kept.exists() and nested.exists()  # not recursive by default
     assert main(["clean", str(out), "-r"]) == 0
     assert not nested.exists() and "removed 1 leftover(s)" in capsys.readouterr().err
@@ -192,11 +192,11 @@ def test_clean_leaves_legacy_leftovers_unless_asked_and_then_only_old_ones(tmp_p
         os.utime(path, (two_hours_ago, two_hours_ago))
     assert main(["clean", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["removed"] == [] and {e["path"] for e in report["kept"]} == {str(old), str(young), str(legacy_tmp)}
-    assert "--legacy" in report["kept"][0]["reason"]
+    assert report["result"]["removed"] == [] and {e["path"] for e in report["result"]["kept"]} == {str(old), str(young), str(legacy_tmp)}
+    assert "--legacy" in report["result"]["kept"][0]["reason"]
     assert main(["clean", str(out), "--legacy", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert {e["path"] for e in report["removed"]} == {str(old), str(legacy_tmp)}
+    assert {e["path"] for e in report["result"]["removed"]} == {str(old), str(legacy_tmp)}
     assert young.exists() and not old.exists() and not legacy_tmp.exists()
 
 

@@ -71,11 +71,11 @@ def test_lock_files_are_not_replaced_without_force(tmp_path):
 
 def test_env_command_json_and_lock(tmp_path, capsys):
     assert main(["env", "--no-torch", "--json"]) == 0
-    capture = json.loads(capsys.readouterr().out)
+    capture = json.loads(capsys.readouterr().out)["result"]
     assert capture["versions"]["onnxruntime"] == version("onnxruntime")
     assert main(["env", "--no-torch"]) == 0
     assert "onnxruntime" in capsys.readouterr().err
     assert main(["env", "--lock", str(tmp_path / "locks"), "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)["written"]) == 3
+    assert len(json.loads(capsys.readouterr().out)["result"]["written"]) == 3
     assert main(["env", "--lock", str(tmp_path / "locks")]) == 2
     assert main(["env", "--lock", str(tmp_path / "locks"), "--force"]) == 0

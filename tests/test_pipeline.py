@@ -91,8 +91,9 @@ def test_toml_config_runs_the_same_job(tmp_path, capsys):
         'ref = "onnxgate.examples.digits:trained_digits_cnn"\ninput = ["x:Bx1x8x8:float32"]\ndim = ["B=1..16@4"]\n'
         f'output = "{tmp_path / "out"}"\n')
     code = main(["run", str(tmp_path / "onnxgate.toml"), "--no-bundle", "--json"])
-    report = json.loads(capsys.readouterr().out)
-    assert code == 0 and report["verdict"] == "pass" and "bundle" not in report["stages"]
+    envelope = json.loads(capsys.readouterr().out)
+    report = envelope["result"]
+    assert code == 0 and envelope["ok"] and envelope["command"] == "run" and report["verdict"] == "pass" and "bundle" not in report["stages"]
     jsonschema.validate(report, SCHEMA)
 
 

@@ -96,13 +96,15 @@ def test_cli_quantize_exit_codes(digits, tmp_path, capsys):
     path, train, test, _ = digits
     out = tmp_path / "cli_int8.onnx"
     assert main(["quantize", str(path), "-o", str(out), "--calib", str(train), "--eval", str(test), "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
-    assert data["ok"] and data["passed"] and data["budget"]["max_accuracy_drop"] == 1.0  # labels: default budget
+    doc = json.loads(capsys.readouterr().out)
+    data = doc["result"]
+    assert doc["ok"] and data["passed"] and data["budget"]["max_accuracy_drop"] == 1.0  # labels: default budget
     code = main(["quantize", str(path), "-o", str(tmp_path / "miss.onnx"), "--calib", str(train), "--eval", str(test),
                  "--max-error", "1e-9", "--json"])
-    data = json.loads(capsys.readouterr().out)
-    assert code == ExitCode.ACCURACY_BUDGET == data["error"]["exit_code"]
-    assert not data["passed"] and data["float_nodes"] and "Nodes tried in float" in data["error"]["message"]
+    doc = json.loads(capsys.readouterr().out)
+    data = doc["result"]
+    assert code == ExitCode.ACCURACY_BUDGET == doc["error"]["exit_code"] == doc["exit_code"]
+    assert not data["passed"] and data["float_nodes"] and "Nodes tried in float" in doc["error"]["message"]
 
 
 def test_dynamic_quantization_of_a_matmul_model(tmp_path):

@@ -155,8 +155,9 @@ def test_fp16_io_retypes_the_input_spec(mlp_path, tmp_path):
 def test_cli_optimize_json(mlp_path, tmp_path, capsys):
     out = tmp_path / "cli.onnx"
     code = main(["optimize", str(mlp_path), "-o", str(out), "--fp16", "--json"])
-    data = json.loads(capsys.readouterr().out)
-    assert code == 0 and data["ok"] and data["passed"] and out.is_file()
+    doc = json.loads(capsys.readouterr().out)
+    data = doc["result"]
+    assert code == 0 and doc["ok"] and data["passed"] and out.is_file()
     assert [t["name"] for t in data["transforms"]] == ["fold-constants", "simplify:onnxslim", "ort-optimize:basic", "fp16"]
     assert main(["optimize", str(mlp_path), "-o", str(out)]) == ExitCode.BAD_INPUT  # exists, no --force
     assert main(["optimize", str(mlp_path), "-o", str(tmp_path / "x.onnx"), "--level", "turbo"]) == ExitCode.BAD_INPUT
@@ -177,9 +178,10 @@ def test_cli_fp16_that_breaks_parity_exits_with_the_parity_code(tmp_path, capsys
     onnx.save(model, str(path))
     code = main(["optimize", str(path), "-o", str(out), "--fp16", "--level", "none", "--simplifier", "none",
                  "--no-fold", "--json"])
-    data = json.loads(capsys.readouterr().out)
-    assert code == ExitCode.PARITY_FAILED == data["error"]["exit_code"] and not out.exists()
-    assert data["transforms"][0]["status"] == "rolled_back" and "y on feed 0:" in data["error"]["message"]
+    doc = json.loads(capsys.readouterr().out)
+    data = doc["result"]
+    assert code == ExitCode.PARITY_FAILED == doc["error"]["exit_code"] and not out.exists()
+    assert data["transforms"][0]["status"] == "rolled_back" and "y on feed 0:" in doc["error"]["message"]
 
 
 def test_ort_optimize_layout_level_and_a_candidate_onnxruntime_cannot_load():

@@ -32,6 +32,9 @@ from ._version import __version__
 from .errors import ExitCode, OnnxgateError
 
 ENVELOPE_VERSION = "1"
+# The error class (errors.py) that stands for each exit code, named in the envelope of a failed result.
+ERROR_TYPES = {2: "BadInputError", 3: "ExportError", 4: "ParityError", 5: "AccuracyBudgetError",
+               6: "RuntimeIncompatibleError", 7: "UnsafeInputError", 8: "MissingExtraError", 9: "IntegrityError"}
 
 
 @dataclass(frozen=True)
@@ -117,16 +120,17 @@ def _quantize(report) -> Outcome:
                  "a looser budget.")
 
 
+# Bundle verification statuses (bundle/verify.py). When several runtimes fail, the worst is reported: a tampered
+# bundle, then wrong numbers, then a runtime that cannot run it.
 _BUNDLE_CODES = {"pass": ExitCode.OK, "tampered": ExitCode.INTEGRITY, "fail": ExitCode.PARITY_FAILED,
-                 "incompatible": ExitCode.RUNTIME_INCOMPATIBLE, "unavailable": ExitCode.RUNTIME_INCOMPATIBLE,
-                 "crashed": ExitCode.RUNTIME_INCOMPATIBLE, "unsafe": ExitCode.UNSAFE_INPUT,
-                 "malformed": ExitCode.BAD_INPUT}
+                 "crashed": ExitCode.RUNTIME_INCOMPATIBLE, "incompatible": ExitCode.RUNTIME_INCOMPATIBLE,
+                 "unavailable": ExitCode.RUNTIME_INCOMPATIBLE}
+BUNDLE_SEVERITY = ("tampered", "fail", "crashed", "incompatible", "unavailable")
 _BUNDLE_HINTS = {
-    "tampered": "The bundle was changed after it was written: get a fresh copy from its source.",
-    "fail": "The numbers differ beyond the recorded tolerances on this runtime: pin the runtime the bundle was "
-            "verified with (requirements-runtime.txt), or re-bundle on this one.",
-    "unsafe": "The bundle reaches outside its folder: do not use it; get a fresh copy from its source.",
-    "malformed": "The manifest is not one onnxgate wrote: re-bundle the model.",
+    "tampered": "Do not use this bundle: re-create it, or fetch it again from its source.",
+    "fail": "This runtime computes different numbers (see the per-output errors): pin a runtime that passes "
+            "(requirements-runtime.txt pins the verified one), or re-export.",
+    "incompatible": "Use a runtime that passes, or re-export at an opset this runtime supports (--opset).",
 }
 
 
@@ -134,9 +138,8 @@ def _bundle(result) -> Outcome:
     code = _BUNDLE_CODES.get(result.status, ExitCode.RUNTIME_INCOMPATIBLE)
     if code == ExitCode.OK:
         return PASSED
-    return _fail(code, f"bundle verification failed on {result.runtime}: {result.status}: {result.reason}",
-                 _BUNDLE_HINTS.get(result.status, "Install a runtime release that can run the model "
-                                                  "(requirements-runtime.txt pins the verified one)."))
+    return _fail(code, f"Bundle verification failed on {result.runtime}: {result.status}: {result.reason}",
+                 _BUNDLE_HINTS.get(result.status, _BUNDLE_HINTS["incompatible"]))
 
 
 def _pipeline(report) -> Outcome:
@@ -149,6 +152,7 @@ _JUDGES: dict[str, Callable[[Any], Outcome]] = {
     "StructureReport": _structure, "TargetResult": lambda t: _targets([t]), "VerifyResult": _verify,
     "ExportResult": _export, "TransformReport": _transform, "QuantizeReport": _quantize,
     "BundleVerification": _bundle, "PipelineReport": _pipeline,
+    "BenchReport": lambda _r: PASSED,  # measurements: a benchmark has no verdict of its own
 }
 
 
@@ -159,6 +163,9 @@ def judge(result: Any) -> Outcome:
     if isinstance(result, BaseException):
         return _fail(ExitCode.INTERNAL, f"{type(result).__name__}: {result}", "This is a bug in onnxgate.")
     if isinstance(result, (list, tuple)):
+        if result and type(result[0]).__name__ == "BundleVerification":  # a runtime matrix: the worst cell
+            result = sorted(result, key=lambda r: BUNDLE_SEVERITY.index(r.status)
+                            if r.status in BUNDLE_SEVERITY else len(BUNDLE_SEVERITY))
         outcomes = [judge(r) for r in result]
         return next((o for o in outcomes if not o.passed), PASSED)
     try:
@@ -201,4 +208,7 @@ def envelope(command: str, *, result: Any = None, error: BaseException | None = 
     if error is not None:
         doc["error"] = {"type": type(error).__name__, "message": getattr(error, "message", str(error)),
                         "hint": getattr(error, "hint", None), "exit_code": outcome.exit_code}
+    elif not outcome.passed:  # a failed result: the same error object an exception would have given
+        doc["error"] = {"type": ERROR_TYPES.get(outcome.exit_code, "OnnxgateError"), "message": outcome.reason,
+                        "hint": outcome.hint, "exit_code": outcome.exit_code}
     return doc

@@ -115,11 +115,11 @@ def load_npz(path: str | Path, *, what: str) -> dict[str, Any]:
     """Every array of an ``.npz`` file, read without pickle (object arrays are refused: exit 7)."""
     import numpy as np
 
+    if not zipfile.is_zipfile(path):  # also False for a missing file; np.load would try it as a pickle
+        raise BadInputError(f"{what} '{path}' is not an .npz archive (missing, or not a zip file).",
+                            hint="Save it with numpy.savez(PATH, name=array, ...): one array per model input/output.")
     try:
         with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise BadInputError(f"{what} '{path}' is a single .npy array, not an .npz archive of named arrays.",
-                                    hint="Save it with numpy.savez(PATH, name=array, ...).")
             return {name: data[name] for name in data.files}
     except ValueError as exc:  # object arrays: would need pickle
         raise UnsafeInputError(f"{what} '{path}' holds pickled object arrays, which onnxgate does not load.",

@@ -50,16 +50,6 @@ _NUMERIC = "biufc"
 _ORT_MEMORY_TAG = "_ORT_MEM_ADDR_"  # onnxruntime reads "*/_ORT_MEM_ADDR_/*" locations from a memory address
 
 # status → process exit code; "pass" is the only success.
-EXIT_CODES = {
-    "pass": ExitCode.OK,
-    "tampered": ExitCode.INTEGRITY,
-    "fail": ExitCode.PARITY_FAILED,
-    "incompatible": ExitCode.RUNTIME_INCOMPATIBLE,
-    "unavailable": ExitCode.RUNTIME_INCOMPATIBLE,
-    "crashed": ExitCode.RUNTIME_INCOMPATIBLE,
-}
-
-
 @dataclass
 class BundleVerification:
     """The outcome of verifying one bundle on one runtime.
@@ -82,8 +72,10 @@ class BundleVerification:
         return self.status == "pass"
 
     @property
-    def exit_code(self) -> ExitCode:
-        return EXIT_CODES[self.status]
+    def exit_code(self) -> int:
+        from ..outcome import judge
+
+        return judge(self).exit_code
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -6,7 +6,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import console, emit_json
+from .common import console, finish
 from .export_cmd import DIM_HELP, INPUT_HELP
 
 
@@ -64,8 +64,7 @@ def bench(
                           config=config, settings=settings, base_verified=True if "base" in verified else None,
                           weights=weights, arch=arch, trust_pickle=trust_pickle, progress=status.update)
     if json_out:
-        emit_json(report.to_dict())
-        return
+        return finish(report, json_out=True)
     for table in (latency_table(report), sides_table(report), throughput_table(report)):
         if table.row_count:
             console.print(table)

@@ -13,20 +13,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import BadInputError, ExitCode, IntegrityError, ParityError, RuntimeIncompatibleError, UnsafeInputError
-from .common import console, emit_json
+from ..errors import BadInputError
+from .common import console, finish
 from .export_cmd import DIM_HELP, INPUT_HELP
 
-# When several cells fail, the exit code names the worst: a tampered bundle, then wrong numbers.
-_SEVERITY = ("tampered", "fail", "crashed", "incompatible", "unavailable")
-_ERRORS = {ExitCode.INTEGRITY: IntegrityError, ExitCode.PARITY_FAILED: ParityError,
-           ExitCode.RUNTIME_INCOMPATIBLE: RuntimeIncompatibleError}
-_HINTS = {
-    "tampered": "Do not use this bundle: re-create it, or fetch it again from its source.",
-    "fail": "This runtime computes different numbers (see the per-output errors): pin a runtime that passes, "
-            "or re-export.",
-    "incompatible": "Use a runtime that passes, or re-export at an opset this runtime supports (--opset).",
-}
 _STYLES = {"pass": "green", "fail": "red", "tampered": "bold red", "incompatible": "yellow",
            "unavailable": "dim", "crashed": "red"}
 
@@ -67,7 +57,9 @@ def _bundle_onnx_file(model: Path, out: Path, golden: Path | None, reference: Pa
             f"Bundling the ONNX file '{model}' needs its golden inputs and reference outputs.",
             hint="Pass --golden INPUTS.npz --reference OUTPUTS.npz (one array per model input/output).",
         )
-    inputs, outputs = _load_npz(golden, "--golden"), _load_npz(reference, "--reference")
+    from ..safe_load import load_npz
+
+    inputs, outputs = load_npz(golden, what="--golden"), load_npz(reference, what="--reference")
     tolerances = None
     if rtol is not None or atol is not None:
         tolerances = {}
@@ -110,28 +102,14 @@ def verify_and_report(bundle_path: Path, runtimes: list[str], json_out: bool) ->
 
 
 def _finish(results: list, json_out: bool, **extra) -> None:
-    """Report the results; exit with the code of the worst failed cell (0 when every cell passed)."""
-    worst = next((r for status in _SEVERITY for r in results if r.status == status), None)
-    error = None
-    if worst is not None:
-        error = _ERRORS[worst.exit_code](
-            f"Bundle verification failed on {worst.runtime}: {worst.status}: {worst.reason}",
-            hint=_HINTS.get(worst.status, _HINTS["incompatible"]),
-        )
-    if json_out:
-        emit_json({"ok": error is None, **extra, "results": [r.to_dict() for r in results],
-                   "error": None if error is None else {"type": type(error).__name__, "message": error.message,
-                                                        "hint": error.hint, "exit_code": int(error.exit_code)}})
-        if error is not None:
-            raise typer.Exit(int(error.exit_code))
-        return
-    if "written" in extra:
-        console.print(f"bundle written: [bold]{escape(extra['written'])}[/]")
-    console.print(_results_table(results))
-    if len(results) == 1 and results[0].outputs:
-        console.print(_outputs_table(results[0]))
-    if error is not None:
-        raise error
+    """Report the results; the judge's exit code is that of the worst failed cell (0 when every cell passed)."""
+    if not json_out:
+        if "written" in extra:
+            console.print(f"bundle written: [bold]{escape(extra['written'])}[/]")
+        console.print(_results_table(results))
+        if len(results) == 1 and results[0].outputs:
+            console.print(_outputs_table(results[0]))
+    finish(results, json_out=json_out, data={**extra, "results": [r.to_dict() for r in results]})
 
 
 def _results_table(results: list) -> Table:
@@ -157,22 +135,6 @@ def _outputs_table(result) -> Table:
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
-
-
-def _load_npz(path: Path, flag: str) -> dict:
-    import zipfile
-
-    import numpy as np
-
-    hint = "Save it with np.savez(path, name=array, ...): one array per model input/output."
-    if not zipfile.is_zipfile(path):  # also False for a missing file
-        raise BadInputError(f"{flag} '{path}' is not an .npz archive (missing, or not a zip file).", hint=hint)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except ValueError as exc:  # object arrays would need pickle
-        raise UnsafeInputError(f"{flag} '{path}' holds pickled object arrays, which onnxgate does not load.",
-                               hint=hint) from exc
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import console, emit_json
+from .common import console, finish
 
 
 def clean(
@@ -42,9 +42,8 @@ def clean(
                  for action in ("removed", "restored", "kept", "failed")}
     freed = sum(e.bytes for e in by_action["removed"])
     if json_out:
-        emit_json({"ok": not by_action["failed"], "folders": [str(f) for f in swept], "bytes_freed": freed,
-                   **{action: [e.to_dict() for e in found] for action, found in by_action.items()}})
-        return
+        return finish(json_out=True, data={"folders": [str(f) for f in swept], "bytes_freed": freed,
+                                           **{action: [e.to_dict() for e in found] for action, found in by_action.items()}})
     if entries:
         console.print(_table(entries))
     summary = (f"removed {len(by_action['removed'])} leftover(s) ({freed / 1e6:.1f} MB)"

@@ -1,4 +1,9 @@
-"""What every command shares: the console, JSON output, error rendering."""
+"""What every command shares: the console, the one JSON envelope, the one way to end a command.
+
+A command parses its flags, calls one library function and ends with ``finish(result, json_out=...)``: under
+``--json`` that prints the envelope (``outcome.envelope``), and the exit code is the judge's (``outcome.judge``),
+so no command computes a verdict of its own. Errors take the same envelope through ``render_error``.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,15 @@ import json
 import sys
 from typing import Any
 
+import typer
 from rich.console import Console
 
 # Human output goes to stderr so `--json` output on stdout stays machine-readable.
 # When stderr is not a terminal (CI logs, pipes), rich would assume 80 columns and squeeze the tables.
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+# The command being run (set by main() from argv), named in every envelope.
+COMMAND = {"name": "onnxgate"}
 
 
 def emit_json(data: Any) -> None:
@@ -18,22 +27,43 @@ def emit_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def finish(result: Any = None, *, json_out: bool, data: Any = None, quiet_failure: bool = False) -> None:
+    """End a command: the envelope under ``--json``, the failure line otherwise, and the judge's exit code.
+
+    ``result``: the stage result (or a list of them) the judge rules on; ``data``: facts to print instead of
+    ``result.to_dict()``. ``quiet_failure``: the command already printed why it failed."""
+    from ..outcome import envelope, judge
+
+    outcome = judge(result) if result is not None else judge([])
+    if json_out:
+        emit_json(envelope(COMMAND["name"], result=result, data=data))
+    elif not outcome.passed and not quiet_failure:
+        text = f"[bold red]error[/]: {_escape(outcome.reason or 'failed')}"
+        if outcome.hint:
+            text += f" [yellow]{_escape(outcome.hint)}[/]"
+        console.print(text, soft_wrap=True)
+    if not outcome.passed:
+        raise typer.Exit(outcome.exit_code)
+
+
 def render_error(exc: Exception, *, as_json: bool) -> None:
     from ..errors import OnnxgateError
+    from ..outcome import envelope
 
-    code = int(getattr(exc, "exit_code", 1))
+    if as_json:
+        emit_json(envelope(COMMAND["name"], error=exc))
     message = getattr(exc, "message", str(exc))
     hint = getattr(exc, "hint", None)
-    if as_json:
-        emit_json({"ok": False, "error": {"type": type(exc).__name__, "message": message, "hint": hint,
-                                          "exit_code": code}})
     text = f"[bold red]error[/]: {_escape(message)}"
     if hint:
         text += f" [yellow]{_escape(hint)}[/]"
     if isinstance(exc, OnnxgateError) and getattr(exc, "result", None) is not None:
         from .render import attempts_table
 
-        console.print(attempts_table(exc.result))
+        try:
+            console.print(attempts_table(exc.result))
+        except (AttributeError, TypeError):  # a result that is not an export's attempts
+            pass
     console.print(text, soft_wrap=True)
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import console, emit_json
+from .common import console, finish
 
 
 def env(
@@ -26,14 +26,14 @@ def env(
     if lock is not None:
         written = [str(path) for path in envinfo.write_locks(lock, force=force)]
         if json_out:
-            emit_json({"ok": True, "written": written})
+            finish(json_out=True, data={"written": written})
         else:
             for path in written:
                 console.print(f"wrote {escape(path)}")
         return
     capture = envinfo.capture(include_torch=torch)
     if json_out:
-        emit_json(capture)
+        finish(json_out=True, data=capture)
     else:
         console.print(_table(capture))
 

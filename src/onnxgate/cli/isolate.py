@@ -47,8 +47,9 @@ def run_isolated(argv: list[str]) -> int:
     if code >= 0:
         return code
     error = crash_error(command, -code)
-    from .common import render_error
+    from .common import COMMAND, render_error
 
+    COMMAND["name"] = command
     render_error(error, as_json="--json" in argv)
     return int(error.exit_code)
 

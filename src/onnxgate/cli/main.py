@@ -59,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..errors import install_interrupt_tracker
 
+    from .common import COMMAND
+
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
+    COMMAND["name"] = next((a for a in argv if not a.startswith("-")), "onnxgate")
     install_interrupt_tracker()
     try:
         # With standalone_mode=False, a typer.Exit(code) raised by a command comes back as the return value.

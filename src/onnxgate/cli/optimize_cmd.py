@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import console, emit_json, render_error
+from .common import console, finish
 
 DATA_HELP = ("An .npz/.npy (arrays named after the inputs; labels under --labels-key), an image folder (class "
              "sub-folders give labels) or file.py:fn returning feeds.")
@@ -30,7 +30,6 @@ def optimize(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Simplify and optimize an ONNX model, verifying every step; a step that breaks parity is rolled back."""
-    from ..errors import ParityError
     from ..transform import optimize as do_optimize
 
     with console.status("optimizing", spinner="dots") as status:
@@ -44,15 +43,9 @@ def optimize(
                 console.print(f"[yellow]rolled back[/]: {escape(record.message)}")
             if record.status == "applied" and record.details.get("note"):
                 console.print(f"[yellow]note[/]: {record.name} {escape(record.details['note'])}")
-    if not report.passed:
-        fp16_record = report.records[-1]
-        _fail(ParityError(f"FP16 conversion of '{model}': {fp16_record.message}. '{output}' was not written.",
-                          hint="Keep more operators in float32 with --fp16-keep OP (the failing output "
-                                           "names where to look), or run without --fp16."), report.to_dict(), json_out)
-    if json_out:
-        emit_json({"ok": True, **report.to_dict()})
-    else:
+    if not json_out and report.passed:
         console.print(f"[green]wrote[/] {output}: {escape(report.summary())} (verified on {report.feeds})")
+    finish(report, json_out=json_out)
 
 
 def quantize(
@@ -75,7 +68,6 @@ def quantize(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Quantize to INT8 within an accuracy budget, keeping the most sensitive nodes in float until it holds."""
-    from ..errors import AccuracyBudgetError
     from ..transform.quantize import quantize as do_quantize
 
     with console.status("quantizing", spinner="dots") as status:
@@ -88,17 +80,9 @@ def quantize(
             console.print(f"[yellow]warning[/]: {escape(warning)}")
         console.print(records_table([report.record.to_dict()], title=f"quantization of {model}"))
         console.print(steps_table(report))
-    if not report.passed:
-        tried = ", ".join(s.node for s in report.float_nodes) or "none (no node could be kept in float)"
-        _fail(AccuracyBudgetError(
-            f"The int8 model of '{model}' misses the accuracy budget ({report.budget}): {report.final.miss}. "
-            f"Nodes tried in float: {tried}. '{output}' was not written.",
-            hint="Try --method entropy or percentile, more calibration data, --max-float-nodes, --mode dynamic, "
-                 "or a looser budget."), report.to_dict(), json_out)
-    if json_out:
-        emit_json({"ok": True, **report.to_dict()})
-    else:
+    if not json_out and report.passed:
         console.print(f"[green]wrote[/] {output}: {escape(report.summary())}")
+    finish(report, json_out=json_out)
 
 
 def records_table(records: list[dict], *, title: str) -> Table:
@@ -131,16 +115,6 @@ def steps_table(report) -> Table:
 
 def _err(value: float | None) -> str:
     return "-" if value is None else f"{value:.2e}"
-
-
-def _fail(exc, report: dict, json_out: bool) -> None:
-    """One JSON document (the report plus the error) or the human error line; then the error's exit code."""
-    if json_out:
-        emit_json({"ok": False, "error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint,
-                                          "exit_code": int(exc.exit_code)}, **report})
-    else:
-        render_error(exc, as_json=False)
-    raise typer.Exit(int(exc.exit_code))
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, emit_json
+from .common import console, finish
 from .export_cmd import DIM_HELP, INPUT_HELP, TARGET_HELP, build_config
 
 
@@ -90,9 +90,7 @@ def demo(
 
 
 def render_pipeline(report, json_out: bool) -> None:
-    if json_out:
-        emit_json(report.to_dict())
-    else:
+    if not json_out:
         export = report.stages.get("export")
         if export and export.get("winner") is not None:
             won = export["attempts"][export["winner"]]
@@ -119,8 +117,7 @@ def render_pipeline(report, json_out: bool) -> None:
         colour = "green" if report.verdict == "pass" else "red"
         console.print(f"[{colour}]verdict: {report.verdict}[/]" + (f" — {report.reason}" if report.reason else ""))
         console.print(f"report: {Path(report.out_dir) / 'report.html'} (and report.json)")
-    if report.exit_code:
-        raise typer.Exit(report.exit_code)
+    finish(report, json_out=json_out, quiet_failure=True)
 
 
 def register(app: typer.Typer) -> None:
