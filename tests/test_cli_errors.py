@@ -44,6 +44,11 @@ def evil_pickle(tmp_path):
     (["export", "torchvision:resnet18", "-o", "{tmp}/m.onnx", "--input", "x:1x3xx224:float32"], ExitCode.BAD_INPUT, "does not parse"),
     (["export", "torchvision:resnet18", "-o", "{tmp}/no/such/folder/m.onnx"], ExitCode.BAD_INPUT, "does not exist"),
     (["inspect", "{tmp}/nothing.onnx"], ExitCode.BAD_INPUT, "nothing.onnx"),
+    (["export", "torchvision:resnet18", "-o", "{tmp}/m.onnx", "--opset", "3"], ExitCode.BAD_INPUT, "--opset 3"),
+    (["export", "torchvision:resnet18", "-o", "{tmp}/m.onnx", "--opset", "99"], ExitCode.BAD_INPUT, "--opset 99"),
+    (["export", "torchvision:resnet18", "-o", "{tmp}/m.onnx", "--device", "banana"], ExitCode.BAD_INPUT, "banana"),
+    (["verify", "{tmp}/nothing.onnx", "--rtol", "-1"], ExitCode.BAD_INPUT, "--rtol -1"),
+    (["verify", "{tmp}/nothing.onnx", "--atol", "-1"], ExitCode.BAD_INPUT, "--atol -1"),
 ])
 def test_bad_input_gives_one_paragraph_and_exit_code(capsys, tmp_path, argv, code, needle):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]

@@ -66,5 +66,41 @@ def test_toml(tmp_path):
     assert (run.export.strategy, run.export.opset, run.export.meta) == ("dynamo", 18, {"owner": "me"})
     assert run.export.labels == ("a", "b")
     path.write_text('reff = "x"\n')
-    with pytest.raises(BadInputError, match="unknown keys: reff"):
+    with pytest.raises(BadInputError, match="key 'reff' is not a key onnxgate knows at the top level: did you "
+                                            "mean 'ref'\\?"):
         load_toml(path)
+
+
+@pytest.mark.parametrize("text", ["x:99999999999x3:float32", f"x:{'9' * 5000}x3:float32", "x:1x²:float32",
+                                  "x:1x3:float32:0..1e999", "x:1x3:float32:-inf..inf"])
+def test_input_sizes_and_ranges_are_bounded(text):
+    with pytest.raises(BadInputError) as info:
+        parse_input(text)
+    assert info.value.hint and "Traceback" not in info.value.message
+
+
+@pytest.mark.parametrize("text", ["B=1..99999999999", f"B={'9' * 5000}", "B=0", "B=1..4@9"])
+def test_dim_sizes_are_bounded(text):
+    with pytest.raises(BadInputError):
+        parse_dim(text)
+
+
+def test_where_names_the_origin():
+    with pytest.raises(BadInputError, match=r"^In cfg.toml, key 'input' \('x'\) does not parse"):
+        parse_input("x", where="In cfg.toml, key 'input' ('x')")
+    with pytest.raises(BadInputError, match="reserved"):
+        parse_meta(["onnxgate.inputs=[]"])
+    with pytest.raises(BadInputError, match="empty"):
+        parse_meta(["=x"])
+
+
+@pytest.mark.parametrize("device, ok", [("cpu", True), ("cuda", True), ("cuda:1", True), ("mps", True),
+                                        ("banana", False), ("cuda:x", False), ("", False), ("CPU", False)])
+def test_device_syntax(device, ok):
+    from onnxgate.spec import parse_device
+
+    if ok:
+        assert parse_device(device) == device
+    else:
+        with pytest.raises(BadInputError, match="not a device"):
+            parse_device(device)

@@ -14,6 +14,8 @@ Dim syntax (``--dim``):       NAME=MIN..MAX[@EXAMPLE] | NAME=EXAMPLE
 
 from __future__ import annotations
 
+import difflib
+import math
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
@@ -27,6 +29,11 @@ DTYPE_ALIASES = {"float": "float32", "fp32": "float32", "half": "float16", "fp16
                  "long": "int64", "int": "int32", "bf16": "bfloat16"}
 _NAME = r"[A-Za-z_][A-Za-z0-9_.\-]*"
 _DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# The largest size a dim may have anywhere (flags, onnxgate.toml, a model's metadata): int32 indexing in most
+# runtimes. The bytes a generated input may take are bounded separately (verify.inputs.MAX_GENERATED_BYTES).
+MAX_DIM = 2**31 - 1
+DEVICE_KINDS = ("cpu", "cuda", "mps", "xpu")
 
 
 # Dim names that mean "batch": without an example size they are traced at 2 (the dynamo exporter specializes a dim
@@ -78,29 +85,29 @@ def parse_dtype(text: str, *, where: str) -> str:
     return dtype
 
 
-def parse_input(text: str) -> InputSpec:
-    """Parse ``NAME:SHAPE:DTYPE[:LOW..HIGH]``."""
-    where = f"--input '{text}'"
+def parse_input(text: str, *, where: str | None = None) -> InputSpec:
+    """Parse ``NAME:SHAPE:DTYPE[:LOW..HIGH]``. ``where`` names the input's origin in errors (default: the flag)."""
+    where = where or f"--input '{text}'"
     hint = "Write it as NAME:SHAPE:DTYPE, for example x:1x3x224x224:float32 or x:Bx3xHxW:float32."
     parts = text.split(":")
     if len(parts) < 2 or len(parts) > 4:
         raise BadInputError(f"{where} does not parse: expected 2 to 4 fields separated by ':'.", hint=hint)
     name, shape_text = parts[0], parts[1]
     if not re.fullmatch(_NAME, name):
-        raise BadInputError(f"{where}: '{name}' is not a valid input name.", hint=hint)
+        raise BadInputError(f"{where}: '{_clip(name)}' is not a valid input name.", hint=hint)
     dtype = parse_dtype(parts[2], where=where) if len(parts) >= 3 and parts[2] else "float32"
     sep = "," if "," in shape_text else "x"
     shape: list[int | str] = []
     if shape_text.strip():
         for token in shape_text.split(sep):
             token = token.strip()
-            if token.isdigit():
-                shape.append(int(token))
+            if re.fullmatch(r"[0-9]+", token):
+                shape.append(_size(token, where=where, what="dim", hint=hint))
             elif _DIM_NAME.match(token):
                 shape.append(token)
             else:
                 raise BadInputError(
-                    f"{where}: the shape '{shape_text}' does not parse at '{token}': each dim must be a "
+                    f"{where}: the shape '{_clip(shape_text)}' does not parse at '{_clip(token)}': each dim must be a "
                     "positive integer or a name.",
                     hint=hint,
                 )
@@ -110,28 +117,44 @@ def parse_input(text: str) -> InputSpec:
     return InputSpec(name, tuple(shape), dtype, value_range)
 
 
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _size(token: str, *, where: str, what: str, hint: str) -> int:
+    """A dim size written as decimal digits, bounded by MAX_DIM (and never an int() of a 10,000-digit string)."""
+    if len(token) > len(str(MAX_DIM)) or int(token) > MAX_DIM:
+        raise BadInputError(f"{where}: the {what} {_clip(token, 24)} is larger than onnxgate accepts ({MAX_DIM:,}).",
+                            hint=hint)
+    return int(token)
+
+
 def _parse_range(text: str, *, where: str) -> tuple[float, float]:
-    m = re.fullmatch(r"\s*(-?[0-9.eE+-]+)\s*\.\.\s*(-?[0-9.eE+-]+)\s*", text)
+    m = re.fullmatch(r"\s*(-?[0-9.eE+-]{1,40})\s*\.\.\s*(-?[0-9.eE+-]{1,40})\s*", text)
     try:
         low, high = float(m.group(1)), float(m.group(2))  # type: ignore[union-attr]
     except (AttributeError, ValueError):
-        raise BadInputError(f"{where}: the value range '{text}' does not parse.", hint="Write LOW..HIGH, e.g. 0..30521.") from None
+        raise BadInputError(f"{where}: the value range '{_clip(text)}' does not parse.",
+                            hint="Write LOW..HIGH, e.g. 0..30521.") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise BadInputError(f"{where}: the value range '{_clip(text)}' is not finite.",
+                            hint="Write LOW..HIGH with finite numbers, e.g. 0..30521.")
     if low > high:
-        raise BadInputError(f"{where}: the value range '{text}' is empty (LOW > HIGH).", hint="Write LOW..HIGH with LOW <= HIGH.")
+        raise BadInputError(f"{where}: the value range '{_clip(text)}' is empty (LOW > HIGH).",
+                            hint="Write LOW..HIGH with LOW <= HIGH.")
     return low, high
 
 
-def parse_dim(text: str) -> Dim:
+def parse_dim(text: str, *, where: str | None = None) -> Dim:
     """Parse ``NAME=MIN..MAX[@EXAMPLE]`` or ``NAME=EXAMPLE``."""
-    where = f"--dim '{text}'"
+    where = where or f"--dim '{text}'"
     hint = "Write it as NAME=MIN..MAX, NAME=MIN..MAX@EXAMPLE or NAME=EXAMPLE, for example B=1..64 or H=32..512@224."
-    m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)=(?:(\d+)\.\.(\d+)?)?(?:@?(\d+))?", text.strip())
+    m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)=(?:([0-9]+)\.\.([0-9]+)?)?(?:@?([0-9]+))?", text.strip())
     if not m or (m.group(2) is None and m.group(4) is None):
         raise BadInputError(f"{where} does not parse.", hint=hint)
     name, lo, hi, ex = m.groups()
-    if lo is None:  # NAME=EXAMPLE
-        return Dim(name, example=int(ex))
-    dim = Dim(name, int(lo), int(hi) if hi else None, int(ex) if ex else None)
+    lo_i, hi_i, ex_i = (None if t is None else _size(t, where=where, what="size", hint=hint) for t in (lo, hi, ex))
+    dim = Dim(name, example=ex_i) if lo_i is None else Dim(name, lo_i, hi_i, ex_i)  # NAME=EXAMPLE keeps min 1
     if dim.min < 0 or (dim.max is not None and dim.max < dim.min):
         raise BadInputError(f"{where}: the range is empty.", hint=hint)
     if dim.example is not None and not dim.contains(dim.example):
@@ -139,14 +162,36 @@ def parse_dim(text: str) -> Dim:
     return dim
 
 
-def parse_meta(items: list[str]) -> dict[str, str]:
+def parse_meta(items: list[str], *, where: str = "--meta") -> dict[str, str]:
+    """``KEY=VALUE`` items. Keys under ``onnxgate.`` are onnxgate's own records (input specs, source, dims) and
+    cannot be set by hand: verification reads them back."""
     meta = {}
     for item in items:
         if "=" not in item:
-            raise BadInputError(f"--meta '{item}' does not parse.", hint="Write it as KEY=VALUE.")
+            raise BadInputError(f"{where} '{_clip(item)}' does not parse.", hint="Write it as KEY=VALUE.")
         key, value = item.split("=", 1)
-        meta[key.strip()] = value
+        meta[_meta_key(key.strip(), where=f"{where} '{_clip(item)}'")] = value
     return meta
+
+
+def _meta_key(key: str, *, where: str) -> str:
+    if not key:
+        raise BadInputError(f"{where}: the key is empty.", hint="Write it as KEY=VALUE, e.g. owner=vision-team.")
+    if key.startswith("onnxgate."):
+        raise BadInputError(f"{where}: keys under 'onnxgate.' are reserved for what onnxgate records itself "
+                            "(input specs, dims, source), which verification reads back.",
+                            hint="Choose another key, e.g. team.owner=vision.")
+    return key
+
+
+def parse_device(text: str, *, where: str | None = None) -> str:
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``xpu[:N]`` (the syntax only: whether the device exists is checked
+    where torch is loaded, see ``cli.export_cmd``)."""
+    where = where or f"--device '{text}'"
+    if not re.fullmatch(rf"(?:{'|'.join(DEVICE_KINDS)})(?::[0-9]{{1,3}})?", text):
+        raise BadInputError(f"{where} is not a device onnxgate can export on.",
+                            hint="Use cpu (the default), cuda, cuda:N, mps or xpu.")
+    return text
 
 
 @dataclass(frozen=True)
@@ -191,17 +236,135 @@ class RunConfig:
     targets: tuple[str, ...] = ()  # runtimes the model must run on, e.g. "onnxruntime==1.16"
 
 
-def read_labels(path: str | Path) -> tuple[str, ...]:
+def read_labels(path: str | Path, *, where: str | None = None) -> tuple[str, ...]:
     """Class labels, one a line, read as UTF-8 (so non-ASCII labels survive into the model's metadata)."""
+    where = where or f"--labels '{path}'"
     p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"--labels '{path}': no such file.", hint="Give a UTF-8 text file with one class label a line.")
     try:
+        if not p.is_file():
+            raise BadInputError(f"{where}: no such file.", hint="Give a UTF-8 text file with one class label a line.")
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise BadInputError(f"--labels '{path}' is not valid UTF-8 ({exc.reason} at byte {exc.start}).",
+        raise BadInputError(f"{where} is not valid UTF-8 ({exc.reason} at byte {exc.start}).",
                             hint="Save the labels file as UTF-8.") from None
+    except (OSError, ValueError) as exc:  # unreadable, a NUL in the path
+        raise BadInputError(f"{where} cannot be read: {exc}.", hint="Give a readable UTF-8 text file.") from None
     return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+# --------------------------------------------------------------------------------------------- onnxgate.toml
+
+TOML_MAX_BYTES = 1 << 20  # a config file is a few lines; refuse to parse megabytes of anything
+# What each key holds, for the messages: "key 'opset' must be <this>".
+_TOML_FORMS = {
+    "ref": 'a string, e.g. ref = "torchvision:resnet18"',
+    "input": 'an array of strings, e.g. input = ["x:Bx3x224x224:float32"]',
+    "dim": 'an array of strings, e.g. dim = ["B=1..64"]',
+    "export": 'a table like [export] strategy = "dynamo" (with opset = 18 on the next line)',
+    "meta": 'a table like [meta] owner = "vision-team" (string or number values)',
+    "labels": 'a string naming a UTF-8 labels file, e.g. labels = "labels.txt"',
+    "weights": 'a string naming a state-dict file, e.g. weights = "weights.pth"',
+    "arch": 'a string, e.g. arch = "torchvision:resnet18"',
+    "trust_pickle": "true or false (a TOML boolean, not a string)",
+    "reinit_degenerate": "true or false (a TOML boolean, not a string)",
+    "output": 'a string, e.g. output = "model.onnx"',
+    "allow_static": 'an array of dim names, e.g. allow_static = ["B"]',
+    "device": 'a string, e.g. device = "cpu"',
+    "target": 'an array of strings, e.g. target = ["onnxruntime==1.17"]',
+    "export.strategy": '"dynamo" or "torchscript"',
+    "export.opset": "an integer, e.g. opset = 18 (a TOML integer, not a string)",
+    "meta.*": "a string or a number",
+}
+
+
+def _toml_schema():
+    """The pydantic models of onnxgate.toml (built on first use: pydantic is not imported by the CLI otherwise)."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        from typing import Literal
+
+        from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+        class Strict(BaseModel):
+            model_config = ConfigDict(extra="forbid", strict=True)
+
+        class ExportTable(Strict):
+            strategy: Literal["dynamo", "torchscript"] | None = None
+            opset: int | None = Field(None, ge=1, le=1000)  # the exporters' real range is checked by the ladder
+
+        class TomlFile(Strict):
+            ref: str | None = Field(None, min_length=1)
+            input: list[str] = []
+            dim: list[str] = []
+            export: ExportTable = ExportTable()
+            meta: dict[str, StrictStr | StrictInt | StrictFloat] = {}
+            labels: str | None = Field(None, min_length=1)
+            weights: str | None = Field(None, min_length=1)
+            arch: str | None = Field(None, min_length=1)
+            trust_pickle: bool = False
+            reinit_degenerate: bool = False
+            output: str | None = Field(None, min_length=1)
+            allow_static: list[str] = []
+            device: str = "cpu"
+            target: list[str] = []
+
+        _SCHEMA = TomlFile
+    return _SCHEMA
+
+
+_SCHEMA = None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f'the string "{_clip(value, 40)}"'
+    if isinstance(value, (int, float)):
+        return f"the number {_clip(str(value), 40)}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _toml_problems(data: dict, exc) -> list[str]:
+    """One sentence per offending key of a pydantic ValidationError, naming the key and the form it must take."""
+    schema = _toml_schema()
+    sections = {(): list(schema.model_fields), ("export",): list(schema.model_fields["export"].annotation.model_fields)}
+    problems: dict[str, str] = {}
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parent, key = loc[:-1], loc[-1]
+            dotted = ".".join(loc)
+            known = sections.get(parent, [])
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            where = f"[{'.'.join(parent)}]" if parent else "the top level"
+            text = f"key '{_clip(dotted)}' is not a key onnxgate knows at {where}"
+            problems[dotted] = text + (f": did you mean '{close[0]}'?" if close else
+                                       f" (known keys there: {', '.join(known)})")
+            continue
+        if loc[:1] == ("meta",) and len(loc) >= 2:
+            dotted, form = f"meta.{loc[1]}", _TOML_FORMS["meta.*"]
+        elif loc[:1] == ("export",) and len(loc) >= 2:
+            dotted, form = f"export.{loc[1]}", _TOML_FORMS.get(f"export.{loc[1]}", "")
+        else:
+            dotted, form = loc[0] if loc else "?", _TOML_FORMS.get(loc[0] if loc else "", "")
+        if dotted in problems:
+            continue
+        value = data
+        for part in dotted.split(".", 1) if loc[:1] in (("meta",), ("export",)) else [dotted]:
+            value = value.get(part) if isinstance(value, dict) else None
+        if err["type"] == "string_too_short":
+            problems[dotted] = f"key '{_clip(dotted)}' must not be empty"
+        elif err["type"] in ("greater_than_equal", "less_than_equal"):
+            problems[dotted] = (f"key '{_clip(dotted)}' must be {'at least' if 'greater' in err['type'] else 'at most'} "
+                                f"{next(iter(err.get('ctx', {}).values()), '?')} (it is {_describe(value)})")
+        else:
+            problems[dotted] = f"key '{_clip(dotted)}' must be {form} (it is {_describe(value)})"
+    return list(problems.values())
 
 
 def load_toml(path: str | Path) -> RunConfig:
@@ -215,38 +378,75 @@ def load_toml(path: str | Path) -> RunConfig:
         opset = 18
         [meta]
         owner = "vision-team"
+
+    Parsed against a strict schema: a value of the wrong type (``trust_pickle = "false"``, ``opset = "18"``) or an
+    unknown key (``opest``, with the closest known key suggested) is a BadInputError naming the file and the key.
     """
+    from pydantic import ValidationError
+
     p = Path(path)
+    name = f"'{path}'"
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        raw = p.read_bytes()[: TOML_MAX_BYTES + 1]
     except FileNotFoundError:
-        raise BadInputError(f"Config file '{path}' does not exist.", hint="Check the path.") from None
+        raise BadInputError(f"Config file {name} does not exist.", hint="Check the path.") from None
+    except (OSError, ValueError) as exc:  # a folder, no permission, a NUL in the path
+        raise BadInputError(f"Config file {name} cannot be read: {exc}.", hint="Give a readable onnxgate.toml.") from None
+    if len(raw) > TOML_MAX_BYTES:
+        raise BadInputError(f"Config file {name} is larger than {TOML_MAX_BYTES >> 20} MiB; that is not an onnxgate.toml.",
+                            hint="Give the small TOML file described in the README.")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"Config file {name} is not valid UTF-8 ({exc.reason} at byte {exc.start}).",
+                            hint="Save it as UTF-8 (TOML files must be).") from None
     except tomllib.TOMLDecodeError as exc:
-        raise BadInputError(f"Config file '{path}' is not valid TOML: {exc}.", hint="Fix the syntax at that line.") from None
-    export = data.get("export", {})
-    known = {"ref", "input", "dim", "export", "meta", "labels", "weights", "arch", "trust_pickle", "output",
-             "allow_static", "device", "target"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise BadInputError(f"Config file '{path}' has unknown keys: {', '.join(unknown)}.",
-                            hint=f"Known keys: {', '.join(sorted(known))}.")
+        raise BadInputError(f"Config file {name} is not valid TOML: {exc}.", hint="Fix the syntax at that line.") from None
+    except RecursionError:
+        raise BadInputError(f"Config file {name} nests arrays or tables too deeply to be an onnxgate.toml.",
+                            hint="Give the small TOML file described in the README.") from None
+    try:
+        doc = _toml_schema().model_validate(data)
+    except ValidationError as exc:
+        problems = _toml_problems(data, exc)
+        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise BadInputError(f"In {path}, {shown}" + ("" if shown.endswith("?") else "."),
+                            hint="Fix those keys. Top-level keys: " + ", ".join(_toml_schema().model_fields)
+                            + "; under [export]: strategy, opset; under [meta]: any name with a string or number "
+                            "value.") from None
+
+    def at(key: str, item: str | None = None) -> str:
+        return f"In {path}, key '{key}'" + (f" ('{_clip(item)}')" if item is not None else "")
+
     labels: tuple[str, ...] = ()
-    if data.get("labels"):
-        labels = read_labels((p.parent / data["labels"]) if not Path(data["labels"]).is_absolute() else data["labels"])
+    if doc.labels:
+        labels_path = Path(doc.labels) if Path(doc.labels).is_absolute() else p.parent / doc.labels
+        labels = read_labels(labels_path, where=at("labels", doc.labels) + f" -> '{labels_path}'")
+    for name_ in doc.allow_static:
+        if not _DIM_NAME.match(name_):
+            raise BadInputError(f"{at('allow_static', name_)} is not a dim name.",
+                                hint='Give the names of dynamic dims, e.g. allow_static = ["B"].')
+    for target in doc.target:
+        from .verify.targets import parse_target
+
+        try:
+            parse_target(target)
+        except BadInputError as exc:
+            raise BadInputError(f"{at('target', target)}: {exc.message}", hint=exc.hint) from None
     cfg = ExportConfig(
-        inputs=tuple(parse_input(s) for s in data.get("input", [])),
-        dims=tuple(parse_dim(s) for s in data.get("dim", [])),
-        strategy=export.get("strategy"),
-        opset=export.get("opset"),
-        device=data.get("device", "cpu"),
-        meta={str(k): str(v) for k, v in data.get("meta", {}).items()},
+        inputs=tuple(parse_input(s, where=at("input", s)) for s in doc.input),
+        dims=tuple(parse_dim(s, where=at("dim", s)) for s in doc.dim),
+        strategy=doc.export.strategy,
+        opset=doc.export.opset,
+        device=parse_device(doc.device, where=at("device", doc.device)),
+        meta={_meta_key(k, where=at(f"meta.{k}")): str(v) for k, v in doc.meta.items()},
         labels=labels,
-        allow_static=tuple(data.get("allow_static", [])),
+        allow_static=tuple(doc.allow_static),
+        reinit_degenerate=doc.reinit_degenerate,
     )
-    return RunConfig(ref=data.get("ref"), export=cfg, weights=data.get("weights"), arch=data.get("arch"),
-                     trust_pickle=bool(data.get("trust_pickle", False)), output=data.get("output"),
-                     targets=tuple(data.get("target", [])))
+    return RunConfig(ref=doc.ref, export=cfg, weights=doc.weights, arch=doc.arch, trust_pickle=doc.trust_pickle,
+                     output=doc.output, targets=tuple(doc.target))
 
 
 __all__ = ["Dim", "InputSpec", "ExportConfig", "RunConfig", "parse_input", "parse_dim", "parse_meta",
-           "parse_dtype", "read_labels", "load_toml", "replace"]
+           "parse_dtype", "parse_device", "read_labels", "load_toml", "replace", "MAX_DIM"]

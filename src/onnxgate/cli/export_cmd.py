@@ -15,26 +15,81 @@ DIM_HELP = "NAME=MIN..MAX[@EXAMPLE] or NAME=EXAMPLE for a named dim, e.g. B=1..6
 
 
 def build_config(inputs, dims, strategy, opset, device, meta, labels, allow_static, config_file):
-    """Flags win over onnxgate.toml, which wins over library defaults."""
+    """Flags win over onnxgate.toml, which wins over library defaults. Every option is checked here, before a
+    model is loaded: the strategy, the opset against what the exporters support, the device against this machine."""
     from ..errors import BadInputError
-    from ..spec import RunConfig, load_toml, parse_dim, parse_input, parse_meta, read_labels, replace
+    from ..spec import RunConfig, load_toml, parse_device, parse_dim, parse_input, parse_meta, read_labels, replace
 
     run = load_toml(config_file) if config_file else RunConfig()
     cfg = run.export
     if strategy and strategy not in ("dynamo", "torchscript"):
         raise BadInputError(f"--strategy '{strategy}' is not a strategy.", hint="Use dynamo or torchscript.")
+    if device is not None:
+        parse_device(device)
     cfg = replace(
         cfg,
         inputs=tuple(parse_input(s) for s in inputs) or cfg.inputs,
         dims=tuple(parse_dim(s) for s in dims) or cfg.dims,
         strategy=strategy or cfg.strategy,
-        opset=opset or cfg.opset,
+        opset=opset if opset is not None else cfg.opset,
         device=device or cfg.device,
         meta={**cfg.meta, **parse_meta(meta)},
         labels=read_labels(labels) if labels else cfg.labels,
         allow_static=tuple(allow_static) or cfg.allow_static,
     )
+    in_file = f"In {config_file}, key" if config_file else None
+    if cfg.opset is not None:
+        from ..export.ladder import check_opset
+
+        check_opset(cfg.opset, cfg.strategy, where=f"--opset {cfg.opset}" if opset is not None or not in_file
+                    else f"{in_file} 'export.opset' = {cfg.opset}")
+    check_device_available(cfg.device, where=f"--device '{cfg.device}'" if device or not in_file
+                           else f"{in_file} 'device' = '{cfg.device}'")
     return run, cfg
+
+
+def check_device_available(device: str, *, where: str) -> None:
+    """A device other than the CPU must exist on this machine (asks torch, which the export needs anyway)."""
+    if device == "cpu":
+        return
+    from ..errors import BadInputError, require
+
+    torch = require("torch", "torch", f"Exporting on {device}")
+    kind, _, index = device.partition(":")
+    count = {
+        "cuda": lambda: torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "mps": lambda: int(torch.backends.mps.is_available()),
+        "xpu": lambda: torch.xpu.device_count() if hasattr(torch, "xpu") and torch.xpu.is_available() else 0,
+    }[kind]()
+    wanted = int(index or 0)
+    if wanted >= count:
+        seen = f"torch {torch.__version__} sees {count} {kind} device{'s' if count != 1 else ''}"
+        raise BadInputError(f"{where}: this machine has no such device ({seen}).",
+                            hint="Export on the CPU (leave --device out): the exported model runs on any device, "
+                                 "and parity is verified on the CPU either way.")
+
+
+def check_output_writable(output: Path) -> None:
+    """Fail before minutes of exporting when the output's folder cannot be written (read-only folder or file
+    system). A missing folder is reported by the writer's own check."""
+    import os
+    import tempfile
+
+    from ..errors import BadInputError
+
+    parent = output.parent
+    if not parent.is_dir():
+        return
+    why = None if os.access(parent, os.W_OK | os.X_OK) else "permission denied"
+    if why is None:  # root passes os.access on any folder: try it (an unnamed O_TMPFILE file where supported)
+        try:
+            with tempfile.TemporaryFile(dir=parent, prefix=".onnxgate-probe-"):
+                pass
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+    if why:
+        raise BadInputError(f"Cannot write the output '{output}': its folder '{parent}' is not writable ({why}).",
+                            hint="Choose an output path in a folder you can write to, or fix the folder's permissions.")
 
 
 def export(
@@ -70,6 +125,7 @@ def export(
     output = output or (Path(run.output) if run.output else None)
     if output is None:
         raise BadInputError("No output path given.", hint="Pass -o model.onnx.")
+    check_output_writable(output)
     from ..export import export as do_export
 
     with console.status("exporting", spinner="dots") as status:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from pathlib import Path
 
 import typer
@@ -46,7 +48,7 @@ def verify(
                           allow_static=tuple(allow_static))
     default = None
     if rtol is not None or atol is not None:
-        default = Tolerance(rtol if rtol is not None else 1e-3, atol if atol is not None else 1e-4)
+        default = Tolerance(_tolerance("--rtol", rtol, 1e-3), _tolerance("--atol", atol, 1e-4))
     with console.status("verifying", spinner="dots"):
         feeds = _load_data(data, target, config) if data else None
         result = do_verify(target, against, config=config, runtimes=tuple(runtime) or ("onnxruntime",), data=feeds,
@@ -79,6 +81,30 @@ def verify(
                              else ExitCode.RUNTIME_INCOMPATIBLE))
 
 
+def _tolerance(flag: str, value: float | None, default: float) -> float:
+    """A tolerance flag: a finite number >= 0 (a negative one would fail every element, NaN none)."""
+    from ..errors import BadInputError
+
+    if value is None:
+        return default
+    if not math.isfinite(value) or value < 0:
+        raise BadInputError(f"{flag} {value:g} is not a tolerance: it must be a finite number >= 0.",
+                            hint=f"Pass e.g. {flag} {default:g}, or leave it out for the per-dtype default.")
+    return value
+
+
+def _json_safe(command):
+    """Under --json, an error that is not an onnxgate error still leaves the JSON envelope on stdout."""
+    from .inspect_cmd import json_envelope_on_crash
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        with json_envelope_on_crash(bool(kwargs.get("json_out"))):
+            return command(*args, **kwargs)
+
+    return wrapper
+
+
 def _load_data(data: list[str], target: Path, config):
     from ..verify.api import specs_from_model
     from ..verify.inputs import load_feeds
@@ -89,4 +115,4 @@ def _load_data(data: list[str], target: Path, config):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("verify")(verify)
+    app.command("verify")(_json_safe(verify))

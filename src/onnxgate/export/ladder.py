@@ -101,16 +101,55 @@ def exporter_max_opsets() -> dict[str, int]:
     return {"dynamo": _constants.ONNX_MAX_OPSET, "torchscript": _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET}
 
 
-def default_plan(config: ExportConfig) -> list[tuple[str, int]]:
-    """Strategies in order (dynamo, then TorchScript), each at the newest opset both the installed onnxruntime
-    and that exporter support, then at 17 (old runtimes). ``--strategy``/``--opset`` pin one."""
+def exporter_min_opset() -> int:
+    """The oldest opset torch exports (7 in torch 2.14; the dynamo exporter writes 18 and converts down)."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:
+        return 7
+    return int(getattr(_constants, "ONNX_MIN_OPSET", 7))
+
+
+def supported_opsets() -> dict[str, tuple[int, int]]:
+    """Per strategy, the opsets onnxgate can export *and* verify here: what the exporter writes, capped at what
+    the installed onnxruntime runs (every attempt must load in it)."""
     from ..verify.targets import installed_ort_max_opset
 
+    low, ort_max = exporter_min_opset(), installed_ort_max_opset()
+    return {s: (low, min(top, ort_max)) for s, top in exporter_max_opsets().items()}
+
+
+def check_opset(opset: int, strategy: str | None = None, *, where: str | None = None) -> list[str]:
+    """The strategies that can export at ``opset`` (only ``strategy`` when pinned); BadInputError naming the
+    supported range when none can. A pinned opset is a promise: the ladder rejects an attempt that wrote another."""
+    from ..errors import BadInputError
+
+    ranges = supported_opsets()
+    where = where or f"--opset {opset}"
+    candidates = [strategy] if strategy else list(STRATEGIES)
+    able = [s for s in candidates if ranges[s][0] <= opset <= ranges[s][1]]
+    if able:
+        return able
+    shown = "; ".join(f"the {s} exporter {ranges[s][0]}..{ranges[s][1]}" for s in candidates)
+    low, high = min(ranges[s][0] for s in candidates), max(ranges[s][1] for s in candidates)
+    raise BadInputError(f"{where} is outside the opsets onnxgate can export and verify here ({shown}; capped at the "
+                        "newest opset the installed onnxruntime runs).",
+                        hint=f"Pin an opset in {low}..{high}, or leave --opset out and let the ladder choose.")
+
+
+def default_plan(config: ExportConfig) -> list[tuple[str, int]]:
+    """Strategies in order (dynamo, then TorchScript), each at the newest opset both the installed onnxruntime
+    and that exporter support, then at 17 (old runtimes). ``--strategy``/``--opset`` pin one; a pinned opset
+    outside what the exporters support is a BadInputError, and only the strategies that support it are tried."""
+    from ..verify.targets import installed_ort_max_opset
+
+    if config.opset is not None:
+        return [(s, config.opset) for s in check_opset(config.opset, config.strategy)]
     strategies = [config.strategy] if config.strategy else list(STRATEGIES)
     limits = exporter_max_opsets()
     plan = []
     for strategy in strategies:
-        opsets = [config.opset] if config.opset else [min(installed_ort_max_opset(), limits[strategy]), 17]
+        opsets = [min(installed_ort_max_opset(), limits[strategy]), 17]
         plan += [(strategy, o) for o in dict.fromkeys(opsets)]
     return plan
 
@@ -153,7 +192,7 @@ class PeakRSS:
 
 
 def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple[str, ...],
-           traced_branches: list[str]) -> None:
+           traced_branches: list[str], *, pinned_opset: bool = False) -> None:
     """Fill in the attempt's outcome: structure, onnxruntime load, then quick parity — the example inputs, a
     random feed at the traced sizes and one other size of every dynamic dim.
 
@@ -167,6 +206,12 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
 
     structure = check_structure(path)
     attempt.opset_emitted = structure.opset
+    if pinned_opset and structure.opset != attempt.opset:
+        # The dynamo exporter writes opset 18 and converts down; when conversion fails it keeps 18 with a warning.
+        attempt.outcome, attempt.error_class = CHECK_FAILED, "opset"
+        attempt.error = (f"--opset {attempt.opset} was asked for, but the {attempt.strategy} exporter wrote opset "
+                         f"{structure.opset} (it could not convert the model to opset {attempt.opset})")
+        return
     if not (structure.checker_ok and structure.shape_inference_ok):
         attempt.outcome, attempt.error_class = CHECK_FAILED, "onnx.checker"
         attempt.error = structure.checker_error or structure.shape_inference_error
@@ -253,9 +298,9 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
     note = progress or (lambda _msg: None)
     if output is not None:
         check_target(Path(output), force=force, kind="model file")  # fail before minutes of exporting, not after
+    plan = default_plan(config)  # an unsupported --opset fails here, before the model is even run
     note("preparing the model")
     prepared = prepare(loaded, config)
-    plan = default_plan(config)
     attempts = [Attempt(s, o) for s, o in plan]
     staging = Path(tempfile.mkdtemp(prefix="onnxgate-export-"))
     winner = None
@@ -280,7 +325,8 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
                 continue
             note(f"attempt {i + 1}/{len(attempts)}: checking and running in onnxruntime")
             try:
-                _judge(prepared, attempt, path, config.allow_static, out.traced_branches)
+                _judge(prepared, attempt, path, config.allow_static, out.traced_branches,
+                       pinned_opset=config.opset is not None)
             except Exception as exc:
                 attempt.outcome, attempt.error_class, attempt.error = RUNTIME_ERROR, type(exc).__name__, first_line(exc)
             attempt.path = str(path)

@@ -7,14 +7,13 @@ dims become dynamic dims; they then need an example size from ``--dim`` unless t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BadInputError
-from ..spec import BATCH_NAMES, Dim, ExportConfig, InputSpec, parse_input
+from ..spec import BATCH_NAMES, Dim, ExportConfig, InputSpec
 from .compare import Tolerance
 from .parity import ParityReport, static_dims_in_graph, verify_parity
 from .structure import StructureReport, check_structure
@@ -44,23 +43,31 @@ class VerifyResult:
 
 
 def specs_from_model(structure: StructureReport, config: ExportConfig) -> tuple[list[InputSpec], dict[str, Dim]]:
-    """Input specs and dynamic dims for verifying this ONNX file (see the module docstring)."""
-    meta = structure.metadata
+    """Input specs and dynamic dims for verifying this ONNX file (see the module docstring).
+
+    The ``onnxgate.inputs``/``onnxgate.dims`` metadata is validated before use (``onnxgate.metadata``): a malformed
+    entry is a BadInputError naming it; ``--input`` skips the metadata altogether. The data the specs would make
+    verification generate is bounded before any array exists (``inputs.check_generated_size``)."""
+    from .. import metadata as md
+    from .inputs import check_generated_size
+
+    recorded: dict[str, Dim] = {}
+    found_in_metadata = False
     if config.inputs:
         specs = list(config.inputs)
-        dims = {}
-    elif "onnxgate.inputs" in meta:
-        specs = [parse_input(s) for s in json.loads(meta["onnxgate.inputs"])]
-        dims = {n: Dim(**d) for n, d in json.loads(meta.get("onnxgate.dims", "{}")).items()}
     else:
-        specs = [InputSpec(t.name, tuple(d if d is not None else f"{t.name}_dim{i}" for i, d in enumerate(t.shape)),
-                           t.dtype) for t in structure.inputs]
-        dims = {}
+        found = md.input_specs(structure.metadata, model=structure.path,
+                               invalid_utf8=getattr(structure, "metadata_invalid_utf8", ()))
+        if found is not None:
+            (specs, recorded), found_in_metadata = found, True
+        else:
+            specs = [_graph_spec(t, structure.path) for t in structure.inputs]
+    dims = dict(recorded)
     for spec in specs:
         for name in spec.dynamic_axes.values():
             user = next((d for d in config.dims if d.name == name), None)
-            known = dims.get(name)
-            dim = user or known or Dim(name)
+            known = recorded.get(name)
+            dim = user or dims.get(name) or Dim(name)
             if dim.example is None:
                 example = known.example if known and known.example else (2 if name.lower() in BATCH_NAMES else None)
                 if example is None:
@@ -69,7 +76,33 @@ def specs_from_model(structure: StructureReport, config: ExportConfig) -> tuple[
                         "size to verify it at.", hint=f"Give one with --dim {name}=MIN..MAX@SIZE or --dim {name}=SIZE.")
                 dim = Dim(dim.name, dim.min, dim.max, example)
             dims[name] = dim
+    try:
+        check_generated_size(specs, dims)
+    except BadInputError as exc:
+        if found_in_metadata and not config.dims:  # every size came from the file's metadata
+            raise md.malformed(structure.path, f"{md.INPUTS}' / '{md.DIMS}",
+                               "verifying at the sizes it records would generate too much data: "
+                               + exc.message.rstrip(".")) from None
+        raise
     return specs, dims
+
+
+def _graph_spec(tensor, model: str) -> InputSpec:
+    """An input spec from a graph input: unknown dims become dynamic, named after the input and axis."""
+    from ..spec import DTYPES, MAX_DIM
+
+    where = f"'{model}': the graph input '{tensor.name[:80]}'"
+    hint = "Describe the input yourself with --input NAME:SHAPE:DTYPE, or give real data with --data."
+    if tensor.dtype not in DTYPES:
+        raise BadInputError(f"{where} has the element type '{tensor.dtype}', which onnxgate cannot generate data for.",
+                            hint=hint)
+    shape: list[int | str] = []
+    for i, d in enumerate(tensor.shape):
+        if isinstance(d, int) and not 0 <= d <= MAX_DIM:
+            raise BadInputError(f"{where} has the size {d} at axis {i}, outside 0..{MAX_DIM:,}: the file is malformed.",
+                                hint=hint)
+        shape.append(d if d is not None else f"{tensor.name}_dim{i}")
+    return InputSpec(tensor.name, tuple(shape), tensor.dtype)
 
 
 def verify(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInputError
-from ..spec import InputSpec
+from ..spec import MAX_DIM, Dim, InputSpec
 
 Feed = dict[str, np.ndarray]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_INT_RANGE = (0, 9)
+# The most bytes one generated input may take. Sizes come from flags, but also from a model's metadata, which its
+# author controls: without a bound, one crafted onnxgate.dims entry asks for terabytes.
+MAX_GENERATED_BYTES = 2**31
+MAX_IMAGE_SIDE = 16384
 
 
 def numpy_dtype(dtype: str) -> np.dtype:
@@ -39,14 +44,55 @@ def concrete_shape(spec: InputSpec, sizes: dict[str, int]) -> tuple[int, ...]:
     return tuple(sizes[d] if isinstance(d, str) else d for d in spec.shape)
 
 
+def generated_bytes(spec: InputSpec, sizes: dict[str, int]) -> int:
+    """How many bytes the input would take at ``sizes`` (plain integers: no overflow, no allocation)."""
+    return math.prod(concrete_shape(spec, sizes)) * numpy_dtype(spec.dtype).itemsize
+
+
+def _check_shape(spec: InputSpec, sizes: dict[str, int], *, model: str | Path | None = None) -> tuple[int, ...]:
+    shape = concrete_shape(spec, sizes)
+    where = f"'{model}': input '{spec.name}'" if model else f"Input '{spec.name}'"
+    hint = ("Verify at smaller sizes: give the dims yourself with --dim NAME=MIN..MAX@SIZE (or the whole input "
+            "with --input NAME:SHAPE:DTYPE).")
+    if any(not 0 <= d <= MAX_DIM for d in shape):
+        raise BadInputError(f"{where} would have the shape {shape}: every size must lie in 0..{MAX_DIM:,}.", hint=hint)
+    nbytes = math.prod(shape) * numpy_dtype(spec.dtype).itemsize
+    if nbytes > MAX_GENERATED_BYTES:
+        raise BadInputError(
+            f"{where} at {'x'.join(map(str, shape))} ({spec.dtype}) would take {_human_bytes(nbytes)} of generated "
+            f"data; onnxgate generates at most {_human_bytes(MAX_GENERATED_BYTES)} per input.", hint=hint)
+    return shape
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}" if n < 2**80 else f"{n:.3g} bytes"
+    return f"{n} bytes"
+
+
+def check_generated_size(specs: list[InputSpec], dims: dict[str, Dim], *, model: str | Path | None = None) -> None:
+    """Refuse, before anything is allocated, sizes at which verification would generate an input over
+    MAX_GENERATED_BYTES: the traced sizes, and each dynamic dim at each of its probe sizes (the others traced)."""
+    from .shapes import probe_sizes
+
+    traced = {n: d.example or 2 for n, d in dims.items()}
+    for spec in specs:
+        _check_shape(spec, traced, model=model)
+        for name in dict.fromkeys(spec.dynamic_axes.values()):
+            if name in dims:
+                for size in probe_sizes(dims[name]):
+                    _check_shape(spec, {**traced, name: size}, model=model)
+
+
 def random_inputs(specs: list[InputSpec], sizes: dict[str, int], *, seed: int) -> Feed:
     """One seeded random feed. Floats are standard normal (uniform in ``value_range`` when the spec has one),
     integers uniform in ``value_range`` inclusive (default 0..9, valid for most embedding and index inputs),
-    bools fair coin flips."""
+    bools fair coin flips. Refuses (BadInputError) an input over MAX_GENERATED_BYTES before allocating it."""
     rng = np.random.default_rng(seed)
     feed = {}
     for spec in specs:
-        shape, dtype = concrete_shape(spec, sizes), numpy_dtype(spec.dtype)
+        shape, dtype = _check_shape(spec, sizes), numpy_dtype(spec.dtype)
         if dtype == np.bool_:
             feed[spec.name] = rng.random(shape) < 0.5
         elif np.issubdtype(dtype, np.integer):
@@ -152,23 +198,38 @@ class Preprocess:
                 else:
                     raise BadInputError(f"Preprocessing '{text}': unknown key '{key}'.", hint=hint)
         except ValueError:
-            raise BadInputError(f"Preprocessing '{text}' does not parse.", hint=hint) from None
+            raise BadInputError(f"Preprocessing '{text[:200]}' does not parse.", hint=hint) from None
         if "crop" not in fields:
-            raise BadInputError(f"Preprocessing '{text}' names no crop size.", hint=hint)
+            raise BadInputError(f"Preprocessing '{text[:200]}' names no crop size.", hint=hint)
         pre = cls(**fields)
-        if pre.order not in ("RGB", "BGR") or len(pre.mean) != 3 or len(pre.std) != 3 or 0 in pre.std:
-            raise BadInputError(f"Preprocessing '{text}': order must be RGB or BGR, mean and std three numbers "
-                                "each (std non-zero).", hint=hint)
+        if pre.order not in ("RGB", "BGR") or len(pre.mean) != 3 or len(pre.std) != 3 or 0 in pre.std \
+                or not all(math.isfinite(v) for v in (*pre.mean, *pre.std)):
+            raise BadInputError(f"Preprocessing '{text[:200]}': order must be RGB or BGR, mean and std three finite "
+                                "numbers each (std non-zero).", hint=hint)
+        if not all(1 <= v <= MAX_IMAGE_SIDE for v in (pre.crop, pre.resize or pre.crop)):
+            raise BadInputError(f"Preprocessing '{text[:200]}': crop and resize must lie in 1..{MAX_IMAGE_SIDE}.",
+                                hint=hint)
         return pre
 
     @classmethod
-    def from_meta(cls, meta: Mapping[str, str]) -> "Preprocess | None":
+    def from_meta(cls, meta: Mapping[str, str], *, model: str | Path | None = None) -> "Preprocess | None":
         """From model metadata: the ``preprocess`` key, else separate ``crop``/``resize``/``mean``/``std``/``order``
-        keys in the same syntax. None when the metadata says nothing about preprocessing."""
-        if "preprocess" in meta:
-            return cls.parse(meta["preprocess"])
-        keys = [k for k in ("crop", "resize", "mean", "std", "order") if k in meta]
-        return cls.parse(",".join(f"{k}={meta[k]}" for k in keys)) if "crop" in keys else None
+        keys in the same syntax. None when the metadata says nothing about preprocessing. A malformed entry is a
+        BadInputError naming it (the user can pass --preprocess instead)."""
+        from ..metadata import entry, malformed
+
+        hint = "Pass --preprocess resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225 to override it."
+        keys = ["preprocess"] if "preprocess" in meta else [k for k in ("crop", "resize", "mean", "std", "order")
+                                                             if k in meta]
+        if not keys or (keys != ["preprocess"] and "crop" not in keys):
+            return None
+        where = model or "the model"
+        values = {k: entry(meta, k, model=where, limit=4096, hint=hint) for k in keys}
+        text = values["preprocess"] if keys == ["preprocess"] else ",".join(f"{k}={values[k]}" for k in keys)
+        try:
+            return cls.parse(text)  # type: ignore[arg-type]
+        except BadInputError as exc:
+            raise malformed(where, "/".join(keys), exc.message.rstrip("."), hint=hint) from None
 
     def __str__(self) -> str:
         text = f"resize={self.resize}," if self.resize else ""

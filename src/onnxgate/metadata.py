@@ -1,0 +1,196 @@
+"""Validated reading of the ``onnxgate.*`` entries of an ONNX model's metadata.
+
+``onnxgate export`` records what verification needs later in the model's ``metadata_props``: the input specs
+(``onnxgate.inputs``), the dynamic dims (``onnxgate.dims``), the source model (``onnxgate.source``). A file from
+elsewhere carries whatever its author wrote there, so nothing is used before it is checked: text that is not
+UTF-8, JSON that does not decode or nests without end, values of the wrong type, negative or huge sizes. A
+malformed entry is a BadInputError naming the model, the entry and what is wrong with it, and saying how to go on
+without it (``--input``/``--dim``). Sizes are bounded here; the bytes a generated input would take are bounded in
+``verify.inputs`` (``check_generated_size``), before any array is allocated.
+
+Torch-free, numpy-free: `onnxgate inspect` lists these problems on a production box.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInputError
+from .spec import MAX_DIM, Dim, InputSpec, parse_input
+
+INPUTS = "onnxgate.inputs"
+DIMS = "onnxgate.dims"
+SOURCE = "onnxgate.source"
+REINIT = "onnxgate.reinit_degenerate"
+
+MAX_ENTRY_CHARS = 1 << 20  # a JSON entry larger than 1 MiB is not something onnxgate wrote
+MAX_INPUTS = 1024
+MAX_SOURCE_CHARS = 4096
+_DIM_KEYS = ("name", "min", "max", "example")
+_DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+OVERRIDE_HINT = ("The file's onnxgate metadata is damaged or was not written by onnxgate. Describe the inputs "
+                 "yourself to verify it anyway: --input NAME:SHAPE:DTYPE (and --dim NAME=MIN..MAX@SIZE for each "
+                 "dynamic dim).")
+
+
+def malformed(model: str | Path, key: str, why: str, *, hint: str = OVERRIDE_HINT) -> BadInputError:
+    return BadInputError(f"'{model}': its metadata entry '{key}' is malformed: {why}.", hint=hint)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def entry(meta: Mapping[str, Any], key: str, *, model: str | Path, invalid_utf8: Collection[str] = (),
+          limit: int = MAX_ENTRY_CHARS, hint: str = OVERRIDE_HINT) -> str | None:
+    """The text of metadata entry ``key`` (None when absent), refused when it is not valid UTF-8 or too large."""
+    if key not in meta:
+        return None
+    value = meta[key]
+    if key in invalid_utf8 or isinstance(value, (bytes, bytearray)):
+        raise malformed(model, key, "it is not valid UTF-8 text", hint=hint)
+    if not isinstance(value, str):
+        raise malformed(model, key, f"it is a {type(value).__name__}, not text", hint=hint)
+    if len(value) > limit:
+        raise malformed(model, key, f"it is {len(value):,} characters long (onnxgate writes far less; the limit "
+                                    f"is {limit:,})", hint=hint)
+    return value
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def json_entry(meta: Mapping[str, Any], key: str, *, model: str | Path, invalid_utf8: Collection[str] = ()) -> Any:
+    """Metadata entry ``key`` decoded as strict JSON (no NaN/Infinity); None when absent."""
+    text = entry(meta, key, model=model, invalid_utf8=invalid_utf8)
+    if text is None:
+        return None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise malformed(model, key, "its JSON nests too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, an integer of more than 4300 digits
+        raise malformed(model, key, f"it is not valid JSON ({_clip(str(exc).splitlines()[0], 120)})") from None
+
+
+def input_specs(meta: Mapping[str, Any], *, model: str | Path,
+                invalid_utf8: Collection[str] = ()) -> tuple[list[InputSpec], dict[str, Dim]] | None:
+    """The input specs and dynamic dims ``onnxgate export`` recorded; None when the model records no input specs."""
+    raw = json_entry(meta, INPUTS, model=model, invalid_utf8=invalid_utf8)
+    if raw is None:
+        return None
+    form = 'a JSON array of input specs such as ["x:Bx3x224x224:float32"]'
+    if not isinstance(raw, list) or not raw:
+        raise malformed(model, INPUTS, f"it must be {form}, not {_kind(raw)}")
+    if len(raw) > MAX_INPUTS:
+        raise malformed(model, INPUTS, f"it lists {len(raw):,} inputs (at most {MAX_INPUTS:,})")
+    specs: list[InputSpec] = []
+    for i, text in enumerate(raw):
+        if not isinstance(text, str):
+            raise malformed(model, INPUTS, f"item {i + 1} is {_kind(text)}; it must be {form}")
+        try:
+            spec = parse_input(text, where=f"item {i + 1} ('{_clip(text)}')")
+        except BadInputError as exc:
+            raise malformed(model, INPUTS, exc.message.rstrip(".")) from None
+        if any(s.name == spec.name for s in specs):
+            raise malformed(model, INPUTS, f"the input '{spec.name}' is listed twice")
+        specs.append(spec)
+    return specs, dims(meta, model=model, invalid_utf8=invalid_utf8)
+
+
+def dims(meta: Mapping[str, Any], *, model: str | Path, invalid_utf8: Collection[str] = ()) -> dict[str, Dim]:
+    """The dynamic dims ``onnxgate export`` recorded (``{}`` when none): ``{"B": {"name": "B", "min": 1, "max":
+    64, "example": 2}}``, every size an integer in 0..MAX_DIM, the example inside the range."""
+    raw = json_entry(meta, DIMS, model=model, invalid_utf8=invalid_utf8)
+    if raw is None:
+        return {}
+    form = 'a JSON object such as {"B": {"name": "B", "min": 1, "max": 64, "example": 2}}'
+    if not isinstance(raw, dict):
+        raise malformed(model, DIMS, f"it must be {form}, not {_kind(raw)}")
+    out: dict[str, Dim] = {}
+    for name, fields in raw.items():
+        where = f"dim '{_clip(name, 40)}'"
+        if not _DIM_NAME.fullmatch(name):
+            raise malformed(model, DIMS, f"{where} is not a dim name (letters, digits, underscores)")
+        if not isinstance(fields, dict):
+            raise malformed(model, DIMS, f"{where} is {_kind(fields)}; it must be {form}")
+        unknown = sorted(set(fields) - set(_DIM_KEYS))
+        if unknown:
+            raise malformed(model, DIMS, f"{where} has unknown fields {', '.join(repr(_clip(k, 20)) for k in unknown[:3])} "
+                                         f"(known: {', '.join(_DIM_KEYS)})")
+        if fields.get("name", name) != name:
+            raise malformed(model, DIMS, f"{where} names itself '{_clip(str(fields.get('name')), 40)}'")
+        sizes = {}
+        for key in ("min", "max", "example"):
+            value = fields.get(key, 1 if key == "min" else None)
+            if value is None and key != "min":
+                sizes[key] = None
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise malformed(model, DIMS, f"{where}: '{key}' is {_kind(value)}; it must be an integer")
+            if not 0 <= value <= MAX_DIM:
+                raise malformed(model, DIMS, f"{where}: '{key}' is {_clip(str(value), 30)}, outside 0..{MAX_DIM:,}")
+            sizes[key] = value
+        dim = Dim(name, sizes["min"], sizes["max"], sizes["example"])
+        if dim.max is not None and dim.max < dim.min:
+            raise malformed(model, DIMS, f"{where}: the range {dim.min}..{dim.max} is empty")
+        if dim.example is not None and (dim.example < 1 or not dim.contains(dim.example)):
+            raise malformed(model, DIMS, f"{where}: the example size {dim.example} lies outside "
+                                         f"{dim.min}..{'' if dim.max is None else dim.max} (or is 0)")
+        out[name] = dim
+    return out
+
+
+def recorded_source(meta: Mapping[str, Any], *, model: str | Path, invalid_utf8: Collection[str] = ()) -> str | None:
+    """The ``onnxgate.source`` the model records, as text fit to show (None when absent). Checked only as data:
+    whether it may be *used* is ``verify.api.recorded_reference``'s decision."""
+    hint = "Name the PyTorch model yourself with --against REF."
+    text = entry(meta, SOURCE, model=model, invalid_utf8=invalid_utf8, limit=MAX_SOURCE_CHARS, hint=hint)
+    if text is not None and (not text.strip() or any(ord(c) < 32 or ord(c) == 127 for c in text)):
+        raise malformed(model, SOURCE, "it is empty or holds control characters, so it names no model", hint=hint)
+    return text
+
+
+def reinit_degenerate(meta: Mapping[str, Any]) -> bool:
+    """Whether the export re-initialized degenerate weights (``onnxgate.reinit_degenerate = "true"``)."""
+    return meta.get(REINIT) == "true"
+
+
+def problems(meta: Mapping[str, Any], *, model: str | Path, invalid_utf8: Collection[str] = ()) -> list[str]:
+    """Every malformed onnxgate entry of the metadata, as messages (for `inspect`: the model itself may be fine)."""
+    found = []
+    for check in (input_specs, dims, recorded_source):
+        try:
+            check(meta, model=model, invalid_utf8=invalid_utf8)
+        except BadInputError as exc:
+            if exc.message not in found:
+                found.append(exc.message)
+    for key in sorted(k for k in invalid_utf8 if k.startswith("onnxgate.") and k not in (INPUTS, DIMS, SOURCE)):
+        found.append(malformed(model, key, "it is not valid UTF-8 text").message)
+    return found
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string '{_clip(value, 30)}'"
+    if isinstance(value, (int, float)):
+        return f"the number {_clip(str(value), 30)}"
+    if isinstance(value, list):
+        return "an array" if value else "an empty array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+__all__ = ["INPUTS", "DIMS", "SOURCE", "REINIT", "input_specs", "dims", "recorded_source", "reinit_degenerate",
+           "problems", "entry", "json_entry", "malformed", "OVERRIDE_HINT"]
