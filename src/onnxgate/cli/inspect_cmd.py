@@ -55,12 +55,10 @@ def json_envelope_on_crash(as_json: bool) -> Iterator[None]:
         yield
     except Exception as exc:
         if as_json and not _expected(exc):
-            from ..errors import first_line
+            from ..outcome import envelope
+            from .common import COMMAND
 
-            emit_json({"ok": False, "error": {
-                "type": type(exc).__name__, "message": f"internal error: {first_line(exc)}",
-                "hint": "This is a bug in onnxgate: please report it with the traceback printed on stderr.",
-                "exit_code": 1}})
+            emit_json(envelope(COMMAND["name"], error=exc))  # exit_code 1: the judge's verdict on a bug
         raise
 
 
