@@ -118,7 +118,8 @@ def test_metadata_round_trip_keeps_non_ascii_labels(tmp_path):
     assert json.loads(meta["labels"]) == list(labels)
     assert meta["owner"] == "视觉组"
     assert meta["onnxgate.version"] == onnxgate.__version__ and meta["onnxgate.torch_version"] == torch.__version__
-    assert json.loads(meta["onnxgate.inputs"]) == ["x:2x3x8x8:float32"]
+    assert json.loads(meta["onnxgate.inputs"]) == [{"name": "x", "shape": [2, 3, 8, 8], "dtype": "float32",
+                                                    "value_range": None}]
 
 
 class Noisy(nn.Module):

@@ -19,6 +19,29 @@ def test_integer_value_range_and_commas():
     assert str(spec) == "ids:batchxseq:int64:0..30521"
 
 
+@pytest.mark.parametrize("text", ["ids:B,max_len:int64:0..30521", "x:seq_x,B,3:float32", "x:Bx3xHxW:float16",
+                                  "m:max_len:bool", "s::float32"])
+def test_input_specs_round_trip_through_text_and_metadata(text):
+    """Dim names holding an 'x' (max_len, seq_x) survive: the display string switches to commas, and the model's
+    metadata stores the structured form, read back by the same validator verify uses."""
+    import json
+
+    from onnxgate.metadata import input_specs
+
+    spec = parse_input(text)
+    assert parse_input(str(spec)) == spec
+    stored = {"onnxgate.inputs": json.dumps([spec.to_dict()])}
+    assert input_specs(stored, model="m.onnx")[0] == [spec]
+
+
+def test_unknown_strategy_from_the_python_api_is_bad_input():
+    from onnxgate.spec import ExportConfig
+
+    with pytest.raises(BadInputError, match="'tracing' is not one onnxgate has") as info:
+        ExportConfig(strategy="tracing")
+    assert "dynamo" in info.value.hint
+
+
 @pytest.mark.parametrize("bad", ["x", "x:1x3x2.5:float32", "x:1x3:complex7", "x:1x3:float32:9..1", "1x:3:float32",
                                  "x:1x3:float32:a..b:extra"])
 def test_bad_inputs_are_bad_input_errors(bad):

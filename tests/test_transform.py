@@ -149,7 +149,8 @@ def test_fp16_io_retypes_the_input_spec(mlp_path, tmp_path):
     model = onnx.load(report.output)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     meta = {p.key: p.value for p in model.metadata_props}
-    assert json.loads(meta["onnxgate.inputs"]) == ["x:Bx16:float16"]
+    assert json.loads(meta["onnxgate.inputs"]) == [{"name": "x", "shape": ["B", 16], "dtype": "float16",
+                                                    "value_range": None}]
 
 
 def test_cli_optimize_json(mlp_path, tmp_path, capsys):

@@ -85,23 +85,50 @@ def input_specs(meta: Mapping[str, Any], *, model: str | Path,
     raw = json_entry(meta, INPUTS, model=model, invalid_utf8=invalid_utf8)
     if raw is None:
         return None
-    form = 'a JSON array of input specs such as ["x:Bx3x224x224:float32"]'
+    form = ('a JSON array of input specs such as [{"name": "x", "shape": ["B", 3, 224, 224], "dtype": "float32", '
+            '"value_range": null}]')
     if not isinstance(raw, list) or not raw:
         raise malformed(model, INPUTS, f"it must be {form}, not {_kind(raw)}")
     if len(raw) > MAX_INPUTS:
         raise malformed(model, INPUTS, f"it lists {len(raw):,} inputs (at most {MAX_INPUTS:,})")
     specs: list[InputSpec] = []
-    for i, text in enumerate(raw):
-        if not isinstance(text, str):
-            raise malformed(model, INPUTS, f"item {i + 1} is {_kind(text)}; it must be {form}")
+    for i, item in enumerate(raw):
         try:
-            spec = parse_input(text, where=f"item {i + 1} ('{_clip(text)}')")
+            if isinstance(item, dict):  # the structured form onnxgate writes
+                spec = _spec_from_dict(item, where=f"item {i + 1}")
+            elif isinstance(item, str):  # files written before the structured form: the --input text
+                spec = parse_input(item, where=f"item {i + 1} ('{_clip(item)}')")
+            else:
+                raise malformed(model, INPUTS, f"item {i + 1} is {_kind(item)}; it must be {form}")
         except BadInputError as exc:
+            if exc.message.startswith(f"'{model}'"):
+                raise
             raise malformed(model, INPUTS, exc.message.rstrip(".")) from None
         if any(s.name == spec.name for s in specs):
             raise malformed(model, INPUTS, f"the input '{spec.name}' is listed twice")
         specs.append(spec)
     return specs, dims(meta, model=model, invalid_utf8=invalid_utf8)
+
+
+def _spec_from_dict(item: dict, *, where: str) -> InputSpec:
+    """An ``InputSpec.to_dict()`` read back, every field checked (the dims through the same rules as --input)."""
+    unknown = set(item) - {"name", "shape", "dtype", "value_range"}
+    if unknown:
+        raise BadInputError(f"{where} has unknown fields {', '.join(sorted(map(str, unknown)))}")
+    name, shape, dtype, value_range = item.get("name"), item.get("shape"), item.get("dtype", "float32"), \
+        item.get("value_range")
+    if not isinstance(name, str) or not isinstance(shape, list) or not isinstance(dtype, str):
+        raise BadInputError(f"{where} needs a string name, a list shape and a string dtype")
+    if len(shape) > 64 or not all(isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool))
+                                  for d in shape):
+        raise BadInputError(f"{where}: each dim must be an integer or a name, at most 64 dims")
+    text = f"{name}:{','.join(str(d) for d in shape)}:{dtype}"
+    if value_range is not None:
+        if not (isinstance(value_range, list) and len(value_range) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range)):
+            raise BadInputError(f"{where}: value_range must be [low, high] or null")
+        text += f":{value_range[0]}..{value_range[1]}"
+    return parse_input(text, where=where)
 
 
 def dims(meta: Mapping[str, Any], *, model: str | Path, invalid_utf8: Collection[str] = ()) -> dict[str, Dim]:

@@ -39,6 +39,8 @@ DEVICE_KINDS = ("cpu", "cuda", "mps", "xpu")
 # Dim names that mean "batch": without an example size they are traced at 2 (the dynamo exporter specializes a dim
 # traced at 0 or 1 to a constant).
 BATCH_NAMES = frozenset({"b", "batch", "n", "batch_size", "bs"})
+# The export strategies of the ladder (export/strategies.py holds one exporter per name).
+STRATEGIES = ("dynamo", "torchscript")
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,18 @@ class InputSpec:
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
 
     def __str__(self) -> str:
-        text = f"{self.name}:{'x'.join(str(d) for d in self.shape)}:{self.dtype}"
+        """The ``--input`` form; dims are joined with ',' when a dim name holds an 'x' (``max_len``), so the text
+        parses back to the same spec."""
+        sep = "," if any(isinstance(d, str) and "x" in d for d in self.shape) else "x"
+        text = f"{self.name}:{sep.join(str(d) for d in self.shape)}:{self.dtype}"
         if self.value_range:
             text += f":{_num(self.value_range[0])}..{_num(self.value_range[1])}"
         return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """The structured form stored in a model's ``onnxgate.inputs`` metadata (never the display string)."""
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "value_range": list(self.value_range) if self.value_range else None}
 
 
 def _num(v: float) -> str:
@@ -200,7 +210,7 @@ class ExportConfig:
 
     inputs: tuple[InputSpec, ...] = ()
     dims: tuple[Dim, ...] = ()
-    strategy: str | None = None  # pin one: "dynamo" | "torchscript"
+    strategy: str | None = None  # pin one of STRATEGIES
     opset: int | None = None  # pin one opset
     device: str = "cpu"
     meta: dict[str, str] = field(default_factory=dict)
@@ -210,6 +220,13 @@ class ExportConfig:
     # Re-initialize all-zero weights (a zero-init head) with seeded noise before export, so parity on random-weight
     # models proves something. Recorded in the model's metadata; verify applies the same to its reference.
     reinit_degenerate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.strategy is not None and self.strategy not in STRATEGIES:
+            close = difflib.get_close_matches(str(self.strategy), STRATEGIES, n=1)
+            raise BadInputError(f"Export strategy '{self.strategy}' is not one onnxgate has."
+                                + (f" Did you mean '{close[0]}'?" if close else ""),
+                                hint=f"Use one of: {', '.join(STRATEGIES)} (or none, to let the ladder try each).")
 
     def dim(self, name: str) -> Dim:
         for d in self.dims:

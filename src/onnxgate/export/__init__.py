@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..spec import ExportConfig
+
+if TYPE_CHECKING:
+    from .ladder import ExportResult
 
 
 def export(

@@ -277,7 +277,7 @@ def _metadata(loaded, prepared: Prepared, config: ExportConfig, attempt: Attempt
         "onnxgate.version": __version__,
         "onnxgate.torch_version": torch.__version__,
         "onnxgate.source": loaded.ref,
-        "onnxgate.inputs": json.dumps([str(s) for s in prepared.specs]),
+        "onnxgate.inputs": json.dumps([s.to_dict() for s in prepared.specs]),
         "onnxgate.dims": json.dumps({n: asdict(d) for n, d in prepared.dims.items()}),
         "onnxgate.strategy": attempt.strategy,
         "onnxgate.opset": str(attempt.opset_emitted or attempt.opset),

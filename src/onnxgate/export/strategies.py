@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import user_code
+from ..spec import STRATEGIES  # noqa: F401  (re-exported: the ladder's order)
 from .prepare import Prepared
 
-STRATEGIES = ("dynamo", "torchscript")
 
 
 @dataclass

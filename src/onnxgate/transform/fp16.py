@@ -58,12 +58,13 @@ class ToFp16:
 
 def _retype_input_specs(model: onnx.ModelProto) -> None:
     """Inputs became float16: say so in the ``onnxgate.inputs`` metadata, which verification reads its specs from."""
-    from ..spec import parse_input, replace
+    from ..metadata import input_specs
+    from ..spec import replace
 
     props = {p.key: p.value for p in model.metadata_props}
-    if "onnxgate.inputs" not in props:
+    recorded = input_specs(props, model="the model being converted to FP16")
+    if recorded is None:
         return
     fp16_inputs = {v.name for v in model.graph.input if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
-    specs = [parse_input(s) for s in json.loads(props["onnxgate.inputs"])]
-    specs = [replace(s, dtype="float16") if s.name in fp16_inputs else s for s in specs]
-    onnx.helper.set_model_props(model, {**props, "onnxgate.inputs": json.dumps([str(s) for s in specs])})
+    specs = [replace(s, dtype="float16") if s.name in fp16_inputs else s for s in recorded[0]]
+    onnx.helper.set_model_props(model, {**props, "onnxgate.inputs": json.dumps([s.to_dict() for s in specs])})
