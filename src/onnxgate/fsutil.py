@@ -153,6 +153,7 @@ def check_target(path: Path, *, force: bool, kind: str = "file") -> None:
             f"Cannot write the output {kind} '{path}': its parent folder '{parent}' does not exist.",
             hint=f"Create it first (mkdir -p '{parent}') or choose an output path inside an existing folder.",
         )
+    check_writable(path)
     if path.exists() or path.is_symlink():
         if not force:
             raise _exists_error(path, kind)
@@ -162,6 +163,24 @@ def check_target(path: Path, *, force: bool, kind: str = "file") -> None:
                 "files only, never folders.",
                 hint="Remove the folder yourself or choose another output path.",
             )
+
+
+def check_writable(output: str | Path) -> None:
+    """Fail before any work when the output's folder cannot be written (read-only folder or file system). A
+    missing folder is reported by ``check_target``."""
+    parent = Path(output).parent
+    if not parent.is_dir():
+        return
+    why = None if os.access(parent, os.W_OK | os.X_OK) else "permission denied"
+    if why is None:  # root passes os.access on any folder: try it (an unnamed O_TMPFILE file where supported)
+        try:
+            with tempfile.TemporaryFile(dir=parent, prefix=".onnxgate-probe-"):
+                pass
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+    if why:
+        raise BadInputError(f"Cannot write the output '{output}': its folder '{parent}' is not writable ({why}).",
+                            hint="Choose an output path in a folder you can write to, or fix the folder's permissions.")
 
 
 def _exists_error(path: Path, kind: str) -> OutputExistsError:

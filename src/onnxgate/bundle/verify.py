@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError, ExitCode, IntegrityError, OnnxgateError, UnsafeInputError
+from ..errors import BadInputError, IntegrityError, OnnxgateError, UnsafeInputError
 from ..fsutil import staging_dir
 from ..verify.compare import OutputComparison, Tolerance, compare_outputs
 from . import manifest as mf

@@ -69,29 +69,6 @@ def check_device_available(device: str, *, where: str) -> None:
                                  "and parity is verified on the CPU either way.")
 
 
-def check_output_writable(output: Path) -> None:
-    """Fail before minutes of exporting when the output's folder cannot be written (read-only folder or file
-    system). A missing folder is reported by the writer's own check."""
-    import os
-    import tempfile
-
-    from ..errors import BadInputError
-
-    parent = output.parent
-    if not parent.is_dir():
-        return
-    why = None if os.access(parent, os.W_OK | os.X_OK) else "permission denied"
-    if why is None:  # root passes os.access on any folder: try it (an unnamed O_TMPFILE file where supported)
-        try:
-            with tempfile.TemporaryFile(dir=parent, prefix=".onnxgate-probe-"):
-                pass
-        except OSError as exc:
-            why = exc.strerror or type(exc).__name__
-    if why:
-        raise BadInputError(f"Cannot write the output '{output}': its folder '{parent}' is not writable ({why}).",
-                            hint="Choose an output path in a folder you can write to, or fix the folder's permissions.")
-
-
 def export(
     ref: str = typer.Argument(None, help="Model reference: torchvision:NAME, timm:NAME, hf:PATH, file.py:Name, "
                                           "pkg.module:Name, a TorchScript/.pt2/state-dict file. Optional with --config."),
@@ -125,7 +102,9 @@ def export(
     output = output or (Path(run.output) if run.output else None)
     if output is None:
         raise BadInputError("No output path given.", hint="Pass -o model.onnx.")
-    check_output_writable(output)
+    from ..fsutil import check_writable
+
+    check_writable(output)
     from ..export import export as do_export
 
     with console.status("exporting", spinner="dots") as status:

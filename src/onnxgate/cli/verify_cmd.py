@@ -36,7 +36,7 @@ def verify(
     """Prove an ONNX model computes what its PyTorch model computes, at every shape it claims."""
     from ..errors import ExitCode
 
-    if target.is_dir() or target.name.endswith((".tar.gz", ".tgz")):
+    if target.is_dir() or target.name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
         from .bundle_cmd import verify_and_report
 
         return verify_and_report(target, runtime, json_out)

@@ -73,7 +73,11 @@ def parse_ref(ref: str) -> ParsedRef:
             hint=f"Write {text}:Name, where Name is an nn.Module class or a factory function in that file.",
         )
     path = Path(text).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: no such file either way
+        exists = False
+    if exists:
         return ParsedRef("file", text)
     if path.suffix in MODEL_FILE_SUFFIXES or "/" in text or "\\" in text:
         raise ModelSourceError(f"Model file '{ref}' does not exist (no such file).",

@@ -189,9 +189,21 @@ def _with_metadata_of(model: onnx.ModelProto, original: onnx.ModelProto, *, appl
         if prop.key not in present:
             model.metadata_props.add(key=prop.key, value=prop.value)
     if applied:
-        previous = next((json.loads(p.value) for p in model.metadata_props if p.key == "onnxgate.transforms"), [])
+        previous = next((_recorded_transforms(p.value) for p in model.metadata_props
+                         if p.key == "onnxgate.transforms"), [])
         onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
                                             "onnxgate.transforms": json.dumps(previous + applied)})
     return model
 
 
+
+
+def _recorded_transforms(text: str) -> list:
+    """The ``onnxgate.transforms`` list a model already records; a malformed entry is replaced, not trusted."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return []
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []

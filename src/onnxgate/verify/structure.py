@@ -5,7 +5,6 @@ whether the installed onnxruntime loads it. Torch-free: this is what `onnxgate i
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -237,13 +236,11 @@ def ort_load_check(path: Path) -> tuple[str | None, bool | None, str | None]:
         import onnxruntime as ort
     except ImportError:
         return None, None, "onnxruntime is not installed"
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    # onnxruntime's Python layer prints its provider fallback ("EP Error ... Falling back") on stdout, which would
-    # corrupt `--json` output: keep it off stdout.
+    from ..errors import RuntimeIncompatibleError
+    from ..runtimes.ort import open_session
+
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        open_session(path)  # keeps onnxruntime's "EP Error ... Falling back" banner off stdout (--json)
         return ort.__version__, True, None
-    except Exception as exc:
-        return ort.__version__, False, first_line(exc)
+    except RuntimeIncompatibleError as exc:
+        return ort.__version__, False, first_line(exc.__cause__ or exc)

@@ -193,7 +193,13 @@ def _model_facts(model: onnx.ModelProto) -> _Model:
 
     walk(model.graph.node)
     opset = next((o.version for o in model.opset_import if o.domain in _ONNX_DOMAINS), None)
+    # protobuf hands strings that are not valid UTF-8 over as bytes: name them readably (and sortably)
+    ops = {tuple(_text(part) for part in op) for op in ops}
     return _Model(opset=opset, ir_version=model.ir_version, ops=frozenset(ops))
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 @lru_cache(maxsize=1)
