@@ -280,7 +280,7 @@ def test_recorded_source_is_checked_as_text():
 def inspect_json(capsys, path: Path) -> tuple[int, dict, str]:
     code = main(["inspect", str(path), "--json"])
     out, err = capsys.readouterr()
-    return code, json.loads(out), err
+    return code, json.loads(out)["result"], err
 
 
 @pytest.mark.parametrize("data_type", [0, 99, -3])

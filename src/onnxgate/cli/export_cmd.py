@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, emit_json
+from .common import console, finish
 
 INPUT_HELP = "NAME:SHAPE:DTYPE[:LOW..HIGH], e.g. x:Bx3x224x224:float32 or ids:Bx128:int64:0..30521. Repeatable."
 TARGET_HELP = ("A runtime the model must run on, e.g. onnxruntime==1.16, openvino==2024.0, tensorrt==10.0: checks "
@@ -112,8 +112,7 @@ def export(
                            trust_pickle=trust_pickle or run.trust_pickle, force=force,
                            progress=lambda msg: status.update(msg))
     if json_out:
-        emit_json({"ok": True, **result.to_dict()})
-        return
+        return finish(result, json_out=True)
     from .render import attempts_table, io_table
 
     for w in result.warnings:

@@ -82,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.BAD_INPUT)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug in onnxgate: exit 1 with its traceback, but --json still gets its envelope
+        if as_json:
+            from ..outcome import envelope
+            from .common import emit_json
+
+            emit_json(envelope(COMMAND["name"], error=exc))
+        raise
     except SystemExit as exc:
         # onnxgate's own commands end with typer.Exit, never SystemExit: this one came from code it called (a
         # model's sys.exit() that no user_code() guard caught). Never let it pass for a verdict, least of all 0.

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
 import typer
 
-from .common import console, emit_json
+from .common import console, finish
 from .export_cmd import DIM_HELP, INPUT_HELP, TARGET_HELP
 
 
@@ -34,8 +33,6 @@ def verify(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Prove an ONNX model computes what its PyTorch model computes, at every shape it claims."""
-    from ..errors import ExitCode
-
     if target.is_dir() or target.name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
         from .bundle_cmd import verify_and_report
 
@@ -55,9 +52,7 @@ def verify(
                            tolerances=None, localize=localize, reinit_degenerate=reinit_degenerate,
                            weights=weights, arch=arch, trust_pickle=trust_pickle, trust_source=trust_source, default_tolerance=default,
                            targets=tuple(targets))
-    if json_out:
-        emit_json(result.to_dict())
-    else:
+    if not json_out:
         from .render import parity_table
 
         for w in result.warnings:
@@ -75,10 +70,7 @@ def verify(
             from ..verify.targets import render_targets_table
 
             console.print(render_targets_table(result.targets))
-    if not result.passed:
-        parity_ok = all(p.passed for p in result.parities)
-        raise typer.Exit(int(ExitCode.PARITY_FAILED if result.structure.passed and not parity_ok
-                             else ExitCode.RUNTIME_INCOMPATIBLE))
+    finish(result, json_out=json_out, quiet_failure=True)
 
 
 def _tolerance(flag: str, value: float | None, default: float) -> float:
@@ -93,18 +85,6 @@ def _tolerance(flag: str, value: float | None, default: float) -> float:
     return value
 
 
-def _json_safe(command):
-    """Under --json, an error that is not an onnxgate error still leaves the JSON envelope on stdout."""
-    from .inspect_cmd import json_envelope_on_crash
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        with json_envelope_on_crash(bool(kwargs.get("json_out"))):
-            return command(*args, **kwargs)
-
-    return wrapper
-
-
 def _load_data(data: list[str], target: Path, config):
     from ..verify.api import specs_from_model
     from ..verify.inputs import load_feeds
@@ -115,4 +95,4 @@ def _load_data(data: list[str], target: Path, config):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("verify")(_json_safe(verify))
+    app.command("verify")(verify)
