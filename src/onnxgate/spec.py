@@ -241,6 +241,47 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    """How ``verify`` judges a model (the model's inputs and dims live in ``ExportConfig``). Built once, from
+    ``onnxgate verify`` flags or a Python call; ``None`` tolerances mean the per-dtype defaults."""
+
+    runtimes: tuple[str, ...] = ("onnxruntime",)
+    targets: tuple[str, ...] = ()  # runtime releases that must run the model, e.g. "onnxruntime==1.16"
+    data: tuple[str, ...] = ()  # real inputs: .npz/.npy files or file.py:fn callables (--data)
+    rtol: float | None = None
+    atol: float | None = None
+    seeds: tuple[int, ...] = (0, 1)
+    localize: bool = True
+    reinit_degenerate: bool = False
+    trust_source: bool = False  # use a recorded source that is code (see verify.api.recorded_reference)
+    weights: str | None = None  # state-dict file for the reference
+    arch: str | None = None  # architecture of a state-dict reference
+    trust_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--rtol", self.rtol), ("--atol", self.atol)):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise BadInputError(f"{flag} {value:g} is not a tolerance: it must be a finite number >= 0.",
+                                    hint=f"Pass e.g. {flag} 1e-3, or leave it out for the per-dtype default.")
+        unknown = [r for r in self.runtimes if r not in VERIFY_RUNTIMES]
+        if unknown:
+            raise BadInputError(f"--runtime '{unknown[0]}' is not a runtime onnxgate can verify on.",
+                                hint=f"Use {' or '.join(VERIFY_RUNTIMES)} (a bundle also takes onnxruntime==X.Y.Z).")
+
+    @property
+    def default_tolerance(self):
+        """One tolerance for every output when --rtol/--atol is given (the other defaults to 1e-3 / 1e-4)."""
+        if self.rtol is None and self.atol is None:
+            return None
+        from .verify.compare import Tolerance
+
+        return Tolerance(1e-3 if self.rtol is None else self.rtol, 1e-4 if self.atol is None else self.atol)
+
+
+VERIFY_RUNTIMES = ("onnxruntime", "openvino")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole job as read from ``onnxgate.toml`` or the command line."""
 
@@ -465,5 +506,5 @@ def load_toml(path: str | Path) -> RunConfig:
                      output=doc.output, targets=tuple(doc.target))
 
 
-__all__ = ["Dim", "InputSpec", "ExportConfig", "RunConfig", "parse_input", "parse_dim", "parse_meta",
+__all__ = ["Dim", "InputSpec", "ExportConfig", "VerifyConfig", "RunConfig", "parse_input", "parse_dim", "parse_meta",
            "parse_dtype", "parse_device", "read_labels", "load_toml", "replace", "MAX_DIM"]

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import typer
@@ -37,21 +36,16 @@ def verify(
         from .bundle_cmd import verify_and_report
 
         return verify_and_report(target, runtime, json_out)
-    from ..spec import ExportConfig, parse_dim, parse_input
+    from ..spec import ExportConfig, VerifyConfig, parse_dim, parse_input
     from ..verify.api import verify as do_verify
-    from ..verify.compare import Tolerance
 
     config = ExportConfig(inputs=tuple(parse_input(s) for s in inputs), dims=tuple(parse_dim(s) for s in dims),
                           allow_static=tuple(allow_static))
-    default = None
-    if rtol is not None or atol is not None:
-        default = Tolerance(_tolerance("--rtol", rtol, 1e-3), _tolerance("--atol", atol, 1e-4))
+    settings = VerifyConfig(runtimes=tuple(runtime) or ("onnxruntime",), targets=tuple(targets), data=tuple(data),
+                            rtol=rtol, atol=atol, localize=localize, reinit_degenerate=reinit_degenerate,
+                            trust_source=trust_source, weights=weights, arch=arch, trust_pickle=trust_pickle)
     with console.status("verifying", spinner="dots"):
-        feeds = _load_data(data, target, config) if data else None
-        result = do_verify(target, against, config=config, runtimes=tuple(runtime) or ("onnxruntime",), data=feeds,
-                           tolerances=None, localize=localize, reinit_degenerate=reinit_degenerate,
-                           weights=weights, arch=arch, trust_pickle=trust_pickle, trust_source=trust_source, default_tolerance=default,
-                           targets=tuple(targets))
+        result = do_verify(target, against, config=config, settings=settings)
     if not json_out:
         from .render import parity_table
 
@@ -71,27 +65,6 @@ def verify(
 
             console.print(render_targets_table(result.targets))
     finish(result, json_out=json_out, quiet_failure=True)
-
-
-def _tolerance(flag: str, value: float | None, default: float) -> float:
-    """A tolerance flag: a finite number >= 0 (a negative one would fail every element, NaN none)."""
-    from ..errors import BadInputError
-
-    if value is None:
-        return default
-    if not math.isfinite(value) or value < 0:
-        raise BadInputError(f"{flag} {value:g} is not a tolerance: it must be a finite number >= 0.",
-                            hint=f"Pass e.g. {flag} {default:g}, or leave it out for the per-dtype default.")
-    return value
-
-
-def _load_data(data: list[str], target: Path, config):
-    from ..verify.api import specs_from_model
-    from ..verify.inputs import load_feeds
-    from ..verify.structure import check_structure
-
-    specs, _ = specs_from_model(check_structure(target, try_ort=False), config)
-    return load_feeds(data, specs)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
-from ..spec import BATCH_NAMES, Dim, ExportConfig, InputSpec
+from ..spec import BATCH_NAMES, Dim, ExportConfig, InputSpec, VerifyConfig
 from .compare import Tolerance
 from .parity import ParityReport, static_dims_in_graph, verify_parity
 from .structure import StructureReport, check_structure
@@ -105,73 +105,97 @@ def _graph_spec(tensor, model: str) -> InputSpec:
     return InputSpec(tensor.name, tuple(shape), tensor.dtype)
 
 
-def verify(
-    model: str | Path,
-    against=None,
-    *,
-    config: ExportConfig | None = None,
-    runtimes: tuple[str, ...] = ("onnxruntime",),
-    data: list[dict[str, np.ndarray]] | None = None,
-    tolerances: dict[str, Tolerance] | None = None,
-    default_tolerance: Tolerance | None = None,
-    seeds: tuple[int, ...] = (0, 1),
-    localize: bool = True,
-    reinit_degenerate: bool = False,
-    weights: str | None = None,
-    arch: str | None = None,
-    trust_pickle: bool = False,
-    targets: tuple[str, ...] = (),
-    trust_source: bool = False,
-) -> VerifyResult:
+def verify(model: str | Path, against=None, *, config: ExportConfig | None = None,
+           settings: VerifyConfig | None = None, data: list[dict[str, np.ndarray]] | None = None,
+           tolerances: dict[str, Tolerance] | None = None, **options) -> VerifyResult:
     """Verify the ONNX file ``model`` against the PyTorch model ``against``: a reference string, a ``LoadedModel``
-    or an ``nn.Module``. Without ``against``, the ``onnxgate.source`` recorded in the file is used only when it is
-    a registry name (``torchvision:NAME``, ``timm:NAME``) or ``trust_source`` is set: a file's metadata is data, and
-    verifying a file must never import or run code its author chose. Localizes the first diverging layer when
-    parity fails."""
-    from ..errors import require
+    or an ``nn.Module``. Localizes the first diverging layer when parity fails.
 
+    ``config``: the model's inputs and dims (``--input``/``--dim``; default: what the file records). ``settings``:
+    how to judge (``VerifyConfig``: runtimes, targets, tolerances, --data files, ...); its fields may also be given
+    as keywords (``runtimes=("openvino",)``). ``data``: in-memory feeds besides the random ones; ``tolerances``:
+    per-output tolerances. Without ``against``, the ``onnxgate.source`` recorded in the file is used only when it
+    is a registry name (``torchvision:NAME``, ``timm:NAME``) or ``trust_source`` is set: a file's metadata is
+    data, and verifying a file must never import or run code its author chose."""
     from .targets import check_targets
 
     config = config or ExportConfig()
+    settings = _settings(settings, options)
     structure = check_structure(model)
-    target_results = check_targets(structure, list(targets)) if targets else []  # malformed targets fail first
-    ref = against if against is not None else recorded_reference(model, structure.metadata, trust_source=trust_source)
+    target_results = check_targets(structure, list(settings.targets)) if settings.targets else []
+    specs, dims = specs_from_model(structure, config)
+    ref = against if against is not None else recorded_reference(model, structure.metadata,
+                                                                 trust_source=settings.trust_source)
+    if settings.data:
+        from .inputs import load_feeds
+
+        data = [*(data or []), *load_feeds(list(settings.data), specs)]
+    loaded, warnings = _reference_model(ref, structure, config, settings)
+    parities = _parities(model, loaded, structure, specs, dims, config, settings, data, tolerances)
+    warnings += _insensitivity_warnings(parities)
+    result = VerifyResult(str(model), loaded.ref, structure, parities, warnings, targets=target_results)
+    failed = next((p for p in parities if not p.passed), None)
+    if settings.localize and failed is not None:
+        result.localization = _localize(loaded.module, model, failed, specs)
+    return result
+
+
+def _settings(settings: VerifyConfig | None, options: dict) -> VerifyConfig:
+    from dataclasses import fields, replace
+
+    known = {f.name for f in fields(VerifyConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise BadInputError(f"verify() got unknown options: {', '.join(unknown)}.",
+                            hint=f"VerifyConfig fields: {', '.join(sorted(known))}.")
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    return replace(settings or VerifyConfig(), **options)
+
+
+def _reference_model(ref, structure: StructureReport, config: ExportConfig, settings: VerifyConfig):
+    """The PyTorch model to compare with, loaded (and re-initialized where the export did) -> (loaded, warnings)."""
+    from ..errors import require
+
     require("torch", "torch", "Verifying against a PyTorch model")
-    from ..runtimes.torch_runner import TorchRunner, reinit_degenerate_parameters
+    from ..runtimes.torch_runner import reinit_degenerate_parameters
     from ..sources import LoadedModel, load_model
 
-    specs, dims = specs_from_model(structure, config)
     if isinstance(ref, str):
-        loaded = load_model(ref, weights=weights, arch=arch, trust_pickle=trust_pickle)
+        loaded = load_model(ref, weights=settings.weights, arch=settings.arch, trust_pickle=settings.trust_pickle)
     else:
         loaded = ref if isinstance(ref, LoadedModel) else LoadedModel(ref, type(ref).__name__)
     warnings = []
-    if reinit_degenerate or config.reinit_degenerate or structure.metadata.get("onnxgate.reinit_degenerate") == "true":
+    recorded = structure.metadata.get("onnxgate.reinit_degenerate") == "true"
+    if settings.reinit_degenerate or config.reinit_degenerate or recorded:
         changed = reinit_degenerate_parameters(loaded.module)
         if changed:
             warnings.append(f"Re-initialized degenerate (all-zero) parameters with small noise for verification "
                             f"only: {', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}.")
+    return loaded, warnings
+
+
+def _parities(model, loaded, structure: StructureReport, specs, dims, config: ExportConfig,
+              settings: VerifyConfig, data, tolerances) -> list[ParityReport]:
+    """One parity report per runtime: PyTorch against it at every probed shape."""
+    from ..runtimes.torch_runner import TorchRunner
+
     reference = TorchRunner(loaded.module, input_names=[s.name for s in specs],
                             output_names=[t.name for t in structure.outputs])
     static = static_dims_in_graph(specs, {t.name: t.shape for t in structure.inputs})
-    parities = []
-    for runtime in runtimes:
-        candidate = _runner(runtime, model)
-        parities.append(verify_parity(reference, candidate, specs, dims, seeds=seeds, data=data,
-                                      tolerances=tolerances, default=default_tolerance, allow_static=config.allow_static,
-                                      static_in_graph=static))
+    return [verify_parity(reference, _runner(runtime, model), specs, dims, seeds=settings.seeds, data=data,
+                          tolerances=tolerances, default=settings.default_tolerance,
+                          allow_static=config.allow_static, static_in_graph=static)
+            for runtime in settings.runtimes]
+
+
+def _insensitivity_warnings(parities: list[ParityReport]) -> list[str]:
     for p in parities:
         if p.insensitive_outputs:
-            warnings.append(
-                f"The PyTorch outputs {', '.join(p.insensitive_outputs)} do not depend on the input (a zero-initialized "
-                "head or vanished activations): parity on them proves nothing. Export with --reinit-degenerate to "
-                "re-initialize all-zero weights with small seeded noise (verify then applies the same).")
-            break
-    result = VerifyResult(str(model), loaded.ref, structure, parities, warnings, targets=target_results)
-    failed = next((p for p in parities if not p.passed), None)
-    if localize and failed is not None:
-        result.localization = _localize(loaded.module, model, failed, specs)
-    return result
+            return [f"The PyTorch outputs {', '.join(p.insensitive_outputs)} do not depend on the input (a "
+                    "zero-initialized head or vanished activations): parity on them proves nothing. Export with "
+                    "--reinit-degenerate to re-initialize all-zero weights with small seeded noise (verify then "
+                    "applies the same)."]
+    return []
 
 
 # Recorded sources that name an entry of a model registry, not code: the name is checked against the registry's
