@@ -20,7 +20,7 @@ from .errors import BadInputError, OnnxgateError, OutputExistsError
 from .fsutil import atomic_write_text
 from .outcome import Outcome, judge
 from .report.model import REPORT_SCHEMA_VERSION, PipelineReport
-from .spec import ExportConfig
+from .spec import ExportConfig, QuantizeConfig, RunConfig
 
 __all__ = ["run", "run_demo", "bundle_from_ref", "write_verified_bundle", "QuantizeConfig", "PipelineReport",
            "REPORT_SCHEMA_VERSION", "STAGES"]
@@ -70,7 +70,8 @@ class Job:
 def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: list[dict] | None = None,
         evaluate: Callable | None = None, force: bool = False, bundle: bool = True, targets: tuple[str, ...] = (),
         bench: str | None = "quick", optimize: bool = True, quantize: QuantizeConfig | None = None,
-        progress: Callable[[str], None] | None = None) -> PipelineReport:
+        progress: Callable[[str], None] | None = None, weights: str | None = None, arch: str | None = None,
+        trust_pickle: bool = False) -> PipelineReport:
     """Run the pipeline on ``ref`` (a reference string or a LoadedModel) into ``out_dir``.
 
     ``data``: real feeds verified besides the random ones. ``evaluate(runner) -> dict``: an accuracy measurement
@@ -83,7 +84,8 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
 
     out = Path(out_dir)
     _prepare_out_dir(out, force)
-    loaded = ref if isinstance(ref, LoadedModel) else load_model(ref)
+    loaded = ref if isinstance(ref, LoadedModel) else load_model(ref, weights=weights, arch=arch,
+                                                                 trust_pickle=trust_pickle)
     job = Job(loaded, config or ExportConfig(), out, progress or (lambda _m: None), data=data, evaluate=evaluate,
               targets=targets, bench=bench, optimize=optimize, quantize=quantize, bundle=bundle)
     report = PipelineReport(loaded.ref, str(out))
@@ -97,6 +99,21 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
     _conclude(job, report)
     _write_reports(report, out)
     return report
+
+
+def run_job(job: RunConfig, *, out_dir: str | Path | None = None, force: bool = False,
+            progress: Callable[[str], None] | None = None) -> PipelineReport:
+    """``onnxgate run``: the pipeline on a ``RunConfig`` (see ``configure.run_config``); ``--data`` files are read
+    with the job's input specs."""
+    feeds = None
+    if job.data:
+        from .verify.inputs import load_feeds
+
+        feeds = load_feeds(list(job.data), list(job.export.inputs))
+    return run(job.ref, out_dir or job.output or "onnxgate-out", config=job.export, data=feeds, force=force,
+               bundle=job.bundle, targets=job.targets, bench=None if job.bench == "none" else job.bench,
+               optimize=job.optimize, quantize=job.quantize, progress=progress, weights=job.weights, arch=job.arch,
+               trust_pickle=job.trust_pickle)
 
 
 def _export_stage(job: Job, report: PipelineReport) -> None:
@@ -180,7 +197,8 @@ def _quantize_stage(job: Job, report: PipelineReport) -> None:
     job.note(f"quantizing to INT8 ({cfg.mode})")
     path = job.out / "model.int8.onnx"
     job.quantized = quantize(job.model_path, path, mode=cfg.mode, calib=cfg.calib, eval_data=cfg.eval_data,
-                             labels=cfg.labels, method=cfg.method, max_accuracy_drop=cfg.max_accuracy_drop,
+                             labels=cfg.labels, method=cfg.method, preprocess=cfg.preprocess,
+                             per_channel=cfg.per_channel, max_accuracy_drop=cfg.max_accuracy_drop,
                              max_error=cfg.max_error, force=True, progress=job.note)
     passed = job.quantized.passed
     report.stages["quantize"] = {**job.quantized.to_dict(), "passed": passed, "summary": job.quantized.summary(),
@@ -232,19 +250,6 @@ def _write_reports(report: PipelineReport, out: Path) -> None:
     atomic_write_text(out / "report.json", json.dumps(report.to_dict(), indent=2, default=str, ensure_ascii=False),
                       force=True)
     atomic_write_text(out / "report.html", report.to_html(), force=True)
-
-
-@dataclass(frozen=True)
-class QuantizeConfig:
-    """The INT8 stage: ``calib``/``eval_data`` are DATA (npz, image folder, file.py:fn) or in-memory feeds."""
-
-    mode: str = "static"
-    calib: object = None
-    eval_data: object = None
-    labels: object = None
-    method: str = "minmax"
-    max_accuracy_drop: float | None = None
-    max_error: float | None = None
 
 
 def write_verified_bundle(loaded, exported, verified, out_dir: Path, *, force: bool, tarball: bool = False) -> Path:

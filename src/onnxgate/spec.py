@@ -282,8 +282,37 @@ VERIFY_RUNTIMES = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
+class QuantizeConfig:
+    """The INT8 stage: ``calib``/``eval_data`` are DATA (npz, image folder, file.py:fn) or in-memory feeds."""
+
+    mode: str = "static"
+    calib: object = None
+    eval_data: object = None
+    labels: object = None
+    method: str = "minmax"
+    preprocess: str | None = None  # image folders: resize=256,crop=224,mean=...,std=... (default: the metadata)
+    per_channel: bool = True
+    max_accuracy_drop: float | None = None
+    max_error: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in QUANTIZE_MODES:
+            raise BadInputError(f"--quantize '{self.mode}' is not a quantization mode.",
+                                hint=f"Use {' or '.join(QUANTIZE_MODES)}.")
+        if self.method not in CALIBRATION_METHODS:
+            raise BadInputError(f"--method '{self.method}' is not a calibration method.",
+                                hint=f"Use one of: {', '.join(CALIBRATION_METHODS)}.")
+
+
+QUANTIZE_MODES = ("static", "dynamic")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+BENCH_MODES = ("quick", "full", "none")
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    """A whole job as read from ``onnxgate.toml`` or the command line."""
+    """A whole job (``onnxgate run``) as read from ``onnxgate.toml`` and the command line: one object the
+    pipeline takes, built by ``configure.run_config`` (flags win over the file, the file over the defaults)."""
 
     ref: str | None = None
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -292,6 +321,16 @@ class RunConfig:
     trust_pickle: bool = False
     output: str | None = None
     targets: tuple[str, ...] = ()  # runtimes the model must run on, e.g. "onnxruntime==1.16"
+    data: tuple[str, ...] = ()  # real inputs verified besides the random ones (--data)
+    bench: str = "quick"  # quick | full | none
+    optimize: bool = True
+    bundle: bool = True
+    quantize: QuantizeConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.bench not in BENCH_MODES:
+            raise BadInputError(f"--bench '{self.bench}' is not a benchmark mode.",
+                                hint=f"Use {', '.join(BENCH_MODES)}.")
 
 
 def read_labels(path: str | Path, *, where: str | None = None) -> tuple[str, ...]:
@@ -331,6 +370,16 @@ _TOML_FORMS = {
     "target": 'an array of strings, e.g. target = ["onnxruntime==1.17"]',
     "export.strategy": '"dynamo" or "torchscript"',
     "export.opset": "an integer, e.g. opset = 18 (a TOML integer, not a string)",
+    "data": 'an array of strings, e.g. data = ["feeds.npz"]',
+    "bench": '"quick", "full" or "none"',
+    "optimize": "true or false",
+    "bundle": "true or false",
+    "quantize": 'a table like [quantize] mode = "static"',
+    "quantize.mode": '"static" or "dynamic"',
+    "quantize.method": '"minmax", "entropy" or "percentile"',
+    "quantize.per_channel": "true or false",
+    "quantize.max_accuracy_drop": "a number >= 0 (top-1 points)",
+    "quantize.max_error": "a number >= 0",
     "meta.*": "a string or a number",
 }
 
@@ -350,6 +399,16 @@ def _toml_schema():
             strategy: Literal["dynamo", "torchscript"] | None = None
             opset: int | None = Field(None, ge=1, le=1000)  # the exporters' real range is checked by the ladder
 
+        class QuantizeTable(Strict):
+            mode: Literal["static", "dynamic"] = "static"
+            calib: str | None = Field(None, min_length=1)
+            eval: str | None = Field(None, min_length=1)
+            method: Literal["minmax", "entropy", "percentile"] = "minmax"
+            preprocess: str | None = Field(None, min_length=1)
+            per_channel: bool = True
+            max_accuracy_drop: StrictFloat | StrictInt | None = Field(None, ge=0)
+            max_error: StrictFloat | StrictInt | None = Field(None, ge=0)
+
         class TomlFile(Strict):
             ref: str | None = Field(None, min_length=1)
             input: list[str] = []
@@ -365,6 +424,11 @@ def _toml_schema():
             allow_static: list[str] = []
             device: str = "cpu"
             target: list[str] = []
+            data: list[str] = []
+            bench: Literal["quick", "full", "none"] = "quick"
+            optimize: bool = True
+            bundle: bool = True
+            quantize: QuantizeTable | None = None
 
         _SCHEMA = TomlFile
     return _SCHEMA
@@ -390,7 +454,9 @@ def _describe(value: Any) -> str:
 def _toml_problems(data: dict, exc) -> list[str]:
     """One sentence per offending key of a pydantic ValidationError, naming the key and the form it must take."""
     schema = _toml_schema()
-    sections = {(): list(schema.model_fields), ("export",): list(schema.model_fields["export"].annotation.model_fields)}
+    sections = {(): list(schema.model_fields), ("export",): list(schema.model_fields["export"].annotation.model_fields),
+                ("quantize",): ["mode", "calib", "eval", "method", "preprocess", "per_channel", "max_accuracy_drop",
+                                "max_error"]}
     problems: dict[str, str] = {}
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
@@ -406,14 +472,14 @@ def _toml_problems(data: dict, exc) -> list[str]:
             continue
         if loc[:1] == ("meta",) and len(loc) >= 2:
             dotted, form = f"meta.{loc[1]}", _TOML_FORMS["meta.*"]
-        elif loc[:1] == ("export",) and len(loc) >= 2:
-            dotted, form = f"export.{loc[1]}", _TOML_FORMS.get(f"export.{loc[1]}", "")
+        elif loc[:1] in (("export",), ("quantize",)) and len(loc) >= 2:
+            dotted, form = f"{loc[0]}.{loc[1]}", _TOML_FORMS.get(f"{loc[0]}.{loc[1]}", "")
         else:
             dotted, form = loc[0] if loc else "?", _TOML_FORMS.get(loc[0] if loc else "", "")
         if dotted in problems:
             continue
         value = data
-        for part in dotted.split(".", 1) if loc[:1] in (("meta",), ("export",)) else [dotted]:
+        for part in dotted.split(".", 1) if loc[:1] in (("meta",), ("export",), ("quantize",)) else [dotted]:
             value = value.get(part) if isinstance(value, dict) else None
         if err["type"] == "string_too_short":
             problems[dotted] = f"key '{_clip(dotted)}' must not be empty"
@@ -502,9 +568,23 @@ def load_toml(path: str | Path) -> RunConfig:
         allow_static=tuple(doc.allow_static),
         reinit_degenerate=doc.reinit_degenerate,
     )
+    quantize = None
+    if doc.quantize is not None:
+        q = doc.quantize
+        quantize = QuantizeConfig(mode=q.mode, calib=_relative(p, q.calib), eval_data=_relative(p, q.eval),
+                                  method=q.method, preprocess=q.preprocess, per_channel=q.per_channel,
+                                  max_accuracy_drop=q.max_accuracy_drop, max_error=q.max_error)
     return RunConfig(ref=doc.ref, export=cfg, weights=doc.weights, arch=doc.arch, trust_pickle=doc.trust_pickle,
-                     output=doc.output, targets=tuple(doc.target))
+                     output=doc.output, targets=tuple(doc.target), data=tuple(doc.data), bench=doc.bench,
+                     optimize=doc.optimize, bundle=doc.bundle, quantize=quantize)
 
 
-__all__ = ["Dim", "InputSpec", "ExportConfig", "VerifyConfig", "RunConfig", "parse_input", "parse_dim", "parse_meta",
+def _relative(toml_path: Path, value: str | None) -> str | None:
+    """A DATA path in onnxgate.toml is relative to the file's folder (a file.py:fn or pkg:fn is left alone)."""
+    if value is None or ":" in value or Path(value).is_absolute():
+        return value
+    return str(toml_path.parent / value)
+
+
+__all__ = ["Dim", "InputSpec", "ExportConfig", "VerifyConfig", "QuantizeConfig", "RunConfig", "parse_input", "parse_dim", "parse_meta",
            "parse_dtype", "parse_device", "read_labels", "load_toml", "replace", "MAX_DIM"]

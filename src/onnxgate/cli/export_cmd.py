@@ -14,61 +14,6 @@ TARGET_HELP = ("A runtime the model must run on, e.g. onnxruntime==1.16, openvin
 DIM_HELP = "NAME=MIN..MAX[@EXAMPLE] or NAME=EXAMPLE for a named dim, e.g. B=1..64 or H=32..512@224. Repeatable."
 
 
-def build_config(inputs, dims, strategy, opset, device, meta, labels, allow_static, config_file):
-    """Flags win over onnxgate.toml, which wins over library defaults. Every option is checked here, before a
-    model is loaded: the strategy, the opset against what the exporters support, the device against this machine."""
-    from ..errors import BadInputError
-    from ..spec import RunConfig, load_toml, parse_device, parse_dim, parse_input, parse_meta, read_labels, replace
-
-    run = load_toml(config_file) if config_file else RunConfig()
-    cfg = run.export
-    if strategy and strategy not in ("dynamo", "torchscript"):
-        raise BadInputError(f"--strategy '{strategy}' is not a strategy.", hint="Use dynamo or torchscript.")
-    if device is not None:
-        parse_device(device)
-    cfg = replace(
-        cfg,
-        inputs=tuple(parse_input(s) for s in inputs) or cfg.inputs,
-        dims=tuple(parse_dim(s) for s in dims) or cfg.dims,
-        strategy=strategy or cfg.strategy,
-        opset=opset if opset is not None else cfg.opset,
-        device=device or cfg.device,
-        meta={**cfg.meta, **parse_meta(meta)},
-        labels=read_labels(labels) if labels else cfg.labels,
-        allow_static=tuple(allow_static) or cfg.allow_static,
-    )
-    in_file = f"In {config_file}, key" if config_file else None
-    if cfg.opset is not None:
-        from ..export.ladder import check_opset
-
-        check_opset(cfg.opset, cfg.strategy, where=f"--opset {cfg.opset}" if opset is not None or not in_file
-                    else f"{in_file} 'export.opset' = {cfg.opset}")
-    check_device_available(cfg.device, where=f"--device '{cfg.device}'" if device or not in_file
-                           else f"{in_file} 'device' = '{cfg.device}'")
-    return run, cfg
-
-
-def check_device_available(device: str, *, where: str) -> None:
-    """A device other than the CPU must exist on this machine (asks torch, which the export needs anyway)."""
-    if device == "cpu":
-        return
-    from ..errors import BadInputError, require
-
-    torch = require("torch", "torch", f"Exporting on {device}")
-    kind, _, index = device.partition(":")
-    count = {
-        "cuda": lambda: torch.cuda.device_count() if torch.cuda.is_available() else 0,
-        "mps": lambda: int(torch.backends.mps.is_available()),
-        "xpu": lambda: torch.xpu.device_count() if hasattr(torch, "xpu") and torch.xpu.is_available() else 0,
-    }[kind]()
-    wanted = int(index or 0)
-    if wanted >= count:
-        seen = f"torch {torch.__version__} sees {count} {kind} device{'s' if count != 1 else ''}"
-        raise BadInputError(f"{where}: this machine has no such device ({seen}).",
-                            hint="Export on the CPU (leave --device out): the exported model runs on any device, "
-                                 "and parity is verified on the CPU either way.")
-
-
 def export(
     ref: str = typer.Argument(None, help="Model reference: torchvision:NAME, timm:NAME, hf:PATH, file.py:Name, "
                                           "pkg.module:Name, a TorchScript/.pt2/state-dict file. Optional with --config."),
@@ -91,11 +36,11 @@ def export(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Export a PyTorch model to ONNX, trying dynamo and TorchScript exporters over opsets until one is proven."""
+    from ..configure import ExportFlags, export_config
     from ..errors import BadInputError
-    from ..spec import replace
 
-    run, cfg = build_config(inputs, dims, strategy, opset, device, meta, labels, allow_static, config_file)
-    cfg = replace(cfg, reinit_degenerate=reinit_degenerate or cfg.reinit_degenerate)
+    run, cfg = export_config(ExportFlags(tuple(inputs), tuple(dims), strategy, opset, device, tuple(meta), labels,
+                                         tuple(allow_static), reinit_degenerate, config_file))
     ref = ref or run.ref
     if not ref:
         raise BadInputError("No model given.", hint="Pass a model reference, e.g. onnxgate export torchvision:resnet18 -o r18.onnx.")

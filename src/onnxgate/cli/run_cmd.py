@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from .common import console, finish
-from .export_cmd import DIM_HELP, INPUT_HELP, TARGET_HELP, build_config
+from .export_cmd import DIM_HELP, INPUT_HELP, TARGET_HELP
 
 
 def run(
@@ -24,10 +24,15 @@ def run(
                                            "with small seeded noise before export (random-weight models only)."),
     allow_static: list[str] = typer.Option([], "--allow-static", help="Accept this dim being frozen. Repeatable."),
     target: list[str] = typer.Option([], "--target", help=TARGET_HELP),
-    bundle: bool = typer.Option(True, "--bundle/--no-bundle", help="Write the portable bundle when verification passes."),
-    bench: str = typer.Option("quick", "--bench", help="Benchmark stage: quick (under a minute), full, or none."),
-    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Write a verified, optimized model.opt.onnx."),
+    weights: str = typer.Option(None, help="State-dict file for torchvision:/timm: models (loaded weights_only)."),
+    arch: str = typer.Option(None, help="Architecture ref for a state-dict REF file, e.g. torchvision:resnet18."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model file. Runs code from the file: only for files you trust."),
+    bundle: bool = typer.Option(None, "--bundle/--no-bundle", help="Write the portable bundle when verification passes (default: yes)."),
+    bench: str = typer.Option(None, "--bench", help="Benchmark stage: quick (under a minute, the default), full, or none."),
+    optimize: bool = typer.Option(None, "--optimize/--no-optimize", help="Write a verified, optimized model.opt.onnx (default: yes)."),
     quantize: str = typer.Option(None, "--quantize", help="Add an INT8 variant: static or dynamic."),
+    method: str = typer.Option(None, "--method", help="INT8 calibration: minmax (default), entropy or percentile."),
+    preprocess: str = typer.Option(None, "--preprocess", help="For image-folder DATA: resize=256,crop=224,mean=a/b/c,std=a/b/c,order=RGB (default: the model's metadata)."),
     calib: str = typer.Option(None, "--calib", help="Calibration DATA for --quantize static (npz, image folder, file.py:fn)."),
     eval_data: str = typer.Option(None, "--eval", help="Labelled evaluation DATA for the accuracy budget."),
     max_accuracy_drop: float = typer.Option(None, "--max-accuracy-drop", help="Top-1 budget in points (exit 5 if missed)."),
@@ -36,44 +41,26 @@ def run(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Export → verify → bundle → report (report.json, report.html), with an exit code a CI pipeline can gate on."""
-    from ..pipeline import run as run_pipeline
     from ..pipeline import run_demo
 
     if model is None:
         with console.status("demo", spinner="dots") as status:
             report = run_demo(output or Path("onnxgate-demo"), force=force, progress=status.update)
         return render_pipeline(report, json_out)
+    from ..configure import ExportFlags, RunFlags, run_config
+    from ..pipeline import run_job
+
     config_file = Path(model) if model.endswith(".toml") else None
-    run_cfg, cfg = build_config(inputs, dims, strategy, opset, None, meta, labels, allow_static, config_file)
-    from ..spec import replace
-
-    cfg = replace(cfg, reinit_degenerate=reinit_degenerate or cfg.reinit_degenerate)
-    ref = run_cfg.ref if config_file else model
-    if not ref:
-        from ..errors import BadInputError
-
-        raise BadInputError(f"'{model}' names no model (its `ref` key is missing).", hint='Add ref = "torchvision:resnet18" to it.')
-    out = output or Path(run_cfg.output or "onnxgate-out")
-    from ..verify.inputs import load_feeds
-
-    feeds = load_feeds(data, list(cfg.inputs)) if data else None
-    from ..pipeline import QuantizeConfig
-
-    int8 = QuantizeConfig(mode=quantize, calib=calib, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop,
-                          max_error=max_error) if quantize else None
+    export_flags = ExportFlags(tuple(inputs), tuple(dims), strategy, opset, None, tuple(meta), labels,
+                               tuple(allow_static), reinit_degenerate, config_file)
+    job = run_config(None if config_file else model, RunFlags(
+        export_flags, weights=weights, arch=arch, trust_pickle=trust_pickle, output=str(output) if output else None,
+        targets=tuple(target), data=tuple(data), bench=bench, optimize=optimize, bundle=bundle, quantize=quantize,
+        calib=calib, eval_data=eval_data, method=method, preprocess=preprocess, max_accuracy_drop=max_accuracy_drop,
+        max_error=max_error))
     with console.status("running", spinner="dots") as status:
-        report = run_pipeline(ref, out, config=cfg, data=feeds, force=force, bundle=bundle,
-                              targets=tuple(target) or run_cfg.targets, bench=_bench_mode(bench),
-                              optimize=optimize, quantize=int8, progress=status.update)
+        report = run_job(job, force=force, progress=status.update)
     render_pipeline(report, json_out)
-
-
-def _bench_mode(value: str) -> str | None:
-    from ..errors import BadInputError
-
-    if value not in ("quick", "full", "none"):
-        raise BadInputError(f"--bench '{value}' is not a benchmark mode.", hint="Use quick, full or none.")
-    return None if value == "none" else value
 
 
 def demo(
