@@ -98,3 +98,24 @@ def test_a_bundle_verifies_with_torch_and_onnx_unimportable(tiny_bundle):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["ok"] is True
+
+
+SRC = Path(onnxgate.__file__).parent
+
+
+def _modules(package: str, *, skip: tuple[str, ...] = ()) -> list[str]:
+    return [f"onnxgate.{package}.{p.stem}" for p in sorted((SRC / package).glob("*.py"))
+            if p.stem != "__init__" and p.stem not in skip]
+
+
+@pytest.mark.parametrize("modules, banned", [
+    # The production path: checking and running a bundle needs numpy and onnxruntime only.
+    (_modules("bundle") + _modules("runtimes", skip=("torch_runner",)), ("torch", "onnx")),
+    # Judging a model reads graphs (onnx) but imports PyTorch only when a reference has to run.
+    (_modules("verify") + _modules("transform") + _modules("bench"), ("torch",)),
+], ids=["bundle+runtimes: no torch, no onnx", "verify+transform+bench: no torch"])
+def test_rooms_do_not_import_what_they_must_not(modules, banned):
+    code = (f"import importlib, sys\nfor m in {modules!r}:\n    importlib.import_module(m)\n"
+            f"print([b for b in {banned!r} if b in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"importing {len(modules)} modules loads {out.strip()}"
