@@ -123,6 +123,9 @@ def verify(model: str | Path, against=None, *, config: ExportConfig | None = Non
     settings = _settings(settings, options)
     structure = check_structure(model)
     target_results = check_targets(structure, list(settings.targets)) if settings.targets else []
+    if not structure.passed:  # not valid ONNX, or this onnxruntime cannot load it: nothing to run (the judge says so)
+        return VerifyResult(str(model), against if isinstance(against, str) else None, structure, [],
+                            targets=target_results)
     specs, dims = specs_from_model(structure, config)
     ref = against if against is not None else recorded_reference(model, structure.metadata,
                                                                  trust_source=settings.trust_source)
