@@ -137,8 +137,14 @@ def test_data_sources_give_feeds_and_labels(tmp_path):
         (tmp_path / "images" / label).mkdir(parents=True)
         for i in range(3):
             Image.new("RGB", (10, 10), (colour, i, 0)).save(tmp_path / "images" / label / f"{i}.png")
-    images = load_data(tmp_path / "images", specs, model=model, preprocess="crop=8")
-    assert images.samples == 6 and images.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    # class folders are matched to the model's class names by name, not numbered in sorted order
+    images = load_data(tmp_path / "images", specs, model=model, preprocess="crop=8", class_names=("dog", "Cat"))
+    assert images.samples == 6 and images.labels.tolist() == [1, 1, 1, 0, 0, 0]
+    assert images.classes == {"cat": 1, "dog": 0}
+    with pytest.raises(BadInputError, match="records no class labels"):
+        load_data(tmp_path / "images", specs, model=model, preprocess="crop=8")
+    unlabelled = load_data(tmp_path / "images", specs, model=model, preprocess="crop=8", labelled=False)
+    assert unlabelled.samples == 6 and unlabelled.labels is None  # calibration data needs no labels
 
     (tmp_path / "feeds.py").write_text(
         "import numpy as np\n"

@@ -116,6 +116,7 @@ def _quantize(report) -> Outcome:
     return _fail(ExitCode.ACCURACY_BUDGET,
                  f"the int8 model misses the accuracy budget ({report.budget}): {report.final.miss}. Nodes tried in "
                  f"float: {tried}. The output was not written.",
+                 getattr(report, "hint", None) or  # the gate could not judge: the way out is better data, not tuning
                  "Try --method entropy or percentile, more calibration data, --max-float-nodes, --mode dynamic, or "
                  "a looser budget.")
 

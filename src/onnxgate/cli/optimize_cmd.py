@@ -12,7 +12,9 @@ from rich.table import Table
 from .common import console, finish
 
 DATA_HELP = ("An .npz/.npy (arrays named after the inputs; labels under --labels-key), an image folder (class "
-             "sub-folders give labels) or file.py:fn returning feeds.")
+             "sub-folders named after the model's labels or their index give labels) or file.py:fn returning feeds.")
+PREPROCESS_HELP = ("For image folders: resize=256,crop=224,mean=a/b/c,std=a/b/c,order=RGB (default: the model's "
+                   "metadata).")
 
 
 def optimize(
@@ -26,6 +28,7 @@ def optimize(
     fp16_io: bool = typer.Option(False, "--fp16-io", help="With --fp16: float16 inputs and outputs too (default: float32)."),
     fp16_keep: list[str] = typer.Option([], "--fp16-keep", help="With --fp16: another operator type to keep in float32. Repeatable."),
     data: str = typer.Option(None, "--data", help=f"Verification inputs (default: seeded random). {DATA_HELP}"),
+    preprocess: str = typer.Option(None, help=PREPROCESS_HELP),
     force: bool = typer.Option(False, "--force", help="Overwrite the output if it exists."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
@@ -34,7 +37,8 @@ def optimize(
 
     with console.status("optimizing", spinner="dots") as status:
         report = do_optimize(model, output, level=level, simplifier=simplifier, fold=fold, fp16=fp16,
-                             keep_io_types=not fp16_io, fp16_keep_ops=tuple(fp16_keep), feeds=data, force=force,
+                             keep_io_types=not fp16_io, fp16_keep_ops=tuple(fp16_keep), feeds=data,
+                             preprocess=preprocess, force=force,
                              progress=status.update)
     if not json_out:
         console.print(records_table([r.to_dict() for r in report.records], title=f"transforms of {model}"))
@@ -54,8 +58,10 @@ def quantize(
     calib: str = typer.Option(None, "--calib", help=f"Calibration data (static mode). {DATA_HELP}"),
     eval_data: str = typer.Option(None, "--eval", help=f"Evaluation data the budget is measured on. {DATA_HELP}"),
     labels_key: str = typer.Option("labels", "--labels-key", help="Name of the labels array in .npz files and feeds."),
-    preprocess: str = typer.Option(None, help="For image folders: resize=256,crop=224,mean=a/b/c,std=a/b/c,order=RGB "
-                                              "(default: the model's metadata)."),
+    labels: Path = typer.Option(None, "--labels", help="The model's class labels (UTF-8, one a line, in class order): "
+                                "image folders' class sub-folders are matched to them (default: the labels the "
+                                "model's metadata records)."),
+    preprocess: str = typer.Option(None, help=PREPROCESS_HELP),
     mode: str = typer.Option("static", help="static (QDQ, calibrated activations) or dynamic (int8 weights; for "
                                             "Linear/MatMul-heavy models)."),
     method: str = typer.Option("minmax", help="Calibration: minmax, entropy or percentile."),
@@ -68,10 +74,13 @@ def quantize(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Quantize to INT8 within an accuracy budget, keeping the most sensitive nodes in float until it holds."""
+    from ..spec import read_labels
     from ..transform.quantize import quantize as do_quantize
 
+    class_names = read_labels(labels) if labels is not None else None
     with console.status("quantizing", spinner="dots") as status:
-        report = do_quantize(model, output, mode=mode, calib=calib, eval_data=eval_data, labels_key=labels_key,
+        report = do_quantize(model, output, mode=mode, calib=calib, eval_data=eval_data, class_names=class_names,
+                             labels_key=labels_key,
                              preprocess=preprocess, method=method, per_channel=per_channel,
                              max_accuracy_drop=max_accuracy_drop, max_error=max_error,
                              max_float_nodes=max_float_nodes, force=force, progress=status.update)

@@ -6,11 +6,24 @@ optimizations off: QuantizeLinear/DequantizeLinear emulated in float, the refere
 (onnxruntime's default optimizations, which fuse Q/DQ pairs into integer kernels). The two differ — integer kernels
 round differently, and on x86 CPUs without VNNI the 8-bit multiply-add can saturate — and a budget that holds only
 in emulation would not hold in production, so the worse of the two counts.
+
+An accuracy budget is only as good as the accuracy it is measured from (``AccuracyGate``). Two cases make it prove
+nothing, and the gate fails then with that reason instead of passing:
+
+* **too few samples**: with N labelled samples top-1 moves in steps of 100/N points, so a budget of b points needs
+  N >= 100/b samples (a 1-point budget, 100) — below that, a drop of one sample already exceeds the budget, or
+  none can be seen at all;
+* **an FP32 model near chance**: a model that scores what a guess scores (0% when the labels do not name its
+  classes, a random-weight model's constant answer) loses nothing when quantized: "0.00% vs 0.00%" holds every
+  budget. Chance is the better of guessing uniformly among the model's classes and always answering the most
+  frequent label; "near" is below twice chance, or below a quarter of the way from chance to 100% where twice
+  chance would be out of reach (two classes).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
@@ -49,6 +62,7 @@ class Evaluation:
     max_abs_err: float
     accuracy: float | None = None  # top-1, 0..1
     drop: float | None = None  # percentage points lost against FP32
+    scaled_err: float | None = None  # worst over outputs of max abs err / max |FP32 output|
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,17 +89,97 @@ def evaluate(model: onnx.ModelProto, data: Dataset, reference: list[list[np.ndar
              reference_accuracy: float | None) -> list[Evaluation]:
     """``model`` at each level of ``LEVELS`` against the FP32 ``reference`` outputs on ``data``."""
     evaluations = []
+    scales = output_scales(reference)
     for name, level in LEVELS:
         outputs = run_outputs(model, data, opt_level=level)
-        err = max((float(np.abs(r.astype(np.float64) - o.astype(np.float64)).max())
-                   for ref_feed, out_feed in zip(reference, outputs) for r, o in zip(ref_feed, out_feed) if r.size),
-                  default=0.0)
-        ev = Evaluation(name, err)
+        errs = [0.0] * len(scales)
+        for ref_feed, out_feed in zip(reference, outputs):
+            for i, (r, o) in enumerate(zip(ref_feed, out_feed)):
+                if r.size:
+                    errs[i] = max(errs[i], float(np.abs(r.astype(np.float64) - o.astype(np.float64)).max()))
+        scaled = [e / s if s > 0 else (0.0 if e == 0 else math.inf) for e, s in zip(errs, scales)]
+        ev = Evaluation(name, max(errs, default=0.0), scaled_err=max(scaled, default=0.0))
         if data.labels is not None and reference_accuracy is not None:
             ev.accuracy = top1(outputs, data.labels)
             ev.drop = round((reference_accuracy - ev.accuracy) * 100, 6)
         evaluations.append(ev)
     return evaluations
+
+
+def output_scales(outputs: list[list[np.ndarray]]) -> list[float]:
+    """Max |value| of each output (graph order) over every feed: the scale errors are judged against."""
+    scales: list[float] = []
+    for feed in outputs:
+        for i, value in enumerate(feed):
+            arr = np.abs(np.asarray(value, dtype=np.float64)) if np.asarray(value).dtype.kind in "fiu" else None
+            top = float(arr[np.isfinite(arr)].max()) if arr is not None and arr.size and np.isfinite(arr).any() else 0.0
+            if i < len(scales):
+                scales[i] = max(scales[i], top)
+            else:
+                scales.append(top)
+    return scales
+
+
+#: Samples per point of budget: a budget of b points needs ceil(SAMPLES_PER_POINT / b) labelled samples.
+SAMPLES_PER_POINT = 100
+
+
+@dataclass
+class AccuracyGate:
+    """Whether a top-1 budget can judge anything on this evaluation data (see the module docstring)."""
+
+    samples: int
+    classes: int | None  # the model's (its logits' width)
+    fp32_accuracy: float
+    chance: float
+    chance_basis: str
+    threshold: float  # FP32 top-1 below this is near chance
+    required_samples: int | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def problem(self) -> str | None:
+        return "; ".join(self.problems) or None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "problem": self.problem}
+
+
+def required_samples(max_accuracy_drop: float) -> int | None:
+    """Labelled samples a budget of ``max_accuracy_drop`` points needs (None for a budget of 0: no count
+    resolves it, and any measured drop fails it anyway)."""
+    return math.ceil(SAMPLES_PER_POINT / max_accuracy_drop - 1e-9) if max_accuracy_drop > 0 else None
+
+
+def accuracy_gate(budget: Budget, labels: np.ndarray | None, fp32_accuracy: float | None,
+                  classes: int | None) -> AccuracyGate | None:
+    """The gate on the FP32 accuracy a top-1 budget is measured from; None when no top-1 budget applies."""
+    if budget.max_accuracy_drop is None or labels is None or fp32_accuracy is None or not len(labels):
+        return None
+    labels = np.asarray(labels).reshape(-1)
+    n = int(len(labels))
+    values, counts = np.unique(labels, return_counts=True)
+    majority, share = values[counts.argmax()], float(counts.max()) / n
+    uniform = 1.0 / classes if classes else 0.0
+    if share >= uniform:
+        chance, basis = share, f"always answering class {majority}, the most frequent label ({int(counts.max())} " \
+                               f"of {n})"
+    else:
+        chance, basis = uniform, f"guessing among the model's {classes} classes"
+    threshold = chance + min(chance, (1.0 - chance) / 4)
+    gate = AccuracyGate(n, classes, fp32_accuracy, chance, basis, threshold,
+                        required_samples(budget.max_accuracy_drop))
+    if gate.required_samples is not None and n < gate.required_samples:
+        gate.problems.append(f"{n} labelled samples measure top-1 in steps of {100 / n:.3g} points, too coarse for a "
+                             f"{budget.max_accuracy_drop:g}-point budget (it needs at least {gate.required_samples})")
+    if len(values) == 1:
+        gate.problems.append(f"every evaluation sample has the label {majority}: a model answering only that "
+                             "scores 100%, so top-1 on this data says nothing about the model")
+    elif fp32_accuracy < threshold:
+        gate.problems.append(f"the FP32 model's top-1 is {fp32_accuracy * 100:.2f}%, near chance ({chance * 100:.2f}%, "
+                             f"{basis}): a drop measured from there proves nothing — check that the labels name the "
+                             "model's classes and that the model has its trained weights")
+    return gate
 
 
 def check(budget: Budget, evaluations: list[Evaluation]) -> str | None:

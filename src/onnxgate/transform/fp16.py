@@ -7,6 +7,10 @@ output's scale: at 3 significant digits, element-wise rtol is meaningless for lo
 
 FP16 pays off on GPUs and on CPUs with native float16 arithmetic; on other CPUs onnxruntime falls back to float32
 kernels with casts around them, which is slower than FP32.
+
+A converted file carries its verification contract (``verify/contract.py``): the float16 tolerance it was verified
+with and the output scales it was measured at, so ``verify model.fp16.onnx`` and the benchmark judge it as float16,
+not with float32 tolerances it cannot meet.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from ..verify.compare import Tolerance, default_tolerance
-from .passes import PassResult
+from .passes import APPLIED, PassResult, TransformReport
 
 FP16_TOLERANCE: Tolerance = default_tolerance("float16")
 
@@ -54,6 +58,20 @@ class ToFp16:
         if not self.keep_io_types:
             _retype_input_specs(out)
         return PassResult(out, True, self.name, details, tolerance=FP16_TOLERANCE, relative_to_scale=True)
+
+
+def record_contract(report: TransformReport, name: str = "fp16") -> None:
+    """Write the FP16 contract into the report's model when the conversion was applied (see the module doc)."""
+    from ..verify.contract import PrecisionTolerance, fp16_contract
+
+    record = next((r for r in report.records if r.name == name), None)
+    if record is None or record.status != APPLIED:
+        return
+    tolerance = PrecisionTolerance(FP16_TOLERANCE.rtol, FP16_TOLERANCE.atol, FP16_TOLERANCE.rtol)
+    contract = fp16_contract(report.output_scales, tolerance, max_abs_err=record.error_vs_float,
+                             on=report.feeds or "the verification feeds")
+    props = {p.key: p.value for p in report.model.metadata_props}
+    onnx.helper.set_model_props(report.model, {**props, **contract.metadata()})
 
 
 def _retype_input_specs(model: onnx.ModelProto) -> None:

@@ -83,6 +83,7 @@ class TransformReport:
     output: str | None = None  # set once the model is written
     passed: bool = True  # False when a transform the caller required was rolled back
     feeds: str | None = None  # where the verification feeds came from
+    output_scales: dict[str, float] = field(default_factory=dict)  # max |output| of the input model on the feeds
 
     @property
     def nodes_after(self) -> int:
@@ -143,7 +144,8 @@ def run_passes(model: onnx.ModelProto, passes: list[Pass], *, verifier: Verifier
     note = progress or (lambda _m: None)
     float_outputs = verifier.run(model, what="the input model")
     current, current_outputs = model, float_outputs
-    report = TransformReport([], model, len(model.graph.node), model.ByteSize())
+    report = TransformReport([], model, len(model.graph.node), model.ByteSize(),
+                             output_scales=output_scales(float_outputs))
     for p in passes:
         name = pass_name(p)
         note(f"{name}: transforming")
@@ -177,6 +179,22 @@ def run_passes(model: onnx.ModelProto, passes: list[Pass], *, verifier: Verifier
     report.model = _with_metadata_of(current, model, applied=[r.name for r in report.records if r.status == APPLIED])
     report.error_vs_float = verifier.max_abs_err(float_outputs, current_outputs)
     return report
+
+
+def output_scales(outputs: list[dict[str, Any]]) -> dict[str, float]:
+    """Max |value| of each float output over every feed (finite elements): the scale a reduced-precision
+    contract ties its tolerance to."""
+    import numpy as np
+
+    scales: dict[str, float] = {}
+    for feed in outputs:
+        for name, value in feed.items():
+            arr = np.asarray(value)
+            if arr.dtype.kind != "f" or not arr.size:
+                continue
+            finite = np.abs(arr[np.isfinite(arr)].astype(np.float64))
+            scales[name] = max(scales.get(name, 0.0), float(finite.max()) if finite.size else 0.0)
+    return scales
 
 
 def _with_metadata_of(model: onnx.ModelProto, original: onnx.ModelProto, *, applied: list[str]) -> onnx.ModelProto:

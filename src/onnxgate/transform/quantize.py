@@ -9,6 +9,12 @@ Both start from onnxruntime's ``quant_pre_process`` (symbolic shape inference an
 then measure the budget (see ``budget``). While the budget is missed, the node that adds the most error (see
 ``sensitivity``) is kept in float and the model quantized again — one node per step, at most ``max_float_nodes``
 steps and never more than half the quantized nodes (a model mostly in float has lost what quantization is for).
+
+A top-1 budget must be able to fail: evaluation data with too few samples for the budget's resolution, or an FP32
+model scoring near chance on it, fail the gate with that reason (``budget.AccuracyGate``) — quantized once and
+measured, never searched further, never written. Image-folder classes are matched to the model's labels by name
+(``verify.inputs.match_classes``). A written file carries its verification contract (``verify/contract.py``): the
+error at which its budget held, so ``verify`` and the benchmark judge it as INT8, not with FP32 tolerances.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import time
 import warnings as warnings_module
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -29,8 +35,8 @@ import onnx
 from .. import serde
 from ..errors import BadInputError
 from ..fsutil import check_target
-from .budget import Budget, Evaluation, check, evaluate, run_outputs, top1
-from .data import DataArg, Dataset, load_data, model_specs, random_dataset
+from .budget import AccuracyGate, Budget, Evaluation, accuracy_gate, check, evaluate, output_scales, run_outputs, top1
+from .data import DataArg, Dataset, load_data, model_classes, model_specs, random_dataset
 from .passes import APPLIED, ROLLED_BACK, TransformRecord, copy_model
 from .sensitivity import QDQ_OPS, NodeSensitivity, node_sensitivity
 
@@ -69,6 +75,18 @@ class QuantizeReport:
     record: TransformRecord | None = None
     output: str | None = None  # set once written (only when the budget holds)
     warnings: list[str] = field(default_factory=list)
+    gate: AccuracyGate | None = None  # can the top-1 budget judge anything on this data?
+    classes: dict[str, int] | None = None  # image folder -> label index, as matched
+
+    @property
+    def hint(self) -> str | None:
+        """The way out when the gate itself could not judge (the judge's default hint is about quantizing)."""
+        if self.gate is None or self.gate.problem is None:
+            return None
+        return ("Evaluate on labelled data that names the model's classes (class folders named after its labels, "
+                "or --labels FILE), with enough samples for the budget"
+                + (f" (at least {self.gate.required_samples})" if self.gate.required_samples else "")
+                + ", on a model with its trained weights; or gate on --max-error instead.")
 
     @property
     def passed(self) -> bool:
@@ -96,18 +114,22 @@ class QuantizeReport:
                 "budget": {"max_accuracy_drop": self.budget.max_accuracy_drop, "max_error": self.budget.max_error},
                 "calibration": self.calibration, "evaluation": self.evaluation, "fp32_accuracy": self.fp32_accuracy,
                 "float_nodes": [s.to_dict() for s in self.float_nodes], "steps": [s.to_dict() for s in self.steps],
-                "record": self.record.to_dict() if self.record else None, "warnings": self.warnings}
+                "record": self.record.to_dict() if self.record else None, "warnings": self.warnings,
+                "accuracy_gate": self.gate.to_dict() if self.gate else None, "classes": self.classes}
 
 
 def quantize(model_path: str | Path, out: str | Path, *, mode: str = "static", calib: DataArg = None,
-             eval_data: DataArg = None, labels: Any = None, labels_key: str = "labels", preprocess: str | None = None,
+             eval_data: DataArg = None, labels: Any = None, class_names: Sequence[str] | None = None,
+             labels_key: str = "labels", preprocess: str | None = None,
              method: str = "minmax", per_channel: bool = True, max_accuracy_drop: float | None = None,
              max_error: float | None = None, max_float_nodes: int = DEFAULT_MAX_FLOAT_NODES, force: bool = False,
              progress: Callable[[str], None] | None = None) -> QuantizeReport:
     """Quantize the ONNX file at ``model_path`` to int8 and write it to ``out`` if it holds the budget.
 
     ``calib`` / ``eval_data``: DATA (an .npz, an image folder, ``file.py:fn``) or in-memory feeds; ``labels`` (or
-    the data's ``labels_key``) make top-1 accuracy measurable. Without a budget, labelled evaluation data gets
+    the data's ``labels_key``) make top-1 accuracy measurable. An image folder's class sub-folders are matched to
+    ``class_names`` (``--labels FILE``), else to the model's ``labels`` metadata. Without a budget, labelled
+    evaluation data gets
     ``max_accuracy_drop=1.0``; unlabelled data is only measured. A missed budget is a value, not an exception:
     ``report.passed`` is False, nothing is written, and ``report.float_nodes`` lists what was tried.
     """
@@ -123,12 +145,15 @@ def quantize(model_path: str | Path, out: str | Path, *, mode: str = "static", c
                             per_channel=per_channel, budget=Budget(max_accuracy_drop, max_error), calibration=None,
                             evaluation="")
     calibration = _calibration_data(calib, specs, dims, model, mode, labels_key, preprocess, report)
-    evaluation = _evaluation_data(eval_data, calibration, specs, dims, model, labels, labels_key, preprocess, report)
+    evaluation = _evaluation_data(eval_data, calibration, specs, dims, model, labels, class_names, labels_key,
+                                  preprocess, report)
 
     note("running the FP32 model on the evaluation data")
     reference = run_outputs(model, evaluation)
     if evaluation.labels is not None:
         report.fp32_accuracy = top1(reference, evaluation.labels)
+        report.gate = accuracy_gate(report.budget, evaluation.labels, report.fp32_accuracy,
+                                    int(reference[0][0].shape[-1]) if reference and reference[0] else None)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="onnxgate-quant-") as tmp:
         quantizer = _Quantizer(Path(tmp), model, mode, method, per_channel, calibration)
@@ -144,7 +169,7 @@ def quantize(model_path: str | Path, out: str | Path, *, mode: str = "static", c
         seconds=round(time.perf_counter() - start, 3),
         message=None if report.passed else f"not written: {report.final.miss}")
     if report.passed:
-        _record_in_metadata(quantized, model, report)
+        _record_in_metadata(quantized, model, report, reference, evaluation)
         report.output = str(serde.save(quantized, out, force=force))
     return report
 
@@ -159,8 +184,11 @@ def _search(quantizer: "_Quantizer", evaluation: Dataset, reference, report: Qua
         quantized = quantizer.quantize(excluded)
         evaluations = evaluate(quantized, evaluation, reference, report.fp32_accuracy)
         miss = check(report.budget, evaluations)
+        unjudgeable = report.gate.problem if report.gate else None
+        if unjudgeable:  # keeping nodes in float cannot make the measurement meaningful: stop here
+            miss = "the accuracy gate cannot judge this model: " + unjudgeable + (f"; {miss}" if miss else "")
         report.steps.append(QuantizeStep(list(excluded), evaluations, miss))
-        if miss is None or len(excluded) >= limit:
+        if miss is None or unjudgeable or len(excluded) >= limit:
             return quantized
         note("measuring each node's sensitivity")
         ranked = node_sensitivity(quantizer.float_model, quantized, evaluation.feeds[0], dynamic=quantizer.dynamic)
@@ -277,16 +305,18 @@ def _calibration_data(calib: DataArg, specs, dims, model, mode, labels_key, prep
                                "accuracy) on real data are unknown. Pass --calib with real samples.")
     else:
         data = load_data(calib, specs, model=model, labels_key=labels_key, preprocess=preprocess,
-                         what="calibration data")
+                         what="calibration data", labelled=False)
     report.calibration = f"{data.source} ({data.samples} samples)"
     return data
 
 
-def _evaluation_data(eval_data: DataArg, calibration: Dataset | None, specs, dims, model, labels, labels_key,
-                     preprocess, report: QuantizeReport) -> Dataset:
+def _evaluation_data(eval_data: DataArg, calibration: Dataset | None, specs, dims, model, labels, class_names,
+                     labels_key, preprocess, report: QuantizeReport) -> Dataset:
     if eval_data is not None:
-        data = load_data(eval_data, specs, model=model, labels=labels, labels_key=labels_key, preprocess=preprocess,
-                         what="evaluation data")
+        data = load_data(eval_data, specs, model=model, labels=labels, class_names=class_names, labels_key=labels_key,
+                         preprocess=preprocess, what="evaluation data")
+        report.warnings += data.notes
+        report.classes = data.classes
     elif calibration is not None and not calibration.source.startswith("random"):
         data = calibration
         report.warnings.append("No evaluation data given: the budget is measured on the calibration data, which "
@@ -307,10 +337,22 @@ def _evaluation_data(eval_data: DataArg, calibration: Dataset | None, specs, dim
     return data
 
 
-def _record_in_metadata(model: onnx.ModelProto, original: onnx.ModelProto, report: QuantizeReport) -> None:
-    """Keep the input's metadata (onnxgate's input specs above all) and record how the model was quantized."""
+def _record_in_metadata(model: onnx.ModelProto, original: onnx.ModelProto, report: QuantizeReport, reference,
+                        evaluation: Dataset) -> None:
+    """Keep the input's metadata (onnxgate's input specs above all), record how the model was quantized, and write
+    its verification contract: the worst error-to-scale ratio at which the budget held (see verify/contract.py)."""
+    from ..verify.contract import int8_contract
+
     props = {p.key: p.value for p in original.metadata_props} | {p.key: p.value for p in model.metadata_props}
     props["onnxgate.quantization"] = json.dumps({
         "mode": report.mode, "method": report.method, "per_channel": report.per_channel,
         "float_nodes": [s.node for s in report.float_nodes], "budget": str(report.budget)})
-    onnx.helper.set_model_props(model, props)
+    worst = report.final.evaluations
+    accuracy = min((e.accuracy for e in worst if e.accuracy is not None), default=None)
+    contract = int8_contract(
+        dict(zip([o.name for o in original.graph.output], output_scales(reference))),
+        scaled_err=max((e.scaled_err or 0.0 for e in worst), default=0.0),
+        max_abs_err=max((e.max_abs_err for e in worst), default=0.0),
+        budget={"max_accuracy_drop": report.budget.max_accuracy_drop, "max_error": report.budget.max_error},
+        on=report.evaluation, samples=evaluation.samples, fp32_top1=report.fp32_accuracy, top1=accuracy)
+    onnx.helper.set_model_props(model, {**props, **contract.metadata()})

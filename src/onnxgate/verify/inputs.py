@@ -3,6 +3,12 @@
 Torch-free on purpose (numpy and Pillow only): bundles are verified on machines without torch. Every loader
 returns a list of *feeds*, each a dict from input name to array.
 
+``load_dataset`` is the one reader of a DATA argument, for every command that takes one (``verify --data``,
+``optimize --data``, ``quantize --calib/--eval``, ``run``): an ``.npz``/``.npy``, an image folder (preprocessed as
+``--preprocess`` or the model's metadata says), or ``file.py:fn``. Labels come with it where the data has them; an
+image folder's class sub-folders are *matched by name* to the model's class labels (``match_classes``), never
+numbered in sorted order behind the user's back: numbering folders 0..N-1 scores a real ImageNet model 0%.
+
 numpy has no bfloat16, so bfloat16 inputs are produced as float32; runners cast at their boundary.
 """
 
@@ -10,9 +16,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -283,12 +291,207 @@ def _resize_and_crop(img, shorter: int, crop: int):
     return img.crop((left, top, left + crop, top + crop))
 
 
-def load_feeds(items: list[str], specs: list[InputSpec]) -> list[Feed]:
-    """The feeds of every ``--data`` item: ``.npz``/``.npy`` files, or ``file.py:fn`` / ``pkg.mod:fn`` callables."""
+def load_feeds(items: list[str], specs: list[InputSpec], *, meta: Mapping[str, str] | None = None,
+               preprocess: str | None = None) -> list[Feed]:
+    """The feeds of every ``--data`` item: ``.npz``/``.npy`` files, image folders (preprocessed as ``preprocess``
+    or the model metadata ``meta`` says) or ``file.py:fn`` / ``pkg.mod:fn`` callables; see ``load_dataset``."""
     feeds: list[Feed] = []
     for item in items:
-        feeds += load_npz(item, specs) if item.endswith((".npz", ".npy")) else load_callable(item, specs)
+        feeds += load_dataset(item, specs, meta=meta, preprocess=preprocess, labelled=False).feeds
     return feeds
+
+
+# ---- DATA arguments: one reader for every command -----------------------------------------------------------------
+
+@dataclass
+class Dataset:
+    """Feeds and, where the data has them, one label per sample. ``classes``: an image folder's class folder ->
+    label index, as matched; ``notes``: what the reader assumed, for the caller's warnings."""
+
+    feeds: list[Feed]
+    labels: np.ndarray | None  # one per sample, across all feeds in order
+    source: str
+    notes: list[str] = field(default_factory=list)
+    classes: dict[str, int] | None = None
+
+    @property
+    def samples(self) -> int:
+        """Samples along axis 0 of each feed's first input."""
+        return sum(len(next(iter(f.values()))) if f else 0 for f in self.feeds)
+
+
+DataArg = str | Path | list[Feed] | None
+
+
+def load_dataset(data: DataArg, specs: list[InputSpec], *, meta: Mapping[str, str] | None = None,
+                 labels: Any = None, class_names: Sequence[str] | None = None, num_classes: int | None = None,
+                 labels_key: str = "labels", preprocess: str | None = None, what: str = "data",
+                 labelled: bool = True) -> Dataset:
+    """Load ``data`` — an ``.npz``/``.npy`` (arrays named after the inputs, labels under ``labels_key``), an image
+    folder, a ``file.py:fn`` / ``pkg.mod:fn`` returning feeds (labels under ``labels_key`` in each), or feeds already
+    in memory — as feeds conformed to ``specs``.
+
+    ``meta``: the model's metadata (``preprocess`` and ``labels`` entries). ``labels``: one label per sample, which
+    wins over labels found in the data. An image folder with class sub-folders is labelled by matching the folder
+    names to the model's classes (``class_names``, else the ``labels`` metadata; see ``match_classes``);
+    ``num_classes`` is the model's class count, when known. ``labelled=False`` (verification and calibration
+    data): labels are not needed, so class folders are just images and nothing is matched.
+    """
+    if isinstance(data, (str, Path)):
+        text = str(data)
+        if text.endswith((".npz", ".npy")):
+            dataset = Dataset(load_npz(text, specs), _npz_labels(text, labels_key), text)
+        elif Path(text).is_dir():
+            dataset = _image_folder(Path(text), specs, meta or {}, preprocess, what,
+                                    class_names if class_names is not None else labels_from_meta(meta or {}),
+                                    num_classes, labelled and labels is None)
+        elif ":" in text:
+            dataset = _callable(text, specs, labels_key)
+        else:
+            raise BadInputError(f"The {what} '{text}' is not an .npz/.npy file, an image folder or a file.py:fn"
+                                + ("" if Path(text).exists() else " (no such file or folder)") + ".",
+                                hint="Give one of those: arrays named after the inputs, a folder of images "
+                                     "(class sub-folders named by class), or a function returning feeds.")
+    else:
+        feeds = [conform(f, specs, where=f"The {what}") for f in data or []]
+        dataset = Dataset(feeds, None, f"{len(feeds)} in-memory feeds")
+    if not dataset.feeds:
+        raise BadInputError(f"The {what} '{dataset.source}' holds no samples.", hint="Give at least one feed.")
+    if labels is not None:
+        dataset.labels = np.asarray(labels).reshape(-1)
+    if dataset.labels is not None and len(dataset.labels) != dataset.samples:
+        raise BadInputError(f"The {what} '{dataset.source}' has {dataset.samples} samples but "
+                            f"{len(dataset.labels)} labels.", hint="Give exactly one label per sample.")
+    return dataset
+
+
+def labels_from_meta(meta: Mapping[str, str], *, model: str | Path = "the model") -> tuple[str, ...] | None:
+    """The class labels ``onnxgate export --labels`` recorded (metadata ``labels``: a JSON list of strings), or
+    None. A malformed entry is a BadInputError naming it."""
+    from ..metadata import entry, malformed
+
+    hint = "Give the class labels yourself with --labels FILE (UTF-8, one a line, in the model's class order)."
+    text = entry(meta, "labels", model=model, hint=hint)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise malformed(model, "labels", "it is not a JSON list of strings", hint=hint)
+    return tuple(value)
+
+
+def _npz_labels(path: str, key: str) -> np.ndarray | None:
+    if not path.endswith(".npz"):
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return data[key].reshape(-1) if key in data.files else None
+
+
+def _callable(ref: str, specs: list[InputSpec], labels_key: str) -> Dataset:
+    feeds, labels = [], []
+    for feed in load_callable(ref):
+        if labels_key in feed:
+            labels.append(np.asarray(feed.pop(labels_key)).reshape(-1))
+        feeds.append(conform(feed, specs, where=f"Input function '{ref}'"))
+    if labels and len(labels) != len(feeds):
+        raise BadInputError(f"Input function '{ref}' gives '{labels_key}' in some feeds but not in others.",
+                            hint=f"Put '{labels_key}' in every feed, or in none.")
+    return Dataset(feeds, np.concatenate(labels) if labels else None, ref)
+
+
+def _image_folder(root: Path, specs: list[InputSpec], meta: Mapping[str, str], preprocess: str | None, what: str,
+                  class_names: Sequence[str] | None, num_classes: int | None, labelled: bool) -> Dataset:
+    if len(specs) != 1:
+        raise BadInputError(f"The {what} '{root}' is an image folder, but the model has {len(specs)} inputs.",
+                            hint="Give an .npz with one array per input instead.")
+    pre = Preprocess.parse(preprocess) if preprocess else Preprocess.from_meta(meta)
+    if pre is None:
+        raise BadInputError(f"The {what} '{root}' is an image folder, and neither --preprocess nor the model's "
+                            "metadata says how to turn images into inputs.",
+                            hint="Pass --preprocess resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225.")
+    name = specs[0].name
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    loose = [f for f in root.iterdir() if f.is_file() and not f.name.startswith(".")]
+    if not labelled or not folders or loose:  # no class layout (or no labels wanted): unlabelled images
+        return Dataset(pre.load_folder(root, input_name=name), None, str(root))
+    mapping, note = match_classes([f.name for f in folders], class_names, num_classes, root=root, what=what)
+    feeds, labels = [], []
+    for folder in folders:
+        class_feeds = pre.load_folder(folder, input_name=name)
+        feeds += class_feeds
+        labels += [mapping[folder.name]] * sum(len(f[name]) for f in class_feeds)
+    return Dataset(feeds, np.asarray(labels, dtype=np.int64), f"{root} ({len(folders)} classes)",
+                   [note] if note else [], mapping)
+
+
+def _norm(name: str) -> str:
+    """A class name as people write it in folder names: case, '_', '-' and repeated spaces do not matter."""
+    return re.sub(r"[\s_\-]+", " ", name).strip().casefold()
+
+
+def match_classes(folders: Sequence[str], class_names: Sequence[str] | None, num_classes: int | None, *,
+                  root: Path | str = "the folder", what: str = "data") -> tuple[dict[str, int], str | None]:
+    """Each class folder's label index, and a note on what was assumed (or None).
+
+    With the model's class names (``--labels`` or its metadata): each folder must name one class — exactly, or
+    ignoring case, ``_``, ``-`` and spaces ("egyptian_cat" is "Egyptian cat"); a name two classes share is
+    ambiguous. Folders named by index ("281") are the index. Without class names, only index-named folders, or
+    exactly ``num_classes`` folders taken in sorted order (torchvision's ImageFolder convention, which is how a model
+    trained on such a folder numbers its classes) are accepted. Anything else is a BadInputError naming the folders
+    that match nothing: numbering them 0..N-1 would grade the model against classes it never learned.
+    """
+    count = len(class_names) if class_names is not None else num_classes
+    hint = ("Name each class folder after one of the model's labels (or its index), or give the labels with "
+            "--labels FILE (UTF-8, one a line, in the model's class order).")
+
+    def as_index(name: str) -> int | None:
+        return int(name) if name.isdigit() and (count is None or int(name) < count) else None
+
+    if class_names is not None:
+        exact = {n: i for i, n in reversed(list(enumerate(class_names)))}
+        loose: dict[str, list[int]] = {}
+        for i, n in enumerate(class_names):
+            loose.setdefault(_norm(n), []).append(i)
+        mapping, unmatched, ambiguous = {}, [], []
+        for folder in folders:
+            if folder in exact and len(loose.get(_norm(folder), [])) <= 1:
+                mapping[folder] = exact[folder]
+            elif len(loose.get(_norm(folder), [])) == 1:
+                mapping[folder] = loose[_norm(folder)][0]
+            elif loose.get(_norm(folder)):
+                ambiguous.append(f"'{folder}' ({', '.join(str(i) for i in loose[_norm(folder)])})")
+            elif as_index(folder) is not None:
+                mapping[folder] = as_index(folder)  # type: ignore[assignment]
+            else:
+                unmatched.append(folder)
+        if ambiguous:
+            raise BadInputError(f"The {what} '{root}': the class folder(s) {', '.join(ambiguous)} name more than one "
+                                "of the model's labels.", hint="Name those folders by class index instead.")
+        if unmatched:
+            raise BadInputError(f"The {what} '{root}': {len(unmatched)} of {len(folders)} class folder(s) match none "
+                                f"of the model's {len(class_names)} labels: {_listed(unmatched)}.", hint=hint)
+        return mapping, None
+    indices = {f: as_index(f) for f in folders}
+    if all(i is not None for i in indices.values()):
+        return indices, None  # type: ignore[return-value]
+    if num_classes is not None and len(folders) == num_classes:
+        return ({f: i for i, f in enumerate(folders)},
+                f"The model records no class labels; the {len(folders)} class folders of '{root}' were taken as its "
+                "classes in sorted order (torchvision's ImageFolder convention). Give --labels FILE if the model "
+                "numbers its classes otherwise.")
+    unnamed = [f for f, i in indices.items() if i is None]
+    raise BadInputError(f"The {what} '{root}' has class folders named {_listed(unnamed)}, and the model records no "
+                        "class labels to match them to"
+                        + (f" (it has {num_classes} classes, the folder {len(folders)})" if num_classes else "")
+                        + ".", hint=hint)
+
+
+def _listed(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(f"'{n}'" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def load_callable(ref: str, specs: list[InputSpec] | None = None, *, limit: int | None = None) -> list[Feed]:
