@@ -27,7 +27,6 @@ import signal
 import sys
 import time
 import traceback
-import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -654,22 +653,6 @@ ONNX_CASES = 2000
 TOML_CASES = 400
 
 
-def outside_bugs() -> list[tuple[str, str]]:
-    """Bugs the fuzzer finds in code outside what this suite's authors could change, reported to its owners.
-    Each is tolerated only while its reproduction below still fails: once fixed, its cases count again."""
-    bugs = []
-    try:
-        from onnxgate.sources.loader import parse_ref
-
-        parse_ref("x" * 5000)
-    except OSError:
-        bugs.append(("File name too long", "sources/loader.py parse_ref: Path.exists() raises ENAMETOOLONG for a long "
-                                           "reference, reached by verify through a recorded onnxgate.source"))
-    except Exception:  # noqa: BLE001 - any onnxgate error means the bug is fixed
-        pass
-    return bugs
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the fuzz harness forks a worker per batch")
 def test_fuzz_inspect_verify_and_toml(tmp_path):
     _preimport()
@@ -680,13 +663,6 @@ def test_fuzz_inspect_verify_and_toml(tmp_path):
     rows = tabulate(cases, results)
     print(f"\n{len(cases)} cases in {time.perf_counter() - started:.1f} s\n{markdown_table(rows)}")
     bad = failures(cases, results)
-    known = outside_bugs()
-    tolerated = [b for b in bad if any(marker in b for marker, _ in known)]
-    for marker, where in known:
-        hits = sum(marker in b for b in tolerated)
-        if hits:
-            warnings.warn(f"{hits} fuzz case(s) hit a known bug outside this suite ({where})", stacklevel=1)
-    bad = [b for b in bad if b not in tolerated]
     assert not bad, f"{len(bad)} of {len(cases)} fuzz cases failed:\n" + "\n".join(bad[:40])
     # the families the issue names all ran
     assert {c.family for c in cases} >= {"bitflip/inspect", "truncate/verify", "field/inspect", "metadata/verify",
