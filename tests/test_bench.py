@@ -21,6 +21,7 @@ from onnxgate.bench.machine import LoadMonitor, MachineLoad
 from onnxgate.bench.report import BenchReport, ConfigResult, VariantInfo
 from onnxgate.bench.runners import Config
 from onnxgate.bench.startup import measure_startup, save_feed
+from onnxgate.bench.verification import Verification
 from onnxgate.cli.main import main
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -186,8 +187,16 @@ def test_busy_machine_is_called_out():
     assert load.cores >= 1 and (load.other_cores is None or load.other_cores >= 0)
 
 
-def _result(runtime, variant, threads, ms, level=None) -> ConfigResult:
-    return ConfigResult(Config(runtime, variant, threads, level), 1, LatencyStats((ms, ms, ms), (ms,)))
+def _record(passed=True, err=1e-5, precision="fp32") -> Verification:
+    return Verification("PyTorch", precision, "rtol=1e-3 atol=1e-4", "float32 default, as verify", 2, passed, err,
+                        err / 10, "y", None if passed else f"y on feed 0: {err} too large")
+
+
+def _result(runtime, variant, threads, ms, level=None, verification=None, precision=None) -> ConfigResult:
+    result = ConfigResult(Config(runtime, variant, threads, level, precision), 1, LatencyStats((ms, ms, ms), (ms,)))
+    if runtime != "pytorch":
+        result.verification = verification or _record()
+    return result
 
 
 def _synthetic_report(base_verified: bool) -> BenchReport:
@@ -209,6 +218,32 @@ def test_ratios_use_each_sides_best_configuration_and_only_verified_variants_are
     rec = report.recommendation()
     assert rec["variant"] == "base" and rec["config_id"] == "onnxruntime:base/all/t2"  # int8 is faster, unverified
     assert _synthetic_report(base_verified=False).recommendation() is None
+
+
+def test_a_configuration_that_misses_the_tolerance_of_its_precision_is_never_recommended():
+    """OpenVINO's PERFORMANCE mode computing in bf16 is the fastest here, and its record says it missed its bf16
+    tolerance: the recommendation is the fastest configuration that kept to its own, and it says what it passed
+    over and why."""
+    bf16 = _record(False, 1.38, "bf16")
+    configs = [_result("pytorch", "eager", 1, 40.0), _result("onnxruntime", "base", 1, 20.0, "all"),
+               _result("openvino", "base", 1, 8.0, verification=bf16),
+               _result("openvino", "base", 1, 12.0, verification=_record(True, 2.4e-5), precision="f32"),
+               _result("openvino", "int8", 1, 5.0, verification=_record(True, 0.3, "int8"))]
+    variants = [VariantInfo(Variant("base", "m.onnx", True), 100, None),
+                VariantInfo(Variant("int8", "m.int8.onnx", True), 30, None)]
+    report = BenchReport(model={}, settings={}, machine=MachineLoad(2, None), peak_gflops={1: 1.0},
+                         variants=variants, pytorch_size_bytes=100, configs=configs)
+    assert report.recommendation()["config_id"] == "openvino:int8/t1"  # verified at its own (int8) precision
+    report.shipped = ["base"]  # what a bundle ships: the int8 file is not in it
+    rec = report.recommendation()
+    assert rec["config_id"] == "openvino:base/f32/t1" and rec["path"] == "m.onnx"
+    assert rec["verification"]["passed"] and rec["verification"]["max_abs_err"] <= 1e-4
+    assert rec["restricted_to"] == ["base"]
+    assert "openvino:int8/t1" in rec["passed_over"][0] and "not in the bundle" in rec["passed_over"][0]
+    assert "openvino:base/t1" in rec["passed_over"][1] and "missed its tolerance" in rec["passed_over"][1]
+    sides = {s["side"]: s for s in report.side_summaries()}
+    assert sides["openvino:base"]["best_config"] == "openvino:base/t1"  # fastest, measured and shown...
+    assert sides["openvino:base"]["best_verified_config"] == "openvino:base/f32/t1"  # ...but not the verified one
 
 
 # ---- end to end ---------------------------------------------------------------------------------------------------
@@ -249,6 +284,17 @@ def test_bench_measures_every_side_and_validates_against_the_schema(onnx_report)
     assert all(c["latency"] and c["error"] is None for c in data["configs"])
     assert sides["onnxruntime:base"]["verified"] is True and sides["onnxruntime:copy"]["verified"] is False
     assert data["recommendation"]["variant"] == "base"
+    # every ONNX configuration was verified by its own runner, at its own precision, with the tolerance stated
+    records = {c["id"]: c["verification"] for c in data["configs"]}
+    assert all(v is None for k, v in records.items() if k.startswith("pytorch"))
+    assert all(v["reference"] == "PyTorch" and v["feeds"] == 2 and v["tolerance"]
+               for k, v in records.items() if not k.startswith("pytorch"))
+    rec = data["recommendation"]["verification"]
+    assert rec["passed"] and rec["max_abs_err"] <= 1e-4 and rec["precision"] == "fp32"
+    for c in data["configs"]:
+        if c["inference_precision"] == "bf16":  # OpenVINO's PERFORMANCE mode on a CPU with bfloat16
+            assert c["verification"]["precision"] == "bf16" and "max|ref|" in c["verification"]["tolerance"]
+            assert any(o["id"] == c["id"].replace("/t", "/f32/t") for o in data["configs"])  # and pinned to f32
     assert sides["onnxruntime:base"]["speedup"] and sides["onnxruntime:base"]["memory_ratio"]
     assert {p["batch"] for p in data["throughput"]} == {1, 2} and data["model"]["batch_dim"] == "B"
     startup = {s["side"]: s for s in data["startup"]}

@@ -9,7 +9,7 @@ onnxgate's loader (a deployment imports its model code too) and calls it as the 
 Protocol:  python _probe.py SPEC_JSON
 SPEC: {"runtime": "pytorch" | "onnxruntime" | "openvino", "threads": N, "model": ONNX path,
        "ort_level": "ORT_ENABLE_ALL", "source": {"ref": ..., "weights": ..., "arch": ..., "trust_pickle": ...},
-       "feed": [[input name, .npy path], ...], "runs": N}
+       "feed": [[input name, .npy path], ...], "runs": N, "precision": OpenVINO's pinned precision or null}
 Prints one JSON line: {"ok": true, "import_s", "load_s", "first_run_s", "first_result_at", "peak_rss_bytes"},
 or {"ok": false, "error": "..."}. ``first_result_at`` is ``time.monotonic()`` right after the first inference,
 which the parent compares with its own clock taken before starting this process (one system-wide clock).
@@ -61,7 +61,7 @@ def _openvino(spec, feed_names):
     imported = time.perf_counter()
     # as the benchmark runs it (bench.runners.open_runner): PERFORMANCE mode, LATENCY hint, a fixed thread count
     runner = OpenVinoRunner(spec["model"], "CPU", execution_mode="PERFORMANCE", performance_hint="LATENCY",
-                            threads=spec["threads"])
+                            threads=spec["threads"], precision_hint=spec.get("precision"))
     return imported, runner.run
 
 

@@ -1,8 +1,9 @@
 """``bench``: one model, side by side in one run — PyTorch eager, ONNX Runtime, OpenVINO, every variant.
 
 Order of work: resolve the model (export a reference into a temporary folder first), build one seeded feed at
-the latency shape (batch 1 when the batch dim is dynamic), count FLOPs, measure the machine's GEMM peak, time every
-configuration, then for each side's best configuration sweep batch sizes (throughput) and start a fresh process
+the latency shape (batch 1 when the batch dim is dynamic), count FLOPs, measure the machine's GEMM peak, verify and
+time every configuration (each is checked against PyTorch at its own precision by the runner that is timed — see
+``verification``; only a verified configuration can be recommended), then for each side's best configuration sweep batch sizes (throughput) and start a fresh process
 (start-up and peak memory). The machine's load is watched throughout, and figures taken on a busy machine say so.
 """
 
@@ -23,6 +24,7 @@ from .report import BenchReport, ConfigResult, ThroughputPoint, VariantInfo, bes
 from .runners import BASE, EAGER, OPENVINO, PYTORCH, RUNTIMES, Config, Variant, open_runner, plan
 from .startup import measure_startup, save_feed
 from .target import Target, module_bytes, prepare_target, size_on_disk
+from .verification import ConfigVerifier, build_verifier
 
 SPREAD_LIMIT = 0.10  # repeat medians further apart than this (relative) are called out
 
@@ -56,14 +58,17 @@ class BenchSettings:
 
 def bench(model: Any, *, against: Any = None, variants: Sequence[Variant] = (), config: ExportConfig | None = None,
           settings: BenchSettings | None = None, base_verified: bool | None = None, weights: str | None = None,
-          arch: str | None = None, trust_pickle: bool = False,
-          progress: Callable[[str], None] | None = None) -> BenchReport:
+          arch: str | None = None, trust_pickle: bool = False, data: list[dict] | None = None,
+          shipped: Sequence[str] | None = None, progress: Callable[[str], None] | None = None) -> BenchReport:
     """Benchmark ``model``: an ``.onnx`` path, or a model reference / ``LoadedModel`` (exported first).
 
     ``against``: the PyTorch model of an ``.onnx`` path (a reference or ``LoadedModel``); without it PyTorch eager is
     not measured. ``variants``: further ONNX files (optimized, FP16, INT8), each with its ``verified`` flag.
     ``base_verified``: whether the base ONNX file passed verification; by default true when onnxgate exported it
     (here, or earlier: its ``onnxgate.source`` metadata is written only to a file the export ladder proved).
+    ``data``: real feeds every configuration is verified on besides two seeded random ones (the first few).
+    ``shipped``: the variant names the recommendation may name (the pipeline passes what its bundle ships); None:
+    any verified variant.
     """
     settings = settings or BenchSettings()
     unknown = sorted(set(settings.runtimes) - set(RUNTIMES))
@@ -76,13 +81,14 @@ def bench(model: Any, *, against: Any = None, variants: Sequence[Variant] = (), 
     with tempfile.TemporaryDirectory(prefix="onnxgate-bench-") as tmp:
         target = prepare_target(model, against, config or ExportConfig(), list(variants), base_verified, Path(tmp),
                                 note, source)
-        report = _measure(target, settings, note, monitor, Path(tmp), source)
+        report = _measure(target, settings, note, monitor, Path(tmp), source, data)
+    report.shipped = list(shipped) if shipped is not None else None
     report.seconds = time.perf_counter() - started
     return report
 
 
 def _measure(target: Target, settings: BenchSettings, note, monitor: LoadMonitor, tmp: Path,
-             source: dict) -> BenchReport:
+             source: dict, data: list[dict] | None = None) -> BenchReport:
     runtimes = tuple(r for r in settings.runtimes if r != PYTORCH or target.loaded is not None)
     threads = settings.thread_counts()
     note("counting FLOPs and measuring the GEMM peak")
@@ -92,10 +98,18 @@ def _measure(target: Target, settings: BenchSettings, note, monitor: LoadMonitor
     flops[EAGER] = flops[BASE]  # the same computation, counted on the exported graph
     peak = {t: gemm_peak_gflops(t, seconds=settings.peak_seconds) for t in threads}
 
+    verifier = build_verifier(target, data)
+    precisions: tuple[str | None, ...] = (None,)
+    if OPENVINO in runtimes:
+        from ..runtimes.openvino import OpenVinoRunner
+
+        if OpenVinoRunner.default_precision() not in (None, "f32"):  # PERFORMANCE mode computes in bf16 here
+            precisions = (None, "f32")
     results = []
-    for cfg in plan(target.variants, runtimes=runtimes, threads=threads, opt_levels=settings.opt_levels):
-        note(f"timing {cfg.id}")
-        results.append(_time_config(cfg, target, settings, flops, peak))
+    for cfg in plan(target.variants, runtimes=runtimes, threads=threads, opt_levels=settings.opt_levels,
+                    openvino_precisions=precisions):
+        note(f"verifying and timing {cfg.id}")
+        results.append(_time_config(cfg, target, settings, flops, peak, verifier))
     bests = [b for b in (best_of(results, side) for side in dict.fromkeys(r.config.side for r in results)) if b]
     throughput, problems = [], []
     for best in bests if target.batch_dim else []:
@@ -125,18 +139,21 @@ def _measure(target: Target, settings: BenchSettings, note, monitor: LoadMonitor
     return report
 
 
-def _time_config(cfg: Config, target: Target, settings: BenchSettings, flops, peak) -> ConfigResult:
-    """Latency of one configuration. A runtime that cannot load or run a variant (an INT8 operator it lacks) is a
-    result, not a crash: the error is recorded and the benchmark goes on."""
+def _time_config(cfg: Config, target: Target, settings: BenchSettings, flops, peak,
+                 verifier: ConfigVerifier | None = None) -> ConfigResult:
+    """Verification and latency of one configuration, with the same runner. A runtime that cannot load or run a
+    variant (an INT8 operator it lacks) is a result, not a crash: the error is recorded and the benchmark goes on."""
     result = ConfigResult(cfg, target.batch)
     try:
         with open_runner(cfg, model_path=target.paths.get(cfg.variant), module=target.module,
                          input_names=target.input_names) as runner:
             if cfg.runtime == OPENVINO:
                 result.inference_precision = runner.inference_precision
-                if runner.inference_precision != "f32":
+                if runner.inference_precision not in ("f32", None):
                     result.notes.append(f"OpenVINO computes in {runner.inference_precision} here (PERFORMANCE "
-                                        "mode); the variant was verified at its own precision")
+                                        "mode); verified with that precision's tolerance")
+            if verifier is not None and cfg.runtime != PYTORCH:
+                result.verification = verifier.check(cfg.variant, runner, result.inference_precision)
             result.latency = measure(lambda: runner.run(target.feed), warmup_runs=settings.warmup_runs,
                                      runs=settings.runs, seconds=settings.seconds, repeats=settings.repeats)
     except Exception as exc:  # onnxruntime and openvino raise their own classes, not derived from RuntimeError

@@ -4,6 +4,11 @@ recommendation. ``to_dict()`` is the JSON that ``docs/schemas/bench.schema.json`
 
 Ratios are oriented so that > 1 is better for ONNX: ``speedup`` and ``startup_speedup`` are PyTorch's figure over
 the side's, ``memory_ratio`` is the side's peak memory over PyTorch's (the target is <= 0.5).
+
+The recommendation is the fastest *configuration* that is verified twice over: its variant file passed verification
+(``Variant.verified``), and the configuration itself — this runtime, level, thread count and precision — matched the
+reference within the tolerance of its precision (``ConfigResult.verification``, stated in the report). It names the
+file it refers to, its verification record, and the faster configurations it passed over and why.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from .harness import LatencyStats
 from .machine import MachineLoad
 from .runners import PYTORCH, PYTORCH_SIDE, Config, Variant
 from .startup import Startup
+from .verification import Verification
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: configurations carry their precision and verification record
 
 
 @dataclass
@@ -30,6 +36,11 @@ class ConfigResult:
     inference_precision: str | None = None  # what OpenVINO chose (bf16 on CPUs with bfloat16 support); else None
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    verification: Verification | None = None  # None: the PyTorch baseline (the reference itself)
+
+    @property
+    def verified(self) -> bool:
+        return self.verification is not None and self.verification.passed
 
     @property
     def p50_ms(self) -> float | None:
@@ -40,6 +51,7 @@ class ConfigResult:
                 "latency": self.latency.to_dict(max_samples) if self.latency else None, "speedup": speedup,
                 "gflops": self.gflops,
                 "peak_fraction": self.peak_fraction, "inference_precision": self.inference_precision,
+                "verification": self.verification.to_dict() if self.verification else None,
                 "notes": self.notes, "error": self.error}
 
 
@@ -78,6 +90,7 @@ class BenchReport:
     startups: list[Startup] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    shipped: list[str] | None = None  # the variants the recommendation may name; None: any
 
     def sides(self) -> list[str]:
         return list(dict.fromkeys(r.config.side for r in self.configs))
@@ -98,11 +111,13 @@ class BenchReport:
             runtime, variant = side.split(":", 1)
             best, start = self.best(side), self._startup(side)
             info = infos.get(variant)
+            verified_best = best_of([r for r in self.configs if r.verified], side)
             rows.append({
                 "side": side, "runtime": runtime, "variant": variant,
                 "verified": info.variant.verified if info else None,
                 "size_bytes": info.size_bytes if info else self.pytorch_size_bytes,
                 "best_config": best.config.id if best else None, "p50_ms": best.p50_ms if best else None,
+                "best_verified_config": verified_best.config.id if verified_best else None,
                 "speedup": self.speedup(best) if best else None,
                 "startup_s": start.startup_s if start else None,
                 "startup_speedup": _ratio(base_start and base_start.startup_s, start and start.startup_s),
@@ -112,16 +127,33 @@ class BenchReport:
         return rows
 
     def recommendation(self) -> dict | None:
-        """The fastest ONNX side whose variant passed verification, or None when no variant did."""
-        candidates = [s for s in self.side_summaries()
-                      if s["runtime"] != PYTORCH and s["verified"] and s["p50_ms"] is not None]
-        if not candidates:
-            return None
-        pick = min(candidates, key=lambda s: s["p50_ms"])
-        best = self.best(pick["side"])
-        return {"side": pick["side"], "runtime": pick["runtime"], "variant": pick["variant"],
-                "config_id": pick["best_config"], "p50_ms": pick["p50_ms"], "speedup": pick["speedup"],
-                "notes": best.notes if best else []}
+        """The fastest ONNX configuration whose variant passed verification and which itself matched the reference
+        at its own precision, among the ``shipped`` variants; None when there is none. Faster configurations it
+        passed over are named in ``passed_over`` with the reason."""
+        infos = {info.variant.name: info for info in self.variants}
+        measured = sorted((r for r in self.configs if r.config.runtime != PYTORCH and r.latency is not None),
+                          key=lambda r: r.p50_ms)
+        passed_over: list[str] = []
+        for r in measured:
+            info = infos.get(r.config.variant)
+            why = None
+            if info is None or not info.variant.verified:
+                why = "its file did not pass verification"
+            elif not r.verified:
+                why = (f"it missed its tolerance: {r.verification.summary()}" if r.verification
+                       else "it was not verified")
+                if r.verification and r.verification.reason and r.verification.max_abs_err is None:
+                    why = f"it was not verified: {r.verification.reason}"
+            elif self.shipped is not None and r.config.variant not in self.shipped:
+                why = f"its variant '{r.config.variant}' is not in the bundle (which ships {', '.join(self.shipped)})"
+            if why is not None:
+                passed_over.append(f"{r.config.id} ({r.p50_ms:.2f} ms): {why}")
+                continue
+            return {"side": r.config.side, "runtime": r.config.runtime, "variant": r.config.variant,
+                    "config_id": r.config.id, "p50_ms": r.p50_ms, "speedup": self.speedup(r),
+                    "path": info.variant.path, "verification": r.verification.to_dict(), "notes": list(r.notes),
+                    "passed_over": passed_over[:6], "restricted_to": self.shipped}
+        return None
 
     def _startup(self, side: str) -> Startup | None:
         return next((s for s in self.startups if s.side == side and s.error is None), None)

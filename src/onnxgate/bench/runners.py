@@ -4,6 +4,10 @@ A *side* is one way to ship the model: PyTorch eager, or one ONNX variant in one
 ``openvino:int8``). A *configuration* is a side at one thread count (and, for ONNX Runtime, one graph optimization
 level). Every side is measured at 1 thread and at all usable cores, and compared at its best configuration: a
 baseline pinned to a thread count that suits it badly would flatter the other side.
+
+OpenVINO is measured as a deployment runs it (PERFORMANCE mode, which may compute in bfloat16) and, where that is
+not float32, also pinned to float32 (``precision="f32"``): the faster one may fail its verification at its own
+precision, and then the pinned one is the OpenVINO configuration that can be recommended.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class Config:
     variant: str
     threads: int
     opt_level: str | None = None  # onnxruntime only
+    precision: str | None = None  # OpenVINO only: a pinned INFERENCE_PRECISION_HINT (None: the runtime's choice)
 
     @property
     def side(self) -> str:
@@ -44,20 +49,22 @@ class Config:
     @property
     def id(self) -> str:
         level = f"/{self.opt_level}" if self.opt_level else ""
-        return f"{self.side}{level}/t{self.threads}"
+        precision = f"/{self.precision}" if self.precision else ""
+        return f"{self.side}{level}{precision}/t{self.threads}"
 
 
 def plan(variants: list[Variant], *, runtimes: tuple[str, ...], threads: tuple[int, ...],
-         opt_levels: tuple[str, ...]) -> list[Config]:
+         opt_levels: tuple[str, ...], openvino_precisions: tuple[str | None, ...] = (None,)) -> list[Config]:
     """Every configuration to measure. Optimization levels are swept on the base variant only: the other
-    variants are what an optimizer already produced, measured at ONNX Runtime's default level ("all")."""
+    variants are what an optimizer already produced, measured at ONNX Runtime's default level ("all").
+    ``openvino_precisions``: None (OpenVINO's own choice) and any pinned precision to measure as well."""
     configs = [Config(PYTORCH, EAGER, t) for t in threads] if PYTORCH in runtimes else []
     for variant in variants:
         if ONNXRUNTIME in runtimes:
             levels = opt_levels if variant.name == BASE else ("all",)
             configs += [Config(ONNXRUNTIME, variant.name, t, level) for level in levels for t in threads]
         if OPENVINO in runtimes:
-            configs += [Config(OPENVINO, variant.name, t) for t in threads]
+            configs += [Config(OPENVINO, variant.name, t, precision=p) for p in openvino_precisions for t in threads]
     return configs
 
 
@@ -89,5 +96,5 @@ def open_runner(config: Config, *, model_path: str | Path | None, module: Any = 
         # bfloat16 on CPUs that support it; ``runner.inference_precision`` says what it chose), LATENCY hint, a fixed
         # thread count, one infer request reused between calls.
         with OpenVinoRunner(model_path, "CPU", execution_mode="PERFORMANCE", performance_hint="LATENCY",
-                            threads=config.threads) as runner:
+                            threads=config.threads, precision_hint=config.precision) as runner:
             yield runner

@@ -60,7 +60,8 @@ def measure_startup(config: Config, *, feed_files: list[list[str]], model_path: 
         result.error = "the PyTorch model has no reference a fresh process could load it from"
         return result
     spec = {"runtime": config.runtime, "threads": config.threads, "model": model_path, "source": source,
-            "ort_level": OPT_LEVELS[config.opt_level or "all"], "feed": feed_files, "runs": STEADY_RUNS}
+            "ort_level": OPT_LEVELS[config.opt_level or "all"], "feed": feed_files, "runs": STEADY_RUNS,
+            "precision": config.precision}
     runs = []
     for _ in range(repeats):
         started = time.monotonic()

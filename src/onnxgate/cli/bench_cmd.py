@@ -98,19 +98,28 @@ def latency_table(report) -> Table:
     table = Table(title=f"latency (ms) at batch {report.configs[0].batch if report.configs else 1}",
                   title_justify="left")
     for col in ("configuration", "p50", "p90", "p99", "mean ± std", "repeats (min-max of medians)", "GFLOP/s",
-                "% peak", "vs PyTorch"):
+                "% peak", "vs PyTorch", "verified at its precision"):
         table.add_column(col, justify="left" if col == "configuration" else "right")
     for r in report.configs:
         if r.latency is None:
-            table.add_row(r.config.id, f"[red]{escape(r.error or 'failed')}[/]", *[""] * 7)
+            table.add_row(r.config.id, f"[red]{escape(r.error or 'failed')}[/]", *[""] * 8)
             continue
         stats = r.latency.to_dict(0)
         table.add_row(r.config.id, _ms(stats["p50_ms"]), _ms(stats["p90_ms"]), _ms(stats["p99_ms"]),
                       f"{stats['mean_ms']:.2f} ± {stats['std_ms']:.2f}",
                       f"{stats['repeats']['min_ms']:.2f}-{stats['repeats']['max_ms']:.2f}",
                       f"{r.gflops:.1f}" if r.gflops else "-",
-                      f"{r.peak_fraction:.0%}" if r.peak_fraction else "-", _x(report.speedup(r)))
+                      f"{r.peak_fraction:.0%}" if r.peak_fraction else "-", _x(report.speedup(r)),
+                      _verification(r.verification))
     return table
+
+
+def _verification(v) -> str:
+    """'yes fp32 2.4e-05' / 'no bf16 1.38 > 0.2' (the error against the tolerance of its precision)."""
+    if v is None:
+        return "reference"
+    err = "-" if v.max_abs_err is None else f"{v.max_abs_err:.2g}"
+    return f"[green]yes[/] {v.precision} {err}" if v.passed else f"[red]no[/] {v.precision} {err}"
 
 
 def sides_table(report) -> Table:
@@ -148,11 +157,15 @@ def throughput_table(report) -> Table:
 
 def recommendation_line(rec: dict | None) -> str:
     if rec is None:
-        return ("[yellow]no recommendation[/]: no measured variant passed verification "
-                "(mark verified ones with --verified NAME)")
+        return ("[yellow]no recommendation[/]: no measured configuration passed verification at its own precision "
+                "(see the last column; mark verified variant files with --verified NAME)")
     text = f"[green]recommended[/]: {rec['config_id']} ({rec['p50_ms']:.2f} ms at p50"
     text += f", {rec['speedup']:.2f}x PyTorch eager)" if rec["speedup"] else ")"
-    return text + "".join(f"; {escape(n)}" for n in rec["notes"])
+    v = rec["verification"]
+    text += escape(f", {rec['path']}; verified in {v['precision']} against {v['reference']} on {v['feeds']} feeds: "
+                   f"max abs err {v['max_abs_err']:.3g} within {v['tolerance']}")
+    text += "".join(f"; {escape(n)}" for n in rec["notes"])
+    return text + "".join(f"\n  passed over {escape(p)}" for p in rec.get("passed_over", []))
 
 
 def register(app: typer.Typer) -> None:

@@ -20,7 +20,9 @@ class OpenVinoRunner:
     float32 models in bfloat16 on CPUs that support it, an error of ~1e-3 that is OpenVINO's choice, not the
     model's. A benchmark measures what a deployment would get: ``execution_mode="PERFORMANCE"``,
     ``performance_hint="LATENCY"`` and a fixed thread count (``threads``; None: OpenVINO's choice).
-    ``inference_precision`` says what OpenVINO chose to compute in (``f32``, ``bf16``, ...), so a report can say so.
+    ``inference_precision`` says what OpenVINO chose to compute in (``f32``, ``bf16``, ...), so a report can say so;
+    ``precision_hint`` pins it (``"f32"``: float32 even in PERFORMANCE mode, a configuration that can be verified
+    with float32 tolerances where the bf16 one cannot).
 
     Each compiled model keeps one infer request, reused between calls; outputs are copied once, so the caller owns
     them. The CPU plugin runs dynamic shapes as they are. Devices that need static shapes get the model reshaped
@@ -28,7 +30,7 @@ class OpenVinoRunner:
     """
 
     def __init__(self, model_path: str | Path, device: str = "CPU", *, execution_mode: str = "ACCURACY",
-                 threads: int | None = None, performance_hint: str | None = None):
+                 threads: int | None = None, performance_hint: str | None = None, precision_hint: str | None = None):
         ov = require("openvino", "openvino", "The OpenVINO runner")
         self.name = "openvino"
         self.device = device
@@ -37,6 +39,8 @@ class OpenVinoRunner:
             self._config["PERFORMANCE_HINT"] = performance_hint
         if threads is not None:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
+        if precision_hint is not None:
+            self._config["INFERENCE_PRECISION_HINT"] = precision_hint
         self._core = ov.Core()
         try:
             self._model = self._core.read_model(str(model_path))
@@ -64,6 +68,17 @@ class OpenVinoRunner:
         try:
             return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         except Exception:  # a plugin without the property
+            return None
+
+    @staticmethod
+    def default_precision(device: str = "CPU") -> str | None:
+        """What ``device`` computes float32 models in when nothing pins it (``bf16`` on CPUs with bfloat16
+        support, else ``f32``); None when OpenVINO is missing or the device does not say."""
+        try:
+            import openvino as ov
+
+            return ov.Core().get_property(device, "INFERENCE_PRECISION_HINT").get_type_name()
+        except Exception:  # no openvino, no such device, or a plugin without the property
             return None
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
