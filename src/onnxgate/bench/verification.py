@@ -40,6 +40,7 @@ class Verification:
     passed: bool
     max_abs_err: float | None = None
     max_scaled_err: float | None = None  # max abs err / max |ref|, worst output
+    tolerance_used: float | None = None  # worst element's |got - ref| over its allowance (atol + rtol|ref|): <= 1
     worst_output: str | None = None
     reason: str | None = None
 
@@ -48,8 +49,9 @@ class Verification:
 
     def summary(self) -> str:
         err = "-" if self.max_abs_err is None else f"{self.max_abs_err:.3g}"
+        used = "" if self.tolerance_used is None else f", {self.tolerance_used:.3g}x its allowance"
         verdict = "within" if self.passed else "outside"
-        return (f"{self.precision}: max abs err {err} {verdict} {self.tolerance} ({self.tolerance_source}), "
+        return (f"{self.precision}: max abs err {err} {verdict} {self.tolerance}{used} ({self.tolerance_source}), "
                 f"{self.feeds} feeds against {self.reference}")
 
 
@@ -89,7 +91,7 @@ class ConfigVerifier:
             return Verification("nothing", precision, str(stated or "-"), source, 0, False,
                                 reason="no reference to verify against: give the PyTorch model (--against), or a "
                                        "base model that passed verification")
-        worst_abs, worst_scaled, worst_name, failures, shown = 0.0, 0.0, None, [], None
+        worst_abs, worst_scaled, worst_used, worst_name, failures, shown = 0.0, 0.0, 0.0, None, [], None
         for index, (feed, ref) in enumerate(zip(self.feeds, self.reference_outputs())):
             got = _cast_like(runner.run(feed), ref)
             tolerances = _tolerances(ref, stated) if stated is not None else None
@@ -100,11 +102,12 @@ class ConfigVerifier:
                     worst_abs, worst_name = comp.max_abs_err, comp.name
                 if comp.max_abs_err is not None and scale > 0:
                     worst_scaled = max(worst_scaled, comp.max_abs_err / scale)
+                worst_used = max(worst_used, _allowance_used(comp, ref[comp.name], got.get(comp.name)))
                 if not comp.passed:
                     failures.append(f"{comp.name} on feed {index}: {comp.reason}")
         tolerance = str(stated) if stated is not None else (shown or str(default_tolerance("float32")))
         return Verification(self.reference, precision, tolerance, source, len(self.feeds), not failures, worst_abs,
-                            worst_scaled, worst_name, "; ".join(failures[:2]) or None)
+                            worst_scaled, worst_used, worst_name, "; ".join(failures[:2]) or None)
 
 
 def build_verifier(target, data: list[dict[str, np.ndarray]] | None) -> ConfigVerifier:
@@ -129,6 +132,26 @@ def build_verifier(target, data: list[dict[str, np.ndarray]] | None) -> ConfigVe
         runner = OrtRunner(base.path, opt_level=VERIFY_OPT_LEVEL)
         return ConfigVerifier(feeds, runner, "the verified base model in onnxruntime (as written)", contracts)
     return ConfigVerifier(feeds, None, "nothing", contracts)
+
+
+def _allowance_used(comp, ref: np.ndarray, got: np.ndarray | None) -> float:
+    """How much of its tolerance the worst element uses, as compare judged it: |got - ref| / (atol + rtol |ref|)
+    element-wise, or max abs err / (atol + rtol * scale) where compare judged the output against its scale. A
+    reader of the record checks the verdict with it (<= 1) without re-deriving each element's allowance."""
+    if got is None or comp.max_abs_err is None or np.shape(ref) != np.shape(got):
+        return float("inf") if not comp.passed else 0.0
+    tol = comp.tolerance
+    if comp.scale_relative:
+        allowance = tol.atol + tol.rtol * (comp.scale or 0.0)
+        return comp.max_abs_err / allowance if allowance > 0 else (0.0 if comp.max_abs_err == 0 else float("inf"))
+    a, b = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
+    finite = np.isfinite(a) & np.isfinite(b)
+    if not finite.any():
+        return 0.0
+    diff, allowance = np.abs(a - b)[finite], tol.atol + tol.rtol * np.abs(a)[finite]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(allowance > 0, diff / allowance, np.where(diff > 0, np.inf, 0.0))
+    return float(ratio.max())
 
 
 def _contract(path: str) -> Contract | None:

@@ -162,8 +162,10 @@ def accuracy_gate(budget: Budget, labels: np.ndarray | None, fp32_accuracy: floa
     majority, share = values[counts.argmax()], float(counts.max()) / n
     uniform = 1.0 / classes if classes else 0.0
     if share >= uniform:
-        chance, basis = share, f"always answering class {majority}, the most frequent label ({int(counts.max())} " \
-                               f"of {n})"
+        tied = len(values) > 1 and counts.min() == counts.max()
+        chance, basis = share, (f"always answering any one label ({int(counts.max())} of {n} samples each)" if tied
+                                else f"always answering {majority}, the most frequent label ({int(counts.max())} "
+                                     f"of {n} samples)")
     else:
         chance, basis = uniform, f"guessing among the model's {classes} classes"
     threshold = chance + min(chance, (1.0 - chance) / 4)
