@@ -139,7 +139,9 @@ def test_bench_recommends_only_configurations_within_their_stated_tolerance(mobi
     rec = data["recommendation"]
     assert rec is not None, data["warnings"]
     record = rec["verification"]
-    assert record["passed"] and record["reference"] == "PyTorch" and record["feeds"] == 6  # 2 random + 4 photos
+    assert record["passed"] and record["reference"] == "PyTorch"
+    # 2 random feeds + 4 photos; an INT8 file calibrated on photos is judged on the photos alone
+    assert record["feeds"] == (4 if rec["variant"] == "int8" else 6)
     assert record["tolerance_used"] <= 1.0 and record["tolerance"]
     for config in data["configs"]:
         v = config["verification"]
