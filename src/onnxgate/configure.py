@@ -30,6 +30,7 @@ class ExportFlags:
     allow_static: tuple[str, ...] = ()
     reinit_degenerate: bool = False
     config_file: str | Path | None = None
+    targets: tuple[str, ...] = ()  # --target: runtime releases the export must fit (the toml's `target` otherwise)
 
 
 @dataclass(frozen=True)
@@ -72,21 +73,31 @@ def export_config(flags: ExportFlags) -> tuple[RunConfig, ExportConfig]:
         labels=read_labels(flags.labels) if flags.labels else cfg.labels,
         allow_static=tuple(flags.allow_static) or cfg.allow_static,
         reinit_degenerate=flags.reinit_degenerate or cfg.reinit_degenerate,
+        targets=tuple(flags.targets) or run.targets,
     )
     in_file = f"In {flags.config_file}, key" if flags.config_file else None
-    if cfg.opset is not None:
-        from .export.ladder import check_opset
+    limits = None
+    if cfg.targets:  # a malformed target, or one older than the table, fails here, before a model is loaded
+        from .verify.targets import export_limits
 
-        check_opset(cfg.opset, cfg.strategy, where=f"--opset {cfg.opset}" if flags.opset is not None or not in_file
-                    else f"{in_file} 'export.opset' = {cfg.opset}")
+        limits = export_limits(cfg.targets)
+    if cfg.opset is not None:
+        from .export.ladder import check_opset, check_target_opset
+
+        where = (f"--opset {cfg.opset}" if flags.opset is not None or not in_file
+                 else f"{in_file} 'export.opset' = {cfg.opset}")
+        check_opset(cfg.opset, cfg.strategy, where=where)
+        if limits is not None:
+            check_target_opset(cfg.opset, limits, where=where)
     check_device_available(cfg.device, where=f"--device '{cfg.device}'" if flags.device or not in_file
                            else f"{in_file} 'device' = '{cfg.device}'")
     return run, cfg
 
 
 def run_config(ref: str | None, flags: RunFlags) -> RunConfig:
-    """The whole job of ``onnxgate run REF`` or ``onnxgate run onnxgate.toml``: flags over the file over defaults."""
-    job, cfg = export_config(flags.export)
+    """The whole job of ``onnxgate run REF`` or ``onnxgate run onnxgate.toml``: flags over the file over defaults.
+    ``--target`` steers the export (opset, IR, operators) as well as verification."""
+    job, cfg = export_config(replace(flags.export, targets=tuple(flags.targets) or flags.export.targets))
     ref = ref or job.ref
     if not ref:
         raise BadInputError(f"'{flags.export.config_file}' names no model (its `ref` key is missing).",
@@ -94,7 +105,7 @@ def run_config(ref: str | None, flags: RunFlags) -> RunConfig:
     return RunConfig(
         ref=ref, export=cfg, weights=flags.weights or job.weights, arch=flags.arch or job.arch,
         trust_pickle=flags.trust_pickle or job.trust_pickle, output=flags.output or job.output,
-        targets=tuple(flags.targets) or job.targets, data=tuple(flags.data) or job.data,
+        targets=cfg.targets, data=tuple(flags.data) or job.data,
         bench=flags.bench or job.bench, optimize=_first(flags.optimize, job.optimize),
         bundle=_first(flags.bundle, job.bundle), quantize=_quantize_config(flags, job.quantize))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -86,8 +86,10 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
     _prepare_out_dir(out, force)
     loaded = ref if isinstance(ref, LoadedModel) else load_model(ref, weights=weights, arch=arch,
                                                                  trust_pickle=trust_pickle)
-    job = Job(loaded, config or ExportConfig(), out, progress or (lambda _m: None), data=data, evaluate=evaluate,
-              targets=targets, bench=bench, optimize=optimize, quantize=quantize, bundle=bundle)
+    config = config or ExportConfig()
+    targets = tuple(targets) or config.targets  # the targets steer the export as well as verification
+    job = Job(loaded, replace(config, targets=targets), out, progress or (lambda _m: None), data=data,
+              evaluate=evaluate, targets=targets, bench=bench, optimize=optimize, quantize=quantize, bundle=bundle)
     report = PipelineReport(loaded.ref, str(out))
     for stage in STAGES:
         if job.failure is not None:

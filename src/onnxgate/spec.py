@@ -220,6 +220,9 @@ class ExportConfig:
     # Re-initialize all-zero weights (a zero-init head) with seeded noise before export, so parity on random-weight
     # models proves something. Recorded in the model's metadata; verify applies the same to its reference.
     reinit_degenerate: bool = False
+    # Runtime releases the model must run on ("onnxruntime==1.17"): the ladder exports at the opset and IR version
+    # they support and rejects an attempt whose operators one of them lacks (export/ladder.py).
+    targets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.strategy is not None and self.strategy not in STRATEGIES:

@@ -31,6 +31,8 @@ def export(
     reinit_degenerate: bool = typer.Option(False, "--reinit-degenerate", help="Re-initialize all-zero weights "
                                            "with small seeded noise before export (random-weight models only)."),
     allow_static: list[str] = typer.Option([], "--allow-static", help="Accept this dynamic dim being frozen at its traced size. Repeatable."),
+    target: list[str] = typer.Option([], "--target", help=TARGET_HELP + " Steers the export: the opset and IR "
+                                     "version it reads, and no attempt whose operators it lacks wins."),
     config_file: Path = typer.Option(None, "--config", help="Read settings from an onnxgate.toml."),
     force: bool = typer.Option(False, "--force", help="Overwrite the output if it exists."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -40,7 +42,7 @@ def export(
     from ..errors import BadInputError
 
     run, cfg = export_config(ExportFlags(tuple(inputs), tuple(dims), strategy, opset, device, tuple(meta), labels,
-                                         tuple(allow_static), reinit_degenerate, config_file))
+                                         tuple(allow_static), reinit_degenerate, config_file, tuple(target)))
     ref = ref or run.ref
     if not ref:
         raise BadInputError("No model given.", hint="Pass a model reference, e.g. onnxgate export torchvision:resnet18 -o r18.onnx.")
@@ -70,6 +72,8 @@ def export(
     console.print(f"[green]exported[/] {output} with the {won.strategy} exporter at opset "
                   f"{won.opset_emitted or won.opset}; matches PyTorch (max abs err {won.max_abs_err:.2e})"
                   + (f" and keeps dims {', '.join(dynamic)} dynamic" if dynamic else ""))
+    if cfg.targets:
+        console.print(f"fits {', '.join(cfg.targets)}: opset, IR version and operators checked before it won")
     for name, why in won.frozen_dims.items():
         console.print(f"[yellow]static by request[/] (--allow-static {name}): dim {name} is frozen at "
                       f"{result.dims[name]['example']}: {why}")

@@ -38,6 +38,8 @@ def export(
 
     if isinstance(model, str):
         loaded = load_model(model, weights=weights, arch=arch, trust_pickle=trust_pickle)
+        if weights is not None:  # recorded as onnxgate.weights: the path as given, not only the file's name
+            loaded.meta["weights"] = str(weights)
     else:
         loaded = LoadedModel(module=model, ref=type(model).__name__,
                              example_inputs=name_example_inputs(model, example_inputs, where="export(example_inputs=...)"))

@@ -56,6 +56,9 @@ class Attempt:
     warnings: list[str] = field(default_factory=list)
     path: str | None = None  # staging file, while the ladder runs
     parity: Any = None  # the quick ParityReport of this attempt (in to_dict as a summary)
+    shapes: dict | None = None  # the winner's declared-shape audit (export/graph_shapes.py)
+    lacking_ops: list[str] = field(default_factory=list)  # operators a --target lacks (error_class "target")
+    fallback: bool = False  # added to the plan after a target lacked operators of newer opsets
 
 
 @dataclass
@@ -137,20 +140,49 @@ def check_opset(opset: int, strategy: str | None = None, *, where: str | None = 
                         hint=f"Pin an opset in {low}..{high}, or leave --opset out and let the ladder choose.")
 
 
+def target_limits(config: ExportConfig):
+    """The opset/IR limits of ``config.targets`` (``verify.targets.export_limits``); none without targets."""
+    from ..verify.targets import ExportLimits, export_limits
+
+    return export_limits(config.targets) if config.targets else ExportLimits()
+
+
+def check_target_opset(opset: int, limits, *, where: str) -> None:
+    """A pinned opset newer than a target reads, or older than it runs, is a BadInputError before any export."""
+    from ..errors import BadInputError
+
+    if limits.max_opset is not None and opset > limits.max_opset:
+        raise BadInputError(f"{where} is newer than {limits.opset_by} reads (opset {limits.max_opset} at most).",
+                            hint=f"Pin --opset {limits.max_opset} or lower, or leave --opset out: --target picks it.")
+    if limits.min_opset is not None and opset < limits.min_opset:
+        raise BadInputError(f"{where} is older than the targets support (opset {limits.min_opset} at least).",
+                            hint=f"Pin --opset {limits.min_opset} or newer, or leave --opset out.")
+
+
 def default_plan(config: ExportConfig) -> list[tuple[str, int]]:
     """Strategies in order (dynamo, then TorchScript), each at the newest opset both the installed onnxruntime
-    and that exporter support, then at 17 (old runtimes). ``--strategy``/``--opset`` pin one; a pinned opset
-    outside what the exporters support is a BadInputError, and only the strategies that support it are tried."""
+    and that exporter support, then at 17 (old runtimes). ``--target`` caps both at the newest opset every target
+    reads. ``--strategy``/``--opset`` pin one; a pinned opset outside what the exporters (or the targets) support
+    is a BadInputError, and only the strategies that support it are tried."""
+    from ..errors import BadInputError
     from ..verify.targets import installed_ort_max_opset
 
+    limits = target_limits(config)
     if config.opset is not None:
+        check_target_opset(config.opset, limits, where=f"--opset {config.opset}")
         return [(s, config.opset) for s in check_opset(config.opset, config.strategy)]
     strategies = [config.strategy] if config.strategy else list(STRATEGIES)
-    limits = exporter_max_opsets()
+    tops = exporter_max_opsets()
+    cap = limits.max_opset if limits.max_opset is not None else 10**6
     plan = []
     for strategy in strategies:
-        opsets = [min(installed_ort_max_opset(), limits[strategy]), 17]
-        plan += [(strategy, o) for o in dict.fromkeys(opsets)]
+        opsets = [min(installed_ort_max_opset(), tops[strategy], cap), min(17, cap)]
+        plan += [(strategy, o) for o in dict.fromkeys(opsets)
+                 if o >= max(exporter_min_opset(), limits.min_opset or 0)]
+    if not plan:
+        raise BadInputError(f"No opset satisfies {', '.join(config.targets)} and the exporters here (opsets "
+                            f"{exporter_min_opset()}..{max(tops.values())}).",
+                            hint="Target a newer runtime release.")
     return plan
 
 
@@ -192,7 +224,7 @@ class PeakRSS:
 
 
 def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple[str, ...],
-           traced_branches: list[str], *, pinned_opset: bool = False) -> None:
+           traced_branches: list[str], *, pinned_opset: bool = False, targets: tuple[str, ...] = ()) -> None:
     """Fill in the attempt's outcome: structure, onnxruntime load, then quick parity — the example inputs, a
     random feed at the traced sizes and one other size of every dynamic dim.
 
@@ -218,6 +250,8 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
         return
     if not structure.ort_loads:
         attempt.outcome, attempt.error_class, attempt.error = RUNTIME_ERROR, "onnxruntime.load", structure.ort_error
+        return
+    if targets and not _fits_targets(attempt, path, targets):
         return
     reference = TorchRunner(prepared.module, input_names=[s.name for s in prepared.specs],
                             output_names=prepared.output_names)
@@ -259,6 +293,83 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
         attempt.error = report.summary()
 
 
+def _fits_targets(attempt: Attempt, path: Path, targets: tuple[str, ...]) -> bool:
+    """Check the attempt's file against every ``--target`` (opset, IR, operators) before it can win."""
+    from ..verify.targets import check_targets
+
+    failed = [t for t in check_targets(path, list(targets)) if not t.supported]
+    if failed:
+        attempt.outcome, attempt.error_class = CHECK_FAILED, "target"
+        attempt.error = "; ".join(f"{t.target}: {'; '.join(t.reasons)}" for t in failed)
+        attempt.lacking_ops = sorted({op for t in failed for op in t.lacking_ops})
+    return not failed
+
+
+MAX_TARGET_FALLBACKS = 3
+
+
+def _target_fallback(attempt: Attempt, attempts: list[Attempt], config: ExportConfig) -> Attempt | None:
+    """After an attempt failed a target on operators that a newer opset introduced (LayerNormalization at 17 on
+    TensorRT 8.5), the TorchScript exporter at the opset before the oldest of them decomposes them into older
+    operators: that rung, unless the plan pins a strategy or opset, already has it, or has fallen back enough."""
+    from ..verify.targets import first_opset
+
+    if config.opset is not None or config.strategy == "dynamo" or not attempt.lacking_ops:
+        return None
+    since = [first_opset(op) for op in attempt.lacking_ops]
+    if any(s is None for s in since):  # an operator of another domain: no opset makes it go away
+        return None
+    opset = min(since) - 1
+    tried = {(a.strategy, a.opset) for a in attempts}
+    if (opset < exporter_min_opset() or ("torchscript", opset) in tried
+            or sum(a.fallback for a in attempts) >= MAX_TARGET_FALLBACKS):
+        return None
+    return Attempt("torchscript", opset, fallback=True)
+
+
+def _fit(attempt: Attempt, path: Path, config: ExportConfig, limits) -> None:
+    """Bring the attempt's file to the opset and IR version asked for (export/fit.py); a file that cannot be made
+    to fit a pinned opset or the targets fails the attempt (``check_failed``), and the ladder moves on."""
+    from .fit import fit_file
+
+    by = [f"--opset {config.opset}"] if config.opset is not None else []
+    by += [f"--target {t}" for t in dict.fromkeys(t for t in (limits.opset_by, limits.ir_by) if t)]
+    fitted = fit_file(path, strategy=attempt.strategy, opset=attempt.opset, pinned=config.opset is not None,
+                      target_opset=limits.max_opset, target_ir=limits.max_ir, limit_by=" and ".join(by) or "the plan")
+    attempt.warnings += fitted.notes
+    if fitted.error:
+        attempt.outcome, attempt.error_class, attempt.error = CHECK_FAILED, fitted.error_class, fitted.error
+
+
+def _honest_shapes(prepared: Prepared, attempt: Attempt, config: ExportConfig, traced_branches: list[str]) -> None:
+    """Audit the winning file's declared shapes against what onnxruntime produces (export/graph_shapes.py); a
+    rewrite of wrong dims replaces the file only when it passes the same judgement again."""
+    from .graph_shapes import audit_file
+
+    try:
+        audit, fixed = audit_file(attempt.path, prepared.specs, prepared.dims,
+                                  skip=tuple(config.allow_static) + tuple(attempt.frozen_dims))
+    except Exception as exc:  # an audit that cannot run leaves the proven file as it is, and says so
+        attempt.warnings.append(f"graph shapes not checked: {type(exc).__name__}: {first_line(exc, 200)}")
+        return
+    attempt.shapes = audit.to_dict()
+    if audit.note:
+        attempt.warnings.append(audit.note)
+    if fixed is None:
+        return
+    again = Attempt(attempt.strategy, attempt.opset)
+    _judge(prepared, again, fixed, config.allow_static, traced_branches, pinned_opset=config.opset is not None,
+           targets=config.targets)
+    lines = audit.summary()
+    attempt.shapes["rewritten"] = again.outcome == OK
+    if again.outcome == OK:
+        attempt.path, attempt.parity = str(fixed), again.parity
+        attempt.warnings += [f"graph shape corrected and re-verified: {line}" for line in lines]
+    else:
+        attempt.warnings += [f"graph shape declared wrong (kept: the rewrite failed re-verification, "
+                             f"{again.outcome}: {again.error}): {line}" for line in lines]
+
+
 def _branch_probes(example: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """Feeds meant to send data-dependent branches the other way: float inputs negated, scaled up and down."""
     probes = []
@@ -284,6 +395,13 @@ def _metadata(loaded, prepared: Prepared, config: ExportConfig, attempt: Attempt
     }
     for key, value in loaded.meta.items():
         meta[f"onnxgate.model.{key}"] = str(value)
+    if prepared.weights_sha256:  # verify/identity.py: a rebuilt reference with other weights is told apart
+        meta["onnxgate.weights_sha256"] = prepared.weights_sha256
+    for key in ("arch", "weights"):  # where a state-dict source's architecture and weights came from
+        if loaded.meta.get(key):
+            meta[f"onnxgate.{key}"] = str(loaded.meta[key])
+    if config.targets:
+        meta["onnxgate.targets"] = json.dumps(list(config.targets))
     if config.reinit_degenerate:
         meta["onnxgate.reinit_degenerate"] = "true"  # verify re-applies the same seeded re-initialization
     if config.labels:
@@ -298,7 +416,8 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
     note = progress or (lambda _msg: None)
     if output is not None:
         check_target(Path(output), force=force, kind="model file")  # fail before minutes of exporting, not after
-    plan = default_plan(config)  # an unsupported --opset fails here, before the model is even run
+    plan = default_plan(config)  # an unsupported --opset or --target fails here, before the model is even run
+    limits = target_limits(config)
     note("preparing the model")
     prepared = prepare(loaded, config)
     attempts = [Attempt(s, o) for s, o in plan]
@@ -325,23 +444,30 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
                 continue
             note(f"attempt {i + 1}/{len(attempts)}: checking and running in onnxruntime")
             try:
-                _judge(prepared, attempt, path, config.allow_static, out.traced_branches,
-                       pinned_opset=config.opset is not None)
+                _fit(attempt, path, config, limits)
+                if attempt.outcome != CHECK_FAILED:
+                    _judge(prepared, attempt, path, config.allow_static, out.traced_branches,
+                           pinned_opset=config.opset is not None, targets=config.targets)
             except Exception as exc:
                 attempt.outcome, attempt.error_class, attempt.error = RUNTIME_ERROR, type(exc).__name__, first_line(exc)
             attempt.path = str(path)
+            if attempt.error_class == "target" and (extra := _target_fallback(attempt, attempts, config)):
+                attempts.insert(i + 1, extra)
             if attempt.outcome == OK:
+                note(f"attempt {i + 1}/{len(attempts)}: checking the graph's declared shapes")
+                _honest_shapes(prepared, attempt, config, out.traced_branches)
                 winner = i
                 break
         result = ExportResult(
             ref=loaded.ref, output=str(output) if output else None, attempts=attempts, winner=winner,
             inputs=[str(s) for s in prepared.specs], outputs=prepared.output_names,
-            dims={n: asdict(d) for n, d in prepared.dims.items()}, warnings=prepared.warnings,
+            dims={n: asdict(d) for n, d in prepared.dims.items()},
+            warnings=[*prepared.warnings, *_shape_warnings(attempts[winner] if winner is not None else None)],
         )
         if winner is None:
             if output is not None:
                 result.rejected = _keep_rejected(loaded, prepared, config, attempts, Path(output))
-            _raise_failure(result, prepared)
+            _raise_failure(result, prepared, targets=config.targets)
         won = attempts[winner]
         if output is not None:
             _save_with_metadata(won, loaded, prepared, config, Path(output), force=force)
@@ -351,6 +477,15 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _shape_warnings(attempt: Attempt | None, limit: int = 6) -> list[str]:
+    """The winner's declared-shape corrections, for the result's warnings (all of them stay in attempt.shapes)."""
+    if attempt is None:
+        return []
+    lines = [w for w in attempt.warnings if w.startswith(("graph shape", "intermediate values not checked"))]
+    return lines[:limit] + ([f"... and {len(lines) - limit} more graph shape corrections (see the attempt's "
+                             "shapes)"] if len(lines) > limit else [])
 
 
 def _save_with_metadata(attempt: Attempt, loaded, prepared: Prepared, config: ExportConfig, output: Path, *,
@@ -376,7 +511,7 @@ def _keep_rejected(loaded, prepared: Prepared, config: ExportConfig, attempts: l
     return str(rejected)
 
 
-def _raise_failure(result: ExportResult, prepared: Prepared) -> None:
+def _raise_failure(result: ExportResult, prepared: Prepared, *, targets: tuple[str, ...] = ()) -> None:
     from .diagnose import Diagnosis, format_message, summarize
 
     attempts = result.attempts
@@ -401,6 +536,18 @@ def _raise_failure(result: ExportResult, prepared: Prepared) -> None:
         raise ParityError(
             result=result, message=f"Every export that ran disagrees with PyTorch at the traced shape: {mismatched[0].error}.",
             hint="Run `onnxgate verify --localize` to find the first diverging layer.",
+        )
+    unfit = [a for a in attempts if a.error_class in ("target", "opset", "ir_version")]
+    if targets and unfit:
+        from ..errors import RuntimeIncompatibleError
+
+        why: dict[str, list[str]] = {}
+        for a in unfit:
+            why.setdefault(a.error, []).append(f"{a.strategy} at opset {a.opset}")
+        raise RuntimeIncompatibleError(
+            result=result, message=f"No export fits {', '.join(targets)}: "
+            + "; ".join(f"{', '.join(where)}: {error}" for error, where in why.items()) + ".",
+            hint="Target a newer release of the runtime, or replace the operators it lacks in the model's code.",
         )
     diags = [Diagnosis(**a.diagnosis) for a in attempts if a.diagnosis]
     if diags:

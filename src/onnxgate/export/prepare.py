@@ -31,6 +31,9 @@ class Prepared:
     call_as_kwargs: bool
     warnings: list[str] = field(default_factory=list)
     deterministic: bool = True
+    # SHA-256 of the state dict before the first forward pass (verify/identity.py): recorded in the metadata, so
+    # verify can tell a rebuilt reference with other (re-initialized) weights from a wrong export.
+    weights_sha256: str | None = None
 
     def torch_args(self, inputs: dict[str, np.ndarray] | None = None):
         """(args, kwargs) to call the module with numpy ``inputs`` (default: the example)."""
@@ -145,6 +148,9 @@ def prepare(loaded, config: ExportConfig) -> Prepared:
     example = example_inputs(specs, dims, loaded.example_inputs)
     call_as_kwargs = calls_by_keyword(module, [s.name for s in specs])
     prepared = Prepared(module, specs, dims, example, [], {}, call_as_kwargs, warnings)
+    from ..verify.identity import weights_fingerprint
+
+    prepared.weights_sha256 = weights_fingerprint(module)  # before forward(): a model may update its own buffers
 
     def forward():
         args, kwargs = prepared.torch_args()

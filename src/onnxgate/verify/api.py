@@ -161,10 +161,11 @@ def _reference_model(ref, structure: StructureReport, config: ExportConfig, sett
 
     require("torch", "torch", "Verifying against a PyTorch model")
     from ..runtimes.torch_runner import reinit_degenerate_parameters
-    from ..sources import LoadedModel, load_model
+    from ..sources import LoadedModel
+    from .identity import check_weights, load_reference
 
-    if isinstance(ref, str):
-        loaded = load_model(ref, weights=settings.weights, arch=settings.arch, trust_pickle=settings.trust_pickle)
+    if isinstance(ref, str):  # rebuilt: with the recorded --arch where allowed, and held to the recorded weights
+        loaded = load_reference(ref, structure.metadata, settings)
     else:
         loaded = ref if isinstance(ref, LoadedModel) else LoadedModel(ref, type(ref).__name__)
     warnings = []
@@ -174,6 +175,8 @@ def _reference_model(ref, structure: StructureReport, config: ExportConfig, sett
         if changed:
             warnings.append(f"Re-initialized degenerate (all-zero) parameters with small noise for verification "
                             f"only: {', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}.")
+    if isinstance(ref, str):
+        check_weights(loaded, structure.metadata, model=structure.path, weights=settings.weights)
     return loaded, warnings
 
 

@@ -73,6 +73,7 @@ class TargetResult:
     unknown_version: str | None = None  # set when the requested version is not in the table
     max_opset: int | None = None
     max_ir: int | None = None
+    lacking_ops: list[str] = field(default_factory=list)  # ai.onnx operators (domain::op otherwise) it cannot run
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,6 +141,64 @@ def installed_ort_max_opset() -> int:
     return ort_support(onnxruntime.__version__)[0]
 
 
+@dataclass(frozen=True)
+class ExportLimits:
+    """What a set of targets lets an export write: the newest ai.onnx opset and IR version that every target
+    reads (None: no limit), the oldest opset they all run, and the target that sets each limit (for messages)."""
+
+    max_opset: int | None = None
+    max_ir: int | None = None
+    min_opset: int | None = None
+    opset_by: str | None = None
+    ir_by: str | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.max_opset is not None or self.max_ir is not None
+
+
+def export_limits(targets: list[str] | tuple[str, ...]) -> ExportLimits:
+    """The opset and IR limits the export ladder must respect for ``targets`` (``--target`` on export/run).
+
+    A runtime that rejects what it does not know (onnxruntime, TensorRT) limits both; OpenVINO's frontend has no
+    global limit (its operators are checked one by one). A target naming the installed onnxruntime's release is
+    limited by the table row of the installed version, like any other; a BadInputError for a malformed target or
+    one older than the table."""
+    limits = ExportLimits()
+    for text in targets:
+        runtime, version = parse_target(text)
+        row = _judging_row(text, runtime, version)
+        if _table()["runtimes"][runtime]["opset_policy"] != "reject":
+            continue
+        if row.max_opset is not None and (limits.max_opset is None or row.max_opset < limits.max_opset):
+            limits = _replace(limits, max_opset=row.max_opset, opset_by=text)
+        if row.max_ir is not None and (limits.max_ir is None or row.max_ir < limits.max_ir):
+            limits = _replace(limits, max_ir=row.max_ir, ir_by=text)
+        if row.min_opset is not None and (limits.min_opset is None or row.min_opset > limits.min_opset):
+            limits = _replace(limits, min_opset=row.min_opset)
+    return limits
+
+
+def _replace(limits: ExportLimits, **changes) -> ExportLimits:
+    from dataclasses import replace
+
+    return replace(limits, **changes)
+
+
+def _judging_row(text: str, runtime: str, version: str) -> Row:
+    """The table row that judges ``runtime==version``: its own, else the nearest older one; BadInputError when the
+    version is older than every row."""
+    row, _ = _row_for(runtime, _version_tuple(version))
+    if row is None:
+        spec = _table()["runtimes"][runtime]
+        oldest = _rows(runtime)[0].version
+        raise BadInputError(
+            f"Target '{text}' is older than every {spec['name']} release in onnxgate's compatibility table, which "
+            f"starts at {oldest}; there is nothing to judge it by.",
+            hint=f"Target {runtime}=={oldest} or newer.")
+    return row
+
+
 # ---------------------------------------------------------------------------------------------------------- parsing
 
 
@@ -202,6 +261,11 @@ def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def first_opset(op: str) -> int | None:
+    """The ai.onnx opset that first defined ``op`` (per the installed onnx), None for an unknown operator."""
+    return _first_versions().get(op)
+
+
 @lru_cache(maxsize=1)
 def _first_versions() -> dict[str, int]:
     """ai.onnx operator -> the opset that first defined it, per the installed onnx's schemas."""
@@ -235,13 +299,8 @@ def _check(text: str, runtime: str, version: str, model: _Model, path: Path) -> 
     if runtime == "onnxruntime" and _version_tuple(installed)[:len(wanted)] == wanted:
         return _check_by_loading(text, version, installed, path)
 
-    row, exact = _row_for(runtime, wanted)
-    if row is None:
-        oldest = _rows(runtime)[0].version
-        raise BadInputError(
-            f"Target '{text}' is older than every {spec['name']} release in onnxgate's compatibility table, which "
-            f"starts at {oldest}; there is nothing to judge it by.",
-            hint=f"Target {runtime}=={oldest} or newer.")
+    row = _judging_row(text, runtime, version)
+    exact = wanted[:len(row.key)] == row.key
     who = f"{spec['name']} {version}"
     result = TargetResult(target=text, runtime=runtime, version=version, supported=True, row=row.version,
                           max_opset=row.max_opset, max_ir=row.max_ir)
@@ -299,6 +358,7 @@ def _check_ops(result: TargetResult, row: Row, spec: dict, who: str, model: _Mod
             if coverage is None:
                 result.reasons.append(f"operator {domain}::{op} is in domain '{domain}'{about}, which {who} does not "
                                       "implement")
+                result.lacking_ops.append(f"{domain}::{op}")
             elif coverage == "partial":
                 result.notes.append(f"operator {domain}::{op}: {who} converts only some operators of domain "
                                     f"'{domain}'{about}; this one is not checked")
@@ -310,10 +370,12 @@ def _check_ops(result: TargetResult, row: Row, spec: dict, who: str, model: _Mod
             continue
         if op in row.unsupported_ops:
             result.reasons.append(f"operator {op} is not supported by {who} (source: {ops_source})")
+            result.lacking_ops.append(op)
             flagged_from_list = True
         elif row.max_opset is not None and since > row.max_opset:
             result.reasons.append(f"operator {op} first appears in opset {since}; {who} implements opsets up to "
                                   f"{row.max_opset} (source: {_cite(row.version_source)})")
+            result.lacking_ops.append(op)
         elif row.ops_known_through_opset is not None and since > row.ops_known_through_opset:
             result.notes.append(f"operator {op} (opset {since}) is newer than the operators probed for {who}; "
                                 "not checked")

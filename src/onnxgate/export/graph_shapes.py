@@ -1,0 +1,245 @@
+"""Honest graph shapes: the dims a graph *declares* for its inputs, outputs and intermediate values (``value_info``),
+held against the shapes onnxruntime actually produces.
+
+An exporter can get the declarations wrong while the computation is right: the dynamo exporter declares an LSTM
+encoder's output as ``B x 7 x 16`` (the traced length) although the graph computes ``B x T x 16`` at every T.
+onnxruntime then warns ("Expected shape from model of {-1,7,16} does not match actual shape of {3,13,16}"), and
+TensorRT, OpenVINO and downstream tools, which trust declared shapes, allocate or specialize for the wrong size.
+
+The audit runs the graph at the traced sizes and, one dynamic dim at a time, at another size of that dim (the off-
+trace size verification probes first), with every intermediate value exposed as an output. A declared static size
+that changes between runs, or a declared dim name whose size does not follow that dim, is wrong. When the observed
+size follows exactly one dynamic dim, the declaration is rewritten to that dim's name; otherwise (``2*T``, ``T-1``)
+it is cleared to unknown, which is true. Every rewrite is reported; the ladder re-verifies the rewritten file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import serde
+from ..errors import first_line
+from ..spec import Dim, InputSpec
+
+# Intermediate values are observed only while they fit this budget per run (estimated from their declared shapes
+# at the probed sizes): a model whose activations are larger is audited on its inputs and outputs only.
+VALUE_INFO_BUDGET_BYTES = 1 << 30
+_ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16, 16: 2}
+
+
+@dataclass
+class DimFix:
+    """One wrong declaration: ``tensor`` (a graph input/output or intermediate value) declared ``declared`` at
+    ``axis``, but onnxruntime produced ``observed`` (one size per run, in the order of ``ShapeAudit.runs``).
+    ``rewritten_to``: the dim name it now carries, or None when cleared to unknown. ``axis`` -1: wrong rank."""
+
+    tensor: str
+    kind: str  # "input" | "output" | "value_info"
+    axis: int
+    declared: int | str | None
+    observed: list[int | None]
+    rewritten_to: str | None
+
+    def describe(self, runs: list[dict[str, int]]) -> str:
+        where = f"{'the graph ' + self.kind if self.kind != 'value_info' else 'the intermediate value'} '{self.tensor}'"
+        if self.axis < 0:
+            return f"{where} declares a shape of the wrong rank; cleared"
+        contradicting = [(o, r) for o, r in zip(self.observed, runs)
+                         if o != (r.get(self.declared) if isinstance(self.declared, str) else self.declared)]
+        seen = ", ".join(f"{o} at {_label(r, runs[0])}" for o, r in contradicting)
+        declared = f"the static {self.declared}" if isinstance(self.declared, int) else f"'{self.declared}'"
+        now = f"rewritten to the symbolic {self.rewritten_to}" if self.rewritten_to else "cleared to unknown"
+        return f"{where} declares axis {self.axis} as {declared}, but onnxruntime produced {seen}: {now}"
+
+
+@dataclass
+class ShapeAudit:
+    runs: list[dict[str, int]] = field(default_factory=list)  # the sizes of each run that completed
+    fixes: list[DimFix] = field(default_factory=list)
+    tensors_checked: int = 0
+    note: str | None = None  # what could not be checked, and why
+
+    def to_dict(self) -> dict:
+        return {"runs": self.runs, "fixes": [asdict(f) for f in self.fixes], "tensors_checked": self.tensors_checked,
+                "note": self.note}
+
+    def summary(self) -> list[str]:
+        return [f.describe(self.runs) for f in self.fixes]
+
+
+def _label(sizes: dict[str, int], traced: dict[str, int]) -> str:
+    moved = [f"{k}={v}" for k, v in sizes.items() if traced.get(k) != v]
+    return ", ".join(moved) or "the traced sizes"
+
+
+def declared_shape(value) -> list[int | str | None] | None:
+    """A ValueInfoProto's declared dims (int, dim name, or None for unknown); None when it declares no shape."""
+    t = value.type
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) if d.HasField("dim_param") else None
+            for d in t.tensor_type.shape.dim]
+
+
+def probe_runs(dims: dict[str, Dim], skip: tuple[str, ...] = ()) -> list[dict[str, int]]:
+    """The traced sizes, then per dynamic dim (not in ``skip``) the traced sizes with that dim moved to its off-
+    trace size (what verification probes first), or to twice its traced size when that is the only size left."""
+    from ..verify.shapes import off_trace_sizes
+
+    traced = {n: d.example or 2 for n, d in dims.items()}
+    runs = [traced]
+    for name, dim in dims.items():
+        if name in skip:
+            continue
+        candidates = [*off_trace_sizes(dim), 2 * traced[name]]
+        size = next((s for s in candidates if s != traced[name] and dim.contains(s)), None)
+        if size is not None:
+            runs.append({**traced, name: size})
+    return runs
+
+
+def _probe_model(model, names: list[str]):
+    """A copy of ``model`` whose outputs are its own plus ``names`` (intermediates), with no declared shapes left
+    (onnxruntime would otherwise warn about, or plan with, the very declarations under audit)."""
+    import onnx
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.value_info[:]
+    for out in probe.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    for name in names:
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
+    return probe
+
+
+def _intermediates(model, runs: list[dict[str, int]]) -> tuple[list[str], str | None]:
+    """The value_info tensors to observe (produced by a node of the main graph, with a declared tensor shape), or
+    none with a note when their estimated size at the largest probed sizes exceeds the budget."""
+    produced = {o for n in model.graph.node for o in n.output}
+    outputs = {o.name for o in model.graph.output}
+    names, total = [], 0
+    largest = {k: max(r[k] for r in runs) for k in runs[0]} if runs else {}
+    for v in model.graph.value_info:
+        shape = declared_shape(v)
+        if shape is None or v.name not in produced or v.name in outputs:
+            continue
+        names.append(v.name)
+        count = 1
+        for d in shape:
+            count *= d if isinstance(d, int) else largest.get(d, 1) if isinstance(d, str) else 1
+        total += count * _ITEMSIZE.get(v.type.tensor_type.elem_type, 8)
+    if total > VALUE_INFO_BUDGET_BYTES:
+        return [], (f"intermediate values not checked: about {total / 2**30:.1f} GiB per run, over the "
+                    f"{VALUE_INFO_BUDGET_BYTES / 2**30:.0f} GiB budget")
+    return names, None
+
+
+def observe(model, specs: list[InputSpec], runs: list[dict[str, int]], names: list[str]):
+    """Run ``model`` (with ``names`` exposed) once per size assignment -> (completed runs, {tensor: [shape per
+    completed run]}) for its inputs, outputs and ``names``. A run onnxruntime refuses is left out."""
+    from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
+    from ..verify.inputs import random_inputs
+
+    probe = _probe_model(model, names)
+    if serde.fits_in_bytes(probe):
+        runner = OrtRunner(probe, opt_level=VERIFY_OPT_LEVEL, what="the shape probe")
+        return _observe_with(runner, specs, runs, random_inputs)
+    with serde.temporary_file(probe, "shapes") as path:
+        runner = OrtRunner(path, opt_level=VERIFY_OPT_LEVEL, what="the shape probe")
+        return _observe_with(runner, specs, runs, random_inputs)
+
+
+def _observe_with(runner, specs, runs, random_inputs):
+    done, shapes = [], {}
+    for sizes in runs:
+        feed = random_inputs(specs, sizes, seed=0)
+        try:
+            outputs = runner.run(feed)
+        except Exception:  # a size this graph cannot run at: no evidence about declarations
+            continue
+        done.append(sizes)
+        for name, array in [*feed.items(), *outputs.items()]:
+            shapes.setdefault(name, []).append(tuple(np.shape(array)))
+    return done, shapes
+
+
+def _judge_dim(declared, observed: list[int], runs: list[dict[str, int]]) -> tuple[bool, str | None]:
+    """(wrong?, the dim name the observations follow, if exactly one) for one declared dim."""
+    follows = [n for n in runs[0] if all(o == r[n] for o, r in zip(observed, runs))]
+    if len(runs) > 1:  # with one run every dim that happens to have that size "follows"
+        varied = [n for n in follows if len({r[n] for r in runs}) > 1]
+    else:
+        varied = []
+    name = varied[0] if len(varied) == 1 else None
+    if isinstance(declared, int):
+        return any(o != declared for o in observed), name
+    if isinstance(declared, str) and declared in runs[0]:
+        return any(o != r[declared] for o, r in zip(observed, runs)), name
+    return False, None  # unknown, or a name that is not one of ours (s0, 2*T): nothing to hold it against
+
+
+def audit_model(model, specs: list[InputSpec], dims: dict[str, Dim], *, skip: tuple[str, ...] = ()) -> ShapeAudit:
+    """Compare ``model``'s declared dims with the shapes onnxruntime produces (see the module docstring). ``skip``:
+    dims not varied (accepted as static). Does not change ``model``; ``apply_fixes`` does."""
+    runs = probe_runs(dims, skip)
+    names, note = _intermediates(model, runs)
+    audit = ShapeAudit(note=note)
+    try:
+        audit.runs, shapes = observe(model, specs, runs, names)
+    except Exception as exc:  # the probe would not load: say so, change nothing
+        audit.note = f"shapes not checked: the probe model did not load ({first_line(exc, 200)})"
+        return audit
+    if not audit.runs:
+        audit.note = "shapes not checked: the graph ran at none of the probed sizes"
+        return audit
+    graph = model.graph
+    kinds = [("input", v) for v in graph.input] + [("output", v) for v in graph.output] + [
+        ("value_info", v) for v in graph.value_info if v.name in set(names)]
+    for kind, value in kinds:
+        declared, seen = declared_shape(value), shapes.get(value.name)
+        if declared is None or not seen or len(seen) != len(audit.runs):
+            continue
+        audit.tensors_checked += 1
+        if any(len(s) != len(declared) for s in seen):
+            audit.fixes.append(DimFix(value.name, kind, -1, None, [], None))
+            continue
+        for axis, d in enumerate(declared):
+            observed = [s[axis] for s in seen]
+            wrong, name = _judge_dim(d, observed, audit.runs)
+            if wrong:
+                audit.fixes.append(DimFix(value.name, kind, axis, d, observed, name))
+    return audit
+
+
+def apply_fixes(model, fixes: list[DimFix]) -> None:
+    """Rewrite ``model``'s declarations as ``fixes`` say: a dim name, unknown, or (wrong rank) no shape at all."""
+    values = {v.name: v for v in [*model.graph.input, *model.graph.output, *model.graph.value_info]}
+    for fix in fixes:
+        tensor_type = values[fix.tensor].type.tensor_type
+        if fix.axis < 0:
+            tensor_type.ClearField("shape")
+            continue
+        dim = tensor_type.shape.dim[fix.axis]
+        dim.Clear()
+        if fix.rewritten_to:
+            dim.dim_param = fix.rewritten_to
+
+
+def audit_file(path: str | Path, specs: list[InputSpec], dims: dict[str, Dim], *,
+               skip: tuple[str, ...] = ()) -> tuple[ShapeAudit, Path | None]:
+    """Audit the ONNX file at ``path``; when declarations are wrong, write the rewritten model to a folder beside
+    it (``shapes/``, same file name) and return that path too (the caller re-verifies it), else None."""
+    model = serde.load(path)
+    audit = audit_model(model, specs, dims, skip=skip)
+    if not audit.fixes:
+        return audit, None
+    apply_fixes(model, audit.fixes)
+    fixed = Path(path).parent / "shapes" / Path(path).name
+    fixed.parent.mkdir(exist_ok=True)
+    serde.save(model, fixed, force=True)
+    return audit, fixed
