@@ -93,3 +93,22 @@ def test_contract_round_trips_through_metadata():
     again = contract_of(contract.metadata())
     assert again == contract
     assert again.tolerances()["logits"].atol == pytest.approx(1.0)
+
+
+def test_verify_judges_an_fp16_file_by_its_contract(tmp_path):
+    """`verify model.fp16.onnx` against PyTorch uses the tolerance the conversion was verified with (and says so);
+    forcing FP32 tolerances fails the same file."""
+    torch = pytest.importorskip("torch")
+    import onnxgate
+    from onnxgate.spec import ExportConfig, parse_dim, parse_input
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).eval()
+    config = ExportConfig(inputs=(parse_input("x:Bx16:float32"),), dims=(parse_dim("B=1..8@2"),))
+    onnxgate.export(model, tmp_path / "m.onnx", config=config)
+    assert to_fp16(tmp_path / "m.onnx", tmp_path / "m.fp16.onnx").passed
+    judged = onnxgate.verify(tmp_path / "m.fp16.onnx", model, localize=False)
+    assert judged.passed, [p.summary() for p in judged.parities]
+    assert any("not float32 tolerances" in w for w in judged.warnings)
+    strict = onnxgate.verify(tmp_path / "m.fp16.onnx", model, localize=False, rtol=1e-5, atol=1e-7)
+    assert not strict.passed

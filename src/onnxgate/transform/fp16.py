@@ -55,6 +55,7 @@ class ToFp16:
         if not has_float:
             return PassResult(model, False, self.name, {**details, "note": "no float32 tensors to convert"})
         out = convert_float_to_float16(model, keep_io_types=self.keep_io_types, op_block_list=blocked)
+        _topological_sort(out)
         if not self.keep_io_types:
             _retype_input_specs(out)
         return PassResult(out, True, self.name, details, tolerance=FP16_TOLERANCE, relative_to_scale=True)
@@ -72,6 +73,14 @@ def record_contract(report: TransformReport, name: str = "fp16") -> None:
                              on=report.feeds or "the verification feeds")
     props = {p.key: p.value for p in report.model.metadata_props}
     onnx.helper.set_model_props(report.model, {**props, **contract.metadata()})
+
+
+def _topological_sort(model: onnx.ModelProto) -> None:
+    """The converter appends the Casts it inserts for float32 graph inputs after the nodes that read them; onnxruntime
+    runs that, but onnx.checker (and so `inspect`/`verify`) rejects a graph that is not topologically sorted."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    OnnxModel(model).topological_sort()
 
 
 def _retype_input_specs(model: onnx.ModelProto) -> None:
