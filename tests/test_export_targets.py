@@ -100,3 +100,32 @@ def test_no_export_that_fits_the_target_is_runtime_incompatible(tmp_path):
         onnxgate.export(IsInfNet(), tmp_path / "inf.onnx",
                         config=ExportConfig(inputs=(parse_input("x:Bx4:float32"),), targets=("tensorrt==8.5",)))
     assert caught.value.exit_code == ExitCode.RUNTIME_INCOMPATIBLE
+
+
+TINY_CNN = '''
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.LayerNorm(8), nn.Linear(8, 4)).eval()
+'''
+
+
+@pytest.mark.slow
+def test_run_for_onnxruntime_1_17_3_passes_its_runtime_matrix(tmp_path, monkeypatch):
+    """The acceptance case: `onnxgate run MODEL --target onnxruntime==1.17.3` exits 0, and the bundle it writes runs
+    and matches on that very release (an isolated venv from the package registry, bundle/matrix.py)."""
+    from onnxgate.bundle import verify_matrix
+    from onnxgate.cli.main import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(TINY_CNN)
+    assert main(["run", "net.py:build", "--input", "x:Bx3xHxW:float32", "--dim", "B=1..8", "--dim", "H=16..48@32",
+                 "--dim", "W=16..48@32", "--target", "onnxruntime==1.17.3", "--bench", "none", "-o", "out"]) == 0
+    assert opset_and_ir(tmp_path / "out" / "model.onnx") == (20, 9)
+    (cell,) = verify_matrix(tmp_path / "out" / "bundle", ["onnxruntime==1.17.3"])
+    assert cell.status == "pass" and cell.runtime_version == "1.17.3" and cell.passed, cell.reason
