@@ -15,6 +15,7 @@ it is cleared to unknown, which is true. Every rewrite is reported; the ladder r
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -101,20 +102,31 @@ def probe_runs(dims: dict[str, Dim], skip: tuple[str, ...] = ()) -> list[dict[st
     return runs
 
 
+@contextmanager
 def _probe_model(model, names: list[str]):
-    """A copy of ``model`` whose outputs are its own plus ``names`` (intermediates), with no declared shapes left
-    (onnxruntime would otherwise warn about, or plan with, the very declarations under audit)."""
+    """``model`` made a probe for the block: its outputs are its own plus ``names`` (intermediates), and no shape
+    is declared (onnxruntime would otherwise warn about, or plan with, the very declarations under audit). Changed
+    in place, not copied (a copy doubles a large model's memory), and restored when the block ends."""
     import onnx
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.value_info[:]
-    for out in probe.graph.output:
-        out.type.tensor_type.ClearField("shape")
-    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
-    for name in names:
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
-    return probe
+    graph = model.graph
+    def copies(values):  # detached copies: what a repeated field's deletion leaves of its elements is undefined
+        return [onnx.ValueInfoProto.FromString(v.SerializeToString()) for v in values]
+
+    value_info, outputs = copies(graph.value_info), copies(graph.output)
+    types = {v.name: v.type.tensor_type.elem_type for v in value_info}
+    try:
+        del graph.value_info[:]
+        for out in graph.output:
+            out.type.tensor_type.ClearField("shape")
+        for name in names:
+            graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
+        yield model
+    finally:
+        del graph.output[:]
+        graph.output.extend(outputs)
+        del graph.value_info[:]
+        graph.value_info.extend(value_info)
 
 
 def _intermediates(model, runs: list[dict[str, int]]) -> tuple[list[str], str | None]:
@@ -145,13 +157,13 @@ def observe(model, specs: list[InputSpec], runs: list[dict[str, int]], names: li
     from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
     from ..verify.inputs import random_inputs
 
-    probe = _probe_model(model, names)
-    if serde.fits_in_bytes(probe):
-        runner = OrtRunner(probe, opt_level=VERIFY_OPT_LEVEL, what="the shape probe")
-        return _observe_with(runner, specs, runs, random_inputs)
-    with serde.temporary_file(probe, "shapes") as path:
-        runner = OrtRunner(path, opt_level=VERIFY_OPT_LEVEL, what="the shape probe")
-        return _observe_with(runner, specs, runs, random_inputs)
+    with _probe_model(model, names) as probe:
+        if serde.fits_in_bytes(probe):
+            runner = OrtRunner(probe, opt_level=VERIFY_OPT_LEVEL, what="the shape probe")
+            return _observe_with(runner, specs, runs, random_inputs)
+        with serde.temporary_file(probe, "shapes") as path:  # moves the tensors out of ``model``: see audit_file
+            runner = OrtRunner(path, opt_level=VERIFY_OPT_LEVEL, what="the shape probe")
+            return _observe_with(runner, specs, runs, random_inputs)
 
 
 def _observe_with(runner, specs, runs, random_inputs):
@@ -185,7 +197,8 @@ def _judge_dim(declared, observed: list[int], runs: list[dict[str, int]]) -> tup
 
 def audit_model(model, specs: list[InputSpec], dims: dict[str, Dim], *, skip: tuple[str, ...] = ()) -> ShapeAudit:
     """Compare ``model``'s declared dims with the shapes onnxruntime produces (see the module docstring). ``skip``:
-    dims not varied (accepted as static). Does not change ``model``; ``apply_fixes`` does."""
+    dims not varied (accepted as static). Leaves ``model``'s declarations as they were (``apply_fixes`` changes
+    them); a model over 2 GiB is probed through a temporary file, which moves its tensors out of it."""
     runs = probe_runs(dims, skip)
     names, note = _intermediates(model, runs)
     audit = ShapeAudit(note=note)
@@ -235,9 +248,12 @@ def audit_file(path: str | Path, specs: list[InputSpec], dims: dict[str, Dim], *
     """Audit the ONNX file at ``path``; when declarations are wrong, write the rewritten model to a folder beside
     it (``shapes/``, same file name) and return that path too (the caller re-verifies it), else None."""
     model = serde.load(path)
+    large = not serde.fits_in_bytes(model)
     audit = audit_model(model, specs, dims, skip=skip)
     if not audit.fixes:
         return audit, None
+    if large:  # probing it through a temporary file moved its tensors out: read it again
+        model = serde.load(path)
     apply_fixes(model, audit.fixes)
     fixed = Path(path).parent / "shapes" / Path(path).name
     fixed.parent.mkdir(exist_ok=True)
