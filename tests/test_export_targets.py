@@ -95,6 +95,31 @@ def test_an_operator_the_target_lacks_fails_the_attempt_and_torchscript_decompos
     assert "LayerNormalization" not in ops and all(t.supported for t in check_targets(out, ["tensorrt==8.5"]))
 
 
+class Attention(nn.Module):
+    """scaled_dot_product_attention: the dynamo exporter writes ONNX's Attention operator at opset 23."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = nn.Linear(16, 48)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).reshape(x.shape[0], x.shape[1], 3, 2, 8).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return y.transpose(1, 2).reshape(x.shape[0], x.shape[1], 16)
+
+
+def test_a_target_without_attention_gets_the_same_exporter_one_opset_below(tmp_path):
+    out = tmp_path / "attn.onnx"
+    config = ExportConfig(inputs=(parse_input("x:BxSx16:float32"),), dims=(parse_dim("S=2..32@8"),),
+                          targets=("openvino==2024.0",))
+    result = onnxgate.export(Attention().eval(), out, config=config)
+    first, won = result.attempts[0], result.attempts[result.winner]
+    assert (first.opset, first.error_class, first.lacking_ops) == (23, "target", ["Attention"])
+    assert (won.strategy, won.opset, won.fallback, result.winner) == ("dynamo", 22, True, 1)
+    assert "Attention" not in {n.op_type for n in onnx.load(str(out)).graph.node}
+
+
 def test_no_export_that_fits_the_target_is_runtime_incompatible(tmp_path):
     with pytest.raises(RuntimeIncompatibleError, match="No export fits tensorrt==8.5.*IsInf") as caught:
         onnxgate.export(IsInfNet(), tmp_path / "inf.onnx",

@@ -308,23 +308,25 @@ def _fits_targets(attempt: Attempt, path: Path, targets: tuple[str, ...]) -> boo
 MAX_TARGET_FALLBACKS = 3
 
 
-def _target_fallback(attempt: Attempt, attempts: list[Attempt], config: ExportConfig) -> Attempt | None:
+def _target_fallbacks(attempt: Attempt, attempts: list[Attempt], config: ExportConfig) -> list[Attempt]:
     """After an attempt failed a target on operators that a newer opset introduced (LayerNormalization at 17 on
-    TensorRT 8.5), the TorchScript exporter at the opset before the oldest of them decomposes them into older
-    operators: that rung, unless the plan pins a strategy or opset, already has it, or has fallen back enough."""
-    from ..verify.targets import first_opset
+    TensorRT 8.5, Attention at 23 on OpenVINO 2024.0), each exporter at the opset before the oldest of them writes
+    them as older operators: those rungs (the dynamo exporter only from its native opset 18 up), unless the plan
+    pins the opset, already has them, or has fallen back enough."""
+    from ..verify.targets import first_opset, installed_ort_max_opset
 
-    if config.opset is not None or config.strategy == "dynamo" or not attempt.lacking_ops:
-        return None
+    if config.opset is not None or not attempt.lacking_ops:
+        return []
     since = [first_opset(op) for op in attempt.lacking_ops]
     if any(s is None for s in since):  # an operator of another domain: no opset makes it go away
-        return None
-    opset = min(since) - 1
-    tried = {(a.strategy, a.opset) for a in attempts}
-    if (opset < exporter_min_opset() or ("torchscript", opset) in tried
-            or sum(a.fallback for a in attempts) >= MAX_TARGET_FALLBACKS):
-        return None
-    return Attempt("torchscript", opset, fallback=True)
+        return []
+    tops, tried = exporter_max_opsets(), {(a.strategy, a.opset) for a in attempts}
+    rungs = []
+    for strategy in [config.strategy] if config.strategy else list(STRATEGIES):
+        opset = min(min(since) - 1, tops[strategy], installed_ort_max_opset())
+        if opset >= max(exporter_min_opset(), 18 if strategy == "dynamo" else 0) and (strategy, opset) not in tried:
+            rungs.append(Attempt(strategy, opset, fallback=True))
+    return rungs[:max(0, MAX_TARGET_FALLBACKS - sum(a.fallback for a in attempts))]
 
 
 def _fit(attempt: Attempt, path: Path, config: ExportConfig, limits) -> None:
@@ -451,8 +453,8 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
             except Exception as exc:
                 attempt.outcome, attempt.error_class, attempt.error = RUNTIME_ERROR, type(exc).__name__, first_line(exc)
             attempt.path = str(path)
-            if attempt.error_class == "target" and (extra := _target_fallback(attempt, attempts, config)):
-                attempts.insert(i + 1, extra)
+            if attempt.error_class == "target":
+                attempts[i + 1:i + 1] = _target_fallbacks(attempt, attempts, config)
             if attempt.outcome == OK:
                 note(f"attempt {i + 1}/{len(attempts)}: checking the graph's declared shapes")
                 _honest_shapes(prepared, attempt, config, out.traced_branches)
