@@ -77,8 +77,14 @@ def fit_file(path: str | Path, *, strategy: str, opset: int, pinned: bool, targe
     at ``target_ir`` and, for a pinned or converted opset, at the one that opset came with. ``limit_by`` names what
     set the limits (``--opset 17``, ``--target onnxruntime==1.17``) for the messages."""
     fitted = Fitted()
+    head = serde.load(path, load_external_data=False)  # the header decides; the weights are read only to change it
+    emitted = model_opset(head)
+    cap = target_ir
+    if pinned or (emitted is not None and emitted > opset):
+        cap = natural_ir(opset) if cap is None else min(cap, natural_ir(opset))
+    if (emitted is None or emitted <= opset) and (cap is None or head.ir_version <= cap):
+        return fitted
     model = serde.load(path)
-    emitted = model_opset(model)
     converted = False
     if emitted is not None and emitted > opset:
         try:
