@@ -360,8 +360,11 @@ def _honest_shapes(prepared: Prepared, attempt: Attempt, config: ExportConfig, t
     if fixed is None:
         return
     again = Attempt(attempt.strategy, attempt.opset)
-    _judge(prepared, again, fixed, config.allow_static, traced_branches, pinned_opset=config.opset is not None,
-           targets=config.targets)
+    try:
+        _judge(prepared, again, fixed, config.allow_static, traced_branches, pinned_opset=config.opset is not None,
+               targets=config.targets)
+    except Exception as exc:  # as in the ladder: a judgement that raises is a runtime error of that file
+        again.outcome, again.error = RUNTIME_ERROR, f"{type(exc).__name__}: {first_line(exc, 200)}"
     lines = audit.summary()
     attempt.shapes["rewritten"] = again.outcome == OK
     if again.outcome == OK:
