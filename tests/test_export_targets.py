@@ -65,6 +65,18 @@ def test_a_pinned_opset_newer_than_the_target_reads_is_bad_input_before_any_expo
     assert config.targets == ("onnxruntime==1.17.3",)
 
 
+def test_the_toml_target_steers_export_and_run_and_a_flag_replaces_it(tmp_path):
+    from onnxgate.configure import RunFlags, run_config
+
+    toml = tmp_path / "onnxgate.toml"
+    toml.write_text('ref = "torchvision:resnet18"\ntarget = ["onnxruntime==1.17"]\n')
+    assert export_config(ExportFlags(config_file=toml))[1].targets == ("onnxruntime==1.17",)
+    job = run_config(None, RunFlags(ExportFlags(config_file=toml)))
+    assert job.targets == job.export.targets == ("onnxruntime==1.17",)
+    job = run_config(None, RunFlags(ExportFlags(config_file=toml), targets=("tensorrt==10.0",)))
+    assert job.targets == job.export.targets == ("tensorrt==10.0",)
+
+
 def test_export_for_an_old_onnxruntime_writes_its_opset_and_ir_version(tmp_path):
     out = tmp_path / "m.onnx"
     result = onnxgate.export(NormNet().eval(), out, config=cfg(targets=("onnxruntime==1.17.3",)))
