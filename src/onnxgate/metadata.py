@@ -30,7 +30,7 @@ REINIT = "onnxgate.reinit_degenerate"
 MAX_ENTRY_CHARS = 1 << 20  # a JSON entry larger than 1 MiB is not something onnxgate wrote
 MAX_INPUTS = 1024
 MAX_SOURCE_CHARS = 4096
-_DIM_KEYS = ("name", "min", "max", "example")
+_DIM_KEYS = ("name", "min", "max", "example", "multiple_of")
 _DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 OVERRIDE_HINT = ("The file's onnxgate metadata is damaged or was not written by onnxgate. Describe the inputs "
@@ -133,7 +133,8 @@ def _spec_from_dict(item: dict, *, where: str) -> InputSpec:
 
 def dims(meta: Mapping[str, Any], *, model: str | Path, invalid_utf8: Collection[str] = ()) -> dict[str, Dim]:
     """The dynamic dims ``onnxgate export`` recorded (``{}`` when none): ``{"B": {"name": "B", "min": 1, "max":
-    64, "example": 2}}``, every size an integer in 0..MAX_DIM, the example inside the range."""
+    64, "example": 2}}``, every size an integer in 0..MAX_DIM, the example inside the range; ``"multiple_of": 64``
+    (or null) when the model claims only multiples of a size (an accepted verified domain)."""
     raw = json_entry(meta, DIMS, model=model, invalid_utf8=invalid_utf8)
     if raw is None:
         return {}
@@ -154,7 +155,7 @@ def dims(meta: Mapping[str, Any], *, model: str | Path, invalid_utf8: Collection
         if fields.get("name", name) != name:
             raise malformed(model, DIMS, f"{where} names itself '{_clip(str(fields.get('name')), 40)}'")
         sizes = {}
-        for key in ("min", "max", "example"):
+        for key in ("min", "max", "example", "multiple_of"):
             value = fields.get(key, 1 if key == "min" else None)
             if value is None and key != "min":
                 sizes[key] = None
@@ -164,12 +165,15 @@ def dims(meta: Mapping[str, Any], *, model: str | Path, invalid_utf8: Collection
             if not 0 <= value <= MAX_DIM:
                 raise malformed(model, DIMS, f"{where}: '{key}' is {_clip(str(value), 30)}, outside 0..{MAX_DIM:,}")
             sizes[key] = value
-        dim = Dim(name, sizes["min"], sizes["max"], sizes["example"])
+        if sizes["multiple_of"] is not None and sizes["multiple_of"] < 1:
+            raise malformed(model, DIMS, f"{where}: 'multiple_of' is {sizes['multiple_of']}; it must be at least 1")
+        dim = Dim(name, sizes["min"], sizes["max"], sizes["example"], sizes["multiple_of"] or None)
         if dim.max is not None and dim.max < dim.min:
             raise malformed(model, DIMS, f"{where}: the range {dim.min}..{dim.max} is empty")
         if dim.example is not None and (dim.example < 1 or not dim.contains(dim.example)):
             raise malformed(model, DIMS, f"{where}: the example size {dim.example} lies outside "
-                                         f"{dim.min}..{'' if dim.max is None else dim.max} (or is 0)")
+                                         f"{dim.min}..{'' if dim.max is None else dim.max} (or is 0"
+                                         + (f", or is not a multiple of {dim.multiple_of})" if dim.multiple_of else ")"))
         out[name] = dim
     return out
 

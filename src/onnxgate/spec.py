@@ -7,9 +7,10 @@ Input syntax (``--input``):   NAME:SHAPE:DTYPE[:LOW..HIGH]
     x:Bx3xHxW:float32            named dims are dynamic (ranges and example sizes from --dim)
     ids:Bx128:int64:0..30521     integer inputs take a value range (inclusive) for random data
     mask:B,S:int64               commas separate dims too (use them when a dim name contains 'x')
-Dim syntax (``--dim``):       NAME=MIN..MAX[@EXAMPLE] | NAME=EXAMPLE
+Dim syntax (``--dim``):       NAME=MIN..MAX[@EXAMPLE][%MULTIPLE] | NAME=EXAMPLE
     B=1..64                      batch from 1 to 64, example size from the model or a default
     H=32..512@224                range and the size to trace/export with
+    H=64..1024@256%64            only multiples of 64 (a model that needs sizes divisible by its stride)
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ class Dim:
     min: int = 1
     max: int | None = None
     example: int | None = None
+    # Only multiples of this size (a verified domain's granularity: a stride or patch size); None = any size.
+    multiple_of: int | None = None
 
     def contains(self, value: int) -> bool:
-        return value >= self.min and (self.max is None or value <= self.max)
+        return (value >= self.min and (self.max is None or value <= self.max)
+                and (not self.multiple_of or value % self.multiple_of == 0))
 
 
 @dataclass(frozen=True)
@@ -156,19 +160,27 @@ def _parse_range(text: str, *, where: str) -> tuple[float, float]:
 
 
 def parse_dim(text: str, *, where: str | None = None) -> Dim:
-    """Parse ``NAME=MIN..MAX[@EXAMPLE]`` or ``NAME=EXAMPLE``."""
+    """Parse ``NAME=MIN..MAX[@EXAMPLE][%MULTIPLE]`` or ``NAME=EXAMPLE``."""
     where = where or f"--dim '{text}'"
-    hint = "Write it as NAME=MIN..MAX, NAME=MIN..MAX@EXAMPLE or NAME=EXAMPLE, for example B=1..64 or H=32..512@224."
-    m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)=(?:([0-9]+)\.\.([0-9]+)?)?(?:@?([0-9]+))?", text.strip())
-    if not m or (m.group(2) is None and m.group(4) is None):
+    hint = ("Write it as NAME=MIN..MAX, NAME=MIN..MAX@EXAMPLE or NAME=EXAMPLE, for example B=1..64 or H=32..512@224 "
+            "(add %64 for multiples of 64 only).")
+    m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)=(?:([0-9]+)\.\.([0-9]+)?)?(?:@?([0-9]+))?(?:%([0-9]+))?", text.strip())
+    if not m or (m.group(2) is None and m.group(4) is None) or (m.group(5) is not None and m.group(2) is None):
         raise BadInputError(f"{where} does not parse.", hint=hint)
-    name, lo, hi, ex = m.groups()
-    lo_i, hi_i, ex_i = (None if t is None else _size(t, where=where, what="size", hint=hint) for t in (lo, hi, ex))
-    dim = Dim(name, example=ex_i) if lo_i is None else Dim(name, lo_i, hi_i, ex_i)  # NAME=EXAMPLE keeps min 1
+    name, lo, hi, ex, mult = m.groups()
+    lo_i, hi_i, ex_i, mult_i = (None if t is None else _size(t, where=where, what="size", hint=hint)
+                                for t in (lo, hi, ex, mult))
+    if mult_i is not None and mult_i < 1:
+        raise BadInputError(f"{where}: the granularity %{mult_i} must be at least 1.", hint=hint)
+    # NAME=EXAMPLE keeps min 1; a granularity of 1 is no granularity
+    dim = Dim(name, example=ex_i) if lo_i is None else Dim(name, lo_i, hi_i, ex_i, mult_i if mult_i != 1 else None)
     if dim.min < 0 or (dim.max is not None and dim.max < dim.min):
         raise BadInputError(f"{where}: the range is empty.", hint=hint)
+    if dim.multiple_of and dim.max is not None and dim.max // dim.multiple_of * dim.multiple_of < max(dim.min, 1):
+        raise BadInputError(f"{where}: no multiple of {dim.multiple_of} lies in the range.", hint=hint)
     if dim.example is not None and not dim.contains(dim.example):
-        raise BadInputError(f"{where}: the example size {dim.example} lies outside the range.", hint=hint)
+        raise BadInputError(f"{where}: the example size {dim.example} lies outside the range"
+                            + (f" or is not a multiple of {dim.multiple_of}." if dim.multiple_of else "."), hint=hint)
     return dim
 
 
@@ -223,6 +235,9 @@ class ExportConfig:
     # Runtime releases the model must run on ("onnxruntime==1.17"): the ladder exports at the opset and IR version
     # they support and rejects an attempt whose operators one of them lacks (export/ladder.py).
     targets: tuple[str, ...] = ()
+    # Accept the verified shape domain when it is narrower than the declared one (verify/domain.py): the model's
+    # metadata, the bundle and the report then claim the verified domain instead of failing.
+    accept_domain: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy is not None and self.strategy not in STRATEGIES:
@@ -260,6 +275,7 @@ class VerifyConfig:
     weights: str | None = None  # state-dict file for the reference
     arch: str | None = None  # architecture of a state-dict reference
     trust_pickle: bool = False
+    accept_domain: bool = False  # a verified shape domain narrower than the declared one passes (and is claimed)
 
     def __post_init__(self) -> None:
         for flag, value in (("--rtol", self.rtol), ("--atol", self.atol)):
@@ -367,6 +383,7 @@ _TOML_FORMS = {
     "arch": 'a string, e.g. arch = "torchvision:resnet18"',
     "trust_pickle": "true or false (a TOML boolean, not a string)",
     "reinit_degenerate": "true or false (a TOML boolean, not a string)",
+    "accept_domain": "true or false (a TOML boolean, not a string)",
     "output": 'a string, e.g. output = "model.onnx"',
     "allow_static": 'an array of dim names, e.g. allow_static = ["B"]',
     "device": 'a string, e.g. device = "cpu"',
@@ -423,6 +440,7 @@ def _toml_schema():
             arch: str | None = Field(None, min_length=1)
             trust_pickle: bool = False
             reinit_degenerate: bool = False
+            accept_domain: bool = False
             output: str | None = Field(None, min_length=1)
             allow_static: list[str] = []
             device: str = "cpu"
@@ -570,6 +588,7 @@ def load_toml(path: str | Path) -> RunConfig:
         labels=labels,
         allow_static=tuple(doc.allow_static),
         reinit_degenerate=doc.reinit_degenerate,
+        accept_domain=doc.accept_domain,
     )
     quantize = None
     if doc.quantize is not None:

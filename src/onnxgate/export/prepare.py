@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -86,7 +86,7 @@ def resolve_specs(config: ExportConfig, model_example: dict[str, Any] | None, mo
                         hint=f"Give one with --dim {name}=SIZE or --dim {name}=MIN..MAX@SIZE.",
                     )
                 size = max(dim.min, size) if dim.max is None else min(max(dim.min, size), dim.max)
-                dim = Dim(dim.name, dim.min, dim.max, size)
+                dim = replace(dim, example=size)
             dims[name] = dim
     unknown = sorted({d.name for d in config.dims} - set(dims))
     if unknown:
