@@ -86,8 +86,26 @@ def _verify(result) -> Outcome:
     if failed:
         where = f" Localizer: {result.localization['summary']}" if result.localization else ""
         return _fail(ExitCode.PARITY_FAILED, "; ".join(f"{p.candidate}: {p.summary()}" for p in failed) + where,
-                     "The ONNX model computes something else than PyTorch: see the failing cases and the localizer.")
+                     _parity_hint(failed))
     return PASSED
+
+
+def _parity_hint(failed) -> str:
+    """The way out of a failed parity: a wrong export, a shape domain narrower than declared, or a reference
+    whose outputs cannot tell right from wrong (a failed verdict too: nothing was proven)."""
+    wrong = any(p.frozen or any(c.dim is None and not c.passed for c in p.cases) for p in failed)
+    if not wrong:
+        hints = []
+        if any(getattr(p, "narrowed", None) for p in failed):
+            hints.append("The model holds only on part of the declared shapes: accept the verified domain with "
+                         "--accept-domain (the metadata, bundle and report then claim it), or declare it with "
+                         "--dim NAME=MIN..MAX%MULTIPLE.")
+        if any(getattr(p, "degenerate", None) for p in failed):
+            hints.append("Not verifiable with these weights: re-initialize all-zero weights with "
+                         "--reinit-degenerate, load real weights (--weights), or verify on real data (--data).")
+        if hints:
+            return " ".join(hints)
+    return "The ONNX model computes something else than PyTorch: see the failing cases and the localizer."
 
 
 def _export(result) -> Outcome:

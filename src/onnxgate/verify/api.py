@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import BadInputError
 from ..spec import BATCH_NAMES, Dim, ExportConfig, InputSpec, VerifyConfig
 from .compare import Tolerance
+from .domain import DimDomain, graph_granularities
 from .parity import ParityReport, static_dims_in_graph, verify_parity
 from .structure import StructureReport, check_structure
 
@@ -35,9 +36,19 @@ class VerifyResult:
         return (self.structure.passed and all(p.passed for p in self.parities)
                 and all(t.supported for t in self.targets))
 
+    @property
+    def domains(self) -> dict[str, DimDomain]:
+        """The verified shape domain of every dynamic dim: where every runtime agrees with PyTorch."""
+        merged: dict[str, DimDomain] = {}
+        for parity in self.parities:
+            for name, domain in parity.domains.items():
+                merged[name] = merged[name].intersect(domain) if name in merged else domain
+        return merged
+
     def to_dict(self) -> dict:
         return {"passed": self.passed, "model": self.model, "against": self.against,
                 "structure": self.structure.to_dict(), "parity": [p.to_dict() for p in self.parities],
+                "domains": {n: d.to_dict() for n, d in self.domains.items()},
                 "warnings": self.warnings, "localization": self.localization,
                 "targets": [t.to_dict() for t in self.targets]}
 
@@ -132,15 +143,27 @@ def verify(model: str | Path, against=None, *, config: ExportConfig | None = Non
     if settings.data:
         from .inputs import load_feeds
 
-        data = [*(data or []), *load_feeds(list(settings.data), specs)]
+        data = [*(data or []), *load_feeds(list(settings.data), specs, meta=structure.metadata)]
     loaded, warnings = _reference_model(ref, structure, config, settings)
+    tolerances = _contract_tolerances(model, structure, settings, tolerances, warnings)
     parities = _parities(model, loaded, structure, specs, dims, config, settings, data, tolerances)
-    warnings += _insensitivity_warnings(parities)
     result = VerifyResult(str(model), loaded.ref, structure, parities, warnings, targets=target_results)
     failed = next((p for p in parities if not p.passed), None)
     if settings.localize and failed is not None:
         result.localization = _localize(loaded.module, model, failed, specs)
     return result
+
+
+def _contract_tolerances(model, structure: StructureReport, settings: VerifyConfig, tolerances, warnings: list):
+    """An INT8/FP16 file is judged by the contract it was verified under (``onnxgate.contract``), not by FP32
+    tolerances; explicit --rtol/--atol or per-output tolerances still win."""
+    from .contract import contract_of
+
+    contract = contract_of(structure.metadata, model=str(model))
+    if contract is None or tolerances is not None or settings.default_tolerance is not None:
+        return tolerances
+    warnings.append(contract.describe())
+    return {**{t.name: contract.default for t in structure.outputs}, **contract.tolerances()}
 
 
 def _settings(settings: VerifyConfig | None, options: dict) -> VerifyConfig:
@@ -188,20 +211,54 @@ def _parities(model, loaded, structure: StructureReport, specs, dims, config: Ex
     reference = TorchRunner(loaded.module, input_names=[s.name for s in specs],
                             output_names=[t.name for t in structure.outputs])
     static = static_dims_in_graph(specs, {t.name: t.shape for t in structure.inputs})
+    strides = tuple(graph_granularities(model)) if dims else ()
     return [verify_parity(reference, _runner(runtime, model), specs, dims, seeds=settings.seeds, data=data,
                           tolerances=tolerances, default=settings.default_tolerance,
-                          allow_static=config.allow_static, static_in_graph=static)
+                          allow_static=config.allow_static, static_in_graph=static,
+                          accept_domain=config.accept_domain or settings.accept_domain, granularities=strides)
             for runtime in settings.runtimes]
 
 
-def _insensitivity_warnings(parities: list[ParityReport]) -> list[str]:
-    for p in parities:
-        if p.insensitive_outputs:
-            return [f"The PyTorch outputs {', '.join(p.insensitive_outputs)} do not depend on the input (a "
-                    "zero-initialized head or vanished activations): parity on them proves nothing. Export with "
-                    "--reinit-degenerate to re-initialize all-zero weights with small seeded noise (verify then "
-                    "applies the same)."]
-    return []
+def verify_export(prepared, path: str | Path, config: ExportConfig,
+                  static_in_graph: dict[str, str] | None = None) -> ParityReport:
+    """The full verification of the export ladder's winner (``prepared``: the ladder's Prepared model, ``path``:
+    its staged file, ``static_in_graph``: what its quick check found): the shape domain of every dynamic dim and
+    whether the weights can be verified at all, at the settings ``verify`` uses (so a verification of the written
+    file afterwards, as the pipeline runs, finds every PyTorch output in the reference cache)."""
+    from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
+    from ..runtimes.torch_runner import TorchRunner
+
+    reference = TorchRunner(prepared.module, input_names=[s.name for s in prepared.specs],
+                            output_names=prepared.output_names)
+    return verify_parity(reference, OrtRunner(path, opt_level=VERIFY_OPT_LEVEL), prepared.specs, prepared.dims,
+                         seeds=VerifyConfig().seeds, allow_static=config.allow_static,
+                         static_in_graph=static_in_graph,
+                         accept_domain=config.accept_domain,
+                         granularities=tuple(graph_granularities(path)) if prepared.dims else ())
+
+
+def unproven_export(report: ParityReport, result) -> "ParityError":
+    """The error for an export whose winner failed its full verification (``verify_export``): a shape domain
+    narrower than declared, or a reference that cannot be verified with these weights."""
+    from ..errors import ParityError
+    from .parity import DEGENERATE_HINT
+
+    frozen = [d for d in report.frozen if d not in report.allowed_static]
+    if frozen:
+        return ParityError(f"The export computes wrong results away from the traced size: {report.summary()}.",
+                           hint="Keep sizes symbolic in forward() (tensor.shape inside torch ops, not int(x.shape[0])), "
+                                f"or accept the dim as static with --allow-static {' --allow-static '.join(frozen)}.",
+                           result=result)
+    if report.degenerate and not report.narrowed:
+        return ParityError(f"The export ran, but its parity with PyTorch is {report.summary()}.",
+                           hint=DEGENERATE_HINT, result=result)
+    narrowed = report.narrowed
+    declare = " ".join(f"--dim {d.dim}={d.verified_min}..{'' if d.verified_max is None else d.verified_max}"
+                       f"@{d.traced}{f'%{d.multiple_of}' if d.multiple_of > 1 else ''}" for d in narrowed)
+    return ParityError(f"The export does not hold on every shape it declares: {report.summary()}.",
+                       hint="Accept the verified domain with --accept-domain (the model's metadata, the bundle and "
+                            "the report then claim it, not the declaration)"
+                            + (f", or declare it yourself: {declare}" if declare else "") + ".", result=result)
 
 
 # Recorded sources that name an entry of a model registry, not code: the name is checked against the registry's

@@ -79,6 +79,10 @@ class OutputComparison:
     scale: float | None = None  # max |ref| over finite elements
     scaled_max_err: float | None = None  # max_abs_err / scale
     scale_relative: bool = False  # judged against the scale, not element-wise (see the module docstring)
+    # How much of its tolerance the worst element uses (1.0 = at the limit), under the rule the output was judged
+    # by (element-wise, or against its scale); None when judged as detection sets. A success message quotes this,
+    # never a raw error that the tolerance only accepts relative to a huge |ref|.
+    tolerance_used: float | None = None
     notes: list[str] = field(default_factory=list)
     # How |got - ref| is distributed: counts per decade, bin i holds errors in [1e(ERR_DECADES[0]+i-1), 1e(..+i)),
     # the first bin also exact zeros and anything below. The HTML report plots it.
@@ -139,6 +143,7 @@ def _judge_detections_as_sets(results: list[OutputComparison], reference, candid
         comp.notes.append(note)
         comp.passed = det.passed
         comp.reason = None if det.passed else f"detections differ: {det.reason}"
+        comp.tolerance_used = None  # judged as sets: the element-wise ratio says nothing
 
 
 def _compare_one(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance, ref_label: str) -> OutputComparison:
@@ -155,6 +160,8 @@ def _compare_one(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance, re
     a, b = a[finite], b[finite]
     tol = _tie_atol_to_scale(comp, a, tol)
     _fill_statistics(comp, a, b, tol)
+    if a.size:
+        comp.tolerance_used = float((np.abs(a - b) / (tol.atol + tol.rtol * np.abs(a) + 1e-300)).max())
     if _is_classifier_like(ref):
         _fill_topk(comp, _as_float64(ref), _as_float64(got))
     if comp.mismatch_fraction:
@@ -162,6 +169,7 @@ def _compare_one(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance, re
                        f"(max abs err {sci(comp.max_abs_err)})")
         if _scale_relative_applies(ref, comp.scale):
             comp.scale_relative = True
+            comp.tolerance_used = comp.max_abs_err / (tol.atol + tol.rtol * comp.scale)
             comp.notes.append(f"judged against the output's scale (max |ref| = {sci(comp.scale)}) because "
                               "element-wise rtol is meaningless at this magnitude")
             if comp.max_abs_err > tol.atol + tol.rtol * comp.scale:
@@ -266,6 +274,45 @@ def check_input_sensitivity(reference_outputs_a: dict[str, np.ndarray],
         elif a.size > 1 and b.size > 1 and _is_constant(a) and _is_constant(b):
             insensitive.append(name)
     return insensitive
+
+
+def indiscriminate_reason(comp: OutputComparison, ref: np.ndarray) -> str:
+    """Why an output's comparison cannot fail, given that the reference's output for one input passed as the
+    output for another input (``comp``: that comparison; ``ref``: the first of the two)."""
+    tol = str(comp.tolerance)
+    detections = next((n for n in comp.notes if n.startswith("compared as detections")), None)
+    flat = ref.ravel()
+    if detections is not None:
+        spread = float(np.ptp(flat)) if flat.size and np.issubdtype(flat.dtype, np.number) else 0.0
+        return ("the detections of two different inputs match each other as sets: the scores tie "
+                f"(spread {sci(spread)}), so which boxes survive NMS is arbitrary and any candidate's boxes pass")
+    if flat.size and np.all(flat == flat[0]):
+        return (f"constant (every element {sci(float(flat[0])) if np.issubdtype(flat.dtype, np.number) else flat[0]}) "
+                "for two different inputs: a zero-initialized layer or a collapsed network; any model computing "
+                "that constant would pass")
+    if comp.max_abs_err == 0:
+        return ("identical for two different inputs: it does not depend on the input (a zero-initialized layer such "
+                "as a fresh head), so any model computing it would pass")
+    return (f"two different inputs give outputs within its tolerance ({tol}; max difference "
+            f"{sci(comp.max_abs_err or 0.0)}, scale {sci(comp.scale or 0.0)}): activations vanished or saturated, "
+            "so a model that ignores its input would pass")
+
+
+def agreement(comps: list[OutputComparison]) -> str:
+    """How closely a passing candidate agrees, for a success message: the output that uses most of its tolerance,
+    as a fraction of that tolerance. A raw error is quoted only when it lies within the absolute tolerance, so the
+    message never shows an error larger than the tolerance it claims to meet."""
+    judged = [c for c in comps if c.tolerance_used is not None]
+    if not judged:
+        sets = [c for c in comps if any(n.startswith("compared as detections") for n in c.notes)]
+        return "detections matched as sets" if sets else "no outputs compared"
+    worst = max(judged, key=lambda c: c.tolerance_used)
+    text = f"worst output '{worst.name}' uses {worst.tolerance_used:.1%} of its tolerance ({worst.tolerance})"
+    if worst.scale_relative:
+        text += f" judged against its scale {sci(worst.scale)}"
+    elif worst.max_abs_err is not None and worst.max_abs_err <= worst.tolerance.atol:
+        text += f", max abs err {sci(worst.max_abs_err)}"
+    return text
 
 
 def _is_constant(x: np.ndarray) -> bool:

@@ -2,8 +2,11 @@
 inputs and at every size each dynamic dim claims?
 
 Torch-free: the reference is any runner (``TorchRunner`` when PyTorch is there, saved outputs in a bundle).
-A dim whose outputs disagree only at sizes other than the traced one is reported as frozen at the traced size —
-never as a pass.
+A dim whose outputs disagree at every size but the traced one is reported as frozen at the traced size — never as
+a pass. A dim that works on part of its declared range (or only at multiples of a stride) gets a verified domain
+(``domain.py``) narrower than the declaration, which fails unless accepted (``accept_domain``); sizes where
+PyTorch itself fails narrow it too, and are named. A reference whose outputs cannot tell a wrong candidate from
+the right one (tied scores, constant outputs) is "not verifiable with these weights", never a pass.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ import numpy as np
 
 from ..spec import Dim, InputSpec
 from ..errors import first_line
-from .compare import OutputComparison, Tolerance, check_input_sensitivity, compare_outputs
+from .compare import (OutputComparison, Tolerance, check_input_sensitivity, compare_outputs,
+                      indiscriminate_reason)
+from .domain import DimDomain, DomainBudget, ProbeOutcome, discover
 from .inputs import random_inputs
+from .refcache import cached
 from .shapes import first_off_trace_size, probe_sizes
 
 
@@ -48,32 +54,89 @@ class ParityReport:
     allowed_static: list[str]
     insensitive_outputs: list[str]  # reference outputs that do not depend on the input
     static_in_graph: dict[str, str] = field(default_factory=dict)
+    # The verified shape domain of every dynamic dim (full verification only; the ladder's quick check has none).
+    domains: dict[str, DimDomain] = field(default_factory=dict)
+    accept_domain: bool = False  # a domain narrower than declared passes, and is what the model claims
+    # Outputs whose comparison cannot fail with these weights (tied scores, constant outputs, vanished
+    # activations): output -> why. A report with any is "not verifiable", never a pass.
+    degenerate: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def narrowed(self) -> list[DimDomain]:
+        """Domains narrower than declared (dims frozen or accepted as static are reported as such instead)."""
+        return [d for n, d in self.domains.items()
+                if d.narrower and n not in self.frozen and n not in self.allowed_static]
 
     @property
     def passed(self) -> bool:
         blocking = set(self.frozen) - set(self.allowed_static)
-        return not blocking and all(c.passed for c in self.cases if c.dim is None or c.dim not in self.allowed_static)
+        if blocking or self.degenerate or (self.narrowed and not self.accept_domain):
+            return False
+        return all(c.passed or self._excused(c) for c in self.cases)
+
+    def _excused(self, case: ShapeCase) -> bool:
+        """A failing probe that does not count: a dim accepted as static, or a size outside an accepted domain."""
+        if case.dim is None:
+            return False
+        if case.dim in self.allowed_static:
+            return True
+        domain = self.domains.get(case.dim)
+        return domain is not None and self.accept_domain and not domain.contains(case.sizes[case.dim])
 
     @property
     def first_failure(self) -> ShapeCase | None:
-        return next((c for c in self.cases if not c.passed), None)
+        """The first failing feed the candidate is to blame for (not a size PyTorch itself rejects)."""
+        return next((c for c in self.cases if not c.passed and not self._excused(c) and not _reference_failed(c)),
+                    None)
+
+    def claimed_dims(self, dims: dict[str, Dim]) -> dict[str, Dim]:
+        """What the model may claim: the declared dims, with each accepted narrower domain in place of its dim."""
+        if not self.accept_domain:
+            return dict(dims)
+        return {n: (self.domains[n].as_dim() if n in self.domains and self.domains[n].narrower
+                    and n not in self.frozen else d) for n, d in dims.items()}
 
     def summary(self) -> str:
         if self.passed:
             extra = f" ({', '.join(self.allowed_static)} accepted as static)" if self.allowed_static else ""
+            accepted = [d for d in self.narrowed if self.accept_domain]
+            if accepted:
+                extra += "; verified domain accepted: " + "; ".join(d.summary() for d in accepted)
             return f"parity holds on {len(self.cases)} feeds{extra}"
         if set(self.frozen) - set(self.allowed_static):
             return "; ".join(f"dim {d} is frozen: {why}" for d, why in self.frozen.items() if d not in self.allowed_static)
+        parts = []
         case = self.first_failure
-        bad = [c for c in case.comparisons if not c.passed]
-        what = case.error or "; ".join(f"{c.name}: {c.reason}" for c in bad)
-        return f"{case.label} ({case.source}): {what}"
+        if case is not None and (case.dim is None or case.dim not in self.domains):
+            bad = [c for c in case.comparisons if not c.passed]
+            what = case.error or "; ".join(f"{c.name}: {c.reason}" for c in bad)
+            parts.append(f"{case.label} ({case.source}): {what}")
+        if self.narrowed and not self.accept_domain:
+            parts.append("verified on less than the declared shape domain: "
+                         + "; ".join(d.summary() for d in self.narrowed))
+        if self.degenerate:
+            parts.append(degenerate_summary(self.degenerate))
+        return "; ".join(parts) or "parity failed"
 
     def to_dict(self) -> dict:
         return {"passed": self.passed, "summary": self.summary(), "reference": self.reference,
                 "candidate": self.candidate, "frozen": self.frozen, "allowed_static": self.allowed_static,
                 "static_in_graph": self.static_in_graph, "insensitive_outputs": self.insensitive_outputs,
-                "cases": [c.to_dict() for c in self.cases]}
+                "domains": {n: d.to_dict() for n, d in self.domains.items()}, "accept_domain": self.accept_domain,
+                "degenerate": self.degenerate, "cases": [c.to_dict() for c in self.cases]}
+
+
+NOT_VERIFIABLE = "not verifiable with these weights"
+DEGENERATE_HINT = ("Re-initialize all-zero weights with --reinit-degenerate, load real weights (--weights, or a "
+                   "checkpoint in the model's code), or verify on real data (--data) whose outputs differ.")
+
+
+def degenerate_summary(degenerate: dict[str, str]) -> str:
+    return f"{NOT_VERIFIABLE}: " + "; ".join(f"output '{n}': {why}" for n, why in degenerate.items())
+
+
+def _reference_failed(case: ShapeCase) -> bool:
+    return bool(case.error and case.error.startswith("the reference fails"))
 
 
 def _run_case(case: ShapeCase, feed, reference, candidate, tolerances, default) -> dict[str, np.ndarray] | None:
@@ -97,10 +160,19 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
                   seeds: tuple[int, ...] = (0, 1), data: list[dict[str, np.ndarray]] | None = None,
                   tolerances: dict[str, Tolerance] | None = None, default: Tolerance | None = None,
                   allow_static: tuple[str, ...] = (),
-                  quick: bool = False, static_in_graph: dict[str, str] | None = None) -> ParityReport:
+                  quick: bool = False, static_in_graph: dict[str, str] | None = None,
+                  accept_domain: bool = False, granularities: tuple[int, ...] = (),
+                  budget: DomainBudget | None = None) -> ParityReport:
     """Compare ``candidate`` with ``reference`` on random feeds at the traced sizes (one per seed), on every
-    ``data`` feed, and — per dynamic dim, one dim at a time — at each probe size (``quick``: one off-trace size).
+    ``data`` feed, and — per dynamic dim, one dim at a time — at each probe size.
+
+    ``quick`` (the export ladder): one off-trace size per dim, a failure there freezes the dim. Otherwise the
+    shape domain of every dim is discovered (``domain.discover``: range ends, off-trace sizes, sizes of different
+    divisibility incl. the graph's ``granularities``, seeded draws, bisection of the ends, within ``budget``), and
+    the reference's own outputs are checked for being able to tell a wrong candidate at all (``degenerate``).
+    Reference outputs are cached per feed (``refcache``): nothing runs twice.
     """
+    reference = cached(reference)
     traced = {n: d.example or 2 for n, d in dims.items()}
     cases: list[ShapeCase] = []
     refs = []
@@ -108,33 +180,101 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
         case = ShapeCase("traced", dict(traced), f"random(seed={seed})")
         refs.append(_run_case(case, random_inputs(specs, traced, seed=seed), reference, candidate, tolerances, default))
         cases.append(case)
+    data_refs = []
     for i, feed in enumerate(data or []):
         case = ShapeCase(f"data[{i}]", _sizes_of(feed, specs), "data")
-        _run_case(case, feed, reference, candidate, tolerances, default)
+        data_refs.append(_run_case(case, feed, reference, candidate, tolerances, default))
         cases.append(case)
     insensitive = check_input_sensitivity(refs[0], refs[1]) if len(refs) > 1 and all(r is not None for r in refs) else []
-
+    run = _Runs(reference, candidate, specs, traced, tolerances, default, seed=seeds[0] + 100, cases=cases)
     frozen = dict(static_in_graph or {})
     traced_ok = all(c.passed for c in cases)
+    domains: dict[str, DimDomain] = {}
+    axis0 = {n for s in specs for a, n in s.dynamic_axes.items() if a == 0}
     for name, dim in dims.items():
-        sizes_to_try = ([first_off_trace_size(dim)] if quick else probe_sizes(dim)[1:])
-        for size in [s for s in sizes_to_try if s is not None]:
-            sizes = {**traced, name: size}
-            case = ShapeCase(f"{name}={size}", sizes, f"random(seed={seeds[0] + 100})", dim=name)
-            ref = _run_case(case, random_inputs(specs, sizes, seed=seeds[0] + 100), reference, candidate, tolerances,
-                            default)
-            cases.append(case)
-            if not case.passed and traced_ok and name not in frozen:
-                if case.error and case.error.startswith("the reference fails"):
-                    continue  # PyTorch itself rejects this size: not the export's fault
-                bad = [c for c in case.comparisons if not c.passed]
-                why = (f"no output computed ({', '.join(repr(n) for n in ref or [])}): {case.error}" if case.error
-                       else f"output '{bad[0].name}': {bad[0].reason}")
-                frozen[name] = f"traced at {dim.example}, wrong at {name}={size} ({why})"
-    # A size the reference itself cannot run is no evidence either way.
-    cases = [c for c in cases if not (c.dim and c.error and c.error.startswith("the reference fails"))]
+        if quick or not traced_ok or name in frozen:
+            _probe_fixed(run, name, dim, quick=quick, judge=traced_ok, frozen=frozen)
+            continue
+        domain = discover(dim, lambda size, name=name: run.probe(name, size), required=probe_sizes(dim)[1:],
+                          granularities=granularities, budget=budget, spatial=name not in axis0)
+        domains[name] = domain
+        if domain.only_traced and any(f.by != "pytorch" for f in domain.failures):
+            frozen[name] = run.frozen_reason(name, dim, domain)
+    if quick:  # the ladder's quick check judges the export, not the model: a size PyTorch rejects is no evidence
+        cases[:] = [c for c in cases if not (c.dim and _reference_failed(c))]
+    degenerate = {} if quick or not traced_ok else degenerate_outputs(refs, data_refs, tolerances, default)
     return ParityReport(reference.name, candidate.name, cases, frozen, list(allow_static), insensitive,
-                        dict(static_in_graph or {}))
+                        dict(static_in_graph or {}), domains, accept_domain, degenerate)
+
+
+class _Runs:
+    """Runs one dim at one size (the other dims traced) as a ShapeCase appended to ``cases``."""
+
+    def __init__(self, reference, candidate, specs, traced, tolerances, default, *, seed: int, cases: list):
+        self.reference, self.candidate, self.specs, self.traced = reference, candidate, specs, traced
+        self.tolerances, self.default, self.seed, self.cases = tolerances, default, seed, cases
+        self.outputs: dict[str, list] = {}
+
+    def case(self, name: str, size: int) -> ShapeCase:
+        sizes = {**self.traced, name: size}
+        case = ShapeCase(f"{name}={size}", sizes, f"random(seed={self.seed})", dim=name)
+        ref = _run_case(case, random_inputs(self.specs, sizes, seed=self.seed), self.reference, self.candidate,
+                        self.tolerances, self.default)
+        self.outputs[case.label] = list(ref or [])
+        self.cases.append(case)
+        return case
+
+    def probe(self, name: str, size: int) -> ProbeOutcome:
+        case = self.case(name, size)
+        if case.passed:
+            return ProbeOutcome(True)
+        if _reference_failed(case):
+            return ProbeOutcome(False, "pytorch", case.error.removeprefix("the reference fails on this feed: "))
+        return ProbeOutcome(False, self.candidate.name, self.why(case))
+
+    def why(self, case: ShapeCase) -> str:
+        if case.error:
+            return case.error.removeprefix(f"{self.candidate.name} fails: ")
+        bad = [c for c in case.comparisons if not c.passed]
+        return f"output '{bad[0].name}': {bad[0].reason}"
+
+    def frozen_reason(self, name: str, dim: Dim, domain: DimDomain) -> str:
+        failure = next(f for f in domain.failures if f.by != "pytorch")
+        label = f"{name}={failure.size}"
+        case = next(c for c in self.cases if c.label == label)
+        why = (f"no output computed ({', '.join(repr(n) for n in self.outputs.get(label, []))}): {case.error}"
+               if case.error else self.why(case))
+        return f"traced at {dim.example}, wrong at {label} ({why})"
+
+
+def _probe_fixed(run: _Runs, name: str, dim: Dim, *, quick: bool, judge: bool, frozen: dict[str, str]) -> None:
+    """The fixed probes (quick: one off-trace size; else every probe size): the first failure freezes the dim."""
+    sizes = [first_off_trace_size(dim)] if quick else probe_sizes(dim)[1:]
+    for size in [s for s in sizes if s is not None]:
+        case = run.case(name, size)
+        if not case.passed and judge and name not in frozen and not _reference_failed(case):
+            label = case.label
+            why = (f"no output computed ({', '.join(repr(n) for n in run.outputs.get(label, []))}): {case.error}"
+                   if case.error else run.why(case))
+            frozen[name] = f"traced at {dim.example}, wrong at {label} ({why})"
+
+
+def degenerate_outputs(refs: list, data_refs: list, tolerances, default) -> dict[str, str]:
+    """Outputs whose comparison cannot fail: the reference's output for one input passes as the output for
+    *another* input, in every pair of feeds available (two random seeds at the traced sizes; consecutive real
+    data feeds of one shape). A candidate that ignored its input, or returned arbitrary boxes among tied scores,
+    would pass them: such a comparison proves nothing about the graph."""
+    pairs = [(a, b) for a, b in zip(refs, refs[1:]) if a is not None and b is not None]
+    pairs += [(a, b) for a, b in zip(data_refs, data_refs[1:]) if a is not None and b is not None
+              and all(np.shape(a[k]) == np.shape(b.get(k)) for k in a)]
+    if not pairs:
+        return {}
+    found: dict[str, str] | None = None
+    for a, b in pairs:
+        unable = {c.name: indiscriminate_reason(c, np.asarray(a[c.name]))
+                  for c in compare_outputs(a, b, tolerances=tolerances, default=default) if c.passed}
+        found = unable if found is None else {n: why for n, why in found.items() if n in unable}
+    return found or {}
 
 
 def _sizes_of(feed: dict[str, np.ndarray], specs: list[InputSpec]) -> dict[str, int]:
