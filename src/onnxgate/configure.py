@@ -31,6 +31,7 @@ class ExportFlags:
     reinit_degenerate: bool = False
     config_file: str | Path | None = None
     targets: tuple[str, ...] = ()  # --target: runtime releases the export must fit (the toml's `target` otherwise)
+    accept_domain: bool = False  # --accept-domain: claim the verified shape domain when narrower than declared
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def export_config(flags: ExportFlags) -> tuple[RunConfig, ExportConfig]:
         labels=read_labels(flags.labels) if flags.labels else cfg.labels,
         allow_static=tuple(flags.allow_static) or cfg.allow_static,
         reinit_degenerate=flags.reinit_degenerate or cfg.reinit_degenerate,
+        accept_domain=flags.accept_domain or cfg.accept_domain,
         targets=tuple(flags.targets) or run.targets,
     )
     in_file = f"In {flags.config_file}, key" if flags.config_file else None

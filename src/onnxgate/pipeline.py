@@ -276,9 +276,10 @@ def write_verified_bundle(loaded, exported, verified, out_dir: Path, *, force: b
     export_info = {"strategy": won.strategy, "opset": won.opset_emitted or won.opset, "seconds": won.seconds,
                    "peak_mb": won.peak_mb, "attempts": len([a for a in exported.attempts if a.outcome != "skipped"])}
     verification = {"passed": verified.passed, "summary": [p.summary() for p in verified.parities]}
+    domain = {n: {**d.claimed(), "verified": d.to_dict()} for n, d in verified.domains.items()}
     return write_bundle(out_dir, model_path=verified.model, golden_inputs=golden, reference_outputs=reference,
                         tolerances=tolerances, export_info=export_info, verification=verification,
-                        source_ref=loaded.ref, force=force, tarball=tarball)
+                        source_ref=loaded.ref, force=force, tarball=tarball, domain=domain)
 
 
 def bundle_from_ref(ref: str, out_dir: str | Path, *, config: ExportConfig | None = None, force: bool = False,

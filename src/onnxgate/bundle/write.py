@@ -29,12 +29,14 @@ def write_bundle(out_dir: str | Path, *, model_path: str | Path, golden_inputs: 
                  reference_outputs: dict[str, np.ndarray],
                  tolerances: dict[str, tuple[float, float]] | None = None, export_info: dict | None = None,
                  verification: dict | None = None, source_ref: str | None = None, force: bool = False,
-                 tarball: bool = False) -> Path:
+                 tarball: bool = False, domain: dict | None = None) -> Path:
     """Write a bundle folder at ``out_dir`` (and ``<out_dir>.tar.gz`` with ``tarball``); return the folder.
 
     ``tolerances`` maps output names to ``(rtol, atol)``; outputs not named get the defaults.
     ``export_info`` (the export attempt that won) and ``verification`` (the parity results) are recorded
-    as given. Existing outputs are replaced only with ``force``.
+    as given. ``domain``: the verified shape domain per dynamic dim (``{"S": {"min": 4, "max": 512, "multiple_of":
+    null, ...}}``): what the bundle claims, and what a server built on it accepts. Existing outputs are replaced
+    only with ``force``.
     """
     out_dir, model_path = Path(out_dir), Path(model_path)
     model = describe_model(model_path)
@@ -69,6 +71,7 @@ def write_bundle(out_dir: str | Path, *, model_path: str | Path, golden_inputs: 
             "environment": {key: env[key] for key in ("versions", "platform", "cpu")},
             "export": export_info,
             "verification": verification,
+            "domain": domain,
         }
         (tmp / mf.MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
     if tarball:

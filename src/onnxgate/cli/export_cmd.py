@@ -11,7 +11,11 @@ from .common import console, finish
 INPUT_HELP = "NAME:SHAPE:DTYPE[:LOW..HIGH], e.g. x:Bx3x224x224:float32 or ids:Bx128:int64:0..30521. Repeatable."
 TARGET_HELP = ("A runtime the model must run on, e.g. onnxruntime==1.16, openvino==2024.0, tensorrt==10.0: checks "
                "its opset, IR version and operators (the installed onnxruntime: by loading). Repeatable.")
-DIM_HELP = "NAME=MIN..MAX[@EXAMPLE] or NAME=EXAMPLE for a named dim, e.g. B=1..64 or H=32..512@224. Repeatable."
+DIM_HELP = ("NAME=MIN..MAX[@EXAMPLE][%MULTIPLE] or NAME=EXAMPLE for a named dim, e.g. B=1..64, H=32..512@224 or "
+            "H=64..1024@256%64 (multiples of 64 only). Repeatable.")
+ACCEPT_DOMAIN_HELP = ("Accept the verified shape domain when it is narrower than the declared one (a range end "
+                      "or a granularity the model does not support): the metadata, bundle and report then claim "
+                      "it. Without it, a narrower domain fails with the parity code.")
 
 
 def export(
@@ -33,6 +37,7 @@ def export(
     allow_static: list[str] = typer.Option([], "--allow-static", help="Accept this dynamic dim being frozen at its traced size. Repeatable."),
     target: list[str] = typer.Option([], "--target", help=TARGET_HELP + " Steers the export: the opset and IR "
                                      "version it reads, and no attempt whose operators it lacks wins."),
+    accept_domain: bool = typer.Option(False, "--accept-domain", help=ACCEPT_DOMAIN_HELP),
     config_file: Path = typer.Option(None, "--config", help="Read settings from an onnxgate.toml."),
     force: bool = typer.Option(False, "--force", help="Overwrite the output if it exists."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -42,7 +47,8 @@ def export(
     from ..errors import BadInputError
 
     run, cfg = export_config(ExportFlags(tuple(inputs), tuple(dims), strategy, opset, device, tuple(meta), labels,
-                                         tuple(allow_static), reinit_degenerate, config_file, tuple(target)))
+                                         tuple(allow_static), reinit_degenerate, config_file, tuple(target),
+                                         accept_domain=accept_domain))
     ref = ref or run.ref
     if not ref:
         raise BadInputError("No model given.", hint="Pass a model reference, e.g. onnxgate export torchvision:resnet18 -o r18.onnx.")
@@ -68,15 +74,36 @@ def export(
     if result.structure:
         console.print(io_table(result.structure))
     won = result.attempts[result.winner]
-    dynamic = [d for d in result.dims if d not in won.frozen_dims]
-    console.print(f"[green]exported[/] {output} with the {won.strategy} exporter at opset "
-                  f"{won.opset_emitted or won.opset}; matches PyTorch (max abs err {won.max_abs_err:.2e})"
-                  + (f" and keeps dims {', '.join(dynamic)} dynamic" if dynamic else ""))
+    for line in success_lines(result, output):
+        console.print(line)
     if cfg.targets:
         console.print(f"fits {', '.join(cfg.targets)}: opset, IR version and operators checked before it won")
     for name, why in won.frozen_dims.items():
         console.print(f"[yellow]static by request[/] (--allow-static {name}): dim {name} is frozen at "
                       f"{result.dims[name]['example']}: {why}")
+
+
+def success_lines(result, output) -> list[str]:
+    """What a successful export says: how closely it matches (as a share of the tolerance met, never a raw error
+    above it) and the verified shape domain of each dynamic dim (declared, or accepted narrower)."""
+    from ..verify.compare import agreement
+
+    won = result.attempts[result.winner]
+    comps = [c for case in getattr(won.parity, "cases", []) for c in case.comparisons if c.passed]
+    how = agreement(comps) if comps else f"max abs err {won.max_abs_err:.2e}"
+    domains = getattr(won.parity, "domains", {})
+    dynamic = [d for d in result.dims if d not in won.frozen_dims]
+    lines = [f"[green]exported[/] {output} with the {won.strategy} exporter at opset "
+             f"{won.opset_emitted or won.opset}; matches PyTorch ({how})"
+             + (f" and keeps dims {', '.join(dynamic)} dynamic" if dynamic else "")]
+    for name in dynamic:
+        if name in domains:
+            d = domains[name]
+            lines.append(f"  dim {name}: {d.describe()}" + (f" [yellow](accepted with --accept-domain; declared "
+                         f"{d.declared()})[/]" if d.narrower else "") + f" — {len(d.probes)} sizes probed in "
+                         f"{d.seconds:.1f} s" + (f"; fails at {', '.join(str(f.size) for f in d.failures[:6])}"
+                                                 if d.failures else ""))
+    return lines
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from .common import console, finish
-from .export_cmd import DIM_HELP, INPUT_HELP, TARGET_HELP
+from .export_cmd import ACCEPT_DOMAIN_HELP, DIM_HELP, INPUT_HELP, TARGET_HELP
 
 
 def verify(
@@ -25,6 +25,7 @@ def verify(
     localize: bool = typer.Option(True, "--localize/--no-localize", help="Name the first diverging layer when parity fails."),
     reinit_degenerate: bool = typer.Option(False, "--reinit-degenerate", help="Re-initialize the reference's all-zero weights with seeded noise, as `export --reinit-degenerate` did (automatic when the model records it)."),
     allow_static: list[str] = typer.Option([], "--allow-static", help="Accept this dim being frozen. Repeatable."),
+    accept_domain: bool = typer.Option(False, "--accept-domain", help=ACCEPT_DOMAIN_HELP),
     targets: list[str] = typer.Option([], "--target", help=TARGET_HELP),
     weights: str = typer.Option(None, help="State-dict file for the --against model."),
     arch: str = typer.Option(None, help="Architecture ref when --against is a state-dict file."),
@@ -43,10 +44,13 @@ def verify(
                           allow_static=tuple(allow_static))
     settings = VerifyConfig(runtimes=tuple(runtime) or ("onnxruntime",), targets=tuple(targets), data=tuple(data),
                             rtol=rtol, atol=atol, localize=localize, reinit_degenerate=reinit_degenerate,
-                            trust_source=trust_source, weights=weights, arch=arch, trust_pickle=trust_pickle)
+                            trust_source=trust_source, weights=weights, arch=arch, trust_pickle=trust_pickle,
+                            accept_domain=accept_domain)
     with console.status("verifying", spinner="dots"):
         result = do_verify(target, against, config=config, settings=settings)
     if not json_out:
+        from rich.markup import escape
+
         from .render import parity_table
 
         for w in result.warnings:
@@ -56,6 +60,9 @@ def verify(
             for case in [c for c in p.cases if not c.passed][:5]:
                 reasons = case.error or "; ".join(f"{c.name}: {c.reason}" for c in case.comparisons if not c.passed)
                 console.print(f"  [red]{case.label}[/] ({case.source}): {reasons}")
+            for domain in p.domains.values():
+                console.print(f"  dim {escape(domain.summary())} — {len(domain.probes)} sizes probed in "
+                              f"{domain.seconds:.1f} s")
             colour = "green" if p.passed else "red"
             console.print(f"[{colour}]{p.candidate}: {p.summary()}[/]")
         if result.localization:

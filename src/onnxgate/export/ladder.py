@@ -55,7 +55,7 @@ class Attempt:
     max_abs_err: float | None = None
     warnings: list[str] = field(default_factory=list)
     path: str | None = None  # staging file, while the ladder runs
-    parity: Any = None  # the quick ParityReport of this attempt (in to_dict as a summary)
+    parity: Any = None  # the ParityReport of this attempt: quick, the winner's full (export.ladder._prove)
     shapes: dict | None = None  # the winner's declared-shape audit (export/graph_shapes.py)
     lacking_ops: list[str] = field(default_factory=list)  # operators a --target lacks (error_class "target")
     fallback: bool = False  # added to the plan after a target lacked operators of newer opsets
@@ -463,6 +463,7 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
                 _honest_shapes(prepared, attempt, config, out.traced_branches)
                 winner = i
                 break
+        proof = _prove(prepared, attempts[winner], config, note) if winner is not None else None
         result = ExportResult(
             ref=loaded.ref, output=str(output) if output else None, attempts=attempts, winner=winner,
             inputs=[str(s) for s in prepared.specs], outputs=prepared.output_names,
@@ -473,6 +474,10 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
             if output is not None:
                 result.rejected = _keep_rejected(loaded, prepared, config, attempts, Path(output))
             _raise_failure(result, prepared, targets=config.targets)
+        if not proof.passed:
+            from ..verify.api import unproven_export
+
+            raise unproven_export(proof, result)
         won = attempts[winner]
         if output is not None:
             _save_with_metadata(won, loaded, prepared, config, Path(output), force=force)
@@ -482,6 +487,19 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _prove(prepared: Prepared, attempt: Attempt, config: ExportConfig, note: Callable[[str], None]):
+    """The winner's full verification (``verify.api.verify_export``): the shape domain of every dynamic dim and
+    whether these weights can be verified at all. Its report replaces the quick one; an accepted domain
+    (``--accept-domain``) becomes what the model claims (``prepared.dims``: the metadata and the result)."""
+    from ..verify.api import verify_export
+
+    note("verifying the winner: the shape domain of every dynamic dim")
+    report = verify_export(prepared, attempt.path, config, attempt.parity.static_in_graph if attempt.parity else None)
+    attempt.parity, attempt.frozen_dims = report, {**attempt.frozen_dims, **report.frozen}
+    prepared.dims = report.claimed_dims(prepared.dims)
+    return report
 
 
 def _shape_warnings(attempt: Attempt | None, limit: int = 6) -> list[str]:
