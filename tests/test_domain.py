@@ -20,7 +20,13 @@ from onnxgate.errors import ExitCode, ParityError
 from onnxgate.outcome import judge
 from onnxgate.spec import Dim, ExportConfig, parse_dim, parse_input
 from onnxgate.verify.compare import Tolerance, agreement, compare_outputs
-from onnxgate.verify.domain import (DomainBudget, ProbeOutcome, discover, extra_sizes, graph_granularities)
+from onnxgate.verify.domain import (
+    DomainBudget,
+    ProbeOutcome,
+    discover,
+    extra_sizes,
+    graph_granularities,
+)
 from onnxgate.verify.parity import degenerate_outputs
 from onnxgate.verify.shapes import probe_sizes
 
@@ -102,8 +108,9 @@ def test_the_seconds_budget_skips_and_names_what_it_skipped():
 
 
 def test_strides_and_patch_sizes_are_read_from_the_graph(tmp_path):
-    from onnxgate.verify.domain import _strides
     from onnx import helper
+
+    from onnxgate.verify.domain import _strides
 
     nodes = [helper.make_node("Conv", ["x", "w"], ["a"], strides=[2, 2], kernel_shape=[3, 3]),
              helper.make_node("Conv", ["a", "w2"], ["b"], strides=[16, 16], kernel_shape=[16, 16]),
@@ -131,8 +138,8 @@ class PatchNet(nn.Module):
         return self.head(patches).mean(1)
 
 
-PATCH_CONFIG = dict(inputs=(parse_input("x:Bx3xHxW:float32"),),
-                    dims=(parse_dim("B=1..3"), parse_dim("H=64..256@128"), parse_dim("W=64..256@128")))
+PATCH_CONFIG = {"inputs": (parse_input("x:Bx3xHxW:float32"),),
+                "dims": (parse_dim("B=1..3"), parse_dim("H=64..256@128"), parse_dim("W=64..256@128"))}
 
 
 def test_stride_32_patches_fail_export_naming_the_granularity(tmp_path):
@@ -307,3 +314,25 @@ def test_a_mobilevit_like_ceil_chain_is_claimed_at_its_safe_granularity():
     domain, _ = found("W=64..512@256", lambda s: all(math.ceil(s / k) % 2 == 0 for k in (8, 16, 32)))
     assert (domain.multiple_of, domain.verified_min, domain.verified_max) == (64, 64, 512)
     assert domain.telling_failure().size == 160
+
+
+def test_reference_outputs_run_once_per_weights_and_feed():
+    from onnxgate.runtimes.torch_runner import TorchRunner
+    from onnxgate.verify.refcache import cached
+
+    model = nn.Linear(4, 2).eval()
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    feed = {"x": np.ones((3, 4), np.float32)}
+    first = cached(TorchRunner(model, input_names=["x"])).run(feed)
+    again = cached(TorchRunner(model, input_names=["x"])).run({"x": feed["x"].copy()})  # another runner, same feed
+    assert len(calls) == 1 and np.array_equal(first["output"], again["output"])
+    with torch.no_grad():
+        model.weight.add_(1.0)  # new weights: new outputs
+    changed = cached(TorchRunner(model, input_names=["x"])).run(feed)
+    assert len(calls) == 2 and not np.array_equal(first["output"], changed["output"])
+    wrong = {"x": np.ones((3, 5), np.float32)}
+    for _ in range(2):  # the reference's failure is a result too: cached, raised again
+        with pytest.raises(Exception, match="shapes cannot be multiplied"):
+            cached(TorchRunner(model, input_names=["x"])).run(wrong)
+    assert len(calls) == 3

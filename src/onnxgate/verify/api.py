@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, ParityError
 from ..spec import BATCH_NAMES, Dim, ExportConfig, InputSpec, VerifyConfig
 from .compare import Tolerance
 from .domain import DimDomain, graph_granularities
@@ -237,10 +237,9 @@ def verify_export(prepared, path: str | Path, config: ExportConfig,
                          granularities=tuple(graph_granularities(path)) if prepared.dims else ())
 
 
-def unproven_export(report: ParityReport, result) -> "ParityError":
+def unproven_export(report: ParityReport, result) -> ParityError:
     """The error for an export whose winner failed its full verification (``verify_export``): a shape domain
     narrower than declared, or a reference that cannot be verified with these weights."""
-    from ..errors import ParityError
     from .parity import DEGENERATE_HINT
 
     frozen = [d for d in report.frozen if d not in report.allowed_static]

@@ -172,7 +172,7 @@ class DimDomain:
                 "failures": [f.to_dict() for f in sorted(self.failures, key=lambda f: f.size)],
                 "probes": list(self.probes), "skipped": list(self.skipped), "seconds": round(self.seconds, 3)}
 
-    def intersect(self, other: "DimDomain") -> "DimDomain":
+    def intersect(self, other: DimDomain) -> DimDomain:
         """Where both runtimes agree with PyTorch (several candidates verified the same dim)."""
         top = [m for m in (self.verified_max, other.verified_max) if m is not None]
         known = {f.size: f for f in [*self.failures, *other.failures]}

@@ -12,6 +12,7 @@ the right one (tied scores, constant outputs) is "not verifiable with these weig
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
@@ -264,8 +265,8 @@ def degenerate_outputs(refs: list, data_refs: list, tolerances, default) -> dict
     *another* input, in every pair of feeds available (two random seeds at the traced sizes; consecutive real
     data feeds of one shape). A candidate that ignored its input, or returned arbitrary boxes among tied scores,
     would pass them: such a comparison proves nothing about the graph."""
-    pairs = [(a, b) for a, b in zip(refs, refs[1:]) if a is not None and b is not None]
-    pairs += [(a, b) for a, b in zip(data_refs, data_refs[1:]) if a is not None and b is not None
+    pairs = [(a, b) for a, b in pairwise(refs) if a is not None and b is not None]
+    pairs += [(a, b) for a, b in pairwise(data_refs) if a is not None and b is not None
               and all(np.shape(a[k]) == np.shape(b.get(k)) for k in a)]
     if not pairs:
         return {}

@@ -91,7 +91,7 @@ class CachedReference:
             return {k: v.copy() for k, v in outputs.items()}
         try:
             outputs, error = self.runner.run(feed), None
-        except Exception as exc:  # the reference failing at this feed is a result too
+        except Exception as exc:  # noqa: BLE001  the reference failing at this feed is a result too
             outputs, error = None, exc
         if key is not None:
             _store(key, outputs, error)
@@ -105,6 +105,8 @@ def _store(key: tuple, outputs: dict[str, np.ndarray] | None, error: Exception |
     if size > MAX_BYTES // 4:
         return
     kept = {k: np.array(v, copy=True) for k, v in outputs.items()} if outputs is not None else None
+    if error is not None:  # a kept traceback would keep the failed forward pass's frames (and tensors) alive
+        error.__traceback__ = error.__context__ = error.__cause__ = None
     _CACHE[key] = (kept, error, size)
     _BYTES["total"] += size
     while _BYTES["total"] > MAX_BYTES and _CACHE:
