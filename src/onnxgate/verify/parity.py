@@ -11,6 +11,7 @@ the right one (tied scores, constant outputs) is "not verifiable with these weig
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -231,7 +232,7 @@ class _Runs:
             return ProbeOutcome(True)
         if _reference_failed(case):
             return ProbeOutcome(False, "pytorch", case.error.removeprefix("the reference fails on this feed: "))
-        return ProbeOutcome(False, self.candidate.name, self.why(case))
+        return ProbeOutcome(False, self.candidate.name, _tidy(self.why(case)))
 
     def why(self, case: ShapeCase) -> str:
         if case.error:
@@ -246,6 +247,18 @@ class _Runs:
         why = (f"no output computed ({', '.join(repr(n) for n in self.outputs.get(label, []))}): {case.error}"
                if case.error else self.why(case))
         return f"traced at {dim.example}, wrong at {label} ({why})"
+
+
+_RUNTIME_NOISE = (re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Non-zero status code returned while running )?"),
+                  re.compile(r"/onnxruntime_src/\S+:\d+ (\S+::)+\S+\([^)]*\)( const)? "))
+
+
+def _tidy(error: str) -> str:
+    """An onnxruntime error without its boilerplate and source locations: "Reshape node. Name:'node_view_7' Status
+    Message: input_shape_size == requested_shape_size was false. ..." (the node is what a user needs)."""
+    for pattern in _RUNTIME_NOISE:
+        error = pattern.sub("", error)
+    return error
 
 
 def _probe_fixed(run: _Runs, name: str, dim: Dim, *, quick: bool, judge: bool, frozen: dict[str, str]) -> None:
