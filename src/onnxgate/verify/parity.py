@@ -150,7 +150,7 @@ def _run_case(case: ShapeCase, feed, reference, candidate, tolerances, default) 
     try:
         got = candidate.run(feed)
     except Exception as exc:
-        case.error = f"{candidate.name} fails: {first_line(exc, 300)}"
+        case.error = f"{candidate.name} fails: {_tidy(first_line(exc, 4000))[:300]}"
         return ref
     # Candidate outputs line up with the reference by position: the exporter named them from the same flattening.
     got = dict(zip(ref, got.values())) if set(got) != set(ref) and len(got) == len(ref) else got
@@ -232,7 +232,7 @@ class _Runs:
             return ProbeOutcome(True)
         if _reference_failed(case):
             return ProbeOutcome(False, "pytorch", case.error.removeprefix("the reference fails on this feed: "))
-        return ProbeOutcome(False, self.candidate.name, _tidy(self.why(case)))
+        return ProbeOutcome(False, self.candidate.name, self.why(case))
 
     def why(self, case: ShapeCase) -> str:
         if case.error:
