@@ -111,7 +111,8 @@ def run_job(job: RunConfig, *, out_dir: str | Path | None = None, force: bool = 
     if job.data:
         from .verify.inputs import load_feeds
 
-        feeds = load_feeds(list(job.data), list(job.export.inputs))
+        feeds = load_feeds(list(job.data), list(job.export.inputs), meta=job.export.meta,
+                           preprocess=job.quantize.preprocess if job.quantize else None)
     return run(job.ref, out_dir or job.output or "onnxgate-out", config=job.export, data=feeds, force=force,
                bundle=job.bundle, targets=job.targets, bench=None if job.bench == "none" else job.bench,
                optimize=job.optimize, quantize=job.quantize, progress=progress, weights=job.weights, arch=job.arch,
