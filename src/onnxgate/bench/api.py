@@ -216,5 +216,6 @@ def _warnings(report: BenchReport) -> list[str]:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:400] if lines else ''}"
+    from ..errors import first_line
+
+    return f"{type(exc).__name__}: {first_line(exc)}"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError, ModelCodeExit, user_code
+from ..errors import BadInputError, ModelCodeExit, first_line, user_code
 from ..spec import BATCH_NAMES, Dim, ExportConfig, InputSpec
 
 
@@ -168,7 +168,7 @@ def prepare(loaded, config: ExportConfig) -> Prepared:
     except Exception as exc:
         raise BadInputError(
             f"The model fails on the example inputs ({', '.join(str(s) for s in specs)}): "
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
+            f"{type(exc).__name__}: {first_line(exc, 300)}",
             hint="Check the --input shapes and dtypes against what the model's forward() expects.",
         ) from exc
     if not first:

@@ -36,7 +36,7 @@ from .. import serde
 from ..errors import BadInputError
 from ..fsutil import check_target
 from .budget import AccuracyGate, Budget, Evaluation, accuracy_gate, check, evaluate, output_scales, run_outputs, top1
-from .data import DataArg, Dataset, load_data, model_classes, model_specs, random_dataset
+from .data import DataArg, Dataset, load_data, model_specs, random_dataset
 from .passes import APPLIED, ROLLED_BACK, TransformRecord, copy_model
 from .sensitivity import QDQ_OPS, NodeSensitivity, node_sensitivity
 

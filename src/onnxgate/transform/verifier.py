@@ -109,20 +109,21 @@ def session_for(model: onnx.ModelProto, *, what: str, opt_level: str | None = No
 
 
 def _scaled(ref: dict[str, np.ndarray], tolerance: Tolerance | None, *, relative: bool) -> dict[str, Tolerance]:
-    """Each output's tolerance with its atol tied to the output's scale (max |ref|). Always: atol never exceeds
-    rtol * scale, so an output whose values are all tiny (a network whose activations vanish) is still judged —
-    with a fixed atol of 1e-4, an output of 1e-9 logits would pass as all zeros. ``relative``: atol *is*
-    rtol * scale, for reduced precision, whose error grows with the values' magnitude."""
+    """Each output's tolerance. ``relative``: atol *is* rtol * the output's scale (max |ref|), for reduced
+    precision, whose error grows with the values' magnitude. Otherwise the tolerance as given: compare_outputs
+    ties every atol to rtol x scale itself (the one place that rule lives), so vanished activations are still
+    judged."""
     from ..verify.compare import default_tolerance
 
     out = {}
     for name, value in ref.items():
         tol = tolerance or default_tolerance(np.asarray(value).dtype.name)
-        magnitude = np.abs(np.asarray(value, np.float64))
-        magnitude = magnitude[np.isfinite(magnitude)]
-        scale = float(magnitude.max()) if magnitude.size else 0.0
-        if scale > 0:
-            tol = Tolerance(tol.rtol, tol.rtol * scale if relative else min(tol.atol, tol.rtol * scale))
+        if relative:
+            magnitude = np.abs(np.asarray(value, np.float64))
+            magnitude = magnitude[np.isfinite(magnitude)]
+            scale = float(magnitude.max()) if magnitude.size else 0.0
+            if scale > 0:
+                tol = Tolerance(tol.rtol, tol.rtol * scale)
         out[name] = tol
     return out
 
