@@ -243,9 +243,17 @@ BAD_JSON = ["[", "{", "", "null", "nan", "NaN", "1e999", '"x"', "[1, 2]", "[null
 def _meta_value(rng: random.Random, key: str, base_meta: dict[str, str]) -> str:
     """A broken value for metadata entry ``key`` (``base_meta``: the unmutated entries, for names)."""
     if key == "onnxgate.inputs":
-        name = json.loads(base_meta["onnxgate.inputs"])[0].split(":")[0]
-        dim0 = json.loads(base_meta["onnxgate.inputs"])[0].split(":")[1].split("x")[0]
+        first = json.loads(base_meta["onnxgate.inputs"])[0]
+        if isinstance(first, dict):  # the structured form export writes
+            name, dim0 = first["name"], str(first["shape"][0])
+        else:
+            name, dim0 = first.split(":")[0], first.split(":")[1].split("x")[0]
         return rng.choice(BAD_JSON + [
+            json.dumps([{"name": name, "shape": [-1, 4], "dtype": "float32", "value_range": None}]),
+            json.dumps([{"name": name, "shape": [2**40, 2**40], "dtype": "float32"}]),
+            json.dumps([{"name": name, "shape": "1x4", "dtype": "float32"}]),
+            json.dumps([{"name": name, "shape": [dim0, 4], "dtype": "float32", "value_range": [5, 1]}]),
+            json.dumps([{"name": name, "shape": [1, 4], "dtype": "float32", "extra": 1}]),
             json.dumps([f"{name}:-1x4:float32"]), json.dumps([f"{name}:99999999999x99999999:float32"]),
             json.dumps([f"{name}:{dim0}x4:complex128"]), json.dumps([f"{name}:{dim0}x4:float32:5..1"]),
             json.dumps([f"{name}:{dim0}x4"] * 2), json.dumps(["no such input:1:float32"]), json.dumps([1, 2]),
