@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError
-from .spec import MAX_DIM, Dim, InputSpec, parse_input
+from .spec import MAX_DIM, Dim, InputSpec, clip, describe_value, parse_input
 
 INPUTS = "onnxgate.inputs"
 DIMS = "onnxgate.dims"
@@ -40,10 +40,6 @@ OVERRIDE_HINT = ("The file's onnxgate metadata is damaged or was not written by 
 
 def malformed(model: str | Path, key: str, why: str, *, hint: str = OVERRIDE_HINT) -> BadInputError:
     return BadInputError(f"'{model}': its metadata entry '{key}' is malformed: {why}.", hint=hint)
-
-
-def _clip(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def entry(meta: Mapping[str, Any], key: str, *, model: str | Path, invalid_utf8: Collection[str] = (),
@@ -76,7 +72,7 @@ def json_entry(meta: Mapping[str, Any], key: str, *, model: str | Path, invalid_
     except RecursionError:
         raise malformed(model, key, "its JSON nests too deeply") from None
     except ValueError as exc:  # JSONDecodeError, NaN/Infinity, an integer of more than 4300 digits
-        raise malformed(model, key, f"it is not valid JSON ({_clip(str(exc).splitlines()[0], 120)})") from None
+        raise malformed(model, key, f"it is not valid JSON ({clip(str(exc).splitlines()[0], 120)})") from None
 
 
 def input_specs(meta: Mapping[str, Any], *, model: str | Path,
@@ -88,7 +84,7 @@ def input_specs(meta: Mapping[str, Any], *, model: str | Path,
     form = ('a JSON array of input specs such as [{"name": "x", "shape": ["B", 3, 224, 224], "dtype": "float32", '
             '"value_range": null}]')
     if not isinstance(raw, list) or not raw:
-        raise malformed(model, INPUTS, f"it must be {form}, not {_kind(raw)}")
+        raise malformed(model, INPUTS, f"it must be {form}, not {describe_value(raw)}")
     if len(raw) > MAX_INPUTS:
         raise malformed(model, INPUTS, f"it lists {len(raw):,} inputs (at most {MAX_INPUTS:,})")
     specs: list[InputSpec] = []
@@ -97,9 +93,9 @@ def input_specs(meta: Mapping[str, Any], *, model: str | Path,
             if isinstance(item, dict):  # the structured form onnxgate writes
                 spec = _spec_from_dict(item, where=f"item {i + 1}")
             elif isinstance(item, str):  # files written before the structured form: the --input text
-                spec = parse_input(item, where=f"item {i + 1} ('{_clip(item)}')")
+                spec = parse_input(item, where=f"item {i + 1} ('{clip(item, 60)}')")
             else:
-                raise malformed(model, INPUTS, f"item {i + 1} is {_kind(item)}; it must be {form}")
+                raise malformed(model, INPUTS, f"item {i + 1} is {describe_value(item)}; it must be {form}")
         except BadInputError as exc:
             if exc.message.startswith(f"'{model}'"):
                 raise
@@ -140,20 +136,20 @@ def dims(meta: Mapping[str, Any], *, model: str | Path, invalid_utf8: Collection
         return {}
     form = 'a JSON object such as {"B": {"name": "B", "min": 1, "max": 64, "example": 2}}'
     if not isinstance(raw, dict):
-        raise malformed(model, DIMS, f"it must be {form}, not {_kind(raw)}")
+        raise malformed(model, DIMS, f"it must be {form}, not {describe_value(raw)}")
     out: dict[str, Dim] = {}
     for name, fields in raw.items():
-        where = f"dim '{_clip(name, 40)}'"
+        where = f"dim '{clip(name, 40)}'"
         if not _DIM_NAME.fullmatch(name):
             raise malformed(model, DIMS, f"{where} is not a dim name (letters, digits, underscores)")
         if not isinstance(fields, dict):
-            raise malformed(model, DIMS, f"{where} is {_kind(fields)}; it must be {form}")
+            raise malformed(model, DIMS, f"{where} is {describe_value(fields)}; it must be {form}")
         unknown = sorted(set(fields) - set(_DIM_KEYS))
         if unknown:
-            raise malformed(model, DIMS, f"{where} has unknown fields {', '.join(repr(_clip(k, 20)) for k in unknown[:3])} "
+            raise malformed(model, DIMS, f"{where} has unknown fields {', '.join(repr(clip(k, 20)) for k in unknown[:3])} "
                                          f"(known: {', '.join(_DIM_KEYS)})")
         if fields.get("name", name) != name:
-            raise malformed(model, DIMS, f"{where} names itself '{_clip(str(fields.get('name')), 40)}'")
+            raise malformed(model, DIMS, f"{where} names itself '{clip(str(fields.get('name')), 40)}'")
         sizes = {}
         for key in ("min", "max", "example", "multiple_of"):
             value = fields.get(key, 1 if key == "min" else None)
@@ -161,9 +157,9 @@ def dims(meta: Mapping[str, Any], *, model: str | Path, invalid_utf8: Collection
                 sizes[key] = None
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
-                raise malformed(model, DIMS, f"{where}: '{key}' is {_kind(value)}; it must be an integer")
+                raise malformed(model, DIMS, f"{where}: '{key}' is {describe_value(value)}; it must be an integer")
             if not 0 <= value <= MAX_DIM:
-                raise malformed(model, DIMS, f"{where}: '{key}' is {_clip(str(value), 30)}, outside 0..{MAX_DIM:,}")
+                raise malformed(model, DIMS, f"{where}: '{key}' is {clip(str(value), 30)}, outside 0..{MAX_DIM:,}")
             sizes[key] = value
         if sizes["multiple_of"] is not None and sizes["multiple_of"] < 1:
             raise malformed(model, DIMS, f"{where}: 'multiple_of' is {sizes['multiple_of']}; it must be at least 1")
@@ -205,22 +201,6 @@ def problems(meta: Mapping[str, Any], *, model: str | Path, invalid_utf8: Collec
     for key in sorted(k for k in invalid_utf8 if k.startswith("onnxgate.") and k not in (INPUTS, DIMS, SOURCE)):
         found.append(malformed(model, key, "it is not valid UTF-8 text").message)
     return found
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, str):
-        return f"the string '{_clip(value, 30)}'"
-    if isinstance(value, (int, float)):
-        return f"the number {_clip(str(value), 30)}"
-    if isinstance(value, list):
-        return "an array" if value else "an empty array"
-    if isinstance(value, dict):
-        return "an object"
-    return f"a {type(value).__name__}"
 
 
 __all__ = ["INPUTS", "DIMS", "SOURCE", "REINIT", "input_specs", "dims", "recorded_source", "reinit_degenerate",

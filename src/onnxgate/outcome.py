@@ -29,12 +29,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ._version import __version__
+from . import errors
 from .errors import ExitCode, OnnxgateError
 
 ENVELOPE_VERSION = "1"
-# The error class (errors.py) that stands for each exit code, named in the envelope of a failed result.
-ERROR_TYPES = {2: "BadInputError", 3: "ExportError", 4: "ParityError", 5: "AccuracyBudgetError",
-               6: "RuntimeIncompatibleError", 7: "UnsafeInputError", 8: "MissingExtraError", 9: "IntegrityError"}
+# The error class that stands for each exit code: what raise_for raises and what the envelope of a failed result
+# names, so a failed result and the exception for the same failure read alike.
+ERROR_CLASSES: dict[int, type[OnnxgateError]] = {
+    int(ExitCode.BAD_INPUT): errors.BadInputError, int(ExitCode.EXPORT_FAILED): errors.ExportError,
+    int(ExitCode.PARITY_FAILED): errors.ParityError, int(ExitCode.ACCURACY_BUDGET): errors.AccuracyBudgetError,
+    int(ExitCode.RUNTIME_INCOMPATIBLE): errors.RuntimeIncompatibleError,
+    int(ExitCode.UNSAFE_INPUT): errors.UnsafeInputError, int(ExitCode.INTEGRITY): errors.IntegrityError}
 
 
 @dataclass(frozen=True)
@@ -193,23 +198,13 @@ def judge(result: Any) -> Outcome:
         raise TypeError(f"onnxgate has no verdict rule for {type(result).__name__}") from None
 
 
-def exit_code(result: Any) -> int:
-    return judge(result).exit_code
-
-
 def raise_for(result: Any) -> None:
     """At the edge of the Python API: raise the failed verdict of ``result`` as the matching onnxgate error."""
     outcome = judge(result)
     if outcome.passed:
         return
-    from . import errors
-
-    classes = {ExitCode.BAD_INPUT: errors.BadInputError, ExitCode.EXPORT_FAILED: errors.ExportError,
-               ExitCode.PARITY_FAILED: errors.ParityError, ExitCode.ACCURACY_BUDGET: errors.AccuracyBudgetError,
-               ExitCode.RUNTIME_INCOMPATIBLE: errors.RuntimeIncompatibleError,
-               ExitCode.UNSAFE_INPUT: errors.UnsafeInputError, ExitCode.INTEGRITY: errors.IntegrityError}
-    raise classes.get(ExitCode(outcome.exit_code), OnnxgateError)(outcome.reason or "failed", hint=outcome.hint,
-                                                                   result=result)
+    raise ERROR_CLASSES.get(outcome.exit_code, OnnxgateError)(outcome.reason or "failed", hint=outcome.hint,
+                                                              result=result)
 
 
 def envelope(command: str, *, result: Any = None, error: BaseException | None = None,
@@ -228,6 +223,6 @@ def envelope(command: str, *, result: Any = None, error: BaseException | None = 
         doc["error"] = {"type": type(error).__name__, "message": getattr(error, "message", str(error)),
                         "hint": getattr(error, "hint", None), "exit_code": outcome.exit_code}
     elif not outcome.passed:  # a failed result: the same error object an exception would have given
-        doc["error"] = {"type": ERROR_TYPES.get(outcome.exit_code, "OnnxgateError"), "message": outcome.reason,
+        doc["error"] = {"type": ERROR_CLASSES.get(outcome.exit_code, OnnxgateError).__name__, "message": outcome.reason,
                         "hint": outcome.hint, "exit_code": outcome.exit_code}
     return doc

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError, ModelSourceError, UnsafeInputError
+from .sources._text import describe  # the sources' one error description (type + first line)
 
 SAFE_FORMATS_HINT = (
     "Save it instead as a state dict (torch.save(model.state_dict(), PATH), then load it with --arch), as "
@@ -52,7 +53,7 @@ def torch_load(path: Path, *, trust_pickle: bool) -> Any:
     except pickle.UnpicklingError as exc:
         refusal = exc  # weights_only refused the content: custom objects, or bytes that are no pickle at all
     except Exception as exc:
-        raise unreadable(path, _describe(exc)) from exc
+        raise unreadable(path, describe(exc)) from exc
     if not trust_pickle:
         if not _holds_pickle(path, refusal):
             raise unreadable(path, "it is neither an archive written by torch.save nor a pickle") from refusal
@@ -66,12 +67,12 @@ def torch_load(path: Path, *, trust_pickle: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (ImportError, AttributeError) as exc:
         raise ModelSourceError(
-            f"'{path}' is a pickled model whose classes cannot be imported here: {_describe(exc)}.",
+            f"'{path}' is a pickled model whose classes cannot be imported here: {describe(exc)}.",
             hint="A pickle stores only the module and class names, not their code: make the package that defines "
             f"the model importable (install it or add it to PYTHONPATH). {SAFE_FORMATS_HINT}",
         ) from exc
     except Exception as exc:
-        raise unreadable(path, _describe(exc)) from exc
+        raise unreadable(path, describe(exc)) from exc
 
 
 def check_pt2_archive(path: Path) -> None:
@@ -95,9 +96,9 @@ def check_pt2_archive(path: Path) -> None:
                 # or worse: it must load as plain tensors.
                 _require_weights_only(path, archive, name, what=relative)
     except zipfile.BadZipFile as exc:
-        raise unreadable(path, f"it is a damaged zip archive ({_describe(exc)})") from exc
+        raise unreadable(path, f"it is a damaged zip archive ({describe(exc)})") from exc
     except OSError as exc:
-        raise unreadable(path, _describe(exc)) from exc
+        raise unreadable(path, describe(exc)) from exc
 
 
 def load_pt2(path: Path) -> Any:
@@ -125,7 +126,7 @@ def load_npz(path: str | Path, *, what: str) -> dict[str, Any]:
         raise UnsafeInputError(f"{what} '{path}' holds pickled object arrays, which onnxgate does not load.",
                                hint="Save plain numeric arrays (numpy.savez with numeric dtypes).") from exc
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise BadInputError(f"{what} '{path}' is not a readable .npz file ({_describe(exc)}).",
+        raise BadInputError(f"{what} '{path}' is not a readable .npz file ({describe(exc)}).",
                             hint="Give a file written by numpy.savez.") from exc
 
 
@@ -204,7 +205,7 @@ def _require_weights_only(path: Path, archive: zipfile.ZipFile, member: str, *, 
     except Exception as exc:  # not a pickle at all: torch would fall back to weights_only=False on it too
         raise UnsafeInputError(
             f"'{path}' holds the member '{member}' ({what}) that is not plain tensor data "
-            f"({_describe(exc)}); torch.export.load would retry it as an arbitrary pickle, so onnxgate refuses it.",
+            f"({describe(exc)}); torch.export.load would retry it as an arbitrary pickle, so onnxgate refuses it.",
             hint=_TRUST_HINT + "Re-save the program with torch.export.save using this version of torch.",
         ) from exc
 
@@ -221,9 +222,3 @@ def _holds_pickle(path: Path, refusal: pickle.UnpicklingError) -> bool:
 def _named_global(refusal: BaseException) -> str:
     found = re.search(r"GLOBAL (\S+)", str(refusal))
     return f" (it references {found.group(1)})" if found else ""
-
-
-def _describe(exc: BaseException) -> str:
-    from .errors import first_line
-
-    return f"{type(exc).__name__}: {first_line(exc)}"

@@ -108,7 +108,7 @@ def parse_input(text: str, *, where: str | None = None) -> InputSpec:
         raise BadInputError(f"{where} does not parse: expected 2 to 4 fields separated by ':'.", hint=hint)
     name, shape_text = parts[0], parts[1]
     if not re.fullmatch(_NAME, name):
-        raise BadInputError(f"{where}: '{_clip(name)}' is not a valid input name.", hint=hint)
+        raise BadInputError(f"{where}: '{clip(name)}' is not a valid input name.", hint=hint)
     dtype = parse_dtype(parts[2], where=where) if len(parts) >= 3 and parts[2] else "float32"
     sep = "," if "," in shape_text else "x"
     shape: list[int | str] = []
@@ -121,7 +121,7 @@ def parse_input(text: str, *, where: str | None = None) -> InputSpec:
                 shape.append(token)
             else:
                 raise BadInputError(
-                    f"{where}: the shape '{_clip(shape_text)}' does not parse at '{_clip(token)}': each dim must be a "
+                    f"{where}: the shape '{clip(shape_text)}' does not parse at '{clip(token)}': each dim must be a "
                     "positive integer or a name.",
                     hint=hint,
                 )
@@ -131,14 +131,33 @@ def parse_input(text: str, *, where: str | None = None) -> InputSpec:
     return InputSpec(name, tuple(shape), dtype, value_range)
 
 
-def _clip(text: str, limit: int = 80) -> str:
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` cut at ``limit`` characters: what an error message quotes of a value the user (or a file) gave."""
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def describe_value(value: Any, *, mapping: str = "an object", limit: int = 30) -> str:
+    """A parsed JSON or TOML value as an error message names it ("the string 'abc'", "an empty array");
+    ``mapping``: what the format calls a mapping ("a table" in TOML)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string '{clip(value, limit)}'"
+    if isinstance(value, (int, float)):
+        return f"the number {clip(str(value), limit)}"
+    if isinstance(value, list):
+        return "an array" if value else "an empty array"
+    if isinstance(value, dict):
+        return mapping
+    return f"a {type(value).__name__}"
 
 
 def _size(token: str, *, where: str, what: str, hint: str) -> int:
     """A dim size written as decimal digits, bounded by MAX_DIM (and never an int() of a 10,000-digit string)."""
     if len(token) > len(str(MAX_DIM)) or int(token) > MAX_DIM:
-        raise BadInputError(f"{where}: the {what} {_clip(token, 24)} is larger than onnxgate accepts ({MAX_DIM:,}).",
+        raise BadInputError(f"{where}: the {what} {clip(token, 24)} is larger than onnxgate accepts ({MAX_DIM:,}).",
                             hint=hint)
     return int(token)
 
@@ -148,13 +167,13 @@ def _parse_range(text: str, *, where: str) -> tuple[float, float]:
     try:
         low, high = float(m.group(1)), float(m.group(2))  # type: ignore[union-attr]
     except (AttributeError, ValueError):
-        raise BadInputError(f"{where}: the value range '{_clip(text)}' does not parse.",
+        raise BadInputError(f"{where}: the value range '{clip(text)}' does not parse.",
                             hint="Write LOW..HIGH, e.g. 0..30521.") from None
     if not (math.isfinite(low) and math.isfinite(high)):
-        raise BadInputError(f"{where}: the value range '{_clip(text)}' is not finite.",
+        raise BadInputError(f"{where}: the value range '{clip(text)}' is not finite.",
                             hint="Write LOW..HIGH with finite numbers, e.g. 0..30521.")
     if low > high:
-        raise BadInputError(f"{where}: the value range '{_clip(text)}' is empty (LOW > HIGH).",
+        raise BadInputError(f"{where}: the value range '{clip(text)}' is empty (LOW > HIGH).",
                             hint="Write LOW..HIGH with LOW <= HIGH.")
     return low, high
 
@@ -190,9 +209,9 @@ def parse_meta(items: list[str], *, where: str = "--meta") -> dict[str, str]:
     meta = {}
     for item in items:
         if "=" not in item:
-            raise BadInputError(f"{where} '{_clip(item)}' does not parse.", hint="Write it as KEY=VALUE.")
+            raise BadInputError(f"{where} '{clip(item)}' does not parse.", hint="Write it as KEY=VALUE.")
         key, value = item.split("=", 1)
-        meta[_meta_key(key.strip(), where=f"{where} '{_clip(item)}'")] = value
+        meta[_meta_key(key.strip(), where=f"{where} '{clip(item)}'")] = value
     return meta
 
 
@@ -458,18 +477,8 @@ def _toml_schema():
 _SCHEMA = None
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, str):
-        return f'the string "{_clip(value, 40)}"'
-    if isinstance(value, (int, float)):
-        return f"the number {_clip(str(value), 40)}"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return f"a {type(value).__name__}"
+def _toml_value(value: Any) -> str:
+    return describe_value(value, mapping="a table", limit=40)
 
 
 def _toml_problems(data: dict, exc) -> list[str]:
@@ -487,7 +496,7 @@ def _toml_problems(data: dict, exc) -> list[str]:
             known = sections.get(parent, [])
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             where = f"[{'.'.join(parent)}]" if parent else "the top level"
-            text = f"key '{_clip(dotted)}' is not a key onnxgate knows at {where}"
+            text = f"key '{clip(dotted)}' is not a key onnxgate knows at {where}"
             problems[dotted] = text + (f": did you mean '{close[0]}'?" if close else
                                        f" (known keys there: {', '.join(known)})")
             continue
@@ -503,12 +512,12 @@ def _toml_problems(data: dict, exc) -> list[str]:
         for part in dotted.split(".", 1) if loc[:1] in (("meta",), ("export",), ("quantize",)) else [dotted]:
             value = value.get(part) if isinstance(value, dict) else None
         if err["type"] == "string_too_short":
-            problems[dotted] = f"key '{_clip(dotted)}' must not be empty"
+            problems[dotted] = f"key '{clip(dotted)}' must not be empty"
         elif err["type"] in ("greater_than_equal", "less_than_equal"):
-            problems[dotted] = (f"key '{_clip(dotted)}' must be {'at least' if 'greater' in err['type'] else 'at most'} "
-                                f"{next(iter(err.get('ctx', {}).values()), '?')} (it is {_describe(value)})")
+            problems[dotted] = (f"key '{clip(dotted)}' must be {'at least' if 'greater' in err['type'] else 'at most'} "
+                                f"{next(iter(err.get('ctx', {}).values()), '?')} (it is {_toml_value(value)})")
         else:
-            problems[dotted] = f"key '{_clip(dotted)}' must be {form} (it is {_describe(value)})"
+            problems[dotted] = f"key '{clip(dotted)}' must be {form} (it is {_toml_value(value)})"
     return list(problems.values())
 
 
@@ -561,7 +570,7 @@ def load_toml(path: str | Path) -> RunConfig:
                             "value.") from None
 
     def at(key: str, item: str | None = None) -> str:
-        return f"In {path}, key '{key}'" + (f" ('{_clip(item)}')" if item is not None else "")
+        return f"In {path}, key '{key}'" + (f" ('{clip(item)}')" if item is not None else "")
 
     labels: tuple[str, ...] = ()
     if doc.labels:

@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 # Human output goes to stderr so `--json` output on stdout stays machine-readable.
 # When stderr is not a terminal (CI logs, pipes), rich would assume 80 columns and squeeze the tables.
@@ -32,16 +33,13 @@ def finish(result: Any = None, *, json_out: bool, data: Any = None, quiet_failur
 
     ``result``: the stage result (or a list of them) the judge rules on; ``data``: facts to print instead of
     ``result.to_dict()``. ``quiet_failure``: the command already printed why it failed."""
-    from ..outcome import envelope, judge
+    from ..outcome import PASSED, envelope, judge
 
-    outcome = judge(result) if result is not None else judge([])
+    outcome = judge(result) if result is not None else PASSED
     if json_out:
         emit_json(envelope(COMMAND["name"], result=result, data=data))
     elif not outcome.passed and not quiet_failure:
-        text = f"[bold red]error[/]: {_escape(outcome.reason or 'failed')}"
-        if outcome.hint:
-            text += f" [yellow]{_escape(outcome.hint)}[/]"
-        console.print(text, soft_wrap=True)
+        print_error(outcome.reason or "failed", outcome.hint)
     if not outcome.passed:
         raise typer.Exit(outcome.exit_code)
 
@@ -52,22 +50,16 @@ def render_error(exc: Exception, *, as_json: bool) -> None:
 
     if as_json:
         emit_json(envelope(COMMAND["name"], error=exc))
-    message = getattr(exc, "message", str(exc))
-    hint = getattr(exc, "hint", None)
-    text = f"[bold red]error[/]: {_escape(message)}"
-    if hint:
-        text += f" [yellow]{_escape(hint)}[/]"
-    if isinstance(exc, OnnxgateError) and getattr(exc, "result", None) is not None:
+    if isinstance(exc, OnnxgateError) and hasattr(getattr(exc, "result", None), "attempts"):
         from .render import attempts_table
 
-        try:
-            console.print(attempts_table(exc.result))
-        except (AttributeError, TypeError):  # a result that is not an export's attempts
-            pass
+        console.print(attempts_table(exc.result))  # an export that failed: every attempt and why
+    print_error(getattr(exc, "message", str(exc)), getattr(exc, "hint", None))
+
+
+def print_error(message: str, hint: str | None) -> None:
+    """The one-paragraph failure line every command ends with on stderr: what went wrong, then the fix."""
+    text = f"[bold red]error[/]: {escape(message)}"
+    if hint:
+        text += f" [yellow]{escape(hint)}[/]"
     console.print(text, soft_wrap=True)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from .common import console, finish
 from .export_cmd import TARGET_HELP
@@ -28,18 +29,12 @@ def inspect(
         if targets:
             console.print(render_targets_table(targets))
         for problem in report.structure_errors:
-            console.print(f"[red]structure[/]: {_escape(problem)}")
+            console.print(f"[red]structure[/]: {escape(problem)}")
         for problem in report.metadata_problems:
-            console.print(f"[yellow]metadata[/]: {_escape(problem)} (verify needs --input/--dim for this file)")
+            console.print(f"[yellow]metadata[/]: {escape(problem)} (verify needs --input/--dim for this file)")
     # The judge: not valid ONNX is bad input (2) whatever a runtime makes of it; a runtime that cannot run it, 6.
     finish([report, *targets], json_out=json_out,
            data={**report.to_dict(), "targets": [t.to_dict() for t in targets]})
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 def register(app: typer.Typer) -> None:
