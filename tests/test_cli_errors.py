@@ -123,3 +123,16 @@ def test_issue_acceptance_resnet18_export_runs_at_batch_1_and_4(capsys, tmp_path
             expected = model(torch.from_numpy(x)).numpy()
         got = OrtRunner(out).run({"x": x})["output"]
         np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_long_steps_show_plain_progress_lines_when_piped(tmp_path):
+    """In a CI log (stderr is a pipe) a spinner shows nothing: each step is one plain, timed line instead."""
+    model = tmp_path / "net.py"
+    model.write_text("import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                     "        self.fc = torch.nn.Linear(4, 2)\n    def forward(self, x):\n        return self.fc(x)\n")
+    proc = subprocess.run([str(Path(sys.executable).parent / "onnxgate"), "export", f"{model}:Net", "-o",
+                           str(tmp_path / "m.onnx"), "--input", "x:Bx4:float32"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    steps = [line for line in proc.stderr.splitlines() if line.startswith("[") and "s] " in line]
+    assert steps[0].endswith("exporting") and any("attempt 1/" in line for line in steps), proc.stderr

@@ -6,7 +6,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import console, finish
+from .common import console, finish, progress
 from .export_cmd import DIM_HELP, INPUT_HELP
 
 
@@ -59,7 +59,7 @@ def bench(
         overrides["startup_repeats"] = 0
     settings = BenchSettings.quick(**overrides) if quick else BenchSettings(**overrides)
     config = ExportConfig(inputs=tuple(parse_input(s) for s in inputs), dims=tuple(parse_dim(s) for s in dims))
-    with console.status("benchmarking", spinner="dots") as status:
+    with progress("benchmarking") as status:
         report = do_bench(model, against=against, variants=[Variant(n, p, n in verified) for n, p in pairs],
                           config=config, settings=settings, base_verified=True if "base" in verified else None,
                           weights=weights, arch=arch, trust_pickle=trust_pickle, progress=status.update)

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadInputError
-from .common import console, finish
+from .common import console, finish, progress
 from .export_cmd import DIM_HELP, INPUT_HELP
 
 _STYLES = {"pass": "green", "fail": "red", "tampered": "bold red", "incompatible": "yellow",
@@ -75,7 +75,7 @@ def _bundle_from_ref(ref: str, out: Path, inputs: list[str], dims: list[str], ta
     from ..spec import ExportConfig, parse_dim, parse_input
 
     config = ExportConfig(inputs=tuple(map(parse_input, inputs)), dims=tuple(map(parse_dim, dims)))
-    with console.status("exporting and verifying", spinner="dots") as status:
+    with progress("exporting and verifying") as status:
         return bundle_from_ref(ref, out, config=config, force=force, tarball=tar, progress=status.update)
 
 

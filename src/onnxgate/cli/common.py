@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import typer
@@ -21,6 +24,28 @@ console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty(
 
 # The command being run (set by main() from argv), named in every envelope.
 COMMAND = {"name": "onnxgate"}
+
+
+@contextmanager
+def progress(label: str) -> Iterator[Any]:
+    """Progress of a long step, as an object with ``update(message)`` (the library's ``progress=`` callback):
+    a live spinner on a terminal; on a pipe or a CI log, where a spinner shows nothing, one plain line per step."""
+    if console.is_terminal:
+        with console.status(label, spinner="dots") as status:
+            yield status
+    else:
+        yield _PlainProgress(label)
+
+
+class _PlainProgress:
+    def __init__(self, label: str):
+        self.start, self.last = time.monotonic(), None
+        self.update(label)
+
+    def update(self, message: str) -> None:
+        if message != self.last:  # a step repeated by the library is one line
+            self.last = message
+            console.print(f"[{time.monotonic() - self.start:6.1f}s] {escape(message)}", soft_wrap=True)
 
 
 def emit_json(data: Any) -> None:

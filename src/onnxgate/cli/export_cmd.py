@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, finish
+from .common import console, finish, progress
 
 INPUT_HELP = "NAME:SHAPE:DTYPE[:LOW..HIGH], e.g. x:Bx3x224x224:float32 or ids:Bx128:int64:0..30521. Repeatable."
 TARGET_HELP = ("A runtime the model must run on, e.g. onnxruntime==1.16, openvino==2024.0, tensorrt==10.0: checks "
@@ -60,7 +60,7 @@ def export(
     check_writable(output)
     from ..export import export as do_export
 
-    with console.status("exporting", spinner="dots") as status:
+    with progress("exporting") as status:
         result = do_export(ref, output, config=cfg, weights=weights or run.weights, arch=arch or run.arch,
                            trust_pickle=trust_pickle or run.trust_pickle, force=force,
                            progress=lambda msg: status.update(msg))

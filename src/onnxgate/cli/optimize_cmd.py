@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import console, finish
+from .common import console, finish, progress
 
 DATA_HELP = ("An .npz/.npy (arrays named after the inputs; labels under --labels-key), an image folder (class "
              "sub-folders named after the model's labels or their index give labels) or file.py:fn returning feeds.")
@@ -35,7 +35,7 @@ def optimize(
     """Simplify and optimize an ONNX model, verifying every step; a step that breaks parity is rolled back."""
     from ..transform import optimize as do_optimize
 
-    with console.status("optimizing", spinner="dots") as status:
+    with progress("optimizing") as status:
         report = do_optimize(model, output, level=level, simplifier=simplifier, fold=fold, fp16=fp16,
                              keep_io_types=not fp16_io, fp16_keep_ops=tuple(fp16_keep), feeds=data,
                              preprocess=preprocess, force=force,
@@ -78,7 +78,7 @@ def quantize(
     from ..transform.quantize import quantize as do_quantize
 
     class_names = read_labels(labels) if labels is not None else None
-    with console.status("quantizing", spinner="dots") as status:
+    with progress("quantizing") as status:
         report = do_quantize(model, output, mode=mode, calib=calib, eval_data=eval_data, class_names=class_names,
                              labels_key=labels_key,
                              preprocess=preprocess, method=method, per_channel=per_channel,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, finish
+from .common import console, finish, progress
 from .export_cmd import ACCEPT_DOMAIN_HELP, DIM_HELP, INPUT_HELP, TARGET_HELP
 
 
@@ -45,7 +45,7 @@ def run(
     from ..pipeline import run_demo
 
     if model is None:
-        with console.status("demo", spinner="dots") as status:
+        with progress("demo") as status:
             report = run_demo(output or Path("onnxgate-demo"), force=force, progress=status.update)
         return render_pipeline(report, json_out)
     from ..configure import ExportFlags, RunFlags, run_config
@@ -59,7 +59,7 @@ def run(
         targets=tuple(target), data=tuple(data), bench=bench, optimize=optimize, bundle=bundle, quantize=quantize,
         calib=calib, eval_data=eval_data, method=method, preprocess=preprocess, max_accuracy_drop=max_accuracy_drop,
         max_error=max_error))
-    with console.status("running", spinner="dots") as status:
+    with progress("running") as status:
         report = run_job(job, force=force, progress=status.update)
     render_pipeline(report, json_out)
 
@@ -72,7 +72,7 @@ def demo(
     """Train (once) a small CNN on scikit-learn's digits, then export, verify, bundle and report end to end."""
     from ..pipeline import run_demo
 
-    with console.status("demo", spinner="dots") as status:
+    with progress("demo") as status:
         report = run_demo(output, force=force, progress=status.update)
     render_pipeline(report, json_out)
 

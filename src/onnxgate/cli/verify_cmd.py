@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, finish
+from .common import console, finish, progress
 from .export_cmd import ACCEPT_DOMAIN_HELP, DIM_HELP, INPUT_HELP, TARGET_HELP
 
 
@@ -46,7 +46,7 @@ def verify(
                             rtol=rtol, atol=atol, localize=localize, reinit_degenerate=reinit_degenerate,
                             trust_source=trust_source, weights=weights, arch=arch, trust_pickle=trust_pickle,
                             accept_domain=accept_domain)
-    with console.status("verifying", spinner="dots"):
+    with progress("verifying"):
         result = do_verify(target, against, config=config, settings=settings)
     if not json_out:
         from rich.markup import escape
