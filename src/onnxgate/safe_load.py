@@ -1,4 +1,8 @@
-"""The one loading policy: every model, weights or array file onnxgate opens goes through this module.
+"""The one loading policy for model and weights files: every ``torch.load`` and ``.pt2`` load goes through here.
+
+Array files (``.npz``/``.npy``) are read with ``allow_pickle=False`` everywhere; ``load_npz`` below serves the
+``bundle`` command's ``--golden``/``--reference``, while feeds (``verify/inputs.py``) and bundle golden files
+(``bundle/verify.py``, which also bounds every allocation) have readers of their own.
 
 A pickle is a program: unpickling runs whatever callables the file names. So nothing here unpickles arbitrary
 objects unless the user passed ``--trust-pickle``:
