@@ -20,7 +20,8 @@ from ..errors import ExitCode, OnnxgateError
 
 # Commands that import or run the user's model code, or hand files to a runtime; --help/--version/inspect/env run
 # in-process (they are cheap and load nothing executable).
-ISOLATED_COMMANDS = frozenset({"export", "run", "demo", "bundle", "bench", "verify", "optimize", "quantize"})
+ISOLATED_COMMANDS = frozenset({"export", "run", "demo", "bundle", "bench", "verify", "optimize", "quantize",
+                               "deploy"})
 # What a crash means for each command's verdict: the export-side commands failed to produce a model; the
 # verify-side ones met a model their runtime cannot run.
 _CRASH_EXIT = {"verify": ExitCode.RUNTIME_INCOMPATIBLE, "optimize": ExitCode.RUNTIME_INCOMPATIBLE,
