@@ -56,17 +56,10 @@ def run_isolated(argv: list[str]) -> int:
 
 
 def crash_error(command: str, signum: int) -> OnnxgateError:
-    try:
-        name = signal.Signals(signum).name
-    except ValueError:
-        name = f"signal {signum}"
-    cause = {
-        "SIGKILL": "killed from outside, most often by the kernel's out-of-memory killer",
-        "SIGSEGV": "a segmentation fault in native code: a custom op, an exporter or a runtime bug",
-        "SIGABRT": "an abort in native code: a failed C++ assertion in a runtime or an exporter, or os.abort()",
-        "SIGBUS": "a bus error in native code",
-        "SIGFPE": "a floating-point exception in native code",
-    }.get(name, "a fatal signal")
+    from ..worker import SIGNAL_CAUSES, signal_name
+
+    name = signal_name(signum)
+    cause = SIGNAL_CAUSES.get(name, "a fatal signal")
     error = OnnxgateError(
         f"'onnxgate {command}' crashed while running the model's code or its runtime: the worker process died from "
         f"{name} ({cause}). onnxgate ran it in a child process, so this report is all that was lost; no output was "
