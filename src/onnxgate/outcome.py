@@ -14,6 +14,9 @@ gives the same exit code whichever door it came through:
     QuantizeReport               the accuracy budget is missed                 5  accuracy budget
     BundleVerification           tampered 9, wrong numbers 4, cannot run 6
     PipelineReport (run)         the worst of its stages (its own verdict)
+    ServeResult (serve)          never: a server that started and shut down    0  (a bundle that fails to verify
+                                 never starts: its BundleVerification's code)
+    ConfigExport (serve --export-config)  never: written files                 0
     OnnxgateError                always: its own exit code
     anything else raised         a bug in onnxgate                             1
 
@@ -177,6 +180,7 @@ _JUDGES: dict[str, Callable[[Any], Outcome]] = {
     "ExportResult": _export, "TransformReport": _transform, "QuantizeReport": _quantize,
     "BundleVerification": _bundle, "PipelineReport": _pipeline,
     "BenchReport": lambda _r: PASSED,  # measurements: a benchmark has no verdict of its own
+    "ServeResult": lambda _r: PASSED, "ConfigExport": lambda _r: PASSED,  # serve: failures raise before it starts
 }
 
 
