@@ -13,6 +13,8 @@ gives the same exit code whichever door it came through:
     TransformReport (optimize)   a required transform was rolled back          4
     QuantizeReport               the accuracy budget is missed                 5  accuracy budget
     BundleVerification           tampered 9, wrong numbers 4, cannot run 6
+    DeployReport (deploy)        an artifact differs from the reference 4, a target cannot convert it 6
+                                 (skipped and "converted, not numerically verified" targets do not fail)
     PipelineReport (run)         the worst of its stages (its own verdict)
     ServeResult (serve)          never: a server that started and shut down    0  (a bundle that fails to verify
                                  never starts: its BundleVerification's code)
@@ -169,6 +171,18 @@ def _bundle(result) -> Outcome:
                  _BUNDLE_HINTS.get(result.status, _BUNDLE_HINTS["incompatible"]))
 
 
+def _deploy(report) -> Outcome:
+    if report.failed:
+        return _fail(ExitCode.PARITY_FAILED, "; ".join(a.reason or a.label for a in report.failed),
+                     "The converted artifact computes something else than the ONNX model's reference: see its "
+                     "failing feeds; deploy the other targets, or report the converter's failure upstream.")
+    if report.not_converted:
+        return _fail(ExitCode.RUNTIME_INCOMPATIBLE, "; ".join(a.reason or a.label for a in report.not_converted),
+                     "Export at an opset the target supports (--opset), simplify the model (onnxgate optimize), "
+                     "or deploy the other targets.")
+    return PASSED
+
+
 def _pipeline(report) -> Outcome:
     if report.verdict == "pass":
         return PASSED
@@ -178,7 +192,7 @@ def _pipeline(report) -> Outcome:
 _JUDGES: dict[str, Callable[[Any], Outcome]] = {
     "StructureReport": _structure, "TargetResult": lambda t: _targets([t]), "VerifyResult": _verify,
     "ExportResult": _export, "TransformReport": _transform, "QuantizeReport": _quantize,
-    "BundleVerification": _bundle, "PipelineReport": _pipeline,
+    "BundleVerification": _bundle, "PipelineReport": _pipeline, "DeployReport": _deploy,
     "BenchReport": lambda _r: PASSED,  # measurements: a benchmark has no verdict of its own
     "ServeResult": lambda _r: PASSED, "ConfigExport": lambda _r: PASSED,  # serve: failures raise before it starts
 }
