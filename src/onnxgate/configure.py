@@ -55,6 +55,7 @@ class RunFlags:
     preprocess: str | None = None
     max_accuracy_drop: float | None = None
     max_error: float | None = None
+    deploy: str | None = None  # --deploy openvino,ort-mobile,...
 
 
 def export_config(flags: ExportFlags) -> tuple[RunConfig, ExportConfig]:
@@ -109,7 +110,17 @@ def run_config(ref: str | None, flags: RunFlags) -> RunConfig:
         trust_pickle=flags.trust_pickle or job.trust_pickle, output=flags.output or job.output,
         targets=cfg.targets, data=tuple(flags.data) or job.data,
         bench=flags.bench or job.bench, optimize=_first(flags.optimize, job.optimize),
-        bundle=_first(flags.bundle, job.bundle), quantize=_quantize_config(flags, job.quantize))
+        bundle=_first(flags.bundle, job.bundle), quantize=_quantize_config(flags, job.quantize),
+        deploy=_deploy(flags.deploy) or job.deploy)
+
+
+def _deploy(text: str | None) -> tuple[str, ...]:
+    """--deploy: the deploy targets, checked now (an unknown name is exit 2 before a model is loaded)."""
+    if text is None:
+        return ()
+    from .deploy.model import parse_targets
+
+    return parse_targets(text, where="--deploy")
 
 
 def _quantize_config(flags: RunFlags, from_file: QuantizeConfig | None) -> QuantizeConfig | None:

@@ -364,6 +364,7 @@ class RunConfig:
     optimize: bool = True
     bundle: bool = True
     quantize: QuantizeConfig | None = None
+    deploy: tuple[str, ...] = ()  # deploy targets (--deploy / `deploy = [...]`): see onnxgate.deploy
 
     def __post_init__(self) -> None:
         if self.bench not in BENCH_MODES:
@@ -413,6 +414,7 @@ _TOML_FORMS = {
     "bench": '"quick", "full" or "none"',
     "optimize": "true or false",
     "bundle": "true or false",
+    "deploy": 'an array of deploy targets, e.g. deploy = ["openvino", "ort-mobile", "tflite"]',
     "quantize": 'a table like [quantize] mode = "static"',
     "quantize.mode": '"static" or "dynamic"',
     "quantize.method": '"minmax", "entropy" or "percentile"',
@@ -468,6 +470,7 @@ def _toml_schema():
             bench: Literal["quick", "full", "none"] = "quick"
             optimize: bool = True
             bundle: bool = True
+            deploy: list[str] = []
             quantize: QuantizeTable | None = None
 
         _SCHEMA = TomlFile
@@ -607,7 +610,15 @@ def load_toml(path: str | Path) -> RunConfig:
                                   max_accuracy_drop=q.max_accuracy_drop, max_error=q.max_error)
     return RunConfig(ref=doc.ref, export=cfg, weights=doc.weights, arch=doc.arch, trust_pickle=doc.trust_pickle,
                      output=doc.output, targets=tuple(doc.target), data=tuple(doc.data), bench=doc.bench,
-                     optimize=doc.optimize, bundle=doc.bundle, quantize=quantize)
+                     optimize=doc.optimize, bundle=doc.bundle, quantize=quantize, deploy=_deploy_targets(doc.deploy, p))
+
+
+def _deploy_targets(names: list[str], toml_path: Path) -> tuple[str, ...]:
+    if not names:
+        return ()
+    from .deploy.model import parse_targets
+
+    return parse_targets(names, where=f"In {toml_path}, key 'deploy'")
 
 
 def _relative(toml_path: Path, value: str | None) -> str | None:
