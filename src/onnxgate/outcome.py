@@ -173,11 +173,13 @@ def _bundle(result) -> Outcome:
 
 def _deploy(report) -> Outcome:
     if report.failed:
-        return _fail(ExitCode.PARITY_FAILED, "; ".join(a.reason or a.label for a in report.failed),
+        return _fail(ExitCode.PARITY_FAILED,
+                     "; ".join(f"deploy target {a.label}: {a.reason}" for a in report.failed),
                      "The converted artifact computes something else than the ONNX model's reference: see its "
                      "failing feeds; deploy the other targets, or report the converter's failure upstream.")
     if report.not_converted:
-        return _fail(ExitCode.RUNTIME_INCOMPATIBLE, "; ".join(a.reason or a.label for a in report.not_converted),
+        return _fail(ExitCode.RUNTIME_INCOMPATIBLE,
+                     "; ".join(f"deploy target {a.label}: {a.reason}" for a in report.not_converted),
                      "Export at an opset the target supports (--opset), simplify the model (onnxgate optimize), "
                      "or deploy the other targets.")
     return PASSED
