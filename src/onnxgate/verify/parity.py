@@ -188,7 +188,8 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
         data_refs.append(_run_case(case, feed, reference, candidate, tolerances, default))
         cases.append(case)
     insensitive = check_input_sensitivity(refs[0], refs[1]) if len(refs) > 1 and all(r is not None for r in refs) else []
-    run = _Runs(reference, candidate, specs, traced, tolerances, default, seed=seeds[0] + 100, cases=cases)
+    run = _Runs(reference, candidate, specs, traced, tolerances, default, seed=(seeds[0] if seeds else 0) + 100,
+                cases=cases)
     frozen = dict(static_in_graph or {})
     traced_ok = all(c.passed for c in cases)
     domains: dict[str, DimDomain] = {}
