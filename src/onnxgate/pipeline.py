@@ -51,10 +51,12 @@ class Job:
     optimize: bool = True
     quantize: QuantizeConfig | None = None
     bundle: bool = True
+    deploy: tuple[str, ...] = ()  # deploy targets (onnxgate deploy / --deploy): one verified artifact each
     exported: Any = None
     verified: Any = None
     quantized: Any = None
     variants: list = field(default_factory=list)
+    deployed: Any = None
     failure: Outcome | None = None  # an error that ended the run early (the remaining stages are skipped)
 
     @property
@@ -71,17 +73,22 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
         evaluate: Callable | None = None, force: bool = False, bundle: bool = True, targets: tuple[str, ...] = (),
         bench: str | None = "quick", optimize: bool = True, quantize: QuantizeConfig | None = None,
         progress: Callable[[str], None] | None = None, weights: str | None = None, arch: str | None = None,
-        trust_pickle: bool = False) -> PipelineReport:
+        trust_pickle: bool = False, deploy: tuple[str, ...] = ()) -> PipelineReport:
     """Run the pipeline on ``ref`` (a reference string or a LoadedModel) into ``out_dir``.
 
     ``data``: real feeds verified besides the random ones. ``evaluate(runner) -> dict``: an accuracy measurement
     run on both PyTorch and ONNX Runtime (the demo measures top-1 on the digits test split).
     ``bench``: "quick" (under a minute), "full", or None to skip the benchmark stage. ``optimize``: write the
     verified, optimized ``model.opt.onnx``. ``quantize``: an INT8 variant within an accuracy budget.
+    ``deploy``: targets (``deploy.TARGETS``) converted from the verified file and each verified against PyTorch.
     Expected failures end up in the report (verdict, exit code, reason), not as exceptions.
     """
     from .sources import LoadedModel, load_model
 
+    if deploy:  # a missing converter is exit 8 now, not after the export
+        from .deploy.api import check_extras
+
+        check_extras(tuple(deploy))
     out = Path(out_dir)
     _prepare_out_dir(out, force)
     loaded = ref if isinstance(ref, LoadedModel) else load_model(ref, weights=weights, arch=arch,
@@ -89,7 +96,8 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
     config = config or ExportConfig()
     targets = tuple(targets) or config.targets  # the targets steer the export as well as verification
     job = Job(loaded, replace(config, targets=targets), out, progress or (lambda _m: None), data=data,
-              evaluate=evaluate, targets=targets, bench=bench, optimize=optimize, quantize=quantize, bundle=bundle)
+              evaluate=evaluate, targets=targets, bench=bench, optimize=optimize, quantize=quantize, bundle=bundle,
+              deploy=tuple(deploy))
     report = PipelineReport(loaded.ref, str(out))
     for stage in STAGES:
         if job.failure is not None:
@@ -116,7 +124,7 @@ def run_job(job: RunConfig, *, out_dir: str | Path | None = None, force: bool = 
     return run(job.ref, out_dir or job.output or "onnxgate-out", config=job.export, data=feeds, force=force,
                bundle=job.bundle, targets=job.targets, bench=None if job.bench == "none" else job.bench,
                optimize=job.optimize, quantize=job.quantize, progress=progress, weights=job.weights, arch=job.arch,
-               trust_pickle=job.trust_pickle)
+               trust_pickle=job.trust_pickle, deploy=job.deploy)
 
 
 def _export_stage(job: Job, report: PipelineReport) -> None:
@@ -236,14 +244,31 @@ def _bundle_stage(job: Job, report: PipelineReport) -> None:
     report.stages["bundle"] = {"path": str(path), "verification": verify_bundle(path).to_dict()}
 
 
+def _deploy_stage(job: Job, report: PipelineReport) -> None:
+    from .deploy.api import deploy_verified
+    from .verify.api import specs_from_model
+
+    if not (job.proven and job.deploy):
+        return
+    job.note(f"deploying to {', '.join(job.deploy)} (each artifact verified against PyTorch)")
+    specs, dims = specs_from_model(job.verified.structure, job.config)
+    dims = job.verified.parities[0].claimed_dims(dims) if job.verified.parities else dims  # the verified domain
+    bundle = job.out / "bundle" if report.stages.get("bundle") else None
+    job.deployed = deploy_verified(job.model_path, job.loaded, job.verified.structure, specs, dims, job.deploy,
+                                   bundle_dir=bundle, out_dir=job.out, data=job.data, progress=job.note)
+    report.stages["deploy"] = job.deployed.to_dict()
+
+
 # The main job, in order. A stage that does not apply (no --quantize, an unproven model) returns at once.
 STAGES: tuple[Callable[[Job, PipelineReport], None], ...] = (
-    _export_stage, _verify_stage, _accuracy_stage, _optimize_stage, _quantize_stage, _bench_stage, _bundle_stage)
+    _export_stage, _verify_stage, _accuracy_stage, _optimize_stage, _quantize_stage, _bench_stage, _bundle_stage,
+    _deploy_stage)
 
 
 def _conclude(job: Job, report: PipelineReport) -> None:
-    """The verdict: an early failure, else the first failed typed result (verification, then the INT8 budget)."""
-    outcomes = [job.failure] + [judge(r) for r in (job.verified, job.quantized) if r is not None]
+    """The verdict: an early failure, else the first failed typed result (verification, the INT8 budget, then the
+    deploy targets)."""
+    outcomes = [job.failure] + [judge(r) for r in (job.verified, job.quantized, job.deployed) if r is not None]
     failed = next((o for o in outcomes if o is not None and not o.passed), None)
     report.verdict = "pass" if failed is None else "fail"
     report.exit_code = 0 if failed is None else failed.exit_code

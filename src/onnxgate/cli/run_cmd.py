@@ -38,6 +38,8 @@ def run(
     eval_data: str = typer.Option(None, "--eval", help="Labelled evaluation DATA for the accuracy budget."),
     max_accuracy_drop: float = typer.Option(None, "--max-accuracy-drop", help="Top-1 budget in points (exit 5 if missed)."),
     max_error: float = typer.Option(None, "--max-error", help="Max abs error budget against FP32 (exit 5 if missed)."),
+    deploy: str = typer.Option(None, "--deploy", help="Deploy targets, comma-separated: openvino, ort-mobile, tflite, "
+                               "tensorrt, coreml; each artifact verified against PyTorch (into bundle/targets/)."),
     force: bool = typer.Option(False, "--force", help="Overwrite the output folder's files."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -58,7 +60,7 @@ def run(
         export_flags, weights=weights, arch=arch, trust_pickle=trust_pickle, output=str(output) if output else None,
         targets=tuple(target), data=tuple(data), bench=bench, optimize=optimize, bundle=bundle, quantize=quantize,
         calib=calib, eval_data=eval_data, method=method, preprocess=preprocess, max_accuracy_drop=max_accuracy_drop,
-        max_error=max_error))
+        max_error=max_error, deploy=deploy))
     with progress("running") as status:
         report = run_job(job, force=force, progress=status.update)
     render_pipeline(report, json_out)
@@ -102,6 +104,10 @@ def render_pipeline(report, json_out: bool) -> None:
                           + (f", {rec['speedup']:.2f}x PyTorch eager" if rec.get("speedup") else ""))
         if report.stages.get("bundle"):
             console.print(f"bundle: {report.stages['bundle']['path']}")
+        if report.stages.get("deploy"):
+            from .deploy_cmd import print_targets
+
+            print_targets(report.stages["deploy"])
         colour = "green" if report.verdict == "pass" else "red"
         console.print(f"[{colour}]verdict: {report.verdict}[/]" + (f" — {report.reason}" if report.reason else ""))
         console.print(f"report: {Path(report.out_dir) / 'report.html'} (and report.json)")

@@ -123,3 +123,21 @@ class OpenVinoRunner:
 
     def __exit__(self, *exc) -> None:
         self._compiled.clear()
+
+
+def convert_to_ir(model_path: str | Path, xml_path: str | Path, *, compress_to_fp16: bool) -> tuple[Path, Path]:
+    """OpenVINO IR (``.xml`` + ``.bin``) from an ONNX file through OpenVINO's own converter
+    (``openvino.convert_model``, then ``openvino.save_model``; ``compress_to_fp16`` stores the weights in float16,
+    which the CPU plugin expands back to its inference precision). Returns ``(xml, bin)``. Raises
+    ``RuntimeIncompatibleError`` when OpenVINO cannot convert the model."""
+    ov = require("openvino", "openvino", "The OpenVINO IR target")
+    xml_path = Path(xml_path)
+    try:
+        model = ov.convert_model(str(model_path))
+        ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
+    except Exception as exc:  # OpenVINO raises generic RuntimeError/OpConversionFailure for every frontend failure
+        raise RuntimeIncompatibleError(f"OpenVINO {ov.get_version()} cannot convert '{model_path}' to IR: "
+                                       f"{first_line(exc)}",
+                                       hint="Export at an opset this OpenVINO supports (--opset), or upgrade "
+                                            "openvino.") from exc
+    return xml_path, xml_path.with_suffix(".bin")

@@ -106,3 +106,39 @@ class OrtRunner:
 
     def __exit__(self, *exc) -> None:
         self.session = None  # type: ignore[assignment]
+
+
+def convert_to_ort_format(model_path: str | Path, out_dir: str | Path, *, target_platform: str = "arm",
+                          type_reduction: bool = True) -> tuple[Path, Path]:
+    """ONNX Runtime Mobile: the ``.ort`` format file and the operator config of a reduced build, written by
+    onnxruntime's own tool (``onnxruntime.tools.convert_onnx_models_to_ort``, the "Fixed" optimization style at
+    level "all" for ``target_platform``). Returns ``(ort_file, config_file)`` under ``out_dir``. The tool
+    converts a whole folder: it is given a staging copy holding only this model. Raises
+    ``RuntimeIncompatibleError`` when onnxruntime cannot convert it."""
+    import shutil
+
+    import onnxruntime as ort
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    from ..fsutil import staging_dir
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with staging_dir("ort-format") as tmp:
+        staged = Path(tmp) / "model.onnx"
+        shutil.copyfile(model_path, staged)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                convert_onnx_models_to_ort(staged, out_dir, optimization_styles=[OptimizationStyle.Fixed],
+                                           target_platform=target_platform, enable_type_reduction=type_reduction)
+        except Exception as exc:  # the tool raises plain RuntimeError/ValueError for a model it cannot convert
+            raise RuntimeIncompatibleError(
+                f"onnxruntime {ort.__version__} cannot convert '{model_path}' to the ORT format: {first_line(exc)}",
+                hint="Export at an opset this onnxruntime supports (--opset), or upgrade onnxruntime.") from exc
+    ort_file = out_dir / "model.ort"
+    configs = sorted(out_dir.glob("model.required_operators*.config"))
+    if not ort_file.is_file() or not configs:
+        raise RuntimeIncompatibleError(f"onnxruntime's ORT-format converter wrote no model for '{model_path}'.",
+                                       hint="Run `python -m onnxruntime.tools.convert_onnx_models_to_ort` on it to "
+                                            "see why.")
+    return ort_file, configs[0]

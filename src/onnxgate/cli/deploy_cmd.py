@@ -1,0 +1,85 @@
+"""`onnxgate deploy MODEL_OR_BUNDLE --to openvino,ort-mobile,tflite,tensorrt,coreml` — one artifact per target,
+each verified (against PyTorch for a model reference, against the golden outputs for a bundle folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .common import console, finish, progress
+from .export_cmd import ACCEPT_DOMAIN_HELP, DIM_HELP, INPUT_HELP
+
+_STYLES = {"passed": "green", "failed": "red", "not converted": "red", "skipped": "dim",
+           "converted, not numerically verified": "yellow"}
+
+
+def deploy(
+    model_or_bundle: str = typer.Argument(..., help="A model reference (exported and verified first) or a bundle folder."),
+    to: str = typer.Option(..., "--to", help="Targets, comma-separated: openvino, ort-mobile, tflite, tensorrt, coreml."),
+    output: Path = typer.Option(None, "-o", "--output", help="With a model reference: the output folder (default onnxgate-deploy)."),
+    inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
+    dims: list[str] = typer.Option([], "--dim", help=DIM_HELP),
+    data: list[str] = typer.Option([], "--data", help="Real inputs verified on every target (a model reference only)."),
+    weights: str = typer.Option(None, help="State-dict file for torchvision:/timm: models (loaded weights_only)."),
+    arch: str = typer.Option(None, help="Architecture ref for a state-dict REF file."),
+    accept_domain: bool = typer.Option(False, "--accept-domain", help=ACCEPT_DOMAIN_HELP),
+    force: bool = typer.Option(False, "--force", help="Overwrite the output folder's files."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Convert the verified ONNX model to each target and verify every artifact; exit 4 names a target whose
+    artifact computes something else, 6 one that cannot convert it, 8 a missing extra."""
+    from ..deploy.model import parse_targets
+
+    targets = parse_targets(to)
+    path = Path(model_or_bundle)
+    if path.is_dir():
+        from ..deploy.api import deploy_bundle
+
+        with progress("deploying the bundle") as status:
+            report = deploy_bundle(path, targets, progress=status.update)
+        if not json_out:
+            print_targets(report.to_dict())
+        return finish(report, json_out=json_out)
+    from ..configure import ExportFlags, RunFlags, run_config
+    from ..pipeline import run_job
+    from .run_cmd import render_pipeline
+
+    job = run_config(model_or_bundle, RunFlags(
+        ExportFlags(tuple(inputs), tuple(dims), accept_domain=accept_domain), weights=weights, arch=arch,
+        output=str(output or "onnxgate-deploy"), data=tuple(data), bench="none", optimize=False, bundle=True,
+        deploy=",".join(targets)))
+    with progress("exporting, verifying and deploying") as status:
+        report = run_job(job, force=force, progress=status.update)
+    render_pipeline(report, json_out)
+
+
+def print_targets(deploy: dict) -> None:
+    """The per-target table: artifact, size, precision, shapes, max error, top-1 agreement, latency, verdict."""
+    from ..deploy.model import TABLE_COLUMNS, reasons, table_rows
+
+    table = Table(title=f"deploy targets (reference: {escape(deploy.get('reference') or '?')})")
+    for header in TABLE_COLUMNS:
+        table.add_column(header, overflow="fold")
+    for artifact, row in zip(deploy.get("artifacts", []), table_rows(deploy.get("artifacts", []))):
+        style = _STYLES.get(artifact.get("verdict"), "")
+        row[-1] = f"[{style}]{escape(row[-1])}[/]" if style else escape(row[-1])
+        table.add_row(*[escape(c) for c in row[:-1]], row[-1])
+    console.print(table)
+    for line in reasons(deploy.get("artifacts", [])):
+        console.print(f"  {escape(line)}", soft_wrap=True)
+    for artifact in deploy.get("artifacts", []):
+        if artifact.get("runtime"):
+            extra = f"; layout: {artifact['layout']}" if artifact.get("layout") else ""
+            console.print(f"  {escape(artifact['target'])} {escape(artifact.get('variant') or '')}: "
+                          f"{escape(artifact['runtime'])}{escape(extra)}", soft_wrap=True)
+    for note in deploy.get("notes", []):
+        console.print(f"  note: {escape(note)}", soft_wrap=True)
+    if deploy.get("out_dir"):
+        console.print(f"targets: {escape(deploy['out_dir'])}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("deploy")(deploy)

@@ -1,0 +1,158 @@
+"""``onnxgate deploy``: one artifact per target from a verified ONNX file, each verified before it is kept.
+
+Two doors: ``deploy_verified`` (the pipeline's deploy stage: the PyTorch model is the reference, at every shape
+the ONNX file claims) and ``deploy_bundle`` (an existing bundle: checked first, then its golden outputs are the
+reference). Artifacts are converted into a staging folder; the ones that passed (or, for Core ML, were converted
+and checked structurally) move into the bundle's ``targets/`` folder and the manifest gains their checksums and a
+``targets`` section. A failed artifact is reported and not shipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import MissingExtraError, OnnxgateError, require
+from .check import Built, Context, GoldenReference, Skipped, verify_built
+from .model import NOT_CONVERTED, PASSED, SKIPPED, UNVERIFIED, DeployedArtifact, DeployReport
+
+CONVERTERS = {"openvino": ".openvino_ir", "ort-mobile": ".ort_mobile", "tflite": ".tflite",
+              "tensorrt": ".tensorrt", "coreml": ".coreml"}
+# What each target needs in this environment, checked before any work: (module, extra, purpose).
+EXTRAS = {"openvino": ("openvino", "openvino", "The OpenVINO IR target"),
+          "tflite": ("ai_edge_litert", "tflite", "The TFLite target (the LiteRT interpreter verifies it)"),
+          "coreml": ("coremltools", "coreml", "The Core ML target")}
+TARGETS_DIR = "targets"
+
+
+def check_extras(targets: tuple[str, ...], *, with_torch: bool = True) -> None:
+    """MissingExtraError (exit 8) for the first requested target whose package is missing (Core ML only when
+    there is a PyTorch model to convert; TensorRT only where a CUDA device makes it runnable)."""
+    for target in targets:
+        if target in EXTRAS and (target != "coreml" or with_torch):
+            require(*EXTRAS[target])
+
+
+def convert_and_verify(ctx: Context, targets: tuple[str, ...]) -> list[DeployedArtifact]:
+    """Every requested target, in order: its artifacts, each verified (or skipped / not converted, with why)."""
+    rows: list[DeployedArtifact] = []
+    for target in targets:
+        start = time.perf_counter()
+        try:
+            items = importlib.import_module(CONVERTERS[target], __package__).convert(ctx)
+        except Skipped as exc:
+            rows.append(DeployedArtifact(target, "", SKIPPED, reason=str(exc)))
+            continue
+        except MissingExtraError:
+            raise
+        except OnnxgateError as exc:
+            rows.append(DeployedArtifact(target, "", NOT_CONVERTED, reason=exc.message,
+                                         seconds=round(time.perf_counter() - start, 2)))
+            continue
+        converted = time.perf_counter() - start
+        for item in items:
+            if isinstance(item, Built):
+                ctx.note(f"{target}: verifying the {item.variant} artifact")
+                item = verify_built(item, ctx, target)
+            item.seconds = round(item.seconds + converted / len(items), 2)
+            rows.append(item)
+    return rows
+
+
+def deploy_verified(onnx_path: str | Path, loaded, structure, specs, dims, targets: tuple[str, ...], *,
+                    bundle_dir: Path | None, out_dir: Path, data=None, progress: Callable[[str], None] | None = None,
+                    measure_latency: bool = True) -> DeployReport:
+    """Deploy a model whose ONNX file passed verification (the pipeline's stage): PyTorch is the reference.
+    Artifacts go to ``bundle_dir/targets`` (recorded in its manifest) or, without a bundle, ``out_dir/targets``."""
+    from ..runtimes.torch_runner import TorchRunner
+
+    check_extras(targets)
+    reference = TorchRunner(loaded.module, input_names=[s.name for s in specs],
+                            output_names=[t.name for t in structure.outputs])
+    ctx_args = dict(onnx_path=Path(onnx_path), specs=list(specs), dims=dict(dims), reference=reference, data=data,
+                    loaded=loaded, note=progress or (lambda _m: None), measure_latency=measure_latency)
+    report = DeployReport(loaded.ref, str(onnx_path), "PyTorch", "", list(targets))
+    return _deploy(report, ctx_args, targets, bundle_dir or out_dir, manifest=bundle_dir is not None)
+
+
+def deploy_bundle(bundle: str | Path, targets: tuple[str, ...], *, progress: Callable[[str], None] | None = None,
+                  measure_latency: bool = True) -> DeployReport:
+    """Deploy an existing bundle: its checksums are verified first (a tampered bundle is never deployed), then
+    every artifact is verified against the bundle's golden outputs on its golden inputs (no PyTorch: that one
+    feed, at the traced sizes)."""
+    from ..bundle import manifest as mf
+    from ..bundle.verify import load_npz, verify_bundle
+    from ..outcome import raise_for
+    from ..spec import ExportConfig
+    from ..verify.api import specs_from_model
+    from ..verify.parity import _sizes_of
+    from ..verify.structure import check_structure
+
+    folder = Path(bundle)
+    check_extras(targets, with_torch=False)
+    note = progress or (lambda _m: None)
+    note("checking the bundle")
+    raise_for(verify_bundle(folder))  # tampered (9), wrong numbers (4), cannot run (6): nothing is deployed
+    model = folder / mf.MODEL
+    specs, dims = specs_from_model(check_structure(model), ExportConfig())
+    golden, outputs = load_npz(folder / mf.GOLDEN_INPUTS), load_npz(folder / mf.REFERENCE_OUTPUTS)
+    sizes = _sizes_of(golden, specs)
+    from dataclasses import replace
+
+    dims = {n: replace(d, example=sizes.get(n, d.example)) for n, d in dims.items()}
+    ctx_args = dict(onnx_path=model, specs=specs, dims=dims, reference=GoldenReference(golden, outputs),
+                    golden=golden, note=note, measure_latency=measure_latency)
+    report = DeployReport(str(folder), str(model), "the bundle's golden outputs", "", list(targets),
+                          notes=["Without PyTorch, each artifact is verified on the bundle's golden feed only, at "
+                                 "the traced sizes: the shape domain is not probed."])
+    return _deploy(report, ctx_args, targets, folder, manifest=True)
+
+
+def _deploy(report: DeployReport, ctx_args: dict[str, Any], targets, dest: Path, *, manifest: bool) -> DeployReport:
+    from ..fsutil import staging_dir
+
+    with staging_dir("deploy") as tmp:
+        ctx = Context(out_dir=Path(tmp), **ctx_args)
+        report.artifacts = convert_and_verify(ctx, targets)
+        report.out_dir = str(dest / TARGETS_DIR)
+        _ship(report, Path(tmp), dest / TARGETS_DIR)
+    if manifest:
+        record_in_manifest(dest, report)
+    return report
+
+
+def _ship(report: DeployReport, staged: Path, final: Path) -> None:
+    """Move the artifacts that passed (or are unverified Core ML packages) into ``final``, replacing it."""
+    from ..fsutil import atomic_dir
+
+    kept = [a for a in report.artifacts if a.status in (PASSED, UNVERIFIED)]
+    for a in report.artifacts:
+        if a.files and a.status not in (PASSED, UNVERIFIED, SKIPPED):
+            a.reason = (a.reason or "") + " (not written: only verified artifacts are shipped)"
+    with atomic_dir(final, force=final.exists()) as tmp:
+        for a in kept:
+            for rel in a.files:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                source = staged / rel
+                shutil.copytree(source, tmp / rel) if source.is_dir() else shutil.copyfile(source, tmp / rel)
+
+
+def record_in_manifest(bundle: Path, report: DeployReport) -> None:
+    """The bundle's manifest lists every file under ``targets/`` with its checksum (so ``verify-bundle`` catches
+    a tampered artifact) and a ``targets`` section: what each artifact is and how it was verified."""
+    from ..bundle import manifest as mf
+    from ..fsutil import atomic_write_text
+
+    doc = json.loads((bundle / mf.MANIFEST).read_text(encoding="utf-8"))
+    doc["files"] = mf.file_entries(bundle)
+    keep = ("files", "bytes", "precision", "runtime", "shapes", "layout", "tolerance", "max_abs_err",
+            "tolerance_used", "top1_agreement", "top1_on", "latency_ms", "feeds", "reason")
+    doc["targets"] = {"reference": report.reference, "artifacts": [
+        {"target": a.target, "variant": a.variant, "verdict": a.verdict_text(),
+         **{k: getattr(a, k) for k in keep}} for a in report.artifacts]}
+    atomic_write_text(bundle / mf.MANIFEST, json.dumps(doc, indent=2, default=str) + "\n", force=True)

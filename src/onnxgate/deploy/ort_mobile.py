@@ -1,0 +1,21 @@
+"""ONNX Runtime Mobile target: ``model.ort`` (the ORT format, optimized at level "all" for ARM: the "Fixed" style
+of onnxruntime's own ``convert_onnx_models_to_ort``) and ``model.required_operators_and_types.config``, the
+operator/type list a reduced onnxruntime build (``build.sh --include_ops_by_config``) needs. Verified by running the
+``.ort`` file in onnxruntime over the claimed shape domain (the format keeps dynamic dims).
+"""
+
+from __future__ import annotations
+
+from .check import Built, Context
+
+
+def convert(ctx: Context) -> list[Built]:
+    import onnxruntime as ort
+
+    from ..runtimes.ort import OrtRunner, convert_to_ort_format
+
+    ctx.note("ort-mobile: converting to the ORT format")
+    ort_file, config = convert_to_ort_format(ctx.onnx_path, ctx.out_dir / "ort-mobile")
+    return [Built("fp32", [ort_file, config], "fp32", "fp32",
+                  f"onnxruntime {ort.__version__} CPU (ORT format, optimizations fixed at conversion)",
+                  lambda: OrtRunner(ort_file, what=f"'{ort_file}'"))]
