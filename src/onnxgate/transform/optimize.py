@@ -10,6 +10,7 @@ from ..errors import BadInputError
 from ..fsutil import check_target
 from .data import DataArg, load_data, model_specs
 from .fp16 import ToFp16, record_contract
+from .fusion import fusion_passes
 from .ort_optimize import DEFAULT_LEVEL, OrtOptimize
 from .passes import APPLIED, Pass, TransformReport, run_passes
 from .simplify import DEFAULT_SIMPLIFIER, FoldConstants, Simplify
@@ -17,15 +18,16 @@ from .verifier import Verifier
 
 
 def optimize(model_path: str | Path, out: str | Path, *, level: str | None = DEFAULT_LEVEL,
-             simplifier: str | None = DEFAULT_SIMPLIFIER, fold: bool = True, fp16: bool = False,
+             simplifier: str | None = DEFAULT_SIMPLIFIER, fold: bool = True, fuse: bool = True, fp16: bool = False,
              keep_io_types: bool = True, fp16_keep_ops: tuple[str, ...] = (), feeds: DataArg = None,
              preprocess: str | None = None, force: bool = False,
              progress: Callable[[str], None] | None = None) -> TransformReport:
-    """Constant folding, simplification (``simplifier``: onnxslim, onnxsim or None), onnxruntime's offline
-    optimization at ``level`` (basic, extended, layout or None) and, with ``fp16``, float16 conversion — each
-    verified against the model before it on ``feeds`` (default: seeded random inputs, at the traced size and
-    another size of every dynamic dim; or DATA as ``quantize`` reads it, with ``preprocess`` for image folders) and
-    rolled back if it breaks parity.
+    """Constant folding, simplification (``simplifier``: onnxslim, onnxsim or None), transformer fusions when the
+    graph is a transformer (``fuse``; see ``transform.fusion``: onnxruntime's transformer optimizer, then
+    onnxscript's fusions), onnxruntime's offline optimization at ``level`` (basic, extended, layout or None) and,
+    with ``fp16``, float16 conversion — each verified against the model before it on ``feeds`` (default: seeded
+    random inputs, at the traced size and another size of every dynamic dim; or DATA as ``quantize`` reads it, with
+    ``preprocess`` for image folders) and rolled back if it breaks parity.
 
     The model is written to ``out`` only when ``report.passed``: that is False when FP16 was asked for and had to be
     rolled back (the caller asked for a float16 model and would silently get a float32 one).
@@ -33,6 +35,8 @@ def optimize(model_path: str | Path, out: str | Path, *, level: str | None = DEF
     passes: list[Pass] = []
     if fold:
         passes.append(FoldConstants())
+    if fuse:  # before the simplifier, which rewrites MatMul + Add into Reshape + Gemm, hiding the bias fusions
+        passes += fusion_passes(model_path)
     if simplifier and simplifier != "none":
         passes.append(Simplify(simplifier))
     if level and level != "none":

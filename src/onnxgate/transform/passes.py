@@ -112,8 +112,15 @@ class TransformReport:
         return {"passed": self.passed, "summary": self.summary(), "source": self.source, "output": self.output,
                 "feeds": self.feeds, "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
                 "size_before": self.size_before, "size_after": self.size_after,
-                "error_vs_float": self.error_vs_float, "applied": self.applied,
+                "error_vs_float": self.error_vs_float, "applied": self.applied, "fusion": self.fusion,
                 "transforms": [r.to_dict() for r in self.records]}
+
+    @property
+    def fusion(self) -> dict[str, Any] | None:
+        """What the transformer fusions did (``transform.fusion.fusion_summary``); None when none ran."""
+        from .fusion import fusion_summary
+
+        return fusion_summary(self.records)
 
 
 def _mb(size: int) -> str:
