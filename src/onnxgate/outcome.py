@@ -19,6 +19,8 @@ gives the same exit code whichever door it came through:
     ServeResult (serve)          never: a server that started and shut down    0  (a bundle that fails to verify
                                  never starts: its BundleVerification's code)
     ConfigExport (serve --export-config)  never: written files                 0
+    ZooReport (zoo)              a model failed whose tags, family and name    the first such model's code, in
+                                 are all outside --allow-fail                  the zoo file's order
     OnnxgateError                always: its own exit code
     anything else raised         a bug in onnxgate                             1
 
@@ -191,12 +193,27 @@ def _pipeline(report) -> Outcome:
     return Outcome(False, int(report.exit_code), report.reason, getattr(report, "hint", None))
 
 
+def _zoo(report) -> Outcome:
+    """Every model passed, or each failure is allowed (--allow-fail TAG); else the exit code of the first failing
+    model in the zoo file's order (deterministic whatever order the workers finished in)."""
+    blocking = [m for m in report.models if m.get("verdict") != "pass" and not report.allowed(m)]
+    if not blocking:
+        return PASSED
+    named = "; ".join(f"{m['model']} ({m.get('failure_class') or 'failed'})" for m in blocking[:8])
+    more = f"; and {len(blocking) - 8} more" if len(blocking) > 8 else ""
+    return Outcome(False, int(blocking[0].get("exit_code") or ExitCode.INTERNAL),
+                   f"{len(blocking)} of {len(report.models)} models failed: {named}{more}",
+                   f"See {report.out_dir}/zoo.html (each model's report and worker.log); rerun only the failed ones "
+                   "with --retry-failed, or accept known failures with --allow-fail TAG.")
+
+
 _JUDGES: dict[str, Callable[[Any], Outcome]] = {
     "StructureReport": _structure, "TargetResult": lambda t: _targets([t]), "VerifyResult": _verify,
     "ExportResult": _export, "TransformReport": _transform, "QuantizeReport": _quantize,
     "BundleVerification": _bundle, "PipelineReport": _pipeline, "DeployReport": _deploy,
     "BenchReport": lambda _r: PASSED,  # measurements: a benchmark has no verdict of its own
     "ServeResult": lambda _r: PASSED, "ConfigExport": lambda _r: PASSED,  # serve: failures raise before it starts
+    "ZooReport": _zoo,
 }
 
 
