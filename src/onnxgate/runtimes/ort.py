@@ -124,7 +124,7 @@ def convert_to_ort_format(model_path: str | Path, out_dir: str | Path, *, target
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with staging_dir("ort-format") as tmp:
+    with staging_dir("ortformat") as tmp:
         staged = Path(tmp) / "model.onnx"
         shutil.copyfile(model_path, staged)
         try:
