@@ -83,7 +83,11 @@ def default_memory_mb() -> int | None:
         return None
 
 
-def _child(conn, fn: Callable, args: tuple, kwargs: dict) -> None:
+def _child(conn, fn: Callable, args: tuple, kwargs: dict, parent: int | None = None) -> None:
+    _die_with_parent(parent)
+    # A worker may run workers of its own (a zoo model's worker runs the ladder's export attempts); multiprocessing
+    # refuses children to a daemonic process, and this one's children die with it anyway (see _die_with_parent).
+    multiprocessing.current_process().daemon = False
     try:
         import torch
 
@@ -103,6 +107,19 @@ def _child(conn, fn: Callable, args: tuple, kwargs: dict) -> None:
     os._exit(0)  # no atexit handlers, no flushing of buffers inherited from the parent
 
 
+def _die_with_parent(parent: int | None) -> None:
+    """SIGKILL this worker when the thread that forked it dies (Linux's PR_SET_PDEATHSIG): a parent killed with
+    SIGKILL, or one whose own watchdog stopped it, leaves no worker running on (nor the workers' own workers)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: a killed parent's worker runs to its end
+        return
+    if parent is not None and os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
 def _describe(exc: BaseException) -> dict[str, Any]:
     return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__,
             "traceback": "".join(traceback.format_exception(exc))[-4000:],
@@ -116,7 +133,7 @@ def run_in_worker(fn: Callable, *args: Any, timeout_s: float | None = None, memo
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     start = time.monotonic()
-    process = ctx.Process(target=_child, args=(send, fn, args, kwargs), daemon=True)
+    process = ctx.Process(target=_child, args=(send, fn, args, kwargs, os.getpid()), daemon=True)
     process.start()
     send.close()
     outcome = _watch(process, receive, start, timeout_s, memory_mb, label)
