@@ -82,6 +82,16 @@ def test_every_executable_target_is_verified_against_pytorch(deployed):
     assert any(f.endswith(".config") for f in found["ort-mobile/fp32"]["files"])
 
 
+def test_the_report_carries_the_per_target_table(deployed):
+    jsonschema = pytest.importorskip("jsonschema")
+    _, out = deployed
+    schema = json.loads((Path(__file__).parents[1] / "docs" / "schemas" / "report.schema.json").read_text())
+    jsonschema.validate(json.loads((out / "report.json").read_text()), schema)
+    html = (out / "report.html").read_text()
+    assert "<h2>Deploy targets</h2>" in html and "INFERENCE_PRECISION_HINT=f32" in html
+    assert "converted, not numerically verified" in html
+
+
 def test_targets_that_cannot_run_here_are_never_passed(deployed):
     from onnxgate.runtimes.tensorrt import cuda_devices
 

@@ -48,7 +48,8 @@ def render_html(report: dict) -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>onnxgate report: "
              f"{escape(report.get('ref', ''))}</title><style>{CSS}</style></head><body>",
              f"<h1>onnxgate report — <code>{escape(report.get('ref', ''))}</code></h1>", _verdict(report)]
-    for section in (_export, _parity, _localization, _accuracy, _transforms, _bench, _graph, _targets, _environment):
+    for section in (_export, _parity, _localization, _accuracy, _transforms, _bench, _deploy, _graph, _targets,
+                    _environment):
         html = section(stages)
         if html:
             parts.append(html)
@@ -191,6 +192,29 @@ def _bench(stages: dict) -> str:
             + _table(["configuration", "threads", "p50 ms", "p90 ms", "p99 ms", "std ms", "speed-up", "of GEMM peak"], rows)
             + _table(["side", "best configuration", "p50 ms", "speed-up", "start-up s", "peak RSS MB", "size bytes"],
                      side_rows) + warnings)
+
+
+def _deploy(stages: dict) -> str:
+    """The per-target table: every deployed artifact, how it was verified, and why a target did not pass."""
+    from ..deploy.model import PASSED, TABLE_COLUMNS, reasons, table_rows
+
+    deploy = stages.get("deploy")
+    if not deploy:
+        return ""
+    artifacts = deploy.get("artifacts", [])
+    rows = table_rows(artifacts)
+    for row, a in zip(rows, artifacts):
+        css = "pass" if a.get("status") == PASSED else "fail" if a.get("status") in ("failed", "not converted") else "muted"
+        row[-1] = f'<span class="{css}">{escape(row[-1])}</span>'
+    how = "".join(f"<li>{escape(a['target'])} {escape(a.get('variant') or '')}: {escape(a['runtime'])}"
+                  + (f"; layout: {escape(a['layout'])}" if a.get("layout") else "") + "</li>"
+                  for a in artifacts if a.get("runtime"))
+    why = "".join(f"<li>{escape(line)}</li>" for line in reasons(artifacts))
+    notes = "".join(f"<p class='muted'>{escape(n)}</p>" for n in deploy.get("notes", []))
+    return (f"<h2>Deploy targets</h2><p>Each artifact verified against {escape(deploy.get('reference', ''))} "
+            f"through the same parity checks as the ONNX file; written to <code>{escape(deploy.get('out_dir', ''))}"
+            f"</code>.</p>" + _table(list(TABLE_COLUMNS), rows, raw={len(TABLE_COLUMNS) - 1})
+            + (f"<ul class='muted'>{how}</ul>" if how else "") + (f"<ul>{why}</ul>" if why else "") + notes)
 
 
 def _graph(stages: dict) -> str:
