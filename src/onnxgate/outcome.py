@@ -12,6 +12,8 @@ gives the same exit code whichever door it came through:
     ExportResult                 no attempt won                                3  export failed
     TransformReport (optimize)   a required transform was rolled back          4
     QuantizeReport               the accuracy budget is missed                 5  accuracy budget
+    RecipeSearch (INT8 recipes)  no recipe holds the budget (shipping FP32     5
+                                 because INT8 is not faster passes)
     BundleVerification           tampered 9, wrong numbers 4, cannot run 6
     DeployReport (deploy)        an artifact differs from the reference 4, a target cannot convert it 6
                                  (skipped and "converted, not numerically verified" targets do not fail)
@@ -139,6 +141,12 @@ def _transform(report) -> Outcome:
                  "Keep more operators in float32 with --fp16-keep OP, or run without --fp16.")
 
 
+def _recipe_search(search) -> Outcome:
+    if search.passed:
+        return PASSED
+    return _fail(ExitCode.ACCURACY_BUDGET, f"{search.decision}. Nothing was written.", search.hint)
+
+
 def _quantize(report) -> Outcome:
     if report.passed:
         return PASSED
@@ -209,7 +217,7 @@ def _zoo(report) -> Outcome:
 
 _JUDGES: dict[str, Callable[[Any], Outcome]] = {
     "StructureReport": _structure, "TargetResult": lambda t: _targets([t]), "VerifyResult": _verify,
-    "ExportResult": _export, "TransformReport": _transform, "QuantizeReport": _quantize,
+    "ExportResult": _export, "TransformReport": _transform, "QuantizeReport": _quantize, "RecipeSearch": _recipe_search,
     "BundleVerification": _bundle, "PipelineReport": _pipeline, "DeployReport": _deploy,
     "BenchReport": lambda _r: PASSED,  # measurements: a benchmark has no verdict of its own
     "ServeResult": lambda _r: PASSED, "ConfigExport": lambda _r: PASSED,  # serve: failures raise before it starts

@@ -7,7 +7,8 @@ from .budget import Budget
 from .optimize import optimize, to_fp16, transform
 from .passes import Pass, PassResult, TransformRecord, TransformReport, run_passes
 from .quantize import QuantizeReport, quantize
+from .recipes import RecipeSearch, search_int8
 from .verifier import Verifier
 
 __all__ = ["optimize", "to_fp16", "quantize", "transform", "run_passes", "Pass", "PassResult", "TransformRecord",
-           "TransformReport", "QuantizeReport", "Budget", "Verifier"]
+           "TransformReport", "QuantizeReport", "Budget", "Verifier", "RecipeSearch", "search_int8"]

@@ -1,11 +1,13 @@
 """The accuracy budget a quantized model must hold, and its measurement.
 
-A budget is ``max_accuracy_drop`` (top-1 percentage points lost on labelled evaluation data) and/or ``max_error``
-(max abs error against the FP32 model's outputs). It is measured twice: on the graph as written (onnxruntime
-optimizations off: QuantizeLinear/DequantizeLinear emulated in float, the reference semantics) and as deployed
-(onnxruntime's default optimizations, which fuse Q/DQ pairs into integer kernels). The two differ — integer kernels
-round differently, and on x86 CPUs without VNNI the 8-bit multiply-add can saturate — and a budget that holds only
-in emulation would not hold in production, so the worse of the two counts.
+A budget is ``max_accuracy_drop`` (top-1 percentage points lost on labelled evaluation data), ``max_error``
+(max abs error against the FP32 model's outputs) and/or ``min_cosine`` (the lowest cosine similarity between one
+sample's output and the FP32 one, over every float output and sample: what an embedding model's users compare).
+It is measured twice: on the graph as written (onnxruntime optimizations off: QuantizeLinear/DequantizeLinear
+emulated in float, the reference semantics) and as deployed (onnxruntime's default optimizations, which fuse Q/DQ
+pairs into integer kernels). The two differ — integer kernels round differently, and on x86 CPUs without VNNI the
+8-bit multiply-add can saturate — and a budget that holds only in emulation would not hold in production, so the
+worse of the two counts.
 
 An accuracy budget is only as good as the accuracy it is measured from (``AccuracyGate``). Two cases make it prove
 nothing, and the gate fails then with that reason instead of passing:
@@ -40,10 +42,11 @@ LEVELS = (("as written", "disable"), ("as deployed", "all"))
 class Budget:
     max_accuracy_drop: float | None = None  # top-1 percentage points
     max_error: float | None = None  # max abs error vs the FP32 outputs
+    min_cosine: float | None = None  # lowest per-sample cosine similarity to the FP32 outputs
 
     @property
     def given(self) -> bool:
-        return self.max_accuracy_drop is not None or self.max_error is not None
+        return self.max_accuracy_drop is not None or self.max_error is not None or self.min_cosine is not None
 
     def __str__(self) -> str:
         parts = []
@@ -51,6 +54,8 @@ class Budget:
             parts.append(f"top-1 drop <= {self.max_accuracy_drop:g} points")
         if self.max_error is not None:
             parts.append(f"max abs err <= {self.max_error:g}")
+        if self.min_cosine is not None:
+            parts.append(f"cosine to FP32 >= {self.min_cosine:g}")
         return " and ".join(parts) or "none"
 
 
@@ -63,6 +68,7 @@ class Evaluation:
     accuracy: float | None = None  # top-1, 0..1
     drop: float | None = None  # percentage points lost against FP32
     scaled_err: float | None = None  # worst over outputs of max abs err / max |FP32 output|
+    cosine: float | None = None  # lowest per-sample cosine similarity to FP32 over float outputs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,24 +92,43 @@ def top1(outputs: list[list[np.ndarray]], labels: np.ndarray) -> float:
 
 
 def evaluate(model: onnx.ModelProto, data: Dataset, reference: list[list[np.ndarray]],
-             reference_accuracy: float | None) -> list[Evaluation]:
-    """``model`` at each level of ``LEVELS`` against the FP32 ``reference`` outputs on ``data``."""
+             reference_accuracy: float | None, *, levels=LEVELS) -> list[Evaluation]:
+    """``model`` at each level of ``levels`` (default ``LEVELS``) against the FP32 ``reference`` outputs on
+    ``data``."""
     evaluations = []
     scales = output_scales(reference)
-    for name, level in LEVELS:
+    for name, level in levels:
         outputs = run_outputs(model, data, opt_level=level)
         errs = [0.0] * len(scales)
+        cosine = None
         for ref_feed, out_feed in zip(reference, outputs):
             for i, (r, o) in enumerate(zip(ref_feed, out_feed)):
                 if r.size:
                     errs[i] = max(errs[i], float(np.abs(r.astype(np.float64) - o.astype(np.float64)).max()))
+                low = min_cosine(r, o)
+                cosine = low if cosine is None or (low is not None and low < cosine) else cosine
         scaled = [e / s if s > 0 else (0.0 if e == 0 else math.inf) for e, s in zip(errs, scales)]
-        ev = Evaluation(name, max(errs, default=0.0), scaled_err=max(scaled, default=0.0))
+        ev = Evaluation(name, max(errs, default=0.0), scaled_err=max(scaled, default=0.0), cosine=cosine)
         if data.labels is not None and reference_accuracy is not None:
             ev.accuracy = top1(outputs, data.labels)
             ev.drop = round((reference_accuracy - ev.accuracy) * 100, 6)
         evaluations.append(ev)
     return evaluations
+
+
+def min_cosine(ref: np.ndarray, got: np.ndarray) -> float | None:
+    """The lowest cosine similarity between one sample of ``got`` and the same sample of ``ref`` (rows: the first
+    axis; a 0-d or 1-d output is one sample); None for non-float outputs. Two all-zero rows count as equal."""
+    ref, got = np.asarray(ref), np.asarray(got)
+    if ref.dtype.kind != "f" or ref.shape != got.shape or not ref.size:
+        return None
+    a = ref.reshape(ref.shape[0] if ref.ndim > 1 else 1, -1).astype(np.float64)
+    b = got.reshape(a.shape).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = (a * b).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where(norms > 0, dots / norms, np.where(np.abs(a - b).sum(axis=1) == 0, 1.0, 0.0))
+    return float(np.nan_to_num(cos, nan=0.0).min())
 
 
 def output_scales(outputs: list[list[np.ndarray]]) -> list[float]:
@@ -192,4 +217,7 @@ def check(budget: Budget, evaluations: list[Evaluation]) -> str | None:
             misses.append(f"{ev.level}: top-1 drops {ev.drop:.2f} points (budget {budget.max_accuracy_drop:g})")
         if budget.max_error is not None and ev.max_abs_err > budget.max_error:
             misses.append(f"{ev.level}: max abs err {ev.max_abs_err:.3g} (budget {budget.max_error:g})")
+        if budget.min_cosine is not None and (ev.cosine is None or ev.cosine < budget.min_cosine):
+            found = "no float output to compare" if ev.cosine is None else f"{ev.cosine:.4f}"
+            misses.append(f"{ev.level}: cosine to FP32 {found} (budget >= {budget.min_cosine:g})")
     return "; ".join(misses) or None

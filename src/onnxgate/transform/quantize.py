@@ -111,7 +111,8 @@ class QuantizeReport:
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "summary": self.summary(), "source": self.source, "output": self.output,
                 "mode": self.mode, "method": self.method, "per_channel": self.per_channel,
-                "budget": {"max_accuracy_drop": self.budget.max_accuracy_drop, "max_error": self.budget.max_error},
+                "budget": {"max_accuracy_drop": self.budget.max_accuracy_drop, "max_error": self.budget.max_error,
+                           "min_cosine": self.budget.min_cosine},
                 "calibration": self.calibration, "evaluation": self.evaluation, "fp32_accuracy": self.fp32_accuracy,
                 "float_nodes": [s.to_dict() for s in self.float_nodes], "steps": [s.to_dict() for s in self.steps],
                 "record": self.record.to_dict() if self.record else None, "warnings": self.warnings,
@@ -234,37 +235,55 @@ class _Quantizer:
         self.notes.append(f"quant_pre_process failed ({'; '.join(failures)}); quantizing the model as it is.")
         return original
 
-    def quantize(self, exclude: list[str]) -> onnx.ModelProto:
+    def quantize(self, exclude: list[str], *, dynamic: bool | None = None, fmt: str = "qdq",
+                 per_channel: bool | None = None, reduce_range: bool = False, method: str | None = None,
+                 op_types: Sequence[str] | None = None, activation: str = "uint8") -> onnx.ModelProto:
+        """The quantized model keeping ``exclude`` in float. The keywords override this quantizer's settings (the
+        recipe search tries several on one pre-processed model): ``fmt`` qdq or qoperator, ``op_types`` to quantize
+        (None: every type the quantizer handles; dynamic: ``DYNAMIC_OP_TYPES``), ``activation`` uint8 or int8.
+        Activation ranges are calibrated once per method and cached (over every op type, so a narrower recipe
+        reuses them)."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
+        dynamic = self.dynamic if dynamic is None else dynamic
+        per_channel = self.per_channel if per_channel is None else per_channel
+        method = method or self.method
         self.count += 1
         out = self.tmp / f"quantized_{self.count}.onnx"
         with _sandbox(self.tmp):
-            if self.dynamic:
-                quantize_dynamic(str(self.float_path), str(out), op_types_to_quantize=list(DYNAMIC_OP_TYPES),
-                                 per_channel=self.per_channel, nodes_to_exclude=list(exclude))
+            if dynamic:
+                quantize_dynamic(str(self.float_path), str(out),
+                                 op_types_to_quantize=list(op_types or DYNAMIC_OP_TYPES), per_channel=per_channel,
+                                 reduce_range=reduce_range, nodes_to_exclude=list(exclude))
             else:
-                quantize_static(str(self.float_path), str(out), _FeedReader(self._calibration_feeds()),
-                                quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
+                cache = self.tmp / f"ranges-{method}.json"
+                if op_types is not None and not cache.is_file():  # calibrate every op type's tensors first
+                    self.quantize([], dynamic=False, method=method)
+                quantize_static(str(self.float_path), str(out), _FeedReader(self._calibration_feeds(method)),
+                                quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ,
+                                per_channel=per_channel, reduce_range=reduce_range,
+                                op_types_to_quantize=list(op_types) if op_types is not None else None,
                                 # U8S8 (uint8 activations, int8 weights): onnxruntime's fast path on x86 CPUs. With
                                 # int8 activations (S8S8, the quantizer's default) resnet18 ran 3x slower here.
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=getattr(CalibrationMethod, METHODS[self.method]),
-                                nodes_to_exclude=list(exclude), calibration_cache_path=str(self.tmp / "ranges.json"))
+                                activation_type=QuantType.QInt8 if activation == "int8" else QuantType.QUInt8,
+                                weight_type=QuantType.QInt8,
+                                calibrate_method=getattr(CalibrationMethod, METHODS[method]),
+                                nodes_to_exclude=list(exclude), calibration_cache_path=str(cache))
         return serde.load(out)
 
-    def _calibration_feeds(self) -> list[dict[str, np.ndarray]]:
+    def _calibration_feeds(self, method: str | None = None) -> list[dict[str, np.ndarray]]:
         """The histogram calibrators (entropy, percentile) stack every batch's activations, so batches of different
         sizes fail inside onnxruntime; they get one sample at a time."""
+        method = method or self.method
         feeds = self.calibration.feeds
         shapes = {tuple((k, v.shape) for k, v in f.items()) for f in feeds}
-        if self.method == "minmax" or len(shapes) == 1:
+        if method == "minmax" or len(shapes) == 1:
             return feeds
         dynamic_batch = all(i.type.tensor_type.shape.dim[0].dim_param if i.type.tensor_type.shape.dim else False
                             for i in self.float_model.graph.input)
         if not dynamic_batch:
             raise BadInputError(f"The calibration data '{self.calibration.source}' has batches of different shapes, "
-                                f"which {self.method} calibration cannot combine, and the model's batch is fixed.",
+                                f"which {method} calibration cannot combine, and the model's batch is fixed.",
                                 hint="Give batches of one shape, or use --method minmax.")
         return [{k: v[i:i + 1] for k, v in f.items()} for f in feeds for i in range(len(next(iter(f.values()))))]
 
