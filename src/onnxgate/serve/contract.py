@@ -1,0 +1,464 @@
+"""What a served bundle accepts: its input contract, read from the proof, and the session that honours it.
+
+Every dim of every input gets one rule, from the most specific record the bundle holds:
+
+* a fixed size in the input spec (``onnxgate.inputs`` metadata, else the manifest's graph shapes): that size;
+* a named dim with a verified domain (the manifest's ``domain``, else the model's ``onnxgate.dims``): its interval
+  and granularity, e.g. ``B: 1..64`` or ``W: multiples of 64 in 64..512``;
+* a dynamic dim nothing verified (a bundle packed from a plain .onnx file): only the size of the golden input,
+  the one size the bundle's reference outputs prove.
+
+Integer inputs with a recorded value range (``ids:Bx128:int64:0..30521``) are held to it too. A request outside
+any rule is a ``RequestError`` (HTTP 400) naming the input, the dim and the allowed values: the server never runs
+a shape the bundle does not prove.
+
+Loading checks the bundle as ``onnxgate verify BUNDLE`` does (``bundle.verify``: checksums, exit 9 when a file
+changed), then hashes ``model.onnx`` once more as it reads the bytes the session is built from, and runs the
+golden inputs through the serving session itself (its optimization level and threads) against the reference
+outputs at the bundle's tolerances (exit 4 when they differ). No torch, no onnx: the metadata comes from
+onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadInputError, IntegrityError, ParityError
+from .protocol import RequestError, datatype_of
+
+_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class DimRule:
+    """The sizes one dim may take. ``name`` is None for a fixed dim; ``source`` says which record set the rule."""
+
+    name: str | None
+    min: int
+    max: int | None
+    multiple_of: int | None = None
+    source: str = "fixed"  # fixed | verified domain | golden size | computed (outputs)
+
+    @property
+    def fixed(self) -> bool:
+        return self.name is None
+
+    def allows(self, size: int) -> bool:
+        return (size >= self.min and (self.max is None or size <= self.max)
+                and (not self.multiple_of or size % self.multiple_of == 0))
+
+    def describe(self) -> str:
+        if self.fixed or self.min == self.max:
+            return f"only {self.min}" if not self.fixed else str(self.min)
+        span = f"{self.min}..{'' if self.max is None else self.max}"
+        return f"multiples of {self.multiple_of} in {span}" if self.multiple_of else span
+
+    def to_dict(self) -> Any:
+        if self.fixed:
+            return self.min
+        return {"dim": self.name, "min": self.min, "max": self.max, "multiple_of": self.multiple_of,
+                "source": self.source}
+
+    @property
+    def oip(self) -> int:
+        """The dim as the Open Inference Protocol writes a shape: its size, or -1 when it varies."""
+        return self.min if self.fixed or self.min == self.max else -1
+
+
+@dataclass(frozen=True)
+class TensorRule:
+    name: str
+    dtype: str  # numpy name
+    dims: tuple[DimRule, ...]
+    value_range: tuple[float, float] | None = None
+
+    @property
+    def datatype(self) -> str:
+        return datatype_of(self.dtype)
+
+    def shape_text(self) -> str:
+        return "[" + ", ".join(str(d.min) if d.fixed else str(d.name) for d in self.dims) + "]"
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = {"name": self.name, "datatype": self.datatype, "shape": [d.oip for d in self.dims],
+               "verified_shape": [d.to_dict() for d in self.dims]}
+        if self.value_range is not None:
+            doc["value_range"] = list(self.value_range)
+        return doc
+
+    def check(self, datatype: str, shape: tuple[int, ...]) -> None:
+        """RequestError (400) unless a tensor of ``datatype`` and ``shape`` has this tensor's datatype, rank, and
+        every dim inside its rule. Asked before the tensor's data is decoded."""
+        allowed_shape = [d.to_dict() for d in self.dims]
+        if datatype != self.datatype:
+            raise RequestError(400, f"The input '{self.name}' is {datatype}; the model takes {self.datatype}.",
+                               input=self.name, allowed={"datatype": self.datatype})
+        if len(shape) != len(self.dims):
+            raise RequestError(400, f"The input '{self.name}' has rank {len(shape)} (shape {list(shape)}); the "
+                                    f"model takes rank {len(self.dims)}: {self.shape_text()}.",
+                               input=self.name, allowed={"shape": allowed_shape})
+        for axis, (size, rule) in enumerate(zip(shape, self.dims)):
+            if not rule.allows(size):
+                label = f"dim {axis}" + (f" ({rule.name})" if rule.name else "")
+                what = (f"the model takes only {rule.min}" if rule.fixed else
+                        f"the verified domain of {rule.name} is {rule.describe()}" if rule.source == "verified domain"
+                        else f"only {rule.min} is verified (the golden input's size; no domain was recorded)")
+                raise RequestError(400, f"The input '{self.name}' has size {size} at {label}; {what}.",
+                                   input=self.name, allowed={"axis": axis, **_as_dict(rule.to_dict())})
+
+    def check_values(self, array: np.ndarray) -> None:
+        """RequestError (400) when an integer input holds values outside its recorded value range."""
+        if self.value_range is not None and array.dtype.kind in "iu" and array.size:
+            low, high = self.value_range
+            if array.min() < low or array.max() > high:
+                raise RequestError(400, f"The input '{self.name}' holds values outside {_num(low)}..{_num(high)}, the "
+                                        "range the model was verified on.", input=self.name,
+                                   allowed={"value_range": [low, high]})
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {"size": value}
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+@dataclass
+class ServedModel:
+    """A bundle ready to serve: its contract, what classify needs, and the onnxruntime session (``session``)."""
+
+    name: str
+    folder: Path
+    manifest: dict[str, Any]
+    inputs: list[TensorRule]
+    outputs: list[TensorRule]
+    batch_dim: str | None  # the leading dim every input and output shares (what dynamic batching merges)
+    meta: dict[str, str]
+    labels: tuple[str, ...] | None = None
+    labels_note: str | None = None
+    preprocess: Any = None  # verify.inputs.Preprocess
+    classify_unavailable: str | None = None
+    threads: int = 0
+    threads_source: str = "onnxruntime default (all cores)"
+    opt_level: str = "all"
+    session: Any = None
+    self_check: list[dict] = field(default_factory=list)
+    golden: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def batch_rule(self) -> DimRule | None:
+        if self.batch_dim is None:
+            return None
+        return self.inputs[0].dims[0]
+
+    def check_declared(self, name: str, datatype: str, shape: tuple[int, ...]) -> None:
+        """One input as a request declares it (before its data is decoded): a known name, inside its rule."""
+        rule = next((t for t in self.inputs if t.name == name), None)
+        if rule is None:
+            raise RequestError(400, f"The model has no input '{name[:200]}'.", input=name[:200],
+                               allowed={"inputs": [t.name for t in self.inputs]})
+        rule.check(datatype, shape)
+
+    def check_feed(self, tensors: dict[str, tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The feed for ``session.run``: every input present, known and inside its rule; named dims consistent."""
+        known = {t.name: t for t in self.inputs}
+        for name, (datatype, array) in tensors.items():
+            self.check_declared(name, datatype, array.shape)
+        missing = [n for n in known if n not in tensors]
+        if missing:
+            raise RequestError(400, f"The input '{missing[0]}' is missing.", input=missing[0],
+                               allowed={"inputs": list(known)})
+        sizes: dict[str, tuple[int, str]] = {}
+        for rule in self.inputs:
+            rule.check_values(tensors[rule.name][1])
+            for dim, size in zip(rule.dims, tensors[rule.name][1].shape):
+                if dim.name is None:
+                    continue
+                seen = sizes.setdefault(dim.name, (size, rule.name))
+                if seen[0] != size:
+                    raise RequestError(400, f"The inputs give the dim {dim.name} two sizes: {seen[0]} ('{seen[1]}') and "
+                                            f"{size} ('{rule.name}').", input=rule.name, allowed={"dim": dim.name})
+        return {rule.name: tensors[rule.name][1] for rule in self.inputs}
+
+    def metadata(self) -> dict[str, Any]:
+        """The Open Inference Protocol's model metadata, with the verified shapes and where they come from."""
+        return {"name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx",
+                "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
+                "parameters": {"bundle": str(self.folder), "source_ref": self.manifest.get("source_ref"),
+                               "batch_dim": self.batch_dim, "labels": len(self.labels) if self.labels else None,
+                               "preprocess": str(self.preprocess) if self.preprocess else None,
+                               "classify": self.classify_unavailable or "available",
+                               "threads": self.threads, "threads_source": self.threads_source,
+                               "opt_level": self.opt_level, "self_check": self.self_check}}
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def check_integrity(folder: Path) -> dict[str, Any]:
+    """The bundle's manifest once every file matches its checksum; IntegrityError (exit 9) naming what changed."""
+    from ..bundle import manifest as mf
+    from ..bundle.verify import check_external_data
+
+    manifest = mf.read_manifest(folder)
+    problems = mf.check_files(folder, manifest, mf.scan_bundle(folder)) or check_external_data(folder, manifest)
+    if problems:
+        raise IntegrityError(f"The bundle '{folder}' changed since it was written: {'; '.join(problems[:5])}. onnxgate "
+                             "serves only a bundle whose files match their checksums.",
+                             hint="Do not serve this bundle: re-create it, or fetch it again from its source.")
+    return manifest
+
+
+def load_served_model(folder: Path, *, name: str | None = None, threads: int | None = None,
+                      opt_level: str = "all", default_threads: int = 0) -> ServedModel:
+    """Read the bundle at ``folder`` (already unpacked), build its session and self-check it (see module doc)."""
+    from ..bundle import manifest as mf
+    from ..bundle.verify import load_npz
+    from ..runtimes.ort import open_session
+
+    manifest = check_integrity(folder)
+    source = _model_source(folder, manifest)
+    chosen, how, level = _threads(folder, manifest, threads, opt_level, default_threads)
+    session = open_session(source, what=f"the bundle's model '{folder / mf.MODEL}'", opt_level=level,
+                           intra_op_threads=chosen, inter_op_threads=1)
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    golden = load_npz(folder / mf.GOLDEN_INPUTS)
+    inputs = _input_rules(folder, manifest, meta, golden)
+    outputs = _output_rules(manifest, {d.name: d for t in inputs for d in t.dims if d.name})
+    model = ServedModel(_served_name(name, manifest, folder), folder, manifest, inputs, outputs,
+                        _batch_dim(inputs, outputs), meta, threads=chosen, threads_source=how, opt_level=level,
+                        session=session)
+    _classify_setup(model)
+    model.self_check = _self_check(model, golden, load_npz(folder / mf.REFERENCE_OUTPUTS))
+    model.golden = golden
+    return model
+
+
+def _model_source(folder: Path, manifest: dict[str, Any]) -> Any:
+    """The bytes the session is built from, hashed as they are read (a path when the model has external data,
+    whose files the integrity check covered)."""
+    from ..bundle import manifest as mf
+
+    if manifest.get("model", {}).get("external_data"):
+        return str(folder / mf.MODEL)
+    data = (folder / mf.MODEL).read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest["files"][mf.MODEL]["sha256"]:
+        raise IntegrityError(f"The bundle's model '{folder / mf.MODEL}' changed while onnxgate read it.",
+                             hint="Do not serve this bundle: re-create it, or fetch it again from its source.")
+    return data
+
+
+def _served_name(name: str | None, manifest: dict[str, Any], folder: Path) -> str:
+    if name:
+        if _NAME.search(name) or len(name) > 128:
+            raise BadInputError(f"--model-name '{name[:80]}' is not a model name for a URL.",
+                                hint="Use letters, digits, '_', '.' and '-' only (at most 128 characters).")
+        return name
+    ref = manifest.get("source_ref")
+    stem = str(ref).rsplit(":", 1)[-1].rsplit("/", 1)[-1] if isinstance(ref, str) and ref else ""
+    stem = _NAME.sub("_", stem.removesuffix(".onnx")).strip("_.-")
+    return (stem or _NAME.sub("_", folder.name).strip("_.-") or "model")[:128]
+
+
+def _threads(folder: Path, manifest: dict[str, Any], threads: int | None, opt_level: str,
+             default: int) -> tuple[int, str, str]:
+    """intra-op threads and level: the flag, else the configuration the bundle's benchmark recommended, else
+    ``default`` (0: onnxruntime's own choice, every core)."""
+    if threads is not None:
+        if threads < 0:
+            raise BadInputError(f"--threads {threads} is negative.", hint="Give a thread count >= 1 (0: all cores).")
+        return threads, "--threads", opt_level
+    recommended = _recommended_config(folder, manifest)
+    if recommended:
+        match = re.fullmatch(r"onnxruntime:base(?:/(\w+))?/t(\d+)", recommended[0])
+        if match:
+            return int(match.group(2)), f"the bundle's benchmark ({recommended[1]}: {recommended[0]})", \
+                match.group(1) or opt_level
+    if default:
+        return default, "the cores divided among the workers", opt_level
+    return 0, "onnxruntime default (all cores)", opt_level
+
+
+def _recommended_config(folder: Path, manifest: dict[str, Any]) -> tuple[str, str] | None:
+    """The benchmark's recommended configuration id and where it was read: the manifest's ``bench`` record, else
+    the ``report.json`` that `onnxgate run` writes next to its bundle folder."""
+    bench = manifest.get("bench")
+    where = "manifest.json"
+    if not isinstance(bench, dict):
+        report = folder.parent / "report.json"
+        try:
+            if not report.is_file() or report.stat().st_size > (64 << 20):
+                return None
+            bench = (json.loads(report.read_text(encoding="utf-8")).get("stages") or {}).get("bench")
+        except (OSError, ValueError, AttributeError):
+            return None
+        where = str(report)
+    recommendation = bench.get("recommendation") if isinstance(bench, dict) else None
+    config_id = recommendation.get("config_id") if isinstance(recommendation, dict) else None
+    return (config_id, where) if isinstance(config_id, str) else None
+
+
+def _input_rules(folder: Path, manifest: dict[str, Any], meta: dict[str, str],
+                 golden: dict[str, np.ndarray]) -> list[TensorRule]:
+    from ..metadata import dims as recorded_dims, input_specs
+
+    model = folder / "model.onnx"
+    recorded = input_specs(meta, model=model)
+    specs = {s.name: s for s in recorded[0]} if recorded else {}
+    domains = _manifest_domain(manifest, model) or (recorded[1] if recorded else recorded_dims(meta, model=model))
+    rules = []
+    for entry in manifest["inputs"]:
+        name, spec = entry["name"], specs.get(entry["name"])
+        shape = list(spec.shape) if spec else (entry.get("shape") or [])
+        golden_shape = np.shape(golden.get(name, np.zeros(0)))
+        if len(golden_shape) != len(shape):
+            raise BadInputError(f"The bundle '{folder}' records input '{name}' as {shape} but its golden input has "
+                                f"shape {list(golden_shape)}.", hint="Re-create the bundle with `onnxgate bundle`.")
+        dims = []
+        for axis, dim in enumerate(shape):
+            if isinstance(dim, int) and not isinstance(dim, bool):
+                dims.append(DimRule(None, dim, dim))
+            elif isinstance(dim, str) and dim in domains:
+                d = domains[dim]
+                dims.append(DimRule(dim, d.min, d.max, d.multiple_of, "verified domain"))
+            else:
+                size = int(golden_shape[axis])
+                dims.append(DimRule(dim if isinstance(dim, str) else f"{name}_{axis}", size, size, None, "golden size"))
+        dtype = spec.dtype if spec else str(entry.get("dtype"))
+        rules.append(TensorRule(name, dtype, tuple(dims), spec.value_range if spec else None))
+    return rules
+
+
+def _manifest_domain(manifest: dict[str, Any], model: Path) -> dict[str, Any]:
+    """The manifest's verified domain per dim, through the same checks as the model's ``onnxgate.dims``."""
+    from ..metadata import DIMS, dims
+
+    domain = manifest.get("domain")
+    if not domain:
+        return {}
+    if not isinstance(domain, dict):
+        raise BadInputError(f"The manifest of '{model.parent}' has a 'domain' that is not a mapping.",
+                            hint="Re-create the bundle with `onnxgate bundle`.")
+    keys = ("min", "max", "example", "multiple_of")
+    plain = {n: {k: v for k, v in d.items() if k in keys} if isinstance(d, dict) else d for n, d in domain.items()}
+    return dims({DIMS: json.dumps(plain)}, model=model.parent / "manifest.json")
+
+
+def _output_rules(manifest: dict[str, Any], named: dict[str, DimRule]) -> list[TensorRule]:
+    rules = []
+    for entry in manifest["outputs"]:
+        dims = []
+        for axis, dim in enumerate(entry.get("shape") or []):
+            if isinstance(dim, int) and not isinstance(dim, bool):
+                dims.append(DimRule(None, dim, dim))
+            else:
+                label = dim if isinstance(dim, str) else f"{entry['name']}_{axis}"
+                dims.append(named.get(label, DimRule(label, 0, None, None, "computed")))
+        rules.append(TensorRule(entry["name"], str(entry.get("dtype")), tuple(dims)))
+    return rules
+
+
+def _batch_dim(inputs: list[TensorRule], outputs: list[TensorRule]) -> str | None:
+    """The dim dynamic batching merges along: the leading dim every input shares, a verified range, and a leading
+    dim on every output that is not fixed (``batch_probe`` proves the outputs follow it before batching starts)."""
+    leading = {t.dims[0].name if t.dims else None for t in inputs}
+    if len(leading) != 1 or None in leading:
+        return None
+    rule = inputs[0].dims[0]
+    if rule.source != "verified domain" or rule.max == rule.min:
+        return None
+    if any(not t.dims or t.dims[0].fixed for t in outputs):
+        return None
+    return rule.name
+
+
+def batch_probe(model: ServedModel) -> str | None:
+    """Why requests cannot be merged along the batch dim (None when they can), shown on the model itself: the
+    golden rows, repeated to another size inside the verified batch domain, must come back row for row as they
+    came alone, within the bundle's tolerances (a model that mixes rows, or whose outputs do not follow the batch
+    dim, fails here and dynamic batching is refused)."""
+    from ..verify.compare import Tolerance, compare_outputs
+
+    rule, golden = model.batch_rule, model.golden
+    if rule is None or not golden:
+        return "its inputs share no leading batch dim with a verified range"
+    rows = int(golden[model.inputs[0].name].shape[0])
+    sizes = [n for n in (2 * rows, rows + 1, rows - 1, rule.max) if n and n != rows and n >= 1 and rule.allows(n)]
+    if not sizes or rows < 1:
+        return f"no batch size other than {rows} lies in the verified domain {rule.describe()}"
+    index = np.arange(sizes[0]) % rows
+    names = [o.name for o in model.outputs]
+    alone = dict(zip(names, model.session.run(names, {t.name: golden[t.name] for t in model.inputs})))
+    merged = dict(zip(names, model.session.run(names, {t.name: golden[t.name][index] for t in model.inputs})))
+    wrong = [n for n in names if merged[n].shape[:1] != (sizes[0],)]
+    if wrong:
+        return f"output '{wrong[0]}' does not follow the batch dim (shape {list(merged[wrong[0]].shape)} at {sizes[0]} rows)"
+    tolerances = {n: Tolerance(t["rtol"], t["atol"]) for n, t in model.manifest["tolerances"].items()}
+    compared = compare_outputs({n: alone[n][index] for n in names}, merged, tolerances=tolerances,
+                               reference_label="the rows run alone")
+    failed = [c for c in compared if not c.passed]
+    if failed:
+        return f"rows are not independent: output '{failed[0].name}' changes when rows run together ({failed[0].reason})"
+    return None
+
+
+def _classify_setup(model: ServedModel) -> None:
+    """Whether /classify can run (an image input, recorded preprocessing, a [N, classes] output) and its labels."""
+    from ..verify.inputs import Preprocess, labels_from_meta
+
+    where = model.folder / "model.onnx"
+    try:
+        model.preprocess = Preprocess.from_meta(model.meta, model=where)
+    except BadInputError as exc:
+        model.classify_unavailable = exc.message
+        return
+    first = model.outputs[0]
+    image = model.inputs[0] if len(model.inputs) == 1 else None
+    if model.preprocess is None:
+        model.classify_unavailable = ("the bundle records no image preprocessing (export with --meta "
+                                      "preprocess=resize=256,crop=224,mean=...,std=...)")
+    elif image is None or len(image.dims) != 4 or image.dtype not in ("float32", "float16") \
+            or not image.dims[1].fixed or image.dims[1].min not in (1, 3):
+        model.classify_unavailable = "the model does not take one NCHW float image tensor with 1 or 3 channels"
+    elif not (image.dims[2].allows(model.preprocess.crop) and image.dims[3].allows(model.preprocess.crop)):
+        model.classify_unavailable = (f"the preprocessing's crop {model.preprocess.crop} lies outside the verified "
+                                      f"image size {image.shape_text()}")
+    elif len(first.dims) != 2 or first.dims[1].fixed is False:
+        model.classify_unavailable = "the model's first output is not [N, classes]"
+    try:
+        labels = labels_from_meta(model.meta, model=where)
+    except BadInputError as exc:
+        labels, model.labels_note = None, exc.message
+    classes = first.dims[1].min if len(first.dims) == 2 and first.dims[1].fixed else None
+    if labels is not None and classes is not None and len(labels) != classes:
+        model.labels_note = f"the recorded labels ({len(labels)}) do not match the {classes} classes: not used"
+        labels = None
+    model.labels = labels
+
+
+def _self_check(model: ServedModel, golden: dict[str, np.ndarray],
+                reference: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The golden inputs through the serving session, compared with the bundle's reference outputs at its
+    tolerances; ParityError (exit 4) when they differ."""
+    from ..bundle.verify import compare_all
+
+    names = [o.name for o in model.outputs]
+    got = dict(zip(names, model.session.run(names, {t.name: golden[t.name] for t in model.inputs})))
+    compared = compare_all(model.manifest, reference, got)
+    failed = [c for c in compared if not c.passed]
+    if failed:
+        raise ParityError(f"The serving session (onnxruntime, level '{model.opt_level}', {model.threads or 'all'} "
+                          f"thread(s)) computes the bundle's golden outputs beyond tolerance: "
+                          f"{'; '.join(c.name + ': ' + (c.reason or 'outside tolerance') for c in failed)}.",
+                          hint="Serve with --opt-level disable (the level verification used), or re-verify the "
+                               "bundle on this machine with `onnxgate verify BUNDLE`.")
+    return [{"output": c.name, "max_abs_err": c.max_abs_err, "rtol": c.tolerance.rtol, "atol": c.tolerance.atol,
+             "passed": c.passed} for c in compared]
