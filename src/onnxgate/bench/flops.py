@@ -41,6 +41,23 @@ class FlopCount:
 
 def count_flops(model_path: str | Path, input_shapes: dict[str, tuple[int, ...]]) -> FlopCount:
     """FLOPs of one inference of ``model_path`` with inputs of ``input_shapes`` (see the module docstring)."""
+    model = inferred_model(model_path, input_shapes)
+    shapes = _known_shapes(model.graph)
+    count, by_op, unresolved = 0, Counter(), Counter()
+    for node in model.graph.node:
+        flops = _node_flops(node, shapes)
+        if flops is None:
+            if _is_heavy(node.op_type):
+                unresolved[node.op_type] += 1
+            continue
+        count += flops
+        by_op[node.op_type] += flops
+    return FlopCount(count, dict(by_op), dict(unresolved))
+
+
+def inferred_model(model_path: str | Path, input_shapes: dict[str, tuple[int, ...]]):
+    """The model at ``model_path`` with its inputs fixed to ``input_shapes`` and ONNX shape inference run (what the
+    declared shapes allow when inference fails)."""
     import onnx
 
     from .. import serde
@@ -58,17 +75,7 @@ def count_flops(model_path: str | Path, input_shapes: dict[str, tuple[int, ...]]
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except (onnx.shape_inference.InferenceError, ValueError):  # count what the declared shapes allow
         pass
-    shapes = _known_shapes(model.graph)
-    count, by_op, unresolved = 0, Counter(), Counter()
-    for node in model.graph.node:
-        flops = _node_flops(node, shapes)
-        if flops is None:
-            if _is_heavy(node.op_type):
-                unresolved[node.op_type] += 1
-            continue
-        count += flops
-        by_op[node.op_type] += flops
-    return FlopCount(count, dict(by_op), dict(unresolved))
+    return model
 
 
 def _is_heavy(op_type: str) -> bool:
