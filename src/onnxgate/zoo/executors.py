@@ -1,0 +1,136 @@
+"""Executors: run zoo models, each in its own worker process, and hand back each ledger row as the model finishes.
+
+``local`` (the default): a pool of ``jobs`` threads in the zoo's process, each driving one forked worker
+(``onnxgate.worker.run_in_worker``) at a time: with a timeout, a private-memory cap, and the model's crash, hang or
+memory hog turned into its ledger row. ``ray``: each model is a Ray task declaring its CPUs and memory; inside the task
+the model still runs through ``run_in_worker`` (a segfault kills that worker, not the Ray worker), and the rows are
+streamed back with ``ray.wait`` as tasks finish. The row is made where the model ran (it reads the model's folder),
+so on a cluster without a shared file system the ledger is still complete; the model folders stay on the nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from ..worker import CRASHED, WorkerOutcome, default_memory_mb, run_in_worker
+from .spec import ZooModel
+from .task import ledger_row, prove
+
+OnRow = Callable[[dict[str, Any]], None]
+
+
+_WARM: list[bool] = []
+
+
+def warm_imports() -> None:
+    """Import torch and the pipeline, and run one tiny dynamo export, before forking workers: every fork (a model's
+    worker, and the export attempts it forks in turn) then starts with them loaded and initialized, shared
+    copy-on-write. A process's first dynamo export pays ~6 s of one-time set-up (7.5 s against 1.5 s for the second
+    export of an nn.Linear on this 2-core box), which each model would otherwise pay again. One thread, as in the
+    workers (worker.py: OpenMP's pool does not survive a fork)."""
+    if _WARM:
+        return
+    import tempfile
+
+    import torch
+
+    from .. import pipeline  # noqa: F401
+    from ..export import ladder  # noqa: F401
+    from ..verify import api  # noqa: F401
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="onnxgate-zoo-warm-") as tmp:
+            torch.onnx.export(torch.nn.Linear(2, 2).eval(), (torch.zeros(1, 2),), f"{tmp}/warm.onnx", dynamo=True,
+                              verbose=False)
+    except Exception:  # a warm-up only: the models' own exports report whatever this would have met
+        pass
+    finally:
+        torch.set_num_threads(threads)
+    _WARM.append(True)
+
+
+def prove_isolated(model: ZooModel, out: str, executor: str, memory_mb: float | None) -> dict[str, Any]:
+    """One model in a forked worker with its timeout and memory cap -> its ledger row."""
+    outcome = run_in_worker(prove, model, out, timeout_s=model.timeout_s,
+                            memory_mb=model.memory_mb or memory_mb, label=f"model '{model.name}'")
+    return ledger_row(model, outcome, Path(out), executor=executor)
+
+
+def run_local(models: list[ZooModel], out: Path, *, jobs: int, on_row: OnRow, address: str | None = None) -> None:
+    if not models:
+        return
+    warm_imports()
+    available = default_memory_mb()
+    share = None if available is None else available / min(jobs, len(models))  # a model without memory_mb
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="onnxgate-zoo") as pool:
+        futures = [pool.submit(prove_isolated, m, str(out), "local", share) for m in models]
+        try:
+            for future in as_completed(futures):
+                on_row(future.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # running workers get the same Ctrl-C; queued never start
+            raise
+
+
+def _ray_task(model: ZooModel, out: str) -> dict[str, Any]:
+    warm_imports()  # once per Ray worker process (they are reused)
+    return prove_isolated(model, out, "ray", default_memory_mb())
+
+
+def run_ray(models: list[ZooModel], out: Path, *, jobs: int, on_row: OnRow, address: str | None = None) -> None:
+    """Each model a Ray task; a local cluster of ``jobs`` CPUs unless ``address`` names one (or one is already
+    initialized in this process, which is then used and left running)."""
+    from ..errors import require
+
+    ray = require("ray", "ray", "The Ray executor (--executor ray)")
+    if not models:
+        return
+    started = not ray.is_initialized()
+    if started:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False)
+    try:
+        _stream(ray, models, out, on_row)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _stream(ray, models: list[ZooModel], out: Path, on_row: OnRow) -> None:
+    task = ray.remote(max_retries=0)(_ray_task)  # a crash is the model's outcome, never silently retried
+    refs = {}
+    for m in models:
+        options: dict[str, Any] = {"num_cpus": m.cpus, "name": f"onnxgate-zoo:{m.name}"}
+        if m.memory_mb:
+            options["memory"] = int(m.memory_mb * 2**20)
+        refs[task.options(**options).remote(m, str(out))] = m
+    waiting = list(refs)
+    try:
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            for ref in ready:
+                on_row(_row_of(ray, ref, refs[ref], out))
+    except BaseException:
+        for ref in waiting:
+            ray.cancel(ref, force=True)
+        raise
+
+
+def _row_of(ray, ref, model: ZooModel, out: Path) -> dict[str, Any]:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as exc:  # the Ray worker itself died (OOM killer, a lost node)
+        text = str(exc).strip().splitlines()
+        outcome = WorkerOutcome(CRASHED, error=f"the Ray task of model '{model.name}' failed: "
+                                + (text[0][:400] if text else type(exc).__name__))
+        return ledger_row(model, outcome, out, executor="ray")
+
+
+EXECUTORS: dict[str, Callable[..., None]] = {"local": run_local, "ray": run_ray}
