@@ -39,7 +39,7 @@ import hashlib
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,7 @@ def _schema():
         ref: str | None = Field(None, min_length=1)
         name: str | None = Field(None, min_length=1, max_length=100)
         family: str | None = Field(None, min_length=1, max_length=100)
-        tags: list[StrictStr] = []
+        tags: list[StrictStr] | None = None
         stages: list[Literal[STAGES]] | None = None  # type: ignore[valid-type]
         timeout_s: Number | None = Field(None, gt=0)
         memory_mb: Number | None = Field(None, gt=0)
@@ -285,13 +285,14 @@ def _resolve(index: int, table: dict, zoo, source: str, base: Path) -> ZooModel:
                      bundle="bundle" in stages, quantize=(table.get("quantize") or "dynamic") if "quantize" in stages else None,
                      calib=rel("calib"), eval_data=rel("eval"), method=table.get("method"), preprocess=table.get("preprocess"),
                      max_accuracy_drop=table.get("max_accuracy_drop"), max_error=table.get("max_error"))
+    timeout = float(table.get("timeout_s", zoo.timeout_s))
+    memory = table.get("memory_mb", zoo.memory_mb)
     try:
         deploy = _deploy_targets(table.get("deploy", ()), stages)
         run = run_config(ref, replace(flags, deploy=",".join(deploy) or None))
     except BadInputError as exc:
         raise BadInputError(f"{where}: {exc.message}", hint=exc.hint) from None
-    timeout = float(table.get("timeout_s", zoo.timeout_s))
-    memory = table.get("memory_mb", zoo.memory_mb)
+    run = replace(run, export=_attempt_limits(run.export, timeout, memory))
     family = table.get("family") or default_family(name)
     tags = tuple(dict.fromkeys(table.get("tags", ())))
     fingerprint = hashlib.sha256(json.dumps(
@@ -299,6 +300,18 @@ def _resolve(index: int, table: dict, zoo, source: str, base: Path) -> ZooModel:
          "stages": stages, "timeout_s": timeout, "memory_mb": memory}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return ZooModel(name, ref, family, tags, run, stages, timeout, None if memory is None else float(memory),
                     float(table.get("cpus", zoo.cpus)), deploy, fingerprint, index)
+
+
+def _attempt_limits(export, timeout: float, memory: float | None):
+    """The model's limits hold for the export attempts its worker forks too (each attempt is a worker of its own
+    where the ladder isolates attempts: its memory is not the model worker's, so the cap is passed down)."""
+    names = {f.name for f in fields(export)}
+    limits = {}
+    if "attempt_timeout_s" in names:
+        limits["attempt_timeout_s"] = min(timeout, export.attempt_timeout_s or timeout)
+    if "attempt_memory_mb" in names and memory is not None:
+        limits["attempt_memory_mb"] = max(1, int(memory))
+    return replace(export, **limits)
 
 
 def _deploy_targets(targets, stages) -> tuple[str, ...]:
