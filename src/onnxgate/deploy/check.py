@@ -212,7 +212,7 @@ def _latency(runner, feed: dict[str, np.ndarray]) -> float:
 def _shapes(specs: list[InputSpec], dims: dict[str, Dim]) -> str:
     text = ", ".join(f"{s.name} {'x'.join(map(str, s.shape))}" for s in specs)
     if dims:
-        return text + " with " + ", ".join(f"{n} {d.min}..{d.max if d.max is not None else ''}"
+        return text + " with " + ", ".join((f"{n} {d.min}..{d.max}" if d.max is not None else f"{n} >= {d.min}")
                                            + (f"%{d.multiple_of}" if d.multiple_of else "") for n, d in dims.items())
     return "static: " + text
 
