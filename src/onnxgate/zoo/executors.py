@@ -25,21 +25,26 @@ OnRow = Callable[[dict[str, Any]], None]
 _WARM: list[bool] = []
 
 
-def warm_imports() -> None:
-    """Import torch and the pipeline, and run one tiny dynamo export, before forking workers: every fork (a model's
-    worker, and the export attempts it forks in turn) then starts with them loaded and initialized, shared
-    copy-on-write. A process's first dynamo export pays ~6 s of one-time set-up (7.5 s against 1.5 s for the second
-    export of an nn.Linear on this 2-core box), which each model would otherwise pay again. One thread, as in the
-    workers (worker.py: OpenMP's pool does not survive a fork)."""
-    if _WARM:
-        return
-    import tempfile
+def dynamo_models(models: list[ZooModel]) -> int:
+    return sum(m.run.export.strategy in (None, "dynamo") for m in models)
 
+
+def warm_imports(dynamo: bool) -> None:
+    """Import torch and the pipeline before forking workers, and (``dynamo``: when two or more models per process
+    may use that exporter) run one tiny dynamo export: every fork (a model's worker, and the export attempts it forks in turn) then starts with
+    them loaded and initialized, shared copy-on-write. Importing torch costs a worker ~5 s on this 2-core box; a
+    process's first dynamo export pays ~6 s of one-time set-up (7.5 s against 1.5 s for the second export of an
+    nn.Linear), which each model would otherwise pay again. One thread, as in the workers (worker.py: OpenMP's
+    pool does not survive a fork)."""
     import torch
 
     from .. import pipeline  # noqa: F401
     from ..export import ladder  # noqa: F401
     from ..verify import api  # noqa: F401
+
+    if _WARM or not dynamo:
+        return
+    import tempfile
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -64,7 +69,7 @@ def prove_isolated(model: ZooModel, out: str, executor: str, memory_mb: float | 
 def run_local(models: list[ZooModel], out: Path, *, jobs: int, on_row: OnRow, address: str | None = None) -> None:
     if not models:
         return
-    warm_imports()
+    warm_imports(dynamo_models(models) >= 2)
     available = default_memory_mb()
     share = None if available is None else available / min(jobs, len(models))  # a model without memory_mb
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="onnxgate-zoo") as pool:
@@ -77,8 +82,8 @@ def run_local(models: list[ZooModel], out: Path, *, jobs: int, on_row: OnRow, ad
             raise
 
 
-def _ray_task(model: ZooModel, out: str) -> dict[str, Any]:
-    warm_imports()  # once per Ray worker process (they are reused)
+def _ray_task(model: ZooModel, out: str, warm_dynamo: bool) -> dict[str, Any]:
+    warm_imports(warm_dynamo)  # once per Ray worker process (they are reused for the next models)
     return prove_isolated(model, out, "ray", default_memory_mb())
 
 
@@ -97,20 +102,20 @@ def run_ray(models: list[ZooModel], out: Path, *, jobs: int, on_row: OnRow, addr
         else:
             ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False)
     try:
-        _stream(ray, models, out, on_row)
+        _stream(ray, models, out, on_row, jobs)
     finally:
         if started:
             ray.shutdown()
 
 
-def _stream(ray, models: list[ZooModel], out: Path, on_row: OnRow) -> None:
+def _stream(ray, models: list[ZooModel], out: Path, on_row: OnRow, jobs: int) -> None:
     task = ray.remote(max_retries=0)(_ray_task)  # a crash is the model's outcome, never silently retried
-    refs = {}
+    refs, warm = {}, dynamo_models(models) >= 2 * jobs  # about two dynamo exports per Ray worker, or no warm-up
     for m in models:
         options: dict[str, Any] = {"num_cpus": m.cpus, "name": f"onnxgate-zoo:{m.name}"}
         if m.memory_mb:
             options["memory"] = int(m.memory_mb * 2**20)
-        refs[task.options(**options).remote(m, str(out))] = m
+        refs[task.options(**options).remote(m, str(out), warm)] = m
     waiting = list(refs)
     try:
         while waiting:

@@ -63,7 +63,7 @@ def _figures(doc: dict) -> str:
     rate = doc.get("pass_rate")
     items = [("pass rate", "–" if rate is None else f"{rate:.0%}"), ("models", doc.get("models_total")),
              ("passed", doc.get("passed")), ("failed", doc.get("failed")),
-             ("wall time", f"{doc.get('wall_seconds', 0):.0f} s"), ("executor", f"{doc.get('executor')} × {doc.get('jobs')}"),
+             ("wall time (this run)", f"{doc.get('wall_seconds', 0):.0f} s"), ("executor", f"{doc.get('executor')} × {doc.get('jobs')}"),
              ("run now / from ledger", f"{doc.get('ran')} / {doc.get('resumed')}")]
     if doc.get("shard"):
         items.append(("shard", doc["shard"]))
