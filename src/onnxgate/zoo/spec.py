@@ -165,7 +165,7 @@ def _problems(data: dict, exc) -> list[str]:
     out: dict[str, str] = {}
     _, model_table = _schema()
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
+        loc = _data_loc(data, [str(p) for p in err["loc"]], extra=err["type"] == "extra_forbidden")
         where = _where(data, loc)
         key = loc[-1] if loc else "?"
         if err["type"] == "extra_forbidden":
@@ -182,6 +182,20 @@ def _problems(data: dict, exc) -> list[str]:
         form = _MODEL_KEYS_FORMS.get(field_name, err.get("msg", "").lower())
         out[where] = f"{where} must be {form} (it is {describe_value(value, mapping='a table', limit=40)})"
     return list(out.values())
+
+
+def _data_loc(data: Any, loc: list[str], *, extra: bool) -> list[str]:
+    """The error's location as keys of the file: pydantic adds the member of a union it tried ('float', 'int')."""
+    kept = []
+    for i, part in enumerate(loc):
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        elif not (extra and i == len(loc) - 1):
+            continue
+        kept.append(part)
+    return kept
 
 
 def _where(data: dict, loc: list[str]) -> str:
