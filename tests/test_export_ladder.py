@@ -72,13 +72,27 @@ def test_dict_and_nested_outputs_get_stable_names(tmp_path):
 
 
 def test_frozen_batch_is_a_parity_failure_naming_the_dim(tmp_path):
-    with pytest.raises(ParityError) as info:
-        onnxgate.export(FrozenBatch(), tmp_path / "m.onnx", config=cfg("x:Bx4:float32", dims=["B=1..8"]))
+    with pytest.raises(ParityError) as info:  # --no-repair: the plain rungs only
+        onnxgate.export(FrozenBatch(), tmp_path / "m.onnx", config=cfg("x:Bx4:float32", dims=["B=1..8"], repair=False))
     assert info.value.exit_code == ExitCode.PARITY_FAILED
     assert "B (frozen at 2)" in info.value.message and "--allow-static B" in info.value.hint
     assert not (tmp_path / "m.onnx").exists()
     outcomes = {a.outcome for a in info.value.result.attempts}
-    assert outcomes <= {"frozen_dim", "export_error", "runtime_error"} and "frozen_dim" in outcomes
+    assert outcomes <= {"frozen_dim", "export_error", "runtime_error", "skipped"} and "frozen_dim" in outcomes
+
+
+def test_strict_capture_rung_keeps_a_python_int_size_symbolic(tmp_path):
+    """`reshape(int(x.shape[0]), -1)`: non-strict capture and tracing freeze B; TorchDynamo's strict capture keeps
+    the int symbolic. The extra rung wins only after the plain ones failed, and verifies at every batch size."""
+    result = onnxgate.export(FrozenBatch(), tmp_path / "m.onnx", config=cfg("x:Bx4:float32", dims=["B=1..8"]))
+    won = result.attempts[result.winner]
+    assert (won.strategy, won.variant) == ("dynamo", "strict")
+    assert {a.outcome for a in result.attempts[:result.winner]} <= {"frozen_dim", "skipped"}
+    assert won.parity.passed and not won.frozen_dims
+    from onnxgate import serde
+
+    props = {p.key: p.value for p in serde.load(tmp_path / "m.onnx").metadata_props}
+    assert props["onnxgate.export_variant"] == "strict"
 
 
 def test_allow_static_accepts_a_frozen_dim_explicitly(tmp_path):

@@ -32,6 +32,9 @@ class ExportFlags:
     config_file: str | Path | None = None
     targets: tuple[str, ...] = ()  # --target: runtime releases the export must fit (the toml's `target` otherwise)
     accept_domain: bool = False  # --accept-domain: claim the verified shape domain when narrower than declared
+    no_repair: bool = False  # --no-repair: no repair rung, no extra capture variants
+    attempt_timeout_s: float | None = None  # --attempt-timeout: seconds per export attempt (its worker is stopped)
+    attempt_memory_mb: int | None = None  # --attempt-memory-mb: private memory per export attempt
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ def export_config(flags: ExportFlags) -> tuple[RunConfig, ExportConfig]:
         reinit_degenerate=flags.reinit_degenerate or cfg.reinit_degenerate,
         accept_domain=flags.accept_domain or cfg.accept_domain,
         targets=tuple(flags.targets) or run.targets,
+        repair=cfg.repair and not flags.no_repair,
+        attempt_timeout_s=flags.attempt_timeout_s or cfg.attempt_timeout_s,
+        attempt_memory_mb=flags.attempt_memory_mb or cfg.attempt_memory_mb,
     )
     in_file = f"In {flags.config_file}, key" if flags.config_file else None
     limits = None

@@ -257,8 +257,20 @@ class ExportConfig:
     # Accept the verified shape domain when it is narrower than the declared one (verify/domain.py): the model's
     # metadata, the bundle and the report then claim the verified domain instead of failing.
     accept_domain: bool = False
+    # The repair rung and the exporter's other capture variants, tried after the plain rungs fail or freeze a dim
+    # (export/repair/). --no-repair turns both off.
+    repair: bool = True
+    # Each export attempt runs in a worker process (worker.py): stopped past this many seconds, or past this much
+    # private memory (None: 90% of the memory available when it starts).
+    attempt_timeout_s: float | None = 1800.0
+    attempt_memory_mb: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("attempt_timeout_s", "attempt_memory_mb"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise BadInputError(f"{name} must be a positive number, not {value!r}.",
+                                    hint="Leave it out for the default, or give seconds / megabytes above zero.")
         if self.strategy is not None and self.strategy not in STRATEGIES:
             close = difflib.get_close_matches(str(self.strategy), STRATEGIES, n=1)
             raise BadInputError(f"Export strategy '{self.strategy}' is not one onnxgate has."
@@ -439,6 +451,9 @@ def _toml_schema():
         class ExportTable(Strict):
             strategy: Literal["dynamo", "torchscript"] | None = None
             opset: int | None = Field(None, ge=1, le=1000)  # the exporters' real range is checked by the ladder
+            repair: bool = True  # the repair rung and the capture variants (export/repair/)
+            attempt_timeout_s: float | None = Field(1800.0, gt=0)
+            attempt_memory_mb: int | None = Field(None, gt=0)
 
         class QuantizeTable(Strict):
             mode: Literal["static", "dynamic"] = "static"
@@ -601,6 +616,9 @@ def load_toml(path: str | Path) -> RunConfig:
         allow_static=tuple(doc.allow_static),
         reinit_degenerate=doc.reinit_degenerate,
         accept_domain=doc.accept_domain,
+        repair=doc.export.repair,
+        attempt_timeout_s=doc.export.attempt_timeout_s,
+        attempt_memory_mb=doc.export.attempt_memory_mb,
     )
     quantize = None
     if doc.quantize is not None:

@@ -13,6 +13,11 @@ TARGET_HELP = ("A runtime the model must run on, e.g. onnxruntime==1.16, openvin
                "its opset, IR version and operators (the installed onnxruntime: by loading). Repeatable.")
 DIM_HELP = ("NAME=MIN..MAX[@EXAMPLE][%MULTIPLE] or NAME=EXAMPLE for a named dim, e.g. B=1..64, H=32..512@224 or "
             "H=64..1024@256%64 (multiples of 64 only). Repeatable.")
+REPAIR_HELP = ("Do not try the repair rung (catalogued replacements for export-hostile patterns) nor the dynamo "
+               "exporter's other capture variants (strict, draft, Dim.AUTO) after the plain rungs fail.")
+ATTEMPT_TIMEOUT_HELP = "Seconds one export attempt may run in its worker process before it is stopped (default 1800)."
+ATTEMPT_MEMORY_HELP = ("Private memory (MB) one export attempt may allocate before its worker is stopped "
+                       "(default: 90% of the memory available).")
 ACCEPT_DOMAIN_HELP = ("Accept the verified shape domain when it is narrower than the declared one (a range end "
                       "or a granularity the model does not support): the metadata, bundle and report then claim "
                       "it. Without it, a narrower domain fails with the parity code.")
@@ -38,6 +43,9 @@ def export(
     target: list[str] = typer.Option([], "--target", help=TARGET_HELP + " Steers the export: the opset and IR "
                                      "version it reads, and no attempt whose operators it lacks wins."),
     accept_domain: bool = typer.Option(False, "--accept-domain", help=ACCEPT_DOMAIN_HELP),
+    no_repair: bool = typer.Option(False, "--no-repair", help=REPAIR_HELP),
+    attempt_timeout: float = typer.Option(None, "--attempt-timeout", help=ATTEMPT_TIMEOUT_HELP),
+    attempt_memory_mb: int = typer.Option(None, "--attempt-memory-mb", help=ATTEMPT_MEMORY_HELP),
     config_file: Path = typer.Option(None, "--config", help="Read settings from an onnxgate.toml."),
     force: bool = typer.Option(False, "--force", help="Overwrite the output if it exists."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -48,7 +56,8 @@ def export(
 
     run, cfg = export_config(ExportFlags(tuple(inputs), tuple(dims), strategy, opset, device, tuple(meta), labels,
                                          tuple(allow_static), reinit_degenerate, config_file, tuple(target),
-                                         accept_domain=accept_domain))
+                                         accept_domain=accept_domain, no_repair=no_repair,
+                                         attempt_timeout_s=attempt_timeout, attempt_memory_mb=attempt_memory_mb))
     ref = ref or run.ref
     if not ref:
         raise BadInputError("No model given.", hint="Pass a model reference, e.g. onnxgate export torchvision:resnet18 -o r18.onnx.")

@@ -19,7 +19,7 @@ def attempts_table(result) -> Table:
         if a.diagnosis and a.diagnosis.get("id") not in (None, "unknown"):
             detail = f"[{a.diagnosis['id']}] {detail}"
         opset = str(a.opset) if a.opset_emitted in (None, a.opset) else f"{a.opset}→{a.opset_emitted}"
-        table.add_row(str(i + 1), a.strategy, opset, f"{a.seconds:.1f}", f"{a.peak_mb:.0f}",
+        table.add_row(str(i + 1), a.label, opset, f"{a.seconds:.1f}", f"{a.peak_mb:.0f}",
                       f"[{style}]{a.outcome}[/]", detail[:160])
     return table
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from .common import console, finish, progress
-from .export_cmd import ACCEPT_DOMAIN_HELP, DIM_HELP, INPUT_HELP, TARGET_HELP
+from .export_cmd import ACCEPT_DOMAIN_HELP, REPAIR_HELP, DIM_HELP, INPUT_HELP, TARGET_HELP
 
 
 def run(
@@ -24,6 +24,7 @@ def run(
                                            "with small seeded noise before export (random-weight models only)."),
     allow_static: list[str] = typer.Option([], "--allow-static", help="Accept this dim being frozen. Repeatable."),
     accept_domain: bool = typer.Option(False, "--accept-domain", help=ACCEPT_DOMAIN_HELP),
+    no_repair: bool = typer.Option(False, "--no-repair", help=REPAIR_HELP),
     target: list[str] = typer.Option([], "--target", help=TARGET_HELP),
     weights: str = typer.Option(None, help="State-dict file for torchvision:/timm: models (loaded weights_only)."),
     arch: str = typer.Option(None, help="Architecture ref for a state-dict REF file, e.g. torchvision:resnet18."),
@@ -55,7 +56,8 @@ def run(
 
     config_file = Path(model) if model.endswith(".toml") else None
     export_flags = ExportFlags(tuple(inputs), tuple(dims), strategy, opset, None, tuple(meta), labels,
-                               tuple(allow_static), reinit_degenerate, config_file, accept_domain=accept_domain)
+                               tuple(allow_static), reinit_degenerate, config_file, accept_domain=accept_domain,
+                               no_repair=no_repair)
     job = run_config(None if config_file else model, RunFlags(
         export_flags, weights=weights, arch=arch, trust_pickle=trust_pickle, output=str(output) if output else None,
         targets=tuple(target), data=tuple(data), bench=bench, optimize=optimize, bundle=bundle, quantize=quantize,

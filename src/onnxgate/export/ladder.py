@@ -8,11 +8,11 @@ Failed attempts are values (``Attempt`` with an outcome and a diagnosis), not ex
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
-import os
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ RUNTIME_ERROR = "runtime_error"
 TRACED_BRANCH = "traced_branch"  # tracing baked in the branch a data-dependent `if` took on the example
 MISMATCH = "mismatch"  # wrong at the traced shape
 FROZEN_DIM = "frozen_dim"  # right at the traced shape, wrong or unrunnable at another size of a dynamic dim
+CRASHED = "crashed"  # the attempt's worker died (signal), ran past its timeout or its memory cap
 OK = "ok"
 SKIPPED = "skipped"
 
@@ -59,6 +60,18 @@ class Attempt:
     shapes: dict | None = None  # the winner's declared-shape audit (export/graph_shapes.py)
     lacking_ops: list[str] = field(default_factory=list)  # operators a --target lacks (error_class "target")
     fallback: bool = False  # added to the plan after a target lacked operators of newer opsets
+    variant: str | None = None  # the dynamo capture variant of an extra rung (strategies.VARIANTS); None: the default
+    repairs: dict[str, list[str]] = field(default_factory=dict)  # repair rung: catalogue entry -> modules replaced
+    stage: str | None = None  # where an export error happened: "capture" (torch.export) or None (the exporter)
+
+    @property
+    def label(self) -> str:
+        """The rung in words: strategy, capture variant and repairs."""
+        from .strategies import VARIANT_WORDS
+
+        extra = [VARIANT_WORDS[self.variant]] if self.variant else []
+        extra += [f"repair: {name}" for name in self.repairs]
+        return f"{self.strategy} ({', '.join(extra)})" if extra else self.strategy
 
 
 @dataclass
@@ -184,43 +197,6 @@ def default_plan(config: ExportConfig) -> list[tuple[str, int]]:
                             f"{exporter_min_opset()}..{max(tops.values())}).",
                             hint="Target a newer runtime release.")
     return plan
-
-
-class PeakRSS:
-    """Peak resident memory of this process while the block runs, sampled every 5 ms (torch allocations are
-    invisible to tracemalloc, and ru_maxrss cannot be reset between attempts). Absolute, not a delta: memory
-    freed by an earlier attempt and reused by the allocator would make a delta meaningless."""
-
-    def __init__(self):
-        self.peak = 0
-        self._stop = threading.Event()
-
-    @staticmethod
-    def _rss() -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            return 0
-
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
-
-    def __enter__(self):
-        self.peak = self._rss()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    @property
-    def megabytes(self) -> float:
-        return round(self.peak / 2**20, 1)
 
 
 def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple[str, ...],
@@ -396,6 +372,8 @@ def _metadata(loaded, prepared: Prepared, config: ExportConfig, attempt: Attempt
         "onnxgate.inputs": json.dumps([s.to_dict() for s in prepared.specs]),
         "onnxgate.dims": json.dumps({n: asdict(d) for n, d in prepared.dims.items()}),
         "onnxgate.strategy": attempt.strategy,
+        **({"onnxgate.export_variant": attempt.variant} if attempt.variant else {}),
+        **({"onnxgate.repairs": json.dumps(attempt.repairs)} if attempt.repairs else {}),
         "onnxgate.opset": str(attempt.opset_emitted or attempt.opset),
     }
     for key, value in loaded.meta.items():
@@ -429,40 +407,12 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
     staging = Path(tempfile.mkdtemp(prefix="onnxgate-export-"))
     winner = None
     try:
-        for i, attempt in enumerate(attempts):
-            note(f"attempt {i + 1}/{len(attempts)}: {attempt.strategy} exporter, opset {attempt.opset}")
-            path = staging / f"attempt{i}" / "model.onnx"
-            path.parent.mkdir()
-            start = time.perf_counter()
-            with PeakRSS() as mem:
-                try:
-                    out = EXPORTERS[attempt.strategy](prepared, attempt.opset, path)
-                    attempt.warnings = out.warnings
-                except Exception as exc:  # an exporter failure is an expected outcome, recorded
-                    attempt.outcome, attempt.error_class, attempt.error = EXPORT_ERROR, type(exc).__name__, first_line(exc)
-                    from .diagnose import diagnose
-
-                    attempt.diagnosis = asdict(diagnose(exc, getattr(exc, "exporter_output", "")))
-            attempt.seconds = round(time.perf_counter() - start, 2)
-            attempt.peak_mb = mem.megabytes
-            if attempt.outcome == EXPORT_ERROR:
-                continue
-            note(f"attempt {i + 1}/{len(attempts)}: checking and running in onnxruntime")
-            try:
-                _fit(attempt, path, config, limits)
-                if attempt.outcome != CHECK_FAILED:
-                    _judge(prepared, attempt, path, config.allow_static, out.traced_branches,
-                           pinned_opset=config.opset is not None, targets=config.targets)
-            except Exception as exc:
-                attempt.outcome, attempt.error_class, attempt.error = RUNTIME_ERROR, type(exc).__name__, first_line(exc)
-            attempt.path = str(path)
-            if attempt.error_class == "target":
-                attempts[i + 1:i + 1] = _target_fallbacks(attempt, attempts, config)
-            if attempt.outcome == OK:
-                note(f"attempt {i + 1}/{len(attempts)}: checking the graph's declared shapes")
-                _honest_shapes(prepared, attempt, config, out.traced_branches)
+        for i, attempt in enumerate(attempts):  # the list grows: target fallbacks, then the extra rungs
+            if _step(prepared, attempts, i, staging / f"attempt{i}" / "model.onnx", config, limits, note):
                 winner = i
                 break
+            if i == len(attempts) - 1:
+                attempts += _extra_rungs(prepared, attempts, config)
         proof = _prove(prepared, attempts[winner], config, note) if winner is not None else None
         result = ExportResult(
             ref=loaded.ref, output=str(output) if output else None, attempts=attempts, winner=winner,
@@ -487,6 +437,137 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _step(prepared: Prepared, attempts: list[Attempt], i: int, path: Path, config: ExportConfig, limits,
+          note: Callable[[str], None]) -> bool:
+    """Run rung ``i``: export in its worker, fit, judge; True when it won (and its declared shapes were audited)."""
+    attempt = attempts[i]
+    note(f"attempt {i + 1}/{len(attempts)}: {attempt.label} exporter, opset {attempt.opset}")
+    path.parent.mkdir()
+    if _same_capture_failed(attempt, attempts[:i]):
+        return False
+    out = _run_attempt(prepared, attempt, path, config)
+    if out is None:
+        return False
+    note(f"attempt {i + 1}/{len(attempts)}: checking and running in onnxruntime")
+    try:
+        _fit(attempt, path, config, limits)
+        if attempt.outcome != CHECK_FAILED:
+            _judge(prepared, attempt, path, config.allow_static, out.traced_branches,
+                   pinned_opset=config.opset is not None, targets=config.targets)
+    except Exception as exc:
+        attempt.outcome, attempt.error_class, attempt.error = RUNTIME_ERROR, type(exc).__name__, first_line(exc)
+    attempt.path = str(path)
+    if attempt.error_class == "target":
+        attempts[i + 1:i + 1] = _target_fallbacks(attempt, attempts, config)
+    if attempt.outcome != OK:
+        return False
+    note(f"attempt {i + 1}/{len(attempts)}: checking the graph's declared shapes")
+    _honest_shapes(prepared, attempt, config, out.traced_branches)
+    return True
+
+
+def _export_in_worker(prepared: Prepared, strategy: str, opset: int, path: Path, variant: str | None,
+                      repairs: dict[str, list[str]]) -> dict:
+    """One export, run inside the attempt's worker process: returns plain data, never raises."""
+    from .strategies import CaptureError
+
+    try:
+        with contextlib.ExitStack() as stack:
+            if repairs:
+                from .repair import apply_repairs
+
+                stack.enter_context(apply_repairs(prepared.module, repairs))  # the worker's own copy
+            kwargs = {"variant": variant} if variant else {}
+            out = EXPORTERS[strategy](prepared, opset, path, **kwargs)
+        return {"warnings": out.warnings, "traced_branches": out.traced_branches}
+    except Exception as exc:  # an exporter failure is an expected outcome, recorded
+        from .diagnose import diagnose
+
+        cause = exc.__cause__ if isinstance(exc, CaptureError) and exc.__cause__ is not None else exc
+        return {"error_class": type(cause).__name__, "error": first_line(cause),
+                "stage": "capture" if isinstance(exc, CaptureError) else None,
+                "diagnosis": asdict(diagnose(cause, getattr(exc, "exporter_output", "")))}
+
+
+def _run_attempt(prepared: Prepared, attempt: Attempt, path: Path, config: ExportConfig):
+    """Export in a worker process (``worker.run_in_worker``): a crash, a hang or a memory hog is this attempt's
+    outcome, and the ladder goes on. Without fork (not Linux/macOS), in-process on a deep copy when repairing."""
+    from ..worker import run_in_worker
+    from .strategies import StrategyOutput
+
+    label = f"the {attempt.label} exporter (opset {attempt.opset})"
+    if _can_fork():
+        done = run_in_worker(_export_in_worker, prepared, attempt.strategy, attempt.opset, path, attempt.variant,
+                             attempt.repairs, timeout_s=config.attempt_timeout_s, label=label,
+                             memory_mb=config.attempt_memory_mb or _default_memory_mb())
+        attempt.seconds, attempt.peak_mb = done.seconds, done.peak_mb
+        attempt.warnings += done.notes
+        if not done.ok:
+            attempt.outcome, attempt.error = CRASHED, done.error
+            attempt.error_class = {"timeout": "timeout", "memory": "memory cap"}.get(done.status, done.signal or done.error_type)
+            return None
+        result = done.value
+    else:
+        import copy
+
+        start = time.perf_counter()
+        work = dataclasses.replace(prepared, module=copy.deepcopy(prepared.module)) if attempt.repairs else prepared
+        result = _export_in_worker(work, attempt.strategy, attempt.opset, path, attempt.variant, attempt.repairs)
+        attempt.seconds = round(time.perf_counter() - start, 2)
+    if "error" in result:
+        attempt.outcome, attempt.error_class, attempt.error = EXPORT_ERROR, result["error_class"], result["error"]
+        attempt.stage, attempt.diagnosis = result["stage"], result["diagnosis"]
+        return None
+    attempt.warnings += result["warnings"]
+    return StrategyOutput(path, result["warnings"], result["traced_branches"])
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _default_memory_mb() -> int | None:
+    from ..worker import default_memory_mb
+
+    return default_memory_mb()
+
+
+def _same_capture_failed(attempt: Attempt, earlier: list[Attempt]) -> bool:
+    """What fails in capture or tracing does not depend on the opset: when the same rung at another opset failed
+    torch.export's capture, or froze a dim (a size specialized while capturing or tracing), skip this one — it
+    would spend the same seconds to fail the same way. Opset-dependent failures (conversion, a runtime that cannot
+    load the file, numbers) still get their other opsets."""
+    for a in earlier:
+        if (a.strategy, a.variant, a.repairs) != (attempt.strategy, attempt.variant, attempt.repairs):
+            continue
+        if a.stage == "capture" or a.outcome == FROZEN_DIM:
+            why = "torch.export's capture failed" if a.stage == "capture" else "it froze a dynamic dim"
+            attempt.outcome, attempt.error_class = SKIPPED, a.error_class
+            attempt.error = f"not run: at opset {a.opset} {why}, which does not depend on the opset"
+            return True
+    return False
+
+
+def _extra_rungs(prepared: Prepared, attempts: list[Attempt], config: ExportConfig) -> list[Attempt]:
+    """After every planned rung failed or froze a dim: the repair rung (catalogue patterns this model holds, each
+    exporter), then the dynamo exporter's other capture variants. Added once; none with --no-repair, or when the
+    plan pins a strategy the rung does not use."""
+    if not config.repair or any(a.repairs or a.variant for a in attempts):
+        return []
+    from .repair import applicable
+
+    first = {}  # each strategy's first (newest) planned opset
+    for a in attempts:
+        first.setdefault(a.strategy, a.opset)
+    found = applicable(prepared.module, prepared)
+    rungs = [Attempt(s, o, repairs=found) for s, o in first.items()] if found else []
+    if "dynamo" in first:
+        rungs += [Attempt("dynamo", first["dynamo"], variant=v, repairs=found) for v in ("auto-dims", "strict", "draft")]
+    return rungs
 
 
 def _prove(prepared: Prepared, attempt: Attempt, config: ExportConfig, note: Callable[[str], None]):
@@ -537,7 +618,10 @@ def _keep_rejected(loaded, prepared: Prepared, config: ExportConfig, attempts: l
 def _raise_failure(result: ExportResult, prepared: Prepared, *, targets: tuple[str, ...] = ()) -> None:
     from .diagnose import Diagnosis, format_message, summarize
 
-    attempts = result.attempts
+    # The diagnosis comes from the plain rungs: the extra rungs (repairs, capture variants) are listed as tried
+    # (``_extras_tried``), so a draft export that froze a dim cannot hide the data-dependent branch behind it.
+    every = result.attempts
+    attempts = [a for a in every if not a.repairs and not a.variant] or every
     frozen = [a for a in attempts if a.outcome == FROZEN_DIM]
     if frozen:
         dims = {}
@@ -549,7 +633,7 @@ def _raise_failure(result: ExportResult, prepared: Prepared, *, targets: tuple[s
         raise ParityError(
             result=result, message=f"Every export that ran computes wrong results at sizes other than the traced one for the dynamic "
             f"dim(s) {names}: {detail}. The model bakes the traced size in (a Python int taken from a shape, "
-            "or a size the exporter specialized).",
+            "or a size the exporter specialized)." + _extras_tried(every),
             hint="Keep sizes symbolic in forward() (use tensor.shape inside torch ops, reshape(-1, ...), "
                  "not int(x.shape[0])), or accept the dim as static with --allow-static "
                  f"{' --allow-static '.join(dims)}.",
@@ -557,7 +641,8 @@ def _raise_failure(result: ExportResult, prepared: Prepared, *, targets: tuple[s
     mismatched = [a for a in attempts if a.outcome == MISMATCH]
     if mismatched:
         raise ParityError(
-            result=result, message=f"Every export that ran disagrees with PyTorch at the traced shape: {mismatched[0].error}.",
+            result=result, message=f"Every export that ran disagrees with PyTorch at the traced shape: {mismatched[0].error}."
+            + _extras_tried(every),
             hint="Run `onnxgate verify --localize` to find the first diverging layer.",
         )
     unfit = [a for a in attempts if a.error_class in ("target", "opset", "ir_version")]
@@ -576,9 +661,27 @@ def _raise_failure(result: ExportResult, prepared: Prepared, *, targets: tuple[s
     if diags:
         d = summarize(diags)
         result.diagnosis = asdict(d)
-        exc = ExportError(format_message(d), result=result)
+        exc = ExportError(format_message(d) + _extras_tried(every), result=result)
     else:
         last = attempts[-1]
         exc = ExportError(f"No export attempt produced a working model; the last one ended in {last.outcome}: "
-                          f"{last.error}.", hint="See the attempts table above.", result=result)
+                          f"{last.error}.{_extras_tried(every)}", hint="See the attempts table above.", result=result)
     raise exc
+
+
+def _extras_tried(attempts: list[Attempt]) -> str:
+    """What the repair rung and the capture variants tried, for the failure message (none: say there was none)."""
+    repairs = {name: modules for a in attempts for name, modules in a.repairs.items()}
+    variants = sorted({a.variant for a in attempts if a.variant})
+    crashed = [f"{a.label} at opset {a.opset}: {a.error}" for a in attempts if a.outcome == CRASHED]
+    parts = []
+    if repairs:
+        parts.append("Repairs tried: " + "; ".join(f"{n} (on {', '.join(m[:4])}{' ...' if len(m) > 4 else ''})"
+                                                   for n, m in repairs.items()) + ".")
+    elif any(a.variant for a in attempts):
+        parts.append("No catalogued repair applies to this model (export/repair/catalogue.py).")
+    if variants:
+        parts.append(f"Capture variants tried: {', '.join(variants)}.")
+    if crashed:
+        parts.append("Crashed: " + "; ".join(crashed) + ".")
+    return (" " + " ".join(parts)) if parts else ""

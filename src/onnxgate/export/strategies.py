@@ -5,6 +5,18 @@
   cannot keep symbolic, with only a warning.
 - ``torchscript``: ``torch.onnx.export(dynamo=False)`` with ``dynamic_axes``. Traces: works on more legacy code, but
   bakes in the branch taken and Python ints computed from shapes.
+
+The dynamo strategy captures the program itself (``torch.export``) and hands the ``ExportedProgram`` to
+``torch.onnx.export``, rather than letting ``torch.onnx.export`` try its capture strategies one after another: a capture
+that fails then costs its own seconds and is reported as a capture failure (``CaptureError``), which the ladder knows is
+the same at every opset. Capture variants are the ladder's extra rungs (``VARIANTS``): non-strict (the default, what
+torch tries first), strict (TorchDynamo bytecode capture, slower), draft export (records what it could not prove
+instead of failing) and ``Dim.AUTO`` (torch infers which dims are dynamic and how they relate, instead of failing on
+a named Dim it cannot keep).
+
+The TorchScript strategy calls the model through ``_positional``: positional tensors in, the flat outputs out. Its
+exporter passes keyword inputs positionally, which breaks any forward() with optional arguments before them
+(transformers: "got multiple values for argument 'use_cache'"), and traces dict outputs poorly (``ModelOutput``).
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import user_code
+from ..errors import first_line, user_code
 from ..spec import STRATEGIES  # noqa: F401  (re-exported: the ladder's order)
 from .prepare import Prepared
 
@@ -33,7 +45,26 @@ class StrategyOutput:
     traced_branches: list[str] = field(default_factory=list)
 
 
-def _dynamic_shapes(prepared: Prepared):
+# Capture variants of the dynamo strategy: the ladder's plain rung uses the first; the others are extra rungs.
+VARIANTS = ("nonstrict", "strict", "draft", "auto-dims")
+VARIANT_WORDS = {"nonstrict": "non-strict capture", "strict": "strict capture (TorchDynamo)",
+                 "draft": "draft export", "auto-dims": "Dim.AUTO capture"}
+
+
+class CaptureError(Exception):
+    """``torch.export`` could not capture the model: the same at every opset, so the ladder skips the rest."""
+
+
+def _dim_names(prepared: Prepared):
+    """The dynamic dims by name, in ``dynamic_shapes``' structure: torch.onnx.export names the graph's axes from it
+    when it is handed a captured program (otherwise they would read s77)."""
+    per_input = [{axis: n for axis, n in s.dynamic_axes.items()} or None for s in prepared.specs]
+    if prepared.call_as_kwargs:
+        return {s.name: shape for s, shape in zip(prepared.specs, per_input)}
+    return tuple(per_input)
+
+
+def _dynamic_shapes(prepared: Prepared, auto: bool = False):
     from torch.export import Dim as TDim
 
     tdims = {}
@@ -41,7 +72,7 @@ def _dynamic_shapes(prepared: Prepared):
         kwargs = {"min": max(d.min, 1)} if d.min else {}
         if d.max is not None:
             kwargs["max"] = d.max
-        tdims[name] = TDim(name, **kwargs)
+        tdims[name] = TDim.AUTO if auto else TDim(name, **kwargs)
     per_input = [{axis: tdims[n] for axis, n in s.dynamic_axes.items()} or None for s in prepared.specs]
     if prepared.call_as_kwargs:
         return {s.name: shape for s, shape in zip(prepared.specs, per_input)}
@@ -58,22 +89,57 @@ def _collect(caught: list[warnings.WarningMessage], noise: str) -> list[str]:
     return out
 
 
-def export_dynamo(prepared: Prepared, opset: int, path: Path) -> StrategyOutput:
+def _capture(prepared: Prepared, variant: str, dynamic, notes: list[str]):
+    """The ExportedProgram of ``prepared.module``; CaptureError when torch.export cannot capture it."""
     import torch
 
     args, kwargs = prepared.torch_args()
-    dynamic = _dynamic_shapes(prepared) if prepared.dims else None
+    oblivious = contextlib.nullcontext()
+    with contextlib.suppress(Exception):  # what torch.onnx.export sets for 0/1-sized dynamic dims
+        oblivious = torch.fx.experimental._config.patch(backed_size_oblivious=True)
+
+    def export(shapes):
+        if variant == "draft":
+            program = torch.export.draft_export(prepared.module, args, kwargs=kwargs, dynamic_shapes=shapes)
+            report = getattr(program, "_report", None)
+            if report is not None and not report.successful():
+                notes.append(f"draft export recorded problems it could not prove away: {str(report).strip()[:300]}")
+            return program
+        return torch.export.export(prepared.module, args, kwargs=kwargs, dynamic_shapes=shapes,
+                                   strict=variant == "strict")
+
+    try:
+        with oblivious, user_code(f"torch.export captured it ({VARIANT_WORDS[variant]})"):
+            try:
+                return export(dynamic)
+            except torch._dynamo.exc.UserError as exc:  # torch suggests dims that hold; verification checks them
+                try:
+                    refined = torch.export.dynamic_shapes.refine_dynamic_shapes_from_suggested_fixes(exc.msg, dynamic)
+                except Exception:
+                    raise exc from None
+                notes.append(f"torch.export refined the dynamic dims with its suggested fixes: {first_line(exc, 200)}")
+                return export(refined)
+    except Exception as exc:
+        raise CaptureError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def export_dynamo(prepared: Prepared, opset: int, path: Path, variant: str = "nonstrict") -> StrategyOutput:
+    import torch
+
+    dynamic = _dynamic_shapes(prepared, auto=variant == "auto-dims") if prepared.dims else None
     stdout = io.StringIO()
+    notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(stdout):
         warnings.simplefilter("always")
-        with user_code("the dynamo exporter traced it"):
-            program = torch.onnx.export(
-                prepared.module, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
-                dynamic_shapes=dynamic, input_names=[s.name for s in prepared.specs],
+        program = _capture(prepared, variant, dynamic, notes)
+        with user_code("the dynamo exporter converted it"):
+            onnx_program = torch.onnx.export(
+                program, dynamo=True, opset_version=opset, input_names=[s.name for s in prepared.specs],
+                dynamic_shapes=_dim_names(prepared) if prepared.dims else None,
                 output_names=prepared.output_names, external_data=True, verbose=False,
             )
-        program.save(str(path), external_data=None)
-    return StrategyOutput(path, _collect(caught, "opset_version"))
+        onnx_program.save(str(path), external_data=None)
+    return StrategyOutput(path, notes + _collect(caught, "opset_version"))
 
 
 @contextlib.contextmanager
@@ -95,10 +161,32 @@ def captured_fd1():
             text.append(sink.read().decode("utf-8", "replace"))
 
 
-def export_torchscript(prepared: Prepared, opset: int, path: Path) -> StrategyOutput:
+def _positional(prepared: Prepared):
+    """The model as the TorchScript exporter needs it: positional tensors in (in the inputs' order), the flat
+    outputs out (``flatten_outputs``' order, which is ``prepared.output_names``)."""
     import torch
 
-    args, kwargs = prepared.torch_args()
+    from ..runtimes.torch_runner import flatten_outputs
+
+    class Positional(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = prepared.module
+
+        def forward(self, *tensors):
+            if prepared.call_as_kwargs:
+                result = self.model(**{s.name: t for s, t in zip(prepared.specs, tensors)})
+            else:
+                result = self.model(*tensors)
+            return tuple(t for _, t in flatten_outputs(result))
+
+    return Positional().eval()
+
+
+def export_torchscript(prepared: Prepared, opset: int, path: Path, variant: str | None = None) -> StrategyOutput:
+    import torch
+
+    args = tuple(torch.from_numpy(prepared.example[s.name].copy()) for s in prepared.specs)
     dynamic_axes = {s.name: dict(s.dynamic_axes) for s in prepared.specs if s.dynamic_axes}
     dumped: list[str] = []
     try:
@@ -106,7 +194,7 @@ def export_torchscript(prepared: Prepared, opset: int, path: Path) -> StrategyOu
                 captured_fd1() as dumped, user_code("the TorchScript exporter traced it"):
             warnings.simplefilter("always")
             torch.onnx.export(
-                prepared.module, args, str(path), kwargs=kwargs or None, dynamo=False, opset_version=opset,
+                _positional(prepared), args, str(path), dynamo=False, opset_version=opset,
                 input_names=[s.name for s in prepared.specs], output_names=prepared.output_names,
                 dynamic_axes=dynamic_axes or None, do_constant_folding=True,
             )

@@ -1,0 +1,161 @@
+"""Plain `torch.onnx.export` vs `onnxgate export` (ladder + full verification), side by side in one run.
+
+Each side runs as its own fresh process (imports, model construction and export included, the same on both sides),
+one model after the other, alternating which side goes first. Peak memory is the peak over time of the summed
+proportional set size (PSS) of the process and all its children (onnxgate's export attempts run in forked workers
+that share the model's pages; PSS counts a shared page once, where summing RSS would count it per process).
+
+    .venv/bin/python benchmarks/export_speed.py [--only NAME] [--write]   # --write: replace the table in RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+# name, onnxgate ref, --input specs, --dim specs (the plain export gets the same dynamic dims)
+MODELS = [
+    ("resnet18", "torchvision:resnet18", ["x:Bx3x224x224:float32"], ["B=1..8@2"]),
+    ("mobilenet_v3_large", "torchvision:mobilenet_v3_large", ["x:Bx3x224x224:float32"], ["B=1..8@2"]),
+    ("efficientnet_b0", "torchvision:efficientnet_b0", ["x:Bx3x224x224:float32"], ["B=1..8@2"]),
+    ("vit_b_16", "torchvision:vit_b_16", ["x:Bx3x224x224:float32"], ["B=1..8@2"]),
+    ("bert (tiny config)", "onnxgate.examples.tiny_transformers:bert",
+     ["input_ids:BxS:int64:0..1000", "attention_mask:BxS:int64:1..2"], ["B=1..8@2", "S=4..64@16"]),
+    ("timm beit_base_patch16_224 (dynamo capture fails)", "timm:beit_base_patch16_224", ["x:Bx3x224x224:float32"],
+     ["B=1..8@2"]),
+]
+
+PLAIN = textwrap.dedent('''
+    import sys, warnings
+    warnings.filterwarnings("ignore")
+    import torch
+    from onnxgate.sources import load_model
+    from onnxgate.spec import parse_input, parse_dim
+    ref, out, inputs, dims = sys.argv[1], sys.argv[2], sys.argv[3].split(";"), sys.argv[4].split(";")
+    loaded = load_model(ref)
+    specs = [parse_input(s) for s in inputs]
+    sizes = {d.name: d.example for d in map(parse_dim, dims)}
+    args, shapes = [], []
+    for spec in specs:
+        shape = [sizes[d] if isinstance(d, str) else d for d in spec.shape]
+        if spec.dtype.startswith("int"):
+            args.append(torch.randint(0, 100, shape, dtype=getattr(torch, spec.dtype)))
+        else:
+            args.append(torch.randn(*shape))
+        shapes.append({a: torch.export.Dim.DYNAMIC for a, d in enumerate(spec.shape) if isinstance(d, str)})
+    model = loaded.module.eval()
+    names = [s.name for s in specs]
+    kwargs = dict(zip(names, args)) if ref.startswith("onnxgate.examples") else None
+    try:
+        torch.onnx.export(model, () if kwargs else tuple(args), out, kwargs=kwargs, dynamo=True,
+                          dynamic_shapes=dict(zip(names, shapes)) if kwargs else tuple(shapes), input_names=names)
+        print("ok")
+    except Exception as exc:
+        print("failed:", type(exc).__name__, str(exc).splitlines()[0][:120])
+''')
+
+
+def _pss_tree(pid: int) -> int:
+    """Summed PSS (bytes) of ``pid`` and its descendants."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                stack += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def measure(cmd: list[str]) -> tuple[float, float, str, str]:
+    """(wall seconds, peak MB of the process tree, last stdout line or the failure, all of stdout)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _pss_tree(proc.pid))
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    last = (out.strip().splitlines() or [""])[-1]
+    if proc.returncode:
+        last += f" (exit {proc.returncode}: {(err.strip().splitlines() or [''])[-1][:120]})"
+    return time.perf_counter() - start, peak / 2**20, last, out
+
+
+def winner(json_text: str) -> str:
+    import json
+
+    try:
+        doc = json.loads(json_text)
+    except ValueError:
+        return "?"
+    result = doc.get("result") or {}
+    attempts, won = result.get("attempts") or [], result.get("winner")
+    if won is None:
+        return f"refused (exit {doc.get('exit_code')})"
+    a = attempts[won]
+    extra = [a["variant"]] if a.get("variant") else []
+    extra += [f"repair {r}" for r in a.get("repairs") or {}]
+    return f"{a['strategy']}{' (' + ', '.join(extra) + ')' if extra else ''} @ {a['opset']}, rung {won + 1}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default="")
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, ref, inputs, dims) in enumerate(m for m in MODELS if args.only in m[0]):
+            plain_cmd = [PY, "-c", PLAIN, ref, f"{tmp}/plain.onnx", ";".join(inputs), ";".join(dims)]
+            gate_cmd = [PY, "-m", "onnxgate.cli.main", "export", ref, "-o", f"{tmp}/gate.onnx", "--force", "--json",
+                        *[f"--input={s}" for s in inputs], *[f"--dim={d}" for d in dims]]
+            order = [("plain", plain_cmd), ("onnxgate", gate_cmd)]
+            results = {}
+            for side, cmd in order if i % 2 == 0 else order[::-1]:  # alternate who runs first
+                results[side] = measure(cmd)
+                print(f"{name}: {side} {results[side][0]:.1f} s, {results[side][1]:.0f} MB", flush=True)
+            plain, gate = results["plain"], results["onnxgate"]
+            rows.append((name, plain[0], plain[1], plain[2], gate[0], gate[1], winner(gate[3])))
+    return _print(rows, args.write)
+
+
+def _print(rows, write: bool) -> int:
+    lines = ["| model | plain export s | plain peak MB | plain export | onnxgate export s | onnxgate peak MB | "
+             "onnxgate winner | time ratio | memory ratio |", "|" + " --- |" * 9]
+    for name, ps, pm, presult, gs, gm, won in rows:
+        lines.append(f"| {name} | {ps:.1f} | {pm:.0f} | {presult} | {gs:.1f} | {gm:.0f} | {won} | {gs / ps:.2f}x | "
+                     f"{gm / pm:.2f}x |")
+    table = "\n".join(lines)
+    print(table)
+    if write:
+        results = ROOT / "benchmarks" / "RESULTS.md"
+        text = results.read_text()
+        head = "# Export speed: plain torch.onnx.export vs onnxgate export (issue 13)"
+        section = (f"{head}\n\nProduced by `.venv/bin/python benchmarks/export_speed.py --write` on "
+                   f"{time.strftime('%Y-%m-%d')}, load average at the end {os.getloadavg()[0]:.1f} on "
+                   f"{os.cpu_count()} cores. Targets: time ratio <= 1.5x, memory ratio <= 1.2x.\n\n{table}\n")
+        if head in text:
+            start = text.index(head)
+            end = text.find("\n# ", start + len(head))
+            text = text[:start] + section + (text[end:] if end != -1 else "")
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+        results.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
