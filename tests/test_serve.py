@@ -356,7 +356,9 @@ def test_an_internal_failure_is_a_500_with_an_id_and_the_server_stays_up(overcla
         status, doc = post_json(srv, "/v2/models/overclaimed/infer", {"inputs": [tensor(np.ones((3, 4), np.float32))]})
         live = request(srv, "GET", "/v2/health/live")[0]
         again, _ = post_json(srv, "/v2/models/overclaimed/infer", {"inputs": [tensor(np.ones((2, 4), np.float32))]})
-    assert ok == 200 and status == 500 and live == 200 and again == 200
+        no_classify = request(srv, "POST", "/v1/models/overclaimed/classify", png(np.zeros((8, 8))),
+                              {"Content-Type": "image/png"})[0]  # no preprocessing recorded: a 404 that says so
+    assert ok == 200 and status == 500 and live == 200 and again == 200 and no_classify == 404
     assert set(doc) == {"error", "id"} and doc["error"] == "internal error" and re.fullmatch(r"[0-9a-f]{16}", doc["id"])
     assert f"internal error {doc['id']}" in srv.log and "Traceback" in srv.log  # the log has it; the body does not
 
@@ -464,3 +466,75 @@ def test_export_config_kserve_writes_an_inference_service_over_the_repository(bu
     config = text_format.Parse((out / "model_repository" / "digits-cnn" / "config.pbtxt").read_text(),
                                triton_model_config()())
     assert config.name == "digits-cnn" and config.max_batch_size == 64
+
+
+# ------------------------------------------------------------------------------------- contract, in-process
+
+
+@pytest.fixture(scope="module")
+def token_bundle(tmp_path_factory) -> Path:
+    """Token ids into a 10-row embedding, recorded as ids:Bx4:int64:0..9 with B in 1..8 (as `onnxgate export`
+    records them): an id of 10 would make onnxruntime's Gather fail, so the contract must refuse it first."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxgate.bundle.write import write_bundle
+
+    folder = tmp_path_factory.mktemp("tokens")
+    table = numpy_helper.from_array(np.arange(20, dtype=np.float32).reshape(10, 2), "table")
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["emb"])], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", 4])],
+                              [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["B", 4, 2])], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {
+        "onnxgate.inputs": json.dumps([{"name": "ids", "shape": ["B", 4], "dtype": "int64", "value_range": [0, 9]}]),
+        "onnxgate.dims": json.dumps({"B": {"name": "B", "min": 1, "max": 8, "example": 2}})})
+    onnx.save(model, folder / "m.onnx")
+    ids = np.array([[0, 1, 2, 3], [9, 8, 7, 6]], dtype=np.int64)
+    return write_bundle(folder / "bundle", model_path=folder / "m.onnx", golden_inputs={"ids": ids},
+                        reference_outputs={"emb": np.arange(20, dtype=np.float32).reshape(10, 2)[ids]},
+                        source_ref="tests:tokens")
+
+
+def test_the_contract_comes_from_the_recorded_specs_and_holds_integer_ranges(token_bundle):
+    from onnxgate.serve.contract import batch_probe, load_served_model
+    from onnxgate.serve.protocol import RequestError
+
+    model = load_served_model(token_bundle)
+    (ids,) = model.inputs
+    assert (ids.datatype, ids.value_range, ids.dims[0].to_dict()["max"]) == ("INT64", (0, 9), 8)
+    assert model.name == "tokens" and model.batch_dim == "B" and batch_probe(model) is None
+    assert model.classify_unavailable.startswith("the bundle records no image preprocessing")
+    feed = model.check_feed({"ids": ("INT64", np.full((3, 4), 9, dtype=np.int64))})
+    assert model.session.run(None, feed)[0].shape == (3, 4, 2)
+    with pytest.raises(RequestError) as refused:
+        model.check_feed({"ids": ("INT64", np.full((3, 4), 10, dtype=np.int64))})
+    assert refused.value.status == 400 and refused.value.allowed == {"value_range": [0, 9]}
+    with pytest.raises(RequestError, match="has size 9 at dim 0 \\(B\\); the verified domain of B is 1..8"):
+        model.check_feed({"ids": ("INT64", np.zeros((9, 4), dtype=np.int64))})
+
+
+def test_threads_come_from_the_benchmark_recorded_next_to_the_bundle(token_bundle, tmp_path):
+    from onnxgate.serve.contract import load_served_model
+
+    copy = shutil.copytree(token_bundle, tmp_path / "out" / "bundle")
+    report = {"stages": {"bench": {"recommendation": {"config_id": "onnxruntime:base/extended/t1"}}}}
+    (tmp_path / "out" / "report.json").write_text(json.dumps(report))
+    model = load_served_model(copy)
+    assert (model.threads, model.opt_level) == (1, "extended")
+    assert "report.json" in model.threads_source and "onnxruntime:base/extended/t1" in model.threads_source
+    assert load_served_model(copy, threads=2).threads_source == "--threads"
+    assert load_served_model(token_bundle).threads == 0  # nothing recorded: onnxruntime's default
+
+
+def test_a_huge_chunked_body_without_length_is_cut_off_at_the_limit(server):
+    conn = http.client.HTTPConnection(server.hostport, timeout=30)
+    try:
+        conn.request("POST", INFER, body=iter([b" " * (256 << 10)] * 12), encode_chunked=True,
+                     headers={**JSON, "Transfer-Encoding": "chunked"})
+        response = conn.getresponse()
+        assert response.status == 413 and "at most 1,048,576" in json.loads(response.read())["error"]
+    finally:
+        conn.close()
+    assert request(server, "GET", "/v2/health/ready")[0] == 200
