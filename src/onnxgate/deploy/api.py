@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import MissingExtraError, OnnxgateError, require
 from .check import Built, Context, GoldenReference, Skipped, verify_built
-from .model import NOT_CONVERTED, PASSED, SKIPPED, UNVERIFIED, DeployedArtifact, DeployReport
+from .model import FAILED, NOT_CONVERTED, PASSED, SKIPPED, UNVERIFIED, DeployedArtifact, DeployReport
 
 CONVERTERS = {"openvino": ".openvino_ir", "ort-mobile": ".ort_mobile", "tflite": ".tflite",
               "tensorrt": ".tensorrt", "coreml": ".coreml"}
@@ -57,11 +57,26 @@ def convert_and_verify(ctx: Context, targets: tuple[str, ...]) -> list[DeployedA
         converted = time.perf_counter() - start
         for item in items:
             if isinstance(item, Built):
-                ctx.note(f"{target}: verifying the {item.variant} artifact")
-                item = verify_built(item, ctx, target)
+                item = _verify_with_fallback(item, ctx, target)
             item.seconds = round(item.seconds + converted / len(items), 2)
             rows.append(item)
     return rows
+
+
+def _verify_with_fallback(built: Built, ctx: Context, target: str) -> DeployedArtifact:
+    """Verify ``built`` as it runs by default; if that fails and it has a fallback configuration (OpenVINO pinned
+    to f32 where the CPU's default is bf16), verify that one, and say why the default was not kept."""
+    ctx.note(f"{target}: verifying the {built.variant} artifact")
+    row = verify_built(built, ctx, target)
+    if row.status != FAILED or built.fallback is None:
+        return row
+    ctx.note(f"{target}: the {built.variant} artifact failed as run by default; verifying {built.fallback.runtime}")
+    kept = verify_built(built.fallback, ctx, target)
+    err = f", max abs err {row.max_abs_err:.2g}" if row.max_abs_err is not None else ""
+    kept.runtime = (f"{kept.runtime} (set it when deploying: the default, {built.runtime}, failed verification"
+                    f"{err}: {built.precision_text})")
+    kept.seconds = round(kept.seconds + row.seconds, 2)
+    return kept
 
 
 def deploy_verified(onnx_path: str | Path, loaded, structure, specs, dims, targets: tuple[str, ...], *,

@@ -77,6 +77,7 @@ class Built:
     open: Callable[[], Any]  # -> a runner
     dynamic: set[str] | None = None  # the dims it keeps dynamic (None: all of the ONNX file's); the rest are
     layout: str | None = None        # fixed at their traced sizes, and verified there
+    fallback: "Built | None" = None  # another way to run it, verified when this one fails (the report says both)
 
 
 class GoldenReference:
