@@ -18,6 +18,7 @@ import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from onnxgate.cli.main import main
@@ -236,12 +237,16 @@ def test_crash_hang_and_memory_hog_are_recorded_and_the_others_pass(finished):
         assert row["exit_code"] == 3 and row["stage"] in ("load", "export"), row
         assert row["last_step"] and (Path(doc["result"]["out_dir"]) / row["log"]).is_file()
     assert models["hog"]["peak_mb"] > 300 and models["hog"]["signal"] == "SIGKILL"
+    crash_log = (Path(doc["result"]["out_dir"]) / models["crash"]["log"]).read_text()
+    assert "Fatal Python error: Aborted" in crash_log and "in forward" in crash_log  # where it died, for the user
     assert models["hang"]["seconds"] >= 4
     for name in ("lin", "conv", "blocked"):
         row = models[name]
         assert (row["status"], row["verdict"], row["exit_code"]) == ("ok", "pass", 0), row
         assert row["strategy"] == "torchscript" and row["domain"] == {"B": "B: 1..4"}
         assert (Path(doc["result"]["out_dir"]) / row["report"]).is_file()
+    schema = json.loads((Path(__file__).resolve().parents[1] / "docs/schemas/envelope.schema.json").read_text())
+    jsonschema.validate(doc, schema)
     # The verdict: the first failing model in the zoo file's order gives the exit code (crash: 3).
     assert code == 3 and doc["exit_code"] == 3 and not doc["ok"]
     assert doc["reason"].startswith("3 of 6 models failed: crash (crashed (SIGABRT)); hang (timeout); hog (memory cap)")

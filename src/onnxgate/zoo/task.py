@@ -10,6 +10,7 @@ its memory cap still says how far it got. The worker dies with its parent (``wor
 
 from __future__ import annotations
 
+import faulthandler
 import io
 import os
 import sys
@@ -189,3 +190,4 @@ def _redirect_output(log: Path) -> None:
     stream = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="replace",
                               write_through=True)
     sys.stdout = sys.stderr = stream
+    faulthandler.enable(stream)  # a segfault or abort leaves the Python stack of every thread in the log
