@@ -77,7 +77,7 @@ def save(model: onnx.ModelProto, path: str | Path, *, force: bool = False) -> Pa
     the file (note: onnx then moves the tensors out of the in-memory ``model``)."""
     p = Path(path)
     check_target(p, force=force, kind="model file")
-    if model.ByteSize() <= EXTERNAL_DATA_THRESHOLD:
+    if byte_size(model) <= EXTERNAL_DATA_THRESHOLD:
         with atomic_file(p, force=force) as tmp:
             onnx.save_model(model, str(tmp))
         return p
@@ -95,16 +95,77 @@ def save(model: onnx.ModelProto, path: str | Path, *, force: bool = False) -> Pa
     return p
 
 
+_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2,
+             onnx.TensorProto.BFLOAT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
+             onnx.TensorProto.INT16: 2, onnx.TensorProto.UINT16: 2, onnx.TensorProto.INT32: 4,
+             onnx.TensorProto.UINT32: 4, onnx.TensorProto.INT64: 8, onnx.TensorProto.UINT64: 8,
+             onnx.TensorProto.BOOL: 1}
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the weights held *in* the proto (external data not counted), from each tensor's shape and type —
+    never ``ByteSize()``, which protobuf refuses (EncodeError) on a message over 2 GiB."""
+    total = 0
+    for tensor in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        if tensor.raw_data:
+            total += len(tensor.raw_data)
+            continue
+        count = 1
+        for d in tensor.dims:
+            count *= d
+        total += count * _ITEMSIZE.get(tensor.data_type, 8)
+    return total
+
+
+def byte_size(model: onnx.ModelProto) -> int:
+    """The serialized size of ``model``: protobuf's own figure when it can give one, else (over its 2 GiB limit)
+    the weights' bytes, which is what makes the message that large."""
+    weights = tensor_bytes(model)
+    if weights > EXTERNAL_DATA_THRESHOLD:
+        return weights
+    try:
+        return model.ByteSize()
+    except Exception:  # protobuf's EncodeError: the structure alone is over the limit
+        return max(weights, PROTOBUF_LIMIT + 1)
+
+
+def save_moving_external_data(model: onnx.ModelProto, source_dir: str | Path, path: str | Path, *,
+                              force: bool = False) -> Path:
+    """Write ``model`` — loaded with ``load_external_data=False``, its weights in one data file in ``source_dir`` —
+    to ``path``, *moving* that file beside it as ``<name>.data`` (locations rewritten) instead of reading gigabytes
+    of weights into memory to write them out again. Models without external data are saved as ``save`` does."""
+    locations = external_data_locations(model)
+    if not locations:
+        return save(model, path, force=force)
+    if len(locations) > 1:  # several data files: gather them into one through memory (rare: torch writes one)
+        onnx.load_external_data_for_model(model, str(source_dir))
+        return save(model, path, force=force)
+    p = Path(path)
+    check_target(p, force=force, kind="model file")
+    data_name = p.name + ".data"
+    check_target(p.parent / data_name, force=force, kind="external data file")
+    for tensor in _all_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = data_name
+    shutil.move(str(Path(source_dir) / locations[0]), str(p.parent / data_name))
+    with atomic_file(p, force=force) as tmp:
+        onnx.save_model(model, str(tmp))
+    return p
+
+
 def fits_in_bytes(model: onnx.ModelProto) -> bool:
     """Whether ``model`` can be serialized as one protobuf message (see ``to_bytes``)."""
-    return model.ByteSize() <= PROTOBUF_LIMIT
+    return byte_size(model) <= PROTOBUF_LIMIT
 
 
 def to_bytes(model: onnx.ModelProto) -> bytes:
     """The serialized model, for a runtime to load from memory. A model over protobuf's 2 GiB limit cannot be
     serialized: that is a clear ``BadInputError`` naming the way out (a file with external data), not protobuf's
     ValueError from deep inside a session constructor."""
-    size = model.ByteSize()
+    size = byte_size(model)
     if size > PROTOBUF_LIMIT:
         raise _too_big(size)
     try:
@@ -118,6 +179,20 @@ def _too_big(size: int) -> BadInputError:
         f"The model is {size / 1e9:.2f} GB, over protobuf's 2 GiB limit: it cannot be serialized into memory.",
         hint="Pass a path instead: save it with external data (serde.save does so for large models, "
              "serde.temporary_file for a scratch copy) and give that file to the runtime.")
+
+
+@contextmanager
+def temporary_sibling(model: onnx.ModelProto, folder: str | Path, label: str) -> Iterator[Path]:
+    """``model`` (its external data *not* loaded) written as a scratch ``.<label>-<pid>.onnx`` in ``folder``, beside
+    the data files its locations name, so a runtime reads the weights where they are; removed when the block ends."""
+    path = Path(folder) / f".{label}-{os.getpid()}.onnx"
+    check_external_data_paths(model, Path(folder))
+    try:
+        with atomic_file(path, force=True) as tmp:
+            onnx.save_model(model, str(tmp))
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -151,13 +151,17 @@ def _intermediates(model, runs: list[dict[str, int]]) -> tuple[list[str], str | 
     return names, None
 
 
-def observe(model, specs: list[InputSpec], runs: list[dict[str, int]], names: list[str]):
+def observe(model, specs: list[InputSpec], runs: list[dict[str, int]], names: list[str], data_dir: Path | None = None):
     """Run ``model`` (with ``names`` exposed) once per size assignment -> (completed runs, {tensor: [shape per
     completed run]}) for its inputs, outputs and ``names``. A run onnxruntime refuses is left out."""
     from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
     from ..verify.inputs import random_inputs
 
     with _probe_model(model, names) as probe:
+        if data_dir is not None:  # weights left on disk: the probe sits beside them and reads the same data file
+            with serde.temporary_sibling(probe, data_dir, "shapes-probe") as path:
+                runner = OrtRunner(path, opt_level=VERIFY_OPT_LEVEL, what="the shape probe")
+                return _observe_with(runner, specs, runs, random_inputs)
         if serde.fits_in_bytes(probe):
             runner = OrtRunner(probe, opt_level=VERIFY_OPT_LEVEL, what="the shape probe")
             return _observe_with(runner, specs, runs, random_inputs)
@@ -195,7 +199,8 @@ def _judge_dim(declared, observed: list[int], runs: list[dict[str, int]]) -> tup
     return False, None  # unknown, or a name that is not one of ours (s0, 2*T): nothing to hold it against
 
 
-def audit_model(model, specs: list[InputSpec], dims: dict[str, Dim], *, skip: tuple[str, ...] = ()) -> ShapeAudit:
+def audit_model(model, specs: list[InputSpec], dims: dict[str, Dim], *, skip: tuple[str, ...] = (),
+                data_dir: Path | None = None) -> ShapeAudit:
     """Compare ``model``'s declared dims with the shapes onnxruntime produces (see the module docstring). ``skip``:
     dims not varied (accepted as static). Leaves ``model``'s declarations as they were (``apply_fixes`` changes
     them); a model over 2 GiB is probed through a temporary file, which moves its tensors out of it."""
@@ -203,7 +208,7 @@ def audit_model(model, specs: list[InputSpec], dims: dict[str, Dim], *, skip: tu
     names, note = _intermediates(model, runs)
     audit = ShapeAudit(note=note)
     try:
-        audit.runs, shapes = observe(model, specs, runs, names)
+        audit.runs, shapes = observe(model, specs, runs, names, data_dir)
     except Exception as exc:  # the probe would not load: say so, change nothing
         audit.note = f"shapes not checked: the probe model did not load ({first_line(exc, 200)})"
         return audit
@@ -247,15 +252,21 @@ def audit_file(path: str | Path, specs: list[InputSpec], dims: dict[str, Dim], *
                skip: tuple[str, ...] = ()) -> tuple[ShapeAudit, Path | None]:
     """Audit the ONNX file at ``path``; when declarations are wrong, write the rewritten model to a folder beside
     it (``shapes/``, same file name) and return that path too (the caller re-verifies it), else None."""
-    model = serde.load(path)
-    large = not serde.fits_in_bytes(model)
-    audit = audit_model(model, specs, dims, skip=skip)
+    external = bool(serde.external_data_locations(serde.load(path, load_external_data=False)))
+    # Weights in an external data file stay there: the probe and the rewrite are written beside the file and read
+    # the same data, so a model over 2 GB is never copied (nor held in memory) to audit its declarations.
+    model = serde.load(path, load_external_data=not external)
+    large = not external and not serde.fits_in_bytes(model)
+    audit = audit_model(model, specs, dims, skip=skip, data_dir=Path(path).parent if external else None)
     if not audit.fixes:
         return audit, None
     if large:  # probing it through a temporary file moved its tensors out: read it again
         model = serde.load(path)
     apply_fixes(model, audit.fixes)
-    fixed = Path(path).parent / "shapes" / Path(path).name
-    fixed.parent.mkdir(exist_ok=True)
+    if external:
+        fixed = Path(path).with_name(Path(path).stem + ".shapes.onnx")
+    else:
+        fixed = Path(path).parent / "shapes" / Path(path).name
+        fixed.parent.mkdir(exist_ok=True)
     serde.save(model, fixed, force=True)
     return audit, fixed

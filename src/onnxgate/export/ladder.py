@@ -594,11 +594,12 @@ def _shape_warnings(attempt: Attempt | None, limit: int = 6) -> list[str]:
 
 def _save_with_metadata(attempt: Attempt, loaded, prepared: Prepared, config: ExportConfig, output: Path, *,
                         force: bool) -> None:
-    model = serde.load(attempt.path)
+    """The winner's file with onnxgate's metadata; a large model's weights file is moved, never read into memory."""
+    model = serde.load(attempt.path, load_external_data=False)
     del model.metadata_props[:]
     for key, value in _metadata(loaded, prepared, config, attempt).items():
         model.metadata_props.add(key=key, value=value)
-    serde.save(model, output, force=force)
+    serde.save_moving_external_data(model, Path(attempt.path).parent, output, force=force)
 
 
 def _keep_rejected(loaded, prepared: Prepared, config: ExportConfig, attempts: list[Attempt], output: Path) -> str | None:
