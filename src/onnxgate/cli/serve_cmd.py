@@ -71,6 +71,8 @@ def _export(bundle: Path, fmt: str, out_dir: Path, model_name: str | None, max_b
         console.print(f"max_batch_size {result.max_batch_size} (from the verified batch domain)")
         for line in result.unenforced:
             console.print(f"[yellow]not enforced by {fmt}[/]: {escape(line)}")
+        for line in result.notes:
+            console.print(f"[yellow]note[/]: {escape(line)}")
     finish(result, json_out=json_out)
 
 

@@ -257,10 +257,13 @@ async def _uploads(request, limit: int) -> tuple[list[tuple[str, bytes]], Any]:
     """(label, bytes) per image and the top_k given in the body, from multipart, JSON base64 or a raw image."""
     media = _media_type(request)
     if media == "multipart/form-data":
-        form = await request.form(max_files=images.MAX_IMAGES, max_fields=16, max_part_size=limit)
-        uploads = [(getattr(v, "filename", None) or key, await v.read()) for key, v in form.multi_items()
-                   if hasattr(v, "read")]
-        top_k = form.get("top_k")
+        form = await request.form(max_files=images.MAX_IMAGES + 1, max_fields=16, max_part_size=limit)
+        try:
+            uploads = [(getattr(v, "filename", None) or key, await v.read()) for key, v in form.multi_items()
+                       if hasattr(v, "read")]
+            top_k = form.get("top_k")
+        finally:
+            await form.close()  # spooled upload files
     elif media == "application/json":
         doc = loads_strict(await _body(request, limit), "request's JSON")
         if not isinstance(doc, dict):

@@ -43,6 +43,7 @@ class ConfigExport:
     files: list[str]
     max_batch_size: int
     unenforced: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -76,6 +77,9 @@ def export_config(bundle: str | Path, fmt: str, out_dir: str | Path, *, name: st
                                                           encoding="utf-8")
             files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     result.format, result.bundle, result.files = fmt, str(bundle), files
+    if fmt == "kserve" and not storage_uri:
+        result.notes.append("storageUri is a placeholder (s3://CHANGE-ME/...): pass --storage-uri, or edit "
+                            "inferenceservice.yaml before applying it")
     return result
 
 
