@@ -101,11 +101,11 @@ def evaluate(model: onnx.ModelProto, data: Dataset, reference: list[list[np.ndar
         outputs = run_outputs(model, data, opt_level=level)
         errs = [0.0] * len(scales)
         cosine = None
-        for ref_feed, out_feed in zip(reference, outputs):
+        for feed, ref_feed, out_feed in zip(data.feeds, reference, outputs):
             for i, (r, o) in enumerate(zip(ref_feed, out_feed)):
                 if r.size:
                     errs[i] = max(errs[i], float(np.abs(r.astype(np.float64) - o.astype(np.float64)).max()))
-                low = min_cosine(r, o)
+                low = min_cosine(r, o, mask=feed.get(MASK_INPUT))
                 cosine = low if cosine is None or (low is not None and low < cosine) else cosine
         scaled = [e / s if s > 0 else (0.0 if e == 0 else math.inf) for e, s in zip(errs, scales)]
         ev = Evaluation(name, max(errs, default=0.0), scaled_err=max(scaled, default=0.0), cosine=cosine)
@@ -116,12 +116,21 @@ def evaluate(model: onnx.ModelProto, data: Dataset, reference: list[list[np.ndar
     return evaluations
 
 
-def min_cosine(ref: np.ndarray, got: np.ndarray) -> float | None:
+MASK_INPUT = "attention_mask"  # a text model's padding mask: padded positions are left out of the cosine
+
+
+def min_cosine(ref: np.ndarray, got: np.ndarray, *, mask: np.ndarray | None = None) -> float | None:
     """The lowest cosine similarity between one sample of ``got`` and the same sample of ``ref`` (rows: the first
-    axis; a 0-d or 1-d output is one sample); None for non-float outputs. Two all-zero rows count as equal."""
+    axis; a 0-d or 1-d output is one sample); None for non-float outputs. Two all-zero rows count as equal.
+    ``mask`` (a text model's ``attention_mask``, ``[batch, sequence]``): an output whose leading dims are the
+    mask's is compared on the unmasked positions only — what a padded position computes is never used."""
     ref, got = np.asarray(ref), np.asarray(got)
     if ref.dtype.kind != "f" or ref.shape != got.shape or not ref.size:
         return None
+    if mask is not None and ref.ndim >= 2 and ref.shape[:2] == np.shape(mask):
+        keep = np.asarray(mask) != 0
+        return min(c for c in (min_cosine(ref[i][keep[i]][None], got[i][keep[i]][None]) for i in range(len(ref))
+                               if keep[i].any()) if c is not None) if keep.any() else None
     a = ref.reshape(ref.shape[0] if ref.ndim > 1 else 1, -1).astype(np.float64)
     b = got.reshape(a.shape).astype(np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)

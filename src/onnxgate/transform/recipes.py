@@ -15,7 +15,8 @@ Candidates: ``STATIC_RECIPES`` (conv nets and other graphs: QDQ vs QOperator, pe
 ``reduce_range``, which op types are quantized — convolutions and matrix products only, or everything but depthwise
 convolutions, squeeze-excitation blocks and hard-swish — and the calibration method) or ``DYNAMIC_RECIPES``
 (transformers, detected by ``transform.fusion.detect``: int8 MatMul weights with ranges computed at run time,
-per-tensor or per-channel, with or without the embedding tables). Activations are uint8 and weights int8 (U8S8, the
+per-tensor or per-channel, with or without the embedding tables). A recipe with ``fallback`` that misses the budget
+keeps its most sensitive nodes in float one at a time (``sensitivity``), up to that many. Activations are uint8 and weights int8 (U8S8, the
 fast path of onnxruntime's x86 kernels) except in the one S8S8 candidate.
 """
 
@@ -38,7 +39,7 @@ from .budget import LEVELS, AccuracyGate, Budget, Evaluation, accuracy_gate, che
 from .data import DataArg, model_specs
 from .quantize import (METHODS, QuantizeReport, QuantizeStep, _calibration_data, _evaluation_data, _Quantizer,
                        _record_in_metadata)
-from .sensitivity import QDQ_OPS
+from .sensitivity import QDQ_OPS, node_sensitivity
 
 MIN_GAIN = 1.05  # an INT8 recipe must be this much faster than FP32 to be worth shipping
 DEFAULT_MIN_COSINE = 0.99  # the budget when none is given and the data has no labels
@@ -58,13 +59,14 @@ class Recipe:
     op_types: tuple[str, ...] | None = None  # None: every type the quantizer handles
     skip: tuple[str, ...] = ()  # families kept in float (SKIP_FAMILIES)
     activation: str = "uint8"  # uint8 (U8S8) or int8 (S8S8)
+    fallback: int = 0  # while it misses the budget, keep up to this many of the most sensitive nodes in float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 STATIC_RECIPES = (
-    Recipe("qdq-per-channel"),
+    Recipe("qdq-per-channel", fallback=4),
     Recipe("qdq-per-tensor", per_channel=False),
     Recipe("qdq-conv-matmul-only", op_types=("Conv", "MatMul", "Gemm")),
     Recipe("qdq-skip-depthwise-se-hardswish", skip=SKIP_FAMILIES),
@@ -75,7 +77,7 @@ STATIC_RECIPES = (
 )
 DYNAMIC_RECIPES = (
     Recipe("dynamic-matmul", "dynamic", per_channel=False, op_types=("MatMul",)),
-    Recipe("dynamic-matmul-per-channel", "dynamic", op_types=("MatMul",)),
+    Recipe("dynamic-matmul-per-channel", "dynamic", op_types=("MatMul",), fallback=4),
     Recipe("dynamic-matmul-gather", "dynamic", per_channel=False, op_types=("MatMul", "Gather")),
 )
 WITHIN, OVER, FAILED = "within_budget", "over_budget", "failed"
@@ -161,15 +163,17 @@ def search_int8(model_path: str | Path, out: str | Path, *, mode: str = "auto", 
                 labels_key: str = "labels", preprocess: str | None = None, max_accuracy_drop: float | None = None,
                 max_error: float | None = None, min_cosine: float | None = None,
                 recipes: Sequence[Recipe] | None = None, threads: int | None = None, seconds: float = 1.5,
-                rounds: int = 3, force: bool = False,
-                progress: Callable[[str], None] | None = None) -> RecipeSearch:
+                rounds: int = 3, time_over_budget: bool = False, keep_candidates: str | Path | None = None,
+                force: bool = False, progress: Callable[[str], None] | None = None) -> RecipeSearch:
     """Search the INT8 recipe of the ONNX file at ``model_path`` (see the module docstring) and write the chosen one
     to ``out`` — only when it holds the budget and beats FP32.
 
     ``mode``: auto (dynamic for transformers, else static), static or dynamic; ``recipes`` overrides the candidate
     list. Data and budget as ``quantize`` takes them; without a budget, labelled data gets a 1-point top-1 budget and
     unlabelled data ``min_cosine=0.99``. ``threads``: onnxruntime's intra-op threads for timing (default: all
-    usable cores); ``seconds``: timing per model, split over ``rounds`` interleaved rounds.
+    usable cores); ``seconds``: timing per model, split over ``rounds`` interleaved rounds. ``time_over_budget``:
+    time the candidates that miss the budget too (a report can then say what their speed would have been);
+    ``keep_candidates``: a folder to keep every candidate's file in (``candidate.path``), for inspection.
     """
     note = progress or (lambda _m: None)
     started = time.perf_counter()
@@ -204,13 +208,16 @@ def search_int8(model_path: str | Path, out: str | Path, *, mode: str = "auto", 
             note(f"quantizing and measuring {recipe.name}")
             search.candidates.append(_candidate(quantizer, recipe, evaluation, reference, search))
         within = [c for c in search.candidates if c.status == WITHIN]
-        if within:
-            note(f"timing FP32 and {len(within)} recipes within budget side by side")
-            _time_side_by_side(model_path, within, _latency_feed(evaluation.feeds[0], model), search, seconds,
+        timed = [c for c in search.candidates if c.status == WITHIN or (time_over_budget and c.status == OVER)]
+        if timed:
+            note(f"timing FP32 and {len(timed)} recipes side by side")
+            _time_side_by_side(model_path, timed, _latency_feed(evaluation.feeds[0], model), search, seconds,
                                rounds)
         _choose(search, within, evaluation, reference, note)
         if search.shipped == "int8":
             _write(search, quantizer, model, evaluation, reference, out, force)
+        if keep_candidates is not None:
+            _keep(search.candidates, Path(keep_candidates))
     search.seconds = round(time.perf_counter() - started, 2)
     return search
 
@@ -291,17 +298,23 @@ def _candidate(quantizer: _Quantizer, recipe: Recipe, evaluation, reference, sea
         if recipe.skip:
             result.float_nodes = [n for names in skip_nodes(quantizer.float_model, recipe.skip).values()
                                   for n in names]
-        quantized = quantizer.quantize(result.float_nodes, dynamic=recipe.mode == "dynamic", fmt=recipe.fmt,
-                                       per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
-                                       method=recipe.method, op_types=recipe.op_types, activation=recipe.activation)
+        quantized = _quantize_and_measure(quantizer, recipe, result, evaluation, reference, search)
+        for _ in range(recipe.fallback if result.miss is not None and not _unjudgeable(search) else 0):
+            ranked = node_sensitivity(quantizer.float_model, quantized, _few(evaluation.feeds[0]),
+                                      dynamic=recipe.mode == "dynamic")
+            extra = next((r.node for r in ranked if r.node not in result.float_nodes), None)
+            if extra is None:
+                break
+            result.float_nodes.append(extra)
+            quantized = _quantize_and_measure(quantizer, recipe, result, evaluation, reference, search)
+            if result.miss is None:
+                break
         result.path = quantizer.tmp / f"candidate_{len(search.candidates)}.onnx"
         serde.save(quantized, result.path, force=True)
         result.size_bytes = quantized.ByteSize()
         result.quantized_ops = sum(1 for n in quantized.graph.node
                                    if n.op_type in QDQ_OPS or "Integer" in n.op_type or n.op_type.startswith("QLinear")
                                    or n.op_type.startswith("DynamicQuantize"))
-        result.evaluations = evaluate(quantized, evaluation, reference, search.fp32_accuracy, levels=LEVELS[1:])
-        result.miss = _miss(search, result.evaluations)
         result.status = WITHIN if result.miss is None else OVER
         if not result.quantized_ops:
             result.status, result.miss = OVER, "nothing was quantized"
@@ -311,9 +324,29 @@ def _candidate(quantizer: _Quantizer, recipe: Recipe, evaluation, reference, sea
     return result
 
 
+def _quantize_and_measure(quantizer: _Quantizer, recipe: Recipe, result: Candidate, evaluation, reference,
+                          search: RecipeSearch) -> onnx.ModelProto:
+    """Quantize with ``recipe``, keeping ``result.float_nodes`` in float, and measure it as deployed."""
+    quantized = quantizer.quantize(result.float_nodes, dynamic=recipe.mode == "dynamic", fmt=recipe.fmt,
+                                   per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+                                   method=recipe.method, op_types=recipe.op_types, activation=recipe.activation)
+    result.evaluations = evaluate(quantized, evaluation, reference, search.fp32_accuracy, levels=LEVELS[1:])
+    result.miss = _miss(search, result.evaluations)
+    return quantized
+
+
+def _few(feed: dict[str, np.ndarray], samples: int = 4) -> dict[str, np.ndarray]:
+    """The first samples of a feed: sensitivity keeps every intermediate tensor of both models in memory."""
+    return {k: v[:samples] if np.ndim(v) else v for k, v in feed.items()}
+
+
+def _unjudgeable(search: RecipeSearch) -> str | None:
+    return search.gate.problem if search.gate else None
+
+
 def _miss(search: RecipeSearch, evaluations: list[Evaluation]) -> str | None:
     miss = check(search.budget, evaluations)
-    unjudgeable = search.gate.problem if search.gate else None
+    unjudgeable = _unjudgeable(search)
     if unjudgeable:
         return "the accuracy gate cannot judge this model: " + unjudgeable + (f"; {miss}" if miss else "")
     return miss
@@ -348,6 +381,15 @@ def _time_side_by_side(model_path, within: list[Candidate], feed, search: Recipe
     search.fp32_p50_ms = best[0]
     for candidate, p50 in zip(within, best[1:]):
         candidate.p50_ms, candidate.speedup = p50, best[0] / p50
+
+
+def _keep(candidates: list[Candidate], folder: Path) -> None:
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for c in candidates:
+        if c.path is not None and c.path.is_file():
+            c.path = Path(shutil.copy2(c.path, folder / f"{c.recipe.name}.onnx"))
 
 
 def _choose(search: RecipeSearch, within: list[Candidate], evaluation, reference, note) -> None:
