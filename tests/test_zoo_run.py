@@ -259,6 +259,9 @@ def test_allow_fail_by_tag_passes_and_only_and_shard_select(finished, resumed, z
     code, doc = _run_json(str(zoo_file), "-o", str(resumed["out"]), "--allow-fail", "broken")
     assert code == 0 and doc["ok"] and doc["result"]["ran"] == 0
     assert sorted(doc["result"]["allowed_failures"]) == ["crash", "hang", "hog"]
+    code, doc = _run_json(str(zoo_file), "-o", str(resumed["out"]), "--allow-fail", "brokn")  # a typo fails closed
+    assert code == 3 and doc["result"]["notes"] == ["--allow-fail 'brokn' matches no model of the zoo (by tag, "
+                                                    "family or name)"]
     code, doc = _run_json(str(zoo_file), "-o", str(resumed["out"]), "--only", "tiny")
     assert code == 0 and [m["model"] for m in doc["result"]["models"]] == ["lin", "conv", "blocked"]
     code, doc = _run_json(str(zoo_file), "-o", str(resumed["out"]), "--shard", "2/2")

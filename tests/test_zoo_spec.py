@@ -99,6 +99,7 @@ def test_a_bad_zoo_file_is_exit_2_naming_model_and_key(tmp_path, change, says):
     (("--jobs", "0"), "--jobs 0 is not a number of workers"),
     (("--address", "auto"), "--address names a Ray cluster, but the executor is local"),
     (("--executor", "dask"), "--executor 'dask' is not an executor"),
+    (("--only", "bret"), "--only 'bret' matches no model of zoo 'unit' (by tag, family or name). Close: bert"),
 ])
 def test_bad_flags_are_exit_2(tmp_path, args, says):
     assert says in _error(tmp_path, GOOD, *args)["error"]["message"]

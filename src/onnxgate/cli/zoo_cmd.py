@@ -37,6 +37,8 @@ def zoo(
                          retry_failed=retry_failed, allow_fail=tuple(allow_fail), only=tuple(only),
                          progress=status.update)
     if not json_out:
+        for note in report.notes:
+            console.print(f"note: {note}")
         for name, entry in report.failure_classes().items():
             console.print(f"  {name}: {entry['count']} ({', '.join(e['model'] for e in entry['examples'])})")
         console.print(f"zoo: {report.summary()} in {report.wall_seconds:.0f} s "

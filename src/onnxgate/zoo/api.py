@@ -31,6 +31,7 @@ def run_zoo(zoo: str | Zoo, out: str | Path | None = None, *, jobs: int = 1, exe
     spec = zoo if isinstance(zoo, Zoo) else load_zoo(zoo)
     shard_spec = parse_shard(shard)
     folder = _out_dir(out, spec.name)
+    _check_labels(spec, only)
     selected = select(spec.models, shard=shard_spec, only=tuple(only))
     ledger = Ledger(folder)
     todo, done = pending(selected, ledger.latest(), retry_failed=retry_failed)
@@ -50,7 +51,7 @@ def run_zoo(zoo: str | Zoo, out: str | Path | None = None, *, jobs: int = 1, exe
     report = ZooReport(spec.name, spec.source, str(folder), [latest[m.name] for m in selected if m.name in latest],
                        executor=executor, jobs=jobs, shard=shard, allow_fail=tuple(allow_fail), stages=spec.stages,
                        ran=len(todo), resumed=len(done), wall_seconds=time.monotonic() - start,
-                       notes=[f"{ledger.torn} torn ledger line(s) skipped (a run killed mid-write)"] if ledger.torn else [])
+                       notes=_notes(spec, allow_fail, ledger.torn))
     doc = report.to_dict()
     atomic_write_text(folder / "zoo.json", json.dumps(doc, indent=2, default=str, ensure_ascii=False), force=True)
     atomic_write_text(folder / "zoo.html", report.to_html(), force=True)
@@ -67,6 +68,26 @@ def _check(jobs: int, executor: str, address: str | None) -> None:
     if address and executor != "ray":
         raise BadInputError("--address names a Ray cluster, but the executor is local.",
                             hint="Add --executor ray, or drop --address.")
+
+
+def _check_labels(spec: Zoo, only) -> None:
+    """--only that matches no model would make a vacuous pass: bad input, with the closest labels."""
+    import difflib
+
+    known = sorted(set().union(*(m.labels() for m in spec.models)))
+    for label in only:
+        if label not in known:
+            close = difflib.get_close_matches(label, known, n=3)
+            raise BadInputError(f"--only '{label}' matches no model of zoo '{spec.name}' (by tag, family or name)."
+                                + (f" Close: {', '.join(close)}." if close else ""),
+                                hint="Tags, families and names of the zoo are listed in its file (or zoo.json).")
+
+
+def _notes(spec: Zoo, allow_fail, torn: int) -> list[str]:
+    known = set().union(*(m.labels() for m in spec.models))
+    notes = [f"--allow-fail '{t}' matches no model of the zoo (by tag, family or name)" for t in allow_fail
+             if t not in known]
+    return notes + ([f"{torn} torn ledger line(s) skipped (a run killed mid-write)"] if torn else [])
 
 
 def _out_dir(out: str | Path | None, name: str) -> Path:
