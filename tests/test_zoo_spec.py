@@ -191,3 +191,16 @@ def test_a_workers_own_worker_dies_with_it(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail(f"the worker's own worker {pid} outlived it")
+
+
+def test_ray_declarations_are_capped_at_the_largest_live_node():
+    from onnxgate.zoo.executors import _largest_node
+
+    class FakeRay:  # the shape of ray.nodes(): a task declaring more than any node has would wait forever
+        @staticmethod
+        def nodes():
+            return [{"Alive": True, "Resources": {"CPU": 4.0, "memory": 8e9}},
+                    {"Alive": False, "Resources": {"CPU": 64.0, "memory": 1e12}},
+                    {"Alive": True, "Resources": {"CPU": 2.0, "memory": 16e9}}]
+
+    assert _largest_node(FakeRay) == {"CPU": 4.0, "memory": 16e9}

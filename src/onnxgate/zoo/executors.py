@@ -111,10 +111,12 @@ def run_ray(models: list[ZooModel], out: Path, *, jobs: int, on_row: OnRow, addr
 def _stream(ray, models: list[ZooModel], out: Path, on_row: OnRow, jobs: int) -> None:
     task = ray.remote(max_retries=0)(_ray_task)  # a crash is the model's outcome, never silently retried
     refs, warm = {}, dynamo_models(models) >= 2 * jobs  # about two dynamo exports per Ray worker, or no warm-up
+    largest = _largest_node(ray)
     for m in models:
-        options: dict[str, Any] = {"num_cpus": m.cpus, "name": f"onnxgate-zoo:{m.name}"}
+        options: dict[str, Any] = {"num_cpus": min(m.cpus, largest.get("CPU") or m.cpus),
+                                   "name": f"onnxgate-zoo:{m.name}"}
         if m.memory_mb:
-            options["memory"] = int(m.memory_mb * 2**20)
+            options["memory"] = int(min(m.memory_mb * 2**20, largest.get("memory") or m.memory_mb * 2**20))
         refs[task.options(**options).remote(m, str(out), warm)] = m
     waiting = list(refs)
     try:
@@ -126,6 +128,17 @@ def _stream(ray, models: list[ZooModel], out: Path, on_row: OnRow, jobs: int) ->
         for ref in waiting:
             ray.cancel(ref, force=True)
         raise
+
+
+def _largest_node(ray) -> dict[str, float]:
+    """The most CPUs and memory one live node offers: a task declaring more would wait forever (Ray calls it
+    infeasible), so a declaration is capped there; the worker's own memory cap still holds the model to memory_mb."""
+    largest: dict[str, float] = {}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            for key in ("CPU", "memory"):
+                largest[key] = max(largest.get(key, 0.0), float(node.get("Resources", {}).get(key, 0.0)))
+    return largest
 
 
 def _row_of(ray, ref, model: ZooModel, out: Path) -> dict[str, Any]:
