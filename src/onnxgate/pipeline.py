@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -102,10 +104,11 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
     for stage in STAGES:
         if job.failure is not None:
             break
-        try:
-            stage(job, report)
-        except OnnxgateError as exc:
-            job.failure = judge(exc)
+        with _peak_memory(stage, report):
+            try:
+                stage(job, report)
+            except OnnxgateError as exc:
+                job.failure = judge(exc)
     _conclude(job, report)
     _write_reports(report, out)
     return report
@@ -127,9 +130,26 @@ def run_job(job: RunConfig, *, out_dir: str | Path | None = None, force: bool = 
                trust_pickle=job.trust_pickle, deploy=job.deploy)
 
 
+@contextmanager
+def _peak_memory(stage: Callable, report: PipelineReport) -> Iterator[None]:
+    """Each stage's peak memory (``transform.large.stage_peak``) under ``report.stages["memory"][name]``, for the
+    stages that ran."""
+    from .transform.large import stage_peak
+
+    name = stage.__name__.strip("_").removesuffix("_stage")
+    with stage_peak() as peak:
+        yield
+    if name in report.stages:
+        report.stages.setdefault("memory", {}).setdefault(name, {}).update(peak)
+
+
 def _export_stage(job: Job, report: PipelineReport) -> None:
     from .export.ladder import run_ladder
+    from .transform.large import check_memory, module_bytes
 
+    weights = module_bytes(job.loaded.module)  # fail now, not when the kernel kills the export half-way
+    estimate = check_memory("export", weights, resident=weights, what=f"Exporting '{job.loaded.ref}'")
+    report.stages.setdefault("memory", {})["export"] = {"estimate": estimate}
     start = time.perf_counter()
     try:
         job.exported = run_ladder(job.loaded, job.config, job.model_path, force=True, progress=job.note)

@@ -32,13 +32,15 @@ VERIFY_OPT_LEVEL = "disable"
 
 def open_session(model: Any, *, what: str | None = None, opt_level: str = "all", intra_op_threads: int = 0,
                  inter_op_threads: int = 0, providers: list[str] | None = None,
-                 optimized_model_path: str | Path | None = None, log_severity: int = 3):
+                 optimized_model_path: str | Path | None = None, log_severity: int = 3,
+                 config: dict[str, str] | None = None):
     """An ``onnxruntime.InferenceSession`` for ``model``: a path, serialized bytes or an ``onnx.ModelProto``
     (serialized through ``serde.to_bytes``, which refuses one over protobuf's 2 GiB limit: pass a path then).
 
     ``what`` names the model in errors (default: the path, or "the model"). ``providers`` defaults to CPU only, so
     results do not depend on which GPUs a machine happens to have; providers this onnxruntime lacks are dropped.
     ``optimized_model_path``: onnxruntime writes the graph it built at ``opt_level`` there (offline optimization).
+    ``config``: session configuration entries (``SessionOptions.add_session_config_entry``).
     Raises ``RuntimeIncompatibleError`` when onnxruntime cannot load the model.
     """
     import onnxruntime as ort
@@ -53,6 +55,8 @@ def open_session(model: Any, *, what: str | None = None, opt_level: str = "all",
     so.log_severity_level = log_severity
     if optimized_model_path is not None:
         so.optimized_model_filepath = str(optimized_model_path)
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, value)
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     if isinstance(model, (str, os.PathLike)):
@@ -76,11 +80,24 @@ def open_session(model: Any, *, what: str | None = None, opt_level: str = "all",
         ) from exc
 
 
-def optimize_offline(model: Any, level: str, out_path: str | Path) -> Path:
+# Session config keys under which onnxruntime writes an optimized model's initializers to an external data file.
+_EXTERNAL_FILE_KEY = "session.optimized_model_external_initializers_file_name"
+_EXTERNAL_MIN_KEY = "session.optimized_model_external_initializers_min_size_in_bytes"
+
+
+def optimize_offline(model: Any, level: str, out_path: str | Path, *, external_data: str | None = None,
+                     external_min_bytes: int = 1024) -> Path:
     """onnxruntime's offline graph optimization: the graph a CPU session builds at ``level`` (a key of
-    ``OPT_LEVELS``), written by onnxruntime to ``out_path``. Returns ``out_path``; read it with ``serde.load``."""
+    ``OPT_LEVELS``), written by onnxruntime to ``out_path``. Returns ``out_path``; read it with ``serde.load``.
+
+    ``external_data``: a file name; onnxruntime writes every initializer of at least ``external_min_bytes`` into
+    it, beside ``out_path``, instead of into the protobuf — the way to optimize a model over 2 GiB (pass ``model``
+    as a path then: onnxruntime reads the weights from its external data files, nothing is serialized here)."""
+    config = None
+    if external_data is not None:
+        config = {_EXTERNAL_FILE_KEY: external_data, _EXTERNAL_MIN_KEY: str(int(external_min_bytes))}
     open_session(model, what="the model to optimize", opt_level=level, providers=["CPUExecutionProvider"],
-                 optimized_model_path=out_path)  # the hardware-specific warning is recorded by the caller instead
+                 optimized_model_path=out_path, config=config)  # the hardware warning is recorded by the caller
     return Path(out_path)
 
 

@@ -11,6 +11,7 @@ from ..fsutil import check_target
 from .data import DataArg, load_data, model_specs
 from .fp16 import ToFp16, record_contract
 from .fusion import fusion_passes
+from .large import is_large, optimize_large
 from .ort_optimize import DEFAULT_LEVEL, OrtOptimize
 from .passes import APPLIED, Pass, TransformReport, run_passes
 from .simplify import DEFAULT_SIMPLIFIER, FoldConstants, Simplify
@@ -43,6 +44,9 @@ def optimize(model_path: str | Path, out: str | Path, *, level: str | None = DEF
         passes.append(OrtOptimize(level))
     if fp16:
         passes.append(ToFp16(keep_io_types=keep_io_types, keep_ops=tuple(fp16_keep_ops)))
+    if is_large(model_path):  # over 2 GB: onnxruntime by path; the in-memory passes are recorded as skipped
+        return optimize_large(model_path, out, passes, feeds=feeds, preprocess=preprocess, force=force,
+                              progress=progress)
     report = transform(model_path, out, passes, feeds=feeds, preprocess=preprocess, force=force, progress=progress)
     if fp16:
         report.passed = report.records[-1].status == APPLIED
@@ -65,11 +69,12 @@ def transform(model_path: str | Path, out: str | Path, passes: list[Pass], *, fe
               progress: Callable[[str], None] | None = None) -> TransformReport:
     """Run ``passes`` on the model at ``model_path`` with verification (see ``run_passes``); nothing is written."""
     check_target(Path(out), force=force, kind="model file")  # fail before the work, not after
+    if is_large(model_path):  # decided from the tensors' sizes, before gigabytes are read into memory
+        raise BadInputError(f"'{model_path}' is over {serde.EXTERNAL_DATA_THRESHOLD / 1e9:.1f} GB; these "
+                            "transforms keep the model in memory as one protobuf, which cannot exceed 2 GB.",
+                            hint="`onnxgate optimize` takes such a model through onnxruntime by path (without "
+                                 "--fp16); FP16 needs a model under 2 GB.")
     model = serde.load(model_path)
-    if model.ByteSize() > serde.EXTERNAL_DATA_THRESHOLD:
-        raise BadInputError(f"'{model_path}' is over {serde.EXTERNAL_DATA_THRESHOLD / 1e9:.1f} GB; onnxgate's "
-                            "transforms keep models in memory as one protobuf, which cannot exceed 2 GB.",
-                            hint="Optimize it with onnxruntime directly (SessionOptions.optimized_model_filepath).")
     specs, dims = model_specs(model_path)
     if feeds is None:
         verifier = Verifier.random(specs, dims)

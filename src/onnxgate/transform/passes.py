@@ -17,11 +17,13 @@ from typing import Any, Callable, Protocol
 
 import onnx
 
+from .. import serde
 from ..errors import first_line
 from ..verify.compare import Tolerance
 from .verifier import Verifier
 
 APPLIED, ROLLED_BACK, FAILED, UNCHANGED = "applied", "rolled_back", "failed", "unchanged"
+SKIPPED = "skipped"  # a pass that could not run on this model (a model over 2 GB: see transform/large.py)
 
 
 @dataclass
@@ -54,7 +56,7 @@ class TransformRecord:
     feed; ``error_vs_float`` is against the float model the run started from."""
 
     name: str
-    status: str  # applied / rolled_back / failed / unchanged
+    status: str  # applied / rolled_back / failed / unchanged / skipped
     nodes_before: int
     nodes_after: int
     size_before: int  # serialized bytes
@@ -84,6 +86,7 @@ class TransformReport:
     passed: bool = True  # False when a transform the caller required was rolled back
     feeds: str | None = None  # where the verification feeds came from
     output_scales: dict[str, float] = field(default_factory=dict)  # max |output| of the input model on the feeds
+    external_bytes: int = 0  # weights ``model`` keeps in external data files (a large model's report), not in it
 
     @property
     def nodes_after(self) -> int:
@@ -91,7 +94,7 @@ class TransformReport:
 
     @property
     def size_after(self) -> int:
-        return self.model.ByteSize()
+        return serde.byte_size(self.model) + self.external_bytes
 
     @property
     def applied(self) -> list[str]:
@@ -151,13 +154,13 @@ def run_passes(model: onnx.ModelProto, passes: list[Pass], *, verifier: Verifier
     note = progress or (lambda _m: None)
     float_outputs = verifier.run(model, what="the input model")
     current, current_outputs = model, float_outputs
-    report = TransformReport([], model, len(model.graph.node), model.ByteSize(),
+    report = TransformReport([], model, len(model.graph.node), serde.byte_size(model),
                              output_scales=output_scales(float_outputs))
     for p in passes:
         name = pass_name(p)
         note(f"{name}: transforming")
         record = TransformRecord(name, UNCHANGED, len(current.graph.node), len(current.graph.node),
-                                 current.ByteSize(), current.ByteSize())
+                                 serde.byte_size(current), serde.byte_size(current))
         start = time.perf_counter()
         try:
             result = p(copy_model(current))
@@ -167,7 +170,7 @@ def run_passes(model: onnx.ModelProto, passes: list[Pass], *, verifier: Verifier
         record.seconds = round(time.perf_counter() - start, 3)
         if result is not None:
             record.details = dict(result.details)
-            record.nodes_after, record.size_after = len(result.model.graph.node), result.model.ByteSize()
+            record.nodes_after, record.size_after = len(result.model.graph.node), serde.byte_size(result.model)
         if result is not None and result.changed:
             note(f"{name}: verifying")
             start = time.perf_counter()

@@ -37,6 +37,7 @@ from ..errors import BadInputError
 from ..fsutil import check_target
 from .budget import AccuracyGate, Budget, Evaluation, accuracy_gate, check, evaluate, output_scales, run_outputs, top1
 from .data import DataArg, Dataset, load_data, model_specs, random_dataset
+from .large import check_memory, file_bytes, is_large, weight_bytes
 from .passes import APPLIED, ROLLED_BACK, TransformRecord, copy_model
 from .sensitivity import QDQ_OPS, NodeSensitivity, node_sensitivity
 
@@ -47,6 +48,9 @@ DEFAULT_ACCURACY_DROP = 1.0  # points, when labels are given and no budget is
 # Not "Attention": onnxruntime's dynamic quantizer rewrites any node of that type into its contrib QAttention,
 # which breaks the standard ONNX Attention operator (opset 23) that the dynamo exporter emits.
 DYNAMIC_OP_TYPES = ("MatMul", "Gather", "LSTM")
+LARGE_NOTE = ("The model is over 2 GB: quantized with onnxruntime's external data format, without quant_pre_process "
+              "(it holds the model as one protobuf) and without the per-node search for nodes to keep in float (it "
+              "runs the float model with every intermediate exposed, in memory).")
 
 
 @dataclass
@@ -140,7 +144,10 @@ def quantize(model_path: str | Path, out: str | Path, *, mode: str = "static", c
     if method not in METHODS:
         raise BadInputError(f"Calibration method '{method}' is not supported.", hint=f"Use one of: {', '.join(METHODS)}.")
     check_target(Path(out), force=force, kind="model file")
-    model = serde.load(model_path)
+    large = is_large(model_path)  # over 2 GB: kept on disk, run and quantized by path (transform/large.py)
+    model = serde.load(model_path, load_external_data=not large)
+    if large:
+        check_memory("quantize", weight_bytes(model_path, model), what=f"Quantizing '{model_path}'")
     specs, dims = model_specs(model_path)
     report = QuantizeReport(source=str(model_path), mode=mode, method=method if mode == "static" else None,
                             per_channel=per_channel, budget=Budget(max_accuracy_drop, max_error), calibration=None,
@@ -150,22 +157,23 @@ def quantize(model_path: str | Path, out: str | Path, *, mode: str = "static", c
                                   preprocess, report)
 
     note("running the FP32 model on the evaluation data")
-    reference = run_outputs(model, evaluation)
+    reference = run_outputs(str(model_path) if large else model, evaluation)
     if evaluation.labels is not None:
         report.fp32_accuracy = top1(reference, evaluation.labels)
         report.gate = accuracy_gate(report.budget, evaluation.labels, report.fp32_accuracy,
                                     int(reference[0][0].shape[-1]) if reference and reference[0] else None)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="onnxgate-quant-") as tmp:
-        quantizer = _Quantizer(Path(tmp), model, mode, method, per_channel, calibration)
+    with tempfile.TemporaryDirectory(prefix="onnxgate-quant-") as tmp, _large_source(model_path, model, large) as src:
+        quantizer = _Quantizer(Path(tmp), model, mode, method, per_channel, calibration, source=src)
         report.warnings += quantizer.notes
-        quantized = _search(quantizer, evaluation, reference, report, max_float_nodes, note)
+        quantized = _search(quantizer, evaluation, reference, report, 0 if large else max_float_nodes, note)
     if not any(n.op_type in QDQ_OPS for n in quantized.graph.node):
         report.warnings.append(f"Nothing was quantized: the model has no operator that {mode} quantization handles"
                                + (f" ({', '.join(DYNAMIC_OP_TYPES)})." if mode == "dynamic" else "."))
     report.record = TransformRecord(
         f"quantize:{mode}", APPLIED if report.passed else ROLLED_BACK, len(model.graph.node),
-        len(quantized.graph.node), model.ByteSize(), quantized.ByteSize(),
+        len(quantized.graph.node), file_bytes(model_path) if large else serde.byte_size(model),
+        serde.byte_size(quantized),
         error_vs_float=max(e.max_abs_err for e in report.final.evaluations),
         seconds=round(time.perf_counter() - start, 3),
         message=None if report.passed else f"not written: {report.final.miss}")
@@ -206,13 +214,16 @@ class _Quantizer:
     """onnxruntime's quantizer on the pre-processed float model; calibrates once and reuses the ranges."""
 
     def __init__(self, tmp: Path, model: onnx.ModelProto, mode: str, method: str, per_channel: bool,
-                 calibration: Dataset | None):
+                 calibration: Dataset | None, *, source: Path | None = None):
+        """``source``: a model over 2 GB (``model`` then holds its graph without weights) as a file beside its
+        data (``_large_source``): quantized as it is, with external data, never serialized as one protobuf."""
         self.tmp, self.method, self.per_channel = tmp, method, per_channel
         self.dynamic = mode == "dynamic"
         self.calibration = calibration
-        self.notes: list[str] = []
-        self.float_path = self._pre_process(model)
-        self.float_model = serde.load(self.float_path)
+        self.notes: list[str] = [LARGE_NOTE] if source is not None else []
+        self.large = source is not None
+        self.float_path = source if source is not None else self._pre_process(model)
+        self.float_model = serde.load(self.float_path, load_external_data=not self.large)
         self.count = 0
 
     def _pre_process(self, model: onnx.ModelProto) -> Path:
@@ -223,7 +234,7 @@ class _Quantizer:
 
         original, processed = self.tmp / "float.onnx", self.tmp / "float_pre.onnx"
         # a large model is saved with external data, which moves the tensors out of the proto saved: keep ours
-        serde.save(model if model.ByteSize() <= serde.EXTERNAL_DATA_THRESHOLD else copy_model(model), original)
+        serde.save(model if serde.byte_size(model) <= serde.EXTERNAL_DATA_THRESHOLD else copy_model(model), original)
         failures = []
         for skip_symbolic in (False, True):
             try:
@@ -254,7 +265,8 @@ class _Quantizer:
             if dynamic:
                 quantize_dynamic(str(self.float_path), str(out),
                                  op_types_to_quantize=list(op_types or DYNAMIC_OP_TYPES), per_channel=per_channel,
-                                 reduce_range=reduce_range, nodes_to_exclude=list(exclude))
+                                 reduce_range=reduce_range, nodes_to_exclude=list(exclude),
+                                 use_external_data_format=self.large)
             else:
                 cache = self.tmp / f"ranges-{method}.json"
                 if op_types is not None and not cache.is_file():  # calibrate every op type's tensors first
@@ -268,7 +280,8 @@ class _Quantizer:
                                 activation_type=QuantType.QInt8 if activation == "int8" else QuantType.QUInt8,
                                 weight_type=QuantType.QInt8,
                                 calibrate_method=getattr(CalibrationMethod, METHODS[method]),
-                                nodes_to_exclude=list(exclude), calibration_cache_path=str(cache))
+                                nodes_to_exclude=list(exclude), calibration_cache_path=str(cache),
+                                use_external_data_format=self.large)
         return serde.load(out)
 
     def _calibration_feeds(self, method: str | None = None) -> list[dict[str, np.ndarray]]:
@@ -286,6 +299,15 @@ class _Quantizer:
                                 f"which {method} calibration cannot combine, and the model's batch is fixed.",
                                 hint="Give batches of one shape, or use --method minmax.")
         return [{k: v[i:i + 1] for k, v in f.items()} for f in feeds for i in range(len(next(iter(f.values()))))]
+
+
+def _large_source(model_path, model: onnx.ModelProto, large: bool):
+    """For a model over 2 GB, a scratch copy of its graph beside its data file (``serde.temporary_sibling``): the
+    quantizer writes its own scratch files beside the model it reads (``<name>-inferred.onnx``), which must not
+    clash with the user's files, and onnx refuses a hard-linked or copied-by-link data file elsewhere."""
+    if not large:
+        return contextlib.nullcontext(None)
+    return serde.temporary_sibling(model, Path(model_path).parent, "onnxgate-quant")
 
 
 class _FeedReader:
