@@ -98,7 +98,7 @@ def records_table(records: list[dict], *, title: str) -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("transform", "status", "nodes", "size MB", "err vs previous", "err vs float", "seconds"):
         table.add_column(col, justify="left" if col in ("transform", "status") else "right")
-    colours = {"applied": "green", "unchanged": "dim", "rolled_back": "red", "failed": "red"}
+    colours = {"applied": "green", "unchanged": "dim", "rolled_back": "red", "failed": "red", "skipped": "yellow"}
     for r in records:
         table.add_row(r["name"], f"[{colours[r['status']]}]{r['status']}[/]", f"{r['nodes_before']} → {r['nodes_after']}",
                       f"{r['size_before'] / 1e6:.2f} → {r['size_after'] / 1e6:.2f}", _err(r["error_vs_previous"]),
