@@ -87,8 +87,11 @@ def test_lstm_encoder_output_carries_the_symbolic_time_dim(tmp_path):
     won = result.attempts[result.winner]
     (output,) = onnx.load(str(out)).graph.output
     assert declared_shape(output) == ["B", "T", 16]
-    assert won.shapes["rewritten"] is True and any(f["tensor"] == output.name for f in won.shapes["fixes"])
-    assert any("rewritten to the symbolic T" in w for w in result.warnings)
+    # Since the ladder captures with torch.export itself and names the dims, the exporter may declare T right at
+    # once; when it did not, the audit rewrote it (and says so).
+    if won.shapes.get("rewritten"):
+        assert any(f["tensor"] == output.name for f in won.shapes["fixes"])
+        assert any("rewritten to the symbolic T" in w for w in result.warnings)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {"x": np.zeros((3, 13, 8), np.float32)})
     assert y.shape == (3, 13, 16) and session.get_outputs()[0].shape == ["B", "T", 16]

@@ -36,8 +36,11 @@ def test_shape_generic_pooling_equals_torch_on_many_sizes(output_size):
             assert torch.equal(adaptive_max_pool2d(x, output_size), F.adaptive_max_pool2d(x, output_size))
 
 
-def _export_dynamic(ref, tmp_path, sizes="64..160@96"):
-    config = cfg("x:Bx3xHxW:float32", dims=["B=1..3", f"H={sizes}", f"W={sizes}"])
+def _export_dynamic(ref, tmp_path, sizes="192..256@224"):
+    """Traced at 224, the ImageNet size, where the pooling is an identity (6x6 -> 6x6, 7x7 -> 7x7) and the dynamo
+    exporter specializes it to that size: the plain rungs fail there. (Traced at 96 the dynamo exporter keeps VGG
+    dynamic by itself; AlexNet then misses parity at 159/160 — the verified domain says so.)"""
+    config = cfg("x:Bx3xHxW:float32", dims=["B=1..2", f"H={sizes}", f"W={sizes}"])
     return onnxgate.export(ref, tmp_path / "m.onnx", config=config)
 
 
@@ -49,7 +52,7 @@ def test_adaptive_pooling_models_export_with_dynamic_height_and_width(name, tmp_
     assert "adaptive_pool" in won.repairs and "avgpool" in won.repairs["adaptive_pool"]
     assert not won.frozen_dims and won.parity.passed
     probed = {dim: sorted({c.sizes[dim] for c in won.parity.cases if c.sizes and dim in c.sizes}) for dim in "BHW"}
-    assert len(probed["H"]) >= 3 and len(probed["W"]) >= 3 and min(probed["H"]) == 64 and max(probed["H"]) == 160
+    assert len(probed["H"]) >= 3 and len(probed["W"]) >= 3 and min(probed["H"]) == 192 and max(probed["H"]) == 256
     plain = [a for a in result.attempts[:result.winner] if not a.repairs and not a.variant]
     assert plain and all(a.outcome != "ok" for a in plain)  # the repair ran only after the plain rungs failed
     from onnxgate import serde

@@ -38,13 +38,16 @@ def _config(example_inputs: dict[str, Any], dims: dict[str, dict[int, str]] | No
 
 def assert_exports(model, example_inputs: dict[str, Any], *, dims: dict[str, dict[int, str]] | None = None,
                    ranges: dict[str, tuple[int, int]] | None = None, tmp_path: str | Path, runtimes=("onnxruntime",),
-                   allow_static: tuple[str, ...] = ()) -> Path:
+                   allow_static: tuple[str, ...] = (), repair: bool = True) -> Path:
     """Export ``model`` with ``example_inputs`` (name → tensor), declaring ``dims`` dynamic (input name → {axis:
     dim name}, with optional ``ranges`` dim name → (min, max)), verify it at every claimed shape, and return the
-    ONNX path. Fails the test with onnxgate's diagnosis when anything does not hold."""
+    ONNX path. Fails the test with onnxgate's diagnosis when anything does not hold. ``repair=False``: the plain
+    export rungs only (no repair rung, no extra capture variants), to test the model as the exporters take it."""
+    import dataclasses
+
     import onnxgate
 
-    config = _config(example_inputs, dims, ranges, allow_static)
+    config = dataclasses.replace(_config(example_inputs, dims, ranges, allow_static), repair=repair)
     path = Path(tmp_path) / "model.onnx"
     try:
         onnxgate.export(model, path, config=config, example_inputs=example_inputs, force=True)

@@ -14,9 +14,10 @@ torch tries first), strict (TorchDynamo bytecode capture, slower), draft export 
 instead of failing) and ``Dim.AUTO`` (torch infers which dims are dynamic and how they relate, instead of failing on
 a named Dim it cannot keep).
 
-The TorchScript strategy calls the model through ``_positional``: positional tensors in, the flat outputs out. Its
-exporter passes keyword inputs positionally, which breaks any forward() with optional arguments before them
-(transformers: "got multiple values for argument 'use_cache'"), and traces dict outputs poorly (``ModelOutput``).
+The TorchScript strategy calls a model that takes its inputs by keyword through ``_positional``: positional tensors
+in, the flat outputs out. Its exporter passes keyword inputs positionally, which breaks any forward() with optional
+arguments before them (transformers: "got multiple values for argument 'use_cache'"), and traces dict outputs poorly
+(``ModelOutput``). Other models are traced as they are, so scope names (the localizer's map) stay the module's own.
 """
 
 from __future__ import annotations
@@ -194,7 +195,8 @@ def export_torchscript(prepared: Prepared, opset: int, path: Path, variant: str 
                 captured_fd1() as dumped, user_code("the TorchScript exporter traced it"):
             warnings.simplefilter("always")
             torch.onnx.export(
-                _positional(prepared), args, str(path), dynamo=False, opset_version=opset,
+                _positional(prepared) if prepared.call_as_kwargs else prepared.module, args, str(path), dynamo=False,
+                opset_version=opset,
                 input_names=[s.name for s in prepared.specs], output_names=prepared.output_names,
                 dynamic_axes=dynamic_axes or None, do_constant_folding=True,
             )

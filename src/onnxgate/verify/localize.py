@@ -215,6 +215,8 @@ def _torchscript_chain(node_name: str, module_names: set[str], by_unqualified: d
     parts = node_name.split("/")
     if len(parts) < 3 or parts[0]:
         return []
+    if parts[1] == "model" and "model" not in module_names:  # export/strategies._positional's wrapper around the model
+        parts = ["", *parts[2:]]
     chain, current = [], ""
     for segment in parts[1:-1]:
         resolved = None
