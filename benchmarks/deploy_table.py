@@ -111,7 +111,10 @@ def markdown(results: dict, command: str) -> str:
     lines = [BEGIN, "## Deploy targets: per-target verification and latency", "",
              f"`{command}` — {env.get('cpu', {}).get('model') or env.get('platform')}, {os.cpu_count()} cores, "
              "one run. Every artifact verified against PyTorch by the deploy stage (random weights; max error over "
-             "every probed feed; top-1 agreement on random feeds) before it was timed.", ""]
+             "every probed feed; top-1 agreement on random feeds) before it was timed. The per-target table's "
+             "latency is the deploy stage's own (default threads, traced batch); the last table times batch 1 at "
+             "the best thread count. This machine's 2 cores were shared with other jobs during the run: absolute "
+             "figures are inflated and noisy, compare within a row only roughly.", ""]
     for name, res in results.items():
         deploy = res["report"]["stages"].get("deploy")
         lines += [f"### {name} ({res['seconds']} s: export, verification and deploy)", ""]
@@ -121,10 +124,10 @@ def markdown(results: dict, command: str) -> str:
         lines += ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + " --- |" * len(TABLE_COLUMNS)]
         lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |"
                   for row in table_rows(deploy["artifacts"])]
-        lines += [""] + [f"- {a['target']} {a['variant']}: {a['runtime']}" + (f"; layout {a['layout']}"
-                                                                              if a.get("layout") else "")
-                         + ("" if a["status"] == "passed" else f" — {a['verdict']}: {a.get('reason')}")
-                         for a in deploy["artifacts"]] + [""]
+        lines += [""] + [f"- {a['target']} {a['variant']}".rstrip() + ": " + "; ".join(
+            filter(None, [a.get("runtime"), a.get("layout") and f"layout {a['layout']}",
+                          a["status"] != "passed" and f"{a['verdict']}: {_one_line(a.get('reason'))}"]))
+            for a in deploy["artifacts"]] + [""]
     lines += ["### Latency at the best thread count (p50, batch 1)", "",
               "| model | " + " | ".join(next(iter(results.values()))["latency"]) + " |",
               "| --- |" + " --- |" * len(next(iter(results.values()))["latency"])]
@@ -132,6 +135,12 @@ def markdown(results: dict, command: str) -> str:
         cells = ["not verified" if v is None else f"{v[0]:.2f} ms ({v[1]} thr)" for v in res["latency"].values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", END])
+
+
+def _one_line(text: str | None) -> str:
+    import re
+
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text or "").split())[:600]
 
 
 def write(section: str, path: Path) -> None:

@@ -16,6 +16,7 @@ INT8 TFLite is not built yet.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -79,6 +80,7 @@ def _run_worker(python: str, ctx: Context, folder: Path) -> dict:
         report = None
     if not report or not report.get("ok"):
         why = (report or {}).get("error") or (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        why = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", why).split())  # onnx2tf colours and wraps its messages
         raise RuntimeIncompatibleError(f"onnx2tf cannot convert '{ctx.onnx_path}': {why[:900]}",
                                        hint="Deploy the other targets without tflite, or simplify the model "
                                             "(onnxgate optimize) and deploy the bundle again.")
