@@ -204,3 +204,25 @@ def test_ray_declarations_are_capped_at_the_largest_live_node():
                     {"Alive": True, "Resources": {"CPU": 2.0, "memory": 16e9}}]
 
     assert _largest_node(FakeRay) == {"CPU": 4.0, "memory": 16e9}
+
+
+def test_the_ledger_summary_of_a_report_names_the_winning_rung_and_its_repair():
+    from onnxgate.zoo.task import failure_class, summarize
+
+    attempts = [{"strategy": "dynamo", "opset": 23, "outcome": "export_error", "peak_mb": 10.0,
+                 "diagnosis": {"id": "unsupported_aten_op", "cause": "c", "fix": "f"}},
+                {"strategy": "dynamo", "opset": 23, "outcome": "ok", "variant": "strict", "peak_mb": 99.0,
+                 "repairs": {"adaptive_pool": ["head.pool"]}}]
+    report = {"verdict": "pass", "exit_code": 0, "stages": {
+        "export": {"ok": True, "winner": 1, "attempts": attempts},
+        "verify": {"domains": {"B": {"summary": "B: 1..4", "narrower": False}}}}}
+    row = summarize(report)
+    assert (row["stage"], row["strategy"], row["variant"], row["repair"], row["fallbacks"]) == (
+        "verify", "dynamo", "strict", "adaptive_pool", 1)
+    assert row["attempt_peak_mb"] == 99.0 and row["domain"] == {"B": "B: 1..4"}
+    mix = ZooReport("z", "f", "out", [{"model": "m", **row}]).strategy_mix()
+    assert mix == {"dynamo (strict) opset 23 + adaptive_pool": 1}
+    failed = summarize({"verdict": "fail", "exit_code": 3, "reason": "every export attempt failed", "stages": {
+        "export": {"ok": False, "winner": None, "attempts": attempts[:1]}}})
+    assert failed["stage"] == "export" and failed["diagnosis"]["id"] == "unsupported_aten_op"
+    assert failure_class({**failed, "status": "ok"}) == "export failed: unsupported_aten_op"

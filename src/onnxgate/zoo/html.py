@@ -109,7 +109,7 @@ def _distributions(doc: dict) -> str:
     return ("<h2 id='distributions'>Time and memory per model</h2><div class='plots'>"
             + svg.bar_chart("seconds-distribution", "models per wall time (s, the worker's)", list(seconds),
                             [float(v) for v in seconds.values()], width=520)
-            + svg.bar_chart("memory-distribution", "models per peak memory (MB, the worker's own)", list(memory),
+            + svg.bar_chart("memory-distribution", "models per peak memory (MB: the worker or its export attempts)", list(memory),
                             [float(v) for v in memory.values()], width=520) + "</div>")
 
 
@@ -125,7 +125,8 @@ def _models(doc: dict) -> str:
         won = f"{m['strategy']} @{m.get('opset')}" if m.get("strategy") else ""
         rows.append([link, escape(m.get("family") or ""), escape(", ".join(m.get("tags") or [])), verdict,
                      m.get("exit_code"), escape(m.get("stage") or ""), escape(m.get("failure_class") or ""),
-                     escape(won + (f" + {m['repair']}" if m.get("repair") else "")), m.get("seconds"), m.get("peak_mb"),
+                     escape(won + (f" + {m['repair']}" if m.get("repair") else "")), m.get("seconds"),
+                     max(m.get("peak_mb") or 0.0, m.get("attempt_peak_mb") or 0.0),
                      escape(domain[:160]), escape((m.get("reason") or "")[:240])])
     head = "".join(f"<th>{escape(h)}</th>" for h in ("model", "family", "tags", "verdict", "exit", "stage reached",
                                                       "failure class", "export won by", "seconds", "peak MB",

@@ -75,14 +75,16 @@ class ZooReport:
         mix = Counter()
         for row in self.models:
             if row.get("strategy"):
-                label = f"{row['strategy']} opset {row.get('opset')}"
+                variant = f" ({row['variant']})" if row.get("variant") else ""
+                label = f"{row['strategy']}{variant} opset {row.get('opset')}"
                 mix[label + (f" + {row['repair']}" if row.get("repair") else "")] += 1
         return dict(mix.most_common())
 
     def distribution(self, key: str, bins: tuple[float, ...]) -> dict[str, int]:
+        """Models per bin of ``key``; "peak_mb" is the larger of the model's worker and its export attempts'."""
         counts = Counter()
         for row in self.models:
-            value = row.get(key)
+            value = max(row.get(key) or 0.0, row.get("attempt_peak_mb") or 0.0) if key == "peak_mb" else row.get(key)
             if isinstance(value, (int, float)):
                 upper = next((b for b in bins if value < b), None)
                 counts[f"< {upper:g}" if upper is not None else f">= {bins[-1]:g}"] += 1

@@ -79,8 +79,11 @@ def summarize(report: dict) -> dict[str, Any]:
         "hint": report.get("hint"), "stage": stage,
         "strategy": won.get("strategy") if won else None,
         "opset": (won.get("opset_emitted") or won.get("opset")) if won else None,
-        "repair": (won.get("repair") if won else None) or export.get("repair"),
+        "variant": won.get("variant") if won else None,  # the exporter's capture variant, when not the default
+        "repair": ", ".join(won.get("repairs") or {}) or None if won else None,  # repair rungs: what was replaced
         "fallbacks": winner if winner is not None else len(attempts),
+        # each export attempt runs in a worker of its own (the ladder's): its memory is not in the row's peak_mb
+        "attempt_peak_mb": max((a.get("peak_mb") or 0.0 for a in attempts), default=None),
         "attempts": [f"{a.get('strategy')}@{a.get('opset')}: {a.get('outcome')}" for a in attempts
                      if a.get("outcome") != "skipped"],
         "diagnosis": {k: diagnosis.get(k) for k in ("id", "cause", "fix", "operator") if diagnosis.get(k)}
