@@ -308,14 +308,15 @@ def stage_peak() -> Iterator[dict[str, Any]]:
     ``start_rss_mb``, what was resident when it began (what earlier stages left, e.g. the PyTorch model), so the
     difference is the stage's own; and ``children_peak_mb``, the peak resident memory of the largest child process
     that ended during the body (the export's forked attempt workers: copy-on-write pages shared with this process
-    included), when one set a new peak. Costs a few /proc reads."""
-    start = _status_kb("VmRSS")
+    included), when one set a new peak; and the body's wall ``seconds``. Costs a few /proc reads."""
+    start, began = _status_kb("VmRSS"), time.perf_counter()
     reset = _reset_hwm()
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     figures: dict[str, Any] = {}
     try:
         yield figures
     finally:
+        figures["seconds"] = round(time.perf_counter() - began, 2)
         hwm = _status_kb("VmHWM")
         if start is not None:
             figures["start_rss_mb"] = round(start / 1024, 1)
