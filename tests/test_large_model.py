@@ -114,33 +114,35 @@ def test_fp16_of_a_large_model_fails_and_writes_nothing(tmp_path, low_threshold)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
 
 
-def test_int8_of_a_large_model_runs_the_quantizer_with_external_data(tmp_path, low_threshold, monkeypatch):
+@pytest.mark.parametrize("mode, budget", [("dynamic", 0.05), ("static", 0.2)])
+def test_int8_of_a_large_model_runs_the_quantizer_with_external_data(tmp_path, low_threshold, monkeypatch, mode,
+                                                                     budget):
     import onnxruntime.quantization as q
 
     from onnxgate.transform import quantize
 
     calls = []
-    real = q.quantize_dynamic
+    real = getattr(q, f"quantize_{mode}")
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get("use_external_data_format"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(q, "quantize_dynamic", spy)
+    monkeypatch.setattr(q, f"quantize_{mode}", spy)
     src = _mlp(tmp_path / "model.onnx")
     out = tmp_path / "model.int8.onnx"
-    report = quantize(src, out, mode="dynamic", max_error=0.05)
+    report = quantize(src, out, mode=mode, max_error=budget)  # static: calibrated on seeded random inputs
     assert calls == [True]
     assert report.passed, report.summary()
     assert any("over 2 GB" in w for w in report.warnings)
     assert report.record.size_before > 18_000  # measured from the file and its data, not the weightless graph
     int8 = serde.load(out)
-    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for n in int8.graph.node)
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear") for n in int8.graph.node)
     # the quantizer's scratch copy beside the float model's data is gone
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("model.int8")) == \
         ["model.onnx", "model.onnx.data"]
     x = np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)
-    assert np.abs(_outputs(out, x) - _outputs(src, x)).max() <= 0.05
+    assert np.abs(_outputs(out, x) - _outputs(src, x)).max() <= budget
 
 
 def test_a_stage_that_would_not_fit_in_memory_is_refused_with_the_numbers(monkeypatch):
