@@ -407,13 +407,15 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
     staging = Path(tempfile.mkdtemp(prefix="onnxgate-export-"))
     winner = None
     try:
+        proof = None
         for i, attempt in enumerate(attempts):  # the list grows: target fallbacks, then the extra rungs
             if _step(prepared, attempts, i, staging / f"attempt{i}" / "model.onnx", config, limits, note):
-                winner = i
-                break
+                proof = _prove_or_demote(prepared, attempt, config, note)
+                if proof is not None:
+                    winner = i
+                    break
             if i == len(attempts) - 1:
                 attempts += _extra_rungs(prepared, attempts, config)
-        proof = _prove(prepared, attempts[winner], config, note) if winner is not None else None
         result = ExportResult(
             ref=loaded.ref, output=str(output) if output else None, attempts=attempts, winner=winner,
             inputs=[str(s) for s in prepared.specs], outputs=prepared.output_names,
@@ -568,6 +570,20 @@ def _extra_rungs(prepared: Prepared, attempts: list[Attempt], config: ExportConf
     if "dynamo" in first:
         rungs += [Attempt("dynamo", first["dynamo"], variant=v, repairs=found) for v in ("auto-dims", "strict", "draft")]
     return rungs
+
+
+def _prove_or_demote(prepared: Prepared, attempt: Attempt, config: ExportConfig, note: Callable[[str], None]):
+    """The quick winner's full verification. When it finds a dim frozen at a size the quick check did not reach (an
+    AlexNet traced at 224 is right at 225..255, where its features stay 6x6, and wrong at 192), the attempt is
+    demoted to ``frozen_dim`` and None returned, so the ladder goes on to its next rungs; any other outcome (passed,
+    or a domain narrower than declared) is the ladder's verdict on this winner."""
+    dims = dict(prepared.dims)
+    proof = _prove(prepared, attempt, config, note)
+    if proof.passed or not [d for d in proof.frozen if d not in getattr(proof, "allowed_static", ())]:
+        return proof
+    prepared.dims = dims
+    attempt.outcome, attempt.error_class, attempt.error = FROZEN_DIM, "frozen_dim", proof.summary()
+    return None
 
 
 def _prove(prepared: Prepared, attempt: Attempt, config: ExportConfig, note: Callable[[str], None]):
