@@ -488,8 +488,10 @@ def _export_in_worker(prepared: Prepared, strategy: str, opset: int, path: Path,
         from .diagnose import diagnose
 
         cause = exc.__cause__ if isinstance(exc, CaptureError) and exc.__cause__ is not None else exc
+        # Decomposing the captured program (before any ONNX operator is chosen) fails alike at every opset too.
+        before_onnx = isinstance(exc, CaptureError) or "decompose the FX graph" in str(exc)
         return {"error_class": type(cause).__name__, "error": first_line(cause),
-                "stage": "capture" if isinstance(exc, CaptureError) else None,
+                "stage": "capture" if before_onnx else None,
                 "diagnosis": asdict(diagnose(cause, getattr(exc, "exporter_output", "")))}
 
 
@@ -547,7 +549,8 @@ def _same_capture_failed(attempt: Attempt, earlier: list[Attempt]) -> bool:
         if (a.strategy, a.variant, a.repairs) != (attempt.strategy, attempt.variant, attempt.repairs):
             continue
         if a.stage == "capture" or a.outcome == FROZEN_DIM:
-            why = "torch.export's capture failed" if a.stage == "capture" else "it froze a dynamic dim"
+            why = ("torch.export's capture (or the captured program's decomposition) failed" if a.stage == "capture"
+                   else "it froze a dynamic dim")
             attempt.outcome, attempt.error_class = SKIPPED, a.error_class
             attempt.error = f"not run: at opset {a.opset} {why}, which does not depend on the opset"
             return True
