@@ -33,6 +33,7 @@ def main() -> int:
     parser.add_argument("--input", action="append", default=None)
     parser.add_argument("--dim", action="append", default=None)
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--keep", default=None, help="Write onnxgate's report.json here.")
     args = parser.parse_args()
     inputs, dims = args.input or ["x:Bx3x224x224:float32"], args.dim or ["B=1..2@2"]
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
@@ -45,6 +46,8 @@ def main() -> int:
                            "--json", *[f"--input={s}" for s in inputs], *[f"--dim={d}" for d in dims]])
         print(f"onnxgate: {gate[0]:.1f} s, {gate[1]:.0f} MB", flush=True)
         report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
+    if args.keep:
+        Path(args.keep).write_text(json.dumps(report, indent=1))
     return _print(args, plain, gate, report)
 
 
@@ -57,7 +60,8 @@ def _print(args, plain, gate, report: dict) -> int:
              f"| plain `torch.onnx.export(dynamo=True)` (process tree, PSS) | {plain[0]:.1f} | {plain[1]:.0f} | - | - | "
              f"{plain[2]} |",
              f"| `onnxgate run --bench none` (process tree, PSS) | {gate[0]:.1f} | {gate[1]:.0f} | - | - | "
-             f"exit {report.get('exit_code', '?')}, verdict {report.get('verdict', '?')} |"]
+             f"exit {report.get('exit_code', '?')}, verdict {report.get('verdict', '?')}"
+             + (f": {str(report['reason'])[:400]}" if report.get("reason") else "") + " |"]
     for name, m in memory.items():
         result = _stage_result(name, stages.get(name, {}))
         lines.append(f"| onnxgate stage `{name}` (pipeline process, RSS) | {m.get('seconds', '-')} | "

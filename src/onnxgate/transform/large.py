@@ -88,7 +88,8 @@ def optimize_large(model_path: str | Path, out: str | Path, passes: list, *, fee
                    force: bool = False, progress: Callable[[str], None] | None = None) -> TransformReport:
     """``optimize`` for a model over 2 GB (see the module docstring): onnxruntime's offline optimization by path,
     verified by path and rolled back if it breaks parity; the other ``passes`` recorded as skipped. FP16 among
-    ``passes`` cannot run, so the report fails and nothing is written. The output gets its own ``<name>.data``."""
+    ``passes`` cannot run, so the report fails and nothing runs or is written. The output gets its own
+    ``<name>.data``."""
     from .ort_optimize import OrtOptimize
 
     note = progress or (lambda _m: None)
@@ -98,27 +99,26 @@ def optimize_large(model_path: str | Path, out: str | Path, passes: list, *, fee
     original = serde.load(model_path, load_external_data=False)
     check_memory("optimize", weight_bytes(model_path, original), what=f"Optimizing '{model_path}'")
     size = file_bytes(model_path, original)
+    report = TransformReport([], original, len(original.graph.node), size, source=str(model_path),
+                             external_bytes=size - model_path.stat().st_size)
+    if any(pass_name(p) == "fp16" for p in passes):  # the float16 model asked for cannot be made: run nothing
+        report.records = [_skipped(pass_name(p), original, size, fp16=True) for p in passes]
+        report.passed = False
+        return report
     verifier = _verifier(model_path, original, feeds, preprocess)
     note("running the input model (by path, its weights read from its data file)")
     float_outputs = verifier.run(model_path, what="the input model")
-    report = TransformReport([], original, len(original.graph.node), size, output_scales=output_scales(float_outputs),
-                             external_bytes=size - model_path.stat().st_size)
-    report.source, report.feeds = str(model_path), verifier.source
-    fp16 = any(pass_name(p) == "fp16" for p in passes)
+    report.feeds, report.output_scales = verifier.source, output_scales(float_outputs)
     with staging_dir("ortopt", parent=out.parent) as tmp:  # beside the output: its data file is moved, not copied
         chosen = None
         for p in passes:
-            name = pass_name(p)
-            if isinstance(p, OrtOptimize) and not fp16:
+            if isinstance(p, OrtOptimize):
                 record, candidate = _ort_pass(p, model_path, original, tmp, verifier, float_outputs, note)
-                if record.status in (APPLIED, UNCHANGED):
-                    chosen = candidate
+                chosen = candidate if record.status in (APPLIED, UNCHANGED) else chosen
             else:
-                record = _skipped(name, original, size, fp16)
+                record = _skipped(pass_name(p), original, size, fp16=False)
             report.records.append(record)
-        report.passed = not fp16
-        if report.passed:
-            _write_large(report, original, chosen, model_path, tmp, out, force)
+        _write_large(report, original, chosen, model_path, tmp, out, force)
     return report
 
 
