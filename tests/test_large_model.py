@@ -73,6 +73,18 @@ def test_optimize_takes_a_large_model_by_path_and_skips_the_in_memory_passes(tmp
     assert report.to_dict()["transforms"][0]["status"] == "skipped"
 
 
+def test_onnxgate_optimize_on_a_large_model_prints_the_skipped_passes(tmp_path, low_threshold, capsys):
+    from onnxgate.cli.main import main
+
+    src = _mlp(tmp_path / "model.onnx")
+    assert main(["optimize", str(src), "-o", str(tmp_path / "opt.onnx"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["result"]
+    assert {t["name"]: t["status"] for t in result["transforms"]}["simplify:onnxslim"] == "skipped"
+    assert main(["optimize", str(src), "-o", str(tmp_path / "opt2.onnx")]) == 0  # the table renders 'skipped'
+    assert "skipped" in capsys.readouterr().err  # human output is on stderr
+    assert (tmp_path / "opt.onnx.data").is_file()
+
+
 def test_an_optimization_that_breaks_the_weights_is_rolled_back(tmp_path, low_threshold, monkeypatch):
     """onnxruntime's rewrite is verified against the original by path: a result with damaged weights is not kept,
     and the output is the original model (its data copied beside the output)."""
