@@ -7,7 +7,9 @@ verification, verify, optimize, bundle); its per-stage figures are the run repor
 peak resident memory in the pipeline's process, what was resident when it began, and the largest forked worker).
 
     .venv/bin/python benchmarks/large_memory.py [--ref torchvision:vit_h_14] [--input x:Bx3x224x224:float32]
-        [--dim B=1..2@2] [--write]          # --write: replace the section in RESULTS.md
+        [--dim B=1..2@2] [--gate-arg=--reinit-degenerate] [--keep report.json] [--write]
+    # --write: replace the section in RESULTS.md (torchvision's ViT heads are zero-initialized: random weights need
+    # --reinit-degenerate, else the run fails as "not verifiable with these weights")
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def main() -> int:
     parser.add_argument("--dim", action="append", default=None)
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--keep", default=None, help="Write onnxgate's report.json here.")
+    parser.add_argument("--gate-arg", action="append", default=[],
+                        help="Another argument for `onnxgate run` (e.g. --gate-arg=--reinit-degenerate).")
     args = parser.parse_args()
     inputs, dims = args.input or ["x:Bx3x224x224:float32"], args.dim or ["B=1..2@2"]
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
@@ -43,7 +47,8 @@ def main() -> int:
             leftover.unlink()
         out = Path(tmp) / "out"
         gate = es.measure([es.PY, "-m", "onnxgate.cli.main", "run", args.ref, "-o", str(out), "--bench", "none",
-                           "--json", *[f"--input={s}" for s in inputs], *[f"--dim={d}" for d in dims]])
+                           "--json", *[f"--input={s}" for s in inputs], *[f"--dim={d}" for d in dims],
+                           *args.gate_arg])
         print(f"onnxgate: {gate[0]:.1f} s, {gate[1]:.0f} MB", flush=True)
         report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
     if args.keep:
@@ -92,7 +97,8 @@ def _write(args, table: str, note: str) -> None:
     text = results.read_text()
     command = (f"`.venv/bin/python benchmarks/large_memory.py --ref {args.ref} "
                + " ".join(f"--input {s}" for s in args.input or ["x:Bx3x224x224:float32"]) + " "
-               + " ".join(f"--dim {d}" for d in args.dim or ["B=1..2@2"]) + " --write`")
+               + " ".join(f"--dim {d}" for d in args.dim or ["B=1..2@2"])
+               + "".join(f" --gate-arg={a}" for a in args.gate_arg) + " --write`")
     section = (f"{HEAD}\n\nProduced by {command} on {time.strftime('%Y-%m-%d')}, load average at the end "
                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs shared the machine; wall seconds "
                f"are inflated by them, memory is not). {note}\n\n{table}\n")
