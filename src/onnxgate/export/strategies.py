@@ -106,8 +106,11 @@ def _capture(prepared: Prepared, variant: str, dynamic, notes: list[str]):
             if report is not None and not report.successful():
                 notes.append(f"draft export recorded problems it could not prove away: {str(report).strip()[:300]}")
             return program
+        # As torch.onnx.export's own capture does (its TORCH_ONNX_PREFER_DEFERRED_RUNTIME_ASSERTS_OVER_GUARDS,
+        # default on): a guard on a dynamic dim becomes a runtime assert instead of a "Constraints violated" error
+        # (a ViT's batch otherwise fails); the verified domain shows whether the graph holds where it claims to.
         return torch.export.export(prepared.module, args, kwargs=kwargs, dynamic_shapes=shapes,
-                                   strict=variant == "strict")
+                                   strict=variant == "strict", prefer_deferred_runtime_asserts_over_guards=True)
 
     try:
         with oblivious, user_code(f"torch.export captured it ({VARIANT_WORDS[variant]})"):
