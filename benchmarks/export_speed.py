@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -93,7 +94,7 @@ def measure(cmd: list[str]) -> tuple[float, float, str, str, float]:
         peak = max(peak, _pss_tree(proc.pid))
         time.sleep(0.05)
     out, err = proc.communicate()
-    last = (out.strip().splitlines() or [""])[-1]
+    last = re.sub(r"\x1b\[[0-9;]*m|\[\d+m", "", (out.strip().splitlines() or [""])[-1])  # no ANSI colours
     if proc.returncode:
         last += f" (exit {proc.returncode}: {(err.strip().splitlines() or [''])[-1][:120]})"
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
