@@ -261,11 +261,14 @@ def _export_config(loaded, spec: Model):
     from onnxgate.bench.target import batch_dynamic_config
     from onnxgate.spec import ExportConfig, parse_dim, parse_input
 
+    # random weights: a zero-initialized head (vit_b_16's) makes the output input-independent, which the export
+    # refuses as unverifiable; re-initialize such weights with seeded noise (the PyTorch side runs the same module)
+    reinit = spec.weights == "random"
     if spec.kind == "text":
         return ExportConfig(inputs=(parse_input(f"input_ids:Bx{SEQ}:int64:0..30521"),
                                     parse_input(f"attention_mask:Bx{SEQ}:int64:1..1")),
-                            dims=(parse_dim("B=1..8@2"),))
-    return batch_dynamic_config(loaded, ExportConfig())
+                            dims=(parse_dim("B=1..8@2"),), reinit_degenerate=reinit)
+    return batch_dynamic_config(loaded, ExportConfig(reinit_degenerate=reinit))
 
 
 def _input_names(path: Path) -> list[str]:
