@@ -78,3 +78,25 @@ def test_machine_limits_are_measured():
     assert 0.1 < bandwidth < 5000 and 0.1 < int8 < 1e6
     with pytest.raises(TypeError):
         MachineLimits(1, 1.0)  # a limit without its bandwidth is not a limit
+
+
+def test_a_gather_reads_the_rows_it_gathers_and_contrib_ops_get_runtime_shapes(tmp_path):
+    """An embedding lookup moves its indices and rows, not its table; a graph ONNX shape inference cannot see
+    through (onnxruntime's FusedMatMul) still gets its heavy node counted, from the shapes onnxruntime computes."""
+    table = numpy_helper.from_array(np.ones((1000, 64), np.float32), "table")
+    ids = numpy_helper.from_array(np.arange(8, dtype=np.int64).reshape(1, 8), "ids")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
+             helper.make_node("FusedMatMul", ["x", "w"], ["h"], domain="com.microsoft", alpha=1.0),
+             helper.make_node("Relu", ["h"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("e", TensorProto.FLOAT, None)],
+                              [table, ids, _weight("w", K, N)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "g.onnx"))
+    line = roofline(tmp_path / "g.onnx", {"x": (M, K)}, LIMITS)
+    assert line.unresolved == 0 and line.flops == 2 * M * K * N
+    gather_bytes = 8 * 8 + 2 * 8 * 64 * 4  # int64 indices, rows read and written
+    assert math.isclose(line.by_op["Gather"], gather_bytes / 10e9 * 1e3, rel_tol=1e-9)

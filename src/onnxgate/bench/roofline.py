@@ -13,14 +13,17 @@ A model's limit is the sum over its nodes of ``max(FLOPs / peak, bytes / bandwid
 shapes: each operator is bound by compute or by memory, and they run one after another. FLOPs are those
 ``flops.count_flops`` counts (convolutions, matrix products, attention); every other operator is taken as
 memory-bound, moving its inputs and outputs once. Bytes are the sizes of each node's inputs (weights included) and
-outputs at their dtypes; view-like operators (Reshape, Squeeze, ...) move nothing. In a QDQ graph the
+outputs at their dtypes (a Gather reads the rows it gathers, not its whole table); view-like operators (Reshape,
+Squeeze, ...) move nothing. In a QDQ graph the
 Quantize/DequantizeLinear pairs are taken as fused into their neighbours (what onnxruntime does): the tensors they
 carry count one byte per element and an operator reading a dequantized tensor runs at the int8 peak.
 
 ``fraction = limit / measured latency`` says how close the runtime gets: 1.0 is the machine's limit. It can exceed
 1: activations of small models stay in the caches, where bandwidth is higher than the DRAM figure used here, and
-convolution kernels can beat the MatMul peak a little. Heavy operators whose shapes could not be inferred are left
-out and counted in ``unresolved`` (the limit is then an underestimate).
+convolution kernels can beat the MatMul peak a little. Shapes come from ONNX shape inference; where it stops (at
+onnxruntime's contrib operators in fused and quantized graphs) from one onnxruntime run with every node output
+exposed. Heavy operators whose shapes are still unknown are left out and counted in ``unresolved`` (the limit is
+then an underestimate).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ INT8_SIZES = (256, 512, 1024)
 VIEW_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Size", "Constant",
             "ConstantOfShape", "Dropout"}
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
+GATHERS = {"Gather", "GatherElements", "GatherND"}
 INT8_OPS = {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul",
             "MatMulIntegerToFloat", "QGemm", "QAttention"}
 # ONNX TensorProto element type -> bytes per element
@@ -133,6 +137,10 @@ def roofline(model_path: str | Path, input_shapes: dict[str, tuple[int, ...]], l
     graph = model.graph
     shapes = _known_shapes(graph)
     dtypes = _dtypes(graph)
+    if any(_is_heavy(n.op_type) and _node_flops(n, shapes) is None for n in graph.node):
+        # ONNX shape inference stops at onnxruntime's contrib operators (fused and quantized graphs): take the
+        # shapes onnxruntime computes instead
+        shapes, dtypes = _runtime_shapes(model, input_shapes, shapes, dtypes)
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     quantized_in = {i for n in graph.node if n.op_type == "QuantizeLinear" for i in n.input[:1]}
     int8_peak = (limits.int8_gops or limits.gemm_gflops) * 1e9
@@ -153,8 +161,11 @@ def roofline(model_path: str | Path, input_shapes: dict[str, tuple[int, ...]], l
         if flops is None and _is_heavy(node.op_type):
             unresolved += 1
             continue
-        moved = sum(size(i) for i in node.input) + sum(size(o) // (4 if o in quantized_in else 1)
-                                                        for o in node.output)
+        outputs = sum(size(o) // (4 if o in quantized_in else 1) for o in node.output)
+        if node.op_type in GATHERS:  # reads the rows it gathers, not the whole table (an embedding)
+            moved = sum(size(i) for i in node.input[1:]) + 2 * outputs
+        else:
+            moved = sum(size(i) for i in node.input) + outputs
         integer = node.op_type in INT8_OPS or any(i in dequantized for i in node.input[:2])
         compute = (flops or 0) / (int8_peak if integer else limits.gemm_gflops * 1e9) * 1e3
         memory = moved / (limits.bandwidth_gbs * 1e9) * 1e3
@@ -167,6 +178,42 @@ def roofline(model_path: str | Path, input_shapes: dict[str, tuple[int, ...]], l
         total_bytes += moved
     return Roofline(compute_ms + memory_ms, compute_ms, memory_ms, total_flops, total_bytes, limits, unresolved,
                     dict(sorted(by_op.items(), key=lambda kv: -kv[1])))
+
+
+def _runtime_shapes(model, input_shapes, shapes: dict, dtypes: dict) -> tuple[dict, dict]:
+    """Every value's shape and dtype as onnxruntime computes them for one input of ``input_shapes`` (floats
+    random, integers 0, masks 1), with every node output exposed; the inferred ones where the run fails."""
+    import onnx
+
+    from ..runtimes.ort import OrtRunner
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    for node in exposed.graph.node:
+        for name in node.output:
+            if name and name not in present:
+                exposed.graph.output.append(onnx.ValueInfoProto(name=name))
+                present.add(name)
+    rng = np.random.default_rng(0)
+    feed = {}
+    for value in model.graph.input:
+        shape = input_shapes.get(value.name) or [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        feed[value.name] = (rng.standard_normal(shape).astype(dtype) if np.dtype(dtype).kind == "f" else
+                            np.full(shape, 1 if "mask" in value.name else 0, dtype=dtype))
+    try:
+        with OrtRunner(exposed, opt_level="disable") as runner:
+            values = runner.run(feed)
+    except Exception:  # a graph onnxruntime cannot run as written: keep what inference found
+        return shapes, dtypes
+    shapes, dtypes = dict(shapes), dict(dtypes)
+    to_onnx = {np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t)): t for t in _DTYPE_BYTES}
+    for name, value in values.items():
+        arr = np.asarray(value)
+        shapes[name] = list(arr.shape)
+        dtypes[name] = to_onnx.get(arr.dtype, dtypes.get(name, 1))
+    return shapes, dtypes
 
 
 def _dtypes(graph) -> dict[str, int]:
