@@ -86,6 +86,11 @@ def default_memory_mb() -> int | None:
 
 
 def _child(conn, fn: Callable, args: tuple, kwargs: dict, parent: int | None = None) -> None:
+    import faulthandler
+
+    # A fatal signal must reach the parent as itself: an inherited faulthandler (pytest enables one) dumps stacks
+    # from a signal handler first, which in a forked child holding torch can itself crash (an abort seen as SIGSEGV).
+    faulthandler.disable()
     _die_with_parent(parent)
     # A worker may run workers of its own (a zoo model's worker runs the ladder's export attempts); multiprocessing
     # refuses children to a daemonic process, and this one's children die with it anyway (see _die_with_parent).
