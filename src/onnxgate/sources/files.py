@@ -128,13 +128,37 @@ def _load_exported_program(path: Path, ref: str, *, trust_pickle: bool) -> Loade
             hint="Save it with torch.export.save(torch.export.export(model, args), PATH) using this version of "
             "torch; AOTInductor packages (aoti_compile_and_package) hold compiled code and cannot be converted.",
         ) from exc
-    module = program.module()
+    module = _positional_forward(program.module())
     args, kwargs = program.example_inputs or ((), {})
     flat = all(isinstance(value, torch.Tensor) for value in (*args, *kwargs.values()))
     example_inputs = None
     if flat and (args or kwargs):  # nested example inputs cannot be named one tensor each; leave them to --input
         example_inputs = {**name_example_inputs(module, args, where=f"'{path}'"), **kwargs}
     return LoadedModel(module, ref, example_inputs, meta={"source": "torch.export"}, kind="exported_program")
+
+
+def _positional_forward(module: Any) -> Any:
+    """Make the program's positional inputs positional-only in ``forward``'s signature.
+
+    An exported program's module checks each call against the pytree spec it was exported with: inputs captured
+    positionally must be passed positionally (a call ``module(x=...)`` fails with "kwarg keyword mismatch: Got the
+    following keywords ['x'] but expected []"). Its generated ``forward(self, x)`` nevertheless looks like it takes
+    keywords, so the exporter and the reference runner, which pass inputs by keyword when every name is a
+    parameter, called it wrongly. Its class is private to this instance (``GraphModule`` makes one per module),
+    so marking the signature changes this module only; the names stay, so ``--input x:...`` still names ``x``.
+    """
+    import inspect
+
+    forward = type(module).forward
+    try:
+        signature = inspect.signature(forward)
+    except (TypeError, ValueError):
+        return module
+    positional = (inspect.Parameter.POSITIONAL_OR_KEYWORD,)
+    forward.__signature__ = signature.replace(parameters=[
+        p.replace(kind=inspect.Parameter.POSITIONAL_ONLY) if p.kind in positional else p
+        for p in signature.parameters.values()])
+    return module
 
 
 def _read_safetensors(path: Path) -> dict[str, Any]:
