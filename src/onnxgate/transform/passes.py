@@ -120,10 +120,40 @@ class TransformReport:
 
     @property
     def fusion(self) -> dict[str, Any] | None:
-        """What the transformer fusions did (``transform.fusion.fusion_summary``); None when none ran."""
-        from .fusion import fusion_summary
-
+        """What the transformer fusions did (``fusion_summary``); None when none ran."""
         return fusion_summary(self.records)
+
+
+def fusion_summary(records: list) -> dict[str, Any] | None:
+    """What the fusion passes of a transform run did, for the report: applied and verified, rolled back (why), or
+    not a transformer. None when no fusion pass ran."""
+    fusions = [r for r in records if r.name.startswith("fuse-transformer:")]
+    if not fusions:
+        return None
+    applied = [r for r in fusions if r.status == "applied"]
+    detected = next((r.details for r in fusions if r.details.get("model_type")), None)
+    summary: dict[str, Any] = {
+        "transformer": detected is not None,
+        "detected": {k: detected[k] for k in ("model_type", "num_heads", "hidden_size", "evidence")} if detected
+        else None,
+        "applied": [r.name for r in applied],
+        "fused": {op: n for r in applied for op, n in r.details.get("fused", {}).items()},
+        "rolled_back": {r.name: r.message for r in fusions if r.status in ("rolled_back", "failed")},
+        "skipped": next((r.details["skipped"] for r in fusions if r.details.get("skipped")), None),
+    }
+    if applied:
+        worst = max((r.error_vs_previous or 0.0) for r in applied)
+        summary["verdict"] = (f"fused ({', '.join(f'{n} {op}' for op, n in summary['fused'].items()) or 'rewritten'})"
+                              f" and verified against the unfused model (max abs err {worst:.2e})")
+        if summary["rolled_back"]:
+            summary["verdict"] += "; rolled back: " + "; ".join(summary["rolled_back"].values())
+    elif summary["rolled_back"]:
+        summary["verdict"] = "fusion rolled back: " + "; ".join(f"{k}: {v}" for k, v in summary["rolled_back"].items())
+    elif detected is not None:
+        summary["verdict"] = "a transformer, but nothing was fused"
+    else:
+        summary["verdict"] = f"not fused: {summary['skipped']}"
+    return summary
 
 
 def _mb(size: int) -> str:
