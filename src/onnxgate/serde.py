@@ -38,11 +38,45 @@ def external_data_locations(model: onnx.ModelProto) -> list[str]:
 
 
 def _all_tensors(model: onnx.ModelProto):
-    yield from model.graph.initializer
-    for node in model.graph.node:
+    """Every TensorProto of the model that can carry external data: initializers and sparse initializers of the main
+    graph and of every subgraph (``If``/``Loop``/``Scan`` bodies, at any depth), tensors in node attributes
+    (``Constant``'s value, TENSOR/TENSORS/SPARSE_TENSOR(S) attributes), the nodes of local functions, and the
+    graphs of training info — the same places onnx's own external-data loader walks, so none escapes the check."""
+    yield from _graph_tensors(model.graph)
+    for function in model.functions:
+        yield from _node_tensors(function.node)
+        for attr in function.attribute_proto:
+            yield from _attribute_tensors(attr)
+    for info in model.training_info:
+        yield from _graph_tensors(info.initialization)
+        yield from _graph_tensors(info.algorithm)
+
+
+def _graph_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes):
+    for node in nodes:
         for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
+            yield from _attribute_tensors(attr)
+
+
+def _attribute_tensors(attr: onnx.AttributeProto):
+    if attr.HasField("t"):
+        yield attr.t
+    yield from attr.tensors
+    for sparse in ([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []) + list(attr.sparse_tensors):
+        yield sparse.values
+        yield sparse.indices
+    if attr.HasField("g"):
+        yield from _graph_tensors(attr.g)
+    for graph in attr.graphs:
+        yield from _graph_tensors(graph)
 
 
 def check_external_data_paths(model: onnx.ModelProto, base_dir: Path) -> None:
