@@ -75,3 +75,64 @@ def test_memory_past_the_cap_is_stopped_and_reported():
     assert outcome.status == MEMORY, outcome
     assert outcome.peak_mb >= 300  # how far past the cap depends on how fast the hog writes between samples
     assert "memory cap of 300 MB" in outcome.error
+
+
+# ---- the whole process tree (security issue 22, findings 3 and 4) ---------------------------------------------------
+
+_HOG = "import sys, time; x = b'\\1' * (400 * 2**20); open(sys.argv[1], 'w').write('full'); time.sleep(60)"
+
+
+def _pid_gone(pid: int, within_s: float = 2.0) -> bool:
+    """Gone, or a zombie (killed; reaped by whoever inherits it)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _subprocess_hog(flag: str, pid_file: str) -> None:
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", _HOG, flag], start_new_session=True)  # leaves the process group
+    with open(pid_file, "w") as f:
+        f.write(str(child.pid))
+    child.wait()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="the cap needs Linux /proc")
+def test_the_cap_covers_a_subprocess_that_left_the_process_group(tmp_path):
+    flag, pid_file = tmp_path / "full", tmp_path / "hog.pid"
+    outcome = run_in_worker(_subprocess_hog, str(flag), str(pid_file), memory_mb=150, timeout_s=30, label="model 'm'")
+    assert outcome.status == MEMORY, outcome
+    assert "memory cap of 150 MB" in outcome.error and "model 'm'" in outcome.error
+    assert outcome.peak_mb >= 150
+    assert _pid_gone(int(pid_file.read_text())), "the subprocess over the cap was left running"
+
+
+def _daemon(pid_file: str) -> str:
+    """Starts a daemon the classic way (fork, setsid, fork; the middle one exits) and returns at once."""
+    import subprocess
+
+    code = ("import os, sys, time\n"
+            "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+            "        open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)\n    os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code, pid_file], check=True)
+    for _ in range(100):
+        if os.path.getsize(pid_file) if os.path.exists(pid_file) else 0:
+            return "done"
+        time.sleep(0.05)
+    return "no pid"
+
+
+def test_a_daemon_the_work_started_does_not_outlive_the_worker(tmp_path):
+    pid_file = tmp_path / "daemon.pid"
+    outcome = run_in_worker(_daemon, str(pid_file), timeout_s=30)
+    assert outcome.status == OK and outcome.value == "done", outcome
+    assert _pid_gone(int(pid_file.read_text())), "the worker's setsid daemon outlived it"
+

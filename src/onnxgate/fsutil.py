@@ -16,6 +16,11 @@ scratch folder) and ``name`` the destination, for people reading a directory lis
 such entries once their owner process is gone; it runs before every atomic write into a folder and before
 staging in ``$TMPDIR``, and `onnxgate clean` runs it on demand. It never touches a live process's staging, an
 entry of another machine or container sharing the folder (its PIDs mean nothing here), or another user's files.
+
+A process that works for another one (the ``onnxgate`` command's isolated child, a worker) registers the parent it
+must still have (:func:`expect_parent`); every move into place first checks that it has (:func:`ensure_parent_alive`)
+and exits without a word otherwise: an output the user cancelled with ``kill -9`` never appears after the fact, even
+in the moment before the kernel's parent-death signal arrives.
 """
 
 from __future__ import annotations
@@ -48,6 +53,31 @@ LEGACY_MIN_AGE_S = 3600  # a legacy entry younger than this may belong to an old
 _NAME_BUDGET = 120  # bytes of the destination name kept in a staging name (file names stop at 255 bytes)
 
 
+_EXPECTED_PARENT: tuple[int, int] | None = None  # (this process, the parent it must still have)
+
+
+def expect_parent(parent: int | None) -> None:
+    """From now on, this process moves no output into place unless its parent is still ``parent`` (None: no check).
+    Forked children inherit the record but not the check: it holds for the process that registered it."""
+    global _EXPECTED_PARENT
+    _EXPECTED_PARENT = None if parent is None else (os.getpid(), parent)
+
+
+def parent_gone() -> bool:
+    """Whether the parent registered with :func:`expect_parent` is gone (this process was re-parented)."""
+    if _EXPECTED_PARENT is None or os.name == "nt":
+        return False
+    pid, parent = _EXPECTED_PARENT
+    return pid == os.getpid() and os.getppid() != parent
+
+
+def ensure_parent_alive() -> None:
+    """Right before an output is moved into place: exit at once (status 1, nothing written, nobody left to tell)
+    when the process this one works for is gone — its user killed it and does not expect the output."""
+    if parent_gone():
+        os._exit(1)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, force: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically; refuse to replace an existing file unless ``force``."""
     with atomic_file(path, force=force) as tmp:
@@ -76,6 +106,7 @@ def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # 0o666 & umask, unlike mkstemp's 0o600
     try:
         yield tmp
+        ensure_parent_alive()
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -121,6 +152,7 @@ def staging_dir(label: str, *, parent: str | Path | None = None) -> Iterator[Pat
 
 
 def _move_into_place(tmp: Path, path: Path, *, force: bool) -> None:
+    ensure_parent_alive()
     if not (force and (path.exists() or path.is_symlink())):
         try:
             os.rename(tmp, path)

@@ -20,6 +20,20 @@ for a process holding torch) only while the resident memory — an upper bound �
 with SIGKILL when the private memory passes the cap, which is then reported as such (the kernel's OOM
 killer, if it struck first, shows up as ``crashed: SIGKILL``). Linux only (``/proc``); elsewhere the cap is not
 enforced and the outcome says so.
+
+The cap, the timeout and the kill cover the worker's whole process tree, not just the worker: ``fn`` may start
+processes of its own (a build that runs ``python -c ...``, a ``setsid`` daemon). So the fork is a *keeper*
+(``onnxgate-keeper`` in ``ps``), a small process that forks the worker proper and does nothing but wait: it is a
+child subreaper (``PR_SET_CHILD_SUBREAPER``), so every descendant — one whose parent exited, one that called
+``setsid`` and left the process group — stays below it, where ``/proc``'s parent links find it. The watchdog adds
+the resident memory of every process below the keeper (the worker's own measured as above), reads private memory of
+each when that sum passes the cap, and stops the tree over the cap or past the timeout with ``kill_tree`` (every
+process stopped first, so none forks while the others are killed, then killed). A worker's own workers (the ladder's
+export attempts under a zoo model) are keepers with watchdogs and caps of their own; their subtrees are theirs.
+When the worker ends, the keeper kills whatever it left running. The keeper dies with the thread that started it
+(``PR_SET_PDEATHSIG``, SIGTERM, which it handles by killing its tree) and the worker with the keeper (SIGKILL):
+a ``kill -9`` of the parent leaves nothing running below it. No cgroup: cgroup v2 is not writable in the
+containers onnxgate runs in (this one has v1, read-only); ``/proc`` works everywhere Linux does.
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -34,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 OK, ERROR, CRASHED, TIMEOUT, MEMORY = "ok", "error", "crashed", "timeout", "memory"
+_DIED = "died"  # the keeper's message: the worker ended without a result
 _POLL_S = 0.01
 
 
@@ -85,22 +101,77 @@ def default_memory_mb() -> int | None:
         return None
 
 
+KEEPER_NAME = "onnxgate-keeper"  # the keeper's name in ps and /proc/PID/stat (15 bytes: the kernel's limit)
+WORKER_NAME = "onnxgate-worker"
+_PR_SET_PDEATHSIG, _PR_SET_NAME, _PR_SET_CHILD_SUBREAPER = 1, 15, 36
+
+
+def _prctl(option: int, arg) -> bool:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux
+        return False
+
+
+def _keeper(conn, fn: Callable, args: tuple, kwargs: dict, parent: int) -> None:
+    """The forked process ``run_in_worker`` starts: forks the worker, waits for it, reports a death without a result,
+    and kills whatever the worker left running (see the module docstring)."""
+    me = os.getpid()
+    _prctl(_PR_SET_NAME, KEEPER_NAME.encode())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the worker's to report; the keeper outlives it
+    signal.signal(signal.SIGTERM, lambda *_: _reap_and_exit(me, 1))
+    if not die_with_parent(parent, signal.SIGTERM):
+        _reap_and_exit(me, 1)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    pid = os.fork()
+    if pid == 0:
+        _prctl(_PR_SET_NAME, WORKER_NAME.encode())  # not a keeper: the watchdog counts this one
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _child(conn, fn, args, kwargs, me)  # never returns
+    _, status = os.waitpid(pid, 0)
+    if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):  # the worker sent no result
+        died = {"signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None}
+        try:
+            conn.send((_DIED, died))
+        except OSError:
+            pass
+    _reap_and_exit(me, 0)
+
+
+def _reap_and_exit(me: int, code: int) -> None:
+    """The keeper's end: kill every process still below it (its subreaper role keeps them there), reap, exit."""
+    kill_tree(me, include_root=False)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        except OSError:
+            break
+    os._exit(code)
+
+
 def _child(conn, fn: Callable, args: tuple, kwargs: dict, parent: int | None = None) -> None:
     import faulthandler
 
     # A fatal signal must reach the parent as itself: an inherited faulthandler (pytest enables one) dumps stacks
     # from a signal handler first, which in a forked child holding torch can itself crash (an abort seen as SIGSEGV).
     faulthandler.disable()
-    _die_with_parent(parent)
-    # A worker may run workers of its own (a zoo model's worker runs the ladder's export attempts); multiprocessing
-    # refuses children to a daemonic process, and this one's children die with it anyway (see _die_with_parent).
-    multiprocessing.current_process().daemon = False
-    try:
-        import torch
+    if not die_with_parent(parent):
+        os._exit(1)
+    from . import fsutil
 
+    fsutil.expect_parent(parent)  # no output is moved into place once the keeper is gone
+    # A worker may run workers of its own (a zoo model's worker runs the ladder's export attempts); multiprocessing
+    # refuses children to a daemonic process, and this one's children die with it anyway (see die_with_parent).
+    multiprocessing.current_process().daemon = False
+    torch = sys.modules.get("torch")  # only where the parent imported it: a worker importing it gets a fresh pool
+    if torch is not None:
         torch.set_num_threads(1)  # see the module docstring: OpenMP's pool does not survive fork
-    except ImportError:
-        pass
     try:
         message = (OK, fn(*args, **kwargs))
     except BaseException as exc:  # noqa: BLE001 - everything the work raises is its outcome, SystemExit included
@@ -114,17 +185,108 @@ def _child(conn, fn: Callable, args: tuple, kwargs: dict, parent: int | None = N
     os._exit(0)  # no atexit handlers, no flushing of buffers inherited from the parent
 
 
-def _die_with_parent(parent: int | None) -> None:
-    """SIGKILL this worker when the thread that forked it dies (Linux's PR_SET_PDEATHSIG): a parent killed with
-    SIGKILL, or one whose own watchdog stopped it, leaves no worker running on (nor the workers' own workers)."""
+def die_with_parent(parent: int | None, signum: int = signal.SIGKILL) -> bool:
+    """Have ``signum`` sent to this process when the thread that forked it dies (Linux's PR_SET_PDEATHSIG): a parent
+    killed with SIGKILL, or one whose own watchdog stopped it, leaves no worker running on. False when ``parent``
+    (the PID that started this process) is already gone — the caller must then exit. Elsewhere than Linux a killed
+    parent's worker runs to its end (True)."""
+    _prctl(_PR_SET_PDEATHSIG, int(signum))
+    return parent is None or os.getppid() == parent  # the parent may have died before the prctl above
+
+
+_die_with_parent = die_with_parent
+
+
+def preexec_die_with_parent(parent: int | None = None, signum: int = signal.SIGKILL) -> Callable[[], None]:
+    """A ``subprocess.Popen(preexec_fn=...)`` that makes the child die with the calling thread (PR_SET_PDEATHSIG;
+    it survives exec) and exit at once if ``parent`` is already gone."""
+    parent = os.getpid() if parent is None else parent
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: a killed parent's worker runs to its end
-        return
-    if parent is not None and os.getppid() != parent:  # the parent died before the line above
-        os._exit(1)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork: nothing to load in the child
+    except (OSError, AttributeError):
+        prctl = None
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+# ------------------------------------------------------------------------------------------- process trees
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """PID -> (parent PID, name) of every process /proc shows (about 0.6 ms for a hundred processes)."""
+    table = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return table
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                text = f.read()
+        except OSError:
+            continue
+        close = text.rfind(b")")
+        try:
+            table[int(name)] = (int(text[close + 2:].split(b" ", 2)[1]), text[text.find(b"(") + 1:close].decode(
+                "utf-8", "replace"))
+        except (ValueError, IndexError):
+            continue
+    return table
+
+
+def descendants(root: int, *, table: dict[int, tuple[int, str]] | None = None,
+                skip_keepers: bool = False) -> list[int]:
+    """Every process below ``root`` (breadth first). ``skip_keepers``: not the subtrees of nested keepers (workers
+    of the worker, which their own watchdogs cap)."""
+    table = _proc_table() if table is None else table
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, queue = [], list(children.get(root, ()))
+    while queue:
+        pid = queue.pop(0)
+        if pid in found or pid == root:
+            continue
+        if skip_keepers and table.get(pid, (0, ""))[1] == KEEPER_NAME:
+            continue
+        found.append(pid)
+        queue.extend(children.get(pid, ()))
+    return found
+
+
+def kill_tree(root: int, *, include_root: bool = True) -> int:
+    """SIGKILL ``root`` and every process below it; returns how many were signalled. Each is stopped (SIGSTOP)
+    first and the tree walked again until no new process appears, so nothing forks past the kill, and the parent
+    links the walk follows stay in place until the end."""
+    stopped: list[int] = []
+    for _ in range(100):
+        members = descendants(root) + ([root] if include_root else [])
+        new = [pid for pid in members if pid not in stopped and pid != os.getpid()]
+        if not new:
+            break
+        for pid in new:
+            _signal(pid, signal.SIGSTOP)
+        stopped += new
+    for pid in stopped:
+        _signal(pid, signal.SIGKILL)
+    return len(stopped)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _describe(exc: BaseException) -> dict[str, Any]:
@@ -140,10 +302,14 @@ def run_in_worker(fn: Callable, *args: Any, timeout_s: float | None = None, memo
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     start = time.monotonic()
-    process = ctx.Process(target=_child, args=(send, fn, args, kwargs, os.getpid()), daemon=True)
+    process = ctx.Process(target=_keeper, args=(send, fn, args, kwargs, os.getpid()), daemon=True)
     process.start()
     send.close()
-    outcome = _watch(process, receive, start, timeout_s, memory_mb, label)
+    try:
+        outcome = _watch(process, receive, start, timeout_s, memory_mb, label)
+    finally:
+        if process.is_alive() and process.exitcode is None:  # interrupted (Ctrl-C) while watching: no orphans
+            _kill(process)
     outcome.seconds = round(time.monotonic() - start, 2)
     receive.close()
     return outcome
@@ -160,15 +326,55 @@ def rss_bytes(pid: int) -> int | None:
 
 
 _PRIVATE_EVERY_S = 0.25  # how often private memory is read while resident memory is over the cap
+_TREE_EVERY_S = 0.05  # how often /proc is walked for new processes below the keeper (statm of known ones: every poll)
+
+
+class _Tree:
+    """The processes below a keeper and their memory: the worker (the keeper's child, forked with the parent's
+    memory: its resident growth since it was first seen, and its private memory) and every other process below it
+    (whole resident memory, an upper bound of their private memory), nested keepers' subtrees excluded."""
+
+    def __init__(self, keeper: int):
+        self.keeper, self.members, self.bases, self.walked = keeper, [], {}, 0.0
+        self.table: dict[int, tuple[int, str]] = {}
+
+    def refresh(self) -> None:
+        if time.monotonic() - self.walked < _TREE_EVERY_S:
+            return
+        self.walked = time.monotonic()
+        self.table = _proc_table()
+        self.members = descendants(self.keeper, table=self.table, skip_keepers=True)
+
+    def is_worker(self, pid: int) -> bool:
+        return self.table.get(pid, (0, ""))[0] == self.keeper
+
+    def resident(self) -> tuple[int, int]:
+        """(sum of resident memory, growth: the worker's since first seen plus the others' whole)."""
+        total = growth = 0
+        for pid in self.members:
+            rss = rss_bytes(pid)
+            if rss is None:
+                continue
+            total += rss
+            if self.is_worker(pid):
+                growth += max(0, rss - self.bases.setdefault(pid, rss))
+            else:
+                growth += rss
+        return total, growth
+
+    def private(self) -> tuple[int, int]:
+        """(private memory of the whole tree, how many processes it is spread over)."""
+        used = [private_bytes(pid) or 0 for pid in self.members]
+        return sum(used), sum(1 for u in used if u)
 
 
 def _watch(process, receive, start: float, timeout_s, memory_mb, label: str) -> WorkerOutcome:
-    """Wait for the worker's result, sampling its memory: resident memory every poll (cheap); private memory (the
-    cap's measure, which resident memory bounds from above) only while resident memory is over the cap. The peak
-    reported is the larger of the resident growth since the fork and the private memory read."""
+    """Wait for the worker's result, sampling its tree's memory: resident memory every poll (cheap); private memory
+    (the cap's measure, which resident memory bounds from above) only while resident memory is over the cap. The
+    peak reported is the larger of the resident growth since the fork and the private memory read."""
     cap = None if memory_mb is None else memory_mb * 2**20
-    base, peak, checked = rss_bytes(process.pid), 0, 0.0
-    notes = [] if base is not None or cap is None else [
+    tree, peak, checked = _Tree(process.pid), 0, 0.0
+    notes = [] if os.path.exists(f"/proc/{process.pid}/statm") or cap is None else [
         "the memory cap was not enforced: /proc cannot tell this worker's memory"]
     while True:
         if receive.poll(_POLL_S):
@@ -177,19 +383,21 @@ def _watch(process, receive, start: float, timeout_s, memory_mb, label: str) -> 
             except EOFError:  # died while sending
                 break
             process.join()
-            outcome = _finished(status, payload)
+            outcome = _died(payload, label) if status == _DIED else _finished(status, payload)
             outcome.peak_mb, outcome.notes = round(peak / 2**20, 1), notes
             return outcome
-        rss = rss_bytes(process.pid) or 0
-        peak = max(peak, rss - (base or 0))
+        tree.refresh()
+        rss, growth = tree.resident()
+        peak = max(peak, growth)
         if cap is not None and rss > cap and time.monotonic() - checked > _PRIVATE_EVERY_S:
-            checked, used = time.monotonic(), private_bytes(process.pid) or 0
+            checked, (used, count) = time.monotonic(), tree.private()
             peak = max(peak, used)
             if used > cap:
                 _kill(process)
+                spread = f", over {count} processes" if count > 1 else ""
                 return WorkerOutcome(MEMORY, signal="SIGKILL", peak_mb=round(peak / 2**20, 1), notes=notes, error=(
                     f"{label} allocated more than its memory cap of {memory_mb:.0f} MB (it had {used / 2**20:.0f} MB "
-                    "of its own when it was stopped)"))
+                    f"of its own{spread} when it was stopped)"))
         if timeout_s is not None and time.monotonic() - start > timeout_s:
             _kill(process)
             return WorkerOutcome(TIMEOUT, peak_mb=round(peak / 2**20, 1), notes=notes,
@@ -202,6 +410,15 @@ def _watch(process, receive, start: float, timeout_s, memory_mb, label: str) -> 
     return WorkerOutcome(CRASHED, signal=name, peak_mb=round(peak / 2**20, 1), notes=notes,
                          error=f"{label} crashed: " + (f"the process died from {name} ({SIGNAL_CAUSES.get(name, 'a fatal signal')})"
                                                       if name else f"the process exited with status {code} without a result"))
+
+
+def _died(info: dict, label: str) -> WorkerOutcome:
+    """The keeper's report of a worker that ended without a result: killed by a signal, or an exit status."""
+    signum, code = info.get("signal"), info.get("code")
+    name = signal_name(signum) if signum else None
+    return WorkerOutcome(CRASHED, signal=name, error=f"{label} crashed: " + (
+        f"the process died from {name} ({SIGNAL_CAUSES.get(name, 'a fatal signal')})" if name
+        else f"the process exited with status {code} without a result"))
 
 
 SIGNAL_CAUSES = {  # what each fatal signal most often means (also cli/isolate.py's crash message)
@@ -220,8 +437,6 @@ def _finished(status: str, payload: Any) -> WorkerOutcome:
 
 
 def _kill(process) -> None:
-    try:
-        os.kill(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """Kill the keeper and every process below it (a setsid grandchild included: the keeper is their subreaper)."""
+    kill_tree(process.pid)
     process.join()
