@@ -136,3 +136,22 @@ def test_long_steps_show_plain_progress_lines_when_piped(tmp_path):
     assert proc.returncode == 0, proc.stderr
     steps = [line for line in proc.stderr.splitlines() if line.startswith("[") and "s] " in line]
     assert steps[0].endswith("exporting") and any("attempt 1/" in line for line in steps), proc.stderr
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["serve", "some-bundle", "--no-such-option", "--json"], "--no-such-option"),
+    (["verify", "--json"], "Missing argument"),
+    (["deploy", "--json"], "Missing"),
+])
+def test_usage_errors_under_json_still_print_the_one_envelope(argv, needle):
+    """Issue 22 item 7: an unknown option or a missing argument with --json is exit 2 with the envelope on stdout
+    (the real console script, so the isolated child's output is what is checked)."""
+    import json
+
+    exe = Path(sys.executable).parent / "onnxgate"
+    proc = subprocess.run([str(exe), *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == ExitCode.BAD_INPUT, proc.stderr
+    doc = json.loads(proc.stdout)  # exactly one JSON document, nothing else on stdout
+    assert doc["ok"] is False and doc["exit_code"] == 2 and doc["command"] == argv[0]
+    assert doc["error"]["type"] == "BadInputError" and needle in doc["error"]["message"] and doc["error"]["hint"]
+    assert "Traceback" not in proc.stderr

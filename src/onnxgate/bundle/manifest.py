@@ -14,8 +14,8 @@ Reading a manifest needs only the standard library: it runs on production machin
 
 A bundle usually comes from someone else, so nothing in it is trusted before it is checked:
 
-* every manifest field onnxgate reads is validated (types, ranges, sizes) before use; a malformed manifest is
-  bad input (exit 2), a manifest that is not JSON at all is damage (exit 9);
+* every manifest field onnxgate reads is validated (types, ranges, sizes) before use; a malformed manifest —
+  a bad field, or not JSON at all — is bad input (exit 2, as the README documents), in every command;
 * the bundle may hold only regular files and folders: a symbolic link (to ``/etc/passwd``, or a ``model.onnx``
   leading out of the bundle) or a device/FIFO is refused (exit 7) before any file is opened;
 * each file's size is compared with its declared ``bytes`` before it is read, so a swapped-in huge file is
@@ -33,7 +33,7 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..errors import BadInputError, IntegrityError, UnsafeInputError
+from ..errors import BadInputError, UnsafeInputError
 
 FORMAT = "onnxgate-bundle"
 FORMAT_VERSION = 1
@@ -138,11 +138,11 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise _malformed(f"The manifest '{path}'", str(exc)) from None
     except RecursionError:
         raise _malformed(f"The manifest '{path}'", "its JSON is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IntegrityError(
-            f"The manifest '{path}' is not valid JSON ({str(exc)[:200]}); the bundle is damaged or was edited.",
-            hint="Re-create or re-download the bundle.",
-        ) from exc
+    except (ValueError, UnicodeDecodeError) as exc:  # malformed like any other bad field: exit 2, as documented
+        raise BadInputError(
+            f"The manifest '{path}' is malformed: it is not valid JSON ({str(exc)[:200]}); the bundle is damaged or "
+            "was edited.", hint="Re-create or re-download the bundle.",
+        ) from None
     return validate_manifest(raw, where=f"The manifest '{path}'", folder=folder)
 
 

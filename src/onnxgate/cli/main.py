@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ClickException as exc:  # usage errors: unknown flag, missing argument
         exc.show(file=sys.stderr)
+        if as_json:  # the one envelope on stdout, whatever went wrong
+            from .common import emit_json
+
+            emit_json(_usage_envelope(exc))
         return int(ExitCode.BAD_INPUT)
     except KeyboardInterrupt:
         return 130
@@ -95,6 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         # model's sys.exit() that no user_code() guard caught). Never let it pass for a verdict, least of all 0.
         render_error(_foreign_exit(exc), as_json=as_json)
         return int(ExitCode.INTERNAL)
+
+
+def _usage_envelope(exc: ClickException) -> dict:
+    """The ``--json`` envelope of a usage error (an unknown option, a missing argument): exit 2, like any bad input."""
+    from ..errors import BadInputError
+    from ..outcome import envelope
+    from .common import COMMAND
+
+    command = COMMAND["name"]
+    hint = f"Run `onnxgate {command} --help` for its arguments and options." if command != "onnxgate" else \
+        "Run `onnxgate --help` for the commands."
+    error = BadInputError(f"onnxgate {command}: {exc.format_message()}".replace("onnxgate onnxgate", "onnxgate"),
+                          hint=hint)
+    return envelope(command, error=error)
 
 
 def _foreign_exit(exc: SystemExit):
