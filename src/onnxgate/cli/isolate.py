@@ -27,6 +27,7 @@ ISOLATED_COMMANDS = frozenset({"export", "run", "demo", "bundle", "bench", "veri
 _CRASH_EXIT = {"verify": ExitCode.RUNTIME_INCOMPATIBLE, "optimize": ExitCode.RUNTIME_INCOMPATIBLE,
                "quantize": ExitCode.RUNTIME_INCOMPATIBLE}
 CHILD_ENV = "ONNXGATE_CHILD"
+PARENT_ENV = "ONNXGATE_PARENT_PID"  # the keeper's PID, for the child's checks (removed from its environment at start)
 
 
 def wants_isolation(argv: list[str]) -> bool:
@@ -39,12 +40,7 @@ def run_isolated(argv: list[str]) -> int:
     """Run ``onnxgate ARGV`` in a child interpreter; translate a death by signal into an onnxgate error."""
     env = dict(os.environ, **{CHILD_ENV: "1"})
     command = next(a for a in argv if not a.startswith("-"))
-    child = subprocess.Popen([sys.executable, "-m", "onnxgate.cli.main", *argv], env=env)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child (same process group)
-    try:
-        code = child.wait()
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    code = run_kept([sys.executable, "-m", "onnxgate.cli.isolate", *argv], env)
     if code >= 0:
         return code
     error = crash_error(command, -code)
@@ -53,6 +49,74 @@ def run_isolated(argv: list[str]) -> int:
     COMMAND["name"] = command
     render_error(error, as_json="--json" in argv)
     return int(error.exit_code)
+
+
+def run_kept(cmd: list[str], env: dict[str, str]) -> int:
+    """Run ``cmd`` below a keeper (see the module docstring); its return code (negative: killed by that signal)."""
+    read, write = os.pipe()
+    top = os.getpid()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child (same process group)
+    try:
+        keeper = os.fork()
+        if keeper == 0:
+            os.close(read)
+            _keep(cmd, env, top, write)  # never returns
+        os.close(write)
+        with os.fdopen(read, "rb") as f:
+            report = f.read()
+        _, status = os.waitpid(keeper, 0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        return int(report)
+    except ValueError:  # the keeper died without a report: killed from outside
+        return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else -int(signal.SIGKILL)
+
+
+def _keep(cmd: list[str], env: dict[str, str], top: int, report: int) -> None:
+    """The keeper: start the child, wait for it, hand its return code to ``top``, kill what it left running."""
+    from ..worker import _PR_SET_CHILD_SUBREAPER, _PR_SET_NAME, KEEPER_NAME, _prctl, _reap_and_exit, die_with_parent
+
+    me = os.getpid()
+    try:
+        _prctl(_PR_SET_NAME, KEEPER_NAME.encode())
+        signal.signal(signal.SIGTERM, lambda *_: _reap_and_exit(me, 1))
+        if not die_with_parent(top, signal.SIGTERM):
+            _reap_and_exit(me, 1)
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        child = subprocess.Popen(cmd, env={**env, PARENT_ENV: str(me)}, preexec_fn=_child_preexec(me))
+        code = child.wait()
+        os.write(report, str(code).encode())
+    finally:
+        _reap_and_exit(me, 0)
+
+
+def _child_preexec(keeper: int):
+    from ..worker import preexec_die_with_parent
+
+    die = preexec_die_with_parent(keeper)
+
+    def preexec() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # the keeper ignores Ctrl-C; the child must not inherit that
+        die()
+
+    return preexec
+
+
+def child_main() -> None:
+    """The child's entry point (``python -m onnxgate.cli.isolate ARGV``): die with the keeper, move no output into
+    place once it is gone, then run the command as ``onnxgate`` would in-process."""
+    parent = os.environ.pop(PARENT_ENV, None)
+    if parent and parent.isdigit():
+        from .. import fsutil
+        from ..worker import die_with_parent
+
+        if not die_with_parent(int(parent)):
+            os._exit(1)
+        fsutil.expect_parent(int(parent))
+    from .main import main
+
+    sys.exit(main())
 
 
 def crash_error(command: str, signum: int) -> OnnxgateError:
@@ -69,3 +133,7 @@ def crash_error(command: str, signum: int) -> OnnxgateError:
     )
     error.exit_code = _CRASH_EXIT.get(command, ExitCode.EXPORT_FAILED)
     return error
+
+
+if __name__ == "__main__":
+    child_main()
