@@ -27,7 +27,7 @@ from ..errors import ExportError, ParityError, first_line
 from ..spec import ExportConfig
 from ..verify.structure import StructureReport, check_structure
 from .prepare import Prepared, prepare
-from .strategies import EXPORTERS, STRATEGIES
+from .strategies import EXPORTERS, STRATEGIES, describe_assumption
 
 # Outcomes, from worst to best.
 EXPORT_ERROR = "export_error"
@@ -63,6 +63,9 @@ class Attempt:
     variant: str | None = None  # the dynamo capture variant of an extra rung (strategies.VARIANTS); None: the default
     repairs: dict[str, list[str]] = field(default_factory=dict)  # repair rung: catalogue entry -> modules replaced
     stage: str | None = None  # where an export error happened: "capture" (torch.export) or None (the exporter)
+    # What the rung assumed instead of capturing (strategies.assumption dicts: draft export's data-dependent guards,
+    # TorchScript's tensor-to-Python conversions): each value decision's other side must agree before it can win.
+    assumptions: list[dict] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -204,10 +207,14 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
     """Fill in the attempt's outcome: structure, onnxruntime load, then quick parity — the example inputs, a
     random feed at the traced sizes and one other size of every dynamic dim.
 
-    When tracing turned tensors into Python bools (``traced_branches``), the graph holds only the branches taken on
-    the example, and a few random feeds may well take the same ones. Such an attempt must also agree on feeds
-    built to take the other side — the example negated and rescaled, and more seeds — or it is rejected as a
-    baked-in data-dependent branch."""
+    Every attempt is also judged on the sign and scale variants of a random feed (all-negative, all-positive, zeros,
+    x10, x0.01). When the rung assumed values (tracing turned tensors into Python bools or ints, ``traced_branches``
+    and ``attempt.assumptions``; draft export specialized a data-dependent expression), the graph holds only the
+    side the example took, and a few random feeds may well take the same one. Such an attempt must also agree on
+    feeds built to take the other side (``inputs.value_probes``: the example negated, rescaled, made all-positive
+    or all-negative, integers at their range ends; more seeds), and PyTorch must be *seen* to take the other side
+    of each assumed decision on one of them (``_check_assumptions``); otherwise it is rejected as a baked-in
+    data-dependent branch, the assumption named."""
     from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
     from ..runtimes.torch_runner import TorchRunner
     from ..verify.parity import static_dims_in_graph, verify_parity
@@ -231,10 +238,11 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
         return
     reference = TorchRunner(prepared.module, input_names=[s.name for s in prepared.specs],
                             output_names=prepared.output_names)
-    data = [prepared.example] + (_branch_probes(prepared.example) if traced_branches else [])
+    assumed = bool(traced_branches or _value_assumptions(attempt))
     report = verify_parity(
         reference, OrtRunner(path, opt_level=VERIFY_OPT_LEVEL), prepared.specs, prepared.dims,
-        seeds=(0, 1, 2) if traced_branches else (0,), data=data,
+        seeds=(0, 1, 2) if assumed else (0,), data=[prepared.example],
+        probes=_branch_probes(prepared) if assumed else None, variants=True,
         allow_static=allow_static, quick=True,
         static_in_graph=static_dims_in_graph(prepared.specs, {t.name: t.shape for t in structure.inputs}),
     )
@@ -244,20 +252,24 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
     attempt.frozen_dims = dict(report.frozen)
     if report.passed:
         attempt.outcome = OK
-        if traced_branches:
-            attempt.warnings.append(f"tracing turned tensors into Python bools at {', '.join(traced_branches)}; the "
-                                    "export agreed with PyTorch on negated, rescaled and random inputs, but a branch "
-                                    "those do not reach would still be baked in")
+        if assumed:
+            _check_assumptions(prepared, attempt, traced_branches)
         return
     traced = [c for c in report.cases if c.dim is None and not c.passed]
-    if traced and traced_branches:
+    if traced and assumed:
         from .diagnose import known
 
-        where = ", ".join(traced_branches)
-        attempt.outcome, attempt.error_class = TRACED_BRANCH, "TracerWarning"
-        attempt.error = (f"tracing turned a tensor into a Python bool at {where}, and the graph disagrees with "
-                         f"PyTorch on {traced[0].label} ({traced[0].source}): only the branch taken on the example is in it")
-        attempt.diagnosis = asdict(known("data_dependent_control_flow", detail=attempt.error, location=traced_branches[0]))
+        values = _value_assumptions(attempt)
+        where = ", ".join(dict.fromkeys([*traced_branches, *(a["location"] for a in values if a.get("location"))]))
+        what = ("tracing turned a tensor into a Python bool" if traced_branches and not values
+                else f"the {attempt.label} rung assumed values: "
+                + "; ".join(describe_assumption(a) for a in values[:3]))
+        attempt.outcome, attempt.error_class = TRACED_BRANCH, "TracerWarning" if traced_branches else "assumption"
+        attempt.error = (f"{what}{f' at {where}' if traced_branches and not values else ''}, and the graph "
+                         f"disagrees with PyTorch on {traced[0].label} ({traced[0].source}): only the side the "
+                         "example took is in it")
+        attempt.diagnosis = asdict(known("data_dependent_control_flow", detail=attempt.error,
+                                         location=(traced_branches or [where.split(', ')[0] or None])[0]))
         return
     if traced:
         failed = traced[0]
@@ -335,7 +347,7 @@ def _honest_shapes(prepared: Prepared, attempt: Attempt, config: ExportConfig, t
         attempt.warnings.append(audit.note)
     if fixed is None:
         return
-    again = Attempt(attempt.strategy, attempt.opset)
+    again = Attempt(attempt.strategy, attempt.opset, variant=attempt.variant, assumptions=attempt.assumptions)
     try:
         _judge(prepared, again, fixed, config.allow_static, traced_branches, pinned_opset=config.opset is not None,
                targets=config.targets)
@@ -351,15 +363,80 @@ def _honest_shapes(prepared: Prepared, attempt: Attempt, config: ExportConfig, t
                              f"{again.outcome}: {again.error}): {line}" for line in lines]
 
 
-def _branch_probes(example: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """Feeds meant to send data-dependent branches the other way: float inputs negated, scaled up and down."""
-    probes = []
-    for factor in (-1.0, 10.0, 0.1, -10.0):
-        feed = {n: (a * np.asarray(factor, dtype=a.dtype)) if np.issubdtype(a.dtype, np.floating) else a
-                for n, a in example.items()}
-        if any(np.issubdtype(a.dtype, np.floating) for a in example.values()):
-            probes.append(feed)
-    return probes
+def _branch_probes(prepared: Prepared) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Feeds meant to send data-dependent decisions the other way (``inputs.value_probes``), labelled."""
+    from ..verify.inputs import value_probes
+
+    return value_probes(prepared.example, prepared.specs)
+
+
+# Assumptions about values (the others, a guard on a dynamic dim or a fake kernel, face the dims' probes and parity).
+VALUE_KINDS = ("data_dependent", "traced_bool", "traced_value")
+
+
+def _value_assumptions(attempt: Attempt) -> list[dict]:
+    return [a for a in attempt.assumptions if a.get("kind") in VALUE_KINDS]
+
+
+def _check_assumptions(prepared: Prepared, attempt: Attempt, traced_branches: list[str]) -> None:
+    """An attempt that agreed with PyTorch on every probe but assumed values: PyTorch must be seen taking the other
+    side of each assumed decision on one of the feeds it agreed on (``export/assumptions.py`` records the eager
+    path). A decision no constructed input flips leaves the graph's other side unproven: the rung is refused
+    (``traced_branch``), the assumption named. A TorchScript conversion that is no value decision in the eager
+    run (a Python int taken from a shape) is the dims' probes' business."""
+    from ..verify.inputs import random_inputs, variant_feeds
+    from .assumptions import describe, exercised, record_path, value_sites
+
+    values = _value_assumptions(attempt) or [
+        {"kind": "traced_bool", "what": "tracing turned a tensor into a Python bool", "location": w}
+        for w in traced_branches]
+    traced = {n: d.example or 2 for n, d in prepared.dims.items()}
+    feeds = [*_branch_probes(prepared), *variant_feeds(prepared.specs, traced, seed=0),
+             *((f"random(seed={k})", random_inputs(prepared.specs, traced, seed=k)) for k in (0, 1, 2))]
+    try:
+        args, kwargs = prepared.torch_args()
+        example = record_path(prepared.module, args, kwargs)
+        paths = []
+        for label, feed in feeds:
+            args, kwargs = prepared.torch_args(feed)
+            paths.append((label, record_path(prepared.module, args, kwargs)))
+    except Exception as exc:  # noqa: BLE001  the path cannot be watched: nothing shows the other side was taken
+        _refuse_assumed(attempt, values, f"its path through forward() could not be recorded ({type(exc).__name__}: "
+                        f"{first_line(exc, 200)})")
+        return
+    sites = value_sites(example)
+    required: dict[str, dict] = {}
+    for a in values:
+        if a.get("location") in sites:
+            required.setdefault(a["location"], a)
+        elif a["kind"] == "data_dependent":  # torch named no site the eager run decides at: every decision counts
+            if not sites:
+                _refuse_assumed(attempt, [a], "PyTorch makes no value decision in forward() that an input could flip")
+                return
+            for site in sites:
+                required.setdefault(site, a)
+    taken = []
+    for site, a in required.items():
+        flipped = next((label for label, path in paths if exercised(example, path, site)), None)
+        if flipped is None:
+            _refuse_assumed(attempt, [a], f"no input onnxgate constructed takes the other side of {describe(site)} "
+                            "(the example negated, scaled x10/x0.1, made all-positive/all-negative, integers at their "
+                            "range ends, zeros, random draws)")
+            return
+        taken.append(f"{describe(site)} (other side on {flipped})")
+    if taken:
+        attempt.warnings.append(f"the {attempt.label} rung assumed values; the graph agrees with PyTorch on inputs "
+                                "that take the other side of each: " + "; ".join(taken))
+
+
+def _refuse_assumed(attempt: Attempt, values: list[dict], why: str) -> None:
+    from .diagnose import known
+
+    attempt.outcome, attempt.error_class = TRACED_BRANCH, "assumption"
+    attempt.error = (f"the {attempt.label} rung assumed " + "; ".join(describe_assumption(a) for a in values[:3])
+                     + f", and {why}: the side the example took is all the graph is known to hold")
+    attempt.diagnosis = asdict(known("data_dependent_control_flow", detail=attempt.error,
+                                     location=values[0].get("location") if values else None))
 
 
 def _metadata(loaded, prepared: Prepared, config: ExportConfig, attempt: Attempt) -> dict[str, str]:
@@ -403,18 +480,19 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
     limits = target_limits(config)
     note("preparing the model")
     prepared = prepare(loaded, config)
-    attempts = [Attempt(s, o) for s, o in plan]
+    attempts = _forced_first(plan) + [Attempt(s, o) for s, o in plan]
     staging = Path(tempfile.mkdtemp(prefix="onnxgate-export-"))
     winner = None
     try:
-        proof = None
+        proof, extras = None, False
         for i, attempt in enumerate(attempts):  # the list grows: target fallbacks, then the extra rungs
             if _step(prepared, attempts, i, staging / f"attempt{i}" / "model.onnx", config, limits, note):
-                proof = _prove_or_demote(prepared, attempt, config, note)
+                proof = _prove_or_demote(prepared, attempts, attempt, config, note)
                 if proof is not None:
                     winner = i
                     break
-            if i == len(attempts) - 1:
+            if i == len(attempts) - 1 and not extras:
+                extras = True
                 attempts += _extra_rungs(prepared, attempts, config)
         result = ExportResult(
             ref=loaded.ref, output=str(output) if output else None, attempts=attempts, winner=winner,
@@ -483,7 +561,7 @@ def _export_in_worker(prepared: Prepared, strategy: str, opset: int, path: Path,
                 stack.enter_context(apply_repairs(prepared.module, repairs))  # the worker's own copy
             kwargs = {"variant": variant} if variant else {}
             out = EXPORTERS[strategy](prepared, opset, path, **kwargs)
-        return {"warnings": out.warnings, "traced_branches": out.traced_branches}
+        return {"warnings": out.warnings, "traced_branches": out.traced_branches, "assumptions": out.assumptions}
     except Exception as exc:  # an exporter failure is an expected outcome, recorded
         from .diagnose import diagnose
 
@@ -525,7 +603,8 @@ def _run_attempt(prepared: Prepared, attempt: Attempt, path: Path, config: Expor
         attempt.stage, attempt.diagnosis = result["stage"], result["diagnosis"]
         return None
     attempt.warnings += result["warnings"]
-    return StrategyOutput(path, result["warnings"], result["traced_branches"])
+    attempt.assumptions = list(result.get("assumptions") or [])
+    return StrategyOutput(path, result["warnings"], result["traced_branches"], attempt.assumptions)
 
 
 def _can_fork() -> bool:
@@ -561,27 +640,51 @@ def _extra_rungs(prepared: Prepared, attempts: list[Attempt], config: ExportConf
     """After every planned rung failed or froze a dim: the repair rung (catalogue patterns this model holds, each
     exporter), then the dynamo exporter's other capture variants. Added once; none with --no-repair, or when the
     plan pins a strategy the rung does not use."""
-    if not config.repair or any(a.repairs or a.variant for a in attempts):
+    if not config.repair or any(a.repairs for a in attempts):
         return []
     from .repair import applicable
 
     first = {}  # each strategy's first (newest) planned opset
     for a in attempts:
-        first.setdefault(a.strategy, a.opset)
+        if not a.variant:
+            first.setdefault(a.strategy, a.opset)
     found = applicable(prepared.module, prepared)
     rungs = [Attempt(s, o, repairs=found) for s, o in first.items()] if found else []
     if "dynamo" in first:
         rungs += [Attempt("dynamo", first["dynamo"], variant=v, repairs=found) for v in ("auto-dims", "strict", "draft")]
-    return rungs
+    tried = {(a.strategy, a.opset, a.variant, json.dumps(a.repairs, sort_keys=True)) for a in attempts}
+    return [r for r in rungs if (r.strategy, r.opset, r.variant, json.dumps(r.repairs, sort_keys=True)) not in tried]
 
 
-def _prove_or_demote(prepared: Prepared, attempt: Attempt, config: ExportConfig, note: Callable[[str], None]):
+#: For tests only: a dynamo capture variant (strategies.VARIANTS, e.g. "draft") tried before the planned rungs, so a
+#: test can hold the ladder's judgement of that rung to a model the plain rungs would have handled first.
+FIRST_RUNG_ENV = "ONNXGATE_TEST_FIRST_RUNG"
+
+
+def _forced_first(plan: list[tuple[str, int]]) -> list[Attempt]:
+    import os
+
+    from ..errors import BadInputError
+    from .strategies import VARIANTS
+
+    variant = os.environ.get(FIRST_RUNG_ENV, "").strip()
+    if not variant:
+        return []
+    if variant not in VARIANTS:
+        raise BadInputError(f"{FIRST_RUNG_ENV}={variant!r} is not a dynamo capture variant.",
+                            hint=f"Use one of {', '.join(VARIANTS)}, or unset it (it is meant for tests).")
+    opset = next((o for s, o in plan if s == "dynamo"), None)
+    return [Attempt("dynamo", opset, variant=variant)] if opset is not None else []
+
+
+def _prove_or_demote(prepared: Prepared, attempts: list[Attempt], attempt: Attempt, config: ExportConfig,
+                     note: Callable[[str], None]):
     """The quick winner's full verification. When it finds a dim frozen at a size the quick check did not reach (an
     AlexNet traced at 224 is right at 225..255, where its features stay 6x6, and wrong at 192), the attempt is
     demoted to ``frozen_dim`` and None returned, so the ladder goes on to its next rungs; any other outcome (passed,
     or a domain narrower than declared) is the ladder's verdict on this winner."""
     dims = dict(prepared.dims)
-    proof = _prove(prepared, attempt, config, note)
+    proof = _prove(prepared, attempt, config, note, _judged_probes(prepared, attempts))
     if proof.passed or not [d for d in proof.frozen if d not in getattr(proof, "allowed_static", ())]:
         return proof
     prepared.dims = dims
@@ -589,14 +692,26 @@ def _prove_or_demote(prepared: Prepared, attempt: Attempt, config: ExportConfig,
     return None
 
 
-def _prove(prepared: Prepared, attempt: Attempt, config: ExportConfig, note: Callable[[str], None]):
+def _judged_probes(prepared: Prepared, attempts: list[Attempt]) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Every probe a rung so far was judged by, for the winner's proof: the example itself, and the value probes
+    when any rung assumed values (a TorchScript rung rejected on them must not be followed by a winner never
+    faced with them). The sign and scale variants and the off-trace sizes are the proof's own."""
+    probes = [("example", prepared.example)]
+    if any(a.assumptions for a in attempts if a.outcome != SKIPPED):
+        probes += _branch_probes(prepared)
+    return probes
+
+
+def _prove(prepared: Prepared, attempt: Attempt, config: ExportConfig, note: Callable[[str], None],
+           probes: list[tuple[str, dict[str, np.ndarray]]] | None = None):
     """The winner's full verification (``verify.api.verify_export``): the shape domain of every dynamic dim and
     whether these weights can be verified at all. Its report replaces the quick one; an accepted domain
     (``--accept-domain``) becomes what the model claims (``prepared.dims``: the metadata and the result)."""
     from ..verify.api import verify_export
 
     note("verifying the winner: the shape domain of every dynamic dim")
-    report = verify_export(prepared, attempt.path, config, attempt.parity.static_in_graph if attempt.parity else None)
+    report = verify_export(prepared, attempt.path, config, attempt.parity.static_in_graph if attempt.parity else None,
+                           probes=probes)
     attempt.parity, attempt.frozen_dims = report, {**attempt.frozen_dims, **report.frozen}
     prepared.dims = report.claimed_dims(prepared.dims)
     return report

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import linecache
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -44,6 +46,22 @@ class StrategyOutput:
     # file:line of each place where tracing turned a tensor into a Python bool: the branch taken there is baked
     # into the graph, whatever parity on a few random inputs happens to show.
     traced_branches: list[str] = field(default_factory=list)
+    # What the capture assumed instead of proving (``assumption`` dicts: kind, what, location, code): draft export's
+    # data-dependent guards and added guards, TorchScript's tensor-to-Python conversions. The graph holds only the
+    # side the example took; the ladder must see each one's other side agree with PyTorch before the rung can win.
+    assumptions: list[dict] = field(default_factory=list)
+
+
+def assumption(kind: str, what: str, location: str | None, code: str | None = None) -> dict:
+    """One assumption a rung made: ``kind`` (data_dependent, guard_added, fake_kernel, traced_bool, traced_value),
+    what was assumed, where in the model's code (file:line) and that line's source."""
+    return {"kind": kind, "what": what, "location": location, "code": code}
+
+
+def describe_assumption(a: dict) -> str:
+    where = f" at {a['location']}" if a.get("location") else ""
+    code = f" (`{a['code']}`)" if a.get("code") else ""
+    return f"{a['what']}{where}{code}"
 
 
 # Capture variants of the dynamo strategy: the ladder's plain rung uses the first; the others are extra rungs.
@@ -90,8 +108,44 @@ def _collect(caught: list[warnings.WarningMessage], noise: str) -> list[str]:
     return out
 
 
-def _capture(prepared: Prepared, variant: str, dynamic, notes: list[str]):
-    """The ExportedProgram of ``prepared.module``; CaptureError when torch.export cannot capture it."""
+def draft_assumptions(report) -> list[dict]:
+    """The assumptions a ``torch.export.draft_export`` report lists (``DraftExportReport.failures``): a
+    data-dependent expression specialized to the example's value, a guard added on a dynamic dim, a custom op's
+    missing or mismatched fake kernel. Each with the model's source line where torch recorded one."""
+    out = []
+    for failure in getattr(report, "failures", None) or []:
+        if getattr(failure, "xfail", False):
+            continue
+        data = getattr(failure, "data", {}) or {}
+        kind = str(getattr(failure, "failure_type", "unknown"))
+        location, code = _user_frame(data.get("user_stack") or [], getattr(report, "str_to_filename", {}) or {})
+        if kind == "DATA_DEPENDENT_ERROR":
+            out.append(assumption("data_dependent", f"the data-dependent expression {data.get('expr')} was "
+                                  f"specialized to {data.get('result')}", location, code))
+        elif kind == "GUARD_ADDED":
+            out.append(assumption("guard_added", f"the guard {data.get('expr')} was added on a dynamic dim",
+                                  location, code))
+        elif kind in ("MISSING_FAKE_KERNEL", "MISMATCHED_FAKE_KERNEL"):
+            out.append(assumption("fake_kernel", f"the custom op {data.get('op')} ran with a fake kernel made from "
+                                  "the example's real outputs", location, code))
+        else:
+            out.append(assumption(kind.lower(), str(data)[:200], location, code))
+    return out
+
+
+def _user_frame(stack: list[dict], files: dict) -> tuple[str | None, str | None]:
+    """The innermost frame of the model's own code in a draft-export user stack: (file:line, source)."""
+    for frame in reversed(stack):
+        filename = files.get(frame.get("filename"), frame.get("filename"))
+        if isinstance(filename, str) and "/torch/" not in filename and not filename.startswith("<"):
+            return f"{filename}:{frame.get('line')}", frame.get("loc")
+    return None, None
+
+
+def _capture(prepared: Prepared, variant: str, dynamic, notes: list[str], assumed: list[dict] | None = None):
+    """The ExportedProgram of ``prepared.module``; CaptureError when torch.export cannot capture it. A draft
+    export's assumptions are appended to ``assumed``."""
+    assumed = [] if assumed is None else assumed
     import torch
 
     args, kwargs = prepared.torch_args()
@@ -103,8 +157,11 @@ def _capture(prepared: Prepared, variant: str, dynamic, notes: list[str]):
         if variant == "draft":
             program = torch.export.draft_export(prepared.module, args, kwargs=kwargs, dynamic_shapes=shapes)
             report = getattr(program, "_report", None)
-            if report is not None and not report.successful():
-                notes.append(f"draft export recorded problems it could not prove away: {str(report).strip()[:300]}")
+            found = draft_assumptions(report)
+            if found:
+                assumed.extend(found)
+                notes.append("draft export assumed what it could not prove: "
+                             + "; ".join(describe_assumption(a) for a in found)[:600])
             return program
         # As torch.onnx.export's own capture does (its TORCH_ONNX_PREFER_DEFERRED_RUNTIME_ASSERTS_OVER_GUARDS,
         # default on): a guard on a dynamic dim becomes a runtime assert instead of a "Constraints violated" error
@@ -133,9 +190,10 @@ def export_dynamo(prepared: Prepared, opset: int, path: Path, variant: str = "no
     dynamic = _dynamic_shapes(prepared, auto=variant == "auto-dims") if prepared.dims else None
     stdout = io.StringIO()
     notes: list[str] = []
+    assumed: list[dict] = []
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(stdout):
         warnings.simplefilter("always")
-        program = _capture(prepared, variant, dynamic, notes)
+        program = _capture(prepared, variant, dynamic, notes, assumed)
         with user_code("the dynamo exporter converted it"):
             onnx_program = torch.onnx.export(
                 program, dynamo=True, opset_version=opset, input_names=[s.name for s in prepared.specs],
@@ -143,7 +201,7 @@ def export_dynamo(prepared: Prepared, opset: int, path: Path, variant: str = "no
                 output_names=prepared.output_names, external_data=True, verbose=False,
             )
         onnx_program.save(str(path), external_data=None)
-    return StrategyOutput(path, notes + _collect(caught, "opset_version"))
+    return StrategyOutput(path, notes + _collect(caught, "opset_version"), assumptions=assumed)
 
 
 @contextlib.contextmanager
@@ -208,7 +266,27 @@ def export_torchscript(prepared: Prepared, opset: int, path: Path, variant: str 
         raise
     branches = [f"{w.filename}:{w.lineno}" for w in caught
                 if w.category.__name__ == "TracerWarning" and "to a Python boolean" in str(w.message)]
-    return StrategyOutput(path, _collect(caught, "legacy TorchScript-based ONNX export"), sorted(set(branches)))
+    return StrategyOutput(path, _collect(caught, "legacy TorchScript-based ONNX export"), sorted(set(branches)),
+                          traced_assumptions(caught))
+
+
+_CONVERTED = re.compile(r"Converting a tensor to a Python (boolean|integer|float|index|number)")
+
+
+def traced_assumptions(caught) -> list[dict]:
+    """TorchScript's TracerWarnings about a tensor turned into a Python bool, int, float or index: the value the
+    example gave is a constant in the trace (a branch taken, a size, a loop bound, a scale)."""
+    out, seen = [], set()
+    for w in caught:
+        match = _CONVERTED.search(str(w.message)) if w.category.__name__ == "TracerWarning" else None
+        where = f"{w.filename}:{w.lineno}"
+        if match and (where, match[1]) not in seen:
+            seen.add((where, match[1]))
+            kind = "traced_bool" if match[1] == "boolean" else "traced_value"
+            code = linecache.getline(w.filename, w.lineno).strip() or None
+            out.append(assumption(kind, f"tracing turned a tensor into a Python {match[1]} (the example's value is "
+                                  "a constant in the graph)", where, code))
+    return out
 
 
 EXPORTERS = {"dynamo": export_dynamo, "torchscript": export_torchscript}

@@ -147,6 +147,9 @@ def verify(model: str | Path, against=None, *, config: ExportConfig | None = Non
     loaded, warnings = _reference_model(ref, structure, config, settings)
     tolerances = _contract_tolerances(model, structure, settings, tolerances, warnings)
     parities = _parities(model, loaded, structure, specs, dims, config, settings, data, tolerances)
+    for parity in parities:
+        if not parity.passed:
+            parity.branch = _value_branch(loaded.module, parity, specs)
     result = VerifyResult(str(model), loaded.ref, structure, parities, warnings, targets=target_results)
     failed = next((p for p in parities if not p.passed), None)
     if settings.localize and failed is not None:
@@ -210,21 +213,74 @@ def _parities(model, loaded, structure: StructureReport, specs, dims, config: Ex
 
     reference = TorchRunner(loaded.module, input_names=[s.name for s in specs],
                             output_names=[t.name for t in structure.outputs])
+    from .contract import CONTRACT_KEY
+
     static = static_dims_in_graph(specs, {t.name: t.shape for t in structure.inputs})
     strides = tuple(graph_granularities(model)) if dims else ()
+    # Sign and scale variants judge an export (FP32: the graph must compute what PyTorch computes on any values); an
+    # INT8/FP16 file's contract was measured in distribution, where x10 inputs are not.
+    variants = CONTRACT_KEY not in structure.metadata
     return [verify_parity(reference, _runner(runtime, model), specs, dims, seeds=settings.seeds, data=data,
                           tolerances=tolerances, default=settings.default_tolerance,
                           allow_static=config.allow_static, static_in_graph=static,
-                          accept_domain=config.accept_domain or settings.accept_domain, granularities=strides)
+                          accept_domain=config.accept_domain or settings.accept_domain, granularities=strides,
+                          variants=variants)
             for runtime in settings.runtimes]
 
 
+def _value_branch(module, parity: ParityReport, specs: list[InputSpec]) -> str | None:
+    """When a feed at the traced sizes fails while another one agrees, where PyTorch's own path parts between them
+    (``export/assumptions.py``): the value decision (an ``if`` on a tensor, ``.item()``, a loop bound) whose other
+    side the graph lacks. None when nothing tells them apart, or the path cannot be recorded."""
+    failing = next((c for c in parity.cases if c.dim is None and not c.passed and not c.error), None)
+    agreeing = next((c for c in parity.cases if c.dim is None and c.passed), None)
+    if failing is None or agreeing is None:
+        return None
+    try:
+        from ..export.assumptions import describe, first_divergence, record_path
+        from ..runtimes.torch_runner import calls_by_keyword
+        import torch
+
+        feeds = [_case_feed(c, specs) for c in (agreeing, failing)]
+        if any(f is None for f in feeds):
+            return None
+        paths = []
+        for feed in feeds:
+            tensors = [torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in specs]
+            if calls_by_keyword(module, [s.name for s in specs]):
+                paths.append(record_path(module, (), {s.name: t for s, t in zip(specs, tensors)}))
+            else:
+                paths.append(record_path(module, tuple(tensors)))
+        parted = first_divergence(*paths)
+    except Exception:  # noqa: BLE001  naming the branch is a courtesy: the parity verdict stands without it
+        return None
+    if parted is None:
+        return None
+    site, agreed, failed = parted
+    return (f"PyTorch decides on a value at {describe(site)}: {agreed} on {agreeing.label} ({agreeing.source}), "
+            f"which agrees, {failed} on {failing.label}, which does not; the graph holds only one side of that "
+            "branch")
+
+
+def _case_feed(case, specs: list[InputSpec]) -> dict[str, np.ndarray] | None:
+    """The feed of a random or variant case, made again from its seed (real-data cases: None)."""
+    from .inputs import random_inputs, variant_feeds
+
+    if "random(seed=" not in case.source:
+        return None
+    seed = int(case.source.split("random(seed=")[1].split(")")[0])
+    if case.source.startswith("random("):
+        return random_inputs(specs, case.sizes, seed=seed)
+    return dict(variant_feeds(specs, case.sizes, seed=seed)).get(case.label)
+
+
 def verify_export(prepared, path: str | Path, config: ExportConfig,
-                  static_in_graph: dict[str, str] | None = None) -> ParityReport:
+                  static_in_graph: dict[str, str] | None = None, *, probes=None) -> ParityReport:
     """The full verification of the export ladder's winner (``prepared``: the ladder's Prepared model, ``path``:
     its staged file, ``static_in_graph``: what its quick check found): the shape domain of every dynamic dim and
     whether the weights can be verified at all, at the settings ``verify`` uses (so a verification of the written
-    file afterwards, as the pipeline runs, finds every PyTorch output in the reference cache)."""
+    file afterwards, as the pipeline runs, finds every PyTorch output in the reference cache), with the sign and
+    scale variants ``verify`` adds and ``probes``: every labelled feed a rung of the ladder was judged by."""
     from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
     from ..runtimes.torch_runner import TorchRunner
 
@@ -232,7 +288,7 @@ def verify_export(prepared, path: str | Path, config: ExportConfig,
                             output_names=prepared.output_names)
     return verify_parity(reference, OrtRunner(path, opt_level=VERIFY_OPT_LEVEL), prepared.specs, prepared.dims,
                          seeds=VerifyConfig().seeds, allow_static=config.allow_static,
-                         static_in_graph=static_in_graph,
+                         static_in_graph=static_in_graph, probes=probes, variants=True,
                          accept_domain=config.accept_domain,
                          granularities=tuple(graph_granularities(path)) if prepared.dims else ())
 

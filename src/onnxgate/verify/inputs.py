@@ -113,6 +113,66 @@ def random_inputs(specs: list[InputSpec], sizes: dict[str, int], *, seed: int) -
     return feed
 
 
+#: Value variants of a random feed that every verification adds for float inputs, besides the standard-normal seeds:
+#: a branch on values (``if x.sum() > 0``, a threshold, a size from ``.item()``) cannot hide behind one distribution.
+VARIANTS = ("all-negative", "all-positive", "zeros", "scaled x10", "scaled x0.01")
+
+
+def variant_feeds(specs: list[InputSpec], sizes: dict[str, int], *, seed: int = 0) -> list[tuple[str, Feed]]:
+    """(label, feed) for each of ``VARIANTS``, made from the standard-normal feed of ``seed``: float inputs negated
+    (``-|x|``), made positive (``|x|``), zeroed, scaled up and down; integer and bool inputs as drawn. An input
+    with a value range stays inside it (its lower half, upper half, 0 clipped into it, its two ends, its middle).
+    None when no input is a float: there is nothing to vary."""
+    if not any(np.issubdtype(numpy_dtype(s.dtype), np.floating) for s in specs):
+        return []
+    base = random_inputs(specs, sizes, seed=seed)
+    out = []
+    for variant in VARIANTS:
+        feed = {}
+        for spec in specs:
+            a = base[spec.name]
+            feed[spec.name] = (_vary(a, variant, spec.value_range).astype(a.dtype)
+                               if np.issubdtype(a.dtype, np.floating) else a)
+        out.append((variant, feed))
+    return out
+
+
+def _vary(a: np.ndarray, variant: str, value_range) -> np.ndarray:
+    if value_range is None:
+        return {"all-negative": lambda: -np.abs(a), "all-positive": lambda: np.abs(a),
+                "zeros": lambda: np.zeros_like(a), "scaled x10": lambda: a * 10,
+                "scaled x0.01": lambda: a * 0.01}[variant]()
+    low, high = (float(v) for v in value_range)
+    mid, half = (low + high) / 2, (high - low) / 2
+    unit = (a - mid) / half if half else np.zeros_like(a)  # uniform in -1..1
+    return {"all-negative": lambda: mid - np.abs(unit) * half, "all-positive": lambda: mid + np.abs(unit) * half,
+            "zeros": lambda: np.full_like(a, min(max(0.0, low), high)),
+            "scaled x10": lambda: np.where(unit < 0, low, high), "scaled x0.01": lambda: mid + unit * half * 0.01}[variant]()
+
+
+def value_probes(example: Feed, specs: list[InputSpec] | None = None) -> list[tuple[str, Feed]]:
+    """(label, feed) built from the example inputs to send a decision on their values the other way: float inputs
+    negated, scaled by 10 and 0.1, negated and scaled, made all-positive and all-negative; integer inputs (with
+    ``specs``) at the low and the high end of their value range. The sign, the magnitude and comparisons against
+    the traced value each flip in one of them."""
+    floats = [n for n, a in example.items() if np.issubdtype(a.dtype, np.floating)]
+    probes = []
+    for label, fn in (("example x-1", lambda a: -a), ("example x10", lambda a: a * 10),
+                      ("example x0.1", lambda a: a * 0.1), ("example x-10", lambda a: a * -10),
+                      ("example |x|", np.abs), ("example -|x|", lambda a: -np.abs(a))):
+        if floats:
+            probes.append((label, {n: fn(a).astype(a.dtype) if n in floats else a for n, a in example.items()}))
+    ints = [s for s in specs or [] if s.name in example and np.issubdtype(example[s.name].dtype, np.integer)]
+    for end in (0, 1):
+        feed = dict(example)
+        for spec in ints:
+            low, high = spec.value_range or DEFAULT_INT_RANGE
+            feed[spec.name] = np.full_like(example[spec.name], int((low, high)[end]))
+        if ints and any(not np.array_equal(feed[s.name], example[s.name]) for s in ints):
+            probes.append((f"integers at the {'high' if end else 'low'} end", feed))
+    return probes
+
+
 def load_npz(path: str | Path, specs: list[InputSpec]) -> list[Feed]:
     """Feeds from a ``.npz`` (keys = input names) or a ``.npy`` (single-input models only).
 

@@ -22,7 +22,7 @@ from ..errors import first_line
 from .compare import (OutputComparison, Tolerance, check_input_sensitivity, compare_outputs,
                       indiscriminate_reason)
 from .domain import DimDomain, DomainBudget, ProbeOutcome, discover
-from .inputs import random_inputs
+from .inputs import random_inputs, variant_feeds
 from .refcache import cached
 from .shapes import first_off_trace_size, probe_sizes
 
@@ -62,6 +62,9 @@ class ParityReport:
     # Outputs whose comparison cannot fail with these weights (tied scores, constant outputs, vanished
     # activations): output -> why. A report with any is "not verifiable", never a pass.
     degenerate: dict[str, str] = field(default_factory=dict)
+    # Where PyTorch's own path parts between a feed that agrees and one that fails (verify.api._value_branch): the
+    # value-dependent branch a graph holds one side of. None when not looked for or not found.
+    branch: str | None = None
 
     @property
     def narrowed(self) -> list[DimDomain]:
@@ -118,6 +121,8 @@ class ParityReport:
                          + "; ".join(d.summary() for d in self.narrowed))
         if self.degenerate:
             parts.append(degenerate_summary(self.degenerate))
+        if self.branch:
+            parts.append(self.branch)
         return "; ".join(parts) or "parity failed"
 
     def to_dict(self) -> dict:
@@ -125,7 +130,7 @@ class ParityReport:
                 "candidate": self.candidate, "frozen": self.frozen, "allowed_static": self.allowed_static,
                 "static_in_graph": self.static_in_graph, "insensitive_outputs": self.insensitive_outputs,
                 "domains": {n: d.to_dict() for n, d in self.domains.items()}, "accept_domain": self.accept_domain,
-                "degenerate": self.degenerate, "cases": [c.to_dict() for c in self.cases]}
+                "degenerate": self.degenerate, "branch": self.branch, "cases": [c.to_dict() for c in self.cases]}
 
 
 NOT_VERIFIABLE = "not verifiable with these weights"
@@ -164,7 +169,8 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
                   allow_static: tuple[str, ...] = (),
                   quick: bool = False, static_in_graph: dict[str, str] | None = None,
                   accept_domain: bool = False, granularities: tuple[int, ...] = (),
-                  budget: DomainBudget | None = None) -> ParityReport:
+                  budget: DomainBudget | None = None, probes: list[tuple[str, dict[str, np.ndarray]]] | None = None,
+                  variants: bool = False) -> ParityReport:
     """Compare ``candidate`` with ``reference`` on random feeds at the traced sizes (one per seed), on every
     ``data`` feed, and — per dynamic dim, one dim at a time — at each probe size.
 
@@ -173,6 +179,10 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
     divisibility incl. the graph's ``granularities``, seeded draws, bisection of the ends, within ``budget``), and
     the reference's own outputs are checked for being able to tell a wrong candidate at all (``degenerate``).
     Reference outputs are cached per feed (``refcache``): nothing runs twice.
+
+    ``probes``: labelled feeds built to send value-dependent decisions the other way (the export ladder's, from the
+    example inputs); ``variants``: the sign and scale variants of the first seed's feed (``inputs.variant_feeds``:
+    all-negative, all-positive, zeros, x10, x0.01) at the traced sizes. Both count like the traced feeds.
     """
     reference = cached(reference)
     traced = {n: d.example or 2 for n, d in dims.items()}
@@ -186,6 +196,15 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
     for i, feed in enumerate(data or []):
         case = ShapeCase(f"data[{i}]", _sizes_of(feed, specs), "data")
         data_refs.append(_run_case(case, feed, reference, candidate, tolerances, default))
+        cases.append(case)
+    labelled = list(probes or [])
+    if variants:
+        seed = seeds[0] if seeds else 0
+        labelled += [(label, feed, f"variant of random(seed={seed})")
+                     for label, feed in variant_feeds(specs, traced, seed=seed)]
+    for label, feed, *source in labelled:
+        case = ShapeCase(label, _sizes_of(feed, specs), source[0] if source else "probe")
+        _run_case(case, feed, reference, candidate, tolerances, default)
         cases.append(case)
     insensitive = check_input_sensitivity(refs[0], refs[1]) if len(refs) > 1 and all(r is not None for r in refs) else []
     run = _Runs(reference, candidate, specs, traced, tolerances, default, seed=(seeds[0] if seeds else 0) + 100,
