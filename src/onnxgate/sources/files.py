@@ -17,8 +17,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, ModelSourceError, require
-from ..safe_load import check_pt2_archive, load_pt2, torch_load
+from ..errors import BadInputError, ModelSourceError, UnsafeInputError, require
+from ..safe_load import check_pt2_archive, load_pt2, read_regular_file, require_regular_file, torch_load
 from ._text import describe
 from .inputs import name_example_inputs
 from .model import LoadedModel
@@ -38,11 +38,12 @@ def open_model_file(path_text: str, ref: str, *, trust_pickle: bool) -> LoadedMo
             )
         raise ModelSourceError(f"'{path_text}' is a folder, not a model file.",
                                hint="Give the path of the model file inside it.")
+    require_regular_file(path, what="Model file")  # a FIFO would block every reader below
     if path.suffix == ".safetensors":
         return StateDict(_read_safetensors(path), path)
     archive = _archive_kind(path)
     if archive == "torchscript":
-        return _load_torchscript(path, ref)
+        return _load_torchscript(path, ref, trust_code=trust_pickle)
     if archive == "exported_program":
         return _load_exported_program(path, ref, trust_pickle=trust_pickle)
     obj = torch_load(path, trust_pickle=trust_pickle)
@@ -63,9 +64,10 @@ def open_model_file(path_text: str, ref: str, *, trust_pickle: bool) -> LoadedMo
 def read_weights(path_text: str, *, trust_pickle: bool) -> StateDict:
     """Read a ``--weights`` file, which must hold a state dict."""
     path = Path(path_text).expanduser()
-    if not path.is_file():
-        raise ModelSourceError(f"Weights file '{path_text}' does not exist (no such file).",
-                               hint=f"Check the path; a relative path is resolved against {Path.cwd()}.")
+    require_regular_file(path, what="Weights file")
+    if path.is_dir():
+        raise ModelSourceError(f"Weights file '{path_text}' is a folder, not a file.",
+                               hint="Give the path of the state-dict file inside it.")
     if path.suffix == ".safetensors":
         return StateDict(_read_safetensors(path), path)
     archive = _archive_kind(path)
@@ -101,9 +103,22 @@ def _archive_kind(path: Path) -> str | None:
     return None
 
 
-def _load_torchscript(path: Path, ref: str) -> LoadedModel:
+def _load_torchscript(path: Path, ref: str, *, trust_code: bool) -> LoadedModel:
+    if not trust_code:
+        raise UnsafeInputError(
+            f"'{path}' is a TorchScript archive, and TorchScript is code: loading it runs the archive's "
+            "__setstate__ methods and running it runs its forward, which can create or overwrite files "
+            "(torch.from_file) and so take over this machine; onnxgate refuses it by default.",
+            hint="Pass --trust-code (trust_pickle=True; --trust-pickle is the older name) only if the file comes "
+            "from a source you trust: the load and the model's code then run confined to a scratch folder where "
+            "the platform allows. Or save the model as a torch.export archive (torch.export.save, .pt2) or a "
+            "state dict with --arch, which need no consent.",
+        )
     import torch
 
+    from ..safe_load import confine_untrusted_code
+
+    confine_untrusted_code(f"the TorchScript archive '{path}'")
     try:
         with warnings.catch_warnings():
             # The file is TorchScript already; telling the user that torch.jit is deprecated helps nobody here.
@@ -118,10 +133,12 @@ def _load_torchscript(path: Path, ref: str) -> LoadedModel:
 def _load_exported_program(path: Path, ref: str, *, trust_pickle: bool) -> LoadedModel:
     import torch
 
-    if not trust_pickle:
-        check_pt2_archive(path)  # torch.export.load unpickles with weights_only=False: look before it does
+    data = None
+    if not trust_pickle:  # torch.export.load unpickles with weights_only=False: look before it does
+        data = read_regular_file(path, what="Model file")
+        check_pt2_archive(path, data)
     try:
-        program = torch.export.load(str(path)) if trust_pickle else load_pt2(path)
+        program = torch.export.load(str(path)) if trust_pickle else load_pt2(path, data)
     except Exception as exc:
         raise ModelSourceError(
             f"'{path}' looks like a torch.export archive but cannot be loaded: {describe(exc)}.",

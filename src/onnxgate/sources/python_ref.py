@@ -35,6 +35,10 @@ _file_module_numbers = itertools.count()
 def load_from_file(file_text: str, name: str, ref: str, state_dict: StateDict | None) -> LoadedModel:
     """Load ``name`` from the Python file ``file_text``, executed as a fresh module."""
     path = Path(file_text).expanduser()
+    if path.exists() and not path.is_file() and not path.is_dir():
+        from ..safe_load import require_regular_file
+
+        require_regular_file(path, what="Python file")  # a FIFO: refused, never read
     if not path.is_file():
         raise ModelSourceError(
             f"Python file '{file_text}' of model reference '{ref}' does not exist (no such file).",
