@@ -414,6 +414,7 @@ _TOML_FORMS = {
     "weights": 'a string naming a state-dict file, e.g. weights = "weights.pth"',
     "arch": 'a string, e.g. arch = "torchvision:resnet18"',
     "trust_pickle": "true or false (a TOML boolean, not a string)",
+    "trust_code": "true or false (a TOML boolean, not a string)",
     "reinit_degenerate": "true or false (a TOML boolean, not a string)",
     "accept_domain": "true or false (a TOML boolean, not a string)",
     "output": 'a string, e.g. output = "model.onnx"',
@@ -475,6 +476,7 @@ def _toml_schema():
             weights: str | None = Field(None, min_length=1)
             arch: str | None = Field(None, min_length=1)
             trust_pickle: bool = False
+            trust_code: bool = False  # the clearer name of trust_pickle: pickles and TorchScript
             reinit_degenerate: bool = False
             accept_domain: bool = False
             output: str | None = Field(None, min_length=1)
@@ -626,7 +628,8 @@ def load_toml(path: str | Path) -> RunConfig:
         quantize = QuantizeConfig(mode=q.mode, calib=_relative(p, q.calib), eval_data=_relative(p, q.eval),
                                   method=q.method, preprocess=q.preprocess, per_channel=q.per_channel,
                                   max_accuracy_drop=q.max_accuracy_drop, max_error=q.max_error)
-    return RunConfig(ref=doc.ref, export=cfg, weights=doc.weights, arch=doc.arch, trust_pickle=doc.trust_pickle,
+    return RunConfig(ref=doc.ref, export=cfg, weights=doc.weights, arch=doc.arch,
+                     trust_pickle=doc.trust_pickle or doc.trust_code,
                      output=doc.output, targets=tuple(doc.target), data=tuple(doc.data), bench=doc.bench,
                      optimize=doc.optimize, bundle=doc.bundle, quantize=quantize, deploy=_deploy_targets(doc.deploy, p))
 

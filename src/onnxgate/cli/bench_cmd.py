@@ -6,7 +6,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import console, finish, progress
+from .common import TRUST_CODE_HELP, console, finish, progress
 from .export_cmd import DIM_HELP, INPUT_HELP
 
 
@@ -36,7 +36,7 @@ def bench(
                                  "processes."),
     weights: str = typer.Option(None, help="State-dict file for the PyTorch model."),
     arch: str = typer.Option(None, help="Architecture ref when the model is a state-dict file."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model file."),
+    trust_pickle: bool = typer.Option(False, "--trust-code", "--trust-pickle", help=TRUST_CODE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Latency, throughput, start-up, memory, size and GFLOP/s of every runtime and variant, against PyTorch."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, finish, progress
+from .common import TRUST_CODE_HELP, console, finish, progress
 
 INPUT_HELP = "NAME:SHAPE:DTYPE[:LOW..HIGH], e.g. x:Bx3x224x224:float32 or ids:Bx128:int64:0..30521. Repeatable."
 TARGET_HELP = ("A runtime the model must run on, e.g. onnxruntime==1.16, openvino==2024.0, tensorrt==10.0: checks "
@@ -34,7 +34,7 @@ def export(
     device: str = typer.Option(None, help="Device to export on (default cpu)."),
     weights: str = typer.Option(None, help="State-dict file for torchvision:/timm: models (loaded weights_only)."),
     arch: str = typer.Option(None, help="Architecture ref for a state-dict REF file, e.g. torchvision:resnet18."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model file. Runs code from the file: only for files you trust."),
+    trust_pickle: bool = typer.Option(False, "--trust-code", "--trust-pickle", help=TRUST_CODE_HELP),
     meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE written into the model's metadata. Repeatable."),
     labels: Path = typer.Option(None, help="Class labels file (UTF-8, one a line) stored in the model's metadata."),
     reinit_degenerate: bool = typer.Option(False, "--reinit-degenerate", help="Re-initialize all-zero weights "

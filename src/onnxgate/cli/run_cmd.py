@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, finish, progress
+from .common import TRUST_CODE_HELP, console, finish, progress
 from .export_cmd import ACCEPT_DOMAIN_HELP, REPAIR_HELP, DIM_HELP, INPUT_HELP, TARGET_HELP
 
 
@@ -28,7 +28,7 @@ def run(
     target: list[str] = typer.Option([], "--target", help=TARGET_HELP),
     weights: str = typer.Option(None, help="State-dict file for torchvision:/timm: models (loaded weights_only)."),
     arch: str = typer.Option(None, help="Architecture ref for a state-dict REF file, e.g. torchvision:resnet18."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model file. Runs code from the file: only for files you trust."),
+    trust_pickle: bool = typer.Option(False, "--trust-code", "--trust-pickle", help=TRUST_CODE_HELP),
     bundle: bool = typer.Option(None, "--bundle/--no-bundle", help="Write the portable bundle when verification passes (default: yes)."),
     bench: str = typer.Option(None, "--bench", help="Benchmark stage: quick (under a minute, the default), full, or none."),
     optimize: bool = typer.Option(None, "--optimize/--no-optimize", help="Write a verified, optimized model.opt.onnx (default: yes)."),

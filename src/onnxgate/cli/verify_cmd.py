@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, finish, progress
+from .common import TRUST_CODE_HELP, console, finish, progress
 from .export_cmd import ACCEPT_DOMAIN_HELP, DIM_HELP, INPUT_HELP, TARGET_HELP
 
 
@@ -29,7 +29,7 @@ def verify(
     targets: list[str] = typer.Option([], "--target", help=TARGET_HELP),
     weights: str = typer.Option(None, help="State-dict file for the --against model."),
     arch: str = typer.Option(None, help="Architecture ref when --against is a state-dict file."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model file."),
+    trust_pickle: bool = typer.Option(False, "--trust-code", "--trust-pickle", help=TRUST_CODE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Prove an ONNX model computes what its PyTorch model computes, at every shape it claims."""

@@ -131,6 +131,7 @@ def _schema():
         weights: str | None = Field(None, min_length=1)
         arch: str | None = Field(None, min_length=1)
         trust_pickle: bool | None = None
+        trust_code: bool | None = None  # the clearer name of trust_pickle: pickles and TorchScript
         labels: str | None = Field(None, min_length=1)
         meta: dict[str, StrictStr | StrictInt | StrictFloat] | None = None
         device: str | None = Field(None, min_length=1)
@@ -293,7 +294,7 @@ def _resolve(index: int, table: dict, zoo, source: str, base: Path) -> ZooModel:
                          table.get("opset"), table.get("device"), tuple(f"{k}={v}" for k, v in table.get("meta", {}).items()),
                          rel("labels"), tuple(table.get("allow_static", ())), bool(table.get("reinit_degenerate")),
                          accept_domain=bool(table.get("accept_domain")))
-    flags = RunFlags(export, weights=rel("weights"), arch=table.get("arch"), trust_pickle=bool(table.get("trust_pickle")),
+    flags = RunFlags(export, weights=rel("weights"), arch=table.get("arch"), trust_pickle=bool(table.get("trust_pickle") or table.get("trust_code")),
                      targets=tuple(table.get("target", ())), data=tuple(_relative_path(d, base) for d in table.get("data", ())),
                      bench=table.get("bench", "quick") if "bench" in stages else "none", optimize="optimize" in stages,
                      bundle="bundle" in stages, quantize=(table.get("quantize") or "dynamic") if "quantize" in stages else None,
