@@ -28,6 +28,10 @@ def serve(
     model_name: str = typer.Option(None, "--model-name", help="The model's name in URLs (default: from the "
                                    "bundle's source reference)."),
     grace_s: int = typer.Option(30, "--grace-s", help="On SIGTERM/SIGINT, how long in-flight requests may finish."),
+    header_timeout_s: float = typer.Option(10.0, "--header-timeout-s", help="Close a connection whose request "
+                                           "head has not arrived this many seconds after it started (408)."),
+    body_timeout_s: float = typer.Option(60.0, "--body-timeout-s", help="Close a connection whose request body "
+                                         "has not arrived this many seconds after its head (408)."),
     export_config: tuple[str, Path] | None = typer.Option(None, "--export-config", metavar="FORMAT DIR",
                                                    help="Instead of serving, write a Triton model repository "
                                                    "(triton) or a KServe InferenceService with one (kserve) to DIR."),
@@ -49,7 +53,8 @@ def serve(
 
     settings = ServeSettings(host=host, port=port, workers=workers, threads=threads, opt_level=opt_level,
                              max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, max_body_mb=max_body_mb,
-                             model_name=model_name, grace_s=grace_s)
+                             model_name=model_name, grace_s=grace_s, header_timeout_s=header_timeout_s,
+                             body_timeout_s=body_timeout_s)
     with progress("starting the server") as status:
         result = run_server(bundle, settings, announce=status.update)
     if not json_out:

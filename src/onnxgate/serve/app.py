@@ -15,6 +15,11 @@ Every refusal is a JSON body ``{"error": ..., "input": ..., "allowed": ...}`` wi
 outside the verified domain, 404 unknown model or route, 405 method, 413 body or image too large, 415 content type
 or encoding). Anything else that goes wrong is a 500 ``{"error": "internal error", "id": ...}``: the traceback goes
 to the server's log under that id, never into the response, and the server keeps serving.
+
+Every response but ``/metrics`` (Prometheus text) and binary tensors is strict JSON (no ``NaN``/``Infinity`` tokens):
+a request with NaN/Inf in a float input is a 400 naming it (unless the bundle's golden input holds them), and an
+output that comes back NaN/Inf where its verified reference is finite is a 500 with an id: the request took the
+model outside the domain the bundle proves. A client that goes away mid-request is logged at INFO, no traceback.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from fastapi import Request  # at module level: FastAPI resolves the routes' (st
 from .._version import __version__
 from . import images
 from .metrics import Metrics, endpoint_of
-from .protocol import HEADER_LENGTH, RequestError, encode_response, loads_strict, parse_infer
+from .protocol import (HEADER_LENGTH, NonFiniteOutput, RequestError, dumps_strict, encode_response, json_safe,
+                       loads_strict, parse_infer)
 
 log = logging.getLogger("onnxgate.serve")
 VERSION = "1"
@@ -106,6 +112,7 @@ def handled(fn):
     """Route wrapper: a RequestError becomes its 4xx JSON body; anything else a 500 with an id and no traceback."""
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     @wraps(fn)
     async def wrapper(*args, **kwargs):
@@ -113,6 +120,10 @@ def handled(fn):
             return await fn(*args, **kwargs)
         except RequestError as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
+        except NonFiniteOutput as exc:
+            return nonfinite_error(exc)
+        except ClientDisconnect:
+            return client_gone()
         except BodyTooLarge as exc:
             return JSONResponse({"error": str(exc)}, status_code=413)
         except HTTPException as exc:  # Starlette's own (multipart parsing)
@@ -128,6 +139,23 @@ def internal_error():
     error_id = uuid.uuid4().hex[:16]
     log.exception("internal error %s", error_id)
     return JSONResponse({"error": "internal error", "id": error_id}, status_code=500)
+
+
+def nonfinite_error(exc: NonFiniteOutput):
+    """A 500 with an id for NaN/Inf outputs: logged as a warning (what happened is known; no traceback)."""
+    from fastapi.responses import JSONResponse
+
+    error_id = uuid.uuid4().hex[:16]
+    log.warning("non-finite output %s: %s", error_id, exc.message)
+    return JSONResponse({"error": exc.message, "output": exc.output, "id": error_id}, status_code=500)
+
+
+def client_gone():
+    """The client closed the connection before its request was read: nothing to answer, nothing went wrong here."""
+    from fastapi.responses import Response
+
+    log.info("a client disconnected before its request was read; nothing was run")
+    return Response(status_code=400)
 
 
 def _known(model, name: str, version: str | None = None) -> None:
@@ -157,7 +185,7 @@ def _protocol_routes(app, model, executor, metrics) -> None:
     @handled
     async def model_metadata(name: str, version: str | None = None):
         _known(model, name, version)
-        return JSONResponse(model.metadata())
+        return JSONResponse(json_safe(model.metadata()))
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
@@ -184,6 +212,7 @@ def _protocol_routes(app, model, executor, metrics) -> None:
             raise RequestError(400, f"The model has no output '{unknown[0][:200]}'.", allowed={"outputs": names})
         result = await executor.run(feed)
         chosen = {n: result[n] for n in (parsed.outputs or names)}
+        model.check_outputs(chosen)
         content, header = encode_response(model.name, VERSION, parsed.id, chosen, parsed.binary_outputs)
         if header is None:
             return Response(content, media_type="application/json")
@@ -245,6 +274,7 @@ def _classify_route(app, model, executor, settings: AppSettings) -> None:
                                input=image_rule.name, allowed=image_rule.dims[0].to_dict())
         feed = model.check_feed({image_rule.name: (image_rule.datatype, batch)})
         result = await executor.run(feed)
+        model.check_outputs({model.outputs[0].name: result[model.outputs[0].name]})
         probabilities, how = images.scores(result[model.outputs[0].name])
         predictions = [{"image": label, "top_k": images.top_k(row, k, model.labels)}
                        for (label, _data), row in zip(uploads, probabilities)]
@@ -325,8 +355,12 @@ class _Guard:
                                                              f"most {self.max_body:,} are accepted.",
                                                              "allowed": {"max_body_bytes": self.max_body}})
             await self.app(scope, _limited(receive, self.max_body), tracking_send)
-        except Exception:  # noqa: BLE001
-            if not sent:
+        except Exception as exc:  # noqa: BLE001
+            from starlette.requests import ClientDisconnect
+
+            if isinstance(exc, ClientDisconnect):
+                log.info("a client disconnected before its request was read; nothing was run")
+            elif not sent:
                 await internal_error()(scope, receive, tracking_send)
 
 
@@ -353,7 +387,7 @@ def _limited(receive, limit: int):
 
 
 async def _send_json(send, status: int, body: dict[str, Any]) -> None:
-    content = json.dumps(body).encode("utf-8")
+    content = dumps_strict(body)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]})
     await send({"type": "http.response.body", "body": content})

@@ -24,14 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import BadInputError, IntegrityError, ParityError
-from .protocol import RequestError, datatype_of
+from .protocol import NonFiniteOutput, RequestError, datatype_of, json_safe
 
 _NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -78,6 +78,7 @@ class TensorRule:
     dtype: str  # numpy name
     dims: tuple[DimRule, ...]
     value_range: tuple[float, float] | None = None
+    nonfinite: bool = False  # NaN/Inf proven acceptable: the golden input (output: reference) holds them
 
     @property
     def datatype(self) -> str:
@@ -114,7 +115,18 @@ class TensorRule:
                                    input=self.name, allowed={"axis": axis, **_as_dict(rule.to_dict())})
 
     def check_values(self, array: np.ndarray) -> None:
-        """RequestError (400) when an integer input holds values outside its recorded value range."""
+        """RequestError (400) when a float input holds NaN/Inf (unless the golden input does: then the bundle proves
+        them), or an integer input values outside its recorded value range. Asked of the decoded array, so a JSON
+        number beyond the datatype's range (1e39 as FP32, 1e999 anywhere), which decodes to Inf, is caught too."""
+        if array.dtype.kind in "fc" and array.size and not self.nonfinite:
+            finite = np.isfinite(array)
+            if not finite.all():
+                first = [int(i) for i in np.unravel_index(int(np.argmin(finite)), array.shape)]
+                raise RequestError(400, f"The input '{self.name}' holds {int(finite.size - finite.sum()):,} NaN or "
+                                        f"infinite value(s) (the first at index {first}); the model was verified on "
+                                        f"finite inputs only. A JSON number beyond {self.datatype}'s range (e.g. 1e39 "
+                                        "for FP32, or 1e999) decodes to infinity.", input=self.name,
+                                   allowed={"values": "finite"})
         if self.value_range is not None and array.dtype.kind in "iu" and array.size:
             low, high = self.value_range
             if array.min() < low or array.max() > high:
@@ -188,6 +200,17 @@ class ServedModel:
                                             f"{size} ('{rule.name}').", input=rule.name, allowed={"dim": dim.name})
         return {rule.name: tensors[rule.name][1] for rule in self.inputs}
 
+    def check_outputs(self, result: dict[str, np.ndarray]) -> None:
+        """NonFiniteOutput when an output whose verified reference is finite came back with NaN/Inf: the request
+        took the model outside the domain the bundle proves, and its numbers are not answers."""
+        for rule in self.outputs:
+            array = result.get(rule.name)
+            if array is None or rule.nonfinite or array.dtype.kind not in "fc" or not array.size:
+                continue
+            finite = np.isfinite(array)
+            if not finite.all():
+                raise NonFiniteOutput(rule.name, int(finite.size - finite.sum()), int(finite.size))
+
     def metadata(self) -> dict[str, Any]:
         """The Open Inference Protocol's model metadata, with the verified shapes and where they come from."""
         return {"name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx",
@@ -197,7 +220,7 @@ class ServedModel:
                                "preprocess": str(self.preprocess) if self.preprocess else None,
                                "classify": self.classify_unavailable or "available",
                                "threads": self.threads, "threads_source": self.threads_source,
-                               "opt_level": self.opt_level, "self_check": self.self_check}}
+                               "opt_level": self.opt_level, "self_check": json_safe(self.self_check)}}
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -230,30 +253,36 @@ def load_served_model(folder: Path, *, name: str | None = None, threads: int | N
     session = open_session(source, what=f"the bundle's model '{folder / mf.MODEL}'", opt_level=level,
                            intra_op_threads=chosen, inter_op_threads=1)
     meta = dict(session.get_modelmeta().custom_metadata_map)
-    golden = load_npz(folder / mf.GOLDEN_INPUTS)
+    golden, reference = load_npz(folder / mf.GOLDEN_INPUTS), load_npz(folder / mf.REFERENCE_OUTPUTS)
     inputs = _input_rules(folder, manifest, meta, golden)
-    outputs = _output_rules(manifest, {d.name: d for t in inputs for d in t.dims if d.name})
+    outputs = [replace(rule, nonfinite=_has_nonfinite(reference.get(rule.name)))
+               for rule in _output_rules(manifest, {d.name: d for t in inputs for d in t.dims if d.name})]
     model = ServedModel(_served_name(name, manifest, folder), folder, manifest, inputs, outputs,
                         _batch_dim(inputs, outputs), meta, threads=chosen, threads_source=how, opt_level=level,
                         session=session)
     _classify_setup(model)
-    model.self_check = _self_check(model, golden, load_npz(folder / mf.REFERENCE_OUTPUTS))
+    model.self_check = _self_check(model, golden, reference)
     model.golden = golden
     return model
 
 
 def _model_source(folder: Path, manifest: dict[str, Any]) -> Any:
-    """The bytes the session is built from, hashed as they are read (a path when the model has external data,
-    whose files the integrity check covered)."""
+    """The bytes the session is built from, hashed as they are read — or, when the model keeps tensors in external
+    data (decided from the model itself, not from the manifest's description of it), its path inside the bundle:
+    onnxruntime resolves external data relative to the model's folder, and refuses it for a model given as bytes
+    ("escapes working directory"). The integrity check covered those files and their locations."""
     from ..bundle import manifest as mf
+    from ..bundle._onnx_refs import ProtoError, external_data_refs
 
-    if manifest.get("model", {}).get("external_data"):
-        return str(folder / mf.MODEL)
     data = (folder / mf.MODEL).read_bytes()
     if hashlib.sha256(data).hexdigest() != manifest["files"][mf.MODEL]["sha256"]:
         raise IntegrityError(f"The bundle's model '{folder / mf.MODEL}' changed while onnxgate read it.",
                              hint="Do not serve this bundle: re-create it, or fetch it again from its source.")
-    return data
+    try:
+        external = any(ref.external or ref.values(b"location") for ref in external_data_refs(data))
+    except ProtoError:
+        external = False  # onnxruntime gives the precise error when it parses the bytes
+    return str((folder / mf.MODEL).resolve()) if external else data
 
 
 def _served_name(name: str | None, manifest: dict[str, Any], folder: Path) -> str:
@@ -333,8 +362,14 @@ def _input_rules(folder: Path, manifest: dict[str, Any], meta: dict[str, str],
                 size = int(golden_shape[axis])
                 dims.append(DimRule(dim if isinstance(dim, str) else f"{name}_{axis}", size, size, None, "golden size"))
         dtype = spec.dtype if spec else str(entry.get("dtype"))
-        rules.append(TensorRule(name, dtype, tuple(dims), spec.value_range if spec else None))
+        rules.append(TensorRule(name, dtype, tuple(dims), spec.value_range if spec else None,
+                                nonfinite=_has_nonfinite(golden.get(name))))
     return rules
+
+
+def _has_nonfinite(array: np.ndarray | None) -> bool:
+    """Whether a golden/reference array holds NaN/Inf: then the bundle proves the model handles (or makes) them."""
+    return array is not None and array.dtype.kind in "fc" and bool(array.size) and not np.isfinite(array).all()
 
 
 def _manifest_domain(manifest: dict[str, Any], model: Path) -> dict[str, Any]:

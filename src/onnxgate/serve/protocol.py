@@ -42,8 +42,42 @@ class RequestError(Exception):
         if self.input is not None:
             body["input"] = self.input
         if self.allowed is not None:
-            body["allowed"] = self.allowed
+            body["allowed"] = json_safe(self.allowed)
         return body
+
+
+class NonFiniteOutput(Exception):
+    """The model produced NaN or Inf in an output whose reference is finite (it left the domain it was verified
+    on), or in an output asked for as JSON, which has no token for them: a 500 with an id, never a 200."""
+
+    def __init__(self, output: str, count: int, size: int, *, as_json: bool = False):
+        super().__init__(output)
+        self.output, self.count, self.size, self.as_json = output, count, size, as_json
+
+    @property
+    def message(self) -> str:
+        if self.as_json:
+            return (f"The output '{self.output}' holds {self.count:,} NaN/Inf value(s) of {self.size:,}, which JSON "
+                    "cannot carry; ask for it as binary data (\"parameters\": {\"binary_data\": true}).")
+        return (f"The model produced {self.count:,} NaN/Inf value(s) of {self.size:,} in output '{self.output}', "
+                "whose verified reference is finite: this input lies outside the domain the bundle proves.")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by its name as a string, so strict JSON can carry it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def dumps_strict(doc: Any) -> bytes:
+    """JSON every parser accepts: no NaN/Infinity tokens, and ASCII escapes (a lone surrogate in a client's id
+    cannot make it invalid UTF-8)."""
+    return json.dumps(doc, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def datatype_of(dtype: str) -> str:
@@ -220,12 +254,14 @@ def encode_response(model: str, version: str, request_id: str | None, outputs: d
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
+            if array.dtype.kind in "fc" and array.size and not np.isfinite(array).all():
+                raise NonFiniteOutput(name, int(array.size - np.isfinite(array).sum()), int(array.size), as_json=True)
             tensor["data"] = array.reshape(-1).tolist()
         tensors.append(tensor)
     doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": tensors}
     if request_id is not None:
         doc["id"] = request_id
-    header = json.dumps(doc, allow_nan=True).encode("utf-8")
+    header = dumps_strict(doc)
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)

@@ -44,6 +44,8 @@ class ServeSettings:
     max_body_mb: float = 64.0
     model_name: str | None = None
     grace_s: int = 30
+    header_timeout_s: float = 10.0  # a request's head must arrive within this (slowloris); see connection.py
+    body_timeout_s: float = 60.0  # ... and its body within this after the head
 
 
 @dataclass
@@ -91,6 +93,10 @@ def check_settings(settings: ServeSettings) -> None:
         problems.append(("--batch-timeout-ms", settings.batch_timeout_ms, "0..10000"))
     if not 0 < settings.max_body_mb <= 4096:
         problems.append(("--max-body-mb", settings.max_body_mb, "more than 0, at most 4096"))
+    for flag, value in (("--header-timeout-s", settings.header_timeout_s),
+                        ("--body-timeout-s", settings.body_timeout_s)):
+        if not 0 < value <= 3600:
+            problems.append((flag, value, "more than 0 seconds, at most 3600"))
     if settings.opt_level not in OPT_LEVELS:
         problems.append(("--opt-level", settings.opt_level, ", ".join(OPT_LEVELS)))
     if problems:
@@ -191,8 +197,11 @@ def _default_threads(settings: ServeSettings) -> int:
 def _uvicorn_config(app: Any, settings: ServeSettings, **extra):
     import uvicorn
 
-    return uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=settings.grace_s,
-                          lifespan="on", workers=settings.workers, **extra)
+    from .connection import configure
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=settings.grace_s,
+                            lifespan="on", workers=settings.workers, **extra)
+    return configure(config, settings.header_timeout_s, settings.body_timeout_s)
 
 
 def _run_one(model, settings: ServeSettings, max_batch: int | None, sock: socket.socket) -> None:
