@@ -226,3 +226,60 @@ def test_the_ledger_summary_of_a_report_names_the_winning_rung_and_its_repair():
         "export": {"ok": False, "winner": None, "attempts": attempts[:1]}}})
     assert failed["stage"] == "export" and failed["diagnosis"]["id"] == "unsupported_aten_op"
     assert failure_class({**failed, "status": "ok"}) == "export failed: unsupported_aten_op"
+
+
+# ---- a model's whole process tree (security issue 22, findings 3 and 4) ---------------------------------------------
+
+TREE_MODELS = '''
+import os, subprocess, sys, time
+import torch
+
+HOG = "import time; x = b'\\\\1' * (500 * 2**20); time.sleep(60)"
+DAEMON = ("import os, sys, time\\n"
+          "if os.fork() == 0:\\n    os.setsid()\\n    if os.fork() == 0:\\n"
+          "        open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)\\n    os._exit(0)\\n")
+
+
+def hog():  # its build starts another Python that touches 500 MB in a session of its own
+    child = subprocess.Popen([sys.executable, "-c", HOG], start_new_session=True)
+    open(os.path.join(os.path.dirname(__file__), "hog.pid"), "w").write(str(child.pid))
+    child.wait()
+
+
+def daemon():  # its build leaves a daemon (fork, setsid, fork) behind and fails
+    subprocess.run([sys.executable, "-c", DAEMON, os.path.join(os.path.dirname(__file__), "daemon.pid")], check=True)
+    while not os.path.getsize(os.path.join(os.path.dirname(__file__), "daemon.pid")):
+        time.sleep(0.05)
+    raise RuntimeError("no model here")
+'''
+
+
+def _gone(pid: int, within_s: float = 2.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="the cap needs Linux /proc")
+def test_a_subprocess_over_the_cap_is_the_models_memory_outcome_and_no_grandchild_survives(tmp_path):
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "tree.py").write_text(TREE_MODELS)
+    (tmp_path / "nets" / "daemon.pid").write_text("")
+    zoo = _zoo(tmp_path, '[zoo]\nname = "tree"\ntimeout_s = 20\n[defaults]\ninput = ["x:2x8:float32"]\n'
+                         '[[model]]\nref = "nets/tree.py:hog"\nmemory_mb = 250\n[[model]]\nref = "nets/tree.py:daemon"\n')
+    with redirect_stdout(io.StringIO()):
+        main(["zoo", str(zoo), "-o", str(tmp_path / "out"), "--jobs", "1"])
+    rows = {row["model"]: row for row in map(json.loads, (tmp_path / "out" / "ledger.jsonl").read_text().splitlines())}
+    hog, daemon = rows["tree.hog"], rows["tree.daemon"]
+    assert hog["status"] == "memory" and hog["failure_class"] == "memory cap", hog
+    assert "memory cap of 250 MB" in hog["reason"] and hog["peak_mb"] >= 250, hog
+    assert daemon["verdict"] == "fail" and "no model here" in daemon["reason"], daemon
+    for name in ("hog.pid", "daemon.pid"):
+        pid = int((tmp_path / "nets" / name).read_text())
+        assert _gone(pid), f"{name[:-4]}'s process {pid} outlived its model's worker"
