@@ -283,3 +283,21 @@ def test_a_subprocess_over_the_cap_is_the_models_memory_outcome_and_no_grandchil
     for name in ("hog.pid", "daemon.pid"):
         pid = int((tmp_path / "nets" / name).read_text())
         assert _gone(pid), f"{name[:-4]}'s process {pid} outlived its model's worker"
+
+
+# ---- finding 7: a hostile zoo file is exit 2, not a traceback ---------------------------------------------------------
+
+def test_a_zoo_file_nested_5000_deep_is_exit_2(tmp_path):
+    deep = GOOD.replace('tags = ["a"]', "tags = " + "[" * 5000 + "]" * 5000)
+    assert "nests arrays or tables too deeply" in _error(tmp_path, deep)["error"]["message"]
+
+
+@pytest.mark.parametrize("change, key", [
+    (("[zoo]", "[zoo]\nmemory_mb = 99999999999"), "key 'zoo.memory_mb'"),
+    (('tags = ["a"]', 'tags = ["a"]\nmemory_mb = inf'), "model 'tiny.lin' (#1): key 'memory_mb'"),
+])
+def test_a_memory_cap_above_the_machines_memory_is_exit_2(tmp_path, change, key):
+    from onnxgate.worker import total_memory_mb
+
+    doc = _error(tmp_path, GOOD.replace(*change))
+    assert key in doc["error"]["message"] and f"this machine's {total_memory_mb()} MB" in doc["error"]["message"], doc

@@ -115,6 +115,24 @@ def _prctl(option: int, arg) -> bool:
         return False
 
 
+def total_memory_mb() -> int | None:
+    """The machine's memory (MemTotal), in MB, or the container's limit where a cgroup sets a lower one; None where
+    /proc/meminfo cannot tell."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        total = int(fields["MemTotal"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit) as f:
+                total = min(total, int(f.read().strip()))
+        except (OSError, ValueError):  # absent, or "max"
+            continue
+    return int(total / 2**20)
+
+
 def _keeper(conn, fn: Callable, args: tuple, kwargs: dict, parent: int) -> None:
     """The forked process ``run_in_worker`` starts: forks the worker, waits for it, reports a death without a result,
     and kills whatever the worker left running (see the module docstring)."""

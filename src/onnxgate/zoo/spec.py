@@ -253,9 +253,13 @@ def load_zoo(arg: str) -> Zoo:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BadInputError(f"Zoo file '{source}' is not valid TOML: {exc}.", hint="Fix the syntax at that line.") from None
+    except RecursionError:
+        raise _too_deep(source) from None
     zoo_file, _ = _schema()
     try:
         doc = zoo_file.model_validate(data)
+    except RecursionError:
+        raise _too_deep(source) from None
     except ValidationError as exc:
         problems = _problems(data, exc)
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
@@ -265,6 +269,7 @@ def load_zoo(arg: str) -> Zoo:
         raise BadInputError(f"Zoo file '{source}' lists no models.",
                             hint='Add one [[model]] table per model, e.g. [[model]] ref = "torchvision:resnet18".')
     name = doc.zoo.name or (Path(source).stem if not source.startswith("builtin:") else source.split(":", 1)[1])
+    _check_memory(doc.zoo.memory_mb, f"In {source}, key 'zoo.memory_mb'")
     defaults = doc.defaults.model_dump(exclude_none=True)
     models = tuple(_resolve(i, {**defaults, **m.model_dump(exclude_none=True)}, doc.zoo, source, base)
                    for i, m in enumerate(doc.model))
@@ -302,6 +307,8 @@ def _resolve(index: int, table: dict, zoo, source: str, base: Path) -> ZooModel:
                      max_accuracy_drop=table.get("max_accuracy_drop"), max_error=table.get("max_error"))
     timeout = float(table.get("timeout_s", zoo.timeout_s))
     memory = table.get("memory_mb", zoo.memory_mb)
+    if "memory_mb" in table:
+        _check_memory(memory, f"{where}: key 'memory_mb'")
     try:
         deploy = _deploy_targets(table.get("deploy", ()), stages)
         run = run_config(ref, replace(flags, deploy=",".join(deploy) or None))
@@ -315,6 +322,26 @@ def _resolve(index: int, table: dict, zoo, source: str, base: Path) -> ZooModel:
          "stages": stages, "timeout_s": timeout, "memory_mb": memory}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return ZooModel(name, ref, family, tags, run, stages, timeout, None if memory is None else float(memory),
                     float(table.get("cpus", zoo.cpus)), deploy, fingerprint, index)
+
+
+def _too_deep(source: str) -> BadInputError:
+    return BadInputError(f"Zoo file '{source}' nests arrays or tables too deeply to be a zoo file.",
+                         hint="Give the TOML file described in the README's Zoo section (its values are strings, "
+                         "numbers and arrays of strings).")
+
+
+def _check_memory(memory_mb: float | None, where: str) -> None:
+    """A memory cap above the machine's memory is no cap: the kernel's OOM killer would strike first, without a
+    message. Refused (exit 2) naming the key and the machine's memory."""
+    from ..worker import total_memory_mb
+
+    total = total_memory_mb()
+    if memory_mb is None or total is None or memory_mb <= total:
+        return
+    raise BadInputError(f"{where} is {clip(str(memory_mb), 30)} MB, more than this machine's "
+                        f"{total} MB of memory: a cap above it would never be reached.",
+                        hint=f"Give memory_mb up to {total} (or leave it out: the default is 90% of the memory "
+                        "available when each model starts).")
 
 
 def _attempt_limits(export, timeout: float, memory: float | None):
