@@ -1,8 +1,9 @@
 """Executors: run zoo models, each in its own worker process, and hand back each ledger row as the model finishes.
 
 ``local`` (the default): a pool of ``jobs`` threads in the zoo's process, each driving one forked worker
-(``onnxgate.worker.run_in_worker``) at a time: with a timeout, a private-memory cap, and the model's crash, hang or
-memory hog turned into its ledger row. ``ray``: each model is a Ray task declaring its CPUs and memory; inside the task
+(``onnxgate.worker.run_in_worker``) at a time: with a timeout and a cap on the private memory of the model's whole
+process tree (a subprocess its build starts counts, and is stopped with it), and the model's crash, hang or memory
+hog turned into its ledger row. ``ray``: each model is a Ray task declaring its CPUs and memory; inside the task
 the model still runs through ``run_in_worker`` (a segfault kills that worker, not the Ray worker), and the rows are
 streamed back with ``ray.wait`` as tasks finish. The row is made where the model ran (it reads the model's folder),
 so on a cluster without a shared file system the ledger is still complete; the model folders stay on the nodes.
