@@ -435,8 +435,9 @@ _LANDLOCK_FILE_RIGHTS = (1 << 1) | (1 << 14)  # WRITE_FILE, TRUNCATE: the rights
 def confine_untrusted_code(what: str) -> dict[str, Any]:
     """Before code the user consented to (``--trust-code``) is loaded: confine what this process can write.
 
-    Applied only in the child interpreter the ``onnxgate`` console script runs a command in (``ONNXGATE_CHILD``):
-    confining a library caller's own process (a notebook, a test runner) would take away its file system. There:
+    Applied only in the child interpreter the ``onnxgate`` console script runs a command in (``ONNXGATE_CHILD``)
+    and in a ``worker.run_in_worker`` process (a zoo model's worker): confining a library caller's own process (a
+    notebook, a test runner) would take away its file system. There:
 
     * a fresh scratch folder becomes ``HOME``, ``TMPDIR`` (also ``tempfile.tempdir``) and the XDG/torch cache
       folders, so caches and temporary files the code writes land there;
@@ -453,14 +454,25 @@ def confine_untrusted_code(what: str) -> dict[str, Any]:
     global _CONFINEMENT
     if _CONFINEMENT is not None:
         return _CONFINEMENT
-    if os.environ.get("ONNXGATE_CHILD") != "1":
+    from . import fsutil
+
+    in_worker = fsutil._EXPECTED_PARENT is not None and fsutil._EXPECTED_PARENT[0] == os.getpid()
+    if os.environ.get("ONNXGATE_CHILD") != "1" and not in_worker:
         _CONFINEMENT = {"scratch": None, "mechanism": None, "writable": [],
-                        "why_not": "not the onnxgate console script's child process (library call): not confined"}
+                        "why_not": "not the onnxgate console script's child process nor a worker process "
+                                   "(a library call): not confined"}
         return _CONFINEMENT
     import sys
     import tempfile
 
-    scratch = Path(tempfile.mkdtemp(prefix="onnxgate-untrusted-")).resolve()
+    # A staging name: once confined, this process may empty the folder but not remove it from its parent, so the
+    # next onnxgate run's sweep of $TMPDIR removes the (empty) folder after this process is gone.
+    fsutil.sweep_quietly(tempfile.gettempdir())
+    scratch = (Path(tempfile.gettempdir()) / fsutil.staging_name("untrusted", "scratch")).resolve()
+    scratch.mkdir(mode=0o700)
+    import atexit
+
+    atexit.register(_empty_folder, scratch)
     for variable in ("HOME", "TMPDIR", "TMP", "TEMP", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME",
                      "TORCHINDUCTOR_CACHE_DIR", "TORCH_HOME"):
         os.environ[variable] = str(scratch)
@@ -477,6 +489,20 @@ def confine_untrusted_code(what: str) -> dict[str, Any]:
         print(f"warning: {what} runs with your permissions: {why_not}, so onnxgate could not make the file system "
               f"read-only for it; only HOME and TMPDIR point at the scratch folder {scratch}.", file=sys.stderr)
     return _CONFINEMENT
+
+
+def _empty_folder(folder: Path) -> None:
+    import shutil
+
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    try:
+        folder.rmdir()  # refused under Landlock (the parent is not writable): the next sweep removes it
+    except OSError:
+        pass
 
 
 def _output_folders(argv: list[str]) -> list[Path]:

@@ -118,15 +118,21 @@ def _load_torchscript(path: Path, ref: str, *, trust_code: bool) -> LoadedModel:
 
     from ..safe_load import confine_untrusted_code
 
-    confine_untrusted_code(f"the TorchScript archive '{path}'")
+    confined = confine_untrusted_code(f"the TorchScript archive '{path}'")
     try:
         with warnings.catch_warnings():
             # The file is TorchScript already; telling the user that torch.jit is deprecated helps nobody here.
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
-        raise ModelSourceError(f"'{path}' looks like a TorchScript archive but cannot be loaded: {describe(exc)}.",
-                               hint="Re-save it with torch.jit.save using this version of torch.") from exc
+        denied = "Permission denied" in str(exc) or "Operation not permitted" in str(exc)
+        why = (f" Its code runs confined ({confined['mechanism']}): it may write only beneath the scratch folder "
+               f"{confined['scratch']} and the command's output folders, and the load "
+               + ("tried to write elsewhere." if denied else "may have tried to write elsewhere.")
+               if confined["mechanism"] else "")
+        raise ModelSourceError(f"'{path}' looks like a TorchScript archive but cannot be loaded: {describe(exc)}.{why}",
+                               hint="Re-save it with torch.jit.save using this version of torch; a model that needs "
+                               "to write files cannot be loaded confined.") from exc
     return LoadedModel(module, ref, meta={"source": "torchscript"}, kind="torchscript")
 
 
