@@ -40,12 +40,19 @@ import numpy as np
 
 from ..errors import BadInputError, IntegrityError, OnnxgateError, UnsafeInputError
 from ..fsutil import staging_dir
-from ..verify.compare import OutputComparison, Tolerance, compare_outputs
+from ..verify.compare import OutputComparison, Tolerance, compare_outputs, default_tolerance, sci
 from . import manifest as mf
 from ._onnx_refs import ProtoError, external_data_refs
 from .matrix import RunOutcome, run_in_venv
 
 MAX_NPZ_BYTES = 8 << 30  # golden inputs / reference outputs, uncompressed
+# A manifest's tolerances are claims the bundle makes about itself; without a signature they cannot be trusted, but
+# they can be held to sense. No precision onnxgate verifies (fp32, fp16, bf16, an INT8 file at its contract) needs an
+# output to be allowed an error of a quarter of its own scale, and at rtol >= 1 an all-zero output passes: beyond
+# these ceilings a comparison no longer tells the model from a wrong one. The same ceiling refuses golden outputs
+# the model misses *by far* (more than that fraction of their scale), whatever the manifest allows.
+MAX_RTOL = 0.25
+MAX_SCALE_FRACTION = 0.25
 _NUMERIC = "biufc"
 _ORT_MEMORY_TAG = "_ORT_MEM_ADDR_"  # onnxruntime reads "*/_ORT_MEM_ADDR_/*" locations from a memory address
 
@@ -66,6 +73,7 @@ class BundleVerification:
     files_checked: list[str] = field(default_factory=list)
     outputs: list[OutputComparison] = field(default_factory=list)
     reason: str | None = None
+    tolerances: list[dict[str, Any]] = field(default_factory=list)  # per output: rtol, atol, source, ceiling
 
     @property
     def passed(self) -> bool:
@@ -117,17 +125,20 @@ def verify_matrix(path: str | Path, runtimes: list[str | None], *,
                                        reason=reason) for runtime in runtimes]
         inputs = load_npz(folder / mf.GOLDEN_INPUTS)
         reference = load_npz(folder / mf.REFERENCE_OUTPUTS)
+        tolerances = checked_tolerances(manifest, reference, where=f"The bundle '{path}'")  # before anything runs
         results = []
         for runtime in runtimes:
             run = run_in_venv(folder / mf.MODEL, inputs, runtime) if runtime else run_here(folder / mf.MODEL, inputs)
             result = BundleVerification(str(path), run.status, runtime or "onnxruntime", run.runtime_version,
-                                        checked, reason=run.reason)
+                                        checked, reason=run.reason, tolerances=tolerances)
             if run.outputs is not None:  # it ran; now judge its numbers
                 result.outputs = compare_all(manifest, reference, run.outputs)
-                failed = [c.name for c in result.outputs if not c.passed]
+                failed = [c for c in result.outputs if not c.passed]
                 if failed:
                     result.status = "fail"
-                    result.reason = f"output(s) {', '.join(failed)} differ from the reference beyond tolerance"
+                    far = [c for c in failed if c.reason and c.reason.startswith(_BY_FAR)]
+                    result.reason = (f"output(s) {', '.join(c.name for c in failed)} differ from the reference beyond "
+                                     "tolerance" + (f" ({far[0].name}: {far[0].reason})" if far else ""))
             results.append(result)
         return results
 
@@ -220,6 +231,60 @@ def run_here(model: Path, inputs: dict[str, np.ndarray]) -> RunOutcome:
                                                           f"{exc.message}")
 
 
+def checked_tolerances(manifest: dict[str, Any], reference: dict[str, np.ndarray], *,
+                       where: str = "The bundle") -> list[dict[str, Any]]:
+    """The manifest's tolerance of every output, with where it comes from and the ceiling it was held to; a
+    BadInputError (exit 2: the manifest claims what onnxgate never writes) for one beyond the ceiling of its
+    output (``MAX_RTOL``; atol at most ``MAX_SCALE_FRACTION`` x the reference's scale, or the dtype's default
+    atol when that is larger)."""
+    table = []
+    for spec in manifest["outputs"]:
+        name = spec["name"]
+        tol = manifest["tolerances"].get(name)
+        array = np.asarray(reference[name]) if name in reference else None
+        dtype = array.dtype.name if array is not None else str(spec.get("dtype"))
+        default = default_tolerance(dtype)
+        if tol is None:
+            table.append({"output": name, "rtol": default.rtol, "atol": default.atol,
+                          "source": f"the {dtype} default (the manifest names no tolerance for it)"})
+            continue
+        if array is None or array.dtype.kind not in _NUMERIC:  # no reference to judge by: its comparison fails
+            table.append({"output": name, **tol, "source": "manifest.json"})
+            continue
+        ceiling = tolerance_ceiling(array, dtype)
+        if tol["rtol"] > ceiling.rtol or tol["atol"] > ceiling.atol:
+            raise BadInputError(
+                f"{where} claims a tolerance for output '{name[:200]}' (rtol={sci(tol['rtol'])}, "
+                f"atol={sci(tol['atol'])}) beyond what its {dtype} precision allows (rtol <= {sci(ceiling.rtol)}, "
+                f"atol <= {sci(ceiling.atol)}: {MAX_SCALE_FRACTION:g} x the reference's scale, or the {dtype} "
+                "default): a comparison at it would pass a wrong model, so the bundle proves nothing. onnxgate "
+                "never writes such a manifest; it was edited.",
+                hint="Do not use this bundle: re-create it with `onnxgate bundle` (or fetch it again from its source).")
+        same = tol["rtol"] == default.rtol and tol["atol"] == default.atol
+        source = (f"manifest.json, the {dtype} default" if same else
+                  f"manifest.json, set when the bundle was written (the {dtype} default is {default})")
+        table.append({"output": name, "rtol": tol["rtol"], "atol": tol["atol"], "source": source,
+                      "ceiling": {"rtol": ceiling.rtol, "atol": ceiling.atol}})
+    return table
+
+
+def tolerance_ceiling(reference: np.ndarray | None, dtype: str) -> Tolerance:
+    """The loosest tolerance a manifest may give an output whose reference is ``reference`` (see ``MAX_RTOL``)."""
+    return Tolerance(MAX_RTOL, max(MAX_SCALE_FRACTION * _scale(reference), default_tolerance(dtype).atol))
+
+
+def _scale(array: np.ndarray | None) -> float:
+    """max |value| over the finite values of a numeric array (0 when there is none)."""
+    if array is None or array.dtype.kind not in _NUMERIC or not array.size:
+        return 0.0
+    values = np.abs(array.astype(np.float64, copy=False)) if array.dtype.kind != "c" else np.abs(array)
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else 0.0
+
+
+_BY_FAR = "misses the reference by far"
+
+
 def compare_all(manifest: dict[str, Any], reference: dict[str, np.ndarray],
                 got: dict[str, np.ndarray]) -> list[OutputComparison]:
     """Compare every output the manifest lists with its reference, at the manifest's tolerances — with the same
@@ -240,11 +305,21 @@ def compare_all(manifest: dict[str, Any], reference: dict[str, np.ndarray],
         elif name in got and np.asarray(got[name]).dtype.kind not in _NUMERIC:
             failed[name] = f"the runtime returned dtype {np.asarray(got[name]).dtype}, which is not numeric"
     comparable = {n: reference[n] for n in names if n not in failed}
+    checked_tolerances(manifest, comparable)  # a tolerance beyond its output's ceiling: BadInputError
     try:
         compared = compare_outputs(comparable, got, tolerances=tolerances, reference_label="the reference")
     except (ValueError, TypeError, IndexError) as exc:  # e.g. boxes/scores/labels of different counts
         compared = [OutputComparison(n, None, None, None, None, tolerances.get(n, Tolerance(0.0, 0.0)),
                                      reason=f"cannot be compared: {str(exc)[:300]}") for n in comparable]
+    for comp in compared:  # whatever the manifest allows: an output missed by far is not reproduced
+        if comp.name not in comparable or any(n.startswith("compared as detections") for n in comp.notes):
+            continue  # detections are judged as IoU-matched sets, not element by element
+        scale = _scale(np.asarray(comparable[comp.name]))
+        if comp.passed and comp.max_abs_err is not None and scale > 0 and comp.max_abs_err > MAX_SCALE_FRACTION * scale:
+            comp.passed = False
+            comp.reason = (f"{_BY_FAR}: max abs err {sci(comp.max_abs_err)} is {comp.max_abs_err / scale:.0%} of the "
+                           f"output's scale (max |ref| = {sci(scale)}); no precision errs beyond "
+                           f"{MAX_SCALE_FRACTION:.0%}, so the golden outputs are not what this model computes")
     return compared + [OutputComparison(n, None, None, None, None, tolerances.get(n, Tolerance(0.0, 0.0)),
                                         reason=why) for n, why in failed.items()]
 

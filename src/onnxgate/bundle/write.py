@@ -205,6 +205,8 @@ def _tolerances(tolerances: dict[str, tuple[float, float]] | None, reference: di
     if unknown:
         raise BadInputError(f"Tolerances are given for {', '.join(unknown)}, which the model does not output.",
                             hint=f"Name model outputs: {', '.join(names)}.")
+    from .verify import tolerance_ceiling
+
     table = {}
     for name in names:
         default = default_tolerance(np.asarray(reference[name]).dtype.name)
@@ -212,6 +214,13 @@ def _tolerances(tolerances: dict[str, tuple[float, float]] | None, reference: di
         if not (rtol >= 0 and atol >= 0):
             raise BadInputError(f"The tolerance for output '{name}' (rtol={rtol}, atol={atol}) is negative or NaN.",
                                 hint="Use non-negative numbers, e.g. rtol=1e-3, atol=1e-4.")
+        ceiling = tolerance_ceiling(np.asarray(reference[name]), np.asarray(reference[name]).dtype.name)
+        if rtol > ceiling.rtol or atol > ceiling.atol:  # verify would refuse the bundle: never write it
+            raise BadInputError(f"The tolerance for output '{name}' (rtol={rtol:g}, atol={atol:g}) is beyond what a "
+                                f"comparison can prove: at most rtol={ceiling.rtol:g} and atol={ceiling.atol:.3g} (a "
+                                "quarter of the reference output's scale, or its dtype's default atol), or a wrong "
+                                "model passes.", hint="Give a tolerance within those bounds (the defaults: omit "
+                                "--rtol/--atol).")
         table[name] = {"rtol": float(rtol), "atol": float(atol)}
     return table
 

@@ -35,6 +35,7 @@ def deploy(
 
     targets = parse_targets(to)
     path = Path(model_or_bundle)
+    _refuse_files_deploy_cannot_take(path)
     if path.is_dir():
         from ..deploy.api import deploy_bundle
 
@@ -54,6 +55,31 @@ def deploy(
     with progress("exporting, verifying and deploying") as status:
         report = run_job(job, force=force, progress=status.update)
     render_pipeline(report, json_out)
+
+
+_ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def _refuse_files_deploy_cannot_take(path: Path) -> None:
+    """A bundle archive or a bare .onnx file is not a model reference: say what deploy needs instead of letting the
+    model loader call it "not a file PyTorch can load"."""
+    from ..errors import BadInputError
+
+    name = path.name.lower()
+    if name.endswith(_ARCHIVES) and not path.is_dir():
+        folder = path.name[: -len(next(s for s in _ARCHIVES if name.endswith(s)))]
+        raise BadInputError(
+            f"'{path}' is a bundle archive; deploy writes each verified artifact into the bundle folder's targets/ "
+            "(and records it in its manifest), so it needs the unpacked folder, not the archive.",
+            hint=f"Unpack it (tar -xf '{path}'; `onnxgate verify` checks the archive first if you like), then run "
+                 f"`onnxgate deploy {folder or 'BUNDLE_FOLDER'} --to ...` on the folder.")
+    if name.endswith(".onnx") and path.is_file():
+        raise BadInputError(
+            f"'{path}' is an ONNX file without a PyTorch reference: deploy verifies every artifact against PyTorch "
+            "(a model reference) or against a bundle's golden outputs, and a bare .onnx file has neither.",
+            hint=f"Deploy the PyTorch model it came from (`onnxgate deploy REF --to ...`), or bundle the file with its "
+                 f"golden data first: `onnxgate bundle '{path}' --golden INPUTS.npz --reference OUTPUTS.npz -o B`, "
+                 "then `onnxgate deploy B --to ...`.")
 
 
 def print_targets(deploy: dict) -> None:

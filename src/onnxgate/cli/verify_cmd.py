@@ -34,9 +34,7 @@ def verify(
 ) -> None:
     """Prove an ONNX model computes what its PyTorch model computes, at every shape it claims."""
     if target.is_dir() or target.name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
-        from .bundle_cmd import verify_and_report
-
-        return verify_and_report(target, runtime, json_out)
+        return _verify_bundle(target, runtime, json_out)
     from ..spec import ExportConfig, VerifyConfig, parse_dim, parse_input
     from ..verify.api import verify as do_verify
 
@@ -72,6 +70,27 @@ def verify(
 
             console.print(render_targets_table(result.targets))
     finish(result, json_out=json_out, quiet_failure=True)
+
+
+def _verify_bundle(bundle: Path, runtimes: list[str], json_out: bool) -> None:
+    """`onnxgate verify BUNDLE`: each runtime's result, and the tolerances the outputs were judged at with where
+    they came from (the manifest's claims, held to their ceiling before anything ran); the worst exit code."""
+    from rich.markup import escape
+
+    from ..bundle import parse_runtime, verify_matrix
+    from ..verify.compare import sci
+    from .bundle_cmd import _finish
+
+    for spec in runtimes:
+        parse_runtime(spec)  # reject a typo before minutes of installing the others
+    results = verify_matrix(bundle, list(runtimes) or [None])
+    if not json_out:
+        for row in results[0].tolerances:
+            ceiling = row.get("ceiling")
+            held = f"; at most rtol={sci(ceiling['rtol'])} atol={sci(ceiling['atol'])} accepted" if ceiling else ""
+            console.print(f"tolerance of '{escape(row['output'])}': rtol={sci(row['rtol'])} atol={sci(row['atol'])} "
+                          f"(from {escape(row['source'])}{held})", soft_wrap=True)
+    _finish(results, json_out)
 
 
 def register(app: typer.Typer) -> None:

@@ -144,6 +144,11 @@ def convert_to_ort_format(model_path: str | Path, out_dir: str | Path, *, target
     with staging_dir("ortformat") as tmp:
         staged = Path(tmp) / "model.onnx"
         shutil.copyfile(model_path, staged)
+        from .. import serde  # the external-data files the model names (checked to stay in its folder) travel too
+
+        for rel in serde.external_data_locations(serde.load(model_path, load_external_data=False)):
+            (staged.parent / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(model_path).parent / rel, staged.parent / rel)
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 convert_onnx_models_to_ort(staged, out_dir, optimization_styles=[OptimizationStyle.Fixed],
