@@ -106,13 +106,23 @@ WORKER_NAME = "onnxgate-worker"
 _PR_SET_PDEATHSIG, _PR_SET_NAME, _PR_SET_CHILD_SUBREAPER = 1, 15, 36
 
 
-def _prctl(option: int, arg) -> bool:
-    try:
-        import ctypes
+_PRCTL: list = []  # libc's prctl, resolved in the parent: a dlopen in a child forked from a threaded parent can hang
 
-        return ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0) == 0
-    except (OSError, AttributeError):  # not Linux
-        return False
+
+def _prctl_fn():
+    if not _PRCTL:
+        try:
+            import ctypes
+
+            _PRCTL.append(ctypes.CDLL(None, use_errno=True).prctl)
+        except (OSError, AttributeError):  # not Linux
+            _PRCTL.append(None)
+    return _PRCTL[0]
+
+
+def _prctl(option: int, arg) -> bool:
+    prctl = _prctl_fn()
+    return prctl is not None and prctl(option, arg, 0, 0, 0) == 0
 
 
 def total_memory_mb() -> int | None:
@@ -219,12 +229,7 @@ def preexec_die_with_parent(parent: int | None = None, signum: int = signal.SIGK
     """A ``subprocess.Popen(preexec_fn=...)`` that makes the child die with the calling thread (PR_SET_PDEATHSIG;
     it survives exec) and exit at once if ``parent`` is already gone."""
     parent = os.getpid() if parent is None else parent
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork: nothing to load in the child
-    except (OSError, AttributeError):
-        prctl = None
+    prctl = _prctl_fn()  # resolved before the fork: nothing to load in the child
 
     def preexec() -> None:
         if prctl is not None:
@@ -320,6 +325,7 @@ def run_in_worker(fn: Callable, *args: Any, timeout_s: float | None = None, memo
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     start = time.monotonic()
+    _prctl_fn()
     process = ctx.Process(target=_keeper, args=(send, fn, args, kwargs, os.getpid()), daemon=True)
     process.start()
     send.close()
@@ -455,6 +461,11 @@ def _finished(status: str, payload: Any) -> WorkerOutcome:
 
 
 def _kill(process) -> None:
-    """Kill the keeper and every process below it (a setsid grandchild included: the keeper is their subreaper)."""
-    kill_tree(process.pid)
-    process.join()
+    """Kill every process below the keeper (a setsid grandchild included: the keeper is their subreaper); the keeper
+    then reaps them and exits by itself (no zombies left to a PID 1 that may not reap them). A keeper that does not
+    is killed with its tree."""
+    kill_tree(process.pid, include_root=False)
+    process.join(5)
+    if process.exitcode is None:
+        kill_tree(process.pid)
+        process.join()
