@@ -118,7 +118,7 @@ def draft_assumptions(report) -> list[dict]:
             continue
         data = getattr(failure, "data", {}) or {}
         kind = str(getattr(failure, "failure_type", "unknown"))
-        location, code = _user_frame(data.get("user_stack") or [], getattr(report, "str_to_filename", {}) or {})
+        location, code = _user_frame(data.get("user_stack") or [], _filenames(report))
         if kind == "DATA_DEPENDENT_ERROR":
             out.append(assumption("data_dependent", f"the data-dependent expression {data.get('expr')} was "
                                   f"specialized to {data.get('result')}", location, code))
@@ -131,6 +131,19 @@ def draft_assumptions(report) -> list[dict]:
         else:
             out.append(assumption(kind.lower(), str(data)[:200], location, code))
     return out
+
+
+def _filenames(report) -> dict:
+    """Interned file number -> name. The report only has the names first interned during its own export (torch
+    interns a file name once per process), so the process-wide table fills in the rest."""
+    files = dict(getattr(report, "str_to_filename", None) or {})
+    try:
+        from torch._logging.structured import INTERN_TABLE
+
+        files.update({number: name for name, number in INTERN_TABLE.items() if number not in files})
+    except ImportError:  # private table moved: the report's own names only
+        pass
+    return files
 
 
 def _user_frame(stack: list[dict], files: dict) -> tuple[str | None, str | None]:
