@@ -303,6 +303,7 @@ def torch_load(path: Path, *, trust_pickle: bool) -> Any:
             "default.",
             hint=_TRUST_HINT + SAFE_FORMATS_HINT,
         ) from refusal
+    confine_untrusted_code(f"the pickle '{path}'")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (ImportError, AttributeError) as exc:

@@ -143,6 +143,10 @@ def _load_exported_program(path: Path, ref: str, *, trust_pickle: bool) -> Loade
     if not trust_pickle:  # torch.export.load unpickles with weights_only=False: look before it does
         data = read_regular_file(path, what="Model file")
         check_pt2_archive(path, data)
+    else:
+        from ..safe_load import confine_untrusted_code
+
+        confine_untrusted_code(f"the torch.export archive '{path}'")
     try:
         program = torch.export.load(str(path)) if trust_pickle else load_pt2(path, data)
     except Exception as exc:
