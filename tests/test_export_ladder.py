@@ -148,3 +148,15 @@ def test_non_deterministic_model_is_flagged(tmp_path):
     prepared = prepare(LoadedModel(Noisy(), "Noisy"), cfg("x:2x3:float32"))
     assert not prepared.deterministic
     assert "not deterministic" in " ".join(prepared.warnings)
+
+
+def test_winner_is_judged_and_proven_on_sign_and_scale_variants(tmp_path):
+    """Issue 23: every rung's quick check and the winner's proof add all-negative, all-positive, zeros, x10 and
+    x0.01 feeds, and the proof re-runs the example every rung was judged on."""
+    from onnxgate.verify.inputs import VARIANTS
+
+    result = onnxgate.export(nn.Linear(4, 3).eval(), tmp_path / "m.onnx", config=cfg("x:Bx4:float32", dims=["B=1..8"]))
+    won = result.attempts[result.winner]
+    labels = {c.label for c in won.parity.cases}
+    assert set(VARIANTS) <= labels and "example" in labels
+    assert all(c.passed for c in won.parity.cases if c.label in VARIANTS)

@@ -36,6 +36,40 @@ def test_random_inputs_defaults_and_float_range():
     assert feed["b"].dtype == np.float32  # numpy has no bfloat16
 
 
+def test_variant_feeds_vary_sign_and_scale_of_floats_only():
+    """Issue 23: a value branch cannot hide behind one distribution. Floats negative, positive, zero, x10, x0.01 of
+    the seeded normal feed; integers and bools as drawn; an input's value range is kept."""
+    from onnxgate.verify.inputs import VARIANTS, variant_feeds
+
+    specs = [*SPECS, parse_input("u:B:float32:0.5..2")]
+    base = random_inputs(specs, {"B": 2, "S": 5}, seed=3)
+    feeds = dict(variant_feeds(specs, {"B": 2, "S": 5}, seed=3))
+    assert list(feeds) == list(VARIANTS)
+    x = base["x"]
+    np.testing.assert_array_equal(feeds["all-negative"]["x"], -np.abs(x))
+    assert (feeds["all-positive"]["x"] >= 0).all() and not feeds["zeros"]["x"].any()
+    np.testing.assert_allclose(feeds["scaled x10"]["x"], x * 10, rtol=1e-6)
+    np.testing.assert_allclose(feeds["scaled x0.01"]["x"], x * 0.01, rtol=1e-6)
+    for feed in feeds.values():
+        assert feed["x"].dtype == np.float32 and feed["h"].dtype == np.float16
+        np.testing.assert_array_equal(feed["ids"], base["ids"])
+        np.testing.assert_array_equal(feed["mask"], base["mask"])
+        assert ((0.5 <= feed["u"]) & (feed["u"] <= 2)).all()
+    assert (feeds["all-negative"]["u"] <= 1.25).all() and (feeds["all-positive"]["u"] >= 1.25).all()
+    assert variant_feeds([parse_input("ids:BxS:int64")], {"B": 1, "S": 3}) == []  # nothing to vary
+
+
+def test_value_probes_flip_sign_magnitude_and_integer_ends():
+    from onnxgate.verify.inputs import value_probes
+
+    example = {"x": np.ones((2, 3), np.float32), "ids": np.full((2, 3), 6, np.int64)}
+    probes = dict(value_probes(example, [parse_input("x:Bx3:float32"), parse_input("ids:Bx3:int64:5..7")]))
+    assert (probes["example x-1"]["x"] == -1).all() and (probes["example x0.1"]["x"] < 1).all()
+    assert (probes["example 10|x|"]["x"] == 10).all() and (probes["example -|x|"]["x"] == -1).all()
+    assert (probes["integers at the low end"]["ids"] == 5).all() and (probes["integers at the high end"]["ids"] == 7).all()
+    assert all(p["x"].dtype == np.float32 for p in probes.values())
+
+
 def test_random_inputs_need_every_dynamic_size():
     with pytest.raises(BadInputError, match="no size for the dynamic dim"):
         random_inputs(SPECS, {"B": 1}, seed=0)
