@@ -216,7 +216,8 @@ def _json_data(data: Any, name: str, datatype: str, dtype: np.dtype, shape: list
         if values.min() < info.min or values.max() > info.max:
             raise RequestError(400, f"The data of input '{name}' holds values outside {datatype}'s range "
                                     f"{info.min}..{info.max}.", input=name)
-    return values.astype(dtype).reshape(shape)
+    with np.errstate(over="ignore", invalid="ignore"):  # a number beyond the dtype's range becomes Inf: contract's call
+        return values.astype(dtype).reshape(shape)
 
 
 def _kind(values: np.ndarray) -> str:
