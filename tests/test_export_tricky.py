@@ -53,7 +53,11 @@ class Median(nn.Module):
         return x.median(dim=1).values
 
 
-def test_data_dependent_branch_is_diagnosed_not_baked_in(tmp_path):
+@pytest.mark.parametrize("first", ["", "draft"], ids=["plan", "draft-first"])
+def test_data_dependent_branch_is_diagnosed_not_baked_in(tmp_path, monkeypatch, first):
+    """With the draft rung forced first too (issue 23): draft export records the branch its example took; the
+    judge refuses it, naming the assumption, and the ladder ends in the same diagnosis."""
+    monkeypatch.setenv("ONNXGATE_TEST_FIRST_RUNG", first)
     with pytest.raises(ExportError) as info:
         onnxgate.export(DataDependentBranch(), tmp_path / "m.onnx", config=cfg("x:Bx8:float32", dims=["B=1..8"]))
     err = info.value
@@ -64,6 +68,12 @@ def test_data_dependent_branch_is_diagnosed_not_baked_in(tmp_path):
     outcomes = {a.strategy: a.outcome for a in err.result.attempts}
     assert outcomes["torchscript"] == "traced_branch"  # tracing 'worked' but baked one branch in: rejected
     assert not (tmp_path / "m.onnx").exists()
+    drafts = [a for a in err.result.attempts if a.variant == "draft"]
+    assert drafts and all(a.outcome == "traced_branch" for a in drafts)
+    assert drafts[0].assumptions[0]["kind"] == "data_dependent"
+    assert "draft export" in err.message and "if x.sum() > 0" in err.message
+    if first:
+        assert err.result.attempts[0].variant == "draft"
 
 
 def test_custom_autograd_function_exports_and_matches(tmp_path):

@@ -817,6 +817,10 @@ def _extras_tried(attempts: list[Attempt]) -> str:
         parts.append("No catalogued repair applies to this model (export/repair/catalogue.py).")
     if variants:
         parts.append(f"Capture variants tried: {', '.join(variants)}.")
+    assumed = [f"{a.label}: it assumed {describe_assumption(_value_assumptions(a)[0])}" for a in attempts
+               if a.variant and a.error_class == "assumption" and _value_assumptions(a)]
+    if assumed:
+        parts.append("Refused for assuming values the graph holds one side of: " + "; ".join(assumed) + ".")
     if crashed:
         parts.append("Crashed: " + "; ".join(crashed) + ".")
     return (" " + " ".join(parts)) if parts else ""
