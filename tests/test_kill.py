@@ -54,15 +54,20 @@ def _marked(mark: str) -> list[int]:
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every output under ``folder`` (files: size and mtime); onnxgate's staging entries are not outputs (a write in
+    progress when the kill came; the next run sweeps them) and neither is what is inside them."""
     out = {}
     for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".onnxgate-staging-")]
         for name in dirs + files:
+            if name.startswith(".onnxgate-staging-"):
+                continue
             path = os.path.join(root, name)
             try:
                 st = os.lstat(path)
             except OSError:
                 continue
-            out[os.path.relpath(path, folder)] = (st.st_size, st.st_mtime_ns)
+            out[os.path.relpath(path, folder)] = (st.st_size, 0 if name in dirs else st.st_mtime_ns)
     return out
 
 
@@ -188,3 +193,24 @@ def test_kill_9_of_a_workers_parent_takes_its_setsid_daemon_too(tmp_path):
     finally:
         for pid in _marked(mark):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_no_output_is_moved_into_place_once_an_ancestor_is_gone(tmp_path):
+    """The check right before every move into place (fsutil.ensure_parent_alive) covers the whole line up to the
+    process the user started: a grandparent that is not the registered one (here, as after a kill: re-parented)
+    means the process exits at once and the output never appears."""
+    from onnxgate import fsutil
+
+    out = tmp_path / "out.txt"
+    for grandparent, written in ((os.getppid(), True), (1, False)):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                fsutil.expect_parent(os.getppid(), grandparent)
+                fsutil.atomic_write_text(out, "done", force=True)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert out.exists() == written and os.WEXITSTATUS(status) == (0 if written else 1), (grandparent, status)
+        out.unlink(missing_ok=True)
+    assert not [p for p in tmp_path.iterdir() if p.name != "out.txt"], "the refused write left its staging behind"

@@ -53,28 +53,63 @@ LEGACY_MIN_AGE_S = 3600  # a legacy entry younger than this may belong to an old
 _NAME_BUDGET = 120  # bytes of the destination name kept in a staging name (file names stop at 255 bytes)
 
 
-_EXPECTED_PARENT: tuple[int, int] | None = None  # (this process, the parent it must still have)
+_EXPECTED: tuple[int, tuple[int, ...]] | None = None  # (this process, its ancestors as they must still be)
 
 
-def expect_parent(parent: int | None) -> None:
-    """From now on, this process moves no output into place unless its parent is still ``parent`` (None: no check).
+def expect_parent(*ancestors: int | None) -> None:
+    """From now on, this process moves no output into place unless its ancestry is still ``ancestors``: its parent,
+    that one's parent, ... (a worker's keeper, then the process that started the keeper). The chain an ancestor
+    registered itself is appended, so a worker of a worker checks the whole line up to the process the user started:
+    killing that one stops every output below it even before the kernel's parent-death signals have run through.
     Forked children inherit the record but not the check: it holds for the process that registered it."""
-    global _EXPECTED_PARENT
-    _EXPECTED_PARENT = None if parent is None else (os.getpid(), parent)
+    global _EXPECTED
+    chain = [a for a in ancestors if a is not None]
+    if not chain:
+        _EXPECTED = None
+        return
+    if _EXPECTED is not None and _EXPECTED[0] == chain[-1]:
+        chain += _EXPECTED[1]
+    _EXPECTED = (os.getpid(), tuple(chain))
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+        return int(text[text.rfind(b")") + 2:].split(b" ", 2)[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def parent_gone() -> bool:
-    """Whether the parent registered with :func:`expect_parent` is gone (this process was re-parented)."""
-    if _EXPECTED_PARENT is None or os.name == "nt":
+    """Whether an ancestor registered with :func:`expect_parent` is gone (this process or one above was
+    re-parented)."""
+    if _EXPECTED is None or os.name == "nt":
         return False
-    pid, parent = _EXPECTED_PARENT
-    return pid == os.getpid() and os.getppid() != parent
+    me, chain = _EXPECTED
+    if me != os.getpid():
+        return False
+    if os.getppid() != chain[0]:
+        return True
+    for child, ancestor in zip(chain, chain[1:]):
+        parent = _parent_of(child)
+        if parent is None:  # the ancestor is gone, or there is no /proc to tell (then what could be checked was)
+            return os.path.isdir("/proc/self") and not os.path.exists(f"/proc/{child}")
+        if parent != ancestor:
+            return True
+    return False
 
 
-def ensure_parent_alive() -> None:
-    """Right before an output is moved into place: exit at once (status 1, nothing written, nobody left to tell)
-    when the process this one works for is gone — its user killed it and does not expect the output."""
+def ensure_parent_alive(staging: Path | None = None) -> None:
+    """Right before ``staging`` is moved into place: exit at once (status 1, nothing written, nobody left to tell;
+    ``staging`` removed) when the process this one works for, or any above it, is gone — its user killed it and does
+    not expect the output."""
     if parent_gone():
+        if staging is not None:
+            if staging.is_dir() and not staging.is_symlink():
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                staging.unlink(missing_ok=True)
         os._exit(1)
 
 
@@ -106,7 +141,7 @@ def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # 0o666 & umask, unlike mkstemp's 0o600
     try:
         yield tmp
-        ensure_parent_alive()
+        ensure_parent_alive(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -152,7 +187,7 @@ def staging_dir(label: str, *, parent: str | Path | None = None) -> Iterator[Pat
 
 
 def _move_into_place(tmp: Path, path: Path, *, force: bool) -> None:
-    ensure_parent_alive()
+    ensure_parent_alive(tmp)
     if not (force and (path.exists() or path.is_symlink())):
         try:
             os.rename(tmp, path)

@@ -158,7 +158,7 @@ def _keeper(conn, fn: Callable, args: tuple, kwargs: dict, parent: int) -> None:
         _prctl(_PR_SET_NAME, WORKER_NAME.encode())  # not a keeper: the watchdog counts this one
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        _child(conn, fn, args, kwargs, me)  # never returns
+        _child(conn, fn, args, kwargs, me, parent)  # never returns
     _, status = os.waitpid(pid, 0)
     if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):  # the worker sent no result
         died = {"signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
@@ -183,7 +183,8 @@ def _reap_and_exit(me: int, code: int) -> None:
     os._exit(code)
 
 
-def _child(conn, fn: Callable, args: tuple, kwargs: dict, parent: int | None = None) -> None:
+def _child(conn, fn: Callable, args: tuple, kwargs: dict, parent: int | None = None,
+           grandparent: int | None = None) -> None:
     import faulthandler
 
     # A fatal signal must reach the parent as itself: an inherited faulthandler (pytest enables one) dumps stacks
@@ -193,7 +194,7 @@ def _child(conn, fn: Callable, args: tuple, kwargs: dict, parent: int | None = N
         os._exit(1)
     from . import fsutil
 
-    fsutil.expect_parent(parent)  # no output is moved into place once the keeper is gone
+    fsutil.expect_parent(parent, grandparent)  # no output moved into place once the keeper or its parent is gone
     # A worker may run workers of its own (a zoo model's worker runs the ladder's export attempts); multiprocessing
     # refuses children to a daemonic process, and this one's children die with it anyway (see die_with_parent).
     multiprocessing.current_process().daemon = False

@@ -7,6 +7,14 @@ files in a child interpreter with the same arguments, inheriting stdin/stdout/st
 unchanged), and reports a child that died from a signal as an ordinary onnxgate error with a documented exit
 code and, under ``--json``, the shared error envelope. ``main()`` called from Python (the tests, a notebook) runs
 in-process, as a library call should.
+
+A ``kill -9`` of ``onnxgate`` cancels everything (security issue 22): the child runs below a *keeper*, a fork of
+this small process that is a child subreaper, receives SIGTERM when ``onnxgate`` dies (``PR_SET_PDEATHSIG``) and then
+kills every process below it — the child, its export attempts, a benchmark's subprocess, a daemon the model's code
+started with ``setsid`` (``worker.kill_tree``). The child itself gets SIGKILL when the keeper dies and, right before
+it moves any output into place, checks that the keeper is still its parent and ``onnxgate`` the keeper's
+(``fsutil.expect_parent``): the keeper needs a moment to stop the tree, and no output appears in that moment. The
+keeper also kills whatever the child left running when it ends.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ ISOLATED_COMMANDS = frozenset({"export", "run", "demo", "bundle", "bench", "veri
 _CRASH_EXIT = {"verify": ExitCode.RUNTIME_INCOMPATIBLE, "optimize": ExitCode.RUNTIME_INCOMPATIBLE,
                "quantize": ExitCode.RUNTIME_INCOMPATIBLE}
 CHILD_ENV = "ONNXGATE_CHILD"
-PARENT_ENV = "ONNXGATE_PARENT_PID"  # the keeper's PID, for the child's checks (removed from its environment at start)
+PARENT_ENV = "ONNXGATE_PARENT_PID"  # "KEEPER,TOP": the child's ancestry, for its checks (removed from its environment)
 
 
 def wants_isolation(argv: list[str]) -> bool:
@@ -84,7 +92,7 @@ def _keep(cmd: list[str], env: dict[str, str], top: int, report: int) -> None:
         if not die_with_parent(top, signal.SIGTERM):
             _reap_and_exit(me, 1)
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-        child = subprocess.Popen(cmd, env={**env, PARENT_ENV: str(me)}, preexec_fn=_child_preexec(me))
+        child = subprocess.Popen(cmd, env={**env, PARENT_ENV: f"{me},{top}"}, preexec_fn=_child_preexec(me))
         code = child.wait()
         os.write(report, str(code).encode())
     finally:
@@ -106,14 +114,14 @@ def _child_preexec(keeper: int):
 def child_main() -> None:
     """The child's entry point (``python -m onnxgate.cli.isolate ARGV``): die with the keeper, move no output into
     place once it is gone, then run the command as ``onnxgate`` would in-process."""
-    parent = os.environ.pop(PARENT_ENV, None)
-    if parent and parent.isdigit():
+    ancestry = [int(p) for p in os.environ.pop(PARENT_ENV, "").split(",") if p.isdigit()]
+    if ancestry:
         from .. import fsutil
         from ..worker import die_with_parent
 
-        if not die_with_parent(int(parent)):
+        if not die_with_parent(ancestry[0]):
             os._exit(1)
-        fsutil.expect_parent(int(parent))
+        fsutil.expect_parent(*ancestry)
     from .main import main
 
     sys.exit(main())
