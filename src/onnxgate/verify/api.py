@@ -146,10 +146,11 @@ def verify(model: str | Path, against=None, *, config: ExportConfig | None = Non
         data = [*(data or []), *load_feeds(list(settings.data), specs, meta=structure.metadata)]
     loaded, warnings = _reference_model(ref, structure, config, settings)
     tolerances = _contract_tolerances(model, structure, settings, tolerances, warnings)
-    parities = _parities(model, loaded, structure, specs, dims, config, settings, data, tolerances)
+    probes = _example_probes(loaded, specs)
+    parities = _parities(model, loaded, structure, specs, dims, config, settings, data, tolerances, probes)
     for parity in parities:
         if not parity.passed:
-            parity.branch = _value_branch(loaded.module, parity, specs)
+            parity.branch = _value_branch(loaded.module, parity, specs, dict(probes))
     result = VerifyResult(str(model), loaded.ref, structure, parities, warnings, targets=target_results)
     failed = next((p for p in parities if not p.passed), None)
     if settings.localize and failed is not None:
@@ -206,8 +207,25 @@ def _reference_model(ref, structure: StructureReport, config: ExportConfig, sett
     return loaded, warnings
 
 
+def _example_probes(loaded, specs: list[InputSpec]) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The probes the export ladder judged its rungs by, made again from the reference's own example inputs (a
+    factory returning ``(module, example)``): the example, negated, rescaled, made all-positive/all-negative.
+    None when the model gives no example that fits the specs."""
+    from .inputs import conform, value_probes
+
+    example = getattr(loaded, "example_inputs", None)
+    if not isinstance(example, dict) or not example:
+        return []
+    try:
+        feed = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in example.items()}
+        feed = conform(feed, specs, where="the reference's example inputs")
+    except (BadInputError, TypeError, ValueError):
+        return []
+    return [("example", feed), *value_probes(feed, specs)]
+
+
 def _parities(model, loaded, structure: StructureReport, specs, dims, config: ExportConfig,
-              settings: VerifyConfig, data, tolerances) -> list[ParityReport]:
+              settings: VerifyConfig, data, tolerances, probes=None) -> list[ParityReport]:
     """One parity report per runtime: PyTorch against it at every probed shape."""
     from ..runtimes.torch_runner import TorchRunner
 
@@ -224,11 +242,11 @@ def _parities(model, loaded, structure: StructureReport, specs, dims, config: Ex
                           tolerances=tolerances, default=settings.default_tolerance,
                           allow_static=config.allow_static, static_in_graph=static,
                           accept_domain=config.accept_domain or settings.accept_domain, granularities=strides,
-                          variants=variants)
+                          variants=variants, probes=probes if variants else None)
             for runtime in settings.runtimes]
 
 
-def _value_branch(module, parity: ParityReport, specs: list[InputSpec]) -> str | None:
+def _value_branch(module, parity: ParityReport, specs: list[InputSpec], probes: dict) -> str | None:
     """When a feed at the traced sizes fails while another one agrees, where PyTorch's own path parts between them
     (``export/assumptions.py``): the value decision (an ``if`` on a tensor, ``.item()``, a loop bound) whose other
     side the graph lacks. None when nothing tells them apart, or the path cannot be recorded."""
@@ -241,7 +259,7 @@ def _value_branch(module, parity: ParityReport, specs: list[InputSpec]) -> str |
         from ..runtimes.torch_runner import calls_by_keyword
         import torch
 
-        feeds = [_case_feed(c, specs) for c in (agreeing, failing)]
+        feeds = [probes.get(c.label) if c.source == "probe" else _case_feed(c, specs) for c in (agreeing, failing)]
         if any(f is None for f in feeds):
             return None
         paths = []
@@ -263,7 +281,7 @@ def _value_branch(module, parity: ParityReport, specs: list[InputSpec]) -> str |
 
 
 def _case_feed(case, specs: list[InputSpec]) -> dict[str, np.ndarray] | None:
-    """The feed of a random or variant case, made again from its seed (real-data cases: None)."""
+    """The feed of a random or variant case, made again from its seed (real-data and example cases: None)."""
     from .inputs import random_inputs, variant_feeds
 
     if "random(seed=" not in case.source:
