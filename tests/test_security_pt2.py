@@ -226,7 +226,7 @@ def test_the_duplicate_name_exploit_is_real(tmp_path, good_pt2):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("command", ["export", "run", "verify --against"])
+@pytest.mark.parametrize("command", ["export", "run", "bundle", "bench", "verify --against"])
 def test_every_ambiguous_zip_is_refused_before_torch_reads_it(capsys, tmp_path, good_pt2, dynamic_pt2, command):
     marker = tmp_path / "PWNED"
     archives = {**variants(good_pt2, tmp_path, marker), **json_variants(good_pt2, dynamic_pt2, tmp_path, marker)}
@@ -236,6 +236,8 @@ def test_every_ambiguous_zip_is_refused_before_torch_reads_it(capsys, tmp_path, 
     for label, path in archives.items():
         argv = {"export": ["export", path, "-o", tmp_path / "out.onnx"],
                 "run": ["run", path, "-o", tmp_path / "run-out", "--bench", "none"],
+                "bundle": ["bundle", path, "-o", tmp_path / "bundle-out"],
+                "bench": ["bench", path, "--quick"],
                 "verify --against": ["verify", onnx_file, "--against", path]}[command]
         code, out, err = run_cli(capsys, *argv)
         assert not marker.exists(), f"{label}: the payload ran through {command}"

@@ -305,3 +305,23 @@ def example():
     assert {"segfault": "SIGSEGV", "abort": "SIGABRT"}[crash] in envelope["error"]["message"]
     assert "Traceback" not in proc.stderr
     assert not out.exists() or not any(out.iterdir())  # run creates its (empty) output folder up front
+
+
+@pytest.mark.parametrize("where", ["model", "--weights", "python file"])
+def test_a_fifo_is_refused_without_blocking(tmp_path, where):
+    """Issue 22, finding 7: a named pipe given as a model was reported missing, or blocked the reader forever.
+    It is a clear exit 2 saying what it is; a subprocess with a timeout, so a reader that blocks fails the test."""
+    import os
+
+    fifo = tmp_path / ("model.py" if where == "python file" else "model.pt")
+    os.mkfifo(fifo)
+    (tmp_path / "net.py").write_text("import torch\nclass Net(torch.nn.Linear):\n    def __init__(self):\n"
+                                     "        super().__init__(4, 3)\n")
+    ref = {"model": [str(fifo)], "--weights": [f"{tmp_path / 'net.py'}:Net", "--weights", str(fifo)],
+           "python file": [f"{fifo}:Net"]}[where]
+    proc = subprocess.run([sys.executable, "-m", "onnxgate.cli.main", "export", *ref, "-o", str(tmp_path / "m.onnx"),
+                           "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == ExitCode.BAD_INPUT, proc.stderr
+    message = json.loads(proc.stdout)["error"]["message"]
+    assert "named pipe (FIFO)" in message and "not a regular file" in message, message
+    assert "does not exist" not in message
