@@ -23,7 +23,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .deploy.model import parse_targets
 from .errors import BadInputError
+from .verify.target_table import parse_target
+from .verify.tolerance import Tolerance
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 DTYPE_ALIASES = {"float": "float32", "fp32": "float32", "half": "float16", "fp16": "float16", "double": "float64",
@@ -319,12 +322,10 @@ class VerifyConfig:
                                 hint=f"Use {' or '.join(VERIFY_RUNTIMES)} (a bundle also takes onnxruntime==X.Y.Z).")
 
     @property
-    def default_tolerance(self):
+    def default_tolerance(self) -> Tolerance | None:
         """One tolerance for every output when --rtol/--atol is given (the other defaults to 1e-3 / 1e-4)."""
         if self.rtol is None and self.atol is None:
             return None
-        from .verify.compare import Tolerance
-
         return Tolerance(1e-3 if self.rtol is None else self.rtol, 1e-4 if self.atol is None else self.atol)
 
 
@@ -601,8 +602,6 @@ def load_toml(path: str | Path) -> RunConfig:
             raise BadInputError(f"{at('allow_static', name_)} is not a dim name.",
                                 hint='Give the names of dynamic dims, e.g. allow_static = ["B"].')
     for target in doc.target:
-        from .verify.targets import parse_target
-
         try:
             parse_target(target)
         except BadInputError as exc:
@@ -637,8 +636,6 @@ def load_toml(path: str | Path) -> RunConfig:
 def _deploy_targets(names: list[str], toml_path: Path) -> tuple[str, ...]:
     if not names:
         return ()
-    from .deploy.model import parse_targets
-
     return parse_targets(names, where=f"In {toml_path}, key 'deploy'")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import onnx
 
+from .. import metadata as md
 from .. import serde
 from ..errors import BadInputError, OnnxgateError, first_line
 
@@ -169,8 +170,6 @@ def check_structure(path: str | Path, *, try_ort: bool = True) -> StructureRepor
     """Run every structural check on the ONNX file at ``path`` and return what was found (never raises for a
     model that fails a check: the failure is in the report; a file that is not an ONNX model at all is a
     BadInputError)."""
-    from .. import metadata as md
-
     p = Path(path)
     model = _load(p)
     externals = serde.external_data_locations(model)
