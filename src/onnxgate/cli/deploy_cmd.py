@@ -6,15 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
+from ..deploy.model import parse_targets
+from ..errors import BadInputError
 from .common import console, finish, progress
 from .export_cmd import ACCEPT_DOMAIN_HELP, DIM_HELP, INPUT_HELP
-
-_STYLES = {"passed": "green", "failed": "red", "not converted": "red", "skipped": "dim",
-           "converted, not numerically verified": "yellow"}
-
+from .render import print_pipeline, print_targets
 
 def deploy(
     model_or_bundle: str = typer.Argument(..., help="A model reference (exported and verified first) or a bundle folder."),
@@ -31,8 +28,6 @@ def deploy(
 ) -> None:
     """Convert the verified ONNX model to each target and verify every artifact; exit 4 names a target whose
     artifact computes something else, 6 one that cannot convert it, 8 a missing extra."""
-    from ..deploy.model import parse_targets
-
     targets = parse_targets(to)
     path = Path(model_or_bundle)
     _refuse_files_deploy_cannot_take(path)
@@ -42,11 +37,10 @@ def deploy(
         with progress("deploying the bundle") as status:
             report = deploy_bundle(path, targets, progress=status.update)
         if not json_out:
-            print_targets(report.to_dict())
+            print_targets(console, report.to_dict())
         return finish(report, json_out=json_out)
     from ..configure import ExportFlags, RunFlags, run_config
     from ..pipeline import run_job
-    from .run_cmd import render_pipeline
 
     job = run_config(model_or_bundle, RunFlags(
         ExportFlags(tuple(inputs), tuple(dims), accept_domain=accept_domain), weights=weights, arch=arch,
@@ -54,7 +48,9 @@ def deploy(
         deploy=",".join(targets)))
     with progress("exporting, verifying and deploying") as status:
         report = run_job(job, force=force, progress=status.update)
-    render_pipeline(report, json_out)
+    if not json_out:
+        print_pipeline(console, report)
+    finish(report, json_out=json_out, quiet_failure=True)
 
 
 _ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -63,8 +59,6 @@ _ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 def _refuse_files_deploy_cannot_take(path: Path) -> None:
     """A bundle archive or a bare .onnx file is not a model reference: say what deploy needs instead of letting the
     model loader call it "not a file PyTorch can load"."""
-    from ..errors import BadInputError
-
     name = path.name.lower()
     if name.endswith(_ARCHIVES) and not path.is_dir():
         folder = path.name[: -len(next(s for s in _ARCHIVES if name.endswith(s)))]
@@ -80,31 +74,6 @@ def _refuse_files_deploy_cannot_take(path: Path) -> None:
             hint=f"Deploy the PyTorch model it came from (`onnxgate deploy REF --to ...`), or bundle the file with its "
                  f"golden data first: `onnxgate bundle '{path}' --golden INPUTS.npz --reference OUTPUTS.npz -o B`, "
                  "then `onnxgate deploy B --to ...`.")
-
-
-def print_targets(deploy: dict) -> None:
-    """The per-target table: artifact, size, precision, shapes, max error, top-1 agreement, latency, verdict."""
-    from ..deploy.model import TABLE_COLUMNS, reasons, table_rows
-
-    table = Table(title=f"deploy targets (reference: {escape(deploy.get('reference') or '?')})")
-    for header in TABLE_COLUMNS:
-        table.add_column(header, overflow="fold")
-    for artifact, row in zip(deploy.get("artifacts", []), table_rows(deploy.get("artifacts", []))):
-        style = _STYLES.get(artifact.get("verdict"), "")
-        row[-1] = f"[{style}]{escape(row[-1])}[/]" if style else escape(row[-1])
-        table.add_row(*[escape(c) for c in row[:-1]], row[-1])
-    console.print(table)
-    for line in reasons(deploy.get("artifacts", [])):
-        console.print(f"  {escape(line)}", soft_wrap=True)
-    for artifact in deploy.get("artifacts", []):
-        if artifact.get("runtime"):
-            extra = f"; layout: {artifact['layout']}" if artifact.get("layout") else ""
-            console.print(f"  {escape(artifact['target'])} {escape(artifact.get('variant') or '')}: "
-                          f"{escape(artifact['runtime'])}{escape(extra)}", soft_wrap=True)
-    for note in deploy.get("notes", []):
-        console.print(f"  note: {escape(note)}", soft_wrap=True)
-    if deploy.get("out_dir"):
-        console.print(f"targets: {escape(deploy['out_dir'])}")
 
 
 def register(app: typer.Typer) -> None:

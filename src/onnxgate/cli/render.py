@@ -1,8 +1,17 @@
-"""Rich renderings of library results. No logic: tables of what the library already decided."""
+"""Rich renderings of library results. No logic: tables and lines of what the library already decided. The
+``print_*`` functions take the console to print on (``common.console``), so this module imports no command."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from rich.markup import escape
 from rich.table import Table
+
+from ..deploy.model import TABLE_COLUMNS, reasons, table_rows
+
+_STYLES = {"passed": "green", "failed": "red", "not converted": "red", "skipped": "dim",
+           "converted, not numerically verified": "yellow"}
 
 
 def _mb(n: float) -> str:
@@ -90,3 +99,58 @@ def _f(x) -> str:
 
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def print_pipeline(console, report) -> None:
+    """What each stage of a pipeline report decided, one line each (the deploy table in full), then the verdict."""
+    export = report.stages.get("export")
+    if export and export.get("winner") is not None:
+        won = export["attempts"][export["winner"]]
+        console.print(f"export: {won['strategy']} exporter, opset {won.get('opset_emitted') or won['opset']}, "
+                      f"after {export['winner']} failed attempt(s)")
+    verify = report.stages.get("verify")
+    for p in (verify or {}).get("parity", []):
+        console.print(f"parity ({p['candidate']}): {p['summary']}")
+    if verify and verify.get("localization"):
+        console.print(f"localizer: {verify['localization']['summary']}")
+    acc = report.stages.get("accuracy")
+    if acc:
+        console.print("accuracy: " + ", ".join(f"{k} top-1 {v['top1']:.2%}" for k, v in acc.items()))
+    if report.stages.get("optimize"):
+        console.print(f"optimize: {report.stages['optimize']['summary']}")
+    if report.stages.get("quantize"):
+        console.print(f"quantize: {report.stages['quantize']['summary']}")
+    rec = (report.stages.get("bench") or {}).get("recommendation")
+    if rec:
+        console.print(f"bench: recommended {rec['config_id']}: p50 {rec['p50_ms']:.2f} ms"
+                      + (f", {rec['speedup']:.2f}x PyTorch eager" if rec.get("speedup") else ""))
+    if report.stages.get("bundle"):
+        console.print(f"bundle: {report.stages['bundle']['path']}")
+    if report.stages.get("deploy"):
+        print_targets(console, report.stages["deploy"])
+    colour = "green" if report.verdict == "pass" else "red"
+    console.print(f"[{colour}]verdict: {report.verdict}[/]" + (f" — {report.reason}" if report.reason else ""))
+    console.print(f"report: {Path(report.out_dir) / 'report.html'} (and report.json)")
+
+
+def print_targets(console, deploy: dict) -> None:
+    """The per-target table: artifact, size, precision, shapes, max error, top-1 agreement, latency, verdict."""
+    table = Table(title=f"deploy targets (reference: {escape(deploy.get('reference') or '?')})")
+    for header in TABLE_COLUMNS:
+        table.add_column(header, overflow="fold")
+    for artifact, row in zip(deploy.get("artifacts", []), table_rows(deploy.get("artifacts", []))):
+        style = _STYLES.get(artifact.get("verdict"), "")
+        row[-1] = f"[{style}]{escape(row[-1])}[/]" if style else escape(row[-1])
+        table.add_row(*[escape(c) for c in row[:-1]], row[-1])
+    console.print(table)
+    for line in reasons(deploy.get("artifacts", [])):
+        console.print(f"  {escape(line)}", soft_wrap=True)
+    for artifact in deploy.get("artifacts", []):
+        if artifact.get("runtime"):
+            extra = f"; layout: {artifact['layout']}" if artifact.get("layout") else ""
+            console.print(f"  {escape(artifact['target'])} {escape(artifact.get('variant') or '')}: "
+                          f"{escape(artifact['runtime'])}{escape(extra)}", soft_wrap=True)
+    for note in deploy.get("notes", []):
+        console.print(f"  note: {escape(note)}", soft_wrap=True)
+    if deploy.get("out_dir"):
+        console.print(f"targets: {escape(deploy['out_dir'])}")

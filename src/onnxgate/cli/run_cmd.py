@@ -8,6 +8,7 @@ import typer
 
 from .common import TRUST_CODE_HELP, console, finish, progress
 from .export_cmd import ACCEPT_DOMAIN_HELP, REPAIR_HELP, DIM_HELP, INPUT_HELP, TARGET_HELP
+from .render import print_pipeline
 
 
 def run(
@@ -83,36 +84,7 @@ def demo(
 
 def render_pipeline(report, json_out: bool) -> None:
     if not json_out:
-        export = report.stages.get("export")
-        if export and export.get("winner") is not None:
-            won = export["attempts"][export["winner"]]
-            console.print(f"export: {won['strategy']} exporter, opset {won.get('opset_emitted') or won['opset']}, "
-                          f"after {export['winner']} failed attempt(s)")
-        verify = report.stages.get("verify")
-        for p in (verify or {}).get("parity", []):
-            console.print(f"parity ({p['candidate']}): {p['summary']}")
-        if verify and verify.get("localization"):
-            console.print(f"localizer: {verify['localization']['summary']}")
-        acc = report.stages.get("accuracy")
-        if acc:
-            console.print("accuracy: " + ", ".join(f"{k} top-1 {v['top1']:.2%}" for k, v in acc.items()))
-        if report.stages.get("optimize"):
-            console.print(f"optimize: {report.stages['optimize']['summary']}")
-        if report.stages.get("quantize"):
-            console.print(f"quantize: {report.stages['quantize']['summary']}")
-        rec = (report.stages.get("bench") or {}).get("recommendation")
-        if rec:
-            console.print(f"bench: recommended {rec['config_id']}: p50 {rec['p50_ms']:.2f} ms"
-                          + (f", {rec['speedup']:.2f}x PyTorch eager" if rec.get("speedup") else ""))
-        if report.stages.get("bundle"):
-            console.print(f"bundle: {report.stages['bundle']['path']}")
-        if report.stages.get("deploy"):
-            from .deploy_cmd import print_targets
-
-            print_targets(report.stages["deploy"])
-        colour = "green" if report.verdict == "pass" else "red"
-        console.print(f"[{colour}]verdict: {report.verdict}[/]" + (f" — {report.reason}" if report.reason else ""))
-        console.print(f"report: {Path(report.out_dir) / 'report.html'} (and report.json)")
+        print_pipeline(console, report)
     finish(report, json_out=json_out, quiet_failure=True)
 
 
