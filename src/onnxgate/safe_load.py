@@ -445,7 +445,8 @@ def confine_untrusted_code(what: str) -> dict[str, Any]:
     * with Linux Landlock (ABI 1+), the process and every thread and process it starts afterwards may create,
       write, truncate, rename or delete files only beneath that scratch folder, the folders of the command's
       outputs (``-o``/``--output``/``--out`` and the like, whose folder must be written) and ``/dev`` (``/dev/null``,
-      ``/dev/shm`` for multiprocessing); reading stays allowed. The user's home, the virtual environment and
+      ``/dev/shm`` for multiprocessing) and, in a worker, the folders of the files it already writes (a zoo
+      model's log, in the model's output folder); reading stays allowed. The user's home, the virtual environment and
       everything else become read-only for the rest of the command, so model code cannot plant a ``.pth`` file,
       a shell profile or a tampered package.
 
@@ -457,7 +458,7 @@ def confine_untrusted_code(what: str) -> dict[str, Any]:
         return _CONFINEMENT
     from . import fsutil
 
-    in_worker = fsutil._EXPECTED_PARENT is not None and fsutil._EXPECTED_PARENT[0] == os.getpid()
+    in_worker = _in_worker_process()
     if os.environ.get("ONNXGATE_CHILD") != "1" and not in_worker:
         _CONFINEMENT = {"scratch": None, "mechanism": None, "writable": [],
                         "why_not": "not the onnxgate console script's child process nor a worker process "
@@ -479,6 +480,8 @@ def confine_untrusted_code(what: str) -> dict[str, Any]:
         os.environ[variable] = str(scratch)
     tempfile.tempdir = str(scratch)
     writable = [scratch, Path("/dev")] + _output_folders(sys.argv[1:])
+    if in_worker:  # a zoo model's worker already writes its log into the model's own output folder
+        writable += _folders_open_for_writing()
     mechanism, why_not = None, None
     try:
         mechanism = _landlock(writable)
@@ -506,8 +509,39 @@ def _empty_folder(folder: Path) -> None:
         pass
 
 
+def _in_worker_process() -> bool:
+    """Whether this process is a ``worker.run_in_worker`` worker (it names itself so in /proc)."""
+    from .worker import WORKER_NAME
+
+    try:
+        with open("/proc/self/comm") as comm:
+            return comm.read().strip() == WORKER_NAME
+    except OSError:
+        return False
+
+
+def _folders_open_for_writing() -> list[Path]:
+    """The folders of the regular files this process holds open for writing (Linux ``/proc``)."""
+    found = []
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    for fd in descriptors:
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                flags = next(int(line.split()[1], 8) for line in info if line.startswith("flags:"))
+            target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        except (OSError, StopIteration, ValueError):
+            continue
+        if flags & (os.O_WRONLY | os.O_RDWR) and target.is_file() and target.parent not in found:
+            found.append(target.parent)
+    return found
+
+
 def _output_folders(argv: list[str]) -> list[Path]:
-    """The folders an output named on the command line lives in (and the output itself when it is a folder)."""
+    """Where the outputs named on the command line are written: an existing output folder itself, else the
+    folder that will hold the output file or folder."""
     found = []
     for i, arg in enumerate(argv):
         value = None
@@ -515,9 +549,9 @@ def _output_folders(argv: list[str]) -> list[Path]:
             value = argv[i + 1]
         elif "=" in arg and arg.split("=", 1)[0] in _OUTPUT_FLAGS:
             value = arg.split("=", 1)[1]
-        if value:
+        if value:  # an existing folder is written inside; a file or a new folder is created in its parent
             target = Path(value).expanduser().resolve()
-            found += [target.parent] + ([target] if target.is_dir() else [])
+            found.append(target if target.is_dir() else target.parent)
     return [p for p in found if p.is_dir()]
 
 
