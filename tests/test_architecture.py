@@ -60,7 +60,8 @@ def test_each_subpackage_exports_what_it_lists(package):
 
 
 LIGHT_MODULES = ["onnxgate", "onnxgate.cli.main", "onnxgate.bundle.verify", "onnxgate.bundle.manifest",
-                 "onnxgate.verify.compare", "onnxgate.runtimes.ort", "onnxgate.spec", "onnxgate.errors"]
+                 "onnxgate.verify.compare", "onnxgate.runtimes.ort", "onnxgate.spec", "onnxgate.errors",
+                 "onnxgate.verify.target_table", "onnxgate.verify.tolerance", "onnxgate.metadata"]
 
 
 @pytest.mark.parametrize("module", LIGHT_MODULES)
@@ -148,3 +149,92 @@ def test_a_bundle_verifies_in_a_fresh_venv_with_only_numpy_onnxruntime_and_the_c
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["ok"] and doc["result"]["results"][0]["status"] == "pass"
+
+
+# ------------------------------------------------------------------------------------------------ import circles
+
+# Circles known today, each to be deleted from this list when it is broken (the test then insists on it):
+KNOWN_CIRCLES = {
+    # verify/api.py <-> verify/identity.py: identity reads api.REGISTRY_SOURCES, api calls identity (issue 24; the
+    # files are another engineer's right now). Move REGISTRY_SOURCES beside the reference loading it describes.
+    frozenset({"onnxgate.verify.api", "onnxgate.verify.identity"}),
+    # cli/main.py <-> cli/isolate.py: the console script `entry` (main) hands off to isolate, whose child_main
+    # runs main again. One of the two entry points belongs in the other module.
+    frozenset({"onnxgate.cli.isolate", "onnxgate.cli.main"}),
+}
+
+
+def _internal_imports() -> dict[str, dict[str, list[str]]]:
+    """module -> {imported module -> [names imported]}: EVERY import of an onnxgate module, at module level, inside
+    functions and under TYPE_CHECKING alike (an import inside a function still ties the two rooms together).
+    ``from pkg import sub`` names the submodule; ``from pkg.mod import name`` names pkg.mod."""
+    import ast
+
+    paths = {}
+    for path in sorted(SRC.rglob("*.py")):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def known(name: str) -> str:
+        while name not in paths:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph: dict[str, dict[str, list[str]]] = {}
+    for module, path in paths.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        edges = graph.setdefault(module, {})
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            found: list[tuple[str, str]] = []
+            if isinstance(node, ast.Import):
+                found = [(known(a.name), a.name) for a in node.names if a.name.split(".")[0] == "onnxgate"]
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                source = ".".join(base + ([node.module] if node.module else []))
+                if source.split(".")[0] == "onnxgate":
+                    found = [(known(f"{source}.{a.name}"), a.name) for a in node.names]
+            for target, name in found:
+                if target != module:
+                    edges.setdefault(target, []).append(name)
+    return graph
+
+
+def _circles(graph: dict[str, dict[str, list[str]]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, {}):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = [stack.pop()]
+            while component[-1] != v:
+                component.append(stack.pop())
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return circles
+
+
+def test_no_import_circles_among_onnxgate_modules():
+    graph = _internal_imports()
+    assert len(graph) > 100 and graph["onnxgate.metadata"]["onnxgate.spec"], "the import graph was not read"
+    circles = [c for c in _circles(graph) if frozenset(c) not in KNOWN_CIRCLES]
+    described = ["\n".join([f"circle of {len(c)}:"] + [f"  {a} -> {b}: {', '.join(sorted(set(graph[a][b])))}"
+                                                        for a in c for b in c if b in graph[a]]) for c in circles]
+    assert not circles, "modules that import each other (move the shared names to the room they belong to):\n" + \
+        "\n".join(described)
+    broken = [sorted(k) for k in KNOWN_CIRCLES if list(sorted(k)) not in _circles(graph)]
+    assert not broken, f"these circles are broken now: delete them from KNOWN_CIRCLES: {broken}"
