@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import BadInputError, UnsafeInputError
+from ..fsutil import atomic_write_text
 
 FORMAT = "onnxgate-bundle"
 FORMAT_VERSION = 1
@@ -118,6 +119,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
     Returns the manifest with ``files``, ``inputs``, ``outputs`` and ``tolerances`` in checked form.
     """
+    raw = _read_raw(folder)
+    return validate_manifest(raw, where=f"The manifest '{folder / MANIFEST}'", folder=folder)
+
+
+def _read_raw(folder: Path) -> Any:
+    """``folder/manifest.json`` parsed as strict JSON (a regular file, size-capped, no duplicate keys or NaN)."""
     path = folder / MANIFEST
     try:
         info = path.lstat()
@@ -133,7 +140,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
                                                    f"{MAX_MANIFEST_BYTES:,} any bundle needs")
     data = _read_regular(path, limit=MAX_MANIFEST_BYTES)
     try:
-        raw = json.loads(data.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
+        return json.loads(data.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
     except _Malformed as exc:
         raise _malformed(f"The manifest '{path}'", str(exc)) from None
     except RecursionError:
@@ -143,7 +150,6 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             f"The manifest '{path}' is malformed: it is not valid JSON ({str(exc)[:200]}); the bundle is damaged or "
             "was edited.", hint="Re-create or re-download the bundle.",
         ) from None
-    return validate_manifest(raw, where=f"The manifest '{path}'", folder=folder)
 
 
 def validate_manifest(raw: Any, *, where: str, folder: Path | str = "") -> dict[str, Any]:
@@ -236,6 +242,27 @@ def _tolerance_table(tolerances: Any, outputs: list[str], where: str) -> dict[st
             values[key] = float(value)
         table[name] = values
     return table
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def manifest_text(manifest: dict[str, Any]) -> str:
+    """The manifest as a bundle stores it (``write_bundle`` and ``record_targets`` write exactly this)."""
+    return json.dumps(manifest, indent=2, default=str) + "\n"
+
+
+def record_targets(folder: Path, targets: dict[str, Any]) -> dict[str, Any]:
+    """Set the manifest's ``targets`` section (what each deployed artifact is and how it was verified) and re-list
+    every file of ``folder`` with its checksum, so the artifacts just written under ``targets/`` are covered and a
+    tampered one is caught. The manifest is read with the same checks as ``read_manifest`` and replaced
+    atomically; its other fields are kept as they were. Returns the manifest written."""
+    raw = _read_raw(folder)
+    validate_manifest(raw, where=f"The manifest '{folder / MANIFEST}'", folder=folder)
+    raw["files"] = file_entries(folder)
+    raw["targets"] = targets
+    atomic_write_text(folder / MANIFEST, manifest_text(raw), force=True)
+    return raw
 
 
 # ----------------------------------------------------------------------------------------- files on disk

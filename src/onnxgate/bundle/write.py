@@ -7,7 +7,6 @@ folder either exists complete (its manifest matching every file) or not at all.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -73,7 +72,7 @@ def write_bundle(out_dir: str | Path, *, model_path: str | Path, golden_inputs: 
             "verification": verification,
             "domain": domain,
         }
-        (tmp / mf.MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+        (tmp / mf.MANIFEST).write_text(mf.manifest_text(manifest), encoding="utf-8")
     if tarball:
         write_tarball(out_dir, tar_path, force=force)
     return out_dir

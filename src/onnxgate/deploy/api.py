@@ -10,14 +10,18 @@ and checked structurally) move into the bundle's ``targets/`` folder and the man
 from __future__ import annotations
 
 import importlib
-import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..bundle import manifest as mf
 from ..errors import MissingExtraError, OnnxgateError, require
+from ..fsutil import atomic_dir, staging_dir
+from ..outcome import raise_for
+from ..spec import ExportConfig
 from .check import Built, Context, GoldenReference, Skipped, verify_built
 from .model import FAILED, NOT_CONVERTED, PASSED, SKIPPED, UNVERIFIED, DeployedArtifact, DeployReport
 
@@ -100,10 +104,7 @@ def deploy_bundle(bundle: str | Path, targets: tuple[str, ...], *, progress: Cal
     """Deploy an existing bundle: its checksums are verified first (a tampered bundle is never deployed), then
     every artifact is verified against the bundle's golden outputs on its golden inputs (no PyTorch: that one
     feed, at the traced sizes)."""
-    from ..bundle import manifest as mf
     from ..bundle.verify import load_npz, verify_bundle
-    from ..outcome import raise_for
-    from ..spec import ExportConfig
     from ..verify.api import specs_from_model
     from ..verify.parity import _sizes_of
     from ..verify.structure import check_structure
@@ -117,8 +118,6 @@ def deploy_bundle(bundle: str | Path, targets: tuple[str, ...], *, progress: Cal
     specs, dims = specs_from_model(check_structure(model), ExportConfig())
     golden, outputs = load_npz(folder / mf.GOLDEN_INPUTS), load_npz(folder / mf.REFERENCE_OUTPUTS)
     sizes = _sizes_of(golden, specs)
-    from dataclasses import replace
-
     dims = {n: replace(d, example=sizes.get(n, d.example)) for n, d in dims.items()}
     ctx_args = dict(onnx_path=model, specs=specs, dims=dims, reference=GoldenReference(golden, outputs),
                     golden=golden, note=note, measure_latency=measure_latency)
@@ -129,8 +128,6 @@ def deploy_bundle(bundle: str | Path, targets: tuple[str, ...], *, progress: Cal
 
 
 def _deploy(report: DeployReport, ctx_args: dict[str, Any], targets, dest: Path, *, manifest: bool) -> DeployReport:
-    from ..fsutil import staging_dir
-
     with staging_dir("deploy") as tmp:
         ctx = Context(out_dir=Path(tmp), **ctx_args)
         report.artifacts = convert_and_verify(ctx, targets)
@@ -143,8 +140,6 @@ def _deploy(report: DeployReport, ctx_args: dict[str, Any], targets, dest: Path,
 
 def _ship(report: DeployReport, staged: Path, final: Path) -> None:
     """Move the artifacts that passed (or are unverified Core ML packages) into ``final``, replacing it."""
-    from ..fsutil import atomic_dir
-
     kept = [a for a in report.artifacts if a.status in (PASSED, UNVERIFIED)]
     for a in report.artifacts:
         if a.files and a.status not in (PASSED, UNVERIFIED, SKIPPED):
@@ -160,14 +155,8 @@ def _ship(report: DeployReport, staged: Path, final: Path) -> None:
 def record_in_manifest(bundle: Path, report: DeployReport) -> None:
     """The bundle's manifest lists every file under ``targets/`` with its checksum (so ``verify-bundle`` catches
     a tampered artifact) and a ``targets`` section: what each artifact is and how it was verified."""
-    from ..bundle import manifest as mf
-    from ..fsutil import atomic_write_text
-
-    doc = json.loads((bundle / mf.MANIFEST).read_text(encoding="utf-8"))
-    doc["files"] = mf.file_entries(bundle)
     keep = ("files", "bytes", "precision", "runtime", "shapes", "layout", "tolerance", "max_abs_err",
             "tolerance_used", "top1_agreement", "top1_on", "latency_ms", "feeds", "reason")
-    doc["targets"] = {"reference": report.reference, "artifacts": [
+    mf.record_targets(bundle, {"reference": report.reference, "artifacts": [
         {"target": a.target, "variant": a.variant, "verdict": a.verdict_text(),
-         **{k: getattr(a, k) for k in keep}} for a in report.artifacts]}
-    atomic_write_text(bundle / mf.MANIFEST, json.dumps(doc, indent=2, default=str) + "\n", force=True)
+         **{k: getattr(a, k) for k in keep}} for a in report.artifacts]})
