@@ -446,7 +446,8 @@ def confine_untrusted_code(what: str) -> dict[str, Any]:
       write, truncate, rename or delete files only beneath that scratch folder, the folders of the command's
       outputs (``-o``/``--output``/``--out`` and the like, whose folder must be written) and ``/dev`` (``/dev/null``,
       ``/dev/shm`` for multiprocessing) and, in a worker, the folders of the files it already writes (a zoo
-      model's log, in the model's output folder); reading stays allowed. The user's home, the virtual environment and
+      model's log, in the model's output folder) and onnxgate's temporary folders this process made before
+      (``bench`` exports into one); reading stays allowed. The user's home, the virtual environment and
       everything else become read-only for the rest of the command, so model code cannot plant a ``.pth`` file,
       a shell profile or a tampered package.
 
@@ -469,6 +470,8 @@ def confine_untrusted_code(what: str) -> dict[str, Any]:
 
     # A staging name: once confined, this process may empty the folder but not remove it from its parent, so the
     # next onnxgate run's sweep of $TMPDIR removes the (empty) folder after this process is gone.
+    original_tmp = Path(tempfile.gettempdir()).resolve()  # before $TMPDIR changes
+    earlier = _temp_folders_of_this_process(original_tmp)
     fsutil.sweep_quietly(tempfile.gettempdir())
     scratch = (Path(tempfile.gettempdir()) / fsutil.staging_name("untrusted", "scratch")).resolve()
     scratch.mkdir(mode=0o700)
@@ -479,12 +482,13 @@ def confine_untrusted_code(what: str) -> dict[str, Any]:
                      "TORCHINDUCTOR_CACHE_DIR", "TORCH_HOME"):
         os.environ[variable] = str(scratch)
     tempfile.tempdir = str(scratch)
-    writable = [scratch, Path("/dev")] + _output_folders(sys.argv[1:])
+    writable = [scratch, Path("/dev")] + _output_folders(sys.argv[1:]) + earlier
+    removable = original_tmp  # empty folders only: its own scratch, a TemporaryDirectory made before
     if in_worker:  # a zoo model's worker already writes its log into the model's own output folder
         writable += _folders_open_for_writing()
     mechanism, why_not = None, None
     try:
-        mechanism = _landlock(writable)
+        mechanism = _landlock(writable, removable)
     except OSError as exc:
         why_not = f"Landlock is not available here ({exc.strerror or exc})"
     _CONFINEMENT = {"scratch": str(scratch), "mechanism": mechanism, "writable": [str(p) for p in writable],
@@ -507,6 +511,31 @@ def _empty_folder(folder: Path) -> None:
         folder.rmdir()  # refused under Landlock (the parent is not writable): the next sweep removes it
     except OSError:
         pass
+
+
+def _temp_folders_of_this_process(tmp: Path) -> list[Path]:
+    """onnxgate's own temporary folders the command made before the model was loaded (bench exports into one):
+    named ``onnxgate-*`` or with this process's staging prefix, owned by this user, created since it started."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks after boot
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        started = boot + ticks / os.sysconf("SC_CLK_TCK")
+        entries = list(os.scandir(tmp))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return []
+    mine = f".onnxgate-staging-{os.getpid()}-"
+    found = []
+    for entry in entries:
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if (entry.name.startswith(("onnxgate-", mine)) and stat.S_ISDIR(info.st_mode)
+                and info.st_uid == os.getuid() and info.st_ctime >= started - 1):
+            found.append(Path(entry.path))
+    return found
 
 
 def _in_worker_process() -> bool:
@@ -555,9 +584,9 @@ def _output_folders(argv: list[str]) -> list[Path]:
     return [p for p in found if p.is_dir()]
 
 
-def _landlock(writable: list[Path]) -> str:
-    """Allow writes only beneath ``writable`` for this thread and everything it starts from now on (Landlock).
-    Raises OSError where the kernel lacks Landlock."""
+def _landlock(writable: list[Path], removable: Path | None = None) -> str:
+    """Allow writes only beneath ``writable`` for this thread and everything it starts from now on (Landlock),
+    and the removal of empty folders directly in ``removable``. Raises OSError where the kernel lacks Landlock."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -582,11 +611,14 @@ def _landlock(writable: list[Path]) -> str:
         _pack_ = 1
         _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
+    remove_dir = 1 << 4
     try:
-        for folder in writable:
+        rules = [(folder, None) for folder in writable] + ([(removable, remove_dir)] if removable else [])
+        for folder, only in rules:
             fd = os.open(folder, os.O_PATH | os.O_CLOEXEC)
             try:
                 rights = handled if stat.S_ISDIR(os.fstat(fd).st_mode) else handled & _LANDLOCK_FILE_RIGHTS
+                rights = rights if only is None else only
                 rule = PathBeneath(rights, fd)
                 if libc.syscall(add_rule, ctypes.c_int(ruleset), ctypes.c_int(1), ctypes.byref(rule),
                                 ctypes.c_uint32(0)) != 0:
