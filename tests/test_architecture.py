@@ -61,7 +61,7 @@ def test_each_subpackage_exports_what_it_lists(package):
 
 LIGHT_MODULES = ["onnxgate", "onnxgate.cli.main", "onnxgate.bundle.verify", "onnxgate.bundle.manifest",
                  "onnxgate.verify.compare", "onnxgate.runtimes.ort", "onnxgate.spec", "onnxgate.errors",
-                 "onnxgate.verify.target_table", "onnxgate.verify.tolerance", "onnxgate.metadata"]
+                 "onnxgate.verify.target_table", "onnxgate.verify.tolerance", "onnxgate.metadata", "onnxgate.npz"]
 
 
 @pytest.mark.parametrize("module", LIGHT_MODULES)

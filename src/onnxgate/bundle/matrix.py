@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import BadInputError, OutputExistsError
 from ..fsutil import atomic_dir, staging_dir
+from ..npz import load_npz
 from ..runtimes.venv_worker import save_npz
 
 WORKER = Path(__file__).parent.parent / "runtimes" / "venv_worker.py"
@@ -150,8 +151,7 @@ def run_in_venv(model: Path, inputs: dict[str, np.ndarray], runtime: str) -> Run
         if not report.get("ok"):
             reason = f"onnxruntime {used} cannot {report.get('stage')} the model: {report.get('error')}"
             return RunOutcome("incompatible", used, reason=reason)
-        with np.load(outputs_path, allow_pickle=False) as data:
-            return RunOutcome("pass", used, outputs={name: data[name] for name in data.files})
+        return RunOutcome("pass", used, outputs=load_npz(outputs_path, what="The runtime worker's outputs"))
 
 
 def _report(proc: subprocess.CompletedProcess) -> dict | None:

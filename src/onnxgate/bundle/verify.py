@@ -23,12 +23,10 @@ import bz2
 import gzip
 import io
 import lzma
-import math
 import mmap
 import os
 import shutil
 import tarfile
-import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,14 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError, IntegrityError, OnnxgateError, UnsafeInputError
+from ..errors import BadInputError, IntegrityError, UnsafeInputError
 from ..fsutil import staging_dir
+from ..npz import load_npz
 from ..verify.compare import OutputComparison, Tolerance, compare_outputs, default_tolerance, sci
 from . import manifest as mf
 from ._onnx_refs import ProtoError, external_data_refs
 from .matrix import RunOutcome, run_in_venv
 
-MAX_NPZ_BYTES = 8 << 30  # golden inputs / reference outputs, uncompressed
 # A manifest's tolerances are claims the bundle makes about itself; without a signature they cannot be trusted, but
 # they can be held to sense. No precision onnxgate verifies (fp32, fp16, bf16, an INT8 file at its contract) needs an
 # output to be allowed an error of a quarter of its own scale, and at rtol >= 1 an all-zero output passes: beyond
@@ -123,8 +121,8 @@ def verify_matrix(path: str | Path, runtimes: list[str | None], *,
                 f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
             return [BundleVerification(str(path), "tampered", runtime or "onnxruntime", files_checked=checked,
                                        reason=reason) for runtime in runtimes]
-        inputs = load_npz(folder / mf.GOLDEN_INPUTS)
-        reference = load_npz(folder / mf.REFERENCE_OUTPUTS)
+        inputs = load_npz(folder / mf.GOLDEN_INPUTS, bundle=True)
+        reference = load_npz(folder / mf.REFERENCE_OUTPUTS, bundle=True)
         tolerances = checked_tolerances(manifest, reference, where=f"The bundle '{path}'")  # before anything runs
         results = []
         for runtime in runtimes:
@@ -322,64 +320,6 @@ def compare_all(manifest: dict[str, Any], reference: dict[str, np.ndarray],
                            f"{MAX_SCALE_FRACTION:.0%}, so the golden outputs are not what this model computes")
     return compared + [OutputComparison(n, None, None, None, None, tolerances.get(n, Tolerance(0.0, 0.0)),
                                         reason=why) for n, why in failed.items()]
-
-
-def load_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of a bundle's npz, with every allocation bounded before it happens.
-
-    The checksum only proves the file is the one the bundle's author shipped, not that it is harmless: an npz
-    is a zip, and a few kilobytes can declare gigabytes. So member count, the declared uncompressed sizes and
-    each array's shape x itemsize are checked against ``MAX_NPZ_BYTES`` before any array is read, and object
-    arrays (which need pickle) are refused.
-    """
-    hint = "Re-create the bundle with `onnxgate bundle`."
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-            declared = sum(info.file_size for info in infos)
-            if len(infos) > mf.MAX_NAMES or declared > MAX_NPZ_BYTES:
-                raise UnsafeInputError(
-                    f"'{path}' declares {len(infos):,} arrays and {declared:,} bytes uncompressed, beyond what "
-                    f"onnxgate unpacks ({mf.MAX_NAMES:,} arrays, {MAX_NPZ_BYTES:,} bytes).", hint=hint)
-            arrays = {}
-            for info in infos:
-                if not info.filename.endswith(".npy") or info.filename[:-4] in arrays:
-                    raise IntegrityError(f"'{path}' holds '{info.filename[:200]}', which is not one array per "
-                                         "name (.npy).", hint=hint)
-                with archive.open(info) as fh:
-                    _check_npy_header(fh, info, path)
-                    fh.seek(0)
-                    arrays[info.filename[:-4]] = np.lib.format.read_array(fh, allow_pickle=False)
-            return arrays
-    except OnnxgateError:
-        raise
-    except ValueError as exc:  # object arrays: would need pickle, which a bundle never contains
-        if "allow_pickle" in str(exc):
-            raise UnsafeInputError(f"'{path}' holds pickled arrays, which onnxgate never writes into a bundle.",
-                                   hint=hint) from exc
-        raise IntegrityError(f"'{path}' cannot be read as an npz archive: {str(exc)[:300]}", hint=hint) from exc
-    except Exception as exc:  # noqa: BLE001  checksum passed, so the writer itself shipped a broken file
-        raise IntegrityError(f"'{path}' cannot be read as an npz archive: {str(exc)[:300]}", hint=hint) from exc
-
-
-def _check_npy_header(fh, info: zipfile.ZipInfo, path: Path) -> None:
-    """Refuse an array before reading it: object dtype, or more data than its zip entry declares."""
-    version = np.lib.format.read_magic(fh)
-    if version == (1, 0):
-        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-    elif version == (2, 0):
-        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-    else:
-        raise IntegrityError(f"'{path}' holds '{info.filename[:200]}' in .npy format {version}, which onnxgate "
-                             "does not write.", hint="Re-create the bundle with `onnxgate bundle`.")
-    if dtype.hasobject:
-        raise UnsafeInputError(f"'{path}' holds pickled arrays ('{info.filename[:200]}'), which onnxgate never "
-                               "writes into a bundle.", hint="Re-create the bundle with `onnxgate bundle`.")
-    nbytes = math.prod(int(d) for d in shape) * dtype.itemsize
-    if nbytes > info.file_size:
-        raise IntegrityError(f"'{path}': the array '{info.filename[:200]}' declares {nbytes:,} bytes of data but "
-                             f"its entry holds {info.file_size:,}.",
-                             hint="Re-create the bundle with `onnxgate bundle`.")
 
 
 # ------------------------------------------------------------------------------------------------ tar files

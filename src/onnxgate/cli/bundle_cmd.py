@@ -57,7 +57,7 @@ def _bundle_onnx_file(model: Path, out: Path, golden: Path | None, reference: Pa
             f"Bundling the ONNX file '{model}' needs its golden inputs and reference outputs.",
             hint="Pass --golden INPUTS.npz --reference OUTPUTS.npz (one array per model input/output).",
         )
-    from ..safe_load import load_npz
+    from ..npz import load_npz
 
     inputs, outputs = load_npz(golden, what="--golden"), load_npz(reference, what="--reference")
     tolerances = None

@@ -20,6 +20,7 @@ from typing import Any
 from ..bundle import manifest as mf
 from ..errors import MissingExtraError, OnnxgateError, require
 from ..fsutil import atomic_dir, staging_dir
+from ..npz import load_npz
 from ..outcome import raise_for
 from ..spec import ExportConfig
 from .check import Built, Context, GoldenReference, Skipped, verify_built
@@ -104,7 +105,7 @@ def deploy_bundle(bundle: str | Path, targets: tuple[str, ...], *, progress: Cal
     """Deploy an existing bundle: its checksums are verified first (a tampered bundle is never deployed), then
     every artifact is verified against the bundle's golden outputs on its golden inputs (no PyTorch: that one
     feed, at the traced sizes)."""
-    from ..bundle.verify import load_npz, verify_bundle
+    from ..bundle.verify import verify_bundle
     from ..verify.api import specs_from_model
     from ..verify.parity import _sizes_of
     from ..verify.structure import check_structure
@@ -116,7 +117,8 @@ def deploy_bundle(bundle: str | Path, targets: tuple[str, ...], *, progress: Cal
     raise_for(verify_bundle(folder))  # tampered (9), wrong numbers (4), cannot run (6): nothing is deployed
     model = folder / mf.MODEL
     specs, dims = specs_from_model(check_structure(model), ExportConfig())
-    golden, outputs = load_npz(folder / mf.GOLDEN_INPUTS), load_npz(folder / mf.REFERENCE_OUTPUTS)
+    golden = load_npz(folder / mf.GOLDEN_INPUTS, bundle=True)
+    outputs = load_npz(folder / mf.REFERENCE_OUTPUTS, bundle=True)
     sizes = _sizes_of(golden, specs)
     dims = {n: replace(d, example=sizes.get(n, d.example)) for n, d in dims.items()}
     ctx_args = dict(onnx_path=model, specs=specs, dims=dims, reference=GoldenReference(golden, outputs),
