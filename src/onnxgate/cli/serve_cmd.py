@@ -1,5 +1,6 @@
-"""`onnxgate serve BUNDLE`: serve a proven bundle over HTTP (Open Inference Protocol v2, /classify, /metrics), or
-write its Triton / KServe configuration with `--export-config triton|kserve DIR`."""
+"""`onnxgate serve BUNDLE`: serve a proven bundle over HTTP (Open Inference Protocol v2, /classify, /metrics) and,
+with --grpc-port, the KServe/Triton gRPC protocol; or write its Triton / KServe configuration with
+`--export-config triton|kserve DIR`."""
 
 from __future__ import annotations
 
@@ -32,6 +33,13 @@ def serve(
                                            "head has not arrived this many seconds after it started (408)."),
     body_timeout_s: float = typer.Option(60.0, "--body-timeout-s", help="Close a connection whose request body "
                                          "has not arrived this many seconds after its head (408)."),
+    max_queue: int = typer.Option(None, "--max-queue", help="Admission limit: inference requests a worker holds at "
+                                  "once (HTTP and gRPC); beyond it a 503 with Retry-After (default: no limit)."),
+    auth_token_file: Path = typer.Option(None, "--auth-token-file", help="Require 'Authorization: Bearer TOKEN' "
+                                         "(the file's content) on every route but /v2/health/*; default: "
+                                         "$ONNXGATE_SERVE_TOKEN when set, else no auth."),
+    grpc_port: int = typer.Option(None, "--grpc-port", help="Also serve the KServe/Triton gRPC protocol on this "
+                                  "port (0: a free one; Triton uses 8001). Off by default."),
     export_config: tuple[str, Path] | None = typer.Option(None, "--export-config", metavar="FORMAT DIR",
                                                    help="Instead of serving, write a Triton model repository "
                                                    "(triton) or a KServe InferenceService with one (kserve) to DIR."),
@@ -54,7 +62,8 @@ def serve(
     settings = ServeSettings(host=host, port=port, workers=workers, threads=threads, opt_level=opt_level,
                              max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, max_body_mb=max_body_mb,
                              model_name=model_name, grace_s=grace_s, header_timeout_s=header_timeout_s,
-                             body_timeout_s=body_timeout_s)
+                             body_timeout_s=body_timeout_s, max_queue=max_queue, grpc_port=grpc_port,
+                             auth_token_file=str(auth_token_file) if auth_token_file is not None else None)
     with progress("starting the server") as status:
         result = run_server(bundle, settings, announce=status.update)
     if not json_out:
@@ -73,7 +82,12 @@ def _export(bundle: Path, fmt: str, out_dir: Path, model_name: str | None, max_b
     if not json_out:
         console.print(f"{fmt} configuration for '{escape(result.model)}' written to {escape(str(out_dir))}: "
                       f"{', '.join(escape(f) for f in result.files)}")
+        if result.resource_name:
+            console.print(f"model name '{escape(result.model)}' (the same in /v2/models/NAME locally, in Triton and "
+                          f"KServe); Kubernetes resource name '{escape(result.resource_name)}'")
         console.print(f"max_batch_size {result.max_batch_size} (from the verified batch domain)")
+        if result.dynamic_batching:
+            console.print(f"dynamic_batching on: {result.dynamic_batching}")
         for line in result.unenforced:
             console.print(f"[yellow]not enforced by {fmt}[/]: {escape(line)}")
         for line in result.notes:

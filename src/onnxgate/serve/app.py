@@ -6,6 +6,7 @@ Routes::
     GET  /v2/health/live, /v2/health/ready     liveness, readiness
     GET  /v2/models/{name}[/versions/1]        model metadata: inputs/outputs with their verified dims
     GET  /v2/models/{name}[/versions/1]/ready  model readiness
+    GET  /v2/models/{name}[/versions/1]/config model configuration, as Triton's JSON (``export.triton_config``)
     POST /v2/models/{name}[/versions/1]/infer  inference: JSON tensors and the binary-tensor extension
     POST /v1/models/{name}/classify            images (multipart files, JSON base64, or a raw image/* body) ->
                                                top-k labels with scores, preprocessed as the bundle records
@@ -15,6 +16,12 @@ Every refusal is a JSON body ``{"error": ..., "input": ..., "allowed": ...}`` wi
 outside the verified domain, 404 unknown model or route, 405 method, 413 body or image too large, 415 content type
 or encoding). Anything else that goes wrong is a 500 ``{"error": "internal error", "id": ...}``: the traceback goes
 to the server's log under that id, never into the response, and the server keeps serving.
+
+Admission (``max_queue``): an inference request (infer, classify; gRPC ModelInfer counts too) that finds
+``max_queue`` others held is a 503 with ``Retry-After`` before its body is kept: the body is read and dropped, so
+memory stays flat however many arrive. Auth (``auth_token``): every route but ``/v2/health/live|ready`` (left open
+for load balancers' and Kubernetes' probes) needs ``Authorization: Bearer TOKEN``, else a 401 JSON body with
+``WWW-Authenticate: Bearer``. With ``grpc_port`` the lifespan also runs the gRPC protocol (``grpc_service.py``).
 
 Every response but ``/metrics`` (Prometheus text) and binary tensors is strict JSON (no ``NaN``/``Infinity`` tokens):
 a request with NaN/Inf in a float input is a 400 naming it (unless the bundle's golden input holds them), and an
@@ -43,9 +50,10 @@ from . import images
 from .metrics import Metrics, endpoint_of
 from .protocol import (HEADER_LENGTH, NonFiniteOutput, RequestError, dumps_strict, encode_response, json_safe,
                        loads_strict, parse_infer)
+from .service import (EXTENSIONS, OPEN_PATHS, RETRY_AFTER_S, UNAUTHORIZED, VERSION, Admission, authorized,
+                      known as _known, model_config, served_metadata)
 
 log = logging.getLogger("onnxgate.serve")
-VERSION = "1"
 INFER_TYPES = ("", "application/json", "application/octet-stream")
 DEFAULT_TOP_K = 5
 
@@ -55,6 +63,12 @@ class AppSettings:
     max_body: int = 64 << 20  # bytes, after decompression
     max_batch: int | None = None  # dynamic batching off when None
     batch_timeout_ms: float = 2.0
+    max_queue: int | None = None  # inference requests held at once; None: no limit
+    auth_token: str | None = None  # bearer token required on all but health; None: no auth
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int | None = None  # None: no gRPC
+    grpc_reuse_port: bool = False  # several workers share the gRPC port (SO_REUSEPORT)
+    grace_s: float = 30.0
 
 
 class BodyTooLarge(Exception):
@@ -72,17 +86,32 @@ def create_app(model, settings: AppSettings | None = None):
     _log_to_stderr()
     metrics = Metrics()
     executor = Executor(model, metrics, max_batch=settings.max_batch, timeout_ms=settings.batch_timeout_ms)
+    admission = Admission(settings.max_queue)
 
     @asynccontextmanager
-    async def lifespan(_app):
+    async def lifespan(app_):
         await executor.start()
+        grpc_server = None
         try:
+            if settings.grpc_port is not None:
+                from .grpc_service import start_grpc
+
+                try:
+                    grpc_server = await start_grpc(app.state)
+                except RuntimeError as exc:  # grpc: "Failed to bind"
+                    app.state.startup_error = f"gRPC cannot listen on {settings.grpc_host}:{settings.grpc_port}: {exc}"
+                    raise
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(settings.grace_s)  # in-flight calls finish, new ones are refused
             await executor.close()  # after uvicorn has let in-flight requests finish
 
     app = FastAPI(title=f"onnxgate serve: {model.name}", version=__version__, lifespan=lifespan)
     app.state.model, app.state.executor, app.state.metrics, app.state.settings = model, executor, metrics, settings
+    app.state.admission, app.state.startup_error = admission, None
+    app.state.served_metadata = lambda: served_metadata(model, settings)
+    app.state.model_config = lambda: model_config(model, settings)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, exc: HTTPException):
@@ -93,7 +122,7 @@ def create_app(model, settings: AppSettings | None = None):
 
     _protocol_routes(app, model, executor, metrics)
     _classify_route(app, model, executor, settings)
-    guarded = _Guard(app, metrics, settings.max_body)
+    guarded = _Guard(app, metrics, settings.max_body, admission, settings.auth_token)
     guarded.state = app.state  # type: ignore[attr-defined]
     return guarded
 
@@ -158,19 +187,12 @@ def client_gone():
     return Response(status_code=400)
 
 
-def _known(model, name: str, version: str | None = None) -> None:
-    if name != model.name:
-        raise RequestError(404, f"Unknown model '{name[:200]}'.", allowed={"models": [model.name]})
-    if version is not None and version != VERSION:
-        raise RequestError(404, f"Model '{name}' has no version '{version[:40]}'.", allowed={"versions": [VERSION]})
-
-
 def _protocol_routes(app, model, executor, metrics) -> None:
     from fastapi.responses import JSONResponse, Response
 
     @app.get("/v2")
     async def server_metadata():
-        return {"name": "onnxgate", "version": __version__, "extensions": ["binary_tensor_data"]}
+        return {"name": "onnxgate", "version": __version__, "extensions": EXTENSIONS}
 
     @app.get("/v2/health/live")
     async def live():
@@ -185,7 +207,14 @@ def _protocol_routes(app, model, executor, metrics) -> None:
     @handled
     async def model_metadata(name: str, version: str | None = None):
         _known(model, name, version)
-        return JSONResponse(json_safe(model.metadata()))
+        return JSONResponse(json_safe(app.state.served_metadata()))
+
+    @app.get("/v2/models/{name}/config")
+    @app.get("/v2/models/{name}/versions/{version}/config")
+    @handled
+    async def config(name: str, version: str | None = None):
+        _known(model, name, version)
+        return JSONResponse(json_safe(app.state.model_config()))
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
@@ -333,8 +362,10 @@ class _Guard:
     """Pure ASGI middleware: the body-size limit (413 before the body is read when Content-Length says so, and
     while it streams otherwise), the metrics of every request, and a 500 with an id for anything that escaped."""
 
-    def __init__(self, app, metrics: Metrics, max_body: int):
+    def __init__(self, app, metrics: Metrics, max_body: int, admission: Admission | None = None,
+                 token: str | None = None):
         self.app, self.metrics, self.max_body = app, metrics, max_body
+        self.admission, self.token = admission or Admission(None), token
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -348,12 +379,24 @@ class _Guard:
                 self.metrics.observe(endpoint, message["status"], time.perf_counter() - start)
             await send(message)
 
+        admitted = False
         try:
             declared = _content_length(scope)
+            if self.token is not None and scope.get("path") not in OPEN_PATHS \
+                    and not authorized(self.token, _header(scope, b"authorization")):
+                if declared is None or declared <= self.max_body:
+                    await _drain(receive, self.max_body)
+                return await _send_json(tracking_send, 401, UNAUTHORIZED, [(b"www-authenticate", b"Bearer")])
             if declared is not None and declared > self.max_body:
                 return await _send_json(tracking_send, 413, {"error": f"The request body is {declared:,} bytes; at "
                                                              f"most {self.max_body:,} are accepted.",
                                                              "allowed": {"max_body_bytes": self.max_body}})
+            if endpoint in ("infer", "classify") and scope.get("method") == "POST":
+                if not self.admission.enter():
+                    await _drain(receive, self.max_body)  # read and dropped: a refused body is never held
+                    return await _send_json(tracking_send, 503, self.admission.refusal(),
+                                            [(b"retry-after", str(RETRY_AFTER_S).encode())])
+                admitted = True
             await self.app(scope, _limited(receive, self.max_body), tracking_send)
         except Exception as exc:  # noqa: BLE001
             from starlette.requests import ClientDisconnect
@@ -362,14 +405,34 @@ class _Guard:
                 log.info("a client disconnected before its request was read; nothing was run")
             elif not sent:
                 await internal_error()(scope, receive, tracking_send)
+        finally:
+            if admitted:
+                self.admission.leave()
 
 
 def _content_length(scope) -> int | None:
+    text = _header(scope, b"content-length")
+    return int(text.strip()) if text is not None and text.strip().isdigit() else None
+
+
+def _header(scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
-        if key == b"content-length":
-            text = value.decode("latin-1").strip()
-            return int(text) if text.isdigit() else None
+        if key == name:
+            return value.decode("latin-1")
     return None
+
+
+async def _drain(receive, limit: int) -> None:
+    """Read a refused request's body and drop it (at most ``limit`` bytes): the client then reads the refusal on a
+    clean connection, and nothing of the body is kept."""
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
 
 
 def _limited(receive, limit: int):
@@ -386,8 +449,9 @@ def _limited(receive, limit: int):
     return wrapped
 
 
-async def _send_json(send, status: int, body: dict[str, Any]) -> None:
+async def _send_json(send, status: int, body: dict[str, Any], headers: list | None = None) -> None:
     content = dumps_strict(body)
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()),
+                            *(headers or [])]})
     await send({"type": "http.response.body", "body": content})

@@ -287,7 +287,7 @@ def _model_source(folder: Path, manifest: dict[str, Any]) -> Any:
 
 def _served_name(name: str | None, manifest: dict[str, Any], folder: Path) -> str:
     if name:
-        if _NAME.search(name) or len(name) > 128:
+        if _NAME.search(name) or len(name) > 128 or name.strip(".") == "":  # '.'/'..': not a folder name
             raise BadInputError(f"--model-name '{name[:80]}' is not a model name for a URL.",
                                 hint="Use letters, digits, '_', '.' and '-' only (at most 128 characters).")
         return name

@@ -8,7 +8,14 @@
 
 ``kserve`` writes ``DIR/inferenceservice.yaml`` (a KServe ``InferenceService`` on the Triton runtime, Open
 Inference Protocol v2) and the Triton repository it points at under ``DIR/model_repository/``; upload that folder
-to ``--storage-uri``.
+to ``--storage-uri``. The model keeps one name everywhere (``onnxgate serve``'s ``/v2/models/NAME``, Triton's
+repository and config, KServe's ``/v2/models/NAME``); only the InferenceService's own Kubernetes object name, which
+must be an RFC 1035 label, is derived from it (``mobilenet_v2`` -> ``mobilenet-v2``) and reported separately.
+
+With ``--max-batch N`` (after the same row-independence probe ``serve --max-batch`` runs) the config turns on
+Triton's ``dynamic_batching`` with ``--batch-timeout-ms`` as its queue delay; without it batching stays off and the
+result says so. ``service.triton_config`` is the same configuration as the JSON of Triton's
+``/v2/models/NAME/config``, which ``onnxgate serve`` answers (and its gRPC ``ModelConfig`` carries).
 
 Triton's config says less than the verified domain can: a batch dim is ``1..max_batch_size`` and any other
 dynamic dim is ``-1`` (any size). Whatever the config cannot hold (a batch minimum above 1, a granularity, an
@@ -26,10 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
+from .service import TRITON_TYPES, _dynamic_batching, _max_batch_size, _unenforced
 
-TRITON_TYPES = {"bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "uint16": "TYPE_UINT16", "uint32": "TYPE_UINT32",
-                "uint64": "TYPE_UINT64", "int8": "TYPE_INT8", "int16": "TYPE_INT16", "int32": "TYPE_INT32",
-                "int64": "TYPE_INT64", "float16": "TYPE_FP16", "float32": "TYPE_FP32", "float64": "TYPE_FP64"}
 FORMATS = ("triton", "kserve")
 
 
@@ -44,6 +49,8 @@ class ConfigExport:
     max_batch_size: int
     unenforced: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    dynamic_batching: dict[str, Any] | None = None  # None: off
+    resource_name: str | None = None  # kserve: the InferenceService's Kubernetes name (the model's name is `model`)
 
     @property
     def passed(self) -> bool:
@@ -60,23 +67,29 @@ def export_config(bundle: str | Path, fmt: str, out_dir: str | Path, *, name: st
     from ..bundle.verify import opened_bundle
     from ..fsutil import atomic_dir
     from .contract import load_served_model
-    from .server import prove
+    from .server import ServeSettings, check_batching, check_settings, prove
 
     if fmt not in FORMATS:
         raise BadInputError(f"--export-config '{fmt}' is not a known format.", hint=f"Use one of: {', '.join(FORMATS)}.")
+    check_settings(ServeSettings(max_batch=max_batch, batch_timeout_ms=batch_timeout_ms))
     with opened_bundle(Path(bundle)) as folder:
         prove(folder)  # tampered (9), wrong numbers (4): nothing is exported for a bundle that does not verify
-        model = load_served_model(folder, name=_dns_name(name) if fmt == "kserve" and name else name)
-        if fmt == "kserve":
-            model.name = _dns_name(model.name)
+        model = load_served_model(folder, name=name)
+        max_batch = check_batching(model, ServeSettings(max_batch=max_batch))  # rows proven independent first
         with atomic_dir(Path(out_dir), force=force) as tmp:
             repo = tmp / "model_repository" if fmt == "kserve" else tmp
             result = write_triton(model, folder, repo, max_batch=max_batch, batch_timeout_ms=batch_timeout_ms)
             if fmt == "kserve":
+                result.resource_name = _dns_name(model.name)
                 (tmp / "inferenceservice.yaml").write_text(inference_service(model, storage_uri, result),
                                                           encoding="utf-8")
             files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     result.format, result.bundle, result.files = fmt, str(bundle), files
+    if result.dynamic_batching is None:
+        result.notes.append("dynamic_batching is off: pass --max-batch N to let Triton merge concurrent requests "
+                            "(after the same row-independence check `onnxgate serve --max-batch` runs)"
+                            if result.max_batch_size else "dynamic_batching is off: the model has no verified "
+                            "batch dim to merge requests along")
     if fmt == "kserve" and not storage_uri:
         result.notes.append("storageUri is a placeholder (s3://CHANGE-ME/...): pass --storage-uri, or edit "
                             "inferenceservice.yaml before applying it")
@@ -95,29 +108,25 @@ def write_triton(model, folder: Path, repo: Path, *, max_batch: int | None, batc
     shutil.copyfile(folder / mf.MANIFEST, target / "onnxgate_manifest.json")
     text, max_batch_size, unenforced = config_pbtxt(model, max_batch=max_batch, batch_timeout_ms=batch_timeout_ms)
     (target / "config.pbtxt").write_text(text, encoding="utf-8")
-    return ConfigExport("triton", "", model.name, [], max_batch_size, unenforced)
+    return ConfigExport("triton", "", model.name, [], max_batch_size, unenforced,
+                        dynamic_batching=_dynamic_batching(max_batch, max_batch_size, batch_timeout_ms))
 
 
 def config_pbtxt(model, *, max_batch: int | None = None, batch_timeout_ms: float = 2.0) -> tuple[str, int, list[str]]:
     """Triton's model configuration (protobuf text format) for the served model; the max_batch_size it declares and
     the verified limits Triton will not enforce."""
-    batch = model.batch_rule
-    max_batch_size = batch.max if batch is not None and batch.max is not None else 0
-    unenforced = []
-    if batch is not None and (batch.min > 1 or batch.multiple_of):
-        unenforced.append(f"batch {batch.name}: {batch.describe()} (Triton accepts 1..{max_batch_size})")
-    for tensor in model.inputs:
-        for dim in tensor.dims[1 if max_batch_size else 0:]:
-            if not dim.fixed and dim.min != dim.max:
-                unenforced.append(f"input {tensor.name}, dim {dim.name}: {dim.describe()} (Triton: -1, any size)")
+    max_batch_size = _max_batch_size(model)
+    unenforced = _unenforced(model, max_batch_size)
     lines = [f"# Written by onnxgate from the bundle of '{model.manifest.get('source_ref')}'.",
              "# Verified limits Triton does not enforce (clients must keep to them):" if unenforced else
              "# Every verified limit of the inputs is expressed below."]
     lines += [f"#   {line}" for line in unenforced]
     lines += [f"name: {_q(model.name)}", 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch_size}"]
     lines += _tensors("input", model.inputs, max_batch_size) + _tensors("output", model.outputs, max_batch_size)
-    if max_batch and max_batch_size:
-        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {int(batch_timeout_ms * 1000)} }}")
+    dynamic = _dynamic_batching(max_batch, max_batch_size, batch_timeout_ms)
+    if dynamic is not None:
+        lines.append(f"dynamic_batching {{ preferred_batch_size: [ {max_batch} ] "
+                     f"max_queue_delay_microseconds: {dynamic['max_queue_delay_microseconds']} }}")
     lines.append("instance_group [ { count: 1 kind: KIND_CPU } ]")
     domain = {t.name: [d.to_dict() for d in t.dims] for t in model.inputs}
     lines.append(f"parameters {{ key: \"onnxgate_verified_domain\" value {{ string_value: {_q(json.dumps(domain))} }} }}")
@@ -153,7 +162,7 @@ def inference_service(model, storage_uri: str | None, result: ConfigExport) -> s
     """A KServe v1beta1 InferenceService (YAML) serving the Triton repository with the Open Inference Protocol."""
     from ..bundle import manifest as mf
 
-    uri = storage_uri or f"s3://CHANGE-ME/{model.name}/model_repository"
+    uri = storage_uri or f"s3://CHANGE-ME/{_dns_name(model.name)}/model_repository"
     domain = json.dumps({t.name: [d.to_dict() for d in t.dims] for t in model.inputs})
     lines = [
         "# Written by onnxgate. Upload model_repository/ to the storageUri below (it is a placeholder unless",
@@ -161,8 +170,9 @@ def inference_service(model, storage_uri: str | None, result: ConfigExport) -> s
         "apiVersion: serving.kserve.io/v1beta1",
         "kind: InferenceService",
         "metadata:",
-        f"  name: {model.name}",
+        f"  name: {result.resource_name or _dns_name(model.name)}",
         "  annotations:",
+        f"    onnxgate.io/model-name: {_q(model.name)}",
         f"    onnxgate.io/source-ref: {_q(str(model.manifest.get('source_ref')))}",
         f"    onnxgate.io/model-sha256: {_q(model.manifest['files'][mf.MODEL]['sha256'])}",
         f"    onnxgate.io/verified-domain: {_q(domain)}",

@@ -3,6 +3,7 @@
 ``ServerProcess(bundle, "--max-batch", "16")`` starts the real command (``python -m onnxgate.cli.main serve BUNDLE
 --port 0 ...``), waits for its ``listening on http://HOST:PORT`` line, and on exit stops it with SIGTERM (the
 graceful path a container runtime uses) and waits; ``stop()`` returns the exit code, and ``log`` holds its stderr.
+With ``--grpc-port`` among the arguments it also waits for ``gRPC listening on HOST:PORT`` (``grpc_target``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
+_GRPC = re.compile(r"gRPC listening on (\S+)")
 
 
 class ServerProcess:
@@ -26,6 +28,9 @@ class ServerProcess:
         self.env = {**os.environ, **(env or {})}
         self.lines: list[str] = []
         self.url: str | None = None
+        self.grpc_target: str | None = None  # HOST:PORT, with --grpc-port
+        self._wants_grpc = "--grpc-port" in args
+        self._grpc_ready = threading.Event()
         self.process: subprocess.Popen | None = None
         self.stdout = ""
         self._ready = threading.Event()
@@ -43,15 +48,21 @@ class ServerProcess:
                                         encoding="utf-8", env=self.env)
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + self.startup_timeout
-        while not self._ready.wait(0.05):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                code = self.stop()
-                raise RuntimeError(f"onnxgate serve did not start (exit {code}):\n{self.log[-4000:]}")
+        for event in (self._ready, self._grpc_ready) if self._wants_grpc else (self._ready,):
+            while not event.wait(0.05):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    code = self.stop()
+                    raise RuntimeError(f"onnxgate serve did not start (exit {code}):\n{self.log[-4000:]}")
         return self
 
     def _read(self) -> None:
         for line in self.process.stderr:
             self.lines.append(line)
+            grpc_match = _GRPC.search(line)
+            if grpc_match and self.grpc_target is None:
+                self.grpc_target = grpc_match.group(1)
+                self._grpc_ready.set()
+                continue
             match = _LISTENING.search(line)
             if match and self.url is None:
                 self.url = match.group(1)

@@ -34,6 +34,15 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.merged = Histogram("onnxgate_batch_requests", "Requests merged into one onnxruntime run",
                                 buckets=BATCH_BUCKETS, registry=self.registry)
+        self.grpc = Counter("onnxgate_grpc_requests", "gRPC calls by method and status code", ["method", "code"],
+                            registry=self.registry)
+
+    def observe_grpc(self, method: str, endpoint: str, code: str, seconds: float) -> None:
+        """A gRPC call: counted by method and code, its latency under the HTTP route it matches (``endpoint``)."""
+        self.grpc.labels(method, code).inc()
+        self.latency.labels(endpoint).observe(seconds)
+        if code != "OK":
+            self.errors.labels(endpoint, "server" if code in ("INTERNAL", "UNKNOWN", "UNAVAILABLE") else "client").inc()
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()

@@ -9,6 +9,13 @@ The socket is bound here, so ``--port 0`` picks a free port that is printed (``l
 before the first request can arrive. One worker runs uvicorn in this process; several run under uvicorn's own
 process supervisor, sharing the socket, with Prometheus' multiprocess mode so /metrics aggregates them. Shutdown
 is uvicorn's graceful one: stop accepting, let in-flight requests finish (up to ``grace_s``), then drain the batcher.
+
+``--grpc-port P`` adds the KServe/Triton gRPC protocol (``grpc_service.py``) in each worker's event loop, over the
+same model, executor, admission limit and metrics; it is off unless given (Triton's own port for it is 8001). Its
+port is checked (and ``0`` resolved to a free one) here, before anything is announced; a worker prints
+``gRPC listening on HOST:PORT`` once its gRPC server accepts calls. ``--max-queue N`` caps the inference requests
+a worker holds at once (HTTP and gRPC together); ``--auth-token-file`` (or ``ONNXGATE_SERVE_TOKEN``) requires a
+bearer token on everything but the health endpoints.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from typing import Any, Callable
 from ..errors import BadInputError
 
 SETTINGS_ENV = "ONNXGATE_SERVE_SETTINGS"
+TOKEN_ENV = "ONNXGATE_SERVE_TOKEN"  # the bearer token, when --auth-token-file is not given
+MIN_TOKEN = 16
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,9 @@ class ServeSettings:
     grace_s: int = 30
     header_timeout_s: float = 10.0  # a request's head must arrive within this (slowloris); see connection.py
     body_timeout_s: float = 60.0  # ... and its body within this after the head
+    max_queue: int | None = None  # inference requests held at once per worker (HTTP + gRPC); beyond: 503
+    auth_token_file: str | None = None  # bearer token required (else $ONNXGATE_SERVE_TOKEN, else no auth)
+    grpc_port: int | None = None  # the KServe/Triton gRPC protocol on this port (0: a free one); None: off
 
 
 @dataclass
@@ -97,11 +109,67 @@ def check_settings(settings: ServeSettings) -> None:
                         ("--body-timeout-s", settings.body_timeout_s)):
         if not 0 < value <= 3600:
             problems.append((flag, value, "more than 0 seconds, at most 3600"))
+    if settings.max_queue is not None and not 1 <= settings.max_queue <= 1_000_000:
+        problems.append(("--max-queue", settings.max_queue, "1..1000000 (requests held at once per worker)"))
+    if settings.grpc_port is not None and not 0 <= settings.grpc_port <= 65535:
+        problems.append(("--grpc-port", settings.grpc_port, "0..65535 (0: a free port)"))
+    elif settings.grpc_port and settings.grpc_port == settings.port:
+        problems.append(("--grpc-port", settings.grpc_port, "a port other than --port's"))
     if settings.opt_level not in OPT_LEVELS:
         problems.append(("--opt-level", settings.opt_level, ", ".join(OPT_LEVELS)))
     if problems:
         flag, value, allowed = problems[0]
         raise BadInputError(f"{flag} {value} is out of range.", hint=f"Give {flag} {allowed}.")
+
+
+def read_token(settings: ServeSettings) -> str | None:
+    """The bearer token clients must send: ``--auth-token-file``'s content (surrounding whitespace removed), else
+    ``$ONNXGATE_SERVE_TOKEN``, else None (no auth). BadInputError for an unreadable file or a weak token."""
+    where = f"--auth-token-file {settings.auth_token_file}"
+    if settings.auth_token_file:
+        try:
+            path = Path(settings.auth_token_file)
+            if not path.is_file() or path.stat().st_size > 4096:
+                raise BadInputError(f"{where}: not a file of at most 4096 bytes.",
+                                    hint="Give a file holding the token (one line).")
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInputError(f"{where} cannot be read: {exc}.", hint="Give a readable UTF-8 file.") from None
+    else:
+        where = f"${TOKEN_ENV}"
+        token = (os.environ.get(TOKEN_ENV) or "").strip()
+        if not token:
+            return None
+    if len(token) < MIN_TOKEN or len(token) > 4096 or not all(33 <= ord(c) < 127 for c in token):
+        raise BadInputError(f"{where}: the token must be {MIN_TOKEN}..4096 printable ASCII characters without spaces.",
+                            hint="Make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'.")
+    return token
+
+
+def reserve_grpc_port(settings: ServeSettings) -> ServeSettings:
+    """``settings`` with ``grpc_port`` checked free on ``host`` (BadInputError otherwise) and 0 resolved to a free
+    port, so a busy port is exit 2 before anything is announced and every worker binds the same one."""
+    if settings.grpc_port is None:
+        return settings
+    from dataclasses import replace
+
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((settings.host, settings.grpc_port))
+        except OSError as exc:
+            raise BadInputError(f"Cannot listen for gRPC on {settings.host}:{settings.grpc_port}: "
+                                f"{exc.strerror or exc}.",
+                                hint="Pick another --grpc-port (0 picks a free one).") from None
+        return replace(settings, grpc_port=probe.getsockname()[1])
+
+
+def batching_text(max_batch: int | None, timeout_ms: float, model) -> str:
+    if not max_batch:
+        return "dynamic batching off"
+    return (f"dynamic batching on: up to {max_batch} rows per run, waiting at most {timeout_ms:g} ms, within "
+            f"{model.batch_rule.name}: {model.batch_rule.describe()}")
 
 
 def check_batching(model, settings: ServeSettings) -> int | None:
@@ -147,6 +215,7 @@ def serve(bundle: str | Path, settings: ServeSettings | None = None, *,
 
     settings = settings or ServeSettings()
     check_settings(settings)
+    token = read_token(settings)
     say = announce or (lambda _m: None)
     started = time.monotonic()
     with opened_bundle(Path(bundle)) as folder:
@@ -155,16 +224,28 @@ def serve(bundle: str | Path, settings: ServeSettings | None = None, *,
         model = load_served_model(folder, name=settings.model_name, threads=settings.threads,
                                   opt_level=settings.opt_level, default_threads=_default_threads(settings))
         max_batch = check_batching(model, settings)
+        if settings.grpc_port is not None:
+            _require_grpc()
         sock = bind(settings.host, settings.port)
+        try:
+            settings = reserve_grpc_port(settings)
+        except BadInputError:
+            sock.close()
+            raise
         host, port = sock.getsockname()[:2]
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         result = ServeResult(str(bundle), model.name, url, settings.workers, verification.to_dict(), model.metadata())
         say(f"serving '{model.name}' ({', '.join(t.name + ' ' + t.shape_text() for t in model.inputs)}; threads "
             f"{model.threads or 'all'} from {model.threads_source})")
+        admission = (f"limit {settings.max_queue} requests per worker (503 beyond)" if settings.max_queue
+                     else "unlimited")
+        say(f"{batching_text(max_batch, settings.batch_timeout_ms, model)}; admission {admission}"
+            f"; auth {'bearer token (health endpoints open)' if token else 'off'}"
+            f"; gRPC {'on port ' + str(settings.grpc_port) if settings.grpc_port is not None else 'off'}")
         say(f"listening on {url}")
         with _stop_quietly():
             if settings.workers == 1:
-                _run_one(model, settings, max_batch, sock)
+                _run_one(model, settings, max_batch, sock, token)
             else:
                 model.session = None
                 _run_many(folder, settings, max_batch, sock)
@@ -204,17 +285,35 @@ def _uvicorn_config(app: Any, settings: ServeSettings, **extra):
     return configure(config, settings.header_timeout_s, settings.body_timeout_s)
 
 
-def _run_one(model, settings: ServeSettings, max_batch: int | None, sock: socket.socket) -> None:
+def _require_grpc() -> None:
+    from ..errors import require
+
+    for module in ("grpc", "tritonclient.grpc"):  # the servicer is built on tritonclient's generated stubs
+        require(module, "serve", "`onnxgate serve --grpc-port`")
+
+
+def app_settings(settings: ServeSettings, max_batch: int | None, token: str | None):
+    from .app import AppSettings
+
+    return AppSettings(int(settings.max_body_mb * (1 << 20)), max_batch, settings.batch_timeout_ms,
+                       max_queue=settings.max_queue, auth_token=token, grpc_host=settings.host,
+                       grpc_port=settings.grpc_port, grpc_reuse_port=settings.workers > 1, grace_s=settings.grace_s)
+
+
+def _run_one(model, settings: ServeSettings, max_batch: int | None, sock: socket.socket, token: str | None) -> None:
     import uvicorn
 
-    from .app import AppSettings, create_app
+    from .app import create_app
 
-    app = create_app(model, AppSettings(int(settings.max_body_mb * (1 << 20)), max_batch, settings.batch_timeout_ms))
+    app = create_app(model, app_settings(settings, max_batch, token))
     server = uvicorn.Server(_uvicorn_config(app, settings))
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+    failed = getattr(app.state, "startup_error", None)
+    if failed is not None:  # the gRPC port was taken between the check and the bind
+        raise BadInputError(f"The server could not start: {failed}.", hint="Pick another --grpc-port.")
 
 
 def _run_many(folder: Path, settings: ServeSettings, max_batch: int | None, sock: socket.socket) -> None:
@@ -241,12 +340,11 @@ def _run_many(folder: Path, settings: ServeSettings, max_batch: int | None, sock
 
 def app_from_env():
     """uvicorn's app factory in each worker process: the settings the parent put in the environment."""
-    from .app import AppSettings, create_app
+    from .app import create_app
     from .contract import load_served_model
 
     spec = json.loads(os.environ[SETTINGS_ENV])
     settings = ServeSettings(**spec["settings"])
     model = load_served_model(Path(spec["folder"]), name=settings.model_name, threads=settings.threads,
                               opt_level=settings.opt_level, default_threads=_default_threads(settings))
-    return create_app(model, AppSettings(int(settings.max_body_mb * (1 << 20)), spec["max_batch"],
-                                         settings.batch_timeout_ms))
+    return create_app(model, app_settings(settings, spec["max_batch"], read_token(settings)))
