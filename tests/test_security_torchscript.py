@@ -158,15 +158,19 @@ def test_consented_torchscript_cannot_write_outside_its_scratch_folder(tmp_path)
 
 
 @needs_landlock
-def test_consented_plain_torchscript_exports_confined(tmp_path):
-    """A TorchScript model that writes nothing exports as before (the output folder stays writable); the older
-    flag name still gives consent."""
+@pytest.mark.parametrize("command", ["export", "run", "bench"])
+def test_consented_plain_torchscript_works_confined(tmp_path, command):
+    """A TorchScript model that writes nothing goes through as before, confined: the output folder and bench's
+    temporary folder stay writable; the older flag name still gives consent."""
     path = save_script(_Plain(), tmp_path / "plain.pt")
     (tmp_path / "out").mkdir()
-    proc = console("export", path, "-o", tmp_path / "out" / "m.onnx", "--trust-pickle", "--input", "x:2x4:float32",
-                   cwd=tmp_path)
+    argv = {"export": ["export", path, "-o", tmp_path / "out" / "m.onnx"],
+            "run": ["run", path, "-o", tmp_path / "out" / "run", "--bench", "none"],
+            "bench": ["bench", path, "--quick"]}[command]
+    proc = console(*argv, "--trust-pickle", "--input", "x:2x4:float32", cwd=tmp_path)
     assert proc.returncode == ExitCode.OK, proc.stderr
-    assert (tmp_path / "out" / "m.onnx").is_file()
+    assert "Traceback" not in proc.stderr
+    assert command == "bench" or any((tmp_path / "out").iterdir())
 
 
 @needs_landlock
