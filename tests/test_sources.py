@@ -242,7 +242,7 @@ def test_package_module_ref_is_imported_from_the_current_directory(tmp_path, mon
 def test_torchscript_file(tmp_path):
     path = tmp_path / "net.pt"
     torch.jit.save(torch.jit.trace(TinyNet().eval(), torch.randn(2, 4)), str(path))
-    loaded = load_model(str(path))
+    loaded = load_model(str(path), trust_pickle=True)  # TorchScript is code: it needs consent (issue 22)
     assert loaded.kind == "torchscript" and loaded.meta["source"] == "torchscript"
     assert loaded.module(torch.randn(1, 4)).shape == (1, 3)
 
