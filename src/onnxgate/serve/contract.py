@@ -426,22 +426,25 @@ def batch_probe(model: ServedModel) -> str | None:
     if rule is None or not golden:
         return "its inputs share no leading batch dim with a verified range"
     rows = int(golden[model.inputs[0].name].shape[0])
-    sizes = [n for n in (2 * rows, rows + 1, rows - 1, rule.max) if n and n != rows and n >= 1 and rule.allows(n)]
+    sizes = list(dict.fromkeys(n for n in (2 * rows, rows + 1, rows - 1, rule.max)
+                               if n and n != rows and n >= 1 and rule.allows(n)))
     if not sizes or rows < 1:
         return f"no batch size other than {rows} lies in the verified domain {rule.describe()}"
-    index = np.arange(sizes[0]) % rows
     names = [o.name for o in model.outputs]
     alone = dict(zip(names, model.session.run(names, {t.name: golden[t.name] for t in model.inputs})))
-    merged = dict(zip(names, model.session.run(names, {t.name: golden[t.name][index] for t in model.inputs})))
-    wrong = [n for n in names if merged[n].shape[:1] != (sizes[0],)]
-    if wrong:
-        return f"output '{wrong[0]}' does not follow the batch dim (shape {list(merged[wrong[0]].shape)} at {sizes[0]} rows)"
     tolerances = {n: Tolerance(t["rtol"], t["atol"]) for n, t in model.manifest["tolerances"].items()}
-    compared = compare_outputs({n: alone[n][index] for n in names}, merged, tolerances=tolerances,
-                               reference_label="the rows run alone")
-    failed = [c for c in compared if not c.passed]
-    if failed:
-        return f"rows are not independent: output '{failed[0].name}' changes when rows run together ({failed[0].reason})"
+    for size in sizes[:2]:  # two sizes: the golden rows repeated whole (2x) keep a batch mean; rows + 1 does not
+        index = np.arange(size) % rows
+        merged = dict(zip(names, model.session.run(names, {t.name: golden[t.name][index] for t in model.inputs})))
+        wrong = [n for n in names if merged[n].shape[:1] != (size,)]
+        if wrong:
+            return f"output '{wrong[0]}' does not follow the batch dim (shape {list(merged[wrong[0]].shape)} at {size} rows)"
+        compared = compare_outputs({n: alone[n][index] for n in names}, merged, tolerances=tolerances,
+                                   reference_label="the rows run alone")
+        failed = [c for c in compared if not c.passed]
+        if failed:
+            return (f"rows are not independent: output '{failed[0].name}' changes when rows run together "
+                    f"({failed[0].reason})")
     return None
 
 
