@@ -204,3 +204,21 @@ def test_the_confinement_itself(tmp_path):
     assert said["results"] == {"scratch": "written", "tmp": "written", "out": "written",
                                "elsewhere": "Permission denied"}, said
     assert not (tmp_path / "elsewhere" / "d").exists()
+
+
+def test_trust_code_in_config_files(capsys, tmp_path):
+    """trust_code = true in onnxgate.toml and in a zoo file gives the same consent as the flag (trust_pickle
+    keeps working); without it the TorchScript model is refused."""
+    from onnxgate.zoo import load_zoo
+
+    path = save_script(_Plain(), tmp_path / "plain.pt")
+    for key, expected in (("", ExitCode.UNSAFE_INPUT), ("trust_code = true\n", ExitCode.OK),
+                          ("trust_pickle = true\n", ExitCode.OK)):
+        config = tmp_path / "onnxgate.toml"
+        config.write_text(f'ref = "{path}"\ninput = ["x:2x4:float32"]\n{key}')
+        code, _, err = run_cli(capsys, "export", "--config", config, "-o", tmp_path / "m.onnx", "--force")
+        assert code == expected, f"{key!r}: {err}"
+    zoo = tmp_path / "zoo.toml"
+    zoo.write_text(f'[zoo]\nname = "z"\n\n[[model]]\nref = "{path}"\nname = "a"\ntrust_code = true\n\n'
+                   f'[[model]]\nref = "{path}"\nname = "b"\n')
+    assert [m.run.trust_pickle for m in load_zoo(str(zoo)).models] == [True, False]
