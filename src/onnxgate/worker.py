@@ -146,14 +146,15 @@ def total_memory_mb() -> int | None:
 def _keeper(conn, fn: Callable, args: tuple, kwargs: dict, parent: int) -> None:
     """The forked process ``run_in_worker`` starts: forks the worker, waits for it, reports a death without a result,
     and kills whatever the worker left running (see the module docstring)."""
-    me = os.getpid()
+    me, worker = os.getpid(), []
     _prctl(_PR_SET_NAME, KEEPER_NAME.encode())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the worker's to report; the keeper outlives it
-    signal.signal(signal.SIGTERM, lambda *_: _reap_and_exit(me, 1))
+    signal.signal(signal.SIGTERM, lambda *_: _reap_and_exit(me, 1, worker))
     if not die_with_parent(parent, signal.SIGTERM):
         _reap_and_exit(me, 1)
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     pid = os.fork()
+    worker.append(pid)
     if pid == 0:
         _prctl(_PR_SET_NAME, WORKER_NAME.encode())  # not a keeper: the watchdog counts this one
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -170,8 +171,12 @@ def _keeper(conn, fn: Callable, args: tuple, kwargs: dict, parent: int) -> None:
     _reap_and_exit(me, 0)
 
 
-def _reap_and_exit(me: int, code: int) -> None:
-    """The keeper's end: kill every process still below it (its subreaper role keeps them there), reap, exit."""
+def _reap_and_exit(me: int, code: int, first: list[int] = ()) -> None:
+    """The keeper's end: kill ``first`` at once (the worker: no walk of /proc before it stops), then every process
+    still below the keeper (its subreaper role keeps them there, the worker's orphans included), reap, exit."""
+    for pid in first:
+        if pid > 0:
+            _signal(pid, signal.SIGKILL)
     kill_tree(me, include_root=False)
     while True:
         try:

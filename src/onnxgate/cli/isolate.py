@@ -85,14 +85,15 @@ def _keep(cmd: list[str], env: dict[str, str], top: int, report: int) -> None:
     """The keeper: start the child, wait for it, hand its return code to ``top``, kill what it left running."""
     from ..worker import _PR_SET_CHILD_SUBREAPER, _PR_SET_NAME, KEEPER_NAME, _prctl, _reap_and_exit, die_with_parent
 
-    me = os.getpid()
+    me, started = os.getpid(), []
     try:
         _prctl(_PR_SET_NAME, KEEPER_NAME.encode())
-        signal.signal(signal.SIGTERM, lambda *_: _reap_and_exit(me, 1))
+        signal.signal(signal.SIGTERM, lambda *_: _reap_and_exit(me, 1, started))
         if not die_with_parent(top, signal.SIGTERM):
             _reap_and_exit(me, 1)
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
         child = subprocess.Popen(cmd, env={**env, PARENT_ENV: f"{me},{top}"}, preexec_fn=_child_preexec(me))
+        started.append(child.pid)
         code = child.wait()
         os.write(report, str(code).encode())
     finally:
