@@ -117,7 +117,10 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @rpc("health")
     async def ModelReady(self, request, context):
-        self._known(request.name, request.version)
+        try:  # an unknown model or version is not ready (tritonclient's is_model_ready: False, as over HTTP's 404)
+            self._known(request.name, request.version)
+        except RequestError:
+            return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=True)
 
     @rpc("metadata")
@@ -176,7 +179,8 @@ def decode_inputs(request, check) -> dict[str, tuple[str, np.ndarray]]:
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise RequestError(400, f"raw_input_contents holds {len(raw)} tensors for {len(request.inputs)} inputs; when "
-                                "it is used, every input travels in it, in order.")
+                                "it is used, every input travels in it, in order.",
+                           allowed={"raw_input_contents": len(request.inputs)})
     if not request.inputs:
         raise RequestError(400, "The request has no inputs (one tensor per model input).")
     tensors: dict[str, tuple[str, np.ndarray]] = {}
