@@ -314,3 +314,43 @@ def test_a_genuine_dynamic_pt2_exports_with_its_dynamic_dim(capsys, tmp_path, dy
     code, _, err = run_cli(capsys, "export", dynamic_pt2, "-o", tmp_path / "d.onnx", "--input", "x:Bx3:float32",
                            "--dim", "B=1..64@4")
     assert code == ExitCode.OK, err
+
+
+class _Guarded(torch.nn.Module):
+    def forward(self, x, y):
+        if x.shape[0] > 4:
+            return x.reshape(-1, 2).sum() + y[: x.shape[0] // 2].sum()
+        return x.sum()
+
+
+def test_a_genuine_archive_with_guards_passes(tmp_path):
+    """Real guard code (shape checks over L['x'].size()) is accepted; it is what the grammar is modelled on."""
+    auto = torch.export.Dim.AUTO
+    program = torch.export.export(_Guarded(), (torch.randn(8), torch.randn(10)),
+                                  dynamic_shapes={"x": {0: auto}, "y": {0: auto}})
+    assert program._guards_code, "this torch writes no guard code for the model: the test proves nothing"
+    path = tmp_path / "guarded.pt2"
+    torch.export.save(program, path)
+    check_pt2_archive(path)
+
+
+@pytest.mark.parametrize("guard", [
+    "__import__('os').system('id')", "L['x'].size.__self__", "(lambda: 1)()", "math.__dict__",
+    "torch.load('x')", "[c for c in ()]", "L['x'].size()[0] == open('f').read()", "torch", "getattr(L, 'x')",
+    "L['__class__']", "L['x'].size()[0] if 1 else 0",
+])
+def test_guard_code_beyond_shape_checks_is_refused(guard):
+    from onnxgate.safe_load import _safe_guard
+
+    assert not _safe_guard(guard)
+
+
+@pytest.mark.parametrize("expression", [
+    "__import__('os').system('id')", "s0.__class__", "open('f')", "Symbol('s0').__class__", "eval('1')",
+    "lambdify(s0, s0)", "s0 + 'x'", "preview(s0)",
+])
+def test_sympy_text_beyond_shape_arithmetic_is_refused(expression):
+    from onnxgate.safe_load import _safe_sympy
+
+    assert not _safe_sympy(expression)
+    assert _safe_sympy("Symbol('s77', positive=True, integer=True)") and _safe_sympy("FloorDiv(s0, 2) + 3*s1 <= 64")

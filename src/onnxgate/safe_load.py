@@ -803,7 +803,8 @@ def _safe_guard(text: str) -> bool:
             return False
         if isinstance(node, ast.Constant) and type(node.value) not in (int, float, bool, str):
             return False
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and not _SIMPLE_NAME.fullmatch(node.value):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+                not _SIMPLE_NAME.fullmatch(node.value) or node.value.startswith("__")):
             return False
         if isinstance(node, ast.Name) and node.id not in {"L", "inf", "math", "torch", *_GUARD_CALLS}:
             return False
@@ -813,8 +814,6 @@ def _safe_guard(text: str) -> bool:
                     or base == "math" and node.attr in _MATH_FUNCTIONS
                     or base == "torch" and node.attr in _TORCH_GUARD_FUNCTIONS):
                 return False
-        if isinstance(node, ast.Name) and node.id in ("math", "torch"):
-            continue  # only reachable as an allowed attribute's base: bare math/torch fails in the parent check
     for node in ast.walk(tree):  # math/torch only as the base of an allowed attribute
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.Name) and child.id in ("math", "torch") and not isinstance(node, ast.Attribute):
