@@ -19,7 +19,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+
+from helpers import bundle_of, golden_and_reference, make_model
 
 from onnxgate.bundle import verify_bundle, verify_matrix, write_bundle
 from onnxgate.cli.main import main
@@ -28,43 +29,6 @@ from onnxgate.errors import BadInputError, OutputExistsError, UnsafeInputError
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_FILES = {"model.onnx", "golden_inputs.npz", "reference_outputs.npz", "requirements.txt",
                 "requirements-runtime.txt", "environment.yml", "manifest.json"}
-
-
-def make_model(path: Path, *, opset: int = 17, ir_version: int = 8, external_data: str | None = None) -> Path:
-    """A small CNN classifier with a symbolic batch dim; IR 8 / opset 17 loads on onnxruntime >= 1.13."""
-    rng = np.random.default_rng(0)
-    weights = {"conv_w": (4, 3, 3, 3), "conv_b": (4,), "fc_w": (5, 4), "fc_b": (5,)}
-    initializers = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-                    for name, shape in weights.items()]
-    nodes = [
-        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["conv"], ["relu"]),
-        helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
-        helper.make_node("Flatten", ["pool"], ["flat"]),
-        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
-    ]
-    graph = helper.make_graph(nodes, "tiny_cnn",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
-    onnx.checker.check_model(model)
-    if external_data:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=external_data, size_threshold=0)
-    else:
-        onnx.save_model(model, str(path))
-    return path
-
-
-def golden_and_reference(model: Path) -> tuple[dict, dict]:
-    inputs = {"input": np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)}
-    (logits,) = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, inputs)
-    return inputs, {"logits": logits}
-
-
-def bundle_of(model: Path, out: Path, **kwargs) -> Path:
-    inputs, reference = golden_and_reference(model)
-    return write_bundle(out, model_path=model, golden_inputs=inputs, reference_outputs=reference, **kwargs)
 
 
 def flip_byte(path: Path) -> None:

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bundle import bundle_of, make_model
-from test_bundle_security import edit_manifest, rehash
+from helpers import bundle_of, edit_manifest, make_model, rehash
 
 from onnxgate.bundle import verify_bundle
 from onnxgate.cli.main import main

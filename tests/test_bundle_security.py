@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from test_bundle import bundle_of, make_model
+from helpers import bundle_of, edit_manifest, make_model, rehash
 
 from onnxgate.bundle import verify_bundle, verify_matrix
 from onnxgate.bundle import verify as bundle_verify
@@ -70,23 +70,6 @@ def cli(args: list[str], capsys) -> tuple[int, dict]:
 
 def verify_cli(path: Path, capsys) -> tuple[int, dict]:
     return cli(["verify-bundle", str(path)], capsys)
-
-
-def edit_manifest(folder: Path, change) -> None:
-    path = folder / "manifest.json"
-    manifest = json.loads(path.read_text())
-    change(manifest)
-    path.write_text(json.dumps(manifest, indent=2))
-
-
-def rehash(folder: Path) -> None:
-    """Make the manifest vouch for the files as they are now: what an attacker who edits a bundle does."""
-    def change(manifest):
-        manifest["files"] = {
-            p.relative_to(folder).as_posix(): {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
-                                               "bytes": p.stat().st_size}
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink() and p.name != "manifest.json"}
-    edit_manifest(folder, change)
 
 
 def entry_for(path: Path) -> dict:

@@ -149,7 +149,7 @@ def test_tmpdir_staging_is_owner_tagged_and_swept_when_the_next_staging_starts(p
 
 
 def test_tar_verification_sweeps_tmpdir_first(private_tmpdir, tmp_path):
-    from test_bundle import bundle_of, make_model
+    from helpers import bundle_of, make_model
 
     from onnxgate.bundle import verify_bundle
 

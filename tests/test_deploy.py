@@ -20,33 +20,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("openvino")
 
+from helpers import tiny_config, tiny_loaded  # noqa: E402
+
 from onnxgate.deploy.model import (FAILED, NOT_CONVERTED, PASSED, SKIPPED, UNVERIFIED, DeployedArtifact,  # noqa: E402
                                    DeployReport, parse_targets)
 from onnxgate.errors import BadInputError, ExitCode  # noqa: E402
 from onnxgate.outcome import judge  # noqa: E402
-
-
-class TinyCnn(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(4, 8, 3, padding=1)
-        self.head = torch.nn.Linear(8 * 4 * 4, 10)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.conv(x)).flatten(1))
-
-
-def tiny_loaded():
-    from onnxgate.sources.model import LoadedModel
-
-    return LoadedModel(TinyCnn().eval(), "tests/test_deploy.py:TinyCnn")
-
-
-def tiny_config():
-    from onnxgate.spec import ExportConfig, parse_dim, parse_input
-
-    return ExportConfig(inputs=(parse_input("x:Bx4x4x4:float32"),), dims=(parse_dim("B=1..8@2"),))
 
 
 @pytest.fixture(scope="module")

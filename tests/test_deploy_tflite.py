@@ -14,7 +14,7 @@ from onnxgate.deploy.model import FAILED, PASSED  # noqa: E402
 from onnxgate.errors import ExitCode  # noqa: E402
 from onnxgate.outcome import judge  # noqa: E402
 
-from test_deploy import tiny_config, tiny_loaded  # noqa: E402
+from helpers import tiny_config, tiny_loaded  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_bundle import bundle_of, make_model
+from helpers import bundle_of, make_model
 
 from onnxgate.bundle import verify_bundle
 from onnxgate.cli.main import main

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from test_transform import mlp
+from helpers import mlp
 
 from onnxgate.errors import BadInputError
 from onnxgate.transform import quantize, to_fp16

