@@ -251,3 +251,17 @@ def test_grpc_holds_the_token_and_the_admission_limit(bundle, tmp_path):
     for i, y in answers:
         np.testing.assert_allclose(y, np.full((1, 4), i, np.float32) @ W + B, rtol=1e-6)
     np.testing.assert_allclose(calm, B[None, :], rtol=1e-6)
+
+
+def test_a_busy_grpc_port_is_exit_2_before_anything_is_served(bundle, capsys):
+    import socket
+
+    from onnxgate.cli.main import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["serve", str(bundle), "--port", "0", "--grpc-port", str(port), "--json"]) == 2
+    out = capsys.readouterr().out
+    assert f"Cannot listen for gRPC on 127.0.0.1:{port}" in out and "listening on http" not in out
