@@ -238,3 +238,18 @@ def test_no_import_circles_among_onnxgate_modules():
         "\n".join(described)
     broken = [sorted(k) for k in KNOWN_CIRCLES if list(sorted(k)) not in _circles(graph)]
     assert not broken, f"these circles are broken now: delete them from KNOWN_CIRCLES: {broken}"
+
+
+def test_test_files_import_helpers_not_each_other():
+    """Shared test code lives in tests/helpers.py: importing a test file also imports its fixtures and skips."""
+    import ast
+
+    tests = Path(__file__).parent
+    names = {p.stem for p in tests.glob("test_*.py")}
+    offenders = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            imported = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and not node.level else []
+            offenders += [f"{path.name}:{node.lineno} imports {m}" for m in imported if m in names]
+    assert not offenders, "move what they share into tests/helpers.py:\n" + "\n".join(offenders)
