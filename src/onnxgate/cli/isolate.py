@@ -60,7 +60,15 @@ def run_isolated(argv: list[str]) -> int:
 
 
 def run_kept(cmd: list[str], env: dict[str, str]) -> int:
-    """Run ``cmd`` below a keeper (see the module docstring); its return code (negative: killed by that signal)."""
+    """Run ``cmd`` below a keeper (see the module docstring); its return code (negative: killed by that signal).
+    Without fork (Windows) the child runs directly, and a killed ``onnxgate`` leaves it running."""
+    if not hasattr(os, "fork"):
+        child = subprocess.Popen(cmd, env=env)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return child.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
     read, write = os.pipe()
     top = os.getpid()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child (same process group)
