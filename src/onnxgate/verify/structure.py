@@ -14,7 +14,7 @@ import onnx
 
 from .. import metadata as md
 from .. import serde
-from ..errors import BadInputError, OnnxgateError, first_line
+from ..errors import BadInputError, OnnxgateError, RuntimeIncompatibleError, first_line
 
 _ELEM_TYPES = {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
 _DTYPE_NAMES = {"float": "float32", "double": "float64"}
@@ -235,7 +235,6 @@ def ort_load_check(path: Path) -> tuple[str | None, bool | None, str | None]:
         import onnxruntime as ort
     except ImportError:
         return None, None, "onnxruntime is not installed"
-    from ..errors import RuntimeIncompatibleError
     from ..runtimes.ort import open_session
 
     try:
