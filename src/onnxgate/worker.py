@@ -32,8 +32,9 @@ process stopped first, so none forks while the others are killed, then killed). 
 export attempts under a zoo model) are keepers with watchdogs and caps of their own; their subtrees are theirs.
 When the worker ends, the keeper kills whatever it left running. The keeper dies with the thread that started it
 (``PR_SET_PDEATHSIG``, SIGTERM, which it handles by killing its tree) and the worker with the keeper (SIGKILL):
-a ``kill -9`` of the parent leaves nothing running below it. No cgroup: cgroup v2 is not writable in the
-containers onnxgate runs in (this one has v1, read-only); ``/proc`` works everywhere Linux does.
+a ``kill -9`` of the parent leaves nothing running below it. No cgroup: it needs a delegated, writable cgroup v2
+hierarchy, which containers (CI runners, the one this was built in: cgroup v1 only) rarely give; ``/proc`` works
+wherever Linux does.
 """
 
 from __future__ import annotations
