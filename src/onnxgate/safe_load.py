@@ -4,17 +4,27 @@ Array files (``.npz``/``.npy``) are read with ``allow_pickle=False`` everywhere;
 ``bundle`` command's ``--golden``/``--reference``, while feeds (``verify/inputs.py``) and bundle golden files
 (``bundle/verify.py``, which also bounds every allocation) have readers of their own.
 
-A pickle is a program: unpickling runs whatever callables the file names. So nothing here unpickles arbitrary
-objects unless the user passed ``--trust-pickle``:
+A pickle is a program, and so is a TorchScript archive: unpickling runs whatever callables the file names, and
+TorchScript's ``__setstate__`` and ``forward`` can create or overwrite files (``torch.from_file``). So nothing here
+runs code from a file unless the user passed ``--trust-code`` (``--trust-pickle``, ``trust_pickle=True``):
 
 * ``torch_load``: ``torch.load(weights_only=True)`` (tensors and plain containers only); a refused file is a
   clear ``UnsafeInputError`` (exit 7) unless trusted.
 * ``check_pt2_archive``: a ``torch.export`` archive (``.pt2``) is inspected *before* torch touches it, because
   ``torch.export.load`` unpickles with ``weights_only=False`` in several places (weights or constants stored
   with ``use_pickle``, the sample inputs when ``weights_only`` refuses them, opaque and TorchBind constants,
-  legacy archives). Every pickled member must pass ``weights_only``; opaque objects and legacy layouts are
-  refused. ``load_pt2`` then loads the checked archive with torch's archive reader directly, never through
-  ``torch.export.load``'s fallback to the pre-2.7 format (which would unpickle whatever a look-alike zip holds).
+  legacy archives) and turns text of the program's JSON into code (``guards_code`` through ``exec``, symbolic
+  expressions through ``sympy.sympify``, node targets looked up from ``torch``, ``math`` and ``operator``). The
+  file is read once; ``StrictZip`` parses those bytes so that no two zip readers can see different entries
+  (duplicate names, prepended or trailing data, headers that disagree are refused); entries must follow the
+  archive's layout; every pickled member must pass ``weights_only``; opaque objects, compiled code and legacy
+  layouts are refused; the JSON's guard code, expressions and operators must fit narrow grammars. ``load_pt2``
+  then hands torch's archive reader exactly the checked bytes, never through ``torch.export.load``'s fallback to
+  the pre-2.7 format (which would unpickle whatever a look-alike zip holds).
+* ``confine_untrusted_code``: where the user consented, the console script's child process (or a zoo worker)
+  loads and runs that code under Linux Landlock, able to write only in a scratch folder and the outputs' folders.
+* ``read_regular_file``/``require_regular_file``: a FIFO, socket or device given as a model is refused (exit 2)
+  without blocking on it.
 * ``load_npz``: ``numpy.load(allow_pickle=False)``; object arrays are refused.
 
 Torch is imported lazily (the npz path is used on torch-free machines).
@@ -40,8 +50,8 @@ from .errors import BadInputError, ModelSourceError, UnsafeInputError
 from .sources._text import describe  # the sources' one error description (type + first line)
 
 SAFE_FORMATS_HINT = (
-    "Save it instead as a state dict (torch.save(model.state_dict(), PATH), then load it with --arch), as "
-    "TorchScript (torch.jit.save) or as a torch.export archive (torch.export.save, .pt2)."
+    "Save it instead as a state dict (torch.save(model.state_dict(), PATH), then load it with --arch) or as a "
+    "torch.export archive (torch.export.save, .pt2): neither needs consent."
 )
 _TRUST_HINT = ("Pass --trust-code (trust_pickle=True; --trust-pickle is the older name) only if the file comes from "
                "a source you trust. ")
@@ -640,8 +650,8 @@ def _landlock(writable: list[Path], removable: Path | None = None) -> str:
 def unreadable(path: Path, reason: str) -> ModelSourceError:
     return ModelSourceError(
         f"'{path}' is not a file PyTorch can load ({reason}).",
-        hint="Give a TorchScript file, a torch.export archive (.pt2), a state dict with --arch, or a pickled "
-        "nn.Module with --trust-pickle.",
+        hint="Give a torch.export archive (.pt2) or a state dict with --arch; a TorchScript file or a pickled "
+        "nn.Module needs --trust-code.",
     )
 
 
@@ -705,6 +715,7 @@ def _check_payload_config(path: Path, archive: StrictZip, root: str, config_name
 # expressions go through ``sympy.sympify`` (which evaluates Python) and ``guards_code`` is compiled with ``exec``
 # when ``program.module()`` is called: each must match a narrow grammar, or the archive is refused.
 _OP_TARGET = re.compile(r"torch\.ops\.(aten|prims|higher_order|quantized_decomposed|torchvision)\.\w+(\.\w+)?"
+                        r"|torch\._C\._set_grad_enabled|torch\.amp\.autocast_mode\._(enter|exit)_autocast"
                         r"|_operator\.(getitem|add|sub|mul|truediv|floordiv|mod|pow|neg|pos|abs|eq|ne|lt|le|gt|ge"
                         r"|and_|or_|xor|not_|invert|lshift|rshift)"
                         r"|math\.(floor|ceil|trunc|sqrt|exp|log|pow)"

@@ -2,8 +2,11 @@
 
 The kind of a file is read from its content, not its extension (``.pt`` is used for all of them):
 
-* a zip archive with a ``code/`` folder is TorchScript (``torch.jit.save``);
-* a zip archive with an ``archive_format`` entry is a torch.export archive (``torch.export.save``);
+* a zip archive with a ``code/`` folder is TorchScript (``torch.jit.save``): code (``__setstate__`` and
+  ``forward`` can write files), loaded only with ``trust_pickle=True`` (``--trust-code``), confined where the
+  platform allows (``safe_load.confine_untrusted_code``);
+* a zip archive with an ``archive_format`` entry is a torch.export archive (``torch.export.save``), checked by
+  ``safe_load.check_pt2_archive`` and loaded from the very bytes checked;
 * anything else goes through ``torch.load(weights_only=True)``, which reads tensors and plain containers but
   refuses to rebuild arbitrary Python objects. A state dict loads that way (it then needs an architecture,
   ``--arch``); a pickled whole module is refused unless ``trust_pickle=True``, because unpickling runs code
@@ -55,8 +58,8 @@ def open_model_file(path_text: str, ref: str, *, trust_pickle: bool) -> LoadedMo
     if not isinstance(obj, torch.nn.Module):
         raise ModelSourceError(
             f"'{path_text}' loads as a {type(obj).__name__}, which is neither a model nor a state dict.",
-            hint="Give a TorchScript file, a torch.export archive (.pt2), a state dict with --arch, or a whole "
-            "pickled nn.Module.",
+            hint="Give a torch.export archive (.pt2) or a state dict with --arch; a TorchScript file or a whole "
+            "pickled nn.Module needs --trust-code.",
         )
     return LoadedModel(obj, ref, meta={"source": "pickle"})
 
