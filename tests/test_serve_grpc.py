@@ -42,8 +42,8 @@ def tiny_bundle(folder: Path) -> Path:
     from onnxgate.bundle.write import write_bundle
 
     folder.mkdir(parents=True, exist_ok=True)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
-                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 3])],
                               [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -219,7 +219,8 @@ def test_grpc_holds_the_token_and_the_admission_limit(bundle, tmp_path):
         assert client.is_server_live() and client.is_server_ready()  # open, like /v2/health/*
         with pytest.raises(InferenceServerException) as refused:
             client.get_model_metadata(NAME)
-        assert refused.value.status() == "StatusCode.UNAUTHENTICATED" and "bearer token" in details(refused.value)["error"]
+        assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert "bearer token" in details(refused.value)["error"]
         assert client.get_model_metadata(NAME, headers=auth).name == NAME
 
         outcomes: list = [None] * 8

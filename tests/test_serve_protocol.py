@@ -307,9 +307,66 @@ def test_beyond_max_queue_a_503_with_retry_after_and_the_server_stays_healthy(bu
     for status, headers, body in every:
         doc = strict(body)
         if status == 503:
-            assert headers["retry-after"] == "1" and doc["allowed"] == {"max_queue": 3} and "--max-queue 3" in doc["error"]
+            assert headers["retry-after"] == "1" and doc["allowed"] == {"max_queue": 3}
+            assert "--max-queue 3" in doc["error"]
         else:
             np.testing.assert_allclose(np.array(doc["outputs"][0]["data"]).reshape(1, 3), x @ W + B, rtol=1e-6)
     assert health == [200, 200] and [c[0] for c in calm] == [200] * 4
     assert rss_after - rss_before < 16 << 10, (rss_before, rss_after)  # KiB: flat, not 32 refused bodies kept
     assert f'onnxgate_requests_total{{code="503",endpoint="infer"}} {statuses.count(503)}.0' in metrics
+
+
+# ------------------------------------------------------------------------- the recommended runtime (OpenVINO)
+
+
+def _recommending(bundle: Path, where: Path, config_id: str, precision: str = "fp32") -> Path:
+    """A copy of ``bundle`` with the `onnxgate run` report next to it recommending ``config_id``."""
+    import shutil
+
+    copy = shutil.copytree(bundle, where / "out" / "bundle")
+    report = {"stages": {"bench": {"recommendation": {"config_id": config_id, "runtime": config_id.split(":")[0],
+                                                      "verification": {"precision": precision}}}}}
+    (where / "out" / "report.json").write_text(json.dumps(report))
+    return copy
+
+
+def test_serve_runs_the_recommended_openvino_configuration_at_its_verified_precision(bundle, tmp_path):
+    pytest.importorskip("openvino")
+    copy = _recommending(bundle, tmp_path, "openvino:base/f32/t1")
+    x = np.random.default_rng(5).normal(size=(4, 4)).astype(np.float32)
+    with ServerProcess(copy) as srv:
+        client = httpclient.InferenceServerClient(srv.hostport)
+        meta = client.get_model_metadata(NAME)
+        config = client.get_model_config(NAME)
+        tensor = httpclient.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        y = client.infer(NAME, [tensor]).as_numpy("y")
+    assert re.search(r"runtime: OpenVINO \S+ CPU, PERFORMANCE mode, LATENCY hint, INFERENCE_PRECISION_HINT=f32, "
+                     r"1 thread\(s\) \(from the bundle's benchmark \(.*report.json: openvino:base/f32/t1, verified "
+                     r"at f32\)\)", srv.log), srv.log
+    params = meta["parameters"]
+    assert meta["platform"] == "openvino" and params["runtime"] == "openvino"
+    assert "INFERENCE_PRECISION_HINT=f32" in params["runtime_config"] and params["threads"] == 1
+    assert params["self_check"][0]["passed"] is True
+    assert config["backend"] == "openvino" and "platform" not in config
+    np.testing.assert_allclose(y, onnxruntime_outputs(bundle, x), rtol=1e-5, atol=1e-5)
+
+    with ServerProcess(copy, "--runtime", "onnxruntime") as srv:
+        meta = httpclient.InferenceServerClient(srv.hostport).get_model_metadata(NAME)
+    assert meta["parameters"]["runtime"] == "onnxruntime"
+    assert meta["parameters"]["runtime_source"] == "--runtime onnxruntime"
+
+
+def test_openvino_left_to_choose_is_pinned_to_the_precision_the_benchmark_verified(bundle, tmp_path):
+    """`openvino:base/t1` (OpenVINO's own choice) verified at bf16: served pinned to bf16, self-checked at bf16's
+    tolerance (wider than the bundle's float32 one); onnxruntime's recommendation keeps onnxruntime."""
+    pytest.importorskip("openvino")
+    from onnxgate.serve.contract import load_served_model
+
+    model = load_served_model(_recommending(bundle, tmp_path / "bf16", "openvino:base/t1", "bf16"))
+    assert model.runtime == "openvino" and "INFERENCE_PRECISION_HINT=bf16" in model.runtime_config
+    assert model.self_check[0]["passed"] and model.self_check[0]["rtol"] > model.manifest["tolerances"]["y"]["rtol"]
+    plain = load_served_model(_recommending(bundle, tmp_path / "ort", "onnxruntime:base/t1"))
+    assert plain.runtime == "onnxruntime" and plain.threads == 1
+    forced = load_served_model(bundle, runtime="openvino")
+    assert "INFERENCE_PRECISION_HINT=f32" in forced.runtime_config and forced.self_check[0]["rtol"] == 1e-3

@@ -40,6 +40,9 @@ def serve(
                                          "$ONNXGATE_SERVE_TOKEN when set, else no auth."),
     grpc_port: int = typer.Option(None, "--grpc-port", help="Also serve the KServe/Triton gRPC protocol on this "
                                   "port (0: a free one; Triton uses 8001). Off by default."),
+    runtime: str = typer.Option("auto", "--runtime", help="auto: what the bundle's benchmark recommends (OpenVINO "
+                                "at the precision it was verified at, when installed), else onnxruntime; or "
+                                "onnxruntime / openvino."),
     export_config: tuple[str, Path] | None = typer.Option(None, "--export-config", metavar="FORMAT DIR",
                                                    help="Instead of serving, write a Triton model repository "
                                                    "(triton) or a KServe InferenceService with one (kserve) to DIR."),
@@ -62,7 +65,7 @@ def serve(
     settings = ServeSettings(host=host, port=port, workers=workers, threads=threads, opt_level=opt_level,
                              max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, max_body_mb=max_body_mb,
                              model_name=model_name, grace_s=grace_s, header_timeout_s=header_timeout_s,
-                             body_timeout_s=body_timeout_s, max_queue=max_queue, grpc_port=grpc_port,
+                             body_timeout_s=body_timeout_s, max_queue=max_queue, grpc_port=grpc_port, runtime=runtime,
                              auth_token_file=str(auth_token_file) if auth_token_file is not None else None)
     with progress("starting the server") as status:
         result = run_server(bundle, settings, announce=status.update)

@@ -162,6 +162,10 @@ class ServedModel:
     threads_source: str = "onnxruntime default (all cores)"
     opt_level: str = "all"
     session: Any = None
+    runtime: str = "onnxruntime"  # or "openvino" (ov_session.OpenVinoSession)
+    runtime_config: str = ""  # how the session runs, e.g. "OpenVINO 2026.4 CPU, ..., INFERENCE_PRECISION_HINT=f32"
+    runtime_source: str = "the default"  # why this runtime: --runtime, or the bundle's benchmark recommendation
+    check_manifest: dict[str, Any] | None = None  # tolerances the self-check and batch probe use, when not the bundle's
     self_check: list[dict] = field(default_factory=list)
     golden: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -213,12 +217,15 @@ class ServedModel:
 
     def metadata(self) -> dict[str, Any]:
         """The Open Inference Protocol's model metadata, with the verified shapes and where they come from."""
-        return {"name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx",
+        return {"name": self.name, "versions": ["1"],
+                "platform": "onnxruntime_onnx" if self.runtime == "onnxruntime" else "openvino",
                 "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
                 "parameters": {"bundle": str(self.folder), "source_ref": self.manifest.get("source_ref"),
                                "batch_dim": self.batch_dim, "labels": len(self.labels) if self.labels else None,
                                "preprocess": str(self.preprocess) if self.preprocess else None,
                                "classify": self.classify_unavailable or "available",
+                               "runtime": self.runtime, "runtime_config": self.runtime_config,
+                               "runtime_source": self.runtime_source,
                                "threads": self.threads, "threads_source": self.threads_source,
                                "opt_level": self.opt_level, "self_check": json_safe(self.self_check)}}
 
@@ -240,18 +247,33 @@ def check_integrity(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+
+
 def load_served_model(folder: Path, *, name: str | None = None, threads: int | None = None,
-                      opt_level: str = "all", default_threads: int = 0) -> ServedModel:
-    """Read the bundle at ``folder`` (already unpacked), build its session and self-check it (see module doc)."""
+                      opt_level: str = "all", default_threads: int = 0, runtime: str = "auto") -> ServedModel:
+    """Read the bundle at ``folder`` (already unpacked), build its session and self-check it (see module doc).
+    ``runtime``: ``auto`` runs what the bundle's benchmark recommends (OpenVINO at the precision it was verified at,
+    when it recommends OpenVINO and OpenVINO is installed), else onnxruntime; or the runtime named."""
     from ..bundle import manifest as mf
     from ..bundle.verify import load_npz
     from ..runtimes.ort import open_session
 
+    if runtime not in RUNTIMES:
+        raise BadInputError(f"--runtime '{runtime}' is not a runtime onnxgate serves.",
+                            hint=f"Use one of: {', '.join(RUNTIMES)}.")
     manifest = check_integrity(folder)
     source = _model_source(folder, manifest)
-    chosen, how, level = _threads(folder, manifest, threads, opt_level, default_threads)
+    plan = _runtime_plan(folder, manifest, runtime)
+    if plan["runtime"] == "openvino":
+        chosen = threads if threads is not None else plan["threads"] if plan["threads"] is not None else default_threads
+        how = "--threads" if threads is not None else plan["source"] if plan["threads"] is not None else (
+            "the cores divided among the workers" if default_threads else "OpenVINO's default")
+        level = opt_level
+    else:
+        chosen, how, level = _threads(folder, manifest, threads, opt_level, default_threads)
     session = open_session(source, what=f"the bundle's model '{folder / mf.MODEL}'", opt_level=level,
-                           intra_op_threads=chosen, inter_op_threads=1)
+                           intra_op_threads=chosen if plan["runtime"] == "onnxruntime" else 1, inter_op_threads=1)
     meta = dict(session.get_modelmeta().custom_metadata_map)
     golden, reference = load_npz(folder / mf.GOLDEN_INPUTS), load_npz(folder / mf.REFERENCE_OUTPUTS)
     inputs = _input_rules(folder, manifest, meta, golden)
@@ -259,7 +281,17 @@ def load_served_model(folder: Path, *, name: str | None = None, threads: int | N
                for rule in _output_rules(manifest, {d.name: d for t in inputs for d in t.dims if d.name})]
     model = ServedModel(_served_name(name, manifest, folder), folder, manifest, inputs, outputs,
                         _batch_dim(inputs, outputs), meta, threads=chosen, threads_source=how, opt_level=level,
-                        session=session)
+                        session=session, runtime_source=plan["source"])
+    if plan["runtime"] == "openvino":
+        from .ov_session import OpenVinoSession
+
+        model.session = None  # onnxruntime gave the metadata; OpenVINO serves
+        model.session = OpenVinoSession(folder / mf.MODEL, threads=chosen or None, precision=plan["precision"])
+        model.runtime, model.runtime_config = "openvino", model.session.describe()
+        model.check_manifest = _precision_manifest(manifest, reference, model.session.precision)
+    else:
+        model.runtime_config = (f"onnxruntime CPU, graph optimization '{level}', "
+                                f"{chosen or 'all'} intra-op thread(s)")
     _classify_setup(model)
     model.self_check = _self_check(model, golden, reference)
     model.golden = golden
@@ -297,6 +329,59 @@ def _served_name(name: str | None, manifest: dict[str, Any], folder: Path) -> st
     return (stem or _NAME.sub("_", folder.name).strip("_.-") or "model")[:128]
 
 
+_OV_ID = re.compile(r"openvino:base(?:/(\w+))?/t(\d+)")
+_OV_PRECISION = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
+
+
+def _runtime_plan(folder: Path, manifest: dict[str, Any], runtime: str) -> dict[str, Any]:
+    """Which runtime serves, at which OpenVINO precision and threads, and why. OpenVINO is served at the precision
+    its configuration was verified at: the one pinned in the recommended configuration, else the one the benchmark
+    recorded OpenVINO choosing (its verification's precision); ``--runtime openvino`` without an OpenVINO
+    recommendation pins f32, the precision the bundle itself was verified at."""
+    recommended = _recommended_config(folder, manifest)
+    match = _OV_ID.fullmatch(recommended[0]) if recommended else None
+    if runtime == "onnxruntime" or (runtime == "auto" and match is None):
+        return {"runtime": "onnxruntime", "precision": None, "threads": None,
+                "source": "--runtime onnxruntime" if runtime == "onnxruntime" else "the default"}
+    if match is None:
+        return {"runtime": "openvino", "precision": "f32", "threads": None,
+                "source": "--runtime openvino (no OpenVINO recommendation recorded: f32, as the bundle was verified)"}
+    if runtime == "auto":
+        import importlib.util
+
+        if importlib.util.find_spec("openvino") is None:
+            return {"runtime": "onnxruntime", "precision": None, "threads": None,
+                    "source": f"the default: the bundle's benchmark recommends {recommended[0]}, but OpenVINO is not "
+                              "installed here (pip install 'onnxgate[openvino]')"}
+    verified = ((recommended[2].get("verification") or {}).get("precision") if recommended[2] else None)
+    precision = _OV_PRECISION.get(str(match.group(1) or verified or "").lower())
+    if precision is None:
+        raise BadInputError(f"The bundle's benchmark recommends {recommended[0]} ({recommended[1]}) but records no "
+                            f"precision it was verified at that OpenVINO can be pinned to ({verified!r}).",
+                            hint="Serve with --runtime onnxruntime, or re-run the benchmark.")
+    return {"runtime": "openvino", "precision": precision, "threads": int(match.group(2)),
+            "source": f"the bundle's benchmark ({recommended[1]}: {recommended[0]}, verified at {precision})"}
+
+
+def _precision_manifest(manifest: dict[str, Any], reference: dict[str, np.ndarray],
+                        precision: str) -> dict[str, Any] | None:
+    """For OpenVINO computing in a reduced precision (bf16, f16), the manifest with each output's tolerance widened
+    to that precision's, as the benchmark verified the configuration; None at f32 (the bundle's own tolerances)."""
+    from ..verify.compare import Tolerance
+    from ..verify.contract import normalize_precision, runtime_tolerance
+
+    stated = runtime_tolerance(normalize_precision(precision))
+    if stated is None:
+        return None
+    tolerances = {}
+    for name, tol in manifest["tolerances"].items():
+        value = reference.get(name)
+        finite = np.abs(value[np.isfinite(value)]) if value is not None and value.dtype.kind == "f" else np.zeros(0)
+        wide: Tolerance = stated.for_scale(float(finite.max()) if finite.size else None)
+        tolerances[name] = {**tol, "rtol": max(tol["rtol"], wide.rtol), "atol": max(tol["atol"], wide.atol)}
+    return {**manifest, "tolerances": tolerances}
+
+
 def _threads(folder: Path, manifest: dict[str, Any], threads: int | None, opt_level: str,
              default: int) -> tuple[int, str, str]:
     """intra-op threads and level: the flag, else the configuration the bundle's benchmark recommended, else
@@ -316,7 +401,7 @@ def _threads(folder: Path, manifest: dict[str, Any], threads: int | None, opt_le
     return 0, "onnxruntime default (all cores)", opt_level
 
 
-def _recommended_config(folder: Path, manifest: dict[str, Any]) -> tuple[str, str] | None:
+def _recommended_config(folder: Path, manifest: dict[str, Any]) -> tuple[str, str, dict] | None:
     """The benchmark's recommended configuration id and where it was read: the manifest's ``bench`` record, else
     the ``report.json`` that `onnxgate run` writes next to its bundle folder."""
     bench = manifest.get("bench")
@@ -332,7 +417,7 @@ def _recommended_config(folder: Path, manifest: dict[str, Any]) -> tuple[str, st
         where = str(report)
     recommendation = bench.get("recommendation") if isinstance(bench, dict) else None
     config_id = recommendation.get("config_id") if isinstance(recommendation, dict) else None
-    return (config_id, where) if isinstance(config_id, str) else None
+    return (config_id, where, recommendation) if isinstance(config_id, str) else None
 
 
 def _input_rules(folder: Path, manifest: dict[str, Any], meta: dict[str, str],
@@ -432,7 +517,8 @@ def batch_probe(model: ServedModel) -> str | None:
         return f"no batch size other than {rows} lies in the verified domain {rule.describe()}"
     names = [o.name for o in model.outputs]
     alone = dict(zip(names, model.session.run(names, {t.name: golden[t.name] for t in model.inputs})))
-    tolerances = {n: Tolerance(t["rtol"], t["atol"]) for n, t in model.manifest["tolerances"].items()}
+    tolerances = {n: Tolerance(t["rtol"], t["atol"])
+                  for n, t in (model.check_manifest or model.manifest)["tolerances"].items()}
     for size in sizes[:2]:  # two sizes: the golden rows repeated whole (2x) keep a batch mean; rows + 1 does not
         index = np.arange(size) % rows
         merged = dict(zip(names, model.session.run(names, {t.name: golden[t.name][index] for t in model.inputs})))
@@ -490,13 +576,15 @@ def _self_check(model: ServedModel, golden: dict[str, np.ndarray],
 
     names = [o.name for o in model.outputs]
     got = dict(zip(names, model.session.run(names, {t.name: golden[t.name] for t in model.inputs})))
-    compared = compare_all(model.manifest, reference, got)
+    compared = compare_all(model.check_manifest or model.manifest, reference, got)
     failed = [c for c in compared if not c.passed]
     if failed:
-        raise ParityError(f"The serving session (onnxruntime, level '{model.opt_level}', {model.threads or 'all'} "
-                          f"thread(s)) computes the bundle's golden outputs beyond tolerance: "
+        raise ParityError(f"The serving session ({model.runtime_config}) computes the bundle's golden outputs beyond "
+                          f"tolerance: "
                           f"{'; '.join(c.name + ': ' + (c.reason or 'outside tolerance') for c in failed)}.",
-                          hint="Serve with --opt-level disable (the level verification used), or re-verify the "
-                               "bundle on this machine with `onnxgate verify BUNDLE`.")
+                          hint="Serve with --runtime onnxruntime, or re-run `onnxgate bench` on this machine."
+                          if model.runtime == "openvino" else
+                          "Serve with --opt-level disable (the level verification used), or re-verify the "
+                          "bundle on this machine with `onnxgate verify BUNDLE`.")
     return [{"output": c.name, "max_abs_err": c.max_abs_err, "rtol": c.tolerance.rtol, "atol": c.tolerance.atol,
              "passed": c.passed} for c in compared]

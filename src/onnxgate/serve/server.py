@@ -58,6 +58,7 @@ class ServeSettings:
     max_queue: int | None = None  # inference requests held at once per worker (HTTP + gRPC); beyond: 503
     auth_token_file: str | None = None  # bearer token required (else $ONNXGATE_SERVE_TOKEN, else no auth)
     grpc_port: int | None = None  # the KServe/Triton gRPC protocol on this port (0: a free one); None: off
+    runtime: str = "auto"  # auto (the bundle's benchmark recommendation), onnxruntime or openvino
 
 
 @dataclass
@@ -222,7 +223,8 @@ def serve(bundle: str | Path, settings: ServeSettings | None = None, *,
         say("verifying the bundle (checksums, golden outputs)")
         verification = prove(folder)
         model = load_served_model(folder, name=settings.model_name, threads=settings.threads,
-                                  opt_level=settings.opt_level, default_threads=_default_threads(settings))
+                                  opt_level=settings.opt_level, default_threads=_default_threads(settings),
+                                  runtime=settings.runtime)
         max_batch = check_batching(model, settings)
         if settings.grpc_port is not None:
             _require_grpc()
@@ -237,6 +239,7 @@ def serve(bundle: str | Path, settings: ServeSettings | None = None, *,
         result = ServeResult(str(bundle), model.name, url, settings.workers, verification.to_dict(), model.metadata())
         say(f"serving '{model.name}' ({', '.join(t.name + ' ' + t.shape_text() for t in model.inputs)}; threads "
             f"{model.threads or 'all'} from {model.threads_source})")
+        say(f"runtime: {model.runtime_config} (from {model.runtime_source}); golden outputs re-checked on it")
         admission = (f"limit {settings.max_queue} requests per worker (503 beyond)" if settings.max_queue
                      else "unlimited")
         say(f"{batching_text(max_batch, settings.batch_timeout_ms, model)}; admission {admission}"
@@ -346,5 +349,6 @@ def app_from_env():
     spec = json.loads(os.environ[SETTINGS_ENV])
     settings = ServeSettings(**spec["settings"])
     model = load_served_model(Path(spec["folder"]), name=settings.model_name, threads=settings.threads,
-                              opt_level=settings.opt_level, default_threads=_default_threads(settings))
+                              opt_level=settings.opt_level, default_threads=_default_threads(settings),
+                              runtime=settings.runtime)
     return create_app(model, app_settings(settings, spec["max_batch"], read_token(settings)))

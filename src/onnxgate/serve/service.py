@@ -126,6 +126,10 @@ def triton_config(model, *, max_batch: int | None = None, batch_timeout_ms: floa
         "parameters": {"onnxgate_verified_domain": {"string_value": json.dumps(
             {t.name: [d.to_dict() for d in t.dims] for t in model.inputs})}},
     }
+    if getattr(model, "runtime", "onnxruntime") == "openvino":  # what serves it here (Triton's OpenVINO backend)
+        del config["platform"]
+        config["backend"] = "openvino"
+        config["parameters"]["onnxgate_runtime"] = {"string_value": model.runtime_config}
     dynamic = _dynamic_batching(max_batch, max_batch_size, batch_timeout_ms)
     if dynamic is not None:
         if max_queue:
