@@ -136,3 +136,33 @@ def test_a_daemon_the_work_started_does_not_outlive_the_worker(tmp_path):
     assert outcome.status == OK and outcome.value == "done", outcome
     assert _pid_gone(int(pid_file.read_text())), "the worker's setsid daemon outlived it"
 
+
+
+def _parallel_work():
+    import torch
+
+    x = torch.randn(8, 3, 64, 64)
+    conv = torch.nn.Conv2d(3, 16, 3)
+    for _ in range(3):
+        conv(x)
+    return torch.get_num_threads(), len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: a worker has nothing to use a second thread on")
+def test_a_worker_uses_the_parents_threads_after_the_parent_ran_parallel_code():
+    """GNU OpenMP's pool does not survive fork: the parent pauses it before forking, so the worker (an export
+    attempt) builds its own pool and runs with the parent's thread count instead of one thread, and does not hang."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = torch.randn(512, 512)
+        (a @ a).sum()  # the parent's pool exists now: a naive fork would hang in the child's first parallel region
+        outcome = run_in_worker(_parallel_work, timeout_s=120)
+        assert outcome.ok, outcome.to_dict()
+        threads, tasks = outcome.value
+        assert threads == 2 and tasks >= 2, outcome.value
+        (a @ a).sum()  # and the parent's own parallel code still runs
+    finally:
+        torch.set_num_threads(previous)

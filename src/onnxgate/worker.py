@@ -9,9 +9,13 @@ caller records (the export ladder moves on to its next rung, the zoo to its next
 Why fork, not spawn: the worker needs the user's model, already built and warmed up in the parent. A spawned
 interpreter would re-import torch and rebuild (or unpickle) the model for every attempt — seconds each, more than a
 small model's whole export — while a fork shares its memory copy-on-write and starts in milliseconds. Two rules make
-fork safe with PyTorch: the child sets ``torch.set_num_threads(1)`` before any work (GNU OpenMP's thread pool does not
-survive a fork; a parallel region in the child would wait forever for threads that do not exist), and the parent holds
-no lock-holding helper threads while forking (the sampler thread below lives in the parent only).
+fork safe with PyTorch. GNU OpenMP's thread pool does not survive a fork: a child whose parent ever ran a parallel
+region waits forever in its own first one, for threads that do not exist. So right before forking, the parent hands
+its pool back (``omp_pause_resource_all``, OpenMP 5.0, in the libgomp torch ships); the child then builds a fresh
+pool and runs with the parent's thread count — measured, an export attempt on 2 cores used both, where last turn's
+workers were pinned to one thread. Where the pool cannot be paused (no libgomp found, or the call fails) the child
+falls back to ``torch.set_num_threads(1)``. And the parent holds no lock-holding helper threads while forking (the
+sampler thread below lives in the parent only).
 
 The memory cap is on the child's *private* memory (``Private_*`` in ``/proc/PID/smaps_rollup``): pages the attempt
 allocated or wrote, not the model it shares with the parent. A watchdog in the parent samples the child's resident
@@ -206,7 +210,7 @@ def _child(conn, fn: Callable, args: tuple, kwargs: dict, parent: int | None = N
     multiprocessing.current_process().daemon = False
     torch = sys.modules.get("torch")  # only where the parent imported it: a worker importing it gets a fresh pool
     if torch is not None:
-        torch.set_num_threads(1)  # see the module docstring: OpenMP's pool does not survive fork
+        torch.set_num_threads(_CHILD_THREADS)  # see the module docstring: 1 unless the parent paused its pool
     try:
         message = (OK, fn(*args, **kwargs))
     except BaseException as exc:  # noqa: BLE001 - everything the work raises is its outcome, SystemExit included
@@ -326,6 +330,49 @@ def _describe(exc: BaseException) -> dict[str, Any]:
             if hasattr(exc, "__dict__") else {}}
 
 
+_CHILD_THREADS = 1  # set in the parent right before each fork (``_release_openmp_pool``); read by the child
+
+
+def _libgomp():
+    """The GNU OpenMP runtime torch is linked against (torch/lib/libgomp*.so*), or None."""
+    torch = sys.modules.get("torch")
+    if torch is None or not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import glob
+
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*"))):
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    try:
+        return ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD)  # already loaded by torch from the system
+    except OSError:
+        return None
+
+
+def _release_openmp_pool() -> int:
+    """Hand the parent's OpenMP pool back so a forked child can build its own; the child's thread count.
+
+    ``omp_pause_resource_all(omp_pause_soft)`` frees the pool's threads; the parent's next parallel region makes new
+    ones (measured: no slowdown in the parent beyond that one re-creation). Without torch loaded there is nothing to
+    release and the child's threads are its own business."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return 1
+    threads = max(1, int(torch.get_num_threads()))
+    if threads == 1:
+        return 1
+    gomp = _libgomp()
+    try:
+        if gomp is not None and gomp.omp_pause_resource_all(1) == 0:  # 1 = omp_pause_soft
+            return threads
+    except (AttributeError, OSError):  # an OpenMP older than 5.0: no pause
+        pass
+    return 1
+
+
 def run_in_worker(fn: Callable, *args: Any, timeout_s: float | None = None, memory_mb: float | None = None,
                   label: str = "the worker", **kwargs: Any) -> WorkerOutcome:
     """Run ``fn(*args, **kwargs)`` in a forked child; never raises for what happens in the child."""
@@ -333,6 +380,8 @@ def run_in_worker(fn: Callable, *args: Any, timeout_s: float | None = None, memo
     receive, send = ctx.Pipe(duplex=False)
     start = time.monotonic()
     _prctl_fn()
+    global _CHILD_THREADS
+    _CHILD_THREADS = _release_openmp_pool()
     process = ctx.Process(target=_keeper, args=(send, fn, args, kwargs, os.getpid()), daemon=True)
     process.start()
     send.close()
