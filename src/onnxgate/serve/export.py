@@ -74,7 +74,7 @@ def export_config(bundle: str | Path, fmt: str, out_dir: str | Path, *, name: st
     check_settings(ServeSettings(max_batch=max_batch, batch_timeout_ms=batch_timeout_ms))
     with opened_bundle(Path(bundle)) as folder:
         prove(folder)  # tampered (9), wrong numbers (4): nothing is exported for a bundle that does not verify
-        model = load_served_model(folder, name=name)
+        model = load_served_model(folder, name=name, runtime="onnxruntime")  # what Triton's config names
         max_batch = check_batching(model, ServeSettings(max_batch=max_batch))  # rows proven independent first
         with atomic_dir(Path(out_dir), force=force) as tmp:
             repo = tmp / "model_repository" if fmt == "kserve" else tmp
