@@ -196,7 +196,14 @@ def json_variants(good: Path, dynamic: Path, folder: Path, marker: Path) -> dict
         program.clear()
         program.update(json.loads(text[:start] + f"__import__('os').system('touch {marker}')" + text[end:]))
 
+    def enum_import(program):  # torch's pytree loader imports the module an "__enum__" context names
+        signature = program["graph_module"]["module_call_graph"][0]["signature"]
+        spec = json.loads(signature["in_spec"])
+        spec[1]["children_spec"][1]["context"] = json.dumps([{"__enum__": True, "fqn": "evil_module:X", "name": "x"}])
+        signature["in_spec"] = json.dumps(spec)
+
     return {
+        "an input spec importing a module": program_json_variant(good, folder, "enum", enum_import),
         "guard code that writes a file": program_json_variant(good, folder, "guard", guard),
         "a node calling torch.os.system": program_json_variant(good, folder, "os_system", target("torch.os.system")),
         "a node calling aten.from_file": program_json_variant(good, folder, "from_file",
@@ -261,6 +268,7 @@ def test_each_variant_names_what_is_wrong(tmp_path, good_pt2, dynamic_pt2):
         "an entry outside the pt2 layout": "compiled code",
         "a '..' path component": "plain relative file path",
         "guard code that writes a file": "guard code",
+        "an input spec importing a module": "names Python modules to import",
         "a node calling torch.os.system": "torch.os.system",
         "a node calling aten.from_file": "from_file",
         "a sympy expression that is Python": "sympy",
@@ -282,6 +290,20 @@ def test_guard_code_would_run_in_torch(tmp_path, good_pt2, dynamic_pt2):
     path = json_variants(good_pt2, dynamic_pt2, tmp_path, marker)["guard code that writes a file"]
     program = load_pt2(str(path)).exported_programs["model"]
     program.module()(torch.randn(2, 4))
+    assert marker.exists()
+
+
+def test_an_enum_spec_would_import_a_module_in_torch(tmp_path, good_pt2, dynamic_pt2, monkeypatch):
+    """The premise of the spec check: torch's loader imports whatever module an "__enum__" context names (one
+    beside the archive, in the working folder, is on sys.path under ``python -m``)."""
+    from torch.export.pt2_archive._package import load_pt2
+
+    marker = tmp_path / "PWNED"
+    (tmp_path / "evil_module.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = json_variants(good_pt2, dynamic_pt2, tmp_path, marker)["an input spec importing a module"]
+    with pytest.raises(AttributeError):
+        load_pt2(str(path))
     assert marker.exists()
 
 

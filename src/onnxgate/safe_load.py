@@ -777,6 +777,10 @@ def _check_program_json(path: Path, archive: StrictZip, name: str) -> None:
             if isinstance(expr, str) and not _safe_sympy(expr):
                 raise refuse(f"the symbolic expression {expr[:80]!r}, which sympy would evaluate as Python")
             stack.extend(value for value in item.values() if isinstance(value, (list, dict)))
+            for value in item.values():  # pytree specs (in_spec, out_spec) are JSON inside strings
+                if isinstance(value, str) and ("__enum__" in value or "default_factory_module" in value):
+                    raise refuse("an input or output spec that names Python modules to import (an enum or a "
+                                 "defaultdict factory)")
     ranges = program.get("range_constraints", {}) if isinstance(program, dict) else {}
     if isinstance(ranges, dict) and not all(_SYMBOL.fullmatch(k) or _safe_sympy(k) for k in ranges):
         raise refuse("a range constraint on something other than a shape symbol")
