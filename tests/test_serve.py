@@ -451,9 +451,10 @@ def test_export_config_kserve_writes_an_inference_service_over_the_repository(bu
     assert model == {"modelFormat": {"name": "onnx"}, "protocolVersion": "v2", "runtime": "kserve-tritonserver",
                      "storageUri": "s3://models/digits"}
     assert json.loads(service["metadata"]["annotations"]["onnxgate.io/verified-domain"])["x"][0]["max"] == 64
-    config = text_format.Parse((out / "model_repository" / "digits-cnn" / "config.pbtxt").read_text(),
+    # one model name everywhere (issue 27): only the InferenceService object takes the Kubernetes form
+    config = text_format.Parse((out / "model_repository" / "Digits_CNN" / "config.pbtxt").read_text(),
                                triton_model_config()())
-    assert config.name == "digits-cnn" and config.max_batch_size == 64
+    assert config.name == "Digits_CNN" and config.max_batch_size == 64
 
 
 # ------------------------------------------------------------------------------------- contract, in-process
