@@ -501,8 +501,12 @@ def confine_untrusted_code(what: str) -> dict[str, Any]:
         mechanism = _landlock(writable, removable)
     except OSError as exc:
         why_not = f"Landlock is not available here ({exc.strerror or exc})"
+    try:  # Landlock below ABI 8 confines the calling thread and what it starts; threads already running are not
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:
+        threads = None
     _CONFINEMENT = {"scratch": str(scratch), "mechanism": mechanism, "writable": [str(p) for p in writable],
-                    "why_not": why_not}
+                    "why_not": why_not, "threads_at_confinement": threads}
     if mechanism is None:
         print(f"warning: {what} runs with your permissions: {why_not}, so onnxgate could not make the file system "
               f"read-only for it; only HOME and TMPDIR point at the scratch folder {scratch}.", file=sys.stderr)
