@@ -260,9 +260,9 @@ def test_the_token_may_come_from_the_environment(bundle):
 # -------------------------------------------------------------------------------------------- admission
 
 
-def _rss_kib(pid: int) -> int:
+def _peak_rss_kib(pid: int) -> int:
     text = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1))
+    return int(re.search(r"VmHWM:\s+(\d+)", text).group(1))
 
 
 def _burst(srv, count: int, body: str) -> list[tuple[int, dict, bytes]]:
@@ -286,16 +286,17 @@ def _burst(srv, count: int, body: str) -> list[tuple[int, dict, bytes]]:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the server's RSS from /proc")
 def test_beyond_max_queue_a_503_with_retry_after_and_the_server_stays_healthy(bundle):
-    """Requests wait 400 ms in the batcher (8 rows never arrive), so a burst of 16 holds the queue full: 3 are
-    admitted, the rest get a 503 JSON with Retry-After. Bounded: 3 bursts of 16, 64 KiB bodies, on loopback."""
+    """Requests wait 400 ms in the batcher (8 rows never arrive), so a burst holds the queue full: 3 are admitted,
+    the rest get a 503 JSON with Retry-After. The server's peak memory after a burst of 16 stays where it is through
+    a burst of 32: refused bodies are dropped, not queued. Bounded: 16 + 32 requests of 256 KiB, on loopback."""
     x = np.random.default_rng(0).normal(size=(1, 4)).astype(np.float32)
-    padded = infer_body(x)[:-1] + ', "id": "' + "p" * (64 << 10) + '"}'  # a 64 KiB body, refused ones dropped
+    padded = infer_body(x)[:-1] + ', "id": "' + "p" * (256 << 10) + '"}'  # a 256 KiB body, refused ones dropped
     with ServerProcess(bundle, "--max-batch", "8", "--batch-timeout-ms", "400", "--max-queue", "3") as srv:
         pid = srv.process.pid
         first = _burst(srv, 16, padded)
-        rss_before = _rss_kib(pid)
-        later = _burst(srv, 16, padded) + _burst(srv, 16, padded)
-        rss_after = _rss_kib(pid)
+        rss_before = _peak_rss_kib(pid)
+        later = _burst(srv, 32, padded)
+        rss_after = _peak_rss_kib(pid)
         health = [request(srv, "GET", p)[0] for p in ("/v2/health/live", "/v2/health/ready")]
         calm = [request(srv, "POST", f"/v2/models/{NAME}/infer", infer_body(x),
                         {"Content-Type": "application/json"}) for _ in range(4)]
@@ -303,7 +304,7 @@ def test_beyond_max_queue_a_503_with_retry_after_and_the_server_stays_healthy(bu
     every = first + later
     statuses = [r[0] for r in every]
     assert set(statuses) <= {200, 503}, statuses  # no 5xx but the admission refusal, no dropped connection
-    assert statuses.count(503) >= 16 and statuses.count(200) >= 9  # at least 3 admitted per burst
+    assert statuses.count(503) >= 16 and statuses.count(200) >= 6  # at least 3 admitted per burst
     for status, headers, body in every:
         doc = strict(body)
         if status == 503:
@@ -312,7 +313,7 @@ def test_beyond_max_queue_a_503_with_retry_after_and_the_server_stays_healthy(bu
         else:
             np.testing.assert_allclose(np.array(doc["outputs"][0]["data"]).reshape(1, 3), x @ W + B, rtol=1e-6)
     assert health == [200, 200] and [c[0] for c in calm] == [200] * 4
-    assert rss_after - rss_before < 16 << 10, (rss_before, rss_after)  # KiB: flat, not 32 refused bodies kept
+    assert rss_after - rss_before < 12 << 10, (rss_before, rss_after)  # KiB: 29+ refused bodies (7+ MiB) not kept
     assert f'onnxgate_requests_total{{code="503",endpoint="infer"}} {statuses.count(503)}.0' in metrics
 
 
