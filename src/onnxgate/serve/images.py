@@ -1,8 +1,9 @@
 """The image-classification endpoint's two halves: photos in (decoded with Pillow, preprocessed as the bundle
 records), ranked labels out.
 
-Preprocessing is the one verification uses for image folders (``verify.inputs``: shorter side resized, centre
-crop, 0..1, per-channel mean/std, RGB or BGR, NCHW); a one-channel model gets the grey image and the first mean/std.
+Preprocessing is the bundle's recorded spec run by its numpy/Pillow implementation (``onnxgate.preprocess``:
+torchvision's Resize -> CenterCrop -> ToTensor -> Normalize to the rounding, proven against torchvision by
+``onnxgate.preprocess.prove``); a one-channel model gets the grey image and the first mean/std.
 Decoding is bounded before pixels are read: only common photo formats, at most ``MAX_PIXELS`` pixels (a small PNG can
 declare a gigapixel canvas), and any decoder error is the client's (HTTP 400 naming the file).
 """
@@ -38,8 +39,6 @@ def to_array(data: bytes, where: str, preprocess, channels: int, dtype: str) -> 
     """One image file's bytes as a C x crop x crop array of ``dtype``, preprocessed as the bundle records."""
     from PIL import Image, UnidentifiedImageError
 
-    from ..verify.inputs import _resize_and_crop  # the resize and crop verification's image folders use
-
     if not data:
         raise RequestError(400, f"The image {where} is empty.", input=where)
     try:
@@ -61,14 +60,7 @@ def to_array(data: bytes, where: str, preprocess, channels: int, dtype: str) -> 
                            input=where, allowed={"formats": list(FORMATS)}) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated or corrupt files
         raise RequestError(400, f"The image {where} cannot be decoded: {str(exc)[:200]}.", input=where) from None
-    picture = _resize_and_crop(picture, preprocess.resize or preprocess.crop, preprocess.crop)
-    pixels = np.asarray(picture, dtype=np.float32) / 255.0
-    chw = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-    if channels == 3 and preprocess.order == "BGR":
-        chw = chw[::-1]
-    mean = np.asarray(preprocess.mean[:channels], dtype=np.float32).reshape(channels, 1, 1)
-    std = np.asarray(preprocess.std[:channels], dtype=np.float32).reshape(channels, 1, 1)
-    return np.ascontiguousarray((chw - mean) / std, dtype=dtype)
+    return np.ascontiguousarray(preprocess.array(picture, channels), dtype=dtype)
 
 
 def scores(logits: np.ndarray) -> tuple[np.ndarray, str]:

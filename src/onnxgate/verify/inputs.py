@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInputError
+from ..preprocess import Preprocess, image_files  # noqa: F401  (Preprocess lives there, re-exported)
 from ..spec import MAX_DIM, Dim, InputSpec
 
 Feed = dict[str, np.ndarray]
@@ -235,121 +236,24 @@ def conform(feed: Mapping[str, Any], specs: list[InputSpec], *, where: str) -> F
     return out
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """Image preprocessing: resize the shorter side to ``resize`` (default: ``crop``), centre-crop ``crop`` x
-    ``crop``, scale to 0..1, normalize with ``mean``/``std`` per channel, NCHW float32.
-
-    Written as text (CLI flag, metadata key ``preprocess``)::
-
-        resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,order=RGB
-    """
-
-    crop: int
-    resize: int | None = None
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
-    order: str = "RGB"
-
-    @classmethod
-    def parse(cls, text: str) -> "Preprocess":
-        hint = "Write it as resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,order=RGB."
-        fields: dict[str, Any] = {}
-        try:
-            for item in filter(None, (t.strip() for t in text.split(","))):
-                key, value = (s.strip() for s in item.split("=", 1))
-                if key in ("crop", "resize"):
-                    fields[key] = int(value)
-                elif key in ("mean", "std"):
-                    fields[key] = tuple(float(v) for v in value.split("/"))
-                elif key == "order":
-                    fields[key] = value.upper()
-                else:
-                    raise BadInputError(f"Preprocessing '{text}': unknown key '{key}'.", hint=hint)
-        except ValueError:
-            raise BadInputError(f"Preprocessing '{text[:200]}' does not parse.", hint=hint) from None
-        if "crop" not in fields:
-            raise BadInputError(f"Preprocessing '{text[:200]}' names no crop size.", hint=hint)
-        pre = cls(**fields)
-        if pre.order not in ("RGB", "BGR") or len(pre.mean) != 3 or len(pre.std) != 3 or 0 in pre.std \
-                or not all(math.isfinite(v) for v in (*pre.mean, *pre.std)):
-            raise BadInputError(f"Preprocessing '{text[:200]}': order must be RGB or BGR, mean and std three finite "
-                                "numbers each (std non-zero).", hint=hint)
-        if not all(1 <= v <= MAX_IMAGE_SIDE for v in (pre.crop, pre.resize or pre.crop)):
-            raise BadInputError(f"Preprocessing '{text[:200]}': crop and resize must lie in 1..{MAX_IMAGE_SIDE}.",
-                                hint=hint)
-        return pre
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, str], *, model: str | Path | None = None) -> "Preprocess | None":
-        """From model metadata: the ``preprocess`` key, else separate ``crop``/``resize``/``mean``/``std``/``order``
-        keys in the same syntax. None when the metadata says nothing about preprocessing. A malformed entry is a
-        BadInputError naming it (the user can pass --preprocess instead)."""
-        from ..metadata import entry, malformed
-
-        hint = "Pass --preprocess resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225 to override it."
-        keys = ["preprocess"] if "preprocess" in meta else [k for k in ("crop", "resize", "mean", "std", "order")
-                                                             if k in meta]
-        if not keys or (keys != ["preprocess"] and "crop" not in keys):
-            return None
-        where = model or "the model"
-        values = {k: entry(meta, k, model=where, limit=4096, hint=hint) for k in keys}
-        text = values["preprocess"] if keys == ["preprocess"] else ",".join(f"{k}={values[k]}" for k in keys)
-        try:
-            return cls.parse(text)  # type: ignore[arg-type]
-        except BadInputError as exc:
-            raise malformed(where, "/".join(keys), exc.message.rstrip("."), hint=hint) from None
-
-    def __str__(self) -> str:
-        text = f"resize={self.resize}," if self.resize else ""
-        return (text + f"crop={self.crop},mean={'/'.join(map(str, self.mean))},"
-                f"std={'/'.join(map(str, self.std))},order={self.order}")
-
-    def load_folder(self, path: str | Path, *, input_name: str, batch: int = 4, limit: int | None = None) -> list[Feed]:
-        return load_image_folder(path, size=self.crop, resize=self.resize, mean=self.mean, std=self.std,
-                                 channel_order=self.order, batch=batch, limit=limit, input_name=input_name)
-
-
 def load_image_folder(path: str | Path, *, size: int, resize: int | None = None,
                       mean: Iterable[float] = (0.0, 0.0, 0.0), std: Iterable[float] = (1.0, 1.0, 1.0),
                       channel_order: str = "RGB", batch: int = 4, limit: int | None = None,
-                      input_name: str = "input") -> list[Feed]:
-    """Images of a folder (sorted by name, sub-folders included) as NCHW float32 feeds of up to ``batch``."""
+                      input_name: str = "input", preprocess: Preprocess | None = None) -> list[Feed]:
+    """Images of a folder (sorted by name, sub-folders included) as NCHW float32 feeds of up to ``batch``,
+    preprocessed by ``onnxgate.preprocess`` (torchvision's rounding; ``preprocess`` overrides the other arguments)."""
     from PIL import Image
 
-    root = Path(path)
-    if not root.is_dir():
-        raise BadInputError(f"Image folder '{path}' does not exist.", hint="Give a folder of .jpg/.png images.")
-    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-    if not files:
-        raise BadInputError(f"Image folder '{path}' holds no images ({', '.join(IMAGE_SUFFIXES)}).",
-                            hint="Put some images in it or point to another folder.")
-    mean_a = np.asarray(tuple(mean), dtype=np.float32).reshape(3, 1, 1)
-    std_a = np.asarray(tuple(std), dtype=np.float32).reshape(3, 1, 1)
+    pre = preprocess or Preprocess(size, resize, tuple(mean), tuple(std), channel_order.upper())
     images = []
-    for f in files:
+    for f in image_files(path, limit):
         try:
             with Image.open(f) as im:
-                img = _resize_and_crop(im.convert("RGB"), resize or size, size)
+                images.append(pre.array(im, 3))
         except OSError as exc:
             raise BadInputError(f"Image '{f}' cannot be read: {exc}.", hint="Remove or replace it.") from None
-        chw = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
-        if channel_order.upper() == "BGR":
-            chw = chw[::-1]
-        images.append((chw - mean_a) / std_a)
     return [{input_name: np.ascontiguousarray(np.stack(images[i:i + batch]), dtype=np.float32)}
             for i in range(0, len(images), batch)]
-
-
-def _resize_and_crop(img, shorter: int, crop: int):
-    from PIL import Image
-
-    w, h = img.size
-    scale = shorter / min(w, h)
-    img = img.resize((max(crop, round(w * scale)), max(crop, round(h * scale))), Image.Resampling.BILINEAR)
-    w, h = img.size
-    left, top = (w - crop) // 2, (h - crop) // 2
-    return img.crop((left, top, left + crop, top + crop))
 
 
 def load_feeds(items: list[str], specs: list[InputSpec], *, meta: Mapping[str, str] | None = None,

@@ -1,0 +1,273 @@
+"""Image preprocessing as an executable spec, with two implementations that are proven to agree.
+
+The spec is what a bundle records (metadata key ``preprocess``, e.g.
+``resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225``) and means exactly torchvision's
+``Resize(resize) -> CenterCrop(crop) -> ToTensor() -> Normalize(mean, std)`` on a PIL image decoded with Pillow
+and converted to RGB (``L`` for a one-channel model):
+
+- resize: the shorter side becomes ``resize`` (default ``crop``), the longer ``int(resize * long / short)``
+  (truncated, torchvision's ``_compute_resized_output_size``); an image already that size is not resampled;
+- interpolation: Pillow's ``bilinear`` (default), ``bicubic`` or ``nearest``; Pillow always antialiases
+  bilinear and bicubic when it shrinks (torchvision's ``antialias=True``);
+- crop: ``crop`` x ``crop`` at offsets ``int(round((side - crop) / 2.0))`` (Python's round: half to even); an
+  image smaller than the crop is padded with zeros as torchvision pads;
+- 0..1 (``/ 255`` in float32), channels reordered when ``order=BGR``, then ``(x - mean) / std`` per channel in
+  the model's channel order; NCHW.
+
+``Preprocess.array`` is the numpy/Pillow implementation (the server's and verification's; no torch).
+``Preprocess.torchvision`` builds torchvision's transforms for the same spec (only where torch is installed), and
+``prove`` runs both on real photos: the largest difference of the preprocessed tensors and the top-1/top-5
+agreement of bytes -> label through the ONNX model in onnxruntime against torchvision + the PyTorch module.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BadInputError
+
+MAX_IMAGE_SIDE = 16384
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+# The bound the proof holds the two implementations to, in normalized units (after mean/std). Both resample with
+# the same Pillow call, so the tensors differ only by float32 rounding of (x / 255 - mean) / std.
+PIXEL_BOUND = 1e-6
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image preprocessing: resize the shorter side to ``resize`` (default: ``crop``), centre-crop ``crop`` x
+    ``crop``, scale to 0..1, normalize with ``mean``/``std`` per channel, NCHW float32 (see the module's doc for
+    the exact rounding, which is torchvision's).
+
+    Written as text (CLI flag, metadata key ``preprocess``)::
+
+        resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,order=RGB[,interpolation=bicubic]
+    """
+
+    crop: int
+    resize: int | None = None
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    order: str = "RGB"
+    interpolation: str = field(default="bilinear")
+
+    @classmethod
+    def parse(cls, text: str) -> "Preprocess":
+        hint = "Write it as resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,order=RGB."
+        fields: dict[str, Any] = {}
+        try:
+            for item in filter(None, (t.strip() for t in text.split(","))):
+                key, value = (s.strip() for s in item.split("=", 1))
+                if key in ("crop", "resize"):
+                    fields[key] = int(value)
+                elif key in ("mean", "std"):
+                    fields[key] = tuple(float(v) for v in value.split("/"))
+                elif key == "order":
+                    fields[key] = value.upper()
+                elif key == "interpolation":
+                    fields[key] = value.lower()
+                else:
+                    raise BadInputError(f"Preprocessing '{text}': unknown key '{key}'.", hint=hint)
+        except ValueError:
+            raise BadInputError(f"Preprocessing '{text[:200]}' does not parse.", hint=hint) from None
+        if "crop" not in fields:
+            raise BadInputError(f"Preprocessing '{text[:200]}' names no crop size.", hint=hint)
+        pre = cls(**fields)
+        if pre.order not in ("RGB", "BGR") or len(pre.mean) != 3 or len(pre.std) != 3 or 0 in pre.std \
+                or not all(math.isfinite(v) for v in (*pre.mean, *pre.std)):
+            raise BadInputError(f"Preprocessing '{text[:200]}': order must be RGB or BGR, mean and std three finite "
+                                "numbers each (std non-zero).", hint=hint)
+        if not all(1 <= v <= MAX_IMAGE_SIDE for v in (pre.crop, pre.resize or pre.crop)):
+            raise BadInputError(f"Preprocessing '{text[:200]}': crop and resize must lie in 1..{MAX_IMAGE_SIDE}.",
+                                hint=hint)
+        if pre.interpolation not in INTERPOLATIONS:
+            raise BadInputError(f"Preprocessing '{text[:200]}': interpolation must be one of "
+                                f"{', '.join(INTERPOLATIONS)}.", hint=hint)
+        return pre
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, str], *, model: str | Path | None = None) -> "Preprocess | None":
+        """From model metadata: the ``preprocess`` key, else separate ``crop``/``resize``/``mean``/``std``/``order``
+        keys in the same syntax. None when the metadata says nothing about preprocessing. A malformed entry is a
+        BadInputError naming it (the user can pass --preprocess instead)."""
+        from .metadata import entry, malformed
+
+        hint = "Pass --preprocess resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225 to override it."
+        keys = ["preprocess"] if "preprocess" in meta else [k for k in ("crop", "resize", "mean", "std", "order")
+                                                             if k in meta]
+        if not keys or (keys != ["preprocess"] and "crop" not in keys):
+            return None
+        where = model or "the model"
+        values = {k: entry(meta, k, model=where, limit=4096, hint=hint) for k in keys}
+        text = values["preprocess"] if keys == ["preprocess"] else ",".join(f"{k}={values[k]}" for k in keys)
+        try:
+            return cls.parse(text)  # type: ignore[arg-type]
+        except BadInputError as exc:
+            raise malformed(where, "/".join(keys), exc.message.rstrip("."), hint=hint) from None
+
+    def __str__(self) -> str:
+        text = f"resize={self.resize}," if self.resize else ""
+        text += (f"crop={self.crop},mean={'/'.join(map(str, self.mean))},"
+                 f"std={'/'.join(map(str, self.std))},order={self.order}")
+        return text + (f",interpolation={self.interpolation}" if self.interpolation != "bilinear" else "")
+
+    def describe(self) -> dict[str, Any]:
+        """Every decision the spec fixes, spelled out (for reports)."""
+        return {"spec": str(self), "decode": "Pillow, converted to RGB (L for one channel)",
+                "resize": f"shorter side to {self.resize or self.crop}, longer int({self.resize or self.crop} * "
+                          "long / short) (truncated, torchvision's rule); not resampled when already that size",
+                "interpolation": f"Pillow {self.interpolation}" + (", antialiased" if self.interpolation != "nearest"
+                                                                   else ""),
+                "crop": f"centre {self.crop}x{self.crop} at int(round((side - {self.crop}) / 2)), zero-padded if "
+                        "smaller", "scale": "x / 255 (float32)", "order": self.order,
+                "mean": list(self.mean), "std": list(self.std), "layout": "NCHW"}
+
+    # ---------------------------------------------------------------------------------- numpy/Pillow implementation
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the resize: torchvision's ``_compute_resized_output_size`` for one int size."""
+        size = self.resize or self.crop
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(size * long / short)
+        return (size, new_long) if width <= height else (new_long, size)
+
+    def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the centre crop, as torchvision's ``center_crop`` places it (an image
+        smaller than the crop is padded with zeros: negative offsets, which Pillow fills with zeros)."""
+        def offset(side: int) -> int:
+            if self.crop > side:
+                return -((self.crop - side) // 2)
+            return int(round((side - self.crop) / 2.0))
+
+        left, top = offset(width), offset(height)
+        return left, top, left + self.crop, top + self.crop
+
+    def resize_and_crop(self, img):
+        """A PIL image resized and centre-cropped (Pillow; no torch)."""
+        from PIL import Image
+
+        size = self.output_size(*img.size)
+        if size != img.size:
+            img = img.resize(size, getattr(Image.Resampling, self.interpolation.upper()))
+        return img.crop(self.crop_box(*img.size))
+
+    def array(self, img, channels: int = 3) -> np.ndarray:
+        """A decoded PIL image (any mode) as the C x crop x crop float32 array the model takes."""
+        img = img.convert("L" if channels == 1 else "RGB")
+        pixels = np.asarray(self.resize_and_crop(img), dtype=np.float32) / np.float32(255.0)
+        chw = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+        if channels == 3 and self.order == "BGR":
+            chw = chw[::-1]
+        mean = np.asarray(self.mean[:channels], dtype=np.float32).reshape(channels, 1, 1)
+        std = np.asarray(self.std[:channels], dtype=np.float32).reshape(channels, 1, 1)
+        return np.ascontiguousarray((chw - mean) / std, dtype=np.float32)
+
+    def load_folder(self, path: str | Path, *, input_name: str, batch: int = 4, limit: int | None = None) -> list:
+        from .verify.inputs import load_image_folder
+
+        return load_image_folder(path, size=self.crop, resize=self.resize, mean=self.mean, std=self.std,
+                                 channel_order=self.order, batch=batch, limit=limit, input_name=input_name,
+                                 preprocess=self)
+
+    # ---------------------------------------------------------------------------------- torchvision implementation
+
+    def torchvision(self, channels: int = 3) -> Callable:
+        """torchvision's transforms for this spec: a callable from a decoded PIL image (converted to RGB, as
+        torchvision's ImageFolder loads it) to a C x crop x crop float tensor. Needs torch and torchvision."""
+        import torch
+        from torchvision import transforms as T
+
+        steps: list = [T.Grayscale(1)] if channels == 1 else []
+        mode = getattr(T.InterpolationMode, self.interpolation.upper())
+        steps += [T.Resize(self.resize or self.crop, interpolation=mode, antialias=True), T.CenterCrop(self.crop),
+                  T.ToTensor()]
+        if channels == 3 and self.order == "BGR":
+            steps.append(T.Lambda(lambda x: torch.flip(x, dims=[0])))
+        steps.append(T.Normalize(list(self.mean[:channels]), list(self.std[:channels])))
+        compose = T.Compose(steps)
+        return lambda img: compose(img.convert("RGB"))
+
+
+def image_files(path: str | Path, limit: int | None = None) -> list[Path]:
+    """The image files of a folder (sorted by name, sub-folders included)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BadInputError(f"Image folder '{path}' does not exist.", hint="Give a folder of .jpg/.png images.")
+    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not files:
+        raise BadInputError(f"Image folder '{path}' holds no images ({', '.join(IMAGE_SUFFIXES)}).",
+                            hint="Put some images in it or point to another folder.")
+    return files
+
+
+# -------------------------------------------------------------------------------------------------- the proof
+
+
+@dataclass
+class PreprocessProof:
+    """Server (numpy/Pillow + onnxruntime) against torchvision + PyTorch eager, from the same image bytes."""
+
+    spec: str
+    images: int
+    max_pixel_error: float  # largest |server tensor - torchvision tensor|, normalized units
+    pixel_bound: float
+    top1_agree: int
+    top5_agree: int  # the two top-5 sets are equal
+    top1_differs: list[dict] = field(default_factory=list)  # image, server's and PyTorch's top-1 (and scores)
+    max_top1_disagreements: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return self.max_pixel_error <= self.pixel_bound and \
+            self.images - self.top1_agree <= self.max_top1_disagreements
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec, "images": self.images, "max_pixel_error": self.max_pixel_error,
+                "pixel_bound": self.pixel_bound, "top1_agreement": self.top1_agree / max(self.images, 1),
+                "top1_agree": self.top1_agree, "top5_agree": self.top5_agree,
+                "max_top1_disagreements": self.max_top1_disagreements, "top1_differs": self.top1_differs,
+                "passed": self.passed}
+
+
+def prove(pre: Preprocess, model_path: str | Path, module, images: Iterable[tuple[str, bytes]], *,
+          channels: int = 3, batch: int = 8, max_top1_disagreements: int | None = None,
+          pixel_bound: float = PIXEL_BOUND) -> PreprocessProof:
+    """Run every (name, image file bytes) through both paths: the server's (``serve.images.to_array``, the ONNX
+    model in onnxruntime) and torchvision's transforms + ``module`` in PyTorch eager; compare the preprocessed
+    tensors and the labels. ``max_top1_disagreements`` defaults to 0.4% of the images (2 of 500)."""
+    import onnxruntime as ort
+    import torch
+    from PIL import Image
+
+    from .serve.images import to_array
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    reference = pre.torchvision(channels)
+    module.eval()
+    items = list(images)
+    worst, top1, top5, differs = 0.0, 0, 0, []
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        served = np.stack([to_array(data, name, pre, channels, "float32") for name, data in chunk])
+        theirs = torch.stack([reference(Image.open(io.BytesIO(data))) for _name, data in chunk])
+        worst = max(worst, float(np.abs(served - theirs.numpy()).max()))
+        (ours,) = session.run(None, {input_name: served})[:1]
+        with torch.inference_mode():
+            eager = module(theirs).float().numpy()
+        for (name, _data), a, b in zip(chunk, ours, eager):
+            a5, b5 = np.argsort(-a, kind="stable")[:5], np.argsort(-b, kind="stable")[:5]
+            top1 += int(a5[0] == b5[0])
+            top5 += int(set(a5.tolist()) == set(b5.tolist()))
+            if a5[0] != b5[0]:
+                differs.append({"image": name, "server": int(a5[0]), "pytorch": int(b5[0])})
+    allowed = int(len(items) * 0.004) if max_top1_disagreements is None else max_top1_disagreements
+    return PreprocessProof(str(pre), len(items), worst, pixel_bound, top1, top5, differs, allowed)
