@@ -8,6 +8,16 @@ that would meet it, each in a fresh process. A payload that runs creates a marke
 tried / clean error (documented non-zero exit, no traceback) / traceback / crash (killed by a signal) / wrongly
 exit 0 / payload ran. `--src` points at another checkout's src/ to measure an older version the same way (the
 before/after table of the issue note).
+
+Second round (issue 22) adds: .pt2 archives whose zip structure disagrees with itself (a duplicated entry name with
+the payload first, where Python's zipfile reads the last copy and torch's reader the first; junk before the archive;
+an entry outside the archive's layout), TorchScript archives that write a file through `torch.from_file` at load
+or in forward, `kill -9` of the console script at random points (any onnxgate process still alive 2 s later, or an
+output that appears after the kill, is an "orphan"), a zoo model whose build starts a process over the zoo's memory
+cap (and a `setsid` grandchild), NaN/Inf requests to `onnxgate serve` (a response that is not strict JSON, or a 200
+for a non-finite input, is "wrongly exit 0"), and a bundle whose manifest raises its own tolerances to 1e30.
+
+    python benchmarks/security_probe.py --only kill,serve     # a subset of families (substring of the family name)
 """
 
 from __future__ import annotations
@@ -216,16 +226,357 @@ def probes(work: Path, marker: Path) -> list[tuple[str, str, list[str]]]:
     return out
 
 
+
+def duplicate_entry_pt2(good: Path, dynamic: Path, work: Path, marker: Path) -> dict[str, Path]:
+    """Archives that mean one thing to Python's zipfile and another to torch's reader (miniz), and program JSON that
+    makes torch run code: the builders of tests/test_security_pt2.py (one way to build each variant), 17 of them."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from test_security_pt2 import json_variants, variants
+
+    return {**variants(good, work, marker), **json_variants(good, dynamic, work, marker)}
+
+
+def torchscript_cases(work: Path, target: Path) -> dict[str, Path]:
+    """TorchScript archives that create a file with chosen bytes through torch.from_file (no Python runs)."""
+    import torch
+
+    class AtForward(torch.nn.Module):
+        def __init__(self, path: str):
+            super().__init__()
+            self.path = path
+
+        def forward(self, x):
+            t = torch.from_file(self.path, True, 16, dtype=torch.uint8)
+            t.fill_(65)
+            return x * 2 + t[0].float() * 0
+
+    class AtLoad(torch.nn.Module):
+        def __init__(self, path: str):
+            super().__init__()
+            self.path = path
+            self.t = torch.zeros(16, dtype=torch.uint8)
+
+        def forward(self, x):
+            return x + 1
+
+        @torch.jit.export
+        def __getstate__(self):
+            return (self.path, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[str, bool]):
+            self.path = state[0]
+            self.training = state[1]
+            self.t = torch.from_file(self.path, True, 16, dtype=torch.uint8).fill_(66)
+
+    cases = {}
+    for label, cls in (("torch.from_file in forward", AtForward), ("torch.from_file at load", AtLoad)):
+        path = work / f"ts_{cls.__name__}.pt"
+        torch.jit.script(cls(str(target))).save(str(path))
+        cases[label] = path
+    target.unlink(missing_ok=True)
+    return cases
+
+
+SLOW_MODEL = """import torch
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(6)])
+    def forward(self, x):
+        return self.body(x)
+def example():
+    return Net().eval(), (torch.randn(2, 64),)
+"""
+
+
+def onnxgate_processes(needle: str) -> list[int]:
+    """PIDs whose command line mentions NEEDLE (a unique output path), the probe's own excluded."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def kill_probe(argv: list[str], output: Path, delay: float, src: Path, cwd: Path) -> str:
+    """Start `onnxgate ARGV`, SIGKILL the console script after DELAY s; anything alive 2 s later, or an output that
+    appears after the kill, is an orphan."""
+    import signal
+    import time
+
+    code = ("import sys\nfrom onnxgate.cli import main as m\n"
+            "sys.exit(m.entry() if hasattr(m, 'entry') else m.main())")
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(src)})
+    time.sleep(delay)
+    if proc.poll() is not None:
+        return "finished before the kill"
+    existed = output.exists()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(2.0)
+    alive = onnxgate_processes(str(output))
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if alive:
+        return "orphan"
+    time.sleep(3.0)
+    return "orphan" if output.exists() and not existed else "clean error"
+
+
+def kill_cases(work: Path) -> list[tuple[str, list[str], Path, float]]:
+    model = work / "slow_model.py"
+    model.write_text(SLOW_MODEL)
+    cases = []
+    for command, delays in (("export", (2.5, 4.5, 6.5)), ("bundle", (3.0, 6.0)), ("run", (3.0, 6.0, 9.0))):
+        for delay in delays:
+            out = work / f"kill_{command}_{str(delay).replace('.', '_')}{'.onnx' if command == 'export' else ''}"
+            argv = [command, f"{model}:example", "-o", str(out)] + (["--bench", "none"] if command == "run" else [])
+            cases.append((f"kill -9 {command} at {delay} s", argv, out, delay))
+    return cases
+
+
+ZOO_MODEL = """import subprocess, sys, torch
+def hog():
+    subprocess.run([sys.executable, "-c", "b = b'x' * (3 * 2**30); import time; time.sleep(3)"], check=True)
+    return torch.nn.Linear(4, 2).eval(), (torch.randn(2, 4),)
+def setsid_hog():
+    subprocess.Popen([sys.executable, "-c", "b = b'x' * (3 * 2**30); import time; time.sleep(30)"],
+                     start_new_session=True)
+    import time; time.sleep(8)
+    return torch.nn.Linear(4, 2).eval(), (torch.randn(2, 4),)
+def setsid_sleeper():
+    subprocess.Popen(["sleep", "4242"], start_new_session=True)
+    return torch.nn.Linear(4, 2).eval(), (torch.randn(2, 4),)
+"""
+
+
+def zoo_probe(work: Path, factory: str, src: Path) -> str:
+    """A zoo model whose build starts a process: over the 1500 MB cap it must be that model's memory-cap outcome;
+    a `setsid` grandchild must not outlive the zoo."""
+    (work / "zoo_models.py").write_text(ZOO_MODEL)
+    toml = work / f"zoo_{factory}.toml"
+    toml.write_text(f'[zoo]\nname = "probe"\ntimeout_s = 120\nmemory_mb = 1500\n\n[[model]]\n'
+                    f'ref = "zoo_models.py:{factory}"\nname = "{factory}"\nstages = ["export"]\n')
+    out = work / f"zoo_out_{factory}"
+    code, err = run(["zoo", str(toml), "-o", str(out), "--jobs", "1"], src, work, timeout=300)
+    survivors = [pid for pid in onnxgate_processes("4242" if factory == "setsid_sleeper" else "2**30")]
+    for pid in survivors:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    if survivors:
+        return "orphan"
+    if factory == "setsid_sleeper":
+        return classify(code, err, work / "nothing") if code != 0 else "clean error"
+    ledger = out / "ledger.jsonl"
+    text = ledger.read_text() if ledger.exists() else ""
+    if code == 0 or '"passed"' in text or '"status": "passed"' in text:
+        return "wrongly exit 0"
+    return "traceback" if "Traceback" in err else "clean error"
+
+
+def serve_probes(work: Path, bundle: Path, src: Path) -> list[tuple[str, str]]:
+    """Hostile tensors to a running `onnxgate serve`: every answer must be strict JSON, non-finite inputs a 4xx."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("import sys\nfrom onnxgate.cli import main as m\n"
+            "sys.exit(m.entry() if hasattr(m, 'entry') else m.main())")
+    server = subprocess.Popen([sys.executable, "-c", code, "serve", str(bundle), "--port", str(port),
+                               "--model-name", "probe"], cwd=work,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "PYTHONPATH": str(src)})
+    base = f"http://127.0.0.1:{port}"
+    results = []
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(base + "/v2/health/ready", timeout=1)
+                break
+            except Exception:
+                time.sleep(0.5)
+        model = "probe"
+
+        def strict(raw: bytes):
+            def refuse(token):
+                raise ValueError(f"non-JSON token {token}")
+            return json.loads(raw, parse_constant=refuse)
+
+        bodies = {
+            "JSON 1e999 (inf)": b'{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","data":[1e999,1,1,1,1,1,1,1]}]}',
+            "JSON 1e39 (inf in float32)": b'{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32",'
+                                          b'"data":[1e39,1,1,1,1,1,1,1]}]}',
+            "JSON NaN literal": b'{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","data":[NaN,1,1,1,1,1,1,1]}]}',
+        }
+        import struct
+
+        raw = struct.pack("<8f", float("nan"), *([1.0] * 7))
+        header = json.dumps({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32",
+                                         "parameters": {"binary_data_size": len(raw)}}]}).encode()
+        binary = (header + raw, {"Inference-Header-Content-Length": str(len(header)),
+                                 "Content-Type": "application/octet-stream"})
+        cases = {label: (body, {"Content-Type": "application/json"}) for label, body in bodies.items()}
+        cases["binary tensor with NaN"] = binary
+        for label, (body, headers) in cases.items():
+            request = urllib.request.Request(f"{base}/v2/models/{model}/infer", data=body, headers=headers)
+            try:
+                response = urllib.request.urlopen(request, timeout=10)
+                status, payload = response.status, response.read()
+            except urllib.error.HTTPError as err:
+                status, payload = err.code, err.read()
+            except Exception:
+                results.append((label, "crash"))
+                continue
+            try:
+                strict(payload)
+            except ValueError:
+                results.append((label, "wrongly exit 0"))
+                continue
+            results.append((label, "wrongly exit 0" if status < 400 else "traceback" if status >= 500
+                            else "clean error"))
+        try:
+            urllib.request.urlopen(base + "/v2/health/live", timeout=5)
+        except Exception:
+            results.append(("server alive afterwards", "crash"))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return results
+
+
+def tampered_tolerance_bundle(work: Path, bundle: Path) -> Path:
+    """A bundle whose manifest vouches for itself: tolerances 1e30, golden outputs replaced, checksums recomputed."""
+    import hashlib
+
+    import numpy as np
+
+    out = Path(shutil.copytree(bundle, work / "b_tolerance"))
+    manifest = json.loads((out / "manifest.json").read_text())
+
+    def raise_tolerances(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("rtol", "atol") and isinstance(value, (int, float)):
+                    node[key] = 1e30
+                else:
+                    raise_tolerances(value)
+        elif isinstance(node, list):
+            for value in node:
+                raise_tolerances(value)
+
+    raise_tolerances(manifest)
+    for npz in out.rglob("*.npz"):
+        if "out" in npz.name or "reference" in npz.name or "golden_out" in npz.name:
+            with np.load(npz) as data:
+                arrays = {key: np.full_like(data[key], 1234.5) for key in data.files}
+            np.savez(npz, **arrays)
+    files = manifest.get("files", {})
+    if isinstance(files, dict):
+        for rel, entry in files.items():
+            path = out / rel
+            if path.is_file() and isinstance(entry, dict):
+                entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+                entry["bytes"] = path.stat().st_size
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def second_round(work: Path, marker: Path, src: Path, only: list[str] | None):
+    """Issue 22's families: (family, label, outcome) rows, each probe run as a user would."""
+    def wanted(family: str) -> bool:
+        return not only or any(part in family for part in only)
+
+    onnx_file = tiny_onnx(work / "m2.onnx")
+    if wanted("pt2 zip structure"):
+        import torch
+
+        class Tiny(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = torch.nn.Linear(4, 3)
+
+            def forward(self, x):
+                return self.fc(x)
+
+        good = work / "good2.pt2"
+        torch.export.save(torch.export.export(Tiny().eval(), (torch.randn(2, 4),)), good)
+        dynamic = work / "dynamic2.pt2"
+        torch.export.save(torch.export.export(Tiny().eval(), (torch.randn(4, 4),),
+                                              dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=64)}}),
+                          dynamic)
+        for label, path in duplicate_entry_pt2(good, dynamic, work, marker).items():
+            for command, argv in {
+                "export": ["export", str(path), "-o", str(work / "o.onnx")],
+                "bundle": ["bundle", str(path), "-o", str(work / "ob")],
+                "run": ["run", str(path), "-o", str(work / "or"), "--bench", "none"],
+                "verify --against": ["verify", str(onnx_file), "--against", str(path)],
+            }.items():
+                code, err = run(argv, src, work)
+                yield "pt2 zip structure", f"{label} ({command})", classify(code, err, marker)
+        code, err = run(["export", str(good), "-o", str(work / "genuine.onnx")], src, work)
+        yield "genuine .pt2 exports", "torch.export.save of Linear(4, 3)", \
+            "clean error" if code == 0 and (work / "genuine.onnx").exists() else "wrongly refused"
+    if wanted("torchscript"):
+        target = work / "TS_WROTE_THIS"
+        for label, path in torchscript_cases(work, target).items():
+            for command, argv in {
+                "export": ["export", str(path), "-o", str(work / "o.onnx")],
+                "run": ["run", str(path), "-o", str(work / "or"), "--bench", "none"],
+                "bundle": ["bundle", str(path), "-o", str(work / "ob")],
+            }.items():
+                code, err = run(argv + ["--input", "x:2x4:float32"], src, work)
+                outcome = classify(code, err, target)
+                yield "torchscript without consent", f"{label} ({command})", outcome
+    if wanted("kill"):
+        for label, argv, out, delay in kill_cases(work):
+            yield "kill -9 of the console script", label, kill_probe(argv, out, delay, src, work)
+    if wanted("zoo"):
+        for factory in ("hog", "setsid_hog", "setsid_sleeper"):
+            yield "zoo process tree", factory, zoo_probe(work, factory, src)
+    if wanted("serve") or wanted("bundle claims"):
+        bundle = make_bundle(work)
+        if wanted("serve"):
+            for label, outcome in serve_probes(work, bundle, src):
+                yield "serve non-finite tensors", label, outcome
+        if wanted("bundle claims"):
+            tampered = tampered_tolerance_bundle(work, bundle)
+            code, err = run(["verify", str(tampered)], src, work)
+            yield "bundle claims", "tolerances 1e30 + golden replaced (verify)", classify(code, err, marker)
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=HERE.parent / "src")
     parser.add_argument("--append-results", action="store_true")
+    parser.add_argument("--only", default="", help="comma-separated substrings of family names to run")
+    parser.add_argument("--round", choices=("1", "2", "all"), default="all",
+                        help="1: the first round's families, 2: issue 22's, all: both")
     args = parser.parse_args()
+    only = [part.strip() for part in args.only.split(",") if part.strip()] or None
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     with tempfile.TemporaryDirectory(prefix="onnxgate-probe-") as tmp:
         work = Path(tmp)
         marker = work / "PWNED"
-        for family, label, argv in probes(work, marker):
+        for family, label, argv in (probes(work, marker) if args.round in ("1", "all") else []):
+            if only and not any(part in family for part in only):
+                continue
             for leftover in ("o.onnx", "ob", "or", "x.onnx", "xr"):
                 shutil.rmtree(work / leftover, ignore_errors=True) if (work / leftover).is_dir() else \
                     (work / leftover).unlink(missing_ok=True)
@@ -234,7 +585,13 @@ def main() -> None:
             counts[family]["tried"] += 1
             counts[family][outcome] += 1
             print(f"{family:32} {label:42} exit {code}: {outcome}", flush=True)
-    columns = ["tried", "clean error", "traceback", "crash", "hang", "wrongly exit 0", "payload ran"]
+        if args.round in ("2", "all"):
+            for family, label, outcome in second_round(work, marker, args.src.resolve(), only):
+                counts[family]["tried"] += 1
+                counts[family][outcome] += 1
+                print(f"{family:32} {label:48} {outcome}", flush=True)
+    columns = ["tried", "clean error", "traceback", "crash", "hang", "wrongly exit 0", "payload ran", "orphan",
+               "wrongly refused", "finished before the kill"]
     lines = ["| probe family | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {family} | " + " | ".join(str(c[col]) for col in columns) + " |" for family, c in counts.items()]
     table = "\n".join(lines)
