@@ -228,7 +228,9 @@ def run_model(name: str, spec: Model, work: Path, settings, limits, note) -> Res
     note("exporting")
     from onnxgate.export.ladder import run_ladder
 
-    run_ladder(loaded, config, base, force=True, progress=note)
+    exported = run_ladder(loaded, config, base, force=True, progress=note)
+    if exported.error is not None:
+        raise exported.error
     inputs = _input_names(base)
     evaluation, calibration, labels = _data(spec, inputs, loaded)
     note("optimizing (fusions, verified)")

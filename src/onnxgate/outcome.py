@@ -17,7 +17,10 @@ gives the same exit code whichever door it came through:
     BundleVerification           tampered 9, wrong numbers 4, cannot run 6
     DeployReport (deploy)        an artifact differs from the reference 4, a target cannot convert it 6
                                  (skipped and "converted, not numerically verified" targets do not fail)
-    PipelineReport (run)         the worst of its stages (its own verdict)
+    PipelineReport (run)         an error that ended it early, else the first   its code (``judge_run``; the
+                                 failed stage result in stage order            report records it, and its stage)
+    Killed (a process that died  crash, timeout or memory kill: by its stage   3 in load/export, 6 after; an
+      without a result)          (``KILLED_CODES``, the one crash table)       onnxgate bug in a worker: 1
     ServeResult (serve)          never: a server that started and shut down    0  (a bundle that fails to verify
                                  never starts: its BundleVerification's code)
     ConfigExport (serve --export-config)  never: written files                 0
@@ -25,6 +28,9 @@ gives the same exit code whichever door it came through:
                                  are all outside --allow-fail                  the zoo file's order
     OnnxgateError                always: its own exit code
     anything else raised         a bug in onnxgate                             1
+
+``Outcome.cause`` names the kind of failure inside its exit code (a diagnosis id, "dim frozen", "memory cap"...):
+the zoo's failure classes (``failure_class``) are made of the code's name and it, never of reason text.
 
 ``envelope(command, ...)`` is the one JSON document every command prints under ``--json`` (schema:
 ``docs/schemas/envelope.schema.json``). Result types are matched by class name so this module imports nothing
@@ -40,6 +46,7 @@ from typing import Any
 from ._version import __version__
 from . import errors
 from .errors import ExitCode, OnnxgateError
+from .stages import Ending, Stage
 
 ENVELOPE_VERSION = "1"
 # The error class that stands for each exit code: what raise_for raises and what the envelope of a failed result
@@ -57,16 +64,95 @@ class Outcome:
     exit_code: int
     reason: str | None = None
     hint: str | None = None
+    cause: str | None = None  # the kind of failure within its exit code (see failure_class)
+    ending: str | None = None  # a process that died without a result: how (stages.Ending)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def failure_class(self) -> str | None:
+        return None if self.passed else failure_class(self.exit_code, self.cause, ending=self.ending)
+
+
+# What each exit code is called in failure classes and summaries (a test holds it to ExitCode).
+EXIT_NAMES: dict[ExitCode, str] = {
+    ExitCode.OK: "pass", ExitCode.INTERNAL: "internal error", ExitCode.BAD_INPUT: "bad input",
+    ExitCode.EXPORT_FAILED: "export failed", ExitCode.PARITY_FAILED: "parity failed",
+    ExitCode.ACCURACY_BUDGET: "accuracy budget missed", ExitCode.RUNTIME_INCOMPATIBLE: "runtime incompatible",
+    ExitCode.UNSAFE_INPUT: "unsafe input", ExitCode.MISSING_DEPENDENCY: "missing dependency",
+    ExitCode.INTEGRITY: "integrity"}
+
+
+def failure_class(exit_code: int, cause: str | None = None, *, ending: str | None = None) -> str:
+    """A failure's class, for the zoo's counts: the exit code's name and the cause within it. A process that died
+    without a result (``ending``) is classed by how it died alone ("crashed (SIGABRT)", "timeout", "memory cap")."""
+    if ending is not None and cause:
+        return cause
+    try:
+        name = EXIT_NAMES[ExitCode(exit_code)]
+    except ValueError:
+        name = f"exit {exit_code}"
+    return f"{name}: {cause}" if cause else name
 
 
 PASSED = Outcome(True, int(ExitCode.OK))
 
 
-def _fail(code: ExitCode, reason: str, hint: str | None = None) -> Outcome:
-    return Outcome(False, int(code), reason, hint)
+def _fail(code: ExitCode, reason: str, hint: str | None = None, cause: str | None = None) -> Outcome:
+    return Outcome(False, int(code), reason, hint, cause)
+
+
+# ---- a process that died without a result ---------------------------------------------------------------------
+# The one crash table: the same crash, timeout or memory kill in a stage gives the same exit code through
+# ``onnxgate run`` (cli/isolate.py: the child that died), ``onnxgate zoo`` (a model's worker) and the Python API
+# (``judge(Killed(...))``, ``run_zoo``). Until the model is exported, dying means the export failed (3); once there
+# is a verified model, a stage that dies met a model its runtime (or the tools after it) cannot run (6). An
+# exception onnxgate did not expect is a bug in onnxgate (1), in any stage.
+_EXPORTING = (Stage.LOAD, Stage.EXPORT)
+KILLED_CODES: dict[tuple[Stage, Ending], ExitCode] = {
+    (stage, ending): (ExitCode.INTERNAL if ending is Ending.ERROR else
+                      ExitCode.EXPORT_FAILED if stage in _EXPORTING else ExitCode.RUNTIME_INCOMPATIBLE)
+    for stage in Stage for ending in Ending}
+_KILLED_HINTS = {
+    Ending.CRASH: "The model's code or a library under it crashed the process. Run the model alone under "
+                  "python -X faulthandler to find the crashing op.",
+    Ending.TIMEOUT: "Give it more time, or narrow the --dim ranges.",
+    Ending.MEMORY: "Give it more memory, or shrink the dims (batch, image size, sequence length).",
+    Ending.ERROR: "This is a bug in onnxgate.",
+}
+
+
+@dataclass(frozen=True)
+class Killed:
+    """A process that ended without a result while running ``stage``: how (``ending``), the signal that killed it
+    (crash, memory), the exception's type (error), and what its watcher saw (``detail``)."""
+
+    stage: Stage
+    ending: Ending
+    signal: str | None = None
+    error_type: str | None = None
+    detail: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": str(self.stage), "ending": str(self.ending), "signal": self.signal,
+                "error_type": self.error_type, "detail": self.detail}
+
+
+def killed_code(stage: Stage | str, ending: Ending | str) -> ExitCode:
+    return KILLED_CODES[Stage(stage), Ending(ending)]
+
+
+def _killed(killed: Killed) -> Outcome:
+    stage, ending = Stage(killed.stage), Ending(killed.ending)
+    cause = {Ending.CRASH: f"crashed ({killed.signal or 'no result'})", Ending.TIMEOUT: "timeout",
+             Ending.MEMORY: "memory cap", Ending.ERROR: f"internal error ({killed.error_type or 'exception'})"}[ending]
+    what = killed.detail or {Ending.CRASH: f"the process died from {killed.signal}" if killed.signal
+                             else "the process ended without a result", Ending.TIMEOUT: "the process timed out",
+                             Ending.MEMORY: "the process was stopped at its memory cap",
+                             Ending.ERROR: "the process raised an unexpected exception"}[ending]
+    return Outcome(False, int(killed_code(stage, ending)), f"{what} (during {stage})", _KILLED_HINTS[ending], cause,
+                   ending.value)
 
 
 def _structure(report) -> Outcome:
@@ -100,8 +186,21 @@ def _verify(result) -> Outcome:
     if failed:
         where = f" Localizer: {result.localization['summary']}" if result.localization else ""
         return _fail(ExitCode.PARITY_FAILED, "; ".join(f"{p.candidate}: {p.summary()}" for p in failed) + where,
-                     _parity_hint(failed))
+                     _parity_hint(failed), _parity_cause(failed))
     return PASSED
+
+
+def _parity_cause(failed) -> str | None:
+    """Why parity failed, from the parity reports: a dim frozen at its traced size, a domain narrower than
+    declared, or weights that cannot tell right from wrong; None for plain wrong numbers."""
+    if any([d for d in getattr(p, "frozen", None) or () if d not in (getattr(p, "allowed_static", None) or ())]
+           for p in failed):
+        return "dim frozen"
+    if any(getattr(p, "narrowed", None) and not getattr(p, "accept_domain", False) for p in failed):
+        return "shape domain narrower than declared"
+    if any(getattr(p, "degenerate", None) for p in failed):
+        return "not verifiable with these weights"
+    return None
 
 
 def _parity_hint(failed) -> str:
@@ -126,10 +225,20 @@ def _export(result) -> Outcome:
     if result.ok:
         return PASSED
     error = getattr(result, "error", None)
-    if isinstance(error, OnnxgateError):
-        return judge(error)
-    return _fail(ExitCode.EXPORT_FAILED, "every export attempt failed",
-                 "See the attempts and their diagnoses.")
+    outcome = judge(error) if isinstance(error, OnnxgateError) else _fail(
+        ExitCode.EXPORT_FAILED, "every export attempt failed", "See the attempts and their diagnoses.")
+    return Outcome(False, outcome.exit_code, outcome.reason, outcome.hint, _export_cause(result))
+
+
+def _export_cause(result) -> str | None:
+    """The diagnosis of a failed ladder, or why the exports that ran were refused (the winner's own proof)."""
+    if getattr(result, "diagnosis", None) and result.diagnosis.get("id"):
+        return result.diagnosis["id"]
+    if any(a.outcome == "frozen_dim" for a in result.attempts):
+        return "dim frozen"
+    winner = result.attempts[result.winner] if result.winner is not None else None
+    proof = getattr(winner, "parity", None)
+    return _parity_cause([proof]) if proof is not None and not proof.passed else None
 
 
 def _transform(report) -> Outcome:
@@ -195,10 +304,28 @@ def _deploy(report) -> Outcome:
     return PASSED
 
 
+def judge_run(ended: tuple[Stage, Outcome] | None, results: dict[Stage, Any]) -> tuple[Outcome, Stage | None]:
+    """The verdict of one pipeline run and the stage it came from: the error that ended the run early (in the
+    stage it ended), else the first failed stage result in stage order (verification, the INT8 budget, the deploy
+    targets...). ``results``: each stage's typed result, None where the stage did not run."""
+    if ended is not None and not ended[1].passed:
+        return ended[1], ended[0]
+    for stage in Stage:
+        result = results.get(stage)
+        if result is not None:
+            outcome = judge(result)
+            if not outcome.passed:
+                return outcome, stage
+    return PASSED, None
+
+
 def _pipeline(report) -> Outcome:
+    """A run's report records the verdict ``judge_run`` gave (a report read back from report.json has no typed
+    results left to judge)."""
     if report.verdict == "pass":
         return PASSED
-    return Outcome(False, int(report.exit_code), report.reason, getattr(report, "hint", None))
+    return Outcome(False, int(report.exit_code), report.reason, getattr(report, "hint", None),
+                   getattr(report, "cause", None))
 
 
 def _zoo(report) -> Outcome:
@@ -221,7 +348,7 @@ _JUDGES: dict[str, Callable[[Any], Outcome]] = {
     "BundleVerification": _bundle, "PipelineReport": _pipeline, "DeployReport": _deploy,
     "BenchReport": lambda _r: PASSED,  # measurements: a benchmark has no verdict of its own
     "ServeResult": lambda _r: PASSED, "ConfigExport": lambda _r: PASSED,  # serve: failures raise before it starts
-    "ZooReport": _zoo,
+    "ZooReport": _zoo, "Killed": _killed,
 }
 
 
@@ -248,6 +375,9 @@ def raise_for(result: Any) -> None:
     outcome = judge(result)
     if outcome.passed:
         return
+    error = getattr(result, "error", None)
+    if isinstance(error, OnnxgateError):  # a failed result that carries its error (a failed ladder): the same one
+        raise error
     raise ERROR_CLASSES.get(outcome.exit_code, OnnxgateError)(outcome.reason or "failed", hint=outcome.hint,
                                                               result=result)
 

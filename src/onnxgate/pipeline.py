@@ -1,9 +1,12 @@
 """The main job: one model through a list of stages into one report, with one verdict from the judge.
 
 ``STAGES`` runs in order over one ``Job`` (the model, its configuration and the typed results so far); each stage
-records its facts in ``report.stages`` and leaves its typed result on the job. After the last stage, ``judge``
-(``outcome.py``) turns the first failed result into the report's verdict, exit code, reason and hint: the same
-rules as ``onnxgate verify`` / ``inspect`` / ``quantize`` apply, so the same failure gives the same code.
+records its facts in ``report.stages`` and leaves its typed result on the job. Before each stage the run announces
+it (``on_stage``, a ``stages.Stage``; in the console script's child also into the file its parent reads when the
+child dies): a watcher books a crash, a timeout or a memory kill in the stage the process was in, never by reading
+progress messages. After the last stage, ``outcome.judge_run`` gives the verdict (an error that ended the run
+early, else the first failed stage result) and the stage it came from; the report records them: the same rules as
+``onnxgate verify`` / ``inspect`` / ``quantize`` apply, so the same failure gives the same code.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import numpy as np
 
 from .errors import BadInputError, OnnxgateError, OutputExistsError
 from .fsutil import atomic_write_text
-from .outcome import Outcome, judge
+from .outcome import Outcome, judge, judge_run, raise_for
 from .report.model import REPORT_SCHEMA_VERSION, PipelineReport
 from .spec import ExportConfig, QuantizeConfig, RunConfig
+from .stages import Stage, stage_file_from_env
 
 __all__ = ["run", "run_demo", "bundle_from_ref", "write_verified_bundle", "QuantizeConfig", "PipelineReport",
-           "REPORT_SCHEMA_VERSION", "STAGES"]
+           "REPORT_SCHEMA_VERSION", "STAGES", "Stage"]
 
 
 def _prepare_out_dir(out_dir: Path, force: bool) -> None:
@@ -60,6 +64,7 @@ class Job:
     variants: list = field(default_factory=list)
     deployed: Any = None
     failure: Outcome | None = None  # an error that ended the run early (the remaining stages are skipped)
+    stage: Stage = Stage.LOAD  # the stage the run is in (the one that failed, once it ended early)
 
     @property
     def model_path(self) -> Path:
@@ -75,7 +80,8 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
         evaluate: Callable | None = None, force: bool = False, bundle: bool = True, targets: tuple[str, ...] = (),
         bench: str | None = "quick", optimize: bool = True, quantize: QuantizeConfig | None = None,
         progress: Callable[[str], None] | None = None, weights: str | None = None, arch: str | None = None,
-        trust_pickle: bool = False, deploy: tuple[str, ...] = ()) -> PipelineReport:
+        trust_pickle: bool = False, deploy: tuple[str, ...] = (),
+        on_stage: Callable[[Stage], None] | None = None) -> PipelineReport:
     """Run the pipeline on ``ref`` (a reference string or a LoadedModel) into ``out_dir``.
 
     ``data``: real feeds verified besides the random ones. ``evaluate(runner) -> dict``: an accuracy measurement
@@ -83,10 +89,13 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
     ``bench``: "quick" (under a minute), "full", or None to skip the benchmark stage. ``optimize``: write the
     verified, optimized ``model.opt.onnx``. ``quantize``: an INT8 variant within an accuracy budget.
     ``deploy``: targets (``deploy.TARGETS``) converted from the verified file and each verified against PyTorch.
-    Expected failures end up in the report (verdict, exit code, reason), not as exceptions.
+    ``on_stage(stage)``: called as the run enters each stage (``stages.Stage``), before any of its work.
+    Expected failures end up in the report (verdict, exit code, reason, stage), not as exceptions.
     """
     from .sources import LoadedModel, load_model
 
+    announce = _announcer(on_stage)
+    announce(Stage.LOAD)
     if deploy:  # a missing converter is exit 8 now, not after the export
         from .deploy.api import check_extras
 
@@ -101,21 +110,27 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
               evaluate=evaluate, targets=targets, bench=bench, optimize=optimize, quantize=quantize, bundle=bundle,
               deploy=tuple(deploy))
     report = PipelineReport(loaded.ref, str(out))
-    for stage in STAGES:
-        if job.failure is not None:
-            break
+    reached = Stage.LOAD
+    for stage, step in STAGES:
+        job.stage = stage
+        announce(stage)
         with _peak_memory(stage, report):
             try:
-                stage(job, report)
+                step(job, report)
             except OnnxgateError as exc:
                 job.failure = judge(exc)
-    _conclude(job, report)
+        if stage.value in report.stages:
+            reached = stage
+        if job.failure is not None:
+            break
+    _conclude(job, report, reached)
     _write_reports(report, out)
     return report
 
 
 def run_job(job: RunConfig, *, out_dir: str | Path | None = None, force: bool = False,
-            progress: Callable[[str], None] | None = None) -> PipelineReport:
+            progress: Callable[[str], None] | None = None,
+            on_stage: Callable[[Stage], None] | None = None) -> PipelineReport:
     """``onnxgate run``: the pipeline on a ``RunConfig`` (see ``configure.run_config``); ``--data`` files are read
     with the job's input specs."""
     feeds = None
@@ -127,16 +142,28 @@ def run_job(job: RunConfig, *, out_dir: str | Path | None = None, force: bool = 
     return run(job.ref, out_dir or job.output or "onnxgate-out", config=job.export, data=feeds, force=force,
                bundle=job.bundle, targets=job.targets, bench=None if job.bench == "none" else job.bench,
                optimize=job.optimize, quantize=job.quantize, progress=progress, weights=job.weights, arch=job.arch,
-               trust_pickle=job.trust_pickle, deploy=job.deploy)
+               trust_pickle=job.trust_pickle, deploy=job.deploy, on_stage=on_stage)
+
+
+def _announcer(on_stage: Callable[[Stage], None] | None) -> Callable[[Stage], None]:
+    """``on_stage``, and in the console script's child the stage file its parent reads if the child dies
+    (``cli/isolate.py``)."""
+    sinks = [s for s in (on_stage, stage_file_from_env()) if s is not None]
+
+    def announce(stage: Stage) -> None:
+        for sink in sinks:
+            sink(stage)
+
+    return announce
 
 
 @contextmanager
-def _peak_memory(stage: Callable, report: PipelineReport) -> Iterator[None]:
+def _peak_memory(stage: Stage, report: PipelineReport) -> Iterator[None]:
     """Each stage's peak memory (``transform.large.stage_peak``) under ``report.stages["memory"][name]``, for the
     stages that ran."""
     from .transform.large import stage_peak
 
-    name = stage.__name__.strip("_").removesuffix("_stage")
+    name = stage.value
     with stage_peak() as peak:
         yield
     if name in report.stages:
@@ -151,14 +178,13 @@ def _export_stage(job: Job, report: PipelineReport) -> None:
     estimate = check_memory("export", weights, resident=weights, what=f"Exporting '{job.loaded.ref}'")
     report.stages.setdefault("memory", {})["export"] = {"estimate": estimate}
     start = time.perf_counter()
-    try:
-        job.exported = run_ladder(job.loaded, job.config, job.model_path, force=True, progress=job.note)
-    except OnnxgateError as exc:  # every attempt failed, or ran but computed wrong numbers
-        job.failure = judge(exc)
-        if exc.result is not None and hasattr(exc.result, "to_dict"):
-            report.stages["export"] = exc.result.to_dict()
-            _localize_rejected(job, report, exc.result)
+    exported = run_ladder(job.loaded, job.config, job.model_path, force=True, progress=job.note)
+    if not exported.ok:  # every attempt failed, or ran but computed wrong numbers: a failed result, judged
+        job.failure = judge(exported)
+        report.stages["export"] = exported.to_dict()
+        _localize_rejected(job, report, exported)
         return
+    job.exported = exported
     report.stages["export"] = {**job.exported.to_dict(), "seconds": round(time.perf_counter() - start, 2)}
 
 
@@ -177,7 +203,7 @@ def _localize_rejected(job: Job, report: PipelineReport, exported) -> None:
         reason += f" The rejected export ({Path(exported.rejected).name}): {'; '.join(failed)}."
     if rejected.localization:
         reason += f" Localizer: {rejected.localization['summary']}."
-    job.failure = Outcome(False, job.failure.exit_code, reason, job.failure.hint)
+    job.failure = replace(job.failure, reason=reason)
 
 
 def _verify_stage(job: Job, report: PipelineReport) -> None:
@@ -279,20 +305,22 @@ def _deploy_stage(job: Job, report: PipelineReport) -> None:
     report.stages["deploy"] = job.deployed.to_dict()
 
 
-# The main job, in order. A stage that does not apply (no --quantize, an unproven model) returns at once.
-STAGES: tuple[Callable[[Job, PipelineReport], None], ...] = (
-    _export_stage, _verify_stage, _accuracy_stage, _optimize_stage, _quantize_stage, _bench_stage, _bundle_stage,
-    _deploy_stage)
+# The main job, in order, each under the Stage it announces (``Stage.LOAD`` comes before: ``load_model``). A stage
+# that does not apply (no --quantize, an unproven model) returns at once.
+STAGES: tuple[tuple[Stage, Callable[[Job, PipelineReport], None]], ...] = (
+    (Stage.EXPORT, _export_stage), (Stage.VERIFY, _verify_stage), (Stage.ACCURACY, _accuracy_stage),
+    (Stage.OPTIMIZE, _optimize_stage), (Stage.QUANTIZE, _quantize_stage), (Stage.BENCH, _bench_stage),
+    (Stage.BUNDLE, _bundle_stage), (Stage.DEPLOY, _deploy_stage))
 
 
-def _conclude(job: Job, report: PipelineReport) -> None:
-    """The verdict: an early failure, else the first failed typed result (verification, the INT8 budget, then the
-    deploy targets)."""
-    outcomes = [job.failure] + [judge(r) for r in (job.verified, job.quantized, job.deployed) if r is not None]
-    failed = next((o for o in outcomes if o is not None and not o.passed), None)
-    report.verdict = "pass" if failed is None else "fail"
-    report.exit_code = 0 if failed is None else failed.exit_code
-    report.reason, report.hint = (None, None) if failed is None else (failed.reason, failed.hint)
+def _conclude(job: Job, report: PipelineReport, reached: Stage) -> None:
+    """The judge's verdict (``outcome.judge_run``) and the stage it came from (on a pass: the last stage that ran)."""
+    verdict, stage = judge_run((job.stage, job.failure) if job.failure is not None else None,
+                               {Stage.VERIFY: job.verified, Stage.QUANTIZE: job.quantized, Stage.DEPLOY: job.deployed})
+    report.verdict = "pass" if verdict.passed else "fail"
+    report.exit_code = verdict.exit_code
+    report.reason, report.hint, report.cause = verdict.reason, verdict.hint, verdict.cause
+    report.stage = (stage or reached).value
 
 
 def _write_reports(report: PipelineReport, out: Path) -> None:
@@ -329,26 +357,33 @@ def write_verified_bundle(loaded, exported, verified, out_dir: Path, *, force: b
 
 
 def bundle_from_ref(ref: str, out_dir: str | Path, *, config: ExportConfig | None = None, force: bool = False,
-                    tarball: bool = False, progress: Callable[[str], None] | None = None) -> Path:
+                    tarball: bool = False, progress: Callable[[str], None] | None = None,
+                    on_stage: Callable[[Stage], None] | None = None) -> Path:
     """`onnxgate bundle REF -o DIR`: export, verify against PyTorch, and write the bundle to ``DIR``.
-    Raises ParityError when verification fails: an unproven model is never bundled."""
+    Raises the export's error when it fails, ParityError when verification fails: an unproven model is never
+    bundled."""
     from .export.ladder import run_ladder
     from .fsutil import staging_dir
-    from .outcome import raise_for
     from .fsutil import check_target
     from .sources import load_model
     from .verify.api import verify
 
     note = progress or (lambda _m: None)
+    announce = _announcer(on_stage)
+    announce(Stage.LOAD)
     check_target(Path(out_dir), force=force, kind="folder")
     loaded = load_model(ref)
     config = config or ExportConfig()
     with staging_dir("bundle") as tmp:
         model_path = Path(tmp) / "model.onnx"
+        announce(Stage.EXPORT)
         exported = run_ladder(loaded, config, model_path, force=True, progress=note)
+        raise_for(exported)  # the ladder's own error (ExportError, ParityError...), as when it raised it
+        announce(Stage.VERIFY)
         note("verifying parity at every claimed shape")
         verified = verify(model_path, loaded, config=config)
         raise_for(verified)  # an unproven model is never bundled
+        announce(Stage.BUNDLE)
         note("writing the bundle")
         return write_verified_bundle(loaded, exported, verified, Path(out_dir), force=force, tarball=tarball)
 

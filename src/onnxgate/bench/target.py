@@ -87,7 +87,9 @@ def _resolve(model, against, config: ExportConfig, tmp: Path, note, source: dict
         return path, loaded, False
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model), **source)
     path = tmp / "model.onnx"
-    run_ladder(loaded, batch_dynamic_config(loaded, config), path, progress=note)
+    exported = run_ladder(loaded, batch_dynamic_config(loaded, config), path, progress=note)
+    if exported.error is not None:  # nothing exported: the ladder's error, as when it raised it
+        raise exported.error
     return path, loaded, True
 
 

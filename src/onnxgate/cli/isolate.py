@@ -5,7 +5,12 @@ A model's forward, a custom op, an exporter bug or onnxruntime on a malformed fi
 bare signal. The ``onnxgate`` console script therefore runs the commands that execute model code or load model
 files in a child interpreter with the same arguments, inheriting stdin/stdout/stderr (progress streams through
 unchanged), and reports a child that died from a signal as an ordinary onnxgate error with a documented exit
-code and, under ``--json``, the shared error envelope. ``main()`` called from Python (the tests, a notebook) runs
+code and, under ``--json``, the shared error envelope. That exit code is the one judge's (``outcome.KILLED_CODES``,
+the table ``onnxgate zoo`` and the Python API use): by the stage the child was in and how it died. The pipeline
+(``run``, ``demo``, ``deploy`` of a model, ``bundle``) announces each stage it enters into a file named in the
+child's environment (``stages.STAGE_FILE_ENV``); a command that announces none, or a child that died before its
+first announcement, is booked in the command's first stage (``COMMAND_STAGES``). A SIGKILL is booked as a memory
+kill (what the kernel's out-of-memory killer sends), any other signal as a crash. ``main()`` called from Python (the tests, a notebook) runs
 in-process, as a library call should.
 
 A ``kill -9`` of ``onnxgate`` cancels everything (security issue 22): the child runs below a *keeper*, a fork of
@@ -23,17 +28,21 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
-from ..errors import ExitCode, OnnxgateError
+from ..errors import OnnxgateError
+from ..stages import STAGE_FILE_ENV, Ending, Stage, StageFile
 
 # Commands that import or run the user's model code, or hand files to a runtime; --help/--version/inspect/env run
 # in-process (they are cheap and load nothing executable).
 ISOLATED_COMMANDS = frozenset({"export", "run", "demo", "bundle", "bench", "verify", "optimize", "quantize",
                                "deploy"})
-# What a crash means for each command's verdict: the export-side commands failed to produce a model; the
-# verify-side ones met a model their runtime cannot run.
-_CRASH_EXIT = {"verify": ExitCode.RUNTIME_INCOMPATIBLE, "optimize": ExitCode.RUNTIME_INCOMPATIBLE,
-               "quantize": ExitCode.RUNTIME_INCOMPATIBLE}
+# The stage each command starts in: where a child that announced no stage of its own died. The commands that
+# start from a model reference load and export it first (bench and deploy of an .onnx file too: a crash there was
+# always booked as export); verify, optimize and quantize run an ONNX model in its runtime.
+COMMAND_STAGES = {"export": Stage.EXPORT, "run": Stage.LOAD, "demo": Stage.LOAD, "bundle": Stage.LOAD,
+                  "bench": Stage.EXPORT, "deploy": Stage.LOAD, "verify": Stage.VERIFY, "optimize": Stage.OPTIMIZE,
+                  "quantize": Stage.QUANTIZE}
 CHILD_ENV = "ONNXGATE_CHILD"
 PARENT_ENV = "ONNXGATE_PARENT_PID"  # "KEEPER,TOP": the child's ancestry, for its checks (removed from its environment)
 
@@ -46,12 +55,18 @@ def wants_isolation(argv: list[str]) -> bool:
 
 def run_isolated(argv: list[str]) -> int:
     """Run ``onnxgate ARGV`` in a child interpreter; translate a death by signal into an onnxgate error."""
-    env = dict(os.environ, **{CHILD_ENV: "1"})
     command = next(a for a in argv if not a.startswith("-"))
-    code = run_kept([sys.executable, "-m", "onnxgate.cli.isolate", *argv], env)
+    fd, path = tempfile.mkstemp(prefix="onnxgate-stage-")
+    os.close(fd)
+    try:
+        env = dict(os.environ, **{CHILD_ENV: "1", STAGE_FILE_ENV: path})
+        code = run_kept([sys.executable, "-m", "onnxgate.cli.isolate", *argv], env)
+        stage = StageFile(path).read(default=COMMAND_STAGES.get(command, Stage.LOAD))
+    finally:
+        os.unlink(path)
     if code >= 0:
         return code
-    error = crash_error(command, -code)
+    error = crash_error(command, -code, stage)
     from .common import COMMAND, render_error
 
     COMMAND["name"] = command
@@ -136,19 +151,25 @@ def child_main() -> None:
     sys.exit(main())
 
 
-def crash_error(command: str, signum: int) -> OnnxgateError:
+def crash_error(command: str, signum: int, stage: Stage | None = None) -> OnnxgateError:
+    """The error for a child that died from ``signum`` in ``stage`` (default: the command's first stage); its exit
+    code is the judge's (``outcome.KILLED_CODES``)."""
+    from ..outcome import Killed, judge
     from ..worker import SIGNAL_CAUSES, signal_name
 
+    stage = Stage(stage or COMMAND_STAGES.get(command, Stage.LOAD))
     name = signal_name(signum)
     cause = SIGNAL_CAUSES.get(name, "a fatal signal")
+    ending = Ending.MEMORY if signum == signal.SIGKILL else Ending.CRASH
+    verdict = judge(Killed(stage, ending, signal=name))
     error = OnnxgateError(
-        f"'onnxgate {command}' crashed while running the model's code or its runtime: the worker process died from "
-        f"{name} ({cause}). onnxgate ran it in a child process, so this report is all that was lost; no output was "
-        "written.",
+        f"'onnxgate {command}' crashed while running the model's code or its runtime (during {stage}): the worker "
+        f"process died from {name} ({cause}). onnxgate ran it in a child process, so this report is all that was "
+        "lost; no output was written.",
         hint="Re-run with the model's own code under a debugger (python -X faulthandler) to find the crashing op; "
         "if it is memory, use smaller --dim ranges or a machine with more memory.",
     )
-    error.exit_code = _CRASH_EXIT.get(command, ExitCode.EXPORT_FAILED)
+    error.exit_code = verdict.exit_code
     return error
 
 

@@ -43,7 +43,10 @@ def export(
     else:
         loaded = LoadedModel(module=model, ref=type(model).__name__,
                              example_inputs=name_example_inputs(model, example_inputs, where="export(example_inputs=...)"))
-    return run_ladder(loaded, config or ExportConfig(), output, force=force, progress=progress)
+    result = run_ladder(loaded, config or ExportConfig(), output, force=force, progress=progress)
+    if result.error is not None:  # the ladder returns its failure like every stage; the API raises it, as before
+        raise result.error
+    return result
 
 
 from .._lazy import lazy_exports  # noqa: E402

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -91,9 +91,13 @@ class ExportResult:
     diagnosis: dict | None = None
     rejected: str | None = None  # an export that ran but failed parity, kept for diagnosis (never as `output`)
 
+    # Why the export failed when it did (ExportError, ParityError, RuntimeIncompatibleError): ``run_ladder`` returns
+    # a failed result like every other stage; its callers raise this error (``outcome.raise_for``). Not a field.
+    error: ClassVar[Exception | None] = None
+
     @property
     def ok(self) -> bool:
-        return self.winner is not None
+        return self.winner is not None and self.error is None
 
     @property
     def fallbacks(self) -> int:
@@ -472,7 +476,9 @@ def _metadata(loaded, prepared: Prepared, config: ExportConfig, attempt: Attempt
 
 def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force: bool = False,
                progress: Callable[[str], None] | None = None) -> ExportResult:
-    """Export ``loaded`` (a sources.LoadedModel) to ``output``; raise ExportError/ParityError when nothing works."""
+    """Export ``loaded`` (a sources.LoadedModel) to ``output``. When nothing works, a failed result (``ok`` False)
+    whose ``error`` is the ExportError/ParityError/RuntimeIncompatibleError to raise (``outcome.raise_for``); a bad
+    flag or an existing output still raises before anything runs."""
     note = progress or (lambda _msg: None)
     if output is not None:
         check_target(Path(output), force=force, kind="model file")  # fail before minutes of exporting, not after
@@ -503,11 +509,13 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
         if winner is None:
             if output is not None:
                 result.rejected = _keep_rejected(loaded, prepared, config, attempts, Path(output))
-            _raise_failure(result, prepared, targets=config.targets)
+            result.error = _failure(result, prepared, targets=config.targets)
+            return result
         if not proof.passed:
             from ..verify.api import unproven_export
 
-            raise unproven_export(proof, result)
+            result.error = unproven_export(proof, result)
+            return result
         won = attempts[winner]
         if output is not None:
             _save_with_metadata(won, loaded, prepared, config, Path(output), force=force)
@@ -750,7 +758,7 @@ def _keep_rejected(loaded, prepared: Prepared, config: ExportConfig, attempts: l
     return str(rejected)
 
 
-def _raise_failure(result: ExportResult, prepared: Prepared, *, targets: tuple[str, ...] = ()) -> None:
+def _failure(result: ExportResult, prepared: Prepared, *, targets: tuple[str, ...] = ()) -> Exception:
     from .diagnose import Diagnosis, format_message, summarize
 
     # The diagnosis comes from the plain rungs: the extra rungs (repairs, capture variants) are listed as tried
@@ -765,7 +773,7 @@ def _raise_failure(result: ExportResult, prepared: Prepared, *, targets: tuple[s
                 dims.setdefault(name, why)
         names = ", ".join(f"{n} (frozen at {prepared.dims[n].example})" for n in dims)
         detail = "; ".join(f"dim {n}: {why}" for n, why in dims.items())
-        raise ParityError(
+        return ParityError(
             result=result, message=f"Every export that ran computes wrong results at sizes other than the traced one for the dynamic "
             f"dim(s) {names}: {detail}. The model bakes the traced size in (a Python int taken from a shape, "
             "or a size the exporter specialized)." + _extras_tried(every),
@@ -775,7 +783,7 @@ def _raise_failure(result: ExportResult, prepared: Prepared, *, targets: tuple[s
         )
     mismatched = [a for a in attempts if a.outcome == MISMATCH]
     if mismatched:
-        raise ParityError(
+        return ParityError(
             result=result, message=f"Every export that ran disagrees with PyTorch at the traced shape: {mismatched[0].error}."
             + _extras_tried(every),
             hint="Run `onnxgate verify --localize` to find the first diverging layer.",
@@ -787,7 +795,7 @@ def _raise_failure(result: ExportResult, prepared: Prepared, *, targets: tuple[s
         why: dict[str, list[str]] = {}
         for a in unfit:
             why.setdefault(a.error, []).append(f"{a.strategy} at opset {a.opset}")
-        raise RuntimeIncompatibleError(
+        return RuntimeIncompatibleError(
             result=result, message=f"No export fits {', '.join(targets)}: "
             + "; ".join(f"{', '.join(where)}: {error}" for error, where in why.items()) + ".",
             hint="Target a newer release of the runtime, or replace the operators it lacks in the model's code.",
@@ -801,7 +809,7 @@ def _raise_failure(result: ExportResult, prepared: Prepared, *, targets: tuple[s
         last = attempts[-1]
         exc = ExportError(f"No export attempt produced a working model; the last one ended in {last.outcome}: "
                           f"{last.error}.{_extras_tried(every)}", hint="See the attempts table above.", result=result)
-    raise exc
+    return exc
 
 
 def _extras_tried(attempts: list[Attempt]) -> str:

@@ -23,11 +23,14 @@ class PipelineReport:
     exit_code: int = int(ExitCode.INTERNAL)
     reason: str | None = None
     hint: str | None = None
+    stage: str | None = None  # the stage the verdict came from (stages.Stage; a pass: the last stage that ran)
+    cause: str | None = None  # the kind of failure within its exit code (outcome.Outcome.cause)
 
     def to_dict(self) -> dict:
         return {"schema_version": REPORT_SCHEMA_VERSION, "onnxgate_version": __version__, "ref": self.ref,
                 "out_dir": self.out_dir, "verdict": self.verdict, "exit_code": self.exit_code,
-                "reason": self.reason, "hint": self.hint, "stages": self.stages}
+                "reason": self.reason, "hint": self.hint, "stage": self.stage, "cause": self.cause,
+                "stages": self.stages}
 
     def to_html(self) -> str:
         from .html import render_html

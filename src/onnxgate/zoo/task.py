@@ -4,7 +4,10 @@
 pipeline on the model's ``RunConfig`` into ``models/NAME/`` (report.json, report.html, model.onnx, the bundle) and
 returns a small JSON-able summary — the ledger never carries the report itself. The worker's stdout and stderr go to
 ``models/NAME/worker.log`` and every progress step to ``steps.log``, so a worker that crashes, hangs or is stopped at
-its memory cap still says how far it got. The worker runs below a keeper that owns its whole process tree
+its memory cap still says how far it got. The stage it was in is the one the pipeline announced last (``on_stage``,
+recorded in ``models/NAME/stage``), never read from the progress text: the exit code of a worker that died is the
+judge's (``outcome.KILLED_CODES``, the same table ``onnxgate run`` uses), and so is every row's failure class
+(``outcome.failure_class``: the exit code's name and the structured cause). The worker runs below a keeper that owns its whole process tree
 (``worker.py``): the memory cap sums every process the model's code started (a ``setsid`` daemon included), a tree
 over it is the model's ``memory`` outcome, and whatever the model left running is killed when it ends. The keeper
 dies with the zoo (``PR_SET_PDEATHSIG``) and takes the tree with it: a ``kill -9`` of the zoo leaves no model running
@@ -22,17 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExitCode
+from ..outcome import Killed, failure_class as class_of, judge
+from ..stages import Ending, Stage, StageFile
 from ..worker import CRASHED, ERROR, MEMORY, TIMEOUT, WorkerOutcome
 from .spec import ZooModel
 
-LOG_FILE, STEPS_FILE = "worker.log", "steps.log"
-REPORTED_STAGES = ("export", "verify", "optimize", "quantize", "bench", "bundle", "deploy")
-CODE_NAMES = {0: "pass", 1: "internal error", 2: "bad input", 3: "export failed", 4: "parity failed",
-              5: "accuracy budget missed", 6: "runtime incompatible", 7: "unsafe input", 8: "missing dependency",
-              9: "integrity"}
-_STEP_STAGES = (("loading", "load"), ("verifying", "verify"), ("localizing", "verify"), ("optimizing", "optimize"),
-                ("quantizing", "quantize"), ("benchmarking", "bench"), ("writing the bundle", "bundle"),
-                ("deploy", "deploy"))
+LOG_FILE, STEPS_FILE, STAGE_FILE = "worker.log", "steps.log", "stage"
+_ENDINGS = {CRASHED: Ending.CRASH, TIMEOUT: Ending.TIMEOUT, MEMORY: Ending.MEMORY, ERROR: Ending.ERROR}
 _HINTS = {
     CRASHED: "The model's code or a library under it crashed the worker (only this model was lost). Run it alone "
              "(`onnxgate run REF`, or python -X faulthandler) to find the op; its output is in {log}.",
@@ -47,21 +46,21 @@ def prove(model: ZooModel, out: str) -> dict[str, Any]:
     """In the worker: the pipeline on one model; a summary dict back (expected failures are values here too)."""
     folder = model.folder(Path(out))
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.json", "report.html", STEPS_FILE):
+    for stale in ("report.json", "report.html", STEPS_FILE, STAGE_FILE):
         (folder / stale).unlink(missing_ok=True)
     _redirect_output(folder / LOG_FILE)
-    step = _Steps(folder / STEPS_FILE)
+    step, stage = _Steps(folder / STEPS_FILE), StageFile(folder / STAGE_FILE)
+    stage(Stage.LOAD)
     step("loading the model")
     from ..errors import OnnxgateError
-    from ..outcome import judge
     from ..pipeline import run_job
 
     try:
-        report = run_job(model.run, out_dir=folder, force=True, progress=step).to_dict()
+        report = run_job(model.run, out_dir=folder, force=True, progress=step, on_stage=stage).to_dict()
     except OnnxgateError as exc:  # before the stages: the model does not load, an output folder problem
         outcome = judge(exc)
         return {"verdict": "fail", "exit_code": outcome.exit_code, "reason": outcome.reason, "hint": outcome.hint,
-                "stage": stage_of(step.last)}
+                "stage": stage.read().value, "cause": outcome.cause}
     return summarize(report)
 
 
@@ -72,14 +71,15 @@ def summarize(report: dict) -> dict[str, Any]:
     attempts = export.get("attempts") or []
     winner = export.get("winner")
     won = attempts[winner] if winner is not None and winner < len(attempts) else None
-    reached = [s for s in REPORTED_STAGES if stages.get(s)]
-    stage = "export" if export and not export.get("ok", True) else (reached or ["load"])[-1]
     diagnosis = export.get("diagnosis") or next((a.get("diagnosis") for a in reversed(attempts) if a.get("diagnosis")),
                                                 None)
     domains = (stages.get("verify") or {}).get("domains") or {}
+    cause = report.get("cause")
+    if "cause" not in report and report.get("exit_code") == ExitCode.EXPORT_FAILED and diagnosis:
+        cause = diagnosis.get("id")  # a report written before reports recorded their cause
     return {
         "verdict": report.get("verdict"), "exit_code": report.get("exit_code"), "reason": report.get("reason"),
-        "hint": report.get("hint"), "stage": stage,
+        "hint": report.get("hint"), "stage": report.get("stage") or _reached(stages), "cause": cause,
         "strategy": won.get("strategy") if won else None,
         "opset": (won.get("opset_emitted") or won.get("opset")) if won else None,
         "variant": won.get("variant") if won else None,  # the exporter's capture variant, when not the default
@@ -109,10 +109,13 @@ def ledger_row(model: ZooModel, outcome: WorkerOutcome, out: Path, *, executor: 
             row["report"] = (folder / "report.html").relative_to(out).as_posix()
     else:
         last = last_step(folder)
-        stage = "load" if outcome.status == ERROR and last is None else stage_of(last)
-        row.update(verdict="fail", stage=stage, last_step=last, error_type=outcome.error_type,
-                   exit_code=_killed_code(outcome.status, stage),
-                   reason=(outcome.error or outcome.status) + (f" (during {stage}; last step: {last})" if last else ""),
+        stage = StageFile(folder / STAGE_FILE).read()  # the stage the pipeline announced last (none yet: load)
+        verdict = judge(Killed(stage, _ENDINGS[outcome.status], signal=outcome.signal,
+                               error_type=outcome.error_type, detail=outcome.error))
+        row.update(verdict="fail", stage=stage.value, last_step=last, error_type=outcome.error_type,
+                   exit_code=verdict.exit_code, cause=verdict.cause, ending=verdict.ending,
+                   reason=(outcome.error or outcome.status) + (f" (during {stage}; last step: {last})" if last
+                                                               else f" (during {stage})"),
                    hint=_HINTS[outcome.status].format(log=log))
         if outcome.status == ERROR and isinstance(outcome.value, dict):
             row["traceback"] = outcome.value.get("traceback", "")[-2000:]
@@ -122,46 +125,21 @@ def ledger_row(model: ZooModel, outcome: WorkerOutcome, out: Path, *, executor: 
     return row
 
 
-def _killed_code(status: str, stage: str) -> int:
-    """A worker that gave no result: a bug in onnxgate (1) if it raised; if it was killed or crashed, the export
-    failed (3) when it was loading or exporting, the runtime could not run it (6) after that — as cli/isolate.py."""
-    if status == ERROR:
-        return int(ExitCode.INTERNAL)
-    return int(ExitCode.EXPORT_FAILED if stage in ("load", "export") else ExitCode.RUNTIME_INCOMPATIBLE)
-
-
 def failure_class(row: dict) -> str | None:
-    """What kind of failure, for the dashboard's counts: how the worker ended, else the exit code and its cause."""
+    """What kind of failure, for the dashboard's counts: the judge's class (``outcome.failure_class``) of the row's
+    exit code and cause (how the worker died, when it gave no result)."""
     if row.get("verdict") == "pass":
         return None
-    status = row.get("status")
-    if status == CRASHED:
-        return f"crashed ({row.get('signal') or 'no result'})"
-    if status in (TIMEOUT, MEMORY):
-        return {TIMEOUT: "timeout", MEMORY: "memory cap"}[status]
-    if status == ERROR:
-        return f"internal error ({row.get('error_type') or 'exception'})"
-    code = row.get("exit_code")
-    name = CODE_NAMES.get(code, f"exit {code}")
-    reason = row.get("reason") or ""
-    if code == ExitCode.EXPORT_FAILED and row.get("diagnosis"):
-        return f"{name}: {row['diagnosis'].get('id')}"
-    if code == ExitCode.PARITY_FAILED:
-        if "not verifiable" in reason:
-            return f"{name}: not verifiable with these weights"
-        if row.get("narrowed"):
-            return f"{name}: shape domain narrower than declared"
-        if "frozen" in reason or "froze" in reason:
-            return f"{name}: dim frozen"
-    return name
+    return class_of(row.get("exit_code") or ExitCode.INTERNAL, row.get("cause"), ending=row.get("ending"))
 
 
-def stage_of(step: str | None) -> str:
-    """The stage a progress step belongs to (a worker that never reported one was still loading)."""
-    if step is None:
-        return "load"
-    text = step.lower()
-    return next((stage for prefix, stage in _STEP_STAGES if text.startswith(prefix)), "export")
+def _reached(stages: dict) -> str:
+    """The stage a report without one reached (reports written before they recorded it): a failed export, else the
+    last stage with facts."""
+    export = stages.get("export") or {}
+    if export and not export.get("ok", True):
+        return Stage.EXPORT.value
+    return next((s.value for s in reversed(Stage) if s is not Stage.ACCURACY and stages.get(s.value)), "load")
 
 
 def last_step(folder: Path) -> str | None:
