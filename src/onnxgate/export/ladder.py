@@ -216,7 +216,7 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
     and ``attempt.assumptions``; draft export specialized a data-dependent expression), the graph holds only the
     side the example took, and a few random feeds may well take the same one. Such an attempt must also agree on
     feeds built to take the other side (``inputs.value_probes``: the example negated, rescaled, made all-positive
-    or all-negative, integers at their range ends; more seeds), and PyTorch must be *seen* to take the other side
+    or all-negative; more seeds), and PyTorch must be *seen* to take the other side
     of each assumed decision on one of them (``_check_assumptions``); otherwise it is rejected as a baked-in
     data-dependent branch, the assumption named."""
     from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
@@ -424,8 +424,8 @@ def _check_assumptions(prepared: Prepared, attempt: Attempt, traced_branches: li
         flipped = next((label for label, path in paths if exercised(example, path, site)), None)
         if flipped is None:
             _refuse_assumed(attempt, [a], f"no input onnxgate constructed takes the other side of {describe(site)} "
-                            "(the example negated, scaled x10/x0.1, made all-positive/all-negative, integers at their "
-                            "range ends, zeros, random draws)")
+                            "(the example negated, scaled x10/x0.1, made all-positive/all-negative, zeros, random "
+                            "draws)")
             return
         taken.append(f"{describe(site)} (other side on {flipped})")
     if taken:

@@ -153,26 +153,18 @@ def _vary(a: np.ndarray, variant: str, value_range) -> np.ndarray:
 
 def value_probes(example: Feed, specs: list[InputSpec] | None = None) -> list[tuple[str, Feed]]:
     """(label, feed) built from the example inputs to send a decision on their values the other way: float inputs
-    negated, scaled by 10 and 0.1, negated and scaled, made all-positive, all-negative and large; integer inputs (with
-    ``specs``) at the low and the high end of their value range. The sign, the magnitude and comparisons against
-    the traced value each flip in one of them."""
+    negated, scaled by 10 and 0.1, negated and scaled, made all-positive, all-negative and large. The sign, the
+    magnitude and comparisons against the traced value each flip in one of them. Integer and bool inputs are kept:
+    their declared ranges mean what the model's code makes of them (a mask of all 2s is no mask a caller sends),
+    and a decision on them is left to the random draws (a rung whose decision none of them flips is refused)."""
     floats = [n for n, a in example.items() if np.issubdtype(a.dtype, np.floating)]
-    probes = []
-    for label, fn in (("example x-1", lambda a: -a), ("example x10", lambda a: a * 10),
-                      ("example x0.1", lambda a: a * 0.1), ("example x-10", lambda a: a * -10),
-                      ("example |x|", np.abs), ("example -|x|", lambda a: -np.abs(a)),
-                      ("example 10|x|", lambda a: np.abs(a) * 10)):
-        if floats:
-            probes.append((label, {n: fn(a).astype(a.dtype) if n in floats else a for n, a in example.items()}))
-    ints = [s for s in specs or [] if s.name in example and np.issubdtype(example[s.name].dtype, np.integer)]
-    for end in (0, 1):
-        feed = dict(example)
-        for spec in ints:
-            low, high = spec.value_range or DEFAULT_INT_RANGE
-            feed[spec.name] = np.full_like(example[spec.name], int((low, high)[end]))
-        if ints and any(not np.array_equal(feed[s.name], example[s.name]) for s in ints):
-            probes.append((f"integers at the {'high' if end else 'low'} end", feed))
-    return probes
+    if not floats:
+        return []
+    return [(label, {n: fn(a).astype(a.dtype) if n in floats else a for n, a in example.items()})
+            for label, fn in (("example x-1", lambda a: -a), ("example x10", lambda a: a * 10),
+                              ("example x0.1", lambda a: a * 0.1), ("example x-10", lambda a: a * -10),
+                              ("example |x|", np.abs), ("example -|x|", lambda a: -np.abs(a)),
+                              ("example 10|x|", lambda a: np.abs(a) * 10))]
 
 
 def load_npz(path: str | Path, specs: list[InputSpec]) -> list[Feed]:
