@@ -223,6 +223,7 @@ class PreprocessProof:
     top5_agree: int  # the two top-5 sets are equal
     top1_differs: list[dict] = field(default_factory=list)  # image, server's and PyTorch's top-1 (and scores)
     max_top1_disagreements: int = 0
+    top5: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # image -> {"server": [...], "pytorch": [...]}
 
     @property
     def passed(self) -> bool:
@@ -254,7 +255,7 @@ def prove(pre: Preprocess, model_path: str | Path, module, images: Iterable[tupl
     reference = pre.torchvision(channels)
     module.eval()
     items = list(images)
-    worst, top1, top5, differs = 0.0, 0, 0, []
+    worst, top1, top5, differs, proof_top5 = 0.0, 0, 0, [], {}
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
         served = np.stack([to_array(data, name, pre, channels, "float32") for name, data in chunk])
@@ -267,7 +268,8 @@ def prove(pre: Preprocess, model_path: str | Path, module, images: Iterable[tupl
             a5, b5 = np.argsort(-a, kind="stable")[:5], np.argsort(-b, kind="stable")[:5]
             top1 += int(a5[0] == b5[0])
             top5 += int(set(a5.tolist()) == set(b5.tolist()))
+            proof_top5[name] = {"server": a5.tolist(), "pytorch": b5.tolist()}
             if a5[0] != b5[0]:
                 differs.append({"image": name, "server": int(a5[0]), "pytorch": int(b5[0])})
     allowed = int(len(items) * 0.004) if max_top1_disagreements is None else max_top1_disagreements
-    return PreprocessProof(str(pre), len(items), worst, pixel_bound, top1, top5, differs, allowed)
+    return PreprocessProof(str(pre), len(items), worst, pixel_bound, top1, top5, differs, allowed, proof_top5)
