@@ -89,6 +89,8 @@ def test_parity_failure_is_4_everywhere(capsys, tmp_path, frozen_ref):
              "api verify": api(lambda: onnxgate.verify(rejected, frozen_ref, config=config))}
     assert set(codes.values()) == {ExitCode.PARITY_FAILED}, codes
     assert {exported["error"]["type"], ran["error"]["type"], verified["error"]["type"]} == {"ParityError"}
+    # the report records the stage the verdict came from and its cause, both the judge's (not the reason's text)
+    assert (ran["result"]["stage"], ran["result"]["cause"]) == ("export", "dim frozen"), ran["result"]["reason"]
 
 
 def test_incompatible_target_is_6_everywhere(capsys, tmp_path, frozen_ref):
