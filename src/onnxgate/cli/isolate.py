@@ -2,22 +2,22 @@
 
 A model's forward, a custom op, an exporter bug or onnxruntime on a malformed file can crash the interpreter
 (segfault, abort) or exhaust memory. In-process, that ends the tool with no message and no JSON: a CI log shows a
-bare signal. The ``onnxgate`` console script therefore runs the commands that execute model code or load model
-files in a child interpreter with the same arguments, inheriting stdin/stdout/stderr (progress streams through
-unchanged), and reports a child that died from a signal as an ordinary onnxgate error with a documented exit
-code and, under ``--json``, the shared error envelope. That exit code is the one judge's (``outcome.KILLED_CODES``,
-the table ``onnxgate zoo`` and the Python API use): by the stage the child was in and how it died. The pipeline
-(``run``, ``demo``, ``deploy`` of a model, ``bundle``) announces each stage it enters into a file named in the
-child's environment (``stages.STAGE_FILE_ENV``); a command that announces none, or a child that died before its
-first announcement, is booked in the command's first stage (``COMMAND_STAGES``). A SIGKILL is booked as a memory
-kill (what the kernel's out-of-memory killer sends), any other signal as a crash. ``main()`` called from Python (the tests, a notebook) runs
-in-process, as a library call should.
+bare signal. The ``onnxgate`` console script therefore runs the commands that execute model code or load model files
+in a child interpreter with the same arguments, inheriting stdin/stdout/stderr (progress streams through unchanged),
+and reports a child that died from a signal as an ordinary onnxgate error with a documented exit code and, under
+``--json``, the shared error envelope. That exit code is the one judge's (``outcome.KILLED_CODES``, the table
+``onnxgate zoo`` and the Python API use): by the stage the child was in and how it died. The pipeline (``run``,
+``demo``, ``deploy`` of a model, ``bundle``) announces each stage it enters into a file named in the child's
+environment (``stages.STAGE_FILE_ENV``); a command that announces none, or a child that died before its first
+announcement, is booked in the command's first stage (``COMMAND_STAGES``). A SIGKILL is booked as a memory kill
+(what the kernel's out-of-memory killer sends), any other signal as a crash. ``main()`` called from Python (the
+tests, a notebook) runs in-process, as a library call should.
 
 A ``kill -9`` of ``onnxgate`` cancels everything (security issue 22): the child runs below a *keeper*, a fork of
-this small process that is a child subreaper, receives SIGTERM when ``onnxgate`` dies (``PR_SET_PDEATHSIG``) and then
-kills every process below it — the child, its export attempts, a benchmark's subprocess, a daemon the model's code
-started with ``setsid`` (``worker.kill_tree``). The child itself gets SIGKILL when the keeper dies and, right before
-it moves any output into place, checks that the keeper is still its parent and ``onnxgate`` the keeper's
+this small process that is a child subreaper, receives SIGTERM when ``onnxgate`` dies (``PR_SET_PDEATHSIG``) and
+then kills every process below it — the child, its export attempts, a benchmark's subprocess, a daemon the model's
+code started with ``setsid`` (``worker.kill_tree``). The child itself gets SIGKILL when the keeper dies and, right
+before it moves any output into place, checks that the keeper is still its parent and ``onnxgate`` the keeper's
 (``fsutil.expect_parent``): the keeper needs a moment to stop the tree, and no output appears in that moment. The
 keeper also kills whatever the child left running when it ends.
 """

@@ -3,15 +3,15 @@
 ``prove`` runs in a forked worker (``onnxgate.worker.run_in_worker``), locally or inside a Ray task: it runs the
 pipeline on the model's ``RunConfig`` into ``models/NAME/`` (report.json, report.html, model.onnx, the bundle) and
 returns a small JSON-able summary — the ledger never carries the report itself. The worker's stdout and stderr go to
-``models/NAME/worker.log`` and every progress step to ``steps.log``, so a worker that crashes, hangs or is stopped at
-its memory cap still says how far it got. The stage it was in is the one the pipeline announced last (``on_stage``,
-recorded in ``models/NAME/stage``), never read from the progress text: the exit code of a worker that died is the
-judge's (``outcome.KILLED_CODES``, the same table ``onnxgate run`` uses), and so is every row's failure class
-(``outcome.failure_class``: the exit code's name and the structured cause). The worker runs below a keeper that owns its whole process tree
-(``worker.py``): the memory cap sums every process the model's code started (a ``setsid`` daemon included), a tree
-over it is the model's ``memory`` outcome, and whatever the model left running is killed when it ends. The keeper
-dies with the zoo (``PR_SET_PDEATHSIG``) and takes the tree with it: a ``kill -9`` of the zoo leaves no model running
-on, so a resumed zoo never races an orphan writing the same folder.
+``models/NAME/worker.log`` and every progress step to ``steps.log``, so a worker that crashes, hangs or is stopped
+at its memory cap still says how far it got. The stage it was in is the one the pipeline announced last
+(``on_stage``, recorded in ``models/NAME/stage``), never read from the progress text: the exit code of a worker that
+died is the judge's (``outcome.KILLED_CODES``, the same table ``onnxgate run`` uses), and so is every row's failure
+class (``outcome.failure_class``: the exit code's name and the structured cause). The worker runs below a keeper
+that owns its whole process tree (``worker.py``): the memory cap sums every process the model's code started (a
+``setsid`` daemon included), a tree over it is the model's ``memory`` outcome, and whatever the model left running
+is killed when it ends. The keeper dies with the zoo (``PR_SET_PDEATHSIG``) and takes the tree with it: a
+``kill -9`` of the zoo leaves no model running on, so a resumed zoo never races an orphan writing the same folder.
 """
 
 from __future__ import annotations
