@@ -254,3 +254,26 @@ def test_500_sample_photos_top1_agreement_at_least_99_6_percent(server, mobilene
     assert len(items) == 500
     result = _agreement(server, mobilenet, bundle, items, allowed=2)  # >= 99.6%: at most 2 of 500 differ
     print(json.dumps(result))
+
+
+@pytest.mark.slow  # verify's parity at every batch size of 1..8 takes ~25 s of MobileNetV2 on two cores
+def test_verify_with_an_image_folder_proves_the_recorded_preprocessing(bundle, mobilenet, tmp_path):
+    """`onnxgate verify MODEL.onnx --data PHOTOS` on a model that records preprocess=: the proof runs and is part
+    of the verdict (verify.api.VerifyResult.preprocessing)."""
+    import skimage.data
+
+    from onnxgate.outcome import judge
+    from onnxgate.spec import VerifyConfig
+    from onnxgate.verify.api import verify
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "rocket.jpg").write_bytes(jpeg(skimage.data.rocket()))
+    (folder / "chelsea.jpg").write_bytes(jpeg(skimage.data.chelsea()))
+    result = verify(bundle / "model.onnx", mobilenet, settings=VerifyConfig(data=(str(folder),), localize=False))
+    proof = result.preprocessing
+    assert proof is not None and proof["images"] == 2 and proof["top1_agree"] == 2, proof
+    assert proof["max_pixel_error"] <= PIXEL_BOUND and result.passed and judge(result).passed
+    result.preprocessing = {**proof, "top1_agree": 0, "passed": False}  # what a wrong spec would report
+    outcome = judge(result)
+    assert not outcome.passed and outcome.exit_code == 4 and "top-1 agreement 0/2" in outcome.reason

@@ -187,6 +187,13 @@ def _verify(result) -> Outcome:
         where = f" Localizer: {result.localization['summary']}" if result.localization else ""
         return _fail(ExitCode.PARITY_FAILED, "; ".join(f"{p.candidate}: {p.summary()}" for p in failed) + where,
                      _parity_hint(failed), _parity_cause(failed))
+    proof = getattr(result, "preprocessing", None)
+    if proof and not proof["passed"]:  # the served preprocessing is not torchvision's (onnxgate.preprocess.prove)
+        return _fail(ExitCode.PARITY_FAILED, f"preprocessing {proof['spec']}: max pixel error "
+                     f"{proof['max_pixel_error']:.3g} (bound {proof['pixel_bound']:g}), top-1 agreement "
+                     f"{proof['top1_agree']}/{proof['images']} (at most {proof['max_top1_disagreements']} may differ)",
+                     "Record the preprocessing the model was trained with (--meta preprocess=...), "
+                     "interpolation included.", "preprocessing differs")
     return PASSED
 
 

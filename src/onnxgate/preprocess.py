@@ -171,11 +171,18 @@ class Preprocess:
         return np.ascontiguousarray((chw - mean) / std, dtype=np.float32)
 
     def load_folder(self, path: str | Path, *, input_name: str, batch: int = 4, limit: int | None = None) -> list:
-        from .verify.inputs import load_image_folder
+        """Images of a folder (sorted by name, sub-folders included) as NCHW float32 feeds of up to ``batch``."""
+        from PIL import Image
 
-        return load_image_folder(path, size=self.crop, resize=self.resize, mean=self.mean, std=self.std,
-                                 channel_order=self.order, batch=batch, limit=limit, input_name=input_name,
-                                 preprocess=self)
+        images = []
+        for f in image_files(path, limit):
+            try:
+                with Image.open(f) as im:
+                    images.append(self.array(im, 3))
+            except OSError as exc:
+                raise BadInputError(f"Image '{f}' cannot be read: {exc}.", hint="Remove or replace it.") from None
+        return [{input_name: np.ascontiguousarray(np.stack(images[i:i + batch]), dtype=np.float32)}
+                for i in range(0, len(images), batch)]
 
     # ---------------------------------------------------------------------------------- torchvision implementation
 

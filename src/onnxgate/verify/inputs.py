@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInputError
-from ..preprocess import Preprocess, image_files  # noqa: F401  (Preprocess lives there, re-exported)
+from ..preprocess import Preprocess  # noqa: F401  (it lives there; re-exported)
 from ..spec import MAX_DIM, Dim, InputSpec
 
 Feed = dict[str, np.ndarray]
@@ -234,18 +234,8 @@ def load_image_folder(path: str | Path, *, size: int, resize: int | None = None,
                       input_name: str = "input", preprocess: Preprocess | None = None) -> list[Feed]:
     """Images of a folder (sorted by name, sub-folders included) as NCHW float32 feeds of up to ``batch``,
     preprocessed by ``onnxgate.preprocess`` (torchvision's rounding; ``preprocess`` overrides the other arguments)."""
-    from PIL import Image
-
     pre = preprocess or Preprocess(size, resize, tuple(mean), tuple(std), channel_order.upper())
-    images = []
-    for f in image_files(path, limit):
-        try:
-            with Image.open(f) as im:
-                images.append(pre.array(im, 3))
-        except OSError as exc:
-            raise BadInputError(f"Image '{f}' cannot be read: {exc}.", hint="Remove or replace it.") from None
-    return [{input_name: np.ascontiguousarray(np.stack(images[i:i + batch]), dtype=np.float32)}
-            for i in range(0, len(images), batch)]
+    return pre.load_folder(path, input_name=input_name, batch=batch, limit=limit)
 
 
 def load_feeds(items: list[str], specs: list[InputSpec], *, meta: Mapping[str, str] | None = None,
