@@ -42,6 +42,7 @@ MANIFEST = "manifest.json"
 MODEL = "model.onnx"
 GOLDEN_INPUTS = "golden_inputs.npz"
 REFERENCE_OUTPUTS = "reference_outputs.npz"
+SIGNATURE = "onnxgate.sig"  # `onnxgate sign`: covers the manifest and every file, so no manifest lists it
 REQUIRED_FILES = (MODEL, GOLDEN_INPUTS, REFERENCE_OUTPUTS)
 
 # Bounds on what a manifest may declare: generous for real bundles (a 1 TiB external-data file, ten thousand
@@ -304,7 +305,7 @@ def scan_bundle(folder: Path) -> dict[str, os.stat_result]:
                 pending.append((rel, depth + 1))
             elif not stat.S_ISREG(info.st_mode):
                 raise _link_or_special(folder, rel, info)
-            elif rel != MANIFEST:
+            elif rel not in (MANIFEST, SIGNATURE):
                 found[rel] = info
     return found
 

@@ -72,6 +72,7 @@ class BundleVerification:
     outputs: list[OutputComparison] = field(default_factory=list)
     reason: str | None = None
     tolerances: list[dict[str, Any]] = field(default_factory=list)  # per output: rtol, atol, source, ceiling
+    signature: str | None = None  # unsigned | signed, not checked | verified with KEY (see signing.py)
 
     @property
     def passed(self) -> bool:
@@ -89,23 +90,27 @@ class BundleVerification:
         return {"passed": self.passed, **data}
 
 
-def verify_bundle(path: str | Path, *, runtime: str | None = None) -> BundleVerification:
+def verify_bundle(path: str | Path, *, runtime: str | None = None,
+                  trust: str | Path | None = None) -> BundleVerification:
     """Verify the bundle folder (or ``.tar.gz``) at ``path`` on one runtime.
 
     ``runtime=None`` uses this process's onnxruntime; ``"onnxruntime==1.17.3"`` an isolated venv with it.
+    ``trust``: a public key the bundle must be signed with (``onnxgate sign``); see ``verify_matrix``.
     """
-    return verify_matrix(path, [runtime])[0]
+    return verify_matrix(path, [runtime], trust=trust)[0]
 
 
 def verify_matrix(path: str | Path, runtimes: list[str | None], *,
-                  limits: TarLimits | None = None) -> list[BundleVerification]:
+                  limits: TarLimits | None = None, trust: str | Path | None = None) -> list[BundleVerification]:
     """Verify one bundle on several runtimes (None = this process's onnxruntime): one result per runtime.
 
     Everything onnxgate can check itself is checked once, before any runtime sees the bundle: the manifest's
     shape (exit 2), links and special files (exit 7), each file's size and then its checksum (exit 9), and
     the model's external-data references (exit 7 when one leaves the bundle, 9 when it names a file the
     manifest does not vouch for). So an old onnxruntime in the matrix, whose own checks are weaker, is only
-    ever handed a bundle already proven self-contained. ``limits`` bounds what a tar may unpack to.
+    ever handed a bundle already proven self-contained. ``limits`` bounds what a tar may unpack to. With
+    ``trust`` (a public key file), the bundle's signature, signed claim and signed digests are checked after the
+    files (exit 9 naming which, see ``signing.py``); an unsigned bundle then fails too.
     """
     with opened_bundle(Path(path), limits=limits) as folder:
         manifest = mf.read_manifest(folder)
@@ -116,11 +121,14 @@ def verify_matrix(path: str | Path, runtimes: list[str | None], *,
         if not problems:
             problems = check_external_data(folder, manifest)
             what = "the model's external data does not match the bundle"
+        signature = _signature(folder, manifest, trust) if not problems else None
+        if isinstance(signature, list):
+            problems, what, signature = signature, f"the signature check against '{trust}' failed", "invalid"
         if problems:
             reason = f"{what}: " + "; ".join(problems[:20]) + (
                 f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
             return [BundleVerification(str(path), "tampered", runtime or "onnxruntime", files_checked=checked,
-                                       reason=reason) for runtime in runtimes]
+                                       reason=reason, signature=signature) for runtime in runtimes]
         inputs = load_npz(folder / mf.GOLDEN_INPUTS, bundle=True)
         reference = load_npz(folder / mf.REFERENCE_OUTPUTS, bundle=True)
         tolerances = checked_tolerances(manifest, reference, where=f"The bundle '{path}'")  # before anything runs
@@ -128,7 +136,7 @@ def verify_matrix(path: str | Path, runtimes: list[str | None], *,
         for runtime in runtimes:
             run = run_in_venv(folder / mf.MODEL, inputs, runtime) if runtime else run_here(folder / mf.MODEL, inputs)
             result = BundleVerification(str(path), run.status, runtime or "onnxruntime", run.runtime_version,
-                                        checked, reason=run.reason, tolerances=tolerances)
+                                        checked, reason=run.reason, tolerances=tolerances, signature=signature)
             if run.outputs is not None:  # it ran; now judge its numbers
                 result.outputs = compare_all(manifest, reference, run.outputs)
                 failed = [c for c in result.outputs if not c.passed]
@@ -139,6 +147,16 @@ def verify_matrix(path: str | Path, runtimes: list[str | None], *,
                                      "tolerance" + (f" ({far[0].name}: {far[0].reason})" if far else ""))
             results.append(result)
         return results
+
+
+def _signature(folder: Path, manifest: dict[str, Any], trust: str | Path | None) -> str | list[str]:
+    """The signature's state without a trusted key; with one, its problems (a list) or 'verified with KEY'."""
+    from . import signing
+
+    if trust is None:
+        return signing.signature_state(folder)
+    problems = signing.check_signature(folder, manifest, Path(trust))
+    return problems or f"verified with '{trust}'"
 
 
 def check_external_data(folder: Path, manifest: dict[str, Any]) -> list[str]:

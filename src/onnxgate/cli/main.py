@@ -26,7 +26,7 @@ app = typer.Typer(
 # One module per command group; each defines register(app). A module whose optional dependency is missing
 # must still import (it imports heavy packages inside the command), so `--help` never breaks.
 COMMAND_MODULES = ["run_cmd", "export_cmd", "inspect_cmd", "verify_cmd", "bundle_cmd", "env_cmd", "bench_cmd", "optimize_cmd", "clean_cmd",
-                   "deploy_cmd", "serve_cmd", "zoo_cmd"]
+                   "deploy_cmd", "serve_cmd", "zoo_cmd", "sign_cmd"]
 
 
 def _version(value: bool) -> None:

@@ -43,6 +43,8 @@ def serve(
     runtime: str = typer.Option("auto", "--runtime", help="auto: what the bundle's benchmark recommends (OpenVINO "
                                 "at the precision it was verified at, when installed), else onnxruntime; or "
                                 "onnxruntime / openvino."),
+    trust: Path = typer.Option(None, "--trust", help="Serve only a bundle signed with this public key (`onnxgate "
+                               "sign`): an unsigned or mis-signed bundle is refused (exit 9) before the port is bound."),
     export_config: tuple[str, Path] | None = typer.Option(None, "--export-config", metavar="FORMAT DIR",
                                                    help="Instead of serving, write a Triton model repository "
                                                    "(triton) or a KServe InferenceService with one (kserve) to DIR."),
@@ -66,7 +68,8 @@ def serve(
                              max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, max_body_mb=max_body_mb,
                              model_name=model_name, grace_s=grace_s, header_timeout_s=header_timeout_s,
                              body_timeout_s=body_timeout_s, max_queue=max_queue, grpc_port=grpc_port, runtime=runtime,
-                             auth_token_file=str(auth_token_file) if auth_token_file is not None else None)
+                             auth_token_file=str(auth_token_file) if auth_token_file is not None else None,
+                             trust=str(trust) if trust is not None else None)
     with progress("starting the server") as status:
         result = run_server(bundle, settings, announce=status.update)
     if not json_out:

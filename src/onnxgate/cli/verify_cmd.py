@@ -30,11 +30,20 @@ def verify(
     weights: str = typer.Option(None, help="State-dict file for the --against model."),
     arch: str = typer.Option(None, help="Architecture ref when --against is a state-dict file."),
     trust_pickle: bool = typer.Option(False, "--trust-code", "--trust-pickle", help=TRUST_CODE_HELP),
+    trust: Path = typer.Option(None, "--trust", help="For a bundle: the public key (KEY.pub) it must be signed with "
+                               "(`onnxgate sign`); checks the signature, the signed claim and every signed digest "
+                               "first (exit 9 naming which), and refuses an unsigned bundle."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Prove an ONNX model computes what its PyTorch model computes, at every shape it claims."""
     if target.is_dir() or target.name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
-        return _verify_bundle(target, runtime, json_out)
+        return _verify_bundle(target, runtime, json_out, trust)
+    if trust is not None:
+        from ..errors import BadInputError
+
+        raise BadInputError(f"--trust checks a signed bundle; '{target}' is a model file, not a bundle folder.",
+                            hint="Pass the bundle folder (or .tar.gz) written by `onnxgate bundle` and signed by "
+                                 "`onnxgate sign`.")
     from ..spec import ExportConfig, VerifyConfig, parse_dim, parse_input
     from ..verify.api import verify as do_verify
 
@@ -78,7 +87,7 @@ def verify(
     finish(result, json_out=json_out, quiet_failure=True)
 
 
-def _verify_bundle(bundle: Path, runtimes: list[str], json_out: bool) -> None:
+def _verify_bundle(bundle: Path, runtimes: list[str], json_out: bool, trust: Path | None = None) -> None:
     """`onnxgate verify BUNDLE`: each runtime's result, and the tolerances the outputs were judged at with where
     they came from (the manifest's claims, held to their ceiling before anything ran); the worst exit code."""
     from rich.markup import escape
@@ -89,8 +98,10 @@ def _verify_bundle(bundle: Path, runtimes: list[str], json_out: bool) -> None:
 
     for spec in runtimes:
         parse_runtime(spec)  # reject a typo before minutes of installing the others
-    results = verify_matrix(bundle, list(runtimes) or [None])
+    results = verify_matrix(bundle, list(runtimes) or [None], trust=trust)
     if not json_out:
+        if results[0].signature:
+            console.print(f"signature: {escape(results[0].signature)}", soft_wrap=True)
         for row in results[0].tolerances:
             ceiling = row.get("ceiling")
             held = f"; at most rtol={sci(ceiling['rtol'])} atol={sci(ceiling['atol'])} accepted" if ceiling else ""

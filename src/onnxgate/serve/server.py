@@ -59,6 +59,7 @@ class ServeSettings:
     auth_token_file: str | None = None  # bearer token required (else $ONNXGATE_SERVE_TOKEN, else no auth)
     grpc_port: int | None = None  # the KServe/Triton gRPC protocol on this port (0: a free one); None: off
     runtime: str = "auto"  # auto (the bundle's benchmark recommendation), onnxruntime or openvino
+    trust: str | None = None  # a public key the bundle must be signed with (`onnxgate sign`); None: not checked
 
 
 @dataclass
@@ -82,12 +83,13 @@ class ServeResult:
         return asdict(self)
 
 
-def prove(bundle: Path) -> Any:
-    """``onnxgate verify BUNDLE`` on this machine; the error the judge gives a failed verification."""
+def prove(bundle: Path, trust: str | None = None) -> Any:
+    """``onnxgate verify BUNDLE [--trust KEY.pub]`` on this machine; the error the judge gives a failed
+    verification (an unsigned or mis-signed bundle under ``trust``: exit 9)."""
     from ..bundle.verify import verify_bundle
     from ..outcome import raise_for
 
-    verification = verify_bundle(bundle)
+    verification = verify_bundle(bundle, trust=trust)
     raise_for(verification)
     return verification
 
@@ -221,7 +223,7 @@ def serve(bundle: str | Path, settings: ServeSettings | None = None, *,
     started = time.monotonic()
     with opened_bundle(Path(bundle)) as folder:
         say("verifying the bundle (checksums, golden outputs)")
-        verification = prove(folder)
+        verification = prove(folder, settings.trust)
         model = load_served_model(folder, name=settings.model_name, threads=settings.threads,
                                   opt_level=settings.opt_level, default_threads=_default_threads(settings),
                                   runtime=settings.runtime)
