@@ -95,16 +95,43 @@ def test_extras_are_bounded_and_cheapest_first():
     assert sizes == sorted(sizes) and len(sizes) <= DomainBudget().extra_probes
 
 
-def test_the_seconds_budget_skips_and_names_what_it_skipped():
-    dim = parse_dim("H=64..1024@256")
-    slow, asked = synthetic(lambda s: True)
-
-    def run(size):
-        import time
-        time.sleep(0.002 * size / 64)
-        return slow(size)
-    domain = discover(dim, run, required=[64, 1024], budget=DomainBudget(seconds=0.01))
+def test_the_probe_budget_skips_and_names_what_it_skipped():
+    """Refinement is bounded by a count of probes: a size it leaves out is named, never run."""
+    domain, asked = found("H=64..1024@256", lambda s: s % 64 == 0, budget=DomainBudget(refine_steps=1))
     assert domain.skipped and not set(domain.skipped) & set(asked)
+
+
+def test_the_claim_does_not_depend_on_how_fast_the_machine_is(monkeypatch):
+    """Issue 25: a budget in seconds gave near-identical models different claims on a busy machine. With a clock
+    that runs 1000x faster than the probes (every probe "takes" minutes), discovery runs the same sizes and claims
+    the same domain as on an idle machine."""
+    import types
+
+    from onnxgate.verify import domain as module
+
+    cases = [("H=64..1024@256", lambda s: s % 64 == 0), ("W=64..512@224", lambda s: s <= 400),
+             ("H=32..@224", lambda s: s % 32 == 0)]
+    idle = [found(text, works) for text, works in cases]
+    ticks = iter(range(0, 10**9, 300))  # every reading of the clock: 300 s later
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    busy = [found(text, works) for text, works in cases]
+    for (a, asked_a), (b, asked_b) in zip(idle, busy):
+        assert asked_a == asked_b and b.seconds > 0
+        assert {**a.to_dict(), "seconds": 0} == {**b.to_dict(), "seconds": 0}
+
+
+def test_the_default_budget_finds_a_range_wrong_only_above_400():
+    """The old full sweep's finding, kept: declared 64..512, wrong above 400 (an edge that is no range end, no
+    multiple of anything): bisection names 400 as the last working size and 401 as failing."""
+    domain, asked = found("H=64..512@224", lambda s: s <= 400)
+    assert (domain.verified_min, domain.verified_max, domain.multiple_of) == (64, 400, 1)
+    assert {400, 401} <= set(asked) and "last working size 400" in domain.summary()
+
+
+def test_the_default_budget_finds_a_model_wrong_off_multiples_of_32():
+    domain, _ = found("H=32..1024@224", lambda s: s % 32 == 0, granularities=(2, 4, 8, 16, 32))
+    assert (domain.verified_min, domain.verified_max, domain.multiple_of) == (32, 1024, 32)
+    assert domain.telling_failure().size % 16 == 0  # a multiple of 16 that fails: why 32, not 16
 
 
 def test_strides_and_patch_sizes_are_read_from_the_graph(tmp_path):
@@ -175,6 +202,53 @@ def test_verify_without_accept_domain_fails_on_the_declared_range(tmp_path, caps
     assert not result.passed and judge(result).exit_code == ExitCode.PARITY_FAILED
     assert "--accept-domain" in judge(result).hint
     assert onnxgate.verify(path, PatchNet().eval(), config=declared, accept_domain=True, localize=False).passed
+
+
+class PositionTable(nn.Module):
+    """A learned table of 400 rows along H: every size up to 400 works, PyTorch itself fails above it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.pos = nn.Parameter(torch.randn(1, 4, 400, 1))
+
+    def forward(self, x):
+        y = self.stem(x)
+        return (y + self.pos[:, :, :y.shape[2]]).mean((2, 3))
+
+
+def test_a_real_claim_is_the_same_beside_a_cpu_hog(tmp_path):
+    """Issue 25: the same model and declaration give the same claim anywhere. The verified domain of a model
+    wrong above H = 400 in a declared 64..512 is discovered on an idle machine and again beside busy-looping
+    processes (one per core, killed at the end): the same sizes probed, the same claim."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "pos.onnx"
+    config = ExportConfig(inputs=(parse_input("x:1x3xHx8:float32"),), dims=(parse_dim("H=64..512@224"),),
+                          accept_domain=True)
+    result = onnxgate.export(PositionTable().eval(), path, config=config)
+    assert result.dims["H"]["max"] == 400
+    declared = ExportConfig(dims=(parse_dim("H=64..512@224"),))
+
+    def claim():
+        verified = onnxgate.verify(path, PositionTable().eval(), config=declared, accept_domain=True, localize=False)
+        return {k: v for k, v in verified.domains["H"].to_dict().items() if k != "seconds"}
+
+    idle = claim()
+    hog = "import time\nend = time.monotonic() + 120\nwhile time.monotonic() < end: pass\n"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(os.cpu_count() or 1)]
+    try:
+        busy = claim()
+    finally:
+        for p in hogs:
+            p.kill()
+            p.wait()
+    assert busy == idle
+    assert (idle["verified_min"], idle["verified_max"], idle["multiple_of"]) == (64, 400, 1)
+    assert 401 in [f["size"] for f in idle["failures"]] and idle["narrower"]
 
 
 BERT_512 = '''

@@ -9,7 +9,9 @@ ends and the off-trace sizes (``shapes.probe_sizes``), discovery probes
   multiple of 8, 16, 32 and of every stride or patch size found in the graph (``graph_granularities``);
 * a few seeded draws inside the range;
 
-cheapest (smallest) first, within a budget of probes and seconds (``DomainBudget``). From the outcomes it infers
+cheapest (smallest) first, within a budget that counts probes, never seconds (``DomainBudget``): the same model and
+declaration get the same probes, and so the same claim, on an idle machine and on a busy one. From the outcomes it
+infers
 
 * the **granularity**: the gcd of the sizes that work, claimed only when it explains a failing size, then refined
   (an odd multiple of half of it is tried: 64 is claimed only after 192 worked and 160 failed);
@@ -39,16 +41,16 @@ GENERIC_GRANULARITIES = (8, 16, 32)
 
 @dataclass(frozen=True)
 class DomainBudget:
-    """How much discovery may cost per dim. ``extra_probes``: sizes beyond the range ends and off-trace sizes;
-    ``seconds``: wall time for those extras (a probe whose estimated cost would overrun it is skipped and named);
-    ``refine_seconds`` / ``refine_steps``: for refining the granularity and bisecting the interval's ends (only
-    when something failed)."""
+    """How much discovery may cost per dim, in probes (one run of the model at one size), never in seconds: a
+    time budget spent faster on an idle machine than on a busy one gave near-identical models different claims
+    (issue 25). ``extra_probes``: sizes beyond the range ends and off-trace sizes, chosen by what they can refute
+    (``extra_sizes``); ``draws``: how many of them are seeded draws; ``refine_steps``: validation and bisection
+    probes for the granularity and the interval's ends (only when something failed). A size the budget leaves out
+    is named in ``DimDomain.skipped``."""
 
     extra_probes: int = 8
-    seconds: float = 4.0
     draws: int = 2
     refine_steps: int = 12
-    refine_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -241,29 +243,22 @@ def extra_sizes(dim: Dim, probed: Iterable[int], granularities: Iterable[int], *
 # ------------------------------------------------------------------------------------------------- discovery
 
 class _Prober:
-    """Runs sizes through ``run`` once each, keeping outcomes, order, seconds and what the budget skipped."""
+    """Runs sizes through ``run`` once each, keeping outcomes, order, seconds and what the budget skipped. The
+    seconds are reported, never used to decide what runs."""
 
     def __init__(self, run: Callable[[int], ProbeOutcome], traced: int):
         self.run, self.traced = run, traced
         self.results: dict[int, ProbeOutcome] = {traced: ProbeOutcome(True)}
         self.order = [traced]
         self.skipped: list[int] = []
-        self.unit: float | None = None  # seconds per unit of size, the least seen (a first run pays set-up costs)
 
     def __call__(self, size: int) -> ProbeOutcome:
         if size not in self.results:
             start = time.perf_counter()
             outcome = self.run(size)
-            took = time.perf_counter() - start
-            rate = took / max(size, 1)
-            self.unit = rate if self.unit is None else min(self.unit, rate)
-            self.results[size] = replace(outcome, seconds=took)
+            self.results[size] = replace(outcome, seconds=time.perf_counter() - start)
             self.order.append(size)
         return self.results[size]
-
-    def affordable(self, size: int, spent: float, budget: float) -> bool:
-        """Whether a probe at ``size`` fits in what is left of ``budget`` (estimated from the cheapest rate seen)."""
-        return spent + (self.unit or 0.0) * size <= budget
 
     @property
     def ok(self) -> list[int]:
@@ -280,7 +275,7 @@ def discover(dim: Dim, run: Callable[[int], ProbeOutcome], *, required: Iterable
     """The verified domain of ``dim``. ``run(size)`` runs the model at that size (every other dim traced) and says
     whether the candidate agreed with PyTorch; the traced size itself is taken as passed (the caller checked it).
     ``required``: sizes always run (the range ends and off-trace sizes); then extras, refinement and bisection
-    within ``budget``."""
+    within ``budget`` (counted in probes: the sizes run depend on the model and the declaration only)."""
     budget = budget or DomainBudget()
     start = time.perf_counter()
     step, first, last = _lattice(dim)
@@ -291,12 +286,8 @@ def discover(dim: Dim, run: Callable[[int], ProbeOutcome], *, required: Iterable
     if not [s for s in probe.ok if s != traced] and probe.failed:  # works nowhere but at the traced size
         domain = _domain(dim, probe, step, traced, traced, step)
     else:
-        spent = 0.0
         for size in extra_sizes(dim, probe.results, granularities, budget=budget, spatial=spatial):
-            if probe.affordable(size, spent, budget.seconds):
-                spent += probe(size).seconds
-            else:
-                probe.skipped.append(size)
+            probe(size)
         domain = _conclude(dim, probe, step, first, last, budget)
     domain.seconds = time.perf_counter() - start
     return domain
@@ -325,23 +316,20 @@ def _conclude(dim: Dim, probe: _Prober, step: int, first: int, last: int | None,
 
 
 class _Refiner:
-    """Runs a validation or bisection probe while the refinement budget (steps and seconds) allows."""
+    """Runs a validation or bisection probe while the refinement budget (``refine_steps`` probes) allows."""
 
     def __init__(self, probe: _Prober, budget: DomainBudget):
-        self.probe, self.budget, self.spent, self.steps = probe, budget, 0.0, 0
+        self.probe, self.budget, self.steps = probe, budget, 0
 
     def __call__(self, size: int) -> ProbeOutcome | None:
         """The outcome at ``size`` (None: out of budget, the size is named as skipped)."""
         if size in self.probe.results:
             return self.probe.results[size]
-        if self.steps >= self.budget.refine_steps or not self.probe.affordable(size, self.spent,
-                                                                                self.budget.refine_seconds):
+        if self.steps >= self.budget.refine_steps:
             self.probe.skipped.append(size)
             return None
         self.steps += 1
-        outcome = self.probe(size)
-        self.spent += outcome.seconds
-        return outcome
+        return self.probe(size)
 
 
 def _grains(step: int, traced: int) -> list[int]:
