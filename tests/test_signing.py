@@ -123,6 +123,9 @@ def test_serve_with_trust_refuses_an_unsigned_bundle_before_binding(signed, keys
     assert main(["serve", str(copy), "--port", "0", "--trust", str(keys["pub"]), "--json"]) == 9
     envelope = envelope_of(capsys)
     assert envelope["exit_code"] == 9 and "unsigned" in envelope["reason"]
+    assert main(["serve", str(copy), "--export-config", "triton", str(tmp_path / "repo"), "--trust", str(keys["pub"]),
+                 "--json"]) == 9
+    assert not (tmp_path / "repo").exists()
     from onnxgate.serve.server import prove
 
     assert prove(signed, str(keys["pub"])).signature.startswith("verified with")  # a signed one passes

@@ -44,7 +44,8 @@ def serve(
                                 "at the precision it was verified at, when installed), else onnxruntime; or "
                                 "onnxruntime / openvino."),
     trust: Path = typer.Option(None, "--trust", help="Serve only a bundle signed with this public key (`onnxgate "
-                               "sign`): an unsigned or mis-signed bundle is refused (exit 9) before the port is bound."),
+                               "sign`): an unsigned or mis-signed bundle is refused (exit 9) before the port is bound "
+                               "(with --export-config: before anything is written)."),
     export_config: tuple[str, Path] | None = typer.Option(None, "--export-config", metavar="FORMAT DIR",
                                                    help="Instead of serving, write a Triton model repository "
                                                    "(triton) or a KServe InferenceService with one (kserve) to DIR."),
@@ -56,6 +57,12 @@ def serve(
     """Serve the bundle's verified model; every request is held to the shapes the bundle proves."""
     if export_config is not None:
         fmt, out_dir = export_config
+        if trust is not None:  # the configuration is written only for a bundle signed with that key
+            from ..bundle.verify import opened_bundle
+            from ..serve.server import prove
+
+            with opened_bundle(bundle) as folder:
+                prove(folder, str(trust))
         return _export(bundle, fmt, out_dir, model_name, max_batch, batch_timeout_ms, storage_uri, force, json_out)
     from ..errors import require
 
