@@ -155,3 +155,11 @@ def test_signature_checks_import_neither_torch_nor_onnx(signed, keys):
             f"r = verify_bundle({str(signed)!r}, trust={str(keys['pub'])!r}); assert r.passed, r.reason; "
             "bad = [m for m in ('torch', 'onnx') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_garbage_signature_file_is_exit_9_not_a_crash(signed, keys, tmp_path, capsys):
+    copy = shutil.copytree(signed, tmp_path / "copy")
+    for junk in (b"[" * 100_000, b"not json", b'{"payloadType": "application/vnd.in-toto+json", "payload": "!!"}'):
+        (copy / "onnxgate.sig").write_bytes(junk)
+        assert main(["verify", str(copy), "--trust", str(keys["pub"]), "--json"]) == 9
+        assert "not a readable DSSE envelope" in envelope_of(capsys)["reason"]

@@ -55,9 +55,9 @@ _KEY_HINT = ("Make a key pair with `onnxgate sign --generate-key KEY` (or `opens
 def claim_of(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """The bundle's claim as its (validated) manifest states it: the signed predicate."""
     claim = {key: manifest.get(key) for key in CLAIM_FIELDS}
-    versions = (manifest.get("environment") or {}).get("versions") if isinstance(manifest.get("environment"),
-                                                                                dict) else None
-    claim["versions"] = versions  # exporter (torch, onnxscript), onnx, onnxruntime, onnxgate, python
+    environment = manifest.get("environment")
+    # the exporter (torch, onnxscript), onnx, onnxruntime, onnxgate and python versions the bundle was made with
+    claim["versions"] = environment.get("versions") if isinstance(environment, dict) else None
     claim["data"] = {name: manifest["files"][name]["sha256"] for name in (mf.GOLDEN_INPUTS, mf.REFERENCE_OUTPUTS)}
     return json.loads(json.dumps(claim, default=str))  # the form it takes in the payload, for comparison
 
@@ -290,8 +290,8 @@ def _read_envelope(folder: Path) -> tuple[dict[str, Any], str | None]:
         base64.b64decode(envelope["payload"], validate=True)
         for s in sigs:
             base64.b64decode(s["sig"], validate=True)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return {}, f"signature: {SIGNATURE} is not a readable DSSE envelope ({str(exc)[:120]})"
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        return {}, f"signature: {SIGNATURE} is not a readable DSSE envelope ({str(exc)[:120] or 'nested too deeply'})"
     return envelope, None
 
 
