@@ -65,7 +65,8 @@ def claim_of(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 def statement_of(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """The in-toto statement for the bundle in ``folder``: every file's digest (from the manifest, which the caller
     has checked against the disk, plus the manifest's own), and the claim."""
-    subjects = [{"name": rel, "digest": {"sha256": entry["sha256"]}} for rel, entry in sorted(manifest["files"].items())]
+    subjects = [{"name": rel, "digest": {"sha256": entry["sha256"]}}
+                for rel, entry in sorted(manifest["files"].items())]
     subjects.append({"name": mf.MANIFEST, "digest": {"sha256": mf.sha256_file(folder / mf.MANIFEST)}})
     return {"_type": STATEMENT_TYPE, "subject": sorted(subjects, key=lambda s: s["name"]),
             "predicateType": PREDICATE_TYPE, "predicate": claim_of(folder, manifest)}
