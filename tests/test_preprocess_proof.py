@@ -277,3 +277,10 @@ def test_verify_with_an_image_folder_proves_the_recorded_preprocessing(bundle, m
     result.preprocessing = {**proof, "top1_agree": 0, "passed": False}  # what a wrong spec would report
     outcome = judge(result)
     assert not outcome.passed and outcome.exit_code == 4 and "top-1 agreement 0/2" in outcome.reason
+
+
+def test_the_proof_names_a_photo_the_server_would_refuse(bundle, mobilenet):
+    from onnxgate.preprocess import prove
+
+    with pytest.raises(BadInputError, match="broken.jpg"):
+        prove(Preprocess.parse(_recorded(bundle)), bundle / "model.onnx", mobilenet, [("broken.jpg", b"not a photo")])

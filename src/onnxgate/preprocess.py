@@ -256,6 +256,7 @@ def prove(pre: Preprocess, model_path: str | Path, module, images: Iterable[tupl
     from PIL import Image
 
     from .serve.images import to_array
+    from .serve.protocol import RequestError
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
@@ -265,7 +266,10 @@ def prove(pre: Preprocess, model_path: str | Path, module, images: Iterable[tupl
     worst, top1, top5, differs, proof_top5 = 0.0, 0, 0, [], {}
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
-        served = np.stack([to_array(data, name, pre, channels, "float32") for name, data in chunk])
+        try:
+            served = np.stack([to_array(data, name, pre, channels, "float32") for name, data in chunk])
+        except RequestError as exc:  # what the server would answer with a 4xx
+            raise BadInputError(f"Preprocessing proof: {exc.message}", hint="Remove or replace that image.") from None
         theirs = torch.stack([reference(Image.open(io.BytesIO(data))) for _name, data in chunk])
         worst = max(worst, float(np.abs(served - theirs.numpy()).max()))
         (ours,) = session.run(None, {input_name: served})[:1]
