@@ -284,3 +284,36 @@ def test_the_proof_names_a_photo_the_server_would_refuse(bundle, mobilenet):
 
     with pytest.raises(BadInputError, match="broken.jpg"):
         prove(Preprocess.parse(_recorded(bundle)), bundle / "model.onnx", mobilenet, [("broken.jpg", b"not a photo")])
+
+
+def test_the_in_graph_artifact_is_within_one_8bit_step_and_keeps_the_labels(bundle, mobilenet, tmp_path):
+    """The preprocessing-in-graph artifact (onnxgate.preprocess.in_graph: uint8 H x W x 3 in, Resize/Slice/normalize
+    as ONNX ops before the model): photos that are resampled come within one 8-bit step of torchvision's tensor,
+    photos already at 256 exactly, and every label is PyTorch's."""
+    import onnxruntime as ort
+    import skimage.data
+    import torch
+    from PIL import Image
+
+    from onnxgate.preprocess import in_graph, in_graph_bound
+
+    pre = Preprocess.parse(_recorded(bundle))
+    path = in_graph(pre, bundle / "model.onnx", tmp_path / "with_preprocessing.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    reference = pre.torchvision()
+    items = [("rocket.jpg", jpeg(skimage.data.rocket())), ("chelsea.jpg", jpeg(skimage.data.chelsea())),
+             *sample_photos(25)]
+    labels, references = [], []
+    for name, data in items:
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        logits, tensor = session.run(None, {"image": np.asarray(img)})
+        theirs = reference(img)
+        error = float(np.abs(tensor[0] - theirs.numpy()).max())
+        assert error <= in_graph_bound(pre), (name, error)
+        assert error == 0.0 or min(img.size) != 256, (name, error)  # not resampled: exact
+        labels.append(int(logits.argmax()))
+        references.append(theirs)
+    with torch.inference_mode():
+        eager = torch.cat([mobilenet(torch.stack(references[i:i + MAX_BATCH]))
+                           for i in range(0, len(references), MAX_BATCH)]).argmax(dim=1).tolist()
+    assert labels == eager

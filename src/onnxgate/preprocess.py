@@ -18,6 +18,9 @@ and converted to RGB (``L`` for a one-channel model):
 ``Preprocess.torchvision`` builds torchvision's transforms for the same spec (only where torch is installed), and
 ``prove`` runs both on real photos: the largest difference of the preprocessed tensors and the top-1/top-5
 agreement of bytes -> label through the ONNX model in onnxruntime against torchvision + the PyTorch module.
+``in_graph`` writes the other artifact, the spec as ONNX ops before the model (uint8 H x W x 3 in); it is not the
+default because ONNX's Resize is not Pillow's (within one 8-bit step where it resamples, exact where it does not),
+while the server's implementation equals torchvision's bit for bit.
 """
 
 from __future__ import annotations
@@ -284,3 +287,88 @@ def prove(pre: Preprocess, model_path: str | Path, module, images: Iterable[tupl
                 differs.append({"image": name, "server": int(a5[0]), "pytorch": int(b5[0])})
     allowed = int(len(items) * 0.004) if max_top1_disagreements is None else max_top1_disagreements
     return PreprocessProof(str(pre), len(items), worst, pixel_bound, top1, top5, differs, allowed, proof_top5)
+
+
+# ------------------------------------------------------------------------------------ preprocessing in the graph
+
+IN_GRAPH_OPSET = 18  # Resize's antialias and axes
+
+
+def in_graph_bound(pre: Preprocess) -> float:
+    """The bound the in-graph artifact's tensor is held to against torchvision's: one 8-bit step after
+    normalization (ONNX resamples in float and rounds once; Pillow rounds after each of its two passes)."""
+    return 1.0 / (255.0 * min(pre.std)) + 1e-5
+
+
+def in_graph(pre: Preprocess, model_path: str | Path, out_path: str | Path, *, channels: int = 3) -> Path:
+    """An ONNX file that takes one decoded photo (``image``: uint8 H x W x 3, RGB, any size) and runs the spec as
+    ONNX ops (Resize with antialias, Slice, normalize, NCHW) before the model; it also outputs the preprocessed
+    tensor (``preprocessed``) so it can be held to torchvision's. Decoding stays outside (no ONNX op decodes JPEG).
+
+    Not the default: ONNX's antialiased linear Resize is not Pillow's (Pillow rounds to uint8 between its two
+    passes), so the tensor differs from torchvision's by up to a few 1/255 steps where the image is resampled;
+    ``prove_in_graph`` measures by how much and whether labels move."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper, version_converter
+
+    if channels != 3:
+        raise BadInputError("Preprocessing in the graph is built for RGB models only.", hint="Use the server's.")
+    model = onnx.load(str(model_path))
+    if not any(o.domain in ("", "ai.onnx") and o.version == IN_GRAPH_OPSET for o in model.opset_import):
+        model = version_converter.convert_version(model, IN_GRAPH_OPSET)
+    size, crop = pre.resize or pre.crop, pre.crop
+    mode = {"bilinear": "linear", "bicubic": "cubic", "nearest": "nearest"}[pre.interpolation]
+    mean = np.asarray(pre.mean, np.float32)
+    std = np.asarray(pre.std, np.float32)
+    consts = {"pp_size": np.array([size], np.int64), "pp_crop": np.array([crop], np.int64),
+              "pp_two": np.array([2.0], np.float32), "pp_255": np.array([255.0], np.float32),
+              "pp_zero": np.array([0.0], np.float32), "pp_idx01": np.array([0, 1], np.int64),
+              "pp_mean": mean.reshape(1, 1, 3), "pp_std": std.reshape(1, 1, 3)}
+    n = helper.make_node
+    nodes = [
+        n("Shape", ["image"], ["pp_shape"], start=0, end=2),            # [H, W]
+        n("Split", ["pp_shape"], ["pp_h", "pp_w"], axis=0, num_outputs=2),
+        n("Min", ["pp_h", "pp_w"], ["pp_short"]), n("Max", ["pp_h", "pp_w"], ["pp_long"]),
+        n("Mul", ["pp_long", "pp_size"], ["pp_long_x"]),
+        n("Div", ["pp_long_x", "pp_short"], ["pp_new_long"]),             # int64: truncates, int(size * long / short)
+        n("LessOrEqual", ["pp_w", "pp_h"], ["pp_portrait"]),
+        n("Where", ["pp_portrait", "pp_new_long", "pp_size"], ["pp_new_h"]),
+        n("Where", ["pp_portrait", "pp_size", "pp_new_long"], ["pp_new_w"]),
+        n("Concat", ["pp_new_h", "pp_new_w"], ["pp_sizes"], axis=0),
+        n("Cast", ["image"], ["pp_float_rgb"], to=TensorProto.FLOAT),
+        n("Gather", ["pp_float_rgb", "pp_order"], ["pp_float"], axis=2),  # the model's channel order
+        n("Resize", ["pp_float", "", "", "pp_sizes"], ["pp_resized_raw"], mode=mode, antialias=1, axes=[0, 1],
+          coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.5),
+        n("Round", ["pp_resized_raw"], ["pp_rounded"]),                   # Pillow's output is uint8
+        n("Clip", ["pp_rounded", "pp_zero", "pp_255"], ["pp_resized"]),
+        n("Sub", ["pp_sizes", "pp_crop"], ["pp_margin"]),
+        n("Cast", ["pp_margin"], ["pp_margin_f"], to=TensorProto.FLOAT),
+        n("Div", ["pp_margin_f", "pp_two"], ["pp_half"]),
+        n("Round", ["pp_half"], ["pp_offset_f"]),                         # half to even, as Python's round
+        n("Cast", ["pp_offset_f"], ["pp_starts"], to=TensorProto.INT64),
+        n("Add", ["pp_starts", "pp_crop"], ["pp_ends"]),
+        n("Slice", ["pp_resized", "pp_starts", "pp_ends", "pp_idx01"], ["pp_cropped"]),
+        n("Div", ["pp_cropped", "pp_255"], ["pp_unit"]),
+        n("Sub", ["pp_unit", "pp_mean"], ["pp_centred"]),
+        n("Div", ["pp_centred", "pp_std"], ["pp_hwc"]),
+        n("Transpose", ["pp_hwc"], ["pp_chw"], perm=[2, 0, 1]),
+    ]
+    consts["pp_order"] = np.array([0, 1, 2] if pre.order == "RGB" else [2, 1, 0], np.int64)
+    chw = "pp_chw"
+    graph = model.graph
+    model_input = graph.input[0].name
+    nodes += [n("Unsqueeze", [chw, "pp_axis0"], [model_input])]
+    consts["pp_axis0"] = np.array([0], np.int64)
+    prefix = [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    new_nodes = nodes + list(graph.node)
+    outputs = list(graph.output) + [helper.make_tensor_value_info(model_input, TensorProto.FLOAT,
+                                                                  [1, 3, crop, crop])]
+    new_graph = helper.make_graph(new_nodes, graph.name + "_with_preprocessing",
+                                  [helper.make_tensor_value_info("image", TensorProto.UINT8, ["H", "W", 3])],
+                                  outputs, prefix + list(graph.initializer))
+    out = helper.make_model(new_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    kept = {p.key: p.value for p in model.metadata_props if p.key == "labels"}  # the input specs no longer hold
+    helper.set_model_props(out, {**kept, "onnxgate.preprocess_in_graph": str(pre)})
+    onnx.checker.check_model(out)
+    onnx.save(out, str(out_path))
+    return Path(out_path)
