@@ -35,6 +35,7 @@ class ExportFlags:
     no_repair: bool = False  # --no-repair: no repair rung, no extra capture variants
     attempt_timeout_s: float | None = None  # --attempt-timeout: seconds per export attempt (its worker is stopped)
     attempt_memory_mb: int | None = None  # --attempt-memory-mb: private memory per export attempt
+    ladder_budget: int | None = None  # --ladder-budget: at most this many export attempts run
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def export_config(flags: ExportFlags) -> tuple[RunConfig, ExportConfig]:
         repair=cfg.repair and not flags.no_repair,
         attempt_timeout_s=flags.attempt_timeout_s or cfg.attempt_timeout_s,
         attempt_memory_mb=flags.attempt_memory_mb or cfg.attempt_memory_mb,
+        ladder_budget=flags.ladder_budget if flags.ladder_budget is not None else cfg.ladder_budget,
     )
     in_file = f"In {flags.config_file}, key" if flags.config_file else None
     limits = None

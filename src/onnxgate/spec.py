@@ -267,9 +267,11 @@ class ExportConfig:
     # private memory (None: 90% of the memory available when it starts).
     attempt_timeout_s: float | None = 1800.0
     attempt_memory_mb: int | None = None
+    # At most this many export attempts run (skipped rungs do not count); the rest are skipped, named (None: all).
+    ladder_budget: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("attempt_timeout_s", "attempt_memory_mb"):
+        for name in ("attempt_timeout_s", "attempt_memory_mb", "ladder_budget"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise BadInputError(f"{name} must be a positive number, not {value!r}.",
@@ -456,6 +458,7 @@ def _toml_schema():
             repair: bool = True  # the repair rung and the capture variants (export/repair/)
             attempt_timeout_s: float | None = Field(1800.0, gt=0)
             attempt_memory_mb: int | None = Field(None, gt=0)
+            ladder_budget: int | None = Field(None, gt=0)  # at most this many export attempts run
 
         class QuantizeTable(Strict):
             mode: Literal["static", "dynamic"] = "static"
@@ -620,6 +623,7 @@ def load_toml(path: str | Path) -> RunConfig:
         repair=doc.export.repair,
         attempt_timeout_s=doc.export.attempt_timeout_s,
         attempt_memory_mb=doc.export.attempt_memory_mb,
+        ladder_budget=doc.export.ladder_budget,
     )
     quantize = None
     if doc.quantize is not None:

@@ -18,6 +18,8 @@ REPAIR_HELP = ("Do not try the repair rung (catalogued replacements for export-h
 ATTEMPT_TIMEOUT_HELP = "Seconds one export attempt may run in its worker process before it is stopped (default 1800)."
 ATTEMPT_MEMORY_HELP = ("Private memory (MB) one export attempt may allocate before its worker is stopped "
                        "(default: 90% of the memory available).")
+LADDER_BUDGET_HELP = ("At most this many export attempts run (rungs skipped for a known reason do not count); the "
+                      "rest are listed as skipped. Counts attempts, not seconds (default: no limit).")
 ACCEPT_DOMAIN_HELP = ("Accept the verified shape domain when it is narrower than the declared one (a range end "
                       "or a granularity the model does not support): the metadata, bundle and report then claim "
                       "it. Without it, a narrower domain fails with the parity code.")
@@ -46,6 +48,7 @@ def export(
     no_repair: bool = typer.Option(False, "--no-repair", help=REPAIR_HELP),
     attempt_timeout: float = typer.Option(None, "--attempt-timeout", help=ATTEMPT_TIMEOUT_HELP),
     attempt_memory_mb: int = typer.Option(None, "--attempt-memory-mb", help=ATTEMPT_MEMORY_HELP),
+    ladder_budget: int = typer.Option(None, "--ladder-budget", help=LADDER_BUDGET_HELP),
     config_file: Path = typer.Option(None, "--config", help="Read settings from an onnxgate.toml."),
     force: bool = typer.Option(False, "--force", help="Overwrite the output if it exists."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -57,7 +60,8 @@ def export(
     run, cfg = export_config(ExportFlags(tuple(inputs), tuple(dims), strategy, opset, device, tuple(meta), labels,
                                          tuple(allow_static), reinit_degenerate, config_file, tuple(target),
                                          accept_domain=accept_domain, no_repair=no_repair,
-                                         attempt_timeout_s=attempt_timeout, attempt_memory_mb=attempt_memory_mb))
+                                         attempt_timeout_s=attempt_timeout, attempt_memory_mb=attempt_memory_mb,
+                                         ladder_budget=ladder_budget))
     ref = ref or run.ref
     if not ref:
         raise BadInputError("No model given.", hint="Pass a model reference, e.g. onnxgate export torchvision:resnet18 -o r18.onnx.")

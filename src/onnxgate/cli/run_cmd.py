@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from .common import TRUST_CODE_HELP, console, finish, progress
-from .export_cmd import ACCEPT_DOMAIN_HELP, REPAIR_HELP, DIM_HELP, INPUT_HELP, TARGET_HELP
+from .export_cmd import ACCEPT_DOMAIN_HELP, DIM_HELP, INPUT_HELP, LADDER_BUDGET_HELP, REPAIR_HELP, TARGET_HELP
 from .render import print_pipeline
 
 
@@ -42,6 +42,7 @@ def run(
     max_error: float = typer.Option(None, "--max-error", help="Max abs error budget against FP32 (exit 5 if missed)."),
     deploy: str = typer.Option(None, "--deploy", help="Deploy targets, comma-separated: openvino, ort-mobile, tflite, "
                                "tensorrt, coreml; each artifact verified against PyTorch (into bundle/targets/)."),
+    ladder_budget: int = typer.Option(None, "--ladder-budget", help=LADDER_BUDGET_HELP),
     force: bool = typer.Option(False, "--force", help="Overwrite the output folder's files."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -58,7 +59,7 @@ def run(
     config_file = Path(model) if model.endswith(".toml") else None
     export_flags = ExportFlags(tuple(inputs), tuple(dims), strategy, opset, None, tuple(meta), labels,
                                tuple(allow_static), reinit_degenerate, config_file, accept_domain=accept_domain,
-                               no_repair=no_repair)
+                               no_repair=no_repair, ladder_budget=ladder_budget)
     job = run_config(None if config_file else model, RunFlags(
         export_flags, weights=weights, arch=arch, trust_pickle=trust_pickle, output=str(output) if output else None,
         targets=tuple(target), data=tuple(data), bench=bench, optimize=optimize, bundle=bundle, quantize=quantize,

@@ -533,7 +533,8 @@ def _step(prepared: Prepared, attempts: list[Attempt], i: int, path: Path, confi
     attempt = attempts[i]
     note(f"attempt {i + 1}/{len(attempts)}: {attempt.label} exporter, opset {attempt.opset}")
     path.parent.mkdir()
-    if _same_capture_failed(attempt, attempts[:i]):
+    if (_over_budget(attempt, attempts[:i], config.ladder_budget) or _same_capture_failed(attempt, attempts[:i])
+            or _ruled_out(attempt, attempts[:i])):
         return False
     out = _run_attempt(prepared, attempt, path, config)
     if out is None:
@@ -627,6 +628,15 @@ def _default_memory_mb() -> int | None:
     return default_memory_mb()
 
 
+def _over_budget(attempt: Attempt, earlier: list[Attempt], budget: int | None) -> bool:
+    """``--ladder-budget N``: once N attempts ran (skipped ones do not count), the others are skipped, named."""
+    if budget is None or sum(a.outcome != SKIPPED for a in earlier) < budget:
+        return False
+    attempt.outcome, attempt.error_class = SKIPPED, "ladder_budget"
+    attempt.error = f"not run: the ladder budget of {budget} attempt{'s' * (budget != 1)} was spent (--ladder-budget)"
+    return True
+
+
 def _same_capture_failed(attempt: Attempt, earlier: list[Attempt]) -> bool:
     """What fails in capture or tracing does not depend on the opset: when the same rung at another opset failed
     torch.export's capture, or froze a dim (a size specialized while capturing or tracing), skip this one — it
@@ -635,13 +645,97 @@ def _same_capture_failed(attempt: Attempt, earlier: list[Attempt]) -> bool:
     for a in earlier:
         if (a.strategy, a.variant, a.repairs) != (attempt.strategy, attempt.variant, attempt.repairs):
             continue
+        cause = (a.diagnosis or {}).get("id")
         if a.stage == "capture" or a.outcome == FROZEN_DIM:
             why = ("torch.export's capture (or the captured program's decomposition) failed" if a.stage == "capture"
                    else "it froze a dynamic dim")
-            attempt.outcome, attempt.error_class = SKIPPED, a.error_class
-            attempt.error = f"not run: at opset {a.opset} {why}, which does not depend on the opset"
-            return True
+        elif a.outcome == TRACED_BRANCH:
+            why = "the graph held only the branch its example took"
+        elif a.outcome == EXPORT_ERROR and (cause in OPSET_INDEPENDENT or (cause in NEWER_OPSET_NO_BETTER
+                                                                            and a.opset >= attempt.opset)):
+            why = f"it failed with {cause}" + ("" if cause in OPSET_INDEPENDENT else " (an older opset has fewer "
+                                                                                   "operators)")
+        else:
+            continue
+        attempt.outcome, attempt.error_class = SKIPPED, a.error_class
+        attempt.error = f"not run: at opset {a.opset} {why}, which does not depend on the opset"
+        return True
     return False
+
+
+# Diagnoses (diagnoses.json ids) of an export error that no other opset of the same rung changes: what the model
+# takes and returns, a Python decision on a tensor's value, a construct ONNX has no type or translation for. An
+# operator missing at a newer opset is missing at an older one too (the reverse, ``opset_too_low``, is not).
+OPSET_INDEPENDENT = frozenset({"non_tensor_input", "non_tensor_output", "forward_signature_mismatch",
+                               "data_dependent_control_flow", "complex_tensor", "custom_op",
+                               "custom_autograd_function"})
+NEWER_OPSET_NO_BETTER = frozenset({"unsupported_aten_op"})
+
+# Early refusal (issue 25): for a cause every plain rung failed with, the extra rungs that cannot change it, and
+# why. Decided per cause and per rung, from what each rung does differently: ``auto-dims`` only declares the dims
+# with Dim.AUTO; ``strict`` captures with TorchDynamo (keeps a Python int from a shape symbolic, translates numpy);
+# ``draft`` assumes what it cannot prove (data-dependent guards, a custom op without a fake kernel); a ``repair``
+# replaces catalogued modules (export/repair/catalogue.py: adaptive pooling). A cause absent here (a frozen dim,
+# a dynamic-shape guard, a mismatch, an unknown error) rules nothing out: the extra rungs exist to fix those.
+_INTERFACE = "what forward() takes or returns is the same under every capture and repair"
+RULED_OUT: dict[str, dict[str, str]] = {
+    "data_dependent_control_flow": {
+        "auto-dims": "declaring the dims otherwise does not make a decision on a tensor's value capturable",
+        "strict": "TorchDynamo refuses a Python decision on a tensor's value too",
+        "repair": "the catalogued repairs replace modules that make no decision on values"},
+    "unsupported_aten_op": {
+        "auto-dims": "the captured program has the same operator",
+        "strict": "the captured program has the same operator",
+        "draft": "the captured program has the same operator",
+        "repair": "no catalogued repair replaces that operator"},
+    "custom_op": {
+        "auto-dims": "the captured program calls the same custom operator",
+        "strict": "the captured program calls the same custom operator",
+        "repair": "no catalogued repair replaces a custom operator"},
+    "complex_tensor": {
+        "auto-dims": "ONNX has no complex type under any capture",
+        "strict": "ONNX has no complex type under any capture",
+        "draft": "ONNX has no complex type under any capture",
+        "repair": "no catalogued repair removes complex arithmetic"},
+    "custom_autograd_function": {
+        "auto-dims": "the same Function reaches the exporter",
+        "draft": "the same Function reaches the exporter",
+        "repair": "no catalogued repair replaces an autograd.Function"},
+    "non_tensor_input": {k: _INTERFACE for k in ("auto-dims", "strict", "draft", "repair")},
+    "non_tensor_output": {k: _INTERFACE for k in ("auto-dims", "strict", "draft", "repair")},
+    "forward_signature_mismatch": {k: _INTERFACE for k in ("auto-dims", "strict", "draft", "repair")},
+}
+
+
+def _cause(attempt: Attempt) -> str | None:
+    """The diagnosed cause of a failed attempt (a diagnoses.json id), None when it has none."""
+    return (attempt.diagnosis or {}).get("id") if attempt.outcome not in (OK, SKIPPED) else None
+
+
+def _ruled_out(attempt: Attempt, earlier: list[Attempt]) -> bool:
+    """Skip an extra rung (a repair, a capture variant) when every plain rung that ran failed with the same
+    diagnosed cause and this rung cannot change that cause (``RULED_OUT``); the attempt is recorded as skipped with
+    the reason. A repair of an operator's module is never ruled out by that operator (adaptive pooling)."""
+    if not (attempt.repairs or attempt.variant):
+        return False
+    ran = [a for a in earlier if not a.repairs and not a.variant and a.outcome != SKIPPED]
+    causes = {_cause(a) for a in ran}
+    if not ran or len(causes) != 1 or None in causes:
+        return False
+    cause = causes.pop()
+    kinds = ([attempt.variant] if attempt.variant else []) + (["repair"] if attempt.repairs else [])
+    reasons = [RULED_OUT.get(cause, {}).get(k) for k in kinds]
+    if not reasons or None in reasons:  # one part of the rung may change it: it runs
+        return False
+    if cause == "custom_op" and attempt.variant == "draft" and any(a.stage == "capture" for a in ran):
+        return False  # draft export stands in for a missing fake kernel
+    if attempt.repairs and cause == "unsupported_aten_op":
+        operators = " ".join(str((a.diagnosis or {}).get("operator") or "") for a in ran).lower()
+        if not operators.strip() or "pool" in operators:  # the operator unknown, or one a repair may replace
+            return False
+    attempt.outcome, attempt.error_class = SKIPPED, cause
+    attempt.error = f"not run: every plain rung failed with {cause}, which this rung cannot change: {reasons[0]}"
+    return True
 
 
 def _extra_rungs(prepared: Prepared, attempts: list[Attempt], config: ExportConfig) -> list[Attempt]:
