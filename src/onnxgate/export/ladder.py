@@ -640,8 +640,10 @@ def _over_budget(attempt: Attempt, earlier: list[Attempt], budget: int | None) -
 def _same_capture_failed(attempt: Attempt, earlier: list[Attempt]) -> bool:
     """What fails in capture or tracing does not depend on the opset: when the same rung at another opset failed
     torch.export's capture, or froze a dim (a size specialized while capturing or tracing), skip this one — it
-    would spend the same seconds to fail the same way. Opset-dependent failures (conversion, a runtime that cannot
-    load the file, numbers) still get their other opsets."""
+    would spend the same seconds to fail the same way. So for a traced branch (the trace is the same at every
+    opset), an error diagnosed as ``OPSET_INDEPENDENT``, and an operator the exporter lacks at a newer opset than
+    this one. Opset-dependent failures (other conversion errors, a runtime that cannot load the file, numbers)
+    still get their other opsets."""
     for a in earlier:
         if (a.strategy, a.variant, a.repairs) != (attempt.strategy, attempt.variant, attempt.repairs):
             continue
@@ -653,12 +655,13 @@ def _same_capture_failed(attempt: Attempt, earlier: list[Attempt]) -> bool:
             why = "the graph held only the branch its example took"
         elif a.outcome == EXPORT_ERROR and (cause in OPSET_INDEPENDENT or (cause in NEWER_OPSET_NO_BETTER
                                                                             and a.opset >= attempt.opset)):
-            why = f"it failed with {cause}" + ("" if cause in OPSET_INDEPENDENT else " (an older opset has fewer "
-                                                                                   "operators)")
+            why = f"it failed with {cause}"
         else:
             continue
         attempt.outcome, attempt.error_class = SKIPPED, a.error_class
-        attempt.error = f"not run: at opset {a.opset} {why}, which does not depend on the opset"
+        attempt.error = f"not run: at opset {a.opset} {why}, " + (
+            "which an older opset does not change (it has no more operators)" if cause in NEWER_OPSET_NO_BETTER
+            and a.outcome == EXPORT_ERROR and a.stage != "capture" else "which does not depend on the opset")
         return True
     return False
 
@@ -908,17 +911,25 @@ def _failure(result: ExportResult, prepared: Prepared, *, targets: tuple[str, ..
 
 def _extras_tried(attempts: list[Attempt]) -> str:
     """What the repair rung and the capture variants tried, for the failure message (none: say there was none)."""
-    repairs = {name: modules for a in attempts for name, modules in a.repairs.items()}
-    variants = sorted({a.variant for a in attempts if a.variant})
+    ran = [a for a in attempts if a.outcome != SKIPPED]  # a rung skipped is named as not run, never as tried
+    repairs = {name: modules for a in ran for name, modules in a.repairs.items()}
+    variants = sorted({a.variant for a in ran if a.variant})
+    ruled_out = {a.error_class: [] for a in attempts if a.outcome == SKIPPED and (a.variant or a.repairs)
+                 and a.error_class in RULED_OUT}
+    for a in attempts:
+        if a.outcome == SKIPPED and (a.variant or a.repairs) and a.error_class in ruled_out:
+            ruled_out[a.error_class].append(a.label)
     crashed = [f"{a.label} at opset {a.opset}: {a.error}" for a in attempts if a.outcome == CRASHED]
     parts = []
     if repairs:
         parts.append("Repairs tried: " + "; ".join(f"{n} (on {', '.join(m[:4])}{' ...' if len(m) > 4 else ''})"
                                                    for n, m in repairs.items()) + ".")
-    elif any(a.variant for a in attempts):
+    elif any(a.variant for a in attempts) and not any(a.repairs for a in attempts):
         parts.append("No catalogued repair applies to this model (export/repair/catalogue.py).")
     if variants:
         parts.append(f"Capture variants tried: {', '.join(variants)}.")
+    for cause, labels in ruled_out.items():
+        parts.append(f"Not run, as they cannot change {cause}: {', '.join(dict.fromkeys(labels))}.")
     assumed = [f"{a.label}: it assumed {describe_assumption(_value_assumptions(a)[0])}" for a in attempts
                if a.variant and a.error_class == "assumption" and _value_assumptions(a)]
     if assumed:
