@@ -227,10 +227,9 @@ def test_a_real_claim_is_the_same_beside_a_cpu_hog(tmp_path):
     import sys
 
     path = tmp_path / "pos.onnx"
-    config = ExportConfig(inputs=(parse_input("x:1x3xHx8:float32"),), dims=(parse_dim("H=64..512@224"),),
-                          accept_domain=True)
-    result = onnxgate.export(PositionTable().eval(), path, config=config)
-    assert result.dims["H"]["max"] == 400
+    model = PositionTable().eval()
+    torch.onnx.export(model, (torch.randn(1, 3, 224, 8),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["output"], dynamic_axes={"x": {2: "H"}}, opset_version=17)
     declared = ExportConfig(dims=(parse_dim("H=64..512@224"),))
 
     def claim():
