@@ -380,9 +380,11 @@ def zoo_probe(work: Path, factory: str, src: Path) -> str:
         return classify(code, err, work / "nothing") if code != 0 else "clean error"
     ledger = out / "ledger.jsonl"
     text = ledger.read_text() if ledger.exists() else ""
-    if code == 0 or '"passed"' in text or '"status": "passed"' in text:
+    if code == 0 or '"status": "passed"' in text:
         return "wrongly exit 0"
-    return "traceback" if "Traceback" in err else "clean error"
+    if "Traceback" in err:
+        return "traceback"
+    return "clean error" if '"status": "memory"' in text else "not stopped by the cap"
 
 
 def serve_probes(work: Path, bundle: Path, src: Path) -> list[tuple[str, str]]:
@@ -533,7 +535,7 @@ def second_round(work: Path, marker: Path, src: Path, only: list[str] | None):
                 yield "pt2 zip structure", f"{label} ({command})", classify(code, err, marker)
         code, err = run(["export", str(good), "-o", str(work / "genuine.onnx")], src, work)
         yield "genuine .pt2 exports", "torch.export.save of Linear(4, 3)", \
-            "clean error" if code == 0 and (work / "genuine.onnx").exists() else "wrongly refused"
+            "exported" if code == 0 and (work / "genuine.onnx").exists() else "wrongly refused"
     if wanted("torchscript"):
         target = work / "TS_WROTE_THIS"
         for label, path in torchscript_cases(work, target).items():
@@ -590,8 +592,8 @@ def main() -> None:
                 counts[family]["tried"] += 1
                 counts[family][outcome] += 1
                 print(f"{family:32} {label:48} {outcome}", flush=True)
-    columns = ["tried", "clean error", "traceback", "crash", "hang", "wrongly exit 0", "payload ran", "orphan",
-               "wrongly refused", "finished before the kill"]
+    columns = ["tried", "clean error", "exported", "traceback", "crash", "hang", "wrongly exit 0", "payload ran",
+               "orphan", "not stopped by the cap", "wrongly refused", "finished before the kill"]
     lines = ["| probe family | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {family} | " + " | ".join(str(c[col]) for col in columns) + " |" for family, c in counts.items()]
     table = "\n".join(lines)
