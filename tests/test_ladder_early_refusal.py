@@ -69,6 +69,27 @@ def test_a_data_dependent_branch_skips_what_cannot_capture_it_and_keeps_draft(tm
     assert len(ran(result)) == 3  # dynamo, TorchScript (each at its newest opset), draft
 
 
+class RangeOfBatch(nn.Module):
+    def forward(self, x):
+        w = torch.tensor([float(i) for i in range(x.shape[0])])  # a list as long as the batch: no capture keeps it
+        return x * w[:, None]
+
+
+def test_a_frozen_dim_no_capture_keeps_skips_draft_export_only(tmp_path):
+    """Every capture freezes B (a Python list as long as the batch). Strict and Dim.AUTO capture still run (they
+    fix other frozen dims); draft export, which falls back on the non-strict and Dim.AUTO captures that both froze
+    B without assuming values, is skipped and named."""
+    from onnxgate.errors import ParityError
+
+    with pytest.raises(ParityError) as info:
+        onnxgate.export(RangeOfBatch(), tmp_path / "m.onnx", config=cfg("x:Bx4:float32", dims=["B=1..8"]))
+    by_variant = {a.variant: a for a in info.value.result.attempts if a.variant}
+    assert by_variant["auto-dims"].outcome == "frozen_dim" and by_variant["strict"].outcome == "frozen_dim"
+    draft = by_variant["draft"]
+    assert draft.outcome == SKIPPED and "both froze B" in draft.error
+    assert "B (frozen at 2)" in info.value.message and "(draft export)" in info.value.message
+
+
 def test_causes_the_extra_rungs_exist_for_rule_nothing_out():
     """Per cause and per rung: a frozen dim (strict capture keeps a Python int symbolic), a dynamic-shape guard
     (auto-dims), an unknown error, or plain rungs failing for different reasons skip nothing; a repair is never
@@ -94,6 +115,10 @@ def test_causes_the_extra_rungs_exist_for_rule_nothing_out():
     other = [failed("dynamo", "unsupported_aten_op", operator="aten::median"),
              failed("torchscript", "unsupported_aten_op", operator="aten::median")]
     assert _ruled_out(repair, other) and repair.outcome == SKIPPED
+    assumed = [frozen("dynamo"), Attempt("dynamo", 18, variant="auto-dims", outcome="frozen_dim",
+                                         assumptions=[{"kind": "data_dependent", "what": "x", "location": None}])]
+    assert not _ruled_out(Attempt("dynamo", 18, variant="draft"), assumed)  # a value assumed: draft may differ
+    assert not _ruled_out(Attempt("dynamo", 18, variant="draft"), plain)  # Dim.AUTO not tried yet
     custom = [failed("dynamo", "custom_op", outcome="export_error")]
     custom[0].stage = "capture"
     assert not _ruled_out(Attempt("dynamo", 18, variant="draft"), custom)  # no fake kernel: draft stands in

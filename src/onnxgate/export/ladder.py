@@ -715,12 +715,34 @@ def _cause(attempt: Attempt) -> str | None:
     return (attempt.diagnosis or {}).get("id") if attempt.outcome not in (OK, SKIPPED) else None
 
 
+def _draft_repeats(attempt: Attempt, earlier: list[Attempt]) -> bool:
+    """Draft export is torch.export's non-strict capture with real values propagated where a data-dependent guard
+    or a missing fake kernel would stop it, retried with Dim.AUTO on a dim constraint it cannot keep (torch's
+    ``draft_export``). When the non-strict rung and the Dim.AUTO rung (with the same repairs) both captured without
+    any value assumption and both froze a dim, draft export captures one of those two programs: it is skipped,
+    named (a tiny_vit-class refusal spent minutes there)."""
+    if attempt.variant != "draft" or attempt.strategy != "dynamo":
+        return False
+    same = [a for a in earlier if a.strategy == "dynamo" and a.repairs == attempt.repairs
+            and a.variant in (None, "auto-dims")]
+    froze = {a.variant for a in same if a.outcome == FROZEN_DIM and not _value_assumptions(a)}
+    if froze != {None, "auto-dims"} or any(a.outcome not in (FROZEN_DIM, SKIPPED) for a in same):
+        return False
+    dims = sorted({d for a in same for d in a.frozen_dims})
+    attempt.outcome, attempt.error_class = SKIPPED, "frozen_dim"
+    attempt.error = (f"not run: the non-strict and Dim.AUTO captures it falls back on both froze {', '.join(dims)} "
+                     "and assumed no values, which draft export would not change")
+    return True
+
+
 def _ruled_out(attempt: Attempt, earlier: list[Attempt]) -> bool:
     """Skip an extra rung (a repair, a capture variant) when every plain rung that ran failed with the same
     diagnosed cause and this rung cannot change that cause (``RULED_OUT``); the attempt is recorded as skipped with
     the reason. A repair of an operator's module is never ruled out by that operator (adaptive pooling)."""
     if not (attempt.repairs or attempt.variant):
         return False
+    if _draft_repeats(attempt, earlier):
+        return True
     ran = [a for a in earlier if not a.repairs and not a.variant and a.outcome != SKIPPED]
     causes = {_cause(a) for a in ran}
     if not ran or len(causes) != 1 or None in causes:
@@ -915,7 +937,7 @@ def _extras_tried(attempts: list[Attempt]) -> str:
     repairs = {name: modules for a in ran for name, modules in a.repairs.items()}
     variants = sorted({a.variant for a in ran if a.variant})
     ruled_out = {a.error_class: [] for a in attempts if a.outcome == SKIPPED and (a.variant or a.repairs)
-                 and a.error_class in RULED_OUT}
+                 and (a.error_class in RULED_OUT or a.error_class == "frozen_dim")}
     for a in attempts:
         if a.outcome == SKIPPED and (a.variant or a.repairs) and a.error_class in ruled_out:
             ruled_out[a.error_class].append(a.label)
