@@ -443,6 +443,17 @@ _OUTPUT_FLAGS = ("-o", "--output", "--out", "--out-dir", "--output-dir")
 _LANDLOCK_FILE_RIGHTS = (1 << 1) | (1 << 14)  # WRITE_FILE, TRUNCATE: the rights a rule on a plain file may grant
 
 
+def _stage_folder() -> list[Path]:
+    """The folder of the stage file the console script reads when this child dies (``cli/isolate.py`` makes one
+    folder for it alone, so allowing it allows nothing else)."""
+    from .stages import STAGE_FILE_ENV
+
+    path = os.environ.get(STAGE_FILE_ENV)
+    if path and Path(path).parent.name.startswith("onnxgate-stage-") and Path(path).parent.is_dir():
+        return [Path(path).parent]
+    return []
+
+
 def confine_untrusted_code(what: str) -> dict[str, Any]:
     """Before code the user consented to (``--trust-code``) is loaded: confine what this process can write.
 
@@ -492,7 +503,7 @@ def confine_untrusted_code(what: str) -> dict[str, Any]:
                      "TORCHINDUCTOR_CACHE_DIR", "TORCH_HOME"):
         os.environ[variable] = str(scratch)
     tempfile.tempdir = str(scratch)
-    writable = [scratch, Path("/dev")] + _output_folders(sys.argv[1:]) + earlier
+    writable = [scratch, Path("/dev")] + _output_folders(sys.argv[1:]) + earlier + _stage_folder()
     removable = original_tmp  # empty folders only: its own scratch, a TemporaryDirectory made before
     if in_worker:  # a zoo model's worker already writes its log into the model's own output folder
         writable += _folders_open_for_writing()

@@ -53,7 +53,10 @@ class StageFile:
         self.path = Path(path)
 
     def __call__(self, stage: Stage) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:  # the record is for a watcher after a crash: failing to write it must not fail the work itself
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError:
+            return  # the watcher then books the command's first stage (see read's default)
         try:
             os.write(fd, Stage(stage).value.encode())
         finally:

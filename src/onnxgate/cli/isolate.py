@@ -25,6 +25,7 @@ keeper also kills whatever the child left running when it ends.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,14 +57,16 @@ def wants_isolation(argv: list[str]) -> bool:
 def run_isolated(argv: list[str]) -> int:
     """Run ``onnxgate ARGV`` in a child interpreter; translate a death by signal into an onnxgate error."""
     command = next(a for a in argv if not a.startswith("-"))
-    fd, path = tempfile.mkstemp(prefix="onnxgate-stage-")
-    os.close(fd)
+    # A folder of its own, not a file in $TMPDIR: a child confined to its writable folders (untrusted code run with
+    # --trust-code, safe_load.confine_untrusted_code) may still write its stage there, and nothing else is in it.
+    folder = tempfile.mkdtemp(prefix="onnxgate-stage-")
+    path = os.path.join(folder, "stage")
     try:
         env = dict(os.environ, **{CHILD_ENV: "1", STAGE_FILE_ENV: path})
         code = run_kept([sys.executable, "-m", "onnxgate.cli.isolate", *argv], env)
         stage = StageFile(path).read(default=COMMAND_STAGES.get(command, Stage.LOAD))
     finally:
-        os.unlink(path)
+        shutil.rmtree(folder, ignore_errors=True)
     if code >= 0:
         return code
     error = crash_error(command, -code, stage)
