@@ -254,14 +254,14 @@ def prove(pre: Preprocess, model_path: str | Path, module, images: Iterable[tupl
     """Run every (name, image file bytes) through both paths: the server's (``serve.images.to_array``, the ONNX
     model in onnxruntime) and torchvision's transforms + ``module`` in PyTorch eager; compare the preprocessed
     tensors and the labels. ``max_top1_disagreements`` defaults to 0.4% of the images (2 of 500)."""
-    import onnxruntime as ort
     import torch
     from PIL import Image
 
+    from .runtimes.ort import open_session
     from .serve.images import to_array
     from .serve.protocol import RequestError
 
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    session = open_session(str(model_path))
     input_name = session.get_inputs()[0].name
     reference = pre.torchvision(channels)
     module.eval()
@@ -313,7 +313,9 @@ def in_graph(pre: Preprocess, model_path: str | Path, out_path: str | Path, *, c
 
     if channels != 3:
         raise BadInputError("Preprocessing in the graph is built for RGB models only.", hint="Use the server's.")
-    model = onnx.load(str(model_path))
+    from . import serde
+
+    model = serde.load(model_path)
     if not any(o.domain in ("", "ai.onnx") and o.version == IN_GRAPH_OPSET for o in model.opset_import):
         model = version_converter.convert_version(model, IN_GRAPH_OPSET)
     size, crop = pre.resize or pre.crop, pre.crop
@@ -370,5 +372,4 @@ def in_graph(pre: Preprocess, model_path: str | Path, out_path: str | Path, *, c
     kept = {p.key: p.value for p in model.metadata_props if p.key == "labels"}  # the input specs no longer hold
     helper.set_model_props(out, {**kept, "onnxgate.preprocess_in_graph": str(pre)})
     onnx.checker.check_model(out)
-    onnx.save(out, str(out_path))
-    return Path(out_path)
+    return serde.save(out, out_path, force=True)

@@ -162,7 +162,7 @@ class ServedModel:
     threads_source: str = "onnxruntime default (all cores)"
     opt_level: str = "all"
     session: Any = None
-    runtime: str = "onnxruntime"  # or "openvino" (ov_session.OpenVinoSession)
+    runtime: str = "onnxruntime"  # or "openvino" (runtimes.openvino.OpenVinoSession)
     runtime_config: str = ""  # how the session runs, e.g. "OpenVINO 2026.4 CPU, ..., INFERENCE_PRECISION_HINT=f32"
     runtime_source: str = "the default"  # why this runtime: --runtime, or the bundle's benchmark recommendation
     check_manifest: dict[str, Any] | None = None  # tolerances the self-check and batch probe use, when not the bundle's
@@ -283,7 +283,7 @@ def load_served_model(folder: Path, *, name: str | None = None, threads: int | N
                         _batch_dim(inputs, outputs), meta, threads=chosen, threads_source=how, opt_level=level,
                         session=session, runtime_source=plan["source"])
     if plan["runtime"] == "openvino":
-        from .ov_session import OpenVinoSession
+        from ..runtimes.openvino import OpenVinoSession
 
         model.session = None  # onnxruntime gave the metadata; OpenVINO serves
         model.session = OpenVinoSession(folder / mf.MODEL, threads=chosen or None, precision=plan["precision"])
