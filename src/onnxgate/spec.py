@@ -57,6 +57,18 @@ class Dim:
     example: int | None = None
     # Only multiples of this size (a verified domain's granularity: a stride or patch size); None = any size.
     multiple_of: int | None = None
+    # Whether the user declared a range (``H=32..512``, ``H=1..``): True/False as parsed; None = inferred (a dim
+    # at min 1 with no max and no granularity has none). A dim without a range means "wherever the PyTorch
+    # reference runs": a size PyTorch itself rejects bounds its verified domain instead of failing it
+    # (verify/domain.py). Not part of equality: ``H=1..`` and ``H`` describe the same sizes.
+    declared: bool | None = field(default=None, compare=False)
+
+    @property
+    def ranged(self) -> bool:
+        """The user declared a range (or a granularity) for this dim."""
+        if self.declared is not None:
+            return self.declared
+        return self.min != 1 or self.max is not None or self.multiple_of is not None
 
     def contains(self, value: int) -> bool:
         return (value >= self.min and (self.max is None or value <= self.max)
@@ -195,7 +207,8 @@ def parse_dim(text: str, *, where: str | None = None) -> Dim:
     if mult_i is not None and mult_i < 1:
         raise BadInputError(f"{where}: the granularity %{mult_i} must be at least 1.", hint=hint)
     # NAME=EXAMPLE keeps min 1; a granularity of 1 is no granularity
-    dim = Dim(name, example=ex_i) if lo_i is None else Dim(name, lo_i, hi_i, ex_i, mult_i if mult_i != 1 else None)
+    dim = (Dim(name, example=ex_i, declared=False) if lo_i is None
+           else Dim(name, lo_i, hi_i, ex_i, mult_i if mult_i != 1 else None, declared=True))
     if dim.min < 0 or (dim.max is not None and dim.max < dim.min):
         raise BadInputError(f"{where}: the range is empty.", hint=hint)
     if dim.multiple_of and dim.max is not None and dim.max // dim.multiple_of * dim.multiple_of < max(dim.min, 1):

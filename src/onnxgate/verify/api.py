@@ -7,7 +7,7 @@ dims become dynamic dims; they then need an example size from ``--dim`` unless t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +87,7 @@ def specs_from_model(structure: StructureReport, config: ExportConfig) -> tuple[
                     raise BadInputError(
                         f"The model's input '{spec.name}' has the dynamic dim '{name}' and onnxgate does not know a "
                         "size to verify it at.", hint=f"Give one with --dim {name}=MIN..MAX@SIZE or --dim {name}=SIZE.")
-                dim = Dim(dim.name, dim.min, dim.max, example, dim.multiple_of)
+                dim = replace(dim, example=example)  # keeps whether a range was declared
             dims[name] = dim
     try:
         check_generated_size(specs, dims)

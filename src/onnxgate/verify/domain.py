@@ -90,14 +90,53 @@ class DimDomain:
     probes: list[int] = field(default_factory=list)  # every size run, in the order they ran (traced first)
     skipped: list[int] = field(default_factory=list)  # candidate sizes the budget left out
     seconds: float = 0.0
+    # The dim was declared without a range (``x:Bx3xHxW`` and no ``--dim H=MIN..MAX``): it means "wherever the
+    # PyTorch reference runs", so an edge PyTorch itself sets (``reference_edges``) bounds the domain, not a failure.
+    unranged: bool = False
+
+    def reference_edges(self) -> dict[str, DomainFailure]:
+        """For a dim declared without a range, the ends of the verified interval that PyTorch itself sets: "min"
+        (or "max") -> the nearest failure below (above) the interval, when the reference raised there (an AlexNet
+        below H = 63: "Output size is too small"). Empty for a declared range: a size it declares that PyTorch
+        rejects stays a failure."""
+        if not self.unranged:
+            return {}
+        edges: dict[str, DomainFailure] = {}
+        below = [f for f in self.failures if f.size < self.verified_min]
+        if below and max(below, key=lambda f: f.size).by == "pytorch":
+            edges["min"] = max(below, key=lambda f: f.size)
+        above = [f for f in self.failures if self.verified_max is not None and f.size > self.verified_max]
+        if above and min(above, key=lambda f: f.size).by == "pytorch":
+            edges["max"] = min(above, key=lambda f: f.size)
+        return edges
+
+    def _declared_bounds(self) -> tuple[int, int | None]:
+        """The declared ends, where an edge PyTorch itself sets replaces an end a dim without a range left open."""
+        edges = self.reference_edges()
+        return (self.verified_min if "min" in edges else self.declared_min,
+                self.verified_max if "max" in edges else self.declared_max)
+
+    def edge_note(self) -> str:
+        """Why each edge PyTorch itself sets is where it is: "lower edge 63: PyTorch itself fails at 62 (Given
+        input size: (256x1x1). ... Output size is too small)"; the sizes between were not probed when the
+        failure is not next to the edge (the probe budget ran out)."""
+        parts = []
+        for end, failure in self.reference_edges().items():
+            edge = self.verified_min if end == "min" else self.verified_max
+            gap = abs(edge - failure.size) > self.multiple_of
+            between = (f"; {min(edge, failure.size) + 1}..{max(edge, failure.size) - 1} not probed" if gap else "")
+            parts.append(f"{'lower' if end == 'min' else 'upper'} edge {edge}: PyTorch itself fails at {failure.size}"
+                         f" ({failure.error}){between}")
+        return "; ".join(parts)
 
     @property
     def narrower(self) -> bool:
         """The declaration claims a size the verification did not prove (outside the interval, or off its
-        granularity)."""
+        granularity). A dim declared without a range claims the sizes where PyTorch runs (``reference_edges``)."""
         step = self.declared_multiple_of
-        first = -(-max(self.declared_min, 1) // step) * step
-        last = None if self.declared_max is None else self.declared_max // step * step
+        declared_min, declared_max = self._declared_bounds()
+        first = -(-max(declared_min, 1) // step) * step
+        last = None if declared_max is None else declared_max // step * step
         if first < self.verified_min or (self.verified_max is not None and (last is None or last > self.verified_max)):
             return True
         if step % self.multiple_of == 0:
@@ -129,13 +168,20 @@ class DimDomain:
                 "example": self.traced}
 
     def describe(self) -> str:
-        """"multiples of 64 in 64..1024", "1..16", "only 224"."""
+        """"multiples of 64 in 64..1024", "1..16", "only 224"; a dim declared without a range adds the edges
+        PyTorch itself sets: "63.. (lower edge 63: PyTorch itself fails at 62 (... Output size is too small))"."""
+        note = self.edge_note()
+        return self._span() + (f" ({note})" if note else "")
+
+    def _span(self) -> str:
         if self.only_traced:
             return f"only {self.traced}"
         span = f"{self.verified_min}..{'' if self.verified_max is None else self.verified_max}"
         return f"multiples of {self.multiple_of} in {span}" if self.multiple_of > 1 else span
 
     def declared(self) -> str:
+        if self.unranged:
+            return "no range (wherever PyTorch runs)"
         span = f"{self.declared_min}..{'' if self.declared_max is None else self.declared_max}"
         return f"multiples of {self.declared_multiple_of} in {span}" if self.declared_multiple_of > 1 else span
 
@@ -149,7 +195,12 @@ class DimDomain:
             elif self.verified_max is not None and (self.declared_max is None or self.verified_max < self.declared_max):
                 edges.append(f"last working size {self.verified_max}")
             text += f" (declared {self.declared()}{''.join('; ' + e for e in edges)})"
-        if self.failures:
+        edges = list(self.reference_edges().values())
+        if self.failures and edges and not self.narrower:  # every failure is PyTorch's own, outside the domain
+            others = sorted(f.size for f in self.failures if f not in edges)
+            if others:
+                text += f"; PyTorch also fails at {', '.join(map(str, others[:5]))}{' ...' if len(others) > 5 else ''}"
+        elif self.failures:
             first = self.telling_failure()
             others = sorted(f.size for f in self.failures if f is not first)
             more = f"; also fails at {', '.join(map(str, others[:5]))}{' ...' if len(others) > 5 else ''}" if others else ""
@@ -171,6 +222,9 @@ class DimDomain:
                 "declared_multiple_of": self.declared_multiple_of, "traced": self.traced,
                 "verified_min": self.verified_min, "verified_max": self.verified_max,
                 "multiple_of": self.multiple_of, "narrower": self.narrower, "summary": self.summary(),
+                "unranged": self.unranged,
+                "reference_edges": {end: {**f.to_dict(), "edge": self.verified_min if end == "min" else
+                                          self.verified_max} for end, f in self.reference_edges().items()},
                 "failures": [f.to_dict() for f in sorted(self.failures, key=lambda f: f.size)],
                 "probes": list(self.probes), "skipped": list(self.skipped), "seconds": round(self.seconds, 3)}
 
@@ -288,7 +342,7 @@ def discover(dim: Dim, run: Callable[[int], ProbeOutcome], *, required: Iterable
     else:
         for size in extra_sizes(dim, probe.results, granularities, budget=budget, spatial=spatial):
             probe(size)
-        domain = _conclude(dim, probe, step, first, last, budget)
+        domain = _conclude(dim, probe, step, first, last, budget, unranged=not dim.ranged)
     domain.seconds = time.perf_counter() - start
     return domain
 
@@ -296,20 +350,22 @@ def discover(dim: Dim, run: Callable[[int], ProbeOutcome], *, required: Iterable
 def _domain(dim: Dim, probe: _Prober, step: int, low: int, high: int | None, grain: int) -> DimDomain:
     failures = [DomainFailure(s, r.by or "?", r.error or "failed") for s, r in sorted(probe.failed.items())]
     return DimDomain(dim.name, dim.min, dim.max, step, probe.traced, low, high, grain, failures, list(probe.order),
-                     list(dict.fromkeys(probe.skipped)))
+                     list(dict.fromkeys(probe.skipped)), unranged=not dim.ranged)
 
 
 def _conclude(dim: Dim, probe: _Prober, step: int, first: int, last: int | None,
-              budget: DomainBudget) -> DimDomain:
+              budget: DomainBudget, *, unranged: bool = False) -> DimDomain:
     """From the outcomes so far to a domain: the finest granularity whose interval around the traced size holds
-    up under validation probes, then that interval's ends found by bisection."""
+    up under validation probes, then that interval's ends found by bisection. ``unranged`` (a dim declared
+    without a range): a size where PyTorch itself fails beyond every working size is evidence of an edge, not
+    against a granularity."""
     if not probe.failed:
         return _domain(dim, probe, step, first, last, step)
     refine = _Refiner(probe, budget)
     grain = step
     for grain in _grains(step, probe.traced):
         low, high = _gap(probe, grain, first, last)
-        if _holds(probe, grain, low, high, refine):
+        if _holds(probe, grain, low, high, refine, unranged=unranged):
             break
     low, high = _ends(probe, grain, first, last, refine)
     return _domain(dim, probe, step, low, high, grain)
@@ -358,7 +414,8 @@ def _level(size: int, grain: int) -> bool:
     return size % grain == 0 and size % (2 * grain) != 0
 
 
-def _holds(probe: _Prober, grain: int, low: int, high: int | None, refine, need: int = 2) -> bool:
+def _holds(probe: _Prober, grain: int, low: int, high: int | None, refine, need: int = 2, *,
+           unranged: bool = False) -> bool:
     """Whether sizes at this granularity work across the interval: ``need`` working odd multiples of ``grain``
     inside it (the ones probed so far, then validation probes near its low end, middle and high end, cheapest
     first). One failure refutes the granularity; a budget spent with some evidence accepts it."""
@@ -376,6 +433,9 @@ def _holds(probe: _Prober, grain: int, low: int, high: int | None, refine, need:
         if outcome is None:
             return bool(inside)
         if not outcome.ok:
+            working = probe.ok
+            if unranged and outcome.by == "pytorch" and not working[0] < size < working[-1]:
+                continue  # beyond every working size: where the reference stops running, found by bisection
             return False
         inside.append(size)
         if len(inside) >= need:

@@ -86,7 +86,10 @@ class ParityReport:
         if case.dim in self.allowed_static:
             return True
         domain = self.domains.get(case.dim)
-        return domain is not None and self.accept_domain and not domain.contains(case.sizes[case.dim])
+        if domain is None or domain.contains(case.sizes[case.dim]):
+            return False
+        # Accepted narrower; or a dim declared without a range, at a size beyond an edge PyTorch itself sets.
+        return self.accept_domain or (bool(domain.reference_edges()) and not domain.narrower)
 
     @property
     def first_failure(self) -> ShapeCase | None:
@@ -96,10 +99,15 @@ class ParityReport:
 
     def claimed_dims(self, dims: dict[str, Dim]) -> dict[str, Dim]:
         """What the model may claim: the declared dims, with each accepted narrower domain in place of its dim."""
-        if not self.accept_domain:
-            return dict(dims)
-        return {n: (self.domains[n].as_dim() if n in self.domains and self.domains[n].narrower
-                    and n not in self.frozen else d) for n, d in dims.items()}
+        return {n: (self.domains[n].as_dim() if n in self.domains and n not in self.frozen
+                    and self._claims_verified(self.domains[n]) else d) for n, d in dims.items()}
+
+    def _claims_verified(self, domain: DimDomain) -> bool:
+        """The verified domain replaces the declared dim: accepted narrower, or a dim declared without a range
+        whose edges PyTorch itself sets (it claims where the reference runs, never the sizes it rejects)."""
+        if domain.narrower:
+            return self.accept_domain
+        return bool(domain.reference_edges())
 
     def summary(self) -> str:
         if self.passed:
@@ -107,6 +115,10 @@ class ParityReport:
             accepted = [d for d in self.narrowed if self.accept_domain]
             if accepted:
                 extra += "; verified domain accepted: " + "; ".join(d.summary() for d in accepted)
+            edged = [d for n, d in self.domains.items() if n not in self.frozen and not d.narrower
+                     and d.reference_edges()]
+            if edged:
+                extra += "; where PyTorch runs: " + "; ".join(d.summary() for d in edged)
             return f"parity holds on {len(self.cases)} feeds{extra}"
         if set(self.frozen) - set(self.allowed_static):
             return "; ".join(f"dim {d} is frozen: {why}" for d, why in self.frozen.items() if d not in self.allowed_static)
