@@ -158,9 +158,6 @@ KNOWN_CIRCLES = {
     # verify/api.py <-> verify/identity.py: identity reads api.REGISTRY_SOURCES, api calls identity (issue 24; the
     # files are another engineer's right now). Move REGISTRY_SOURCES beside the reference loading it describes.
     frozenset({"onnxgate.verify.api", "onnxgate.verify.identity"}),
-    # cli/main.py <-> cli/isolate.py: the console script `entry` (main) hands off to isolate, whose child_main
-    # runs main again. One of the two entry points belongs in the other module.
-    frozenset({"onnxgate.cli.isolate", "onnxgate.cli.main"}),
 }
 
 

@@ -63,7 +63,7 @@ def run_isolated(argv: list[str]) -> int:
     path = os.path.join(folder, "stage")
     try:
         env = dict(os.environ, **{CHILD_ENV: "1", STAGE_FILE_ENV: path})
-        code = run_kept([sys.executable, "-m", "onnxgate.cli.isolate", *argv], env)
+        code = run_kept([sys.executable, "-m", "onnxgate.cli.child", *argv], env)
         stage = StageFile(path).read(default=COMMAND_STAGES.get(command, Stage.LOAD))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -138,9 +138,9 @@ def _child_preexec(keeper: int):
     return preexec
 
 
-def child_main() -> None:
-    """The child's entry point (``python -m onnxgate.cli.isolate ARGV``): die with the keeper, move no output into
-    place once it is gone, then run the command as ``onnxgate`` would in-process."""
+def child_prologue() -> None:
+    """First thing in the child (``python -m onnxgate.cli.child ARGV``, ``cli/child.py``): die with the keeper, and
+    move no output into place once it is gone; the child then runs the command as ``onnxgate`` would in-process."""
     ancestry = [int(p) for p in os.environ.pop(PARENT_ENV, "").split(",") if p.isdigit()]
     if ancestry:
         from .. import fsutil
@@ -149,9 +149,6 @@ def child_main() -> None:
         if not die_with_parent(ancestry[0]):
             os._exit(1)
         fsutil.expect_parent(*ancestry)
-    from .main import main
-
-    sys.exit(main())
 
 
 def crash_error(command: str, signum: int, stage: Stage | None = None) -> OnnxgateError:
@@ -174,7 +171,3 @@ def crash_error(command: str, signum: int, stage: Stage | None = None) -> Onnxga
     )
     error.exit_code = verdict.exit_code
     return error
-
-
-if __name__ == "__main__":
-    child_main()
