@@ -46,7 +46,8 @@ class Payload:
         return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
-def make_pt2_cases(work: Path, marker: Path) -> dict[str, Path]:
+def tiny_module():
+    """Linear(4, 3) behind a forward(x): the model every .pt2 probe starts from."""
     import torch
 
     class Tiny(torch.nn.Module):
@@ -57,6 +58,13 @@ def make_pt2_cases(work: Path, marker: Path) -> dict[str, Path]:
         def forward(self, x):
             return self.fc(x)
 
+    return Tiny().eval()
+
+
+def make_pt2_cases(work: Path, marker: Path) -> dict[str, Path]:
+    import torch
+
+    Tiny = type(tiny_module())
     good = work / "good.pt2"
     torch.export.save(torch.export.export(Tiny().eval(), (torch.randn(2, 4),)), good)
     payload = pickle.dumps(Payload(marker))
@@ -510,14 +518,7 @@ def second_round(work: Path, marker: Path, src: Path, only: list[str] | None):
     if wanted("pt2 zip structure"):
         import torch
 
-        class Tiny(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.fc = torch.nn.Linear(4, 3)
-
-            def forward(self, x):
-                return self.fc(x)
-
+        Tiny = type(tiny_module())
         good = work / "good2.pt2"
         torch.export.save(torch.export.export(Tiny().eval(), (torch.randn(2, 4),)), good)
         dynamic = work / "dynamic2.pt2"
