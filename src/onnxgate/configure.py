@@ -62,6 +62,22 @@ class RunFlags:
     deploy: str | None = None  # --deploy openvino,ort-mobile,...
 
 
+@dataclass(frozen=True)
+class RunJob(RunConfig):
+    """A ``RunConfig`` plus the accuracy stage's data: ``eval_data`` (``--eval DATA``, or the quantize stage's), on
+    which ``run`` measures top-1/top-5 of PyTorch, the exported model and each shipped variant, with or without
+    ``--quantize``; ``preprocess`` reads image folders (``--eval``, ``--data``) with or without it."""
+
+    eval_data: str | None = None
+    preprocess: str | None = None
+
+
+#: Flags that only the INT8 stage reads: given without --quantize (or a [quantize] table) they are an error, never
+#: silently dropped. ``--eval`` and ``--preprocess`` are not among them: the accuracy stage reads them.
+QUANTIZE_ONLY = (("calib", "--calib"), ("method", "--method"), ("max_accuracy_drop", "--max-accuracy-drop"),
+                 ("max_error", "--max-error"))
+
+
 def export_config(flags: ExportFlags) -> tuple[RunConfig, ExportConfig]:
     """The toml file's job (or an empty one) and its export config with the flags applied, checked."""
     run = load_toml(flags.config_file) if flags.config_file else RunConfig()
@@ -113,13 +129,38 @@ def run_config(ref: str | None, flags: RunFlags) -> RunConfig:
     if not ref:
         raise BadInputError(f"'{flags.export.config_file}' names no model (its `ref` key is missing).",
                             hint='Add ref = "torchvision:resnet18" to it.')
-    return RunConfig(
+    quantize = _quantize_config(flags, job.quantize)
+    data = tuple(flags.data) or job.data
+    if quantize is None:
+        _check_quantize_only(flags, data)
+    eval_data = flags.eval_data or (quantize.eval_data if quantize else None)
+    return RunJob(
         ref=ref, export=cfg, weights=flags.weights or job.weights, arch=flags.arch or job.arch,
         trust_pickle=flags.trust_pickle or job.trust_pickle, output=flags.output or job.output,
-        targets=cfg.targets, data=tuple(flags.data) or job.data,
+        targets=cfg.targets, data=data,
         bench=flags.bench or job.bench, optimize=_first(flags.optimize, job.optimize),
-        bundle=_first(flags.bundle, job.bundle), quantize=_quantize_config(flags, job.quantize),
-        deploy=_deploy(flags.deploy) or job.deploy)
+        bundle=_first(flags.bundle, job.bundle), quantize=quantize,
+        deploy=_deploy(flags.deploy) or job.deploy,
+        eval_data=str(eval_data) if eval_data is not None else None,
+        preprocess=flags.preprocess or (quantize.preprocess if quantize else None))
+
+
+def _check_quantize_only(flags: RunFlags, data: tuple[str, ...]) -> None:
+    """A run that does not quantize: an INT8-only flag would be dropped, so it is exit 2 naming the flag and the
+    fix; so is ``--preprocess`` with no image data to read (no ``--eval``, no ``--data``)."""
+    given = [name for key, name in QUANTIZE_ONLY if getattr(flags, key) is not None]
+    if given:
+        them = " and ".join(given)
+        raise BadInputError(
+            f"{them} {'is' if len(given) == 1 else 'are'} for the INT8 stage, and this run does not quantize (no "
+            f"--quantize): {'it' if len(given) == 1 else 'they'} would be ignored.",
+            hint="Add --quantize static (or --quantize dynamic) to quantize within the budget, or leave "
+                 f"{them} out: --eval DATA alone measures the top-1/top-5 of PyTorch and the exported model.")
+    if flags.preprocess is not None and not flags.eval_data and not data:
+        raise BadInputError("--preprocess reads image-folder DATA, and this run reads none (no --eval, --data or "
+                            "--quantize): it would be ignored.",
+                            hint="Give the image folder with --eval DATA (accuracy) or --data DATA (verification), "
+                                 "or leave --preprocess out.")
 
 
 def _deploy(text: str | None) -> tuple[str, ...]:

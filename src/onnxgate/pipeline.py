@@ -58,7 +58,11 @@ class Job:
     quantize: QuantizeConfig | None = None
     bundle: bool = True
     deploy: tuple[str, ...] = ()  # deploy targets (onnxgate deploy / --deploy): one verified artifact each
+    eval_data: Any = None  # the accuracy stage's DATA (--eval); else the quantize stage's evaluation data
+    eval_labels: Any = None  # one label per sample of eval_data, winning over labels found in it
+    preprocess: str | None = None  # reads image-folder eval_data (else the quantize stage's, else the metadata)
     exported: Any = None
+    accuracy: Any = None  # (evaluation Dataset, PyTorch's logits on it): each shipped variant is measured on both
     verified: Any = None
     quantized: Any = None
     variants: list = field(default_factory=list)
@@ -80,12 +84,15 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
         evaluate: Callable | None = None, force: bool = False, bundle: bool = True, targets: tuple[str, ...] = (),
         bench: str | None = "quick", optimize: bool = True, quantize: QuantizeConfig | None = None,
         progress: Callable[[str], None] | None = None, weights: str | None = None, arch: str | None = None,
-        trust_pickle: bool = False, deploy: tuple[str, ...] = (),
-        on_stage: Callable[[Stage], None] | None = None) -> PipelineReport:
+        trust_pickle: bool = False, deploy: tuple[str, ...] = (), eval_data: Any = None, eval_labels: Any = None,
+        preprocess: str | None = None, on_stage: Callable[[Stage], None] | None = None) -> PipelineReport:
     """Run the pipeline on ``ref`` (a reference string or a LoadedModel) into ``out_dir``.
 
     ``data``: real feeds verified besides the random ones. ``evaluate(runner) -> dict``: an accuracy measurement
-    run on both PyTorch and ONNX Runtime (the demo measures top-1 on the digits test split).
+    run on both PyTorch and ONNX Runtime (the demo measures top-1 on the digits test split). Without one,
+    ``eval_data`` (DATA: npz, image folder, file.py:fn, or feeds; ``eval_labels`` one label per sample; else
+    ``quantize.eval_data``) gets top-1/top-5 of PyTorch, the exported model and each shipped variant, against the
+    data's true labels, or agreement with PyTorch when it has none (``report.stages["accuracy"]``).
     ``bench``: "quick" (under a minute), "full", or None to skip the benchmark stage. ``optimize``: write the
     verified, optimized ``model.opt.onnx``. ``quantize``: an INT8 variant within an accuracy budget.
     ``deploy``: targets (``deploy.TARGETS``) converted from the verified file and each verified against PyTorch.
@@ -108,7 +115,7 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
     targets = tuple(targets) or config.targets  # the targets steer the export as well as verification
     job = Job(loaded, replace(config, targets=targets), out, progress or (lambda _m: None), data=data,
               evaluate=evaluate, targets=targets, bench=bench, optimize=optimize, quantize=quantize, bundle=bundle,
-              deploy=tuple(deploy))
+              deploy=tuple(deploy), eval_data=eval_data, eval_labels=eval_labels, preprocess=preprocess)
     report = PipelineReport(loaded.ref, str(out))
     reached = Stage.LOAD
     for stage, step in STAGES:
@@ -134,15 +141,16 @@ def run_job(job: RunConfig, *, out_dir: str | Path | None = None, force: bool = 
     """``onnxgate run``: the pipeline on a ``RunConfig`` (see ``configure.run_config``); ``--data`` files are read
     with the job's input specs."""
     feeds = None
+    preprocess = getattr(job, "preprocess", None) or (job.quantize.preprocess if job.quantize else None)
     if job.data:
         from .verify.inputs import load_feeds
 
-        feeds = load_feeds(list(job.data), list(job.export.inputs), meta=job.export.meta,
-                           preprocess=job.quantize.preprocess if job.quantize else None)
+        feeds = load_feeds(list(job.data), list(job.export.inputs), meta=job.export.meta, preprocess=preprocess)
     return run(job.ref, out_dir or job.output or "onnxgate-out", config=job.export, data=feeds, force=force,
                bundle=job.bundle, targets=job.targets, bench=None if job.bench == "none" else job.bench,
                optimize=job.optimize, quantize=job.quantize, progress=progress, weights=job.weights, arch=job.arch,
-               trust_pickle=job.trust_pickle, deploy=job.deploy, on_stage=on_stage)
+               trust_pickle=job.trust_pickle, deploy=job.deploy, eval_data=getattr(job, "eval_data", None),
+               preprocess=preprocess, on_stage=on_stage)
 
 
 def _announcer(on_stage: Callable[[Stage], None] | None) -> Callable[[Stage], None]:
@@ -221,13 +229,73 @@ def _accuracy_stage(job: Job, report: PipelineReport) -> None:
     from .runtimes.ort import OrtRunner
     from .runtimes.torch_runner import TorchRunner
 
-    if job.evaluate is None:
-        return
-    job.note("measuring accuracy on real data")
     names = [s.split(":")[0] for s in job.exported.inputs]
-    torch_metrics = job.evaluate(TorchRunner(job.loaded.module, input_names=names, output_names=job.exported.outputs))
-    onnx_metrics = job.evaluate(OrtRunner(job.model_path))
-    report.stages["accuracy"] = {"pytorch": torch_metrics, "onnxruntime": onnx_metrics}
+    torch_runner = TorchRunner(job.loaded.module, input_names=names, output_names=job.exported.outputs)
+    if job.evaluate is not None:
+        job.note("measuring accuracy on real data")
+        report.stages["accuracy"] = {"pytorch": job.evaluate(torch_runner),
+                                     "onnxruntime": job.evaluate(OrtRunner(job.model_path))}
+        return
+    data = job.eval_data if job.eval_data is not None else (job.quantize.eval_data if job.quantize else None)
+    if data is None:
+        return
+    dataset = _evaluation_data(job, data)
+    job.note(f"measuring top-1/top-5 on {dataset.source} ({dataset.samples} samples)")
+    reference = _logits(torch_runner, dataset, what="PyTorch")
+    job.accuracy = (dataset, reference)
+    acc = report.stages["accuracy"] = {}
+    if dataset.labels is not None:
+        acc["pytorch"] = _metrics(reference, dataset)
+    _measure_variant(job, report, "onnxruntime", job.model_path)
+
+
+def _evaluation_data(job: Job, data):
+    """The accuracy stage's DATA, read as quantize reads its evaluation data: conformed to the exported model's
+    inputs, image-folder classes matched by name to ``--labels`` or the model's labels metadata."""
+    from . import serde
+    from .transform.data import load_data, model_specs
+
+    quantize = job.quantize
+    own = job.eval_data is not None
+    labels = job.eval_labels if own else (quantize.labels if quantize else None)
+    preprocess = job.preprocess or (quantize.preprocess if quantize else None)
+    specs, _ = model_specs(job.model_path)
+    model = serde.load(job.model_path, load_external_data=False)
+    return load_data(data, specs, model=model, labels=labels, class_names=tuple(job.config.labels) or None,
+                     preprocess=preprocess, what="evaluation data")
+
+
+def _logits(runner, dataset, *, what: str) -> np.ndarray:
+    """The first output of ``runner`` on every feed of ``dataset``, as logits [samples, classes]."""
+    from .transform.budget import class_logits
+
+    return class_logits([next(iter(runner.run(feed).values())) for feed in dataset.feeds], dataset.samples, what=what)
+
+
+def _metrics(logits: np.ndarray, dataset) -> dict:
+    from .transform.budget import topk_accuracy
+
+    return {"top1": topk_accuracy(logits, dataset.labels, 1), "top5": topk_accuracy(logits, dataset.labels, 5),
+            "samples": int(len(logits)), "against": "labels", "data": dataset.source}
+
+
+def _measure_variant(job: Job, report: PipelineReport, name: str, path: Path) -> None:
+    """Top-1/top-5 of the ONNX file at ``path`` on the accuracy stage's data: against its labels, else agreement
+    with PyTorch (PyTorch's top-1 class among the file's top 1 / top 5)."""
+    from .runtimes.ort import OrtRunner
+    from .transform.budget import topk_accuracy
+
+    if job.accuracy is None:
+        return
+    dataset, reference = job.accuracy
+    logits = _logits(OrtRunner(path), dataset, what=f"the {name} model")
+    if dataset.labels is not None:
+        entry = _metrics(logits, dataset)
+    else:
+        chosen = reference.argmax(axis=1)
+        entry = {"top1": topk_accuracy(logits, chosen, 1), "top5": topk_accuracy(logits, chosen, 5),
+                 "samples": int(len(logits)), "against": "pytorch", "data": dataset.source}
+    report.stages.setdefault("accuracy", {})[name] = {**entry, "path": str(path)}
 
 
 def _optimize_stage(job: Job, report: PipelineReport) -> None:
@@ -242,6 +310,7 @@ def _optimize_stage(job: Job, report: PipelineReport) -> None:
     report.stages["optimize"] = {**result.to_dict(), "path": str(path) if result.passed else None}
     if result.passed:
         job.variants.append(Variant("optimized", str(path), verified=True))
+        _measure_variant(job, report, "optimized", path)
 
 
 def _quantize_stage(job: Job, report: PipelineReport) -> None:
@@ -262,6 +331,7 @@ def _quantize_stage(job: Job, report: PipelineReport) -> None:
                                  "path": str(path) if passed else None}
     if passed:
         job.variants.append(Variant("int8", str(path), verified=True))
+        _measure_variant(job, report, "int8", path)
 
 
 def _bench_stage(job: Job, report: PipelineReport) -> None:

@@ -115,7 +115,7 @@ def print_pipeline(console, report) -> None:
         console.print(f"localizer: {verify['localization']['summary']}")
     acc = report.stages.get("accuracy")
     if acc:
-        console.print("accuracy: " + ", ".join(f"{k} top-1 {v['top1']:.2%}" for k, v in acc.items()))
+        console.print(escape(accuracy_line(acc)), soft_wrap=True)
     if report.stages.get("optimize"):
         console.print(f"optimize: {report.stages['optimize']['summary']}")
     if report.stages.get("quantize"):
@@ -131,6 +131,23 @@ def print_pipeline(console, report) -> None:
     colour = "green" if report.verdict == "pass" else "red"
     console.print(f"[{colour}]verdict: {report.verdict}[/]" + (f" — {report.reason}" if report.reason else ""))
     console.print(f"report: {Path(report.out_dir) / 'report.html'} (and report.json)")
+
+
+def accuracy_line(acc: dict) -> str:
+    """``accuracy: pytorch top-1 97.2% top-5 99.7%, onnxruntime ... (on DATA, N samples, true labels)``; without
+    labels, each ONNX model's agreement with PyTorch's top-1 class."""
+    parts, basis = [], None
+    for name, m in acc.items():
+        top1, top5 = m.get("top1"), m.get("top5")
+        agree = m.get("against") == "pytorch"
+        text = f"{name} {'agrees with PyTorch top-1' if agree else 'top-1'} " + ("-" if top1 is None else f"{top1:.2%}")
+        if top5 is not None:
+            text += f" ({'in top-5' if agree else 'top-5'} {top5:.2%})" if agree else f" top-5 {top5:.2%}"
+        parts.append(text)
+        if m.get("against"):
+            basis = (f"on {m.get('data')}, {m.get('samples')} samples, "
+                     + ("no labels: agreement with PyTorch" if agree else "true labels"))
+    return "accuracy: " + ", ".join(parts) + (f" ({basis})" if basis else "")
 
 
 def print_targets(console, deploy: dict) -> None:

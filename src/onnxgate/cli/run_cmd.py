@@ -37,7 +37,9 @@ def run(
     method: str = typer.Option(None, "--method", help="INT8 calibration: minmax (default), entropy or percentile."),
     preprocess: str = typer.Option(None, "--preprocess", help="For image-folder DATA: resize=256,crop=224,mean=a/b/c,std=a/b/c,order=RGB (default: the model's metadata)."),
     calib: str = typer.Option(None, "--calib", help="Calibration DATA for --quantize static (npz, image folder, file.py:fn)."),
-    eval_data: str = typer.Option(None, "--eval", help="Labelled evaluation DATA for the accuracy budget."),
+    eval_data: str = typer.Option(None, "--eval", help="Evaluation DATA (npz, image folder by class, file.py:fn): top-1/top-5 of PyTorch, the "
+                                 "exported model and each variant, against its labels (else agreement with PyTorch); "
+                                 "with --quantize, also the accuracy budget."),
     max_accuracy_drop: float = typer.Option(None, "--max-accuracy-drop", help="Top-1 budget in points (exit 5 if missed)."),
     max_error: float = typer.Option(None, "--max-error", help="Max abs error budget against FP32 (exit 5 if missed)."),
     deploy: str = typer.Option(None, "--deploy", help="Deploy targets, comma-separated: openvino, ort-mobile, tflite, "

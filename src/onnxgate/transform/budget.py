@@ -230,3 +230,27 @@ def check(budget: Budget, evaluations: list[Evaluation]) -> str | None:
             found = "no float output to compare" if ev.cosine is None else f"{ev.cosine:.4f}"
             misses.append(f"{ev.level}: cosine to FP32 {found} (budget >= {budget.min_cosine:g})")
     return "; ".join(misses) or None
+
+
+def class_logits(outputs: list[np.ndarray], samples: int, *, what: str = "the model") -> np.ndarray:
+    """One model's first output over every feed, as logits ``[samples, classes]``; exit 2 when it is not that (top-k
+    accuracy of a model that is not a classifier means nothing)."""
+    logits = np.concatenate([np.asarray(o) for o in outputs]) if outputs else np.zeros((0, 0))
+    if logits.ndim != 2 or len(logits) != samples or not logits.shape[1]:
+        raise BadInputError(f"Top-1 accuracy needs {what}'s first output to be logits [samples, classes] with one "
+                            f"row per sample; it is {list(logits.shape)} for {samples} samples.",
+                            hint="Leave --eval out for models that are not classifiers: verification already "
+                                 "compares every output with PyTorch (give real inputs with --data).")
+    return logits
+
+
+def topk_accuracy(logits: np.ndarray, targets: np.ndarray, k: int) -> float | None:
+    """The share of rows whose target class is among the ``k`` highest logits (ties: the lowest class index first,
+    as ``argmax``); None when the model has fewer than ``k + 1`` classes (top-k of k classes is always 100%)."""
+    logits, targets = np.asarray(logits), np.asarray(targets).reshape(-1)
+    if k > 1 and logits.shape[1] <= k:
+        return None
+    if k == 1:
+        return float((logits.argmax(axis=1) == targets).mean())
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return float((top == targets[:, None]).any(axis=1).mean())
