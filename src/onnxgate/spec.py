@@ -19,7 +19,7 @@ import difflib
 import math
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import InitVar, asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +60,20 @@ class Dim:
     # Whether the user declared a range (``H=32..512``, ``H=1..``): True/False as parsed; None = inferred (a dim
     # at min 1 with no max and no granularity has none). A dim without a range means "wherever the PyTorch
     # reference runs": a size PyTorch itself rejects bounds its verified domain instead of failing it
-    # (verify/domain.py). Not part of equality: ``H=1..`` and ``H`` describe the same sizes.
-    declared: bool | None = field(default=None, compare=False)
+    # (verify/domain.py). Init-only: not part of equality (``H=1..`` and ``H`` describe the same sizes), nor of
+    # ``asdict`` (the recorded ``onnxgate.dims`` keep their form). ``dataclasses.replace`` forgets it unless given
+    # again (``replace(dim, example=224, declared=dim.ranged)``); forgotten, it is inferred.
+    declared: InitVar[bool | None] = None
+
+    def __post_init__(self, declared: bool | None) -> None:
+        object.__setattr__(self, "_declared", declared)
 
     @property
     def ranged(self) -> bool:
         """The user declared a range (or a granularity) for this dim."""
-        if self.declared is not None:
-            return self.declared
+        declared = getattr(self, "_declared", None)
+        if declared is not None:
+            return declared
         return self.min != 1 or self.max is not None or self.multiple_of is not None
 
     def contains(self, value: int) -> bool:

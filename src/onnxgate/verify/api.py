@@ -87,7 +87,7 @@ def specs_from_model(structure: StructureReport, config: ExportConfig) -> tuple[
                     raise BadInputError(
                         f"The model's input '{spec.name}' has the dynamic dim '{name}' and onnxgate does not know a "
                         "size to verify it at.", hint=f"Give one with --dim {name}=MIN..MAX@SIZE or --dim {name}=SIZE.")
-                dim = replace(dim, example=example)  # keeps whether a range was declared
+                dim = replace(dim, example=example, declared=dim.ranged)  # keeps whether a range was declared
             dims[name] = dim
     try:
         check_generated_size(specs, dims)
