@@ -9,6 +9,7 @@ split written as an .npz with the true labels under ``labels``."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -90,12 +91,13 @@ def test_eval_without_labels_reports_agreement_with_pytorch(digits_npz, tmp_path
     ({"max_accuracy_drop": 1.0}, "--max-accuracy-drop"),
     ({"method": "entropy"}, "--method"),
     ({"max_error": 0.1, "eval_data": "eval.npz"}, "--max-error"),
+    ({"preprocess": "crop=224"}, "--preprocess"),
 ])
 def test_int8_flags_without_quantize_are_refused_naming_the_flag_and_the_fix(flags, named):
     with pytest.raises(BadInputError) as exc:
         run_config(REF, RunFlags(ExportFlags(), **flags))
-    assert named in exc.value.message and "does not quantize" in exc.value.message
-    assert "--quantize static" in exc.value.hint
+    assert named in exc.value.message and "would be ignored" in exc.value.message
+    assert "--quantize" in exc.value.message + exc.value.hint
 
 
 def test_int8_flags_with_quantize_and_eval_alone_are_accepted():
@@ -111,3 +113,50 @@ def test_calib_without_quantize_is_exit_2_on_the_command_line(digits_npz, tmp_pa
     assert code == 2 and not env["ok"]
     assert "--calib" in env["reason"] and "--quantize" in env["hint"]
     assert not (tmp_path / "out").exists()  # refused before any model is loaded
+
+
+COLOUR_MODULE = '''
+import torch
+
+
+class Colour(torch.nn.Module):
+    """x[B,3,H,W] -> mean per channel -> 10 * identity -> logits for red, green, blue: the strongest channel wins."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(3, 3, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.eye(3) * 10)
+
+    def forward(self, x):
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def build():
+    return Colour().eval()
+'''
+
+
+def test_eval_on_an_image_folder_labels_samples_by_class_folder_name(tmp_path, capsys, monkeypatch):
+    """Class folders named as people name them ("Red", "green", "BLUE") are matched to --labels by name: the true
+    top-1 is 100%, where numbering the folders in sorted order would score 0%."""
+    from PIL import Image
+
+    (tmp_path / "colourmod.py").write_text(COLOUR_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (str(tmp_path), os.environ.get("PYTHONPATH")))))
+    colours = {"red": (200, 30, 40), "green": (30, 190, 50), "blue": (20, 40, 210)}
+    rng = np.random.default_rng(0)
+    for name in ("Red", "green", "BLUE"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(10):
+            pixels = np.clip(np.array(colours[name.lower()]) + rng.integers(-25, 25, (8, 8, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "photos" / name / f"{i}.png")
+    (tmp_path / "labels.txt").write_text("red\ngreen\nblue\n")
+    code = main(["run", "colourmod:build", "-i", "x:Bx3x8x8:float32", "--dim", "B=1..64@4", "--labels",
+                 str(tmp_path / "labels.txt"), "--eval", str(tmp_path / "photos"), "--preprocess", "crop=8",
+                 "--bench", "none", "--no-bundle", "--no-optimize", "-o", str(tmp_path / "out"), "--json"])
+    acc = json.loads(capsys.readouterr().out)["result"]["stages"]["accuracy"]
+    assert code == 0
+    assert acc["pytorch"]["top1"] == acc["onnxruntime"]["top1"] == 1.0 and acc["pytorch"]["samples"] == 30
+    assert acc["pytorch"]["against"] == "labels" and acc["pytorch"]["top5"] is None  # 3 classes: no top-5
