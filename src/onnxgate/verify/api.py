@@ -82,6 +82,7 @@ def specs_from_model(structure: StructureReport, config: ExportConfig) -> tuple[
             known = recorded.get(name)
             dim = user or dims.get(name) or Dim(name)
             if dim.example is None:
+                known = known or _recorded_dims(structure, config).get(name)
                 example = known.example if known and known.example else (2 if name.lower() in BATCH_NAMES else None)
                 if example is None:
                     raise BadInputError(
@@ -98,6 +99,22 @@ def specs_from_model(structure: StructureReport, config: ExportConfig) -> tuple[
                                + exc.message.rstrip(".")) from None
         raise
     return specs, dims
+
+
+def _recorded_dims(structure: StructureReport, config: ExportConfig) -> dict[str, Dim]:
+    """The dims the file's ``onnxgate.dims`` records, for an example size when ``--input`` gave the specs (which
+    skip the metadata) and no ``--dim`` gave one: ``run --input x:Bx3xHxW:float32`` verifies its own export at the
+    size it was traced at. Empty when there is no usable record (then the caller asks for ``--dim``)."""
+    from .. import metadata as md
+
+    if not config.inputs:
+        return {}
+    try:
+        found = md.input_specs(structure.metadata, model=structure.path,
+                               invalid_utf8=getattr(structure, "metadata_invalid_utf8", ()))
+    except BadInputError:
+        return {}
+    return found[1] if found is not None else {}
 
 
 def _graph_spec(tensor, model: str) -> InputSpec:
