@@ -107,18 +107,25 @@ def test_export_with_a_range_pytorch_cannot_meet_exits_4(tmp_path):
     assert "fails at 40 (pytorch:" in info.value.message and TOO_SMALL in info.value.message
 
 
+def _run(args: list[str], capsys) -> tuple[int, str]:
+    code = main(["run", "torchvision:alexnet", "--input", "x:Bx3xHxW:float32", *args, "--bench", "none",
+                 "--no-optimize"])
+    captured = capsys.readouterr()
+    return code, " ".join((captured.out + captured.err).split())  # the console wraps long lines
+
+
 @pytest.mark.slow
 def test_alexnet_without_a_range_exits_0_and_names_the_edge(tmp_path, capsys):
-    code = main(["run", "torchvision:alexnet", "--input", "x:Bx3xHxW:float32", "-o", str(tmp_path / "out")])
-    out = capsys.readouterr().out
+    code, out = _run(["-o", str(tmp_path / "out")], capsys)
     assert code == 0, out
     assert "lower edge 63: PyTorch itself fails at 62" in out and TOO_SMALL in out
+    dims = json.loads({p.key: p.value for p in onnx.load(str(tmp_path / "out" / "model.onnx"),
+                                                         load_external_data=False).metadata_props}["onnxgate.dims"])
+    assert dims["H"]["min"] == 63 and dims["W"]["min"] == 63
 
 
 @pytest.mark.slow
 def test_alexnet_with_a_range_it_cannot_meet_exits_4(tmp_path, capsys):
-    code = main(["run", "torchvision:alexnet", "--input", "x:Bx3xHxW:float32", "--dim", "H=32..512",
-                 "-o", str(tmp_path / "out")])
-    out = capsys.readouterr().out
+    code, out = _run(["--dim", "H=32..512", "-o", str(tmp_path / "out")], capsys)
     assert code == int(ExitCode.PARITY_FAILED), out
-    assert TOO_SMALL in out
+    assert "H: 63..512 (declared 32..512; first working size 63); fails at 62 (pytorch:" in out and TOO_SMALL in out

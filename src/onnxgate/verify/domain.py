@@ -342,7 +342,7 @@ def discover(dim: Dim, run: Callable[[int], ProbeOutcome], *, required: Iterable
     else:
         for size in extra_sizes(dim, probe.results, granularities, budget=budget, spatial=spatial):
             probe(size)
-        domain = _conclude(dim, probe, step, first, last, budget, unranged=not dim.ranged)
+        domain = _conclude(dim, probe, step, first, last, budget)
     domain.seconds = time.perf_counter() - start
     return domain
 
@@ -354,18 +354,18 @@ def _domain(dim: Dim, probe: _Prober, step: int, low: int, high: int | None, gra
 
 
 def _conclude(dim: Dim, probe: _Prober, step: int, first: int, last: int | None,
-              budget: DomainBudget, *, unranged: bool = False) -> DimDomain:
+              budget: DomainBudget) -> DimDomain:
     """From the outcomes so far to a domain: the finest granularity whose interval around the traced size holds
-    up under validation probes, then that interval's ends found by bisection. ``unranged`` (a dim declared
-    without a range): a size where PyTorch itself fails beyond every working size is evidence of an edge, not
-    against a granularity."""
+    up under validation probes, then that interval's ends found by bisection. A size where PyTorch itself fails
+    beyond every working size is evidence of an edge, not against a granularity (an AlexNet below H = 63 is no
+    reason to claim multiples of 7)."""
     if not probe.failed:
         return _domain(dim, probe, step, first, last, step)
     refine = _Refiner(probe, budget)
     grain = step
     for grain in _grains(step, probe.traced):
         low, high = _gap(probe, grain, first, last)
-        if _holds(probe, grain, low, high, refine, unranged=unranged):
+        if _holds(probe, grain, low, high, refine):
             break
     low, high = _ends(probe, grain, first, last, refine)
     return _domain(dim, probe, step, low, high, grain)
@@ -414,8 +414,7 @@ def _level(size: int, grain: int) -> bool:
     return size % grain == 0 and size % (2 * grain) != 0
 
 
-def _holds(probe: _Prober, grain: int, low: int, high: int | None, refine, need: int = 2, *,
-           unranged: bool = False) -> bool:
+def _holds(probe: _Prober, grain: int, low: int, high: int | None, refine, need: int = 2) -> bool:
     """Whether sizes at this granularity work across the interval: ``need`` working odd multiples of ``grain``
     inside it (the ones probed so far, then validation probes near its low end, middle and high end, cheapest
     first). One failure refutes the granularity; a budget spent with some evidence accepts it."""
@@ -434,8 +433,8 @@ def _holds(probe: _Prober, grain: int, low: int, high: int | None, refine, need:
             return bool(inside)
         if not outcome.ok:
             working = probe.ok
-            if unranged and outcome.by == "pytorch" and not working[0] < size < working[-1]:
-                continue  # beyond every working size: where the reference stops running, found by bisection
+            if outcome.by == "pytorch" and not working[0] < size < working[-1]:
+                continue  # beyond every working size: where the reference stops running (an edge, bisected)
             return False
         inside.append(size)
         if len(inside) >= need:
