@@ -16,7 +16,10 @@ infers
 * the **granularity**: the gcd of the sizes that work, claimed only when it explains a failing size, then refined
   (an odd multiple of half of it is tried: 64 is claimed only after 192 worked and 160 failed);
 * the **interval** around the traced size with no failure on that lattice, its ends found by bisection (a BERT
-  whose position table has 512 rows: "4..512", 513 fails in PyTorch itself).
+  whose position table has 512 rows: "4..512", 513 fails in PyTorch itself). A dim declared without a range means
+  "wherever PyTorch runs": an end that PyTorch itself sets (``DimDomain.reference_edges``) bounds it, with
+  PyTorch's error as the reason, instead of making it narrower than declared (AlexNet: "63..", 62 fails with
+  "Output size is too small").
 
 The result is a ``DimDomain``: declared vs verified, the failures (size, who failed, the error), every size probed
 and the seconds it took. It is data: the parity report, the model's metadata (``onnxgate.dims``), the bundle

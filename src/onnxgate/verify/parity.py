@@ -5,8 +5,10 @@ Torch-free: the reference is any runner (``TorchRunner`` when PyTorch is there, 
 A dim whose outputs disagree at every size but the traced one is reported as frozen at the traced size — never as
 a pass. A dim that works on part of its declared range (or only at multiples of a stride) gets a verified domain
 (``domain.py``) narrower than the declaration, which fails unless accepted (``accept_domain``); sizes where
-PyTorch itself fails narrow it too, and are named. A reference whose outputs cannot tell a wrong candidate from
-the right one (tied scores, constant outputs) is "not verifiable with these weights", never a pass.
+PyTorch itself fails narrow it too, and are named; for a dim declared without a range they only bound it (its
+domain is where the reference runs: the edge and PyTorch's error are claimed, not failed). A reference whose
+outputs cannot tell a wrong candidate from the right one (tied scores, constant outputs) is "not verifiable with
+these weights", never a pass.
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ class ParityReport:
                     None)
 
     def claimed_dims(self, dims: dict[str, Dim]) -> dict[str, Dim]:
-        """What the model may claim: the declared dims, with each accepted narrower domain in place of its dim."""
+        """What the model may claim: the declared dims, with each accepted narrower domain, and each domain a dim
+        without a range has where PyTorch runs, in place of its dim."""
         return {n: (self.domains[n].as_dim() if n in self.domains and n not in self.frozen
                     and self._claims_verified(self.domains[n]) else d) for n, d in dims.items()}
 
