@@ -129,3 +129,16 @@ def test_alexnet_with_a_range_it_cannot_meet_exits_4(tmp_path, capsys):
     code, out = _run(["--dim", "H=32..512", "-o", str(tmp_path / "out")], capsys)
     assert code == int(ExitCode.PARITY_FAILED), out
     assert "H: 63..512 (declared 32..512; first working size 63); fails at 62 (pytorch:" in out and TOO_SMALL in out
+
+
+def test_an_explicit_range_from_1_stays_a_range_through_the_ladder(tmp_path):
+    """``H=1..`` without a traced size: the ladder takes it from the model's example (its preparation rebuilds
+    the dim), and it is still a declared range."""
+    import inspect
+
+    source = tmp_path / "tiny.py"
+    source.write_text("import torch\nfrom torch import nn\n\n\n" + inspect.getsource(Tiny)
+                      + "\n\ndef build():\n    return Tiny().eval(), {'x': torch.randn(1, 3, 64, 64)}\n")
+    with pytest.raises(ParityError) as info:
+        onnxgate.export(f"{source}:build", tmp_path / "t.onnx", config=_config("H=1.."))
+    assert info.value.exit_code == ExitCode.PARITY_FAILED and "fails at 40 (pytorch:" in info.value.message

@@ -352,7 +352,11 @@ def verify_export(prepared, path: str | Path, config: ExportConfig,
 
     reference = TorchRunner(prepared.module, input_names=[s.name for s in prepared.specs],
                             output_names=prepared.output_names)
-    return verify_parity(reference, OrtRunner(path, opt_level=VERIFY_OPT_LEVEL), prepared.specs, prepared.dims,
+    # Whether each dim was declared with a range, from the user's --dim (replace() in the ladder's preparation
+    # forgets it, and H=1.. then reads like a dim without a range).
+    dims = {n: replace(d, declared=next((c.ranged for c in config.dims if c.name == n), d.ranged))
+            for n, d in prepared.dims.items()}
+    return verify_parity(reference, OrtRunner(path, opt_level=VERIFY_OPT_LEVEL), prepared.specs, dims,
                          seeds=VerifyConfig().seeds, allow_static=config.allow_static,
                          static_in_graph=static_in_graph, probes=probes, variants=True,
                          accept_domain=config.accept_domain,
