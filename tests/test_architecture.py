@@ -154,11 +154,7 @@ def test_a_bundle_verifies_in_a_fresh_venv_with_only_numpy_onnxruntime_and_the_c
 # ------------------------------------------------------------------------------------------------ import circles
 
 # Circles known today, each to be deleted from this list when it is broken (the test then insists on it):
-KNOWN_CIRCLES = {
-    # verify/api.py <-> verify/identity.py: identity reads api.REGISTRY_SOURCES, api calls identity (issue 24; the
-    # files are another engineer's right now). Move REGISTRY_SOURCES beside the reference loading it describes.
-    frozenset({"onnxgate.verify.api", "onnxgate.verify.identity"}),
-}
+KNOWN_CIRCLES: set[frozenset[str]] = set()  # none left (issue 24); a circle that must stay goes here, with why
 
 
 def _internal_imports() -> dict[str, dict[str, list[str]]]:

@@ -16,6 +16,7 @@ from ..errors import BadInputError, ParityError
 from ..spec import BATCH_NAMES, Dim, ExportConfig, InputSpec, VerifyConfig
 from .compare import Tolerance
 from .domain import DimDomain, graph_granularities
+from .identity import REGISTRY_SOURCES
 from .parity import ParityReport, static_dims_in_graph, verify_parity
 from .structure import StructureReport, check_structure
 
@@ -384,11 +385,6 @@ def unproven_export(report: ParityReport, result) -> ParityError:
                        hint="Accept the verified domain with --accept-domain (the model's metadata, the bundle and "
                             "the report then claim it, not the declaration)"
                             + (f", or declare it yourself: {declare}" if declare else "") + ".", result=result)
-
-
-# Recorded sources that name an entry of a model registry, not code: the name is checked against the registry's
-# own list before anything is built, so a file cannot make onnxgate import a module or run a function it chose.
-REGISTRY_SOURCES = ("torchvision", "timm")
 
 
 def recorded_reference(model: str | Path, metadata: dict[str, str], *, trust_source: bool) -> str:

@@ -22,6 +22,10 @@ from typing import Any
 
 from ..errors import BadInputError
 
+# Recorded sources that name an entry of a model registry, not code: the name is checked against the registry's
+# own list before anything is built, so a file cannot make onnxgate import a module or run a function it chose.
+REGISTRY_SOURCES = ("torchvision", "timm")
+
 FINGERPRINT = "onnxgate.weights_sha256"
 ARCH = "onnxgate.arch"
 WEIGHTS = "onnxgate.weights"
@@ -74,7 +78,6 @@ def reference_arch(ref: str, metadata: Mapping[str, Any], arch: str | None, *, t
     """The architecture to build a state-dict ``ref`` with: ``--arch`` when given, else the one the file records
     for its own source (``onnxgate.arch``), when that is a registry name or ``trust_source`` is set."""
     from ..sources.loader import parse_ref
-    from .api import REGISTRY_SOURCES
 
     if arch is not None:
         return arch
