@@ -36,10 +36,16 @@ def ran(result):
 def test_an_unsupported_operator_is_refused_without_the_rungs_it_rules_out(tmp_path):
     """median(dim): the dynamo and TorchScript exporters both lack it. Before: 7 attempts ran (each exporter at
     two opsets, then auto-dims, strict and draft capture); now one per exporter, the rest skipped and named."""
+    notes = []
     with pytest.raises(ExportError) as info:
-        onnxgate.export(Median(), tmp_path / "m.onnx", config=cfg("x:Bx8:float32", dims=["B=1..8"]))
+        onnxgate.export(Median(), tmp_path / "m.onnx", config=cfg("x:Bx8:float32", dims=["B=1..8"]),
+                        progress=notes.append)
     err = info.value
     assert err.exit_code == ExitCode.EXPORT_FAILED and err.result.diagnosis["id"] == "unsupported_aten_op"
+    # the "N/M" count grows when the extra rungs are added: a line says so (issue 27 item 7: "4/4" then "5/7")
+    added = [n for n in notes if "extra rung(s)" in n]
+    assert len(added) == 1 and "none of the 4 planned attempt(s) won: adding 3 extra rung(s)" in added[0], notes
+    assert "7 attempts in all now" in added[0]
     assert "median" in err.message
     attempts = err.result.attempts
     assert [(a.strategy, a.variant) for a in ran(err.result)] == [("dynamo", None), ("torchscript", None)]

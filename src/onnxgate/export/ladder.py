@@ -499,7 +499,11 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
                     break
             if i == len(attempts) - 1 and not extras:
                 extras = True
-                attempts += _extra_rungs(prepared, attempts, config)
+                more = _extra_rungs(prepared, attempts, config)
+                if more:  # say why the "N/M" count grows (issue 27 item 7: "4/4" then "5/7")
+                    note(f"none of the {len(attempts)} planned attempt(s) won: adding {len(more)} extra rung(s) "
+                         f"(repairs, capture variants), {len(attempts) + len(more)} attempts in all now")
+                attempts += more
         result = ExportResult(
             ref=loaded.ref, output=str(output) if output else None, attempts=attempts, winner=winner,
             inputs=[str(s) for s in prepared.specs], outputs=prepared.output_names,
@@ -549,7 +553,11 @@ def _step(prepared: Prepared, attempts: list[Attempt], i: int, path: Path, confi
         attempt.outcome, attempt.error_class, attempt.error = RUNTIME_ERROR, type(exc).__name__, first_line(exc)
     attempt.path = str(path)
     if attempt.error_class == "target":
-        attempts[i + 1:i + 1] = _target_fallbacks(attempt, attempts, config)
+        fallbacks = _target_fallbacks(attempt, attempts, config)
+        if fallbacks:  # say why the "N/M" count grows
+            note(f"attempt {i + 1}/{len(attempts)}: adding {len(fallbacks)} fallback rung(s) at an older opset "
+                 f"for the target, {len(attempts) + len(fallbacks)} attempts in all now")
+        attempts[i + 1:i + 1] = fallbacks
     if attempt.outcome != OK:
         return False
     note(f"attempt {i + 1}/{len(attempts)}: checking the graph's declared shapes")
