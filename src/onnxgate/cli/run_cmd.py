@@ -16,7 +16,7 @@ def run(
     output: Path = typer.Option(None, "-o", "--output", help="Folder for model, bundle and reports (default onnxgate-out)."),
     inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
     dims: list[str] = typer.Option([], "--dim", help=DIM_HELP),
-    data: list[str] = typer.Option([], "--data", help="Real inputs: .npz/.npy or file.py:fn yielding feeds. Repeatable."),
+    data: list[str] = typer.Option([], "--data", help="Real inputs, repeatable: an .npz/.npy (arrays named after the inputs), an image folder (photos flat or in class sub-folders, for a single image input; preprocessed as --preprocess or the preprocessing the --meta entries record) or file.py:fn yielding feeds."),
     strategy: str = typer.Option(None, help="Pin one export strategy: dynamo or torchscript."),
     opset: int = typer.Option(None, help="Pin one opset."),
     meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE written into the model's metadata. Repeatable."),

@@ -17,7 +17,7 @@ def verify(
     trust_source: bool = typer.Option(False, "--trust-source", help="Use the source model the file's metadata records even when it is code (a .py file, a module, a model file): imports and runs it. Only for files you trust."),
     inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
     dims: list[str] = typer.Option([], "--dim", help=DIM_HELP),
-    data: list[str] = typer.Option([], "--data", help="Real inputs: an .npz/.npy file or file.py:fn yielding feeds. Repeatable."),
+    data: list[str] = typer.Option([], "--data", help="Real inputs, repeatable: an .npz/.npy file (arrays named after the inputs), an image folder (photos flat or in class sub-folders, for a single image input; preprocessed as the model's metadata records, e.g. from `export --meta preprocess=...`) or file.py:fn yielding feeds."),
     runtime: list[str] = typer.Option([], "--runtime", help="onnxruntime or openvino for a model (repeatable); "
                                       "for a bundle, onnxruntime==X.Y.Z runs it in an isolated environment."),
     rtol: float = typer.Option(None, help="Relative tolerance for every output (default per dtype)."),
