@@ -138,6 +138,8 @@ def test_a_bundle_with_external_data_deploys_to_ort_mobile(ext_bundle, tmp_path,
     assert code == 0, doc["reason"]
     assert [a["verdict"] for a in doc["result"]["artifacts"]] == ["passed"]
     assert verify_bundle(copy).passed  # the artifact is checksummed into the manifest
+    # its row says why its latency may trail model.onnx's on a desktop CPU (issue 27 item 7)
+    assert "can run slower than model.onnx" in doc["result"]["artifacts"][0]["runtime"]
 
 
 def test_deploy_names_what_is_wrong_with_an_archive_or_a_bare_onnx_file(bundle, model, tmp_path, capsys):

@@ -16,6 +16,14 @@ def convert(ctx: Context) -> list[Built]:
 
     ctx.note("ort-mobile: converting to the ORT format")
     ort_file, config = convert_to_ort_format(ctx.onnx_path, ctx.out_dir / "ort-mobile")
-    return [Built("fp32", [ort_file, config], "fp32", "fp32",
-                  f"onnxruntime {ort.__version__} CPU (ORT format, optimizations fixed at conversion)",
+    return [Built("fp32", [ort_file, config], "fp32", "fp32", runtime_text(ort.__version__),
                   lambda: OrtRunner(ort_file, what=f"'{ort_file}'"))]
+
+
+def runtime_text(version: str) -> str:
+    """The row's runtime, with why its latency may trail model.onnx's on this machine (issue 27 item 7: the .ort
+    ran 2.3-2.7x slower than model.onnx in the same onnxruntime, with no note)."""
+    return (f"onnxruntime {version} CPU (ORT format, optimizations fixed at conversion: level \"all\" for ARM, "
+            "so without the x86 NCHWc layout transform; the format is for size and start-up on mobile/reduced "
+            "builds, and on a desktop CPU it can run slower than model.onnx, which onnxruntime optimizes for the "
+            "machine it loads on)")
