@@ -331,6 +331,25 @@ def test_a_constant_reference_is_not_verifiable_not_a_pass(tmp_path, capsys):
     assert result.ok
 
 
+class ConstantOut(nn.Module):
+    """Constant outputs with no all-zero weight: --reinit-degenerate changes nothing."""
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return x[:, :3] * 0 + self.bias
+
+
+def test_a_reference_still_degenerate_after_reinit_is_not_told_to_reinit(tmp_path):
+    """Issue 27 item 7: the zoo's ShuffleNet sets --reinit-degenerate and was told to pass it."""
+    cfg = ExportConfig(inputs=(parse_input("x:Bx8:float32"),), dims=(parse_dim("B=1..4"),), reinit_degenerate=True)
+    with pytest.raises(ParityError) as info:
+        onnxgate.export(ConstantOut().eval(), tmp_path / "c.onnx", config=cfg)
+    assert "not verifiable with these weights" in info.value.message
+    assert info.value.hint.startswith("--reinit-degenerate is already on") and "--weights" in info.value.hint
+
+
 def test_verify_of_a_degenerate_reference_fails_with_the_way_out(tmp_path):
     model = ZeroHead().eval()
     path = tmp_path / "z.onnx"

@@ -518,7 +518,7 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
         if not proof.passed:
             from ..verify.api import unproven_export
 
-            result.error = unproven_export(proof, result)
+            result.error = unproven_export(proof, result, reinit=config.reinit_degenerate)
             return result
         won = attempts[winner]
         if output is not None:

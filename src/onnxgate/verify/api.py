@@ -364,10 +364,11 @@ def verify_export(prepared, path: str | Path, config: ExportConfig,
                          granularities=tuple(graph_granularities(path)) if prepared.dims else ())
 
 
-def unproven_export(report: ParityReport, result) -> ParityError:
+def unproven_export(report: ParityReport, result, *, reinit: bool = False) -> ParityError:
     """The error for an export whose winner failed its full verification (``verify_export``): a shape domain
-    narrower than declared, or a reference that cannot be verified with these weights."""
-    from .parity import DEGENERATE_HINT
+    narrower than declared, or a reference that cannot be verified with these weights. ``reinit``: the export ran
+    with ``--reinit-degenerate`` (the hint then does not suggest it again)."""
+    from .parity import degenerate_hint
 
     frozen = [d for d in report.frozen if d not in report.allowed_static]
     if frozen:
@@ -377,7 +378,7 @@ def unproven_export(report: ParityReport, result) -> ParityError:
                            result=result)
     if report.degenerate and not report.narrowed:
         return ParityError(f"The export ran, but its parity with PyTorch is {report.summary()}.",
-                           hint=DEGENERATE_HINT, result=result)
+                           hint=degenerate_hint(reinit), result=result)
     narrowed = report.narrowed
     declare = " ".join(f"--dim {d.dim}={d.verified_min}..{'' if d.verified_max is None else d.verified_max}"
                        f"@{d.traced}{f'%{d.multiple_of}' if d.multiple_of > 1 else ''}" for d in narrowed)

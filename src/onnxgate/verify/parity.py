@@ -151,6 +151,16 @@ class ParityReport:
 NOT_VERIFIABLE = "not verifiable with these weights"
 DEGENERATE_HINT = ("Re-initialize all-zero weights with --reinit-degenerate, load real weights (--weights, or a "
                    "checkpoint in the model's code), or verify on real data (--data) whose outputs differ.")
+DEGENERATE_AFTER_REINIT_HINT = (
+    "--reinit-degenerate is already on (its all-zero weights were re-initialized), and the outputs stay degenerate "
+    "with these random weights: load real weights (--weights, or a checkpoint in the model's code), or verify on "
+    "real data (--data) whose outputs differ.")
+
+
+def degenerate_hint(reinit: bool = False) -> str:
+    """The way out of a degenerate reference; with ``--reinit-degenerate`` already on, it is not suggested again
+    (issue 27 item 7: the zoo's ShuffleNet, which sets it, was told to pass it)."""
+    return DEGENERATE_AFTER_REINIT_HINT if reinit else DEGENERATE_HINT
 
 
 def degenerate_summary(degenerate: dict[str, str]) -> str:
