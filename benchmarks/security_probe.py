@@ -36,37 +36,16 @@ import zipfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' builders: one way to make each payload and model
 
-
-class Payload:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
-
-
-def tiny_module():
-    """Linear(4, 3) behind a forward(x): the model every .pt2 probe starts from."""
-    import torch
-
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = torch.nn.Linear(4, 3)
-
-        def forward(self, x):
-            return self.fc(x)
-
-    return Tiny().eval()
+from helpers import Payload, tiny_linear  # noqa: E402
 
 
 def make_pt2_cases(work: Path, marker: Path) -> dict[str, Path]:
     import torch
 
-    Tiny = type(tiny_module())
     good = work / "good.pt2"
-    torch.export.save(torch.export.export(Tiny().eval(), (torch.randn(2, 4),)), good)
+    torch.export.save(torch.export.export(tiny_linear(), (torch.randn(2, 4),)), good)
     payload = pickle.dumps(Payload(marker))
 
     def rewrite(name: str, edit) -> Path:
@@ -238,7 +217,6 @@ def probes(work: Path, marker: Path) -> list[tuple[str, str, list[str]]]:
 def duplicate_entry_pt2(good: Path, dynamic: Path, work: Path, marker: Path) -> dict[str, Path]:
     """Archives that mean one thing to Python's zipfile and another to torch's reader (miniz), and program JSON that
     makes torch run code: the builders of tests/test_security_pt2.py (one way to build each variant), 17 of them."""
-    sys.path.insert(0, str(HERE.parent / "tests"))
     from test_security_pt2 import json_variants, variants
 
     return {**variants(good, work, marker), **json_variants(good, dynamic, work, marker)}
@@ -518,11 +496,10 @@ def second_round(work: Path, marker: Path, src: Path, only: list[str] | None):
     if wanted("pt2 zip structure"):
         import torch
 
-        Tiny = type(tiny_module())
         good = work / "good2.pt2"
-        torch.export.save(torch.export.export(Tiny().eval(), (torch.randn(2, 4),)), good)
+        torch.export.save(torch.export.export(tiny_linear(), (torch.randn(2, 4),)), good)
         dynamic = work / "dynamic2.pt2"
-        torch.export.save(torch.export.export(Tiny().eval(), (torch.randn(4, 4),),
+        torch.export.save(torch.export.export(tiny_linear(), (torch.randn(4, 4),),
                                               dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=64)}}),
                           dynamic)
         for label, path in duplicate_entry_pt2(good, dynamic, work, marker).items():

@@ -121,6 +121,34 @@ def tiny_cnn():
     return TinyCnn().eval()
 
 
+def tiny_linear():
+    """Linear(4, 3) behind ``forward(x)``, in eval mode: the model the security tests save as .pt2, TorchScript or
+    pickle (random weights)."""
+    import torch
+
+    class TinyLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    return TinyLinear().eval()
+
+
+class Payload:
+    """Unpickling this object creates ``marker``: proof that code from a file ran (the security tests' and
+    benchmarks/security_probe.py's payload; ``__reduce__`` names ``exec``, not this class, so the pickle loads
+    anywhere)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
 def tiny_loaded():
     from onnxgate.sources.model import LoadedModel
 
@@ -181,3 +209,18 @@ def triton_model_config():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.ModelConfig
+
+
+def request(srv, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None,
+            timeout: float = 30) -> tuple[int, dict, bytes]:
+    """One HTTP request to a test server (``srv.hostport``): status, headers (keys lower-cased: HTTP header names
+    are case-insensitive), body."""
+    import http.client
+
+    conn = http.client.HTTPConnection(srv.hostport, timeout=timeout)
+    try:
+        conn.request(method, path, body=body.encode() if isinstance(body, str) else body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()

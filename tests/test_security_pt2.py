@@ -23,23 +23,7 @@ import torch
 from onnxgate.cli.main import main
 from onnxgate.errors import ExitCode, UnsafeInputError
 from onnxgate.safe_load import check_pt2_archive
-
-
-class _Payload:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
-
-
-class _Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = torch.nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.fc(x)
+from helpers import Payload, tiny_linear
 
 
 class _Dynamic(torch.nn.Module):
@@ -50,7 +34,7 @@ class _Dynamic(torch.nn.Module):
 @pytest.fixture(scope="module")
 def good_pt2(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pt2") / "good.pt2"
-    torch.export.save(torch.export.export(_Tiny().eval(), (torch.randn(2, 4),)), path)
+    torch.export.save(torch.export.export(tiny_linear(), (torch.randn(2, 4),)), path)
     return path
 
 
@@ -106,7 +90,7 @@ def poisoned_items(good: Path, marker: Path) -> tuple[list, list]:
     weight_name = next(n for n, _ in items if n.endswith("data/weights/weight_0"))
     config = json.loads(dict(items)[config_name])
     next(iter(config["config"].values()))["use_pickle"] = True
-    evil = [(config_name, json.dumps(config).encode()), (weight_name, pickle.dumps(_Payload(marker)))]
+    evil = [(config_name, json.dumps(config).encode()), (weight_name, pickle.dumps(Payload(marker)))]
     benign = [(n, d) for n, d in items if n in (config_name, weight_name)]
     return evil, benign
 
@@ -151,7 +135,7 @@ def variants(good: Path, folder: Path, marker: Path) -> dict[str, Path]:
         "overlapping entries": raw_zip(items, offsets={items[1][0]: items[0][0]}),
         "an encrypted entry": raw_zip(items, flags=0x0001),
         "zip64 markers without zip64 records": raw_zip(items, zip64_marker=True),
-        "an entry outside the archive's folder": raw_zip(items + [("elsewhere/evil.pt", pickle.dumps(_Payload(marker)))]),
+        "an entry outside the archive's folder": raw_zip(items + [("elsewhere/evil.pt", pickle.dumps(Payload(marker)))]),
         "an entry outside the pt2 layout": raw_zip(items + [(f"{root}/data/aotinductor/model/evil.so", b"\x7fELF")]),
         "a '..' path component": raw_zip(items + [(f"{root}/extra/../../evil.pt", b"x")]),
     }

@@ -25,31 +25,13 @@ from onnx import TensorProto, helper
 
 from onnxgate.cli.main import main
 from onnxgate.errors import ExitCode
-
-
-class _Payload:
-    """Unpickling this object creates ``marker``: proof that code from the file ran."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
-
-
-class _Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = torch.nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.fc(x)
+from helpers import Payload, tiny_linear
 
 
 @pytest.fixture(scope="module")
 def good_pt2(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pt2") / "good.pt2"
-    program = torch.export.export(_Tiny().eval(), (torch.randn(2, 4),))
+    program = torch.export.export(tiny_linear(), (torch.randn(2, 4),))
     torch.export.save(program, path)
     return path
 
@@ -66,7 +48,7 @@ def _rewrite(src: Path, dst: Path, edit) -> Path:
 
 def pickled_weight_pt2(good: Path, folder: Path, marker: Path) -> Path:
     """A real torch.export archive whose first weight is stored with use_pickle=True as a malicious pickle."""
-    payload = pickle.dumps(_Payload(marker))
+    payload = pickle.dumps(Payload(marker))
 
     def edit(name, data):
         if name.endswith("model_weights_config.json"):
@@ -83,7 +65,7 @@ def pickled_weight_pt2(good: Path, folder: Path, marker: Path) -> Path:
 
 def pickled_sample_inputs_pt2(good: Path, folder: Path, marker: Path) -> Path:
     """torch.export.load retries sample inputs with weights_only=False when weights_only refuses them."""
-    payload = pickle.dumps(_Payload(marker))
+    payload = pickle.dumps(Payload(marker))
     return _rewrite(good, folder / "sample_inputs.pt2",
                     lambda name, data: payload if "sample_inputs" in name else data)
 
@@ -95,7 +77,7 @@ def fake_pt2(folder: Path, marker: Path) -> Path:
         archive.writestr("fake/archive_format", "pt2")
         archive.writestr("version", "8.0")
         archive.writestr("serialized_exported_program.json", "{}")
-        archive.writestr("serialized_state_dict.pt", pickle.dumps(_Payload(marker)))
+        archive.writestr("serialized_state_dict.pt", pickle.dumps(Payload(marker)))
     return path
 
 

@@ -28,6 +28,7 @@ import torch
 
 from onnxgate.cli.main import main
 from onnxgate.errors import ExitCode
+from helpers import tiny_linear
 
 ONNXGATE = str(Path(sys.executable).parent / "onnxgate")
 
@@ -58,15 +59,6 @@ class _WritesFiles(torch.nn.Module):
     def forward(self, x):
         written = torch.from_file(self.target + ".forward", True, 16, dtype=torch.uint8).fill_(66)
         return x * 2 + written[0].float() * 0
-
-
-class _Plain(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = torch.nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.fc(x)
 
 
 def save_script(module: torch.nn.Module, path: Path) -> Path:
@@ -120,7 +112,7 @@ def test_torchscript_needs_consent(capsys, tmp_path, command):
     path = save_script(_WritesFiles(str(victim)), tmp_path / "evil.pt")
     onnx_file = tmp_path / "m.onnx"
     if command == "verify --against":
-        plain = save_script(_Plain(), tmp_path / "plain.pt")
+        plain = save_script(tiny_linear(), tmp_path / "plain.pt")
         torch.onnx.export(torch.jit.load(str(plain)), (torch.randn(2, 4),), str(onnx_file), dynamo=False,
                           input_names=["x"])
     argv = {"export": ["export", path, "-o", tmp_path / "out.onnx", "--input", "x:2x4:float32"],
@@ -162,7 +154,7 @@ def test_consented_torchscript_cannot_write_outside_its_scratch_folder(tmp_path)
 def test_consented_plain_torchscript_works_confined(tmp_path, command):
     """A TorchScript model that writes nothing goes through as before, confined: the output folder and bench's
     temporary folder stay writable; the older flag name still gives consent."""
-    path = save_script(_Plain(), tmp_path / "plain.pt")
+    path = save_script(tiny_linear(), tmp_path / "plain.pt")
     (tmp_path / "out").mkdir()
     argv = {"export": ["export", path, "-o", tmp_path / "out" / "m.onnx"],
             "run": ["run", path, "-o", tmp_path / "out" / "run", "--bench", "none"],
@@ -211,7 +203,7 @@ def test_trust_code_in_config_files(capsys, tmp_path):
     keeps working); without it the TorchScript model is refused."""
     from onnxgate.zoo import load_zoo
 
-    path = save_script(_Plain(), tmp_path / "plain.pt")
+    path = save_script(tiny_linear(), tmp_path / "plain.pt")
     for key, expected in (("", ExitCode.UNSAFE_INPUT), ("trust_code = true\n", ExitCode.OK),
                           ("trust_pickle = true\n", ExitCode.OK)):
         config = tmp_path / "onnxgate.toml"

@@ -31,7 +31,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("torch")
 httpclient = pytest.importorskip("tritonclient.http")
 
-from helpers import triton_model_config  # noqa: E402
+from helpers import request, triton_model_config  # noqa: E402
 
 from onnxgate.bundle.verify import compare_all, load_npz  # noqa: E402
 from onnxgate.cli.main import main  # noqa: E402
@@ -71,17 +71,6 @@ def digits():
 
     _, _, x_test, y_test = digits_split()
     return x_test, y_test
-
-
-def request(srv, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None,
-            timeout: float = 30) -> tuple[int, dict, bytes]:
-    conn = http.client.HTTPConnection(srv.hostport, timeout=timeout)
-    try:
-        conn.request(method, path, body=body.encode() if isinstance(body, str) else body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
 
 
 def post_json(srv, path: str, doc) -> tuple[int, dict]:

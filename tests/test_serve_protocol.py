@@ -9,7 +9,6 @@ http.client, and a tiny real bundle (x[B,4] @ W + b, B verified in 1..64) writte
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -23,6 +22,7 @@ pytest.importorskip("fastapi")
 httpclient = pytest.importorskip("tritonclient.http")
 pytest.importorskip("onnx")
 
+from helpers import request, triton_model_config  # noqa: E402
 from onnxgate.cli.main import main  # noqa: E402
 from onnxgate.serve.launch import ServerProcess  # noqa: E402
 
@@ -66,31 +66,6 @@ def onnxruntime_outputs(bundle: Path, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-def model_config_message():
-    """Triton's ModelConfig message from the model_config_pb2 tritonclient ships (loaded by path: the package's
-    __init__ wants grpcio, which the http client does not need)."""
-    import importlib.util
-
-    import tritonclient
-
-    path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
-    spec = importlib.util.spec_from_file_location("triton_model_config_pb2_protocol", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ModelConfig
-
-
-def request(srv, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None,
-            timeout: float = 30) -> tuple[int, dict, bytes]:
-    conn = http.client.HTTPConnection(srv.hostport, timeout=timeout)
-    try:
-        conn.request(method, path, body=body.encode() if isinstance(body, str) else body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
-
-
 def infer_body(x: np.ndarray) -> str:
     return json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
                                    "data": x.reshape(-1).tolist()}]})
@@ -121,7 +96,7 @@ def test_tritonclient_reads_the_model_config_and_tritons_protobuf_accepts_it(bat
 
     client = httpclient.InferenceServerClient(batching_server.hostport)
     doc = client.get_model_config(NAME)
-    config = json_format.ParseDict(doc, model_config_message()())  # unknown fields would raise
+    config = json_format.ParseDict(doc, triton_model_config()())  # unknown fields would raise
     assert (config.name, config.platform, config.backend, config.max_batch_size) == (
         NAME, "onnxruntime_onnx", "onnxruntime", 64)
     assert [(i.name, list(i.dims), i.data_type) for i in config.input] == [("x", [4], 11)]  # TYPE_FP32
@@ -181,13 +156,13 @@ def test_one_model_name_locally_in_triton_and_in_kserve(bundle, tmp_path, capsys
     assert service["metadata"]["name"] == "my-model"
     assert service["metadata"]["annotations"]["onnxgate.io/model-name"] == "My_Model"
     config = text_format.Parse((tmp_path / "k" / "model_repository" / "My_Model" / "config.pbtxt").read_text(),
-                               model_config_message()())
+                               triton_model_config()())
     assert config.name == "My_Model" and config.dynamic_batching.max_queue_delay_microseconds == 2000
     assert list(config.dynamic_batching.preferred_batch_size) == [16]
 
     assert main(["serve", str(bundle), "--export-config", "triton", str(tmp_path / "t"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)["result"]
-    config = text_format.Parse((tmp_path / "t" / NAME / "config.pbtxt").read_text(), model_config_message()())
+    config = text_format.Parse((tmp_path / "t" / NAME / "config.pbtxt").read_text(), triton_model_config()())
     assert config.name == NAME and not config.HasField("dynamic_batching")  # batching off unless asked
     assert result["dynamic_batching"] is None and any("dynamic_batching is off" in n for n in result["notes"])
     with ServerProcess(bundle, "--model-name", "My_Model") as srv:
