@@ -43,6 +43,7 @@ wherever Linux does.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import signal
@@ -333,8 +334,10 @@ def _describe(exc: BaseException) -> dict[str, Any]:
 _CHILD_THREADS = 1  # set in the parent right before each fork (``_release_openmp_pool``); read by the child
 
 
+@functools.lru_cache(maxsize=1)
 def _libgomp():
-    """The GNU OpenMP runtime torch is linked against (torch/lib/libgomp*.so*), or None."""
+    """The GNU OpenMP runtime torch is linked against (torch/lib/libgomp*.so*), or None; looked up once (called only
+    once torch is imported, so a None is final)."""
     torch = sys.modules.get("torch")
     if torch is None or not sys.platform.startswith("linux"):
         return None
