@@ -8,6 +8,12 @@ returns a list of *feeds*, each a dict from input name to array.
 ``--preprocess`` or the model's metadata says), or ``file.py:fn``. Labels come with it where the data has them; an
 image folder's class sub-folders are *matched by name* to the model's class labels (``match_classes``), never
 numbered in sorted order behind the user's back: numbering folders 0..N-1 scores a real ImageNet model 0%.
+A folder may also be named by class index ("474", "474_cardigan") or WordNet id ("n02963159", resolved through a
+``labels.csv`` beside the class folders): ImageNet repeats a few names (``Cardigan``/``cardigan``, ``crane``,
+``maillot``), and an ambiguous name is refused with that fix. A labelled CSV (``file,wnid,class_index,class_name``,
+paths relative to it) is a DATA argument too, whole or as one fixed half: ``FILE.csv:calib`` is its even rows
+(0, 2, 4, ...), ``FILE.csv:eval`` its odd rows, so calibration never sees an evaluation image; a flat image folder
+holding a ``labels.csv`` is labelled by it (``FOLDER:calib`` / ``FOLDER:eval`` name its halves).
 
 numpy has no bfloat16, so bfloat16 inputs are produced as float32; runners cast at their boundary.
 """
@@ -286,7 +292,12 @@ def load_dataset(data: DataArg, specs: list[InputSpec], *, meta: Mapping[str, st
     """
     if isinstance(data, (str, Path)):
         text = str(data)
-        if text.endswith((".npz", ".npy")):
+        csv_path, split = split_csv_ref(text)
+        if csv_path is not None:
+            dataset = _labelled_csv(Path(csv_path), split, specs, meta or {}, preprocess, what,
+                                    class_names if class_names is not None else labels_from_meta(meta or {}),
+                                    num_classes)
+        elif text.endswith((".npz", ".npy")):
             dataset = Dataset(load_npz(text, specs), _npz_labels(text, labels_key), text)
         elif Path(text).is_dir():
             dataset = _image_folder(Path(text), specs, meta or {}, preprocess, what,
@@ -361,10 +372,15 @@ def _image_folder(root: Path, specs: list[InputSpec], meta: Mapping[str, str], p
                             hint="Pass --preprocess resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225.")
     name = specs[0].name
     folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    loose = [f for f in root.iterdir() if f.is_file() and not f.name.startswith(".")]
+    loose = [f for f in root.iterdir() if f.is_file() and not f.name.startswith(".")
+             and f.suffix.lower() in IMAGE_SUFFIXES]
+    if labelled and not folders and (root / LABELS_CSV).is_file():  # a flat folder labelled by its labels.csv
+        return _labelled_csv(root / LABELS_CSV, None, specs, meta, preprocess, what, class_names, num_classes)
     if not labelled or not folders or loose:  # no class layout (or no labels wanted): unlabelled images
         return Dataset(pre.load_folder(root, input_name=name), None, str(root))
-    mapping, note = match_classes([f.name for f in folders], class_names, num_classes, root=root, what=what)
+    wnids = _wnid_table(root)
+    mapping, note = match_classes([f.name for f in folders], class_names, num_classes, root=root, what=what,
+                                  wnids=wnids)
     feeds, labels = [], []
     for folder in folders:
         class_feeds = pre.load_folder(folder, input_name=name)
@@ -374,13 +390,119 @@ def _image_folder(root: Path, specs: list[InputSpec], meta: Mapping[str, str], p
                    [note] if note else [], mapping)
 
 
+# ---- labelled CSVs and their fixed split -------------------------------------------------------------------------
+
+LABELS_CSV = "labels.csv"
+#: ``FILE.csv:calib`` / ``FILE.csv:eval``: the fixed, disjoint halves of a labelled CSV (rows in file order, counted
+#: from 0): calibration takes the even rows, evaluation the odd ones, so no image is ever in both.
+SPLITS = {"calib": 0, "even": 0, "eval": 1, "odd": 1}
+INDEX_COLUMNS = ("class_index", "index", "label")
+NAME_COLUMNS = ("class_name", "name")
+WNID_RE = re.compile(r"^n\d{8}$")
+
+
+def split_csv_ref(text: str) -> tuple[str | None, str | None]:
+    """(csv path, split) when ``text`` names a labelled CSV (``labels.csv``, ``labels.csv:eval``), else (None,
+    None). A folder holding a ``labels.csv`` with a split (``FOLDER:calib``) names that CSV's half."""
+    base, sep, split = text.rpartition(":")
+    if not sep or split.lower() not in SPLITS:
+        base, split = text, None
+    if base.lower().endswith(".csv"):
+        return base, split
+    if split is not None and Path(base).is_dir() and (Path(base) / LABELS_CSV).is_file():
+        return str(Path(base) / LABELS_CSV), split
+    return None, None
+
+
+def read_labels_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a labelled CSV (header ``file`` plus ``class_index``/``index``/``label``, ``wnid`` and/or
+    ``class_name``/``name``), as dicts with lower-cased keys."""
+    import csv
+
+    if not path.is_file():
+        raise BadInputError(f"The labelled CSV '{path}' does not exist.", hint="Give a CSV file: file,wnid,class_index,"
+                                                                             "class_name (a header row, one image a row).")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(f)]
+    if not rows or "file" not in rows[0]:
+        raise BadInputError(f"The labelled CSV '{path}' has no 'file' column (or no rows).",
+                            hint="Its header must name 'file' and one of class_index, wnid or class_name.")
+    return rows
+
+
+def _wnid_table(root: Path) -> dict[str, int] | None:
+    """WordNet id -> class index from a ``labels.csv`` in ``root`` (or its parent), when one has both columns."""
+    for folder in (root, root.parent):
+        path = folder / LABELS_CSV
+        if path.is_file():
+            rows = read_labels_csv(path)
+            column = next((c for c in INDEX_COLUMNS if c in rows[0]), None)
+            if "wnid" in rows[0] and column:
+                return {r["wnid"]: int(r[column]) for r in rows if r["wnid"] and r[column].isdigit()}
+    return None
+
+
+def _labelled_csv(path: Path, split: str | None, specs: list[InputSpec], meta: Mapping[str, str],
+                  preprocess: str | None, what: str, class_names: Sequence[str] | None,
+                  num_classes: int | None) -> Dataset:
+    """Images listed in a labelled CSV (paths relative to the CSV's folder), labelled by the row's class index;
+    without one, by its class name matched to the model's labels (``match_classes``; a name two classes share is
+    refused). ``split``: one fixed half (``SPLITS``)."""
+    if len(specs) != 1:
+        raise BadInputError(f"The {what} '{path}' lists images, but the model has {len(specs)} inputs.",
+                            hint="Give an .npz with one array per input instead.")
+    pre = Preprocess.parse(preprocess) if preprocess else Preprocess.from_meta(meta)
+    if pre is None:
+        raise BadInputError(f"The {what} '{path}' lists images, and neither --preprocess nor the model's metadata "
+                            "says how to turn images into inputs.",
+                            hint="Pass --preprocess resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225.")
+    rows = read_labels_csv(path)
+    if split is not None:
+        rows = rows[SPLITS[split.lower()]::2]
+    index_col = next((c for c in INDEX_COLUMNS if c in rows[0]), None)
+    name_col = next((c for c in NAME_COLUMNS if c in rows[0]), None)
+    count = len(class_names) if class_names is not None else num_classes
+    if index_col is not None:
+        bad = [r["file"] for r in rows if not r[index_col].isdigit() or (count and int(r[index_col]) >= count)]
+        if bad:
+            raise BadInputError(f"The {what} '{path}': {len(bad)} row(s) have no class index in 0..{(count or 1) - 1}"
+                                f" in '{index_col}': {_listed(bad)}.", hint="Give each row its class index.")
+        labels = [int(r[index_col]) for r in rows]
+        mapping = None
+    elif name_col is not None:
+        mapping, _ = match_classes(sorted({r[name_col] for r in rows}), class_names, num_classes, root=path,
+                                   what=what, wnids=_wnid_table(path.parent))
+        labels = [mapping[r[name_col]] for r in rows]
+    else:
+        raise BadInputError(f"The {what} '{path}' has no label column.",
+                            hint=f"Add one of {', '.join(INDEX_COLUMNS + NAME_COLUMNS)}.")
+    feeds = _load_files(pre, [path.parent / r["file"] for r in rows], specs[0].name)
+    half = f", {split} half: rows {SPLITS[split.lower()]}, {SPLITS[split.lower()] + 2}, ..." if split else ""
+    return Dataset(feeds, np.asarray(labels, dtype=np.int64), f"{path} ({len(rows)} images{half})", [], mapping)
+
+
+def _load_files(pre: Preprocess, files: Sequence[Path], input_name: str, batch: int = 4) -> list[Feed]:
+    from PIL import Image
+
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                images.append(pre.array(im, 3))
+        except OSError as exc:
+            raise BadInputError(f"Image '{f}' cannot be read: {exc}.", hint="Remove or replace it.") from None
+    return [{input_name: np.ascontiguousarray(np.stack(images[i:i + batch]), dtype=np.float32)}
+            for i in range(0, len(images), batch)]
+
+
 def _norm(name: str) -> str:
     """A class name as people write it in folder names: case, '_', '-' and repeated spaces do not matter."""
     return re.sub(r"[\s_\-]+", " ", name).strip().casefold()
 
 
 def match_classes(folders: Sequence[str], class_names: Sequence[str] | None, num_classes: int | None, *,
-                  root: Path | str = "the folder", what: str = "data") -> tuple[dict[str, int], str | None]:
+                  root: Path | str = "the folder", what: str = "data",
+                  wnids: Mapping[str, int] | None = None) -> tuple[dict[str, int], str | None]:
     """Each class folder's label index, and a note on what was assumed (or None).
 
     With the model's class names (``--labels`` or its metadata): each folder must name one class — exactly, or
@@ -395,7 +517,17 @@ def match_classes(folders: Sequence[str], class_names: Sequence[str] | None, num
             "--labels FILE (UTF-8, one a line, in the model's class order).")
 
     def as_index(name: str) -> int | None:
-        return int(name) if name.isdigit() and (count is None or int(name) < count) else None
+        """"281", "281_tabby", "n02123045" or "n02123045_tabby" (a WordNet id, given ``wnids``)."""
+        head = re.split(r"[_\- ]", name, maxsplit=1)[0]
+        if head.isdigit() and (count is None or int(head) < count) and (head == name or class_names is None
+                                                                         or _names_one(name[len(head) + 1:], head)):
+            return int(head)
+        if wnids and WNID_RE.match(head) and head in wnids:
+            return wnids[head]
+        return None
+
+    def _names_one(rest: str, head: str) -> bool:  # "134_crane": the name after the index agrees with it
+        return _norm(rest) == _norm(class_names[int(head)]) if class_names is not None else True
 
     if class_names is not None:
         exact = {n: i for i, n in reversed(list(enumerate(class_names)))}
@@ -404,7 +536,9 @@ def match_classes(folders: Sequence[str], class_names: Sequence[str] | None, num
             loose.setdefault(_norm(n), []).append(i)
         mapping, unmatched, ambiguous = {}, [], []
         for folder in folders:
-            if folder in exact and len(loose.get(_norm(folder), [])) <= 1:
+            if as_index(folder) is not None and not (folder in exact or len(loose.get(_norm(folder), [])) == 1):
+                mapping[folder] = as_index(folder)  # type: ignore[assignment]  # "134_crane", "n02012849"
+            elif folder in exact and len(loose.get(_norm(folder), [])) <= 1:
                 mapping[folder] = exact[folder]
             elif len(loose.get(_norm(folder), [])) == 1:
                 mapping[folder] = loose[_norm(folder)][0]
@@ -415,8 +549,13 @@ def match_classes(folders: Sequence[str], class_names: Sequence[str] | None, num
             else:
                 unmatched.append(folder)
         if ambiguous:
+            first = next((f, loose[_norm(f)][0]) for f in folders if len(loose.get(_norm(f), [])) > 1)
             raise BadInputError(f"The {what} '{root}': the class folder(s) {', '.join(ambiguous)} name more than one "
-                                "of the model's labels.", hint="Name those folders by class index instead.")
+                                "of the model's labels.",
+                                hint=f"Name those folders by class index (e.g. '{first[1]}' or "
+                                     f"'{first[1]}_{first[0]}') or WordNet id (with a labels.csv of file,wnid,"
+                                     "class_index,class_name beside them), or give a labelled CSV with a "
+                                     "class_index column as the data (FILE.csv, FILE.csv:calib, FILE.csv:eval).")
         if unmatched:
             raise BadInputError(f"The {what} '{root}': {len(unmatched)} of {len(folders)} class folder(s) match none "
                                 f"of the model's {len(class_names)} labels: {_listed(unmatched)}.", hint=hint)

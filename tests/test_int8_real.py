@@ -1,0 +1,74 @@
+"""Issue 26: INT8 on real weights and real data. Default tier: the data sources that let a real ImageNet model be
+calibrated and evaluated on class-named or CSV-labelled photos (ImageNet repeats names: 'Cardigan'/'cardigan'),
+with a fixed disjoint split. Slow tier: the real MobileNetV2 quantized on the ImageNet sample's halves."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onnxgate.errors import BadInputError
+from onnxgate.spec import InputSpec
+from onnxgate.verify.inputs import load_dataset, match_classes, read_labels_csv
+
+SPEC = [InputSpec("x", ("B", 3, 8, 8), "float32")]
+PRE = "resize=8,crop=8,mean=0/0/0,std=1/1/1"
+CLASSES = ["tench", "Cardigan", "cardigan", "crane", "Egyptian cat"]
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample-500"
+
+
+def _image(path: Path, value: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+def _csv_set(root: Path, rows: int = 10) -> Path:
+    """``rows`` one-colour images (the colour is the row number) and a labels.csv like the ImageNet sample's."""
+    with open(root / "labels.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["file", "wnid", "class_index", "class_name"])
+        for i in range(rows):
+            _image(root / f"img{i:02d}.png", 10 * i)
+            out.writerow([f"img{i:02d}.png", f"n0000000{i % 5}", i % 5, CLASSES[i % 5]])
+    return root / "labels.csv"
+
+
+def test_csv_halves_are_fixed_disjoint_and_labelled(tmp_path):
+    path = _csv_set(tmp_path)
+    calib = load_dataset(f"{path}:calib", SPEC, preprocess=PRE, class_names=CLASSES)
+    evaluation = load_dataset(f"{path}:eval", SPEC, preprocess=PRE, class_names=CLASSES)
+    whole = load_dataset(str(path), SPEC, preprocess=PRE, class_names=CLASSES)
+    row_of = lambda d: [int(round(v * 255 / 10)) for f in d.feeds for v in f["x"][:, 0, 0, 0]]  # noqa: E731
+    assert row_of(calib) == [0, 2, 4, 6, 8] and row_of(evaluation) == [1, 3, 5, 7, 9]
+    assert calib.labels.tolist() == [0, 2, 4, 1, 3] and evaluation.labels.tolist() == [1, 3, 0, 2, 4]
+    assert whole.samples == 10 and "eval half" in evaluation.source
+    # the folder itself, labelled by the labels.csv it holds, and its halves by name
+    assert load_dataset(str(tmp_path), SPEC, preprocess=PRE, class_names=CLASSES).labels.tolist() == whole.labels.tolist()
+    assert load_dataset(f"{tmp_path}:eval", SPEC, preprocess=PRE).labels.tolist() == [1, 3, 0, 2, 4]
+
+
+def test_ambiguous_class_folder_is_refused_with_the_fix_and_index_or_wnid_resolve_it(tmp_path):
+    for folder in ("tench", "cardigan"):
+        _image(tmp_path / "named" / folder / "a.png", 1)
+    with pytest.raises(BadInputError) as err:
+        load_dataset(str(tmp_path / "named"), SPEC, preprocess=PRE, class_names=CLASSES)
+    assert "'cardigan' (1, 2)" in str(err.value) and "'1_cardigan'" in err.value.hint
+    # by index, index_name and WordNet id (through a labels.csv beside the class folders)
+    for folder in ("0", "2_cardigan", "n00000001"):
+        _image(tmp_path / "fixed" / folder / "a.png", 1)
+    (tmp_path / "fixed" / "labels.csv").write_text("file,wnid,class_index,class_name\nx.png,n00000001,1,Cardigan\n")
+    data = load_dataset(str(tmp_path / "fixed"), SPEC, preprocess=PRE, class_names=CLASSES)
+    assert data.classes == {"0": 0, "2_cardigan": 2, "n00000001": 1} and sorted(data.labels.tolist()) == [0, 1, 2]
+    with pytest.raises(BadInputError):  # an index whose name disagrees is no index
+        match_classes(["3_cardigan"], CLASSES, None)
+
+
+@pytest.mark.skipif(not (SAMPLE / "labels.csv").is_file(), reason="the shared ImageNet sample is not here")
+def test_imagenet_sample_halves_split_every_photo_once():
+    rows = read_labels_csv(SAMPLE / "labels.csv")
+    calib, evaluation = {r["file"] for r in rows[0::2]}, {r["file"] for r in rows[1::2]}
+    assert len(rows) == 500 and len(calib) == len(evaluation) == 250 and not calib & evaluation
