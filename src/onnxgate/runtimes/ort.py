@@ -30,6 +30,8 @@ OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extend
 # optimizations off). Benchmarks, not verification, use the optimized levels.
 VERIFY_OPT_LEVEL = "disable"
 
+_NP_OF_ORT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
 def open_session(model: Any, *, what: str | None = None, opt_level: str = "all", intra_op_threads: int = 0,
                  inter_op_threads: int = 0, providers: list[str] | None = None,
                  optimized_model_path: str | Path | None = None, log_severity: int = 3,
@@ -105,16 +107,24 @@ class OrtRunner:
     """Runs an ONNX file, serialized model bytes or an ``onnx.ModelProto`` in onnxruntime (see ``open_session``)."""
 
     def __init__(self, model: Any, *, providers: list[str] | None = None, opt_level: str = "all",
-                 intra_op_threads: int = 0, inter_op_threads: int = 0, what: str | None = None):
+                 intra_op_threads: int = 0, inter_op_threads: int = 0, what: str | None = None,
+                 cast_float_inputs: bool = False):
         self.name = "onnxruntime"
         self.session = open_session(model, what=what, opt_level=opt_level, intra_op_threads=intra_op_threads,
                                     inter_op_threads=inter_op_threads, providers=providers)
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # cast_float_inputs: float feeds in each input's own float type (an FP16 file without float32 I/O is fed
+        # float16), so one set of feeds runs every precision of a model
+        self._casts = ({i.name: _NP_OF_ORT[i.type] for i in self.session.get_inputs() if i.type in _NP_OF_ORT}
+                       if cast_float_inputs else {})
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {k: v for k, v in inputs.items() if k in self.input_names}
+        for name, dtype in self._casts.items():
+            if name in feed:
+                feed[name] = np.asarray(feed[name]).astype(dtype, copy=False)
         outs = self.session.run(None, feed)
         return dict(zip(self.output_names, outs))
 

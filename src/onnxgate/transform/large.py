@@ -37,8 +37,8 @@ from .. import serde
 from ..errors import BadInputError, first_line
 from ..fsutil import check_target, staging_dir
 from .passes import (APPLIED, FAILED, ROLLED_BACK, SKIPPED, UNCHANGED, TransformRecord, TransformReport,
-                     _with_metadata_of, output_scales, pass_name)
-from .verifier import Verifier
+                     _with_claim_of, output_scales, pass_name)
+from .verifier import Verifier, baseline, claim_probes
 
 GB = 1e9
 
@@ -105,9 +105,9 @@ def optimize_large(model_path: str | Path, out: str | Path, passes: list, *, fee
         report.records = [_skipped(pass_name(p), original, size, fp16=True) for p in passes]
         report.passed = False
         return report
-    verifier = _verifier(model_path, original, feeds, preprocess)
+    verifier, report.claim = claim_probes(original, _verifier(model_path, original, feeds, preprocess))
     note("running the input model (by path, its weights read from its data file)")
-    float_outputs = verifier.run(model_path, what="the input model")
+    float_outputs, verifier = baseline(model_path, verifier, report.claim)
     report.feeds, report.output_scales = verifier.source, output_scales(float_outputs)
     with staging_dir("ortopt", parent=out.parent) as tmp:  # beside the output: its data file is moved, not copied
         chosen = None
@@ -212,7 +212,7 @@ def _write_large(report: TransformReport, original: onnx.ModelProto, chosen: Pat
             copy = source_dir / data.relative_to(model_path.parent)
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(data, copy)
-    model = _with_metadata_of(model, original, applied=applied)
+    model = _with_claim_of(model, original, applied=applied)  # re-verified at the claim's probe sizes
     report.output = str(serde.save_moving_external_data(model, source_dir, out, force=force))
     report.model = model
     report.external_bytes = sum(f.stat().st_size for f in data_files(out, model) if f.is_file())

@@ -19,8 +19,9 @@ import onnx
 
 from .. import serde
 from ..errors import first_line
-from ..verify.compare import Tolerance
-from .verifier import Verifier
+from ..verify.engine import output_scales as engine_output_scales
+from ..verify.tolerance import Tolerance
+from .verifier import ClaimCheck, Verifier, baseline, claim_probes
 
 APPLIED, ROLLED_BACK, FAILED, UNCHANGED = "applied", "rolled_back", "failed", "unchanged"
 SKIPPED = "skipped"  # a pass that could not run on this model (a model over 2 GB: see transform/large.py)
@@ -86,6 +87,8 @@ class TransformReport:
     passed: bool = True  # False when a transform the caller required was rolled back
     feeds: str | None = None  # where the verification feeds came from
     output_scales: dict[str, float] = field(default_factory=dict)  # max |output| of the input model on the feeds
+    # the claim the written file carries: the input's dims, re-verified at every probe size on each kept pass
+    claim: ClaimCheck | None = None
     external_bytes: int = 0  # weights ``model`` keeps in external data files (a large model's report), not in it
 
     @property
@@ -116,6 +119,7 @@ class TransformReport:
                 "feeds": self.feeds, "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
                 "size_before": self.size_before, "size_after": self.size_after,
                 "error_vs_float": self.error_vs_float, "applied": self.applied, "fusion": self.fusion,
+                "claim": self.claim.to_dict() if self.claim is not None else None,
                 "transforms": [r.to_dict() for r in self.records]}
 
     @property
@@ -180,12 +184,17 @@ def run_passes(model: onnx.ModelProto, passes: list[Pass], *, verifier: Verifier
                progress: Callable[[str], None] | None = None) -> TransformReport:
     """Apply ``passes`` in order to ``model`` (not modified), verifying each result against the last verified model
     on ``verifier``'s feeds; a pass that breaks parity or raises is rolled back. The input model must run in
-    onnxruntime (else ``RuntimeIncompatibleError``)."""
+    onnxruntime (else ``RuntimeIncompatibleError``).
+
+    The feeds are extended to every probe size of the claim the input model records (``claim_probes``), so the
+    claim the result keeps was re-verified on every pass that was kept — a pass that breaks the model at any
+    size the claim was proven at is rolled back like any other; the report's ``claim`` says where it was checked."""
     note = progress or (lambda _m: None)
-    float_outputs = verifier.run(model, what="the input model")
+    verifier, claim = claim_probes(model, verifier)
+    float_outputs, verifier = baseline(model, verifier, claim)
     current, current_outputs = model, float_outputs
     report = TransformReport([], model, len(model.graph.node), serde.byte_size(model),
-                             output_scales=output_scales(float_outputs))
+                             output_scales=output_scales(float_outputs), claim=claim)
     for p in passes:
         name = pass_name(p)
         note(f"{name}: transforming")
@@ -216,7 +225,7 @@ def run_passes(model: onnx.ModelProto, passes: list[Pass], *, verifier: Verifier
                 record.status = ROLLED_BACK
                 record.message = f"{name} broke parity, so it was rolled back: {verdict.reason}"
         report.records.append(record)
-    report.model = _with_metadata_of(current, model, applied=[r.name for r in report.records if r.status == APPLIED])
+    report.model = _with_claim_of(current, model, applied=[r.name for r in report.records if r.status == APPLIED])
     report.error_vs_float = verifier.max_abs_err(float_outputs, current_outputs)
     return report
 
@@ -224,22 +233,14 @@ def run_passes(model: onnx.ModelProto, passes: list[Pass], *, verifier: Verifier
 def output_scales(outputs: list[dict[str, Any]]) -> dict[str, float]:
     """Max |value| of each float output over every feed (finite elements): the scale a reduced-precision
     contract ties its tolerance to."""
-    import numpy as np
-
-    scales: dict[str, float] = {}
-    for feed in outputs:
-        for name, value in feed.items():
-            arr = np.asarray(value)
-            if arr.dtype.kind != "f" or not arr.size:
-                continue
-            finite = np.abs(arr[np.isfinite(arr)].astype(np.float64))
-            scales[name] = max(scales.get(name, 0.0), float(finite.max()) if finite.size else 0.0)
-    return scales
+    return engine_output_scales(outputs)
 
 
-def _with_metadata_of(model: onnx.ModelProto, original: onnx.ModelProto, *, applied: list[str]) -> onnx.ModelProto:
-    """Some tools drop the model's metadata; onnxgate's keys (input specs, source) must survive every pass. The
-    applied transforms are recorded under ``onnxgate.transforms``."""
+def _with_claim_of(model: onnx.ModelProto, original: onnx.ModelProto, *, applied: list[str]) -> onnx.ModelProto:
+    """The transformed model with the original's onnxgate metadata. Its claim (input specs, ``onnxgate.dims``) is
+    the original's *because* ``run_passes`` re-verified every kept pass at each of the claim's probe sizes (see
+    ``verifier.claim_probes``): call this only on a model verified that way. Some tools drop the model's metadata;
+    onnxgate's keys must survive every pass. The applied transforms are recorded under ``onnxgate.transforms``."""
     import json
 
     present = {p.key for p in model.metadata_props}
@@ -252,8 +253,6 @@ def _with_metadata_of(model: onnx.ModelProto, original: onnx.ModelProto, *, appl
         onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
                                             "onnxgate.transforms": json.dumps(previous + applied)})
     return model
-
-
 
 
 def _recorded_transforms(text: str) -> list:

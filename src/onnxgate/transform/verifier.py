@@ -1,23 +1,31 @@
-"""Runs candidate models on a fixed set of feeds and judges them against a baseline's outputs.
+"""The fixed feeds every step of a transform run is verified on, judged by the verification engine.
 
 Verification runs onnxruntime with graph optimizations off (``VERIFY_OPT_LEVEL``): the graph is judged as written,
 not as onnxruntime would repair it. Feeds are cast to each model's input types (an FP16 model without float32 I/O
-gets float16 feeds) and outputs back to the baseline's dtype before comparing, so a precision change is judged by
-its values, not flagged as a dtype mismatch.
+gets float16 feeds) and outputs back to the baseline's dtype before comparing (``verify/engine.py``), so a precision
+change is judged by its values, not flagged as a dtype mismatch.
+
+A transform produces a claim for its artifact, never inherits one unchecked: the feeds cover every probe size of
+every dim the input model's claim records (``claim_probes``; ``shapes.probe_sizes``: the range's ends, the traced
+size and sizes that are none of these), so a pass that breaks the model at any size the claim was proven at is
+rolled back, and the claim the transformed file keeps is the one re-verified on those sizes (``ClaimCheck``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
 
 from ..errors import RuntimeIncompatibleError, first_line
 from ..spec import Dim, InputSpec
-from ..verify.compare import Tolerance, compare_outputs
+from ..verify import engine
+from ..verify.engine import TolerancePolicy
 from ..verify.inputs import Feed, random_inputs
-from ..verify.shapes import first_off_trace_size
+from ..verify.shapes import first_off_trace_size, probe_sizes
+from ..verify.tolerance import Tolerance
 
 Outputs = list[dict[str, np.ndarray]]  # one dict per feed
 
@@ -30,19 +38,57 @@ class Verdict:
     outputs: Outputs = field(default_factory=list)
 
 
-class Verifier:
-    """The fixed feeds every step of a transform run is verified on."""
+@dataclass
+class ClaimCheck:
+    """What the transformed file may claim: the dims of the input model's claim (``onnxgate.dims``), re-verified
+    at ``probes`` (every probe size of each dim) on every pass that was kept."""
 
-    def __init__(self, feeds: list[Feed], *, source: str = "data"):
+    status: str  # "re-verified" | "none recorded"
+    dims: dict[str, Dim] = field(default_factory=dict)
+    probes: dict[str, list[int]] = field(default_factory=dict)
+    # probe sizes the input model itself does not run at in onnxruntime: not verified, and said so
+    unverified: dict[str, str] = field(default_factory=dict)
+    first_probe: int = 0  # the index of the first feed added for the claim (the caller's feeds come first)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "dims": {n: asdict(d) for n, d in self.dims.items()},
+                "probes": dict(self.probes), "unverified": dict(self.unverified)}
+
+    def describe(self) -> str:
+        if self.status != "re-verified":
+            return "no claim recorded: nothing to re-verify"
+        text = "claim re-verified at " + "; ".join(f"{n} = {', '.join(map(str, s))}" for n, s in self.probes.items())
+        if self.unverified:
+            text += "; not at " + "; ".join(f"{k} ({why})" for k, why in self.unverified.items())
+        return text
+
+
+class Verifier:
+    """The fixed feeds every step of a transform run is verified on. ``labels`` name each feed in failures (the
+    sizes a probe feed was drawn at); ``sizes`` are the dim sizes each feed has, as far as known."""
+
+    def __init__(self, feeds: list[Feed], *, source: str = "data", labels: list[str] | None = None,
+                 sizes: list[dict[str, int]] | None = None):
         if not feeds:
             raise ValueError("a Verifier needs at least one feed")
         self.feeds = feeds
         self.source = source
+        self.labels = labels or [f"feed {i}" for i in range(len(feeds))]
+        self.sizes = sizes or [{} for _ in feeds]
 
     @classmethod
     def random(cls, specs: list[InputSpec], dims: dict[str, Dim], *, seed: int = 0) -> "Verifier":
-        """Seeded random feeds at the traced sizes, plus one feed per dynamic dim at another size: a rewrite that
-        freezes a dim (a simplifier folding a shape) must not pass."""
+        """Seeded random feeds at the traced sizes, plus one feed per probe size of each dynamic dim (one dim at a
+        time): a rewrite that freezes a dim, or folds a constant computed at the traced size, must not pass."""
+        traced = {n: d.example or 2 for n, d in dims.items()}
+        verifier = cls([random_inputs(specs, traced, seed=seed)], source=f"random(seed={seed})",
+                       labels=["feed 0"], sizes=[traced])
+        return verifier.with_probes(specs, dims, seed=seed + 1)
+
+    @classmethod
+    def traced_and_one_off_trace(cls, specs: list[InputSpec], dims: dict[str, Dim], *, seed: int = 0) -> "Verifier":
+        """The feeds transforms were verified on before claims were re-verified (issue 24): the traced sizes and one
+        off-trace size per dim. Kept to show what that check misses (``tests/test_transform_claim.py``)."""
         traced = {n: d.example or 2 for n, d in dims.items()}
         feeds = [random_inputs(specs, traced, seed=seed)]
         for name, dim in dims.items():
@@ -51,17 +97,42 @@ class Verifier:
                 feeds.append(random_inputs(specs, {**traced, name: size}, seed=seed + 1))
         return cls(feeds, source=f"random(seed={seed}), {len(feeds)} feeds")
 
+    def with_probes(self, specs: list[InputSpec], dims: dict[str, Dim], *, seed: int = 1) -> "Verifier":
+        """These feeds plus a seeded random feed at every probe size of each dim that no feed has yet (the other
+        dims at their traced sizes)."""
+        traced = {n: d.example or 2 for n, d in dims.items()}
+        feeds, labels, sizes = list(self.feeds), list(self.labels), list(self.sizes)
+        added = 0
+        for name, dim in dims.items():
+            have = {s.get(name) for s in sizes}
+            for size in probe_sizes(dim):
+                if size in have:
+                    continue
+                have.add(size)
+                probe = {**traced, name: size}
+                feeds.append(random_inputs(specs, probe, seed=seed))
+                labels.append(f"{name}={size}")
+                sizes.append(probe)
+                added += 1
+        source = self.source + (f", {len(feeds)} feeds" if added or len(feeds) > 1 else "")
+        if added:
+            source += f" (with the claim's probe sizes: {', '.join(labels[len(self.feeds):])})"
+        return Verifier(feeds, source=source, labels=labels, sizes=sizes)
+
+    def runner(self, model: onnx.ModelProto, *, what: str):
+        """onnxruntime on ``model`` as verification runs it (optimizations off, feeds cast to its input types)."""
+        from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
+
+        return OrtRunner(model, what=what, opt_level=VERIFY_OPT_LEVEL, providers=["CPUExecutionProvider"],
+                         cast_float_inputs=True)
+
     def run(self, model: onnx.ModelProto, *, what: str = "the model") -> Outputs:
         """Outputs of ``model`` on every feed. Raises RuntimeIncompatibleError if onnxruntime cannot run it."""
-        session = session_for(model, what=what)
-        types = {i.name: i.type for i in session.get_inputs()}
-        names = [o.name for o in session.get_outputs()]
+        runner = self.runner(model, what=what)
         outputs = []
         for feed in self.feeds:
-            cast = {k: v.astype(_NP_OF_ORT[types[k]]) if types[k] in _NP_OF_ORT else v
-                    for k, v in feed.items() if k in types}
             try:
-                outputs.append(dict(zip(names, session.run(None, cast))))
+                outputs.append(runner.run(feed))
             except Exception as exc:
                 raise RuntimeIncompatibleError(f"onnxruntime cannot run {what}: {first_line(exc)}",
                                                hint="Check that the feeds match the model's inputs.") from exc
@@ -69,35 +140,67 @@ class Verifier:
 
     def judge(self, model: onnx.ModelProto, baseline: Outputs, *, tolerance: Tolerance | None = None,
               relative_to_scale: bool = False) -> Verdict:
-        """Does ``model`` compute ``baseline`` on the feeds? ``tolerance`` (default: per output dtype) with its atol
-        tied to each output's scale (see ``_scaled``)."""
+        """Does ``model`` compute ``baseline`` on the feeds? ``tolerance`` (default: per output dtype), with its atol
+        tied to each output's scale when ``relative_to_scale`` (reduced precision, whose error grows with the
+        values' magnitude)."""
+        what = "the transformed model"
         try:
-            outputs = self.run(model, what="the transformed model")
+            runner = self.runner(model, what=what)
         except RuntimeIncompatibleError as exc:
             return Verdict(False, None, exc.message)
-        errs, failures = [], []
-        for index, (ref, got) in enumerate(zip(baseline, outputs)):
-            tolerances = _scaled(ref, tolerance, relative=relative_to_scale)
-            compared = compare_outputs(ref, _cast_like(got, ref), tolerances=tolerances,
-                                       reference_label="the previous model")
-            errs += [c.max_abs_err for c in compared if c.max_abs_err is not None]
-            failures += [f"{c.name} on feed {index}: {c.reason}" for c in compared if not c.passed]
-        return Verdict(not failures, max(errs, default=None), "; ".join(failures[:3]) or None, outputs)
+        policy = TolerancePolicy(override=tolerance, relative=relative_to_scale)
+        record = engine.check(baseline, runner, self.feeds, policy, reference_label="the previous model",
+                              candidate_label=what, labels=self.labels,
+                              on_error=lambda exc: f"onnxruntime cannot run {what}: {first_line(exc)}")
+        errors = [f.error for f in record.feeds if f.error is not None]
+        if errors:
+            return Verdict(False, None, errors[0])
+        return Verdict(record.passed, record.max_abs_err, record.reason(3), record.outputs)
 
     @staticmethod
     def max_abs_err(a: Outputs, b: Outputs) -> float:
         """Largest absolute difference over every output both have, on every feed (float64, finite elements)."""
-        worst = 0.0
-        for x, y in zip(a, b):
-            for name, ref in x.items():
-                if name in y and np.shape(ref) == np.shape(y[name]):
-                    diff = np.abs(np.asarray(ref, np.float64) - np.asarray(y[name], np.float64))
-                    finite = diff[np.isfinite(diff)]
-                    worst = max(worst, float(finite.max()) if finite.size else 0.0)
-        return worst
+        return engine.max_abs_err(a, b)
 
 
-_NP_OF_ORT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+def claim_probes(model: onnx.ModelProto, verifier: Verifier) -> tuple[Verifier, ClaimCheck]:
+    """``verifier`` extended to every probe size of the claim ``model`` records, and what the transformed file may
+    claim once every kept pass passed on them. The one place a transform reads the claim (the validated reader
+    ``metadata.input_specs``; the claim codec replaces it here)."""
+    from ..metadata import input_specs
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    recorded = input_specs(meta, model="the model to transform")
+    if recorded is None or not recorded[1]:
+        return verifier, ClaimCheck("none recorded")
+    specs, dims = recorded
+    extended = verifier.with_probes(specs, dims)
+    probes = {n: sorted({s[n] for s in extended.sizes if n in s}) for n in dims}
+    return extended, ClaimCheck("re-verified", dims, probes, first_probe=len(verifier.feeds))
+
+
+def baseline(model: onnx.ModelProto, verifier: Verifier, claim: ClaimCheck) -> tuple[Outputs, Verifier]:
+    """The input model's outputs on every feed. A caller's feed it cannot run is a RuntimeIncompatibleError; a
+    probe feed of its claim it cannot run is dropped, and the claim says it was not verified there."""
+    runner = verifier.runner(model, what="the input model")
+    outputs, keep = [], []
+    for index, feed in enumerate(verifier.feeds):
+        try:
+            outputs.append(runner.run(feed))
+            keep.append(index)
+        except Exception as exc:
+            if index < claim.first_probe or claim.status != "re-verified":
+                raise RuntimeIncompatibleError(f"onnxruntime cannot run the input model: {first_line(exc)}",
+                                               hint="Check that the feeds match the model's inputs.") from exc
+            label = verifier.labels[index]
+            claim.unverified[label] = f"the input model fails there: {first_line(exc, 200)}"
+            name, size = label.split("=", 1)
+            claim.probes[name] = [s for s in claim.probes.get(name, []) if str(s) != size]
+    if len(keep) == len(verifier.feeds):
+        return outputs, verifier
+    pick = lambda items: [items[i] for i in keep]  # noqa: E731
+    return outputs, Verifier(pick(verifier.feeds), source=verifier.source, labels=pick(verifier.labels),
+                             sizes=pick(verifier.sizes))
 
 
 def session_for(model: onnx.ModelProto, *, what: str, opt_level: str | None = None, threads: int = 0):
@@ -106,36 +209,3 @@ def session_for(model: onnx.ModelProto, *, what: str, opt_level: str | None = No
 
     return open_session(model, what=what, opt_level=opt_level or VERIFY_OPT_LEVEL, intra_op_threads=threads,
                         providers=["CPUExecutionProvider"])
-
-
-def _scaled(ref: dict[str, np.ndarray], tolerance: Tolerance | None, *, relative: bool) -> dict[str, Tolerance]:
-    """Each output's tolerance. ``relative``: atol *is* rtol * the output's scale (max |ref|), for reduced
-    precision, whose error grows with the values' magnitude. Otherwise the tolerance as given: compare_outputs
-    ties every atol to rtol x scale itself (the one place that rule lives), so vanished activations are still
-    judged."""
-    from ..verify.compare import default_tolerance
-
-    out = {}
-    for name, value in ref.items():
-        tol = tolerance or default_tolerance(np.asarray(value).dtype.name)
-        if relative:
-            magnitude = np.abs(np.asarray(value, np.float64))
-            magnitude = magnitude[np.isfinite(magnitude)]
-            scale = float(magnitude.max()) if magnitude.size else 0.0
-            if scale > 0:
-                tol = Tolerance(tol.rtol, tol.rtol * scale)
-        out[name] = tol
-    return out
-
-
-def _cast_like(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Float outputs in the reference's float dtype (an FP16 model's float16 logits vs float32 ones)."""
-    out = {}
-    for name, value in got.items():
-        want = ref.get(name)
-        if want is not None and value.dtype != want.dtype and value.dtype.kind == want.dtype.kind == "f":
-            value = value.astype(want.dtype)
-        out[name] = value
-    return out
-
-

@@ -22,7 +22,7 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from .tolerance import Tolerance, default_tolerance, sci
+from .tolerance import Tolerance, default_tolerance, sci, tied_to_scale
 
 #: Above this max |ref| an output is judged against its own scale rather than element-wise.
 SCALE_RELATIVE_THRESHOLD = 1e3
@@ -160,7 +160,7 @@ def _tie_atol_to_scale(comp: OutputComparison, ref: np.ndarray, tol: Tolerance) 
     own scale; the comparison says when it was tightened."""
     scale = float(np.abs(ref).max()) if ref.size else 0.0
     if tol.atol > 0 and 0 < scale and tol.rtol * scale < tol.atol:
-        tightened = Tolerance(tol.rtol, tol.rtol * scale)
+        tightened = tied_to_scale(tol, scale)
         comp.tolerance = tightened
         comp.notes.append(f"atol tightened to rtol x scale = {sci(tightened.atol)}: the output's largest value "
                           f"({sci(scale)}) is below the default atol, which would accept almost anything")

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BadInputError
-from .compare import Tolerance, default_tolerance, sci
+from .tolerance import Tolerance, default_tolerance, scaled_tolerance, sci
 
 CONTRACT_KEY = "onnxgate.contract"
 CONTRACT_VERSION = 1
@@ -58,8 +58,7 @@ class PrecisionTolerance:
 
     def for_scale(self, scale: float | None) -> Tolerance:
         """The element-wise tolerance for an output whose max |ref| is ``scale``."""
-        scaled = self.scale_fraction * scale if scale and math.isfinite(scale) else 0.0
-        return Tolerance(self.rtol, max(self.atol, scaled))
+        return scaled_tolerance(self.rtol, self.atol, self.scale_fraction, scale)
 
     def __str__(self) -> str:
         text = f"rtol={sci(self.rtol)} atol={sci(self.atol)}"

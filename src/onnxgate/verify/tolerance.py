@@ -35,3 +35,28 @@ def sci(x: float) -> str:
         return str(0 if x == 0 else x)
     mantissa, exponent = f"{x:.1e}".split("e")
     return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+
+
+def user_tolerance(rtol: float | None, atol: float | None, dtype: str = "float32") -> Tolerance:
+    """The user's override (--rtol/--atol), each part not given falling back to ``dtype``'s default: the one
+    place the FP32 default meets an override (``spec.VerifyConfig`` and the engine's policy read it)."""
+    base = default_tolerance(dtype)
+    return Tolerance(base.rtol if rtol is None else float(rtol), base.atol if atol is None else float(atol))
+
+
+def scaled_tolerance(rtol: float, atol: float, scale_fraction: float, scale: float | None) -> Tolerance:
+    """Reduced precision's rule: an output whose max |ref| is ``scale`` gets ``atol`` raised to
+    ``scale_fraction * scale`` (its error grows with the values' magnitude). The one place that rule lives."""
+    scaled = scale_fraction * scale if scale and math.isfinite(scale) and scale > 0 else 0.0
+    return Tolerance(rtol, max(atol, scaled))
+
+
+def tied_to_scale(tol: Tolerance, scale: float) -> Tolerance:
+    """``tol`` with its atol lowered to ``rtol * scale``: the comparer's guard against outputs that vanished below
+    atol (any candidate within atol would pass them)."""
+    return Tolerance(tol.rtol, tol.rtol * scale)
+
+
+def zero_tolerance() -> Tolerance:
+    """Bit-exact: what an output that could not be compared is listed with."""
+    return Tolerance(0.0, 0.0)
