@@ -69,6 +69,8 @@ class Evaluation:
     drop: float | None = None  # percentage points lost against FP32
     scaled_err: float | None = None  # worst over outputs of max abs err / max |FP32 output|
     cosine: float | None = None  # lowest per-sample cosine similarity to FP32 over float outputs
+    drop_ci: tuple[float, float] | None = None  # 95% interval of ``drop`` (``drop_interval``), points
+    discordant: tuple[int, int] | None = None  # samples only FP32 got right, samples only this model got right
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +91,46 @@ def top1(outputs: list[list[np.ndarray]], labels: np.ndarray) -> float:
                             f"row per label; it is {list(logits.shape)} for {len(labels)} labels.",
                             hint="Give an error budget (--max-error) for models that are not classifiers.")
     return float((logits.argmax(axis=1) == labels).mean())
+
+
+def correct(outputs: list[list[np.ndarray]], labels: np.ndarray) -> np.ndarray:
+    """Per sample, whether the first output's top-1 is its label."""
+    return np.concatenate([o[0] for o in outputs]).argmax(axis=1) == labels
+
+
+def drop_interval(lost: int, gained: int, samples: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The ``confidence`` interval of a paired top-1 drop in points: exact binomial on the discordant pairs
+    (McNemar's conditioning). Of the ``lost + gained`` samples the two models disagree on, the share FP32 gets right
+    is a binomial proportion; its Clopper-Pearson interval maps to the drop ``(lost - gained) / samples``. Samples
+    both get right (or wrong) say nothing about the difference. No discordant pair: (0, 0) — the models agree on
+    every sample's correctness, which bounds nothing beyond this data."""
+    m = lost + gained
+    if m == 0 or samples <= 0:
+        return (0.0, 0.0)
+    alpha = (1 - confidence) / 2
+    low = 0.0 if lost == 0 else _binom_quantile(lost, m, alpha, upper=False)
+    high = 1.0 if lost == m else _binom_quantile(lost, m, alpha, upper=True)
+    return (round(m * (2 * low - 1) / samples * 100, 4), round(m * (2 * high - 1) / samples * 100, 4))
+
+
+def _binom_quantile(k: int, m: int, alpha: float, *, upper: bool) -> float:
+    """Clopper-Pearson end for k successes of m: the p with P(X >= k | p) = alpha (lower end) or
+    P(X <= k | p) = alpha (upper end), by bisection (numpy and the standard library only: no scipy here)."""
+    def tail(p: float) -> float:  # P(X <= k) for the upper end, P(X >= k) for the lower end
+        terms = [math.exp(math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1)
+                          + (i * math.log(p) if i else 0.0) + ((m - i) * math.log1p(-p) if m - i else 0.0))
+                 for i in (range(0, k + 1) if upper else range(k, m + 1))]
+        return math.fsum(terms)
+
+    lo, hi = 1e-12, 1 - 1e-12
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        # P(X <= k) falls as p grows; P(X >= k) rises
+        if (tail(mid) > alpha) == upper:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def evaluate(model: onnx.ModelProto, data: Dataset, reference: list[list[np.ndarray]],
@@ -112,6 +154,9 @@ def evaluate(model: onnx.ModelProto, data: Dataset, reference: list[list[np.ndar
         if data.labels is not None and reference_accuracy is not None:
             ev.accuracy = top1(outputs, data.labels)
             ev.drop = round((reference_accuracy - ev.accuracy) * 100, 6)
+            ref_right, got_right = correct(reference, data.labels), correct(outputs, data.labels)
+            ev.discordant = (int((ref_right & ~got_right).sum()), int((got_right & ~ref_right).sum()))
+            ev.drop_ci = drop_interval(*ev.discordant, len(data.labels))
         evaluations.append(ev)
     return evaluations
 

@@ -6,8 +6,11 @@ reads), activation ranges calibrated on real data (MinMax, Entropy or Percentile
 LSTMs), no calibration data needed.
 
 Both start from onnxruntime's ``quant_pre_process`` (symbolic shape inference and graph cleanup), then quantize,
-then measure the budget (see ``budget``). While the budget is missed, the node that adds the most error (see
-``sensitivity``) is kept in float and the model quantized again — one node per step, at most ``max_float_nodes``
+then measure the budget (see ``budget``; a top-1 drop comes with its 95% interval, exact binomial on the samples
+the two models disagree on). The fully quantized model's per-layer error table — each layer's SQNR against FP32 on
+the first ``LAYER_SAMPLES`` calibration samples, its ten worst layers — goes in the report. While the budget is
+missed, the layer that adds the most quantization noise in that table (see ``sensitivity.layer_errors``) is kept
+in float and the model quantized again — one node per step, at most ``max_float_nodes``
 steps and never more than half the quantized nodes (a model mostly in float has lost what quantization is for).
 
 A top-1 budget must be able to fail: evaluation data with too few samples for the budget's resolution, or an FP32
@@ -39,12 +42,14 @@ from .budget import AccuracyGate, Budget, Evaluation, accuracy_gate, check, eval
 from .data import DataArg, Dataset, load_data, model_specs, random_dataset
 from .large import check_memory, file_bytes, is_large, weight_bytes
 from .passes import APPLIED, ROLLED_BACK, TransformRecord, copy_model
-from .sensitivity import QDQ_OPS, NodeSensitivity, node_sensitivity
+from .sensitivity import QDQ_OPS, LayerError, NodeSensitivity, layer_errors, layer_table
 
 MODES = ("static", "dynamic")
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 DEFAULT_MAX_FLOAT_NODES = 8
 DEFAULT_ACCURACY_DROP = 1.0  # points, when labels are given and no budget is
+LAYER_SAMPLES = 16  # calibration samples the per-layer error table is measured on (every intermediate kept)
+WORST_LAYERS = 10  # rows of the per-layer error table in the report
 # Not "Attention": onnxruntime's dynamic quantizer rewrites any node of that type into its contrib QAttention,
 # which breaks the standard ONNX Attention operator (opset 23) that the dynamo exporter emits.
 DYNAMIC_OP_TYPES = ("MatMul", "Gather", "LSTM")
@@ -81,6 +86,11 @@ class QuantizeReport:
     warnings: list[str] = field(default_factory=list)
     gate: AccuracyGate | None = None  # can the top-1 budget judge anything on this data?
     classes: dict[str, int] | None = None  # image folder -> label index, as matched
+    layer_errors: list[LayerError] = field(default_factory=list)  # the worst layers of the fully quantized model
+
+    def layer_table(self) -> list[str]:
+        """The per-layer error table (SQNR against FP32 on the calibration data), worst first, as text lines."""
+        return layer_table(self.layer_errors, WORST_LAYERS) if self.layer_errors else []
 
     @property
     def hint(self) -> str | None:
@@ -105,8 +115,10 @@ class QuantizeReport:
         worst = max(self.final.evaluations, key=lambda e: (e.drop or 0.0, e.max_abs_err))
         measured = f"max abs err {worst.max_abs_err:.3g}"
         if worst.accuracy is not None:
+            ci = (f", 95% interval {worst.drop_ci[0]:.2f} to {worst.drop_ci[1]:.2f}, exact binomial on "
+                  f"{sum(worst.discordant)} discordant samples" if worst.drop_ci is not None else "")
             measured = (f"top-1 {worst.accuracy * 100:.2f}% vs {self.fp32_accuracy * 100:.2f}% FP32 "
-                        f"(drop {worst.drop:.2f} points), " + measured)
+                        f"(drop {worst.drop:.2f} points{ci}), " + measured)
         kept = ", ".join(s.node for s in self.float_nodes) or "none"
         if self.passed:
             return f"{what}: {measured}; budget {self.budget}; nodes kept in float: {kept}"
@@ -120,7 +132,8 @@ class QuantizeReport:
                 "calibration": self.calibration, "evaluation": self.evaluation, "fp32_accuracy": self.fp32_accuracy,
                 "float_nodes": [s.to_dict() for s in self.float_nodes], "steps": [s.to_dict() for s in self.steps],
                 "record": self.record.to_dict() if self.record else None, "warnings": self.warnings,
-                "accuracy_gate": self.gate.to_dict() if self.gate else None, "classes": self.classes}
+                "accuracy_gate": self.gate.to_dict() if self.gate else None, "classes": self.classes,
+                "layer_errors": [r.to_dict() for r in self.layer_errors]}
 
 
 def quantize(model_path: str | Path, out: str | Path, *, mode: str = "static", calib: DataArg = None,
@@ -166,7 +179,9 @@ def quantize(model_path: str | Path, out: str | Path, *, mode: str = "static", c
     with tempfile.TemporaryDirectory(prefix="onnxgate-quant-") as tmp, _large_source(model_path, model, large) as src:
         quantizer = _Quantizer(Path(tmp), model, mode, method, per_channel, calibration, source=src)
         report.warnings += quantizer.notes
-        quantized = _search(quantizer, evaluation, reference, report, 0 if large else max_float_nodes, note)
+        layer_data = _layer_feeds(calibration or evaluation)
+        quantized = _search(quantizer, evaluation, reference, report, 0 if large else max_float_nodes, note,
+                            layer_data)
     if not any(n.op_type in QDQ_OPS for n in quantized.graph.node):
         report.warnings.append(f"Nothing was quantized: the model has no operator that {mode} quantization handles"
                                + (f" ({', '.join(DYNAMIC_OP_TYPES)})." if mode == "dynamic" else "."))
@@ -183,15 +198,33 @@ def quantize(model_path: str | Path, out: str | Path, *, mode: str = "static", c
     return report
 
 
+def _layer_feeds(data: Dataset, samples: int = LAYER_SAMPLES) -> list[dict[str, np.ndarray]]:
+    """The first ``samples`` samples of ``data``, in its feeds' batches: what the per-layer error table runs on."""
+    feeds, taken = [], 0
+    for feed in data.feeds:
+        if taken >= samples:
+            break
+        n = len(next(iter(feed.values())))
+        feeds.append({k: v[:samples - taken] for k, v in feed.items()} if n > samples - taken else feed)
+        taken += min(n, samples - taken)
+    return feeds
+
+
 def _search(quantizer: "_Quantizer", evaluation: Dataset, reference, report: QuantizeReport, max_float_nodes: int,
-            note: Callable[[str], None]) -> onnx.ModelProto:
-    """Quantize, measure, and keep the most sensitive node in float until the budget holds (see the module doc)."""
+            note: Callable[[str], None], layer_data: list[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
+    """Quantize, measure, and keep the most sensitive node in float until the budget holds (see the module doc).
+    The first quantization's per-layer error table (``layer_data``: calibration samples) goes in the report."""
     excluded: list[str] = []
     limit = max_float_nodes
     while True:
         note(f"quantizing ({len(excluded)} nodes kept in float)")
         quantized = quantizer.quantize(excluded)
         evaluations = evaluate(quantized, evaluation, reference, report.fp32_accuracy)
+        ranked = None
+        if not excluded and layer_data and max_float_nodes:
+            note("measuring each layer's error (SQNR) on the calibration data")
+            ranked = layer_errors(quantizer.float_model, quantized, layer_data, dynamic=quantizer.dynamic)
+            report.layer_errors = ranked[:WORST_LAYERS]
         miss = check(report.budget, evaluations)
         unjudgeable = report.gate.problem if report.gate else None
         if unjudgeable:  # keeping nodes in float cannot make the measurement meaningful: stop here
@@ -199,15 +232,17 @@ def _search(quantizer: "_Quantizer", evaluation: Dataset, reference, report: Qua
         report.steps.append(QuantizeStep(list(excluded), evaluations, miss))
         if miss is None or unjudgeable or len(excluded) >= limit:
             return quantized
-        note("measuring each node's sensitivity")
-        ranked = node_sensitivity(quantizer.float_model, quantized, evaluation.feeds[0], dynamic=quantizer.dynamic)
+        if ranked is None:
+            note("measuring each layer's error (SQNR)")
+            ranked = layer_errors(quantizer.float_model, quantized, layer_data or evaluation.feeds[:1],
+                                  dynamic=quantizer.dynamic)
         if not excluded:
             limit = min(max_float_nodes, len(ranked) // 2)
         candidates = [s for s in ranked if s.node not in excluded]
         if not candidates or len(excluded) >= limit:
             return quantized
         excluded.append(candidates[0].node)
-        report.float_nodes.append(candidates[0])
+        report.float_nodes.append(candidates[0].as_sensitivity())
 
 
 class _Quantizer:
