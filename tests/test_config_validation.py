@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxgate.cli.main import main
 from onnxgate.errors import BadInputError, ExitCode
-from onnxgate.spec import Dim, ExportConfig, load_toml, parse_input
+from onnxgate.configure import load_toml
+from onnxgate.spec import Dim, ExportConfig, parse_input
 
 # --------------------------------------------------------------------------------------------------- onnxgate.toml
 

@@ -12,7 +12,8 @@ import torch
 from onnxgate.cli.main import main
 from onnxgate.configure import ExportFlags, RunFlags, run_config
 from onnxgate.errors import BadInputError, ExitCode
-from onnxgate.spec import QuantizeConfig, load_toml
+from onnxgate.configure import load_toml
+from onnxgate.spec import QuantizeConfig
 
 MODEL = """
 import torch

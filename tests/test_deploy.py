@@ -156,7 +156,7 @@ def test_targets_parse_with_aliases_and_refuse_unknown_names():
 
 
 def test_toml_deploy_key_is_checked(tmp_path):
-    from onnxgate.spec import load_toml
+    from onnxgate.configure import load_toml
 
     good = tmp_path / "good.toml"
     good.write_text('ref = "torchvision:resnet18"\ndeploy = ["openvino", "ort-mobile"]\n')

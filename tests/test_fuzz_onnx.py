@@ -501,7 +501,7 @@ def run_probe(case: Case) -> dict:
     """Run one case in this process. Returns its outcome: ok | clean | traceback | wrong0, and json_ok."""
     if case.probe == "toml":
         from onnxgate.errors import OnnxgateError
-        from onnxgate.spec import load_toml
+        from onnxgate.configure import load_toml
 
         try:
             load_toml(case.path)

@@ -3,7 +3,8 @@
 import pytest
 
 from onnxgate.errors import BadInputError, ExitCode
-from onnxgate.spec import Dim, InputSpec, load_toml, parse_dim, parse_input, parse_meta, read_labels
+from onnxgate.configure import load_toml
+from onnxgate.spec import Dim, InputSpec, parse_dim, parse_input, parse_meta, read_labels
 
 
 def test_static_and_dynamic_shapes():

@@ -6,63 +6,47 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import TRUST_CODE_HELP, console, finish, progress
-from .export_cmd import DIM_HELP, INPUT_HELP
+from .common import console, finish, progress
+from .params import options_of
 
 
+@options_of("bench")
 def bench(
-    model: str = typer.Argument(..., help="An .onnx file, or a model reference (torchvision:resnet18, file.py:Net, "
-                                          "...) to export first."),
-    against: str = typer.Option(None, help="The PyTorch model of an .onnx file; without it PyTorch eager is not "
-                                           "measured."),
-    variant: list[str] = typer.Option([], "--variant", metavar="NAME=PATH", help="Another ONNX file to measure "
-                                      "(optimized, fp16, int8...). Repeatable."),
-    verified: list[str] = typer.Option([], "--verified", metavar="NAME", help="A variant that passed verification "
-                                       "and may be recommended (the base model counts when onnxgate exported it). "
-                                       "Repeatable."),
-    inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
-    dims: list[str] = typer.Option([], "--dim", help=DIM_HELP),
-    runtime: list[str] = typer.Option([], "--runtime", help="pytorch, onnxruntime or openvino (repeatable; "
-                                      "default all)."),
-    threads: list[int] = typer.Option([], "--threads", help="Thread counts to measure (repeatable; default 1 and "
-                                      "all cores)."),
-    quick: bool = typer.Option(False, "--quick", help="Short runs, fewer levels and batch sizes: for CI."),
-    seconds: float = typer.Option(None, help="Time per configuration, at most (default 3, quick 0.8)."),
-    runs: int = typer.Option(None, help="Timed runs per repeat, at most."),
-    repeats: int = typer.Option(None, help="Repeats per configuration (their spread is reported; default 3)."),
-    max_batch: int = typer.Option(None, "--max-batch", help="Largest batch of the throughput sweep (default 8, "
-                                  "quick 4)."),
-    startup: bool = typer.Option(True, "--startup/--no-startup", help="Measure start-up and peak memory in fresh "
-                                 "processes."),
-    weights: str = typer.Option(None, help="State-dict file for the PyTorch model."),
-    arch: str = typer.Option(None, help="Architecture ref when the model is a state-dict file."),
-    trust_pickle: bool = typer.Option(False, "--trust-code", "--trust-pickle", help=TRUST_CODE_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    model: str = typer.Argument(None, help="An .onnx file, or a model reference (torchvision:resnet18, file.py:Net, "
+                                           "...) to export first. Optional with --config (its ref)."),
+    *, given: dict,
 ) -> None:
     """Latency, throughput, start-up, memory, size and GFLOP/s of every runtime and variant, against PyTorch."""
     from ..bench import BenchSettings, Variant, bench as do_bench
+    from ..configure import command_config
     from ..errors import BadInputError
-    from ..spec import ExportConfig, parse_dim, parse_input
 
-    pairs = [_name_and_path(text) for text in variant]
+    job, v = command_config("bench", given)
+    model = model or job.ref
+    if not model:
+        raise BadInputError("No model given.", hint="Pass an .onnx file or a model reference, e.g. onnxgate bench "
+                                                    "torchvision:resnet18 (or ref = ... in the --config file).")
+    against = v.get("against") or (job.ref if model != job.ref else None)
+    pairs = [_name_and_path(text) for text in v.get("variant", [])]
+    verified = v.get("verified", [])
     unknown = sorted(set(verified) - {name for name, _ in pairs} - {"base"})
     if unknown:
         raise BadInputError(f"--verified names {', '.join(unknown)}, which no --variant defines.",
                             hint="Name the base model 'base' or a variant given with --variant NAME=PATH.")
-    overrides = {key: value for key, value in {"seconds": seconds, "runs": runs, "repeats": repeats,
-                                               "max_batch": max_batch}.items() if value is not None}
-    if runtime:
-        overrides["runtimes"] = tuple(runtime)
-    if threads:
-        overrides["threads"] = tuple(threads)
-    if not startup:
+    overrides = {key: v[key] for key in ("seconds", "runs", "repeats", "max_batch") if key in v}
+    overrides.update({key: tuple(v[name]) for key, name in (("runtimes", "runtime"), ("threads", "threads"))
+                      if v.get(name)})
+    if v.get("startup") is False:
         overrides["startup_repeats"] = 0
-    settings = BenchSettings.quick(**overrides) if quick else BenchSettings(**overrides)
-    config = ExportConfig(inputs=tuple(parse_input(s) for s in inputs), dims=tuple(parse_dim(s) for s in dims))
+    settings = BenchSettings.quick(**overrides) if v.get("quick") else BenchSettings(**overrides)
     with progress("benchmarking") as status:
         report = do_bench(model, against=against, variants=[Variant(n, p, n in verified) for n, p in pairs],
-                          config=config, settings=settings, base_verified=True if "base" in verified else None,
-                          weights=weights, arch=arch, trust_pickle=trust_pickle, progress=status.update)
+                          config=job.export, settings=settings, base_verified=True if "base" in verified else None,
+                          weights=job.weights, arch=job.arch, trust_pickle=job.trust_pickle, progress=status.update)
+    _print(report, bool(v.get("json")))
+
+
+def _print(report, json_out: bool) -> None:
     if json_out:
         return finish(report, json_out=True)
     for table in (latency_table(report), sides_table(report), throughput_table(report)):

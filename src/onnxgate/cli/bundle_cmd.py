@@ -15,36 +15,44 @@ from rich.table import Table
 
 from ..errors import BadInputError
 from .common import console, finish, progress
-from .export_cmd import DIM_HELP, INPUT_HELP
+from .params import options_of
 
 _STYLES = {"pass": "green", "fail": "red", "tampered": "bold red", "incompatible": "yellow",
            "unavailable": "dim", "crashed": "red"}
 
 
+@options_of("bundle")
 def bundle(
-    model_or_ref: str = typer.Argument(..., help="An .onnx file, or a model reference to export first."),
-    out: Path = typer.Option(..., "-o", "--out", help="The bundle folder to write."),
-    golden: Path | None = typer.Option(None, "--golden", help="Golden inputs .npz (with an .onnx file)."),
-    reference: Path | None = typer.Option(None, "--reference", help="Reference outputs .npz (with an .onnx file)."),
-    rtol: float | None = typer.Option(None, "--rtol", help="Relative tolerance for every output (default 1e-3)."),
-    atol: float | None = typer.Option(None, "--atol", help="Absolute tolerance for every output (default 1e-4)."),
-    inputs: list[str] = typer.Option([], "--input", "-i", help="With a model reference: " + INPUT_HELP),
-    dims: list[str] = typer.Option([], "--dim", help="With a model reference: " + DIM_HELP),
-    tar: bool = typer.Option(False, "--tar", help="Also write OUT.tar.gz."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    model_or_ref: str = typer.Argument(None, help="An .onnx file, or a model reference to export first. Optional "
+                                                  "with --config (its ref)."),
+    *, given: dict,
 ) -> None:
     """Write a bundle (model, golden inputs, reference outputs, lock files, manifest), then verify it."""
+    from ..configure import command_config
+
+    job, v = command_config("bundle", given)
+    model_or_ref = model_or_ref or job.ref
+    if not model_or_ref or not job.output:
+        raise BadInputError("No " + ("model" if not model_or_ref else "bundle folder") + " given.",
+                            hint="Pass the model and -o DIR, e.g. onnxgate bundle torchvision:resnet18 -o bundle "
+                                 "(or ref = ... and output = ... in the --config file).")
+    out, golden, reference = Path(job.output), v.get("golden"), v.get("reference")
+    tar, force = bool(v.get("tar")), bool(v.get("force"))
     if model_or_ref.lower().endswith(".onnx"):
-        written = _bundle_onnx_file(Path(model_or_ref), out, golden, reference, rtol, atol, tar, force)
+        written = _bundle_onnx_file(Path(model_or_ref), out, golden and Path(golden), reference and Path(reference),
+                                    v.get("rtol"), v.get("atol"), tar, force)
     else:
         if golden or reference:
             raise BadInputError(f"--golden/--reference apply to an .onnx file, not to the model reference "
                                 f"'{model_or_ref}'.", hint="Drop them: golden data comes from the export.")
-        written = _bundle_from_ref(model_or_ref, out, inputs, dims, tar, force)
+        from ..pipeline import bundle_from_ref
+
+        with progress("exporting and verifying") as status:
+            written = bundle_from_ref(model_or_ref, out, config=job.export, force=force, tarball=tar,
+                                      progress=status.update)
     from ..bundle import verify_bundle
 
-    _finish([verify_bundle(written)], json_out, written=str(written))
+    _finish([verify_bundle(written)], bool(v.get("json")), written=str(written))
 
 
 def _bundle_onnx_file(model: Path, out: Path, golden: Path | None, reference: Path | None, rtol: float | None,
@@ -68,15 +76,6 @@ def _bundle_onnx_file(model: Path, out: Path, golden: Path | None, reference: Pa
             tolerances[name] = (default.rtol if rtol is None else rtol, default.atol if atol is None else atol)
     return write_bundle(out, model_path=model, golden_inputs=inputs, reference_outputs=outputs,
                         tolerances=tolerances, source_ref=str(model), force=force, tarball=tar)
-
-
-def _bundle_from_ref(ref: str, out: Path, inputs: list[str], dims: list[str], tar: bool, force: bool) -> Path:
-    from ..pipeline import bundle_from_ref
-    from ..spec import ExportConfig, parse_dim, parse_input
-
-    config = ExportConfig(inputs=tuple(map(parse_input, inputs)), dims=tuple(map(parse_dim, dims)))
-    with progress("exporting and verifying") as status:
-        return bundle_from_ref(ref, out, config=config, force=force, tarball=tar, progress=status.update)
 
 
 def verify_bundle_cmd(

@@ -24,10 +24,6 @@ console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty(
 
 # The command being run (set by main() from argv), named in every envelope.
 COMMAND = {"name": "onnxgate"}
-# --trust-code (--trust-pickle is its older name): consent to code in model files, pickles and TorchScript alike.
-TRUST_CODE_HELP = ("Allow model files that are code: full pickles and TorchScript archives (--trust-pickle is the older "
-                   "name). Runs code from the file, confined to a scratch folder where Linux Landlock allows: only "
-                   "for files you trust.")
 
 
 @contextmanager

@@ -10,24 +10,19 @@ import typer
 from ..deploy.model import parse_targets
 from ..errors import BadInputError
 from .common import console, finish, progress
-from .export_cmd import ACCEPT_DOMAIN_HELP, DIM_HELP, INPUT_HELP
+from .params import options_of
 from .render import print_pipeline, print_targets
 
+@options_of("deploy")
 def deploy(
     model_or_bundle: str = typer.Argument(..., help="A model reference (exported and verified first) or a bundle folder."),
     to: str = typer.Option(..., "--to", help="Targets, comma-separated: openvino, ort-mobile, tflite, tensorrt, coreml."),
     output: Path = typer.Option(None, "-o", "--output", help="With a model reference: the output folder (default onnxgate-deploy)."),
-    inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
-    dims: list[str] = typer.Option([], "--dim", help=DIM_HELP),
-    data: list[str] = typer.Option([], "--data", help="Real inputs verified on every target (a model reference only)."),
-    weights: str = typer.Option(None, help="State-dict file for torchvision:/timm: models (loaded weights_only)."),
-    arch: str = typer.Option(None, help="Architecture ref for a state-dict REF file."),
-    accept_domain: bool = typer.Option(False, "--accept-domain", help=ACCEPT_DOMAIN_HELP),
-    force: bool = typer.Option(False, "--force", help="Overwrite the output folder's files."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    *, given: dict,
 ) -> None:
     """Convert the verified ONNX model to each target and verify every artifact; exit 4 names a target whose
     artifact computes something else, 6 one that cannot convert it, 8 a missing extra."""
+    json_out, force = bool(given.get("json")), bool(given.get("force"))
     targets = parse_targets(to)
     path = Path(model_or_bundle)
     _refuse_files_deploy_cannot_take(path)
@@ -39,13 +34,12 @@ def deploy(
         if not json_out:
             print_targets(console, report.to_dict())
         return finish(report, json_out=json_out)
-    from ..configure import ExportFlags, RunFlags, run_config
+    from ..configure import flags_from, run_config
     from ..pipeline import run_job
 
-    job = run_config(model_or_bundle, RunFlags(
-        ExportFlags(tuple(inputs), tuple(dims), accept_domain=accept_domain), weights=weights, arch=arch,
-        output=str(output or "onnxgate-deploy"), data=tuple(data), bench="none", optimize=False, bundle=True,
-        deploy=",".join(targets)))
+    job = run_config(model_or_bundle, flags_from({**given, "output": str(output or "onnxgate-deploy"),
+                                                  "bench": "none", "optimize": False, "bundle": True,
+                                                  "deploy": list(targets)}))
     with progress("exporting, verifying and deploying") as status:
         report = run_job(job, force=force, progress=status.update)
     if not json_out:

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from .common import console, finish
-from .export_cmd import TARGET_HELP
+from ..options import TARGET_HELP
 
 
 def inspect(

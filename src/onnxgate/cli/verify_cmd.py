@@ -7,54 +7,42 @@ from pathlib import Path
 
 import typer
 
-from .common import TRUST_CODE_HELP, console, finish, progress
-from .export_cmd import ACCEPT_DOMAIN_HELP, DIM_HELP, INPUT_HELP, TARGET_HELP
+from .common import console, finish, progress
+from .params import options_of
 
 
+@options_of("verify")
 def verify(
-    target: Path = typer.Argument(..., help="An .onnx file, or a bundle folder written by `onnxgate bundle`."),
-    against: str = typer.Option(None, help="The PyTorch model to compare with (default: the source recorded in the model, when it is a torchvision:/timm: name)."),
-    trust_source: bool = typer.Option(False, "--trust-source", help="Use the source model the file's metadata records even when it is code (a .py file, a module, a model file): imports and runs it. Only for files you trust."),
-    inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
-    dims: list[str] = typer.Option([], "--dim", help=DIM_HELP),
-    data: list[str] = typer.Option([], "--data", help="Real inputs, repeatable: an .npz/.npy file (arrays named after the inputs), an image folder (photos flat or in class sub-folders, for a single image input; preprocessed as the model's metadata records, e.g. from `export --meta preprocess=...`) or file.py:fn yielding feeds."),
-    runtime: list[str] = typer.Option([], "--runtime", help="onnxruntime or openvino for a model (repeatable); "
-                                      "for a bundle, onnxruntime==X.Y.Z runs it in an isolated environment."),
-    rtol: float = typer.Option(None, help="Relative tolerance for every output (default per dtype)."),
-    atol: float = typer.Option(None, help="Absolute tolerance for every output (default per dtype)."),
-    localize: bool = typer.Option(True, "--localize/--no-localize", help="Name the first diverging layer when parity fails."),
-    reinit_degenerate: bool = typer.Option(False, "--reinit-degenerate", help="Re-initialize the reference's all-zero weights with seeded noise, as `export --reinit-degenerate` did (automatic when the model records it)."),
-    allow_static: list[str] = typer.Option([], "--allow-static", help="Accept this dim being frozen. Repeatable."),
-    accept_domain: bool = typer.Option(False, "--accept-domain", help=ACCEPT_DOMAIN_HELP),
-    targets: list[str] = typer.Option([], "--target", help=TARGET_HELP),
-    weights: str = typer.Option(None, help="State-dict file for the --against model."),
-    arch: str = typer.Option(None, help="Architecture ref when --against is a state-dict file."),
-    trust_pickle: bool = typer.Option(False, "--trust-code", "--trust-pickle", help=TRUST_CODE_HELP),
-    trust: Path = typer.Option(None, "--trust", help="For a bundle: the public key (KEY.pub) it must be signed with "
-                               "(`onnxgate sign`); checks the signature, the signed claim and every signed digest "
-                               "first (exit 9 naming which), and refuses an unsigned bundle."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    path: Path = typer.Argument(..., metavar="MODEL_OR_BUNDLE", help="An .onnx file, or a bundle folder written by `onnxgate bundle`."),
+    *, given: dict,
 ) -> None:
     """Prove an ONNX model computes what its PyTorch model computes, at every shape it claims."""
-    if target.is_dir() or target.name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
-        return _verify_bundle(target, runtime, json_out, trust)
+    from ..configure import command_config
+
+    job, values = command_config("verify", given)
+    json_out, trust = bool(values.get("json")), values.get("trust")
+    if path.is_dir() or path.name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+        return _verify_bundle(path, values.get("runtime", []), json_out, Path(trust) if trust else None)
     if trust is not None:
         from ..errors import BadInputError
 
-        raise BadInputError(f"--trust checks a signed bundle; '{target}' is a model file, not a bundle folder.",
+        raise BadInputError(f"--trust checks a signed bundle; '{path}' is a model file, not a bundle folder.",
                             hint="Pass the bundle folder (or .tar.gz) written by `onnxgate bundle` and signed by "
                                  "`onnxgate sign`.")
-    from ..spec import ExportConfig, VerifyConfig, parse_dim, parse_input
+    from ..spec import VerifyConfig
     from ..verify.api import verify as do_verify
 
-    config = ExportConfig(inputs=tuple(parse_input(s) for s in inputs), dims=tuple(parse_dim(s) for s in dims),
-                          allow_static=tuple(allow_static))
-    settings = VerifyConfig(runtimes=tuple(runtime) or ("onnxruntime",), targets=tuple(targets), data=tuple(data),
-                            rtol=rtol, atol=atol, localize=localize, reinit_degenerate=reinit_degenerate,
-                            trust_source=trust_source, weights=weights, arch=arch, trust_pickle=trust_pickle,
-                            accept_domain=accept_domain)
+    settings = VerifyConfig(runtimes=tuple(values.get("runtime", ())) or ("onnxruntime",), targets=job.targets,
+                            data=job.data, rtol=values.get("rtol"), atol=values.get("atol"),
+                            localize=values.get("localize", True), reinit_degenerate=job.export.reinit_degenerate,
+                            trust_source=bool(values.get("trust_source")), weights=job.weights, arch=job.arch,
+                            trust_pickle=job.trust_pickle, accept_domain=job.export.accept_domain)
     with progress("verifying"):
-        result = do_verify(target, against, config=config, settings=settings)
+        result = do_verify(path, values.get("against") or job.ref, config=job.export, settings=settings)
+    _print(result, json_out)
+
+
+def _print(result, json_out: bool) -> None:
     if not json_out:
         from rich.markup import escape
 

@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
+from ..configure import flags_from, run_config
+from ..options import zoo_entry, zoo_form, zoo_model_schema
 from ..spec import RunConfig, clip, describe_value
 
 STAGES = ("export", "verify", "optimize", "quantize", "bench", "bundle", "deploy")
@@ -53,16 +55,11 @@ DEFAULT_TIMEOUT_S = 900.0
 BUILTIN = ("torchvision", "timm", "transformers")
 ZOO_MAX_BYTES = 4 << 20
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+# What the zoo's own keys must be (an option's form comes from options.OPTIONS).
 _MODEL_KEYS_FORMS = {
-    "ref": 'a string, e.g. ref = "torchvision:resnet18"', "name": 'a string, e.g. name = "resnet18"',
-    "family": 'a string, e.g. family = "resnet"', "tags": 'an array of strings, e.g. tags = ["cnn"]',
-    "input": 'an array of strings, e.g. input = ["x:Bx3x224x224:float32"]',
-    "dim": 'an array of strings, e.g. dim = ["B=1..64"]', "stages": f"an array of stages out of {', '.join(STAGES)}",
+    "name": 'a string, e.g. name = "resnet18"', "family": 'a string, e.g. family = "resnet"',
+    "tags": 'an array of strings, e.g. tags = ["cnn"]', "stages": f"an array of stages out of {', '.join(STAGES)}",
     "timeout_s": "a number of seconds > 0", "memory_mb": "a number of MB > 0", "cpus": "a number of CPUs > 0",
-    "strategy": '"dynamo" or "torchscript"', "opset": "an integer, e.g. opset = 18",
-    "target": 'an array of strings, e.g. target = ["onnxruntime==1.17"]', "deploy": 'an array of deploy targets, '
-    'e.g. deploy = ["openvino"]', "bench": '"quick" or "full"', "quantize": '"static" or "dynamic"',
-    "method": '"minmax", "entropy" or "percentile"', "meta": 'a table of string or number values',
 }
 
 
@@ -104,47 +101,16 @@ def _schema():
     """The pydantic models of a zoo file (built on first use, like spec.py's onnxgate.toml schema)."""
     from typing import Literal
 
-    from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+    from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
     class Strict(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
 
     Number = StrictFloat | StrictInt
 
-    class ModelTable(Strict):
-        ref: str | None = Field(None, min_length=1)
-        name: str | None = Field(None, min_length=1, max_length=100)
-        family: str | None = Field(None, min_length=1, max_length=100)
-        tags: list[StrictStr] | None = None
-        stages: list[Literal[STAGES]] | None = None  # type: ignore[valid-type]
-        timeout_s: Number | None = Field(None, gt=0)
-        memory_mb: Number | None = Field(None, gt=0)
-        cpus: Number | None = Field(None, gt=0)
-        input: list[StrictStr] | None = None
-        dim: list[StrictStr] | None = None
-        strategy: Literal["dynamo", "torchscript"] | None = None
-        opset: StrictInt | None = Field(None, ge=1, le=1000)
-        target: list[StrictStr] | None = None
-        allow_static: list[StrictStr] | None = None
-        accept_domain: bool | None = None
-        reinit_degenerate: bool | None = None
-        weights: str | None = Field(None, min_length=1)
-        arch: str | None = Field(None, min_length=1)
-        trust_pickle: bool | None = None
-        trust_code: bool | None = None  # the clearer name of trust_pickle: pickles and TorchScript
-        labels: str | None = Field(None, min_length=1)
-        meta: dict[str, StrictStr | StrictInt | StrictFloat] | None = None
-        device: str | None = Field(None, min_length=1)
-        data: list[StrictStr] | None = None
-        bench: Literal["quick", "full"] | None = None
-        quantize: Literal["static", "dynamic"] | None = None
-        calib: str | None = Field(None, min_length=1)
-        eval: str | None = Field(None, min_length=1)
-        method: Literal["minmax", "entropy", "percentile"] | None = None
-        preprocess: str | None = Field(None, min_length=1)
-        max_accuracy_drop: Number | None = Field(None, ge=0)
-        max_error: Number | None = Field(None, ge=0)
-        deploy: list[StrictStr] | None = None
+    # A [[model]] entry (and [defaults]): every `run` option of onnxgate.toml, generated from options.OPTIONS,
+    # plus the zoo's own keys (name, family, tags, stages, timeout_s, memory_mb, cpus).
+    ModelTable = zoo_model_schema(STAGES)
 
     class ZooTable(Strict):
         name: str | None = Field(None, min_length=1, max_length=100)
@@ -176,11 +142,12 @@ def _problems(data: dict, exc) -> list[str]:
             out[where] = f"{where} is not a key onnxgate knows" + (
                 f": did you mean '{close[0]}'?" if close else f" (known keys there: {', '.join(known)})")
             continue
-        field_name = next((p for p in reversed(loc) if not p.isdigit() and p in _MODEL_KEYS_FORMS), key)
+        field_name = next((p for p in reversed(loc) if not p.isdigit() and (p in _MODEL_KEYS_FORMS or zoo_form(p))),
+                          key)
         if where in out:
             continue
         value = _value_at(data, loc)
-        form = _MODEL_KEYS_FORMS.get(field_name, err.get("msg", "").lower())
+        form = _MODEL_KEYS_FORMS.get(field_name) or zoo_form(field_name) or err.get("msg", "").lower()
         out[where] = f"{where} must be {form} (it is {describe_value(value, mapping='a table', limit=40)})"
     return list(out.values())
 
@@ -284,8 +251,6 @@ def load_zoo(arg: str) -> Zoo:
 
 def _resolve(index: int, table: dict, zoo, source: str, base: Path) -> ZooModel:
     """One model's table (defaults applied) -> ZooModel, its options checked by configure.run_config."""
-    from ..configure import ExportFlags, RunFlags, run_config
-
     ref = table.get("ref")
     if not ref:
         raise BadInputError(f"In {source}, [[model]] #{index + 1} has no ref.",
@@ -293,25 +258,22 @@ def _resolve(index: int, table: dict, zoo, source: str, base: Path) -> ZooModel:
     ref = _relative_ref(ref, base)
     stages = tuple(s for s in STAGES if s in set(table.get("stages", zoo.stages)) | set(DEFAULT_STAGES))
     name = _SAFE.sub("_", table.get("name") or default_name(ref)).strip("._") or f"model{index + 1}"
-    rel = lambda key: _relative_path(table.get(key), base)
     where = f"In {source}, model '{name}' (#{index + 1})"
-    export = ExportFlags(tuple(table.get("input", ())), tuple(table.get("dim", ())), table.get("strategy"),
-                         table.get("opset"), table.get("device"), tuple(f"{k}={v}" for k, v in table.get("meta", {}).items()),
-                         rel("labels"), tuple(table.get("allow_static", ())), bool(table.get("reinit_degenerate")),
-                         accept_domain=bool(table.get("accept_domain")))
-    flags = RunFlags(export, weights=rel("weights"), arch=table.get("arch"), trust_pickle=bool(table.get("trust_pickle") or table.get("trust_code")),
-                     targets=tuple(table.get("target", ())), data=tuple(_relative_path(d, base) for d in table.get("data", ())),
-                     bench=table.get("bench", "quick") if "bench" in stages else "none", optimize="optimize" in stages,
-                     bundle="bundle" in stages, quantize=(table.get("quantize") or "dynamic") if "quantize" in stages else None,
-                     calib=rel("calib"), eval_data=rel("eval"), method=table.get("method"), preprocess=table.get("preprocess"),
-                     max_accuracy_drop=table.get("max_accuracy_drop"), max_error=table.get("max_error"))
+    values = zoo_entry(table, base)  # the options, as onnxgate.toml and the `run` flags name them
+    values.update(bench=values.get("bench", "quick") if "bench" in stages else "none",
+                  optimize="optimize" in stages, bundle="bundle" in stages)
+    if "quantize" in stages:
+        values.setdefault("quantize", "dynamic")
+    else:
+        values.pop("quantize", None)
     timeout = float(table.get("timeout_s", zoo.timeout_s))
     memory = table.get("memory_mb", zoo.memory_mb)
     if "memory_mb" in table:
         _check_memory(memory, f"{where}: key 'memory_mb'")
     try:
         deploy = _deploy_targets(table.get("deploy", ()), stages)
-        run = run_config(ref, replace(flags, deploy=",".join(deploy) or None))
+        values["deploy"] = list(deploy)
+        run = run_config(ref, flags_from({k: v for k, v in values.items() if v != []}))
     except BadInputError as exc:
         raise BadInputError(f"{where}: {exc.message}", hint=exc.hint) from None
     run = replace(run, export=_attempt_limits(run.export, timeout, memory))
