@@ -37,7 +37,8 @@ def convert(ctx: Context) -> list[DeployedArtifact]:
     outputs = list(ctx.traced_outputs())
     row = DeployedArtifact("coreml", "mlprogram", NOT_CONVERTED, ["coreml/model.mlpackage"],
                            precision="fp16 compute (ML program default)",
-                           runtime=f"coremltools {ct.__version__} (structure only: Core ML runs on Apple platforms)",
+                           runtime=f"coremltools {ct.__version__} (structure only: Core ML runs on Apple platforms; "
+                                   "not run, so verified under no setting, its compute units included)",
                            shapes="static: " + ", ".join(f"{s.name} {'x'.join(map(str, s.shape))}" for s in specs))
     ctx.note("coreml: converting with coremltools")
     try:

@@ -23,6 +23,23 @@ TARGETS = ("openvino", "ort-mobile", "tflite", "tensorrt", "coreml")
 PASSED, FAILED, NOT_CONVERTED, SKIPPED, UNVERIFIED = ("passed", "failed", "not converted", "skipped",
                                                       "unverified")
 UNVERIFIED_TEXT = "converted, not numerically verified"
+# The conditions an artifact was verified under (issue 24, Build 3): every row's ``runtime`` names the settings it ran
+# with, either "with the runtime's defaults" (nothing passed by the caller: a passed row holds as the runtime runs the
+# file by default) or "verified only under <setting>; not verified under the runtime's defaults" (``only_under``: the
+# format cannot carry or enforce the setting, or the runtime ignores it). The report and the manifest keep ``runtime``.
+DEFAULTS = "with the runtime's defaults"
+ONLY_UNDER = "verified only under"
+
+
+def under_defaults(runtime: str | None) -> bool:
+    """Whether a row's ``runtime`` says it was verified as the runtime runs the file by default (a row that fell
+    back to a pinned setting quotes the defaults that failed, so "only under" decides first)."""
+    return bool(runtime) and ONLY_UNDER not in runtime and DEFAULTS in runtime
+
+
+def only_under(settings: str, why: str = "") -> str:
+    """The statement of a row verified only under ``settings`` (a format that cannot carry or enforce them)."""
+    return f"{ONLY_UNDER} {settings}; not verified under the runtime's defaults" + (f" ({why})" if why else "")
 
 
 def parse_targets(text: str | list[str] | tuple[str, ...] | None, *, where: str = "--to") -> tuple[str, ...]:
@@ -59,7 +76,7 @@ class DeployedArtifact:
     files: list[str] = field(default_factory=list)  # relative to the targets folder
     bytes: int = 0
     precision: str | None = None  # what it computes in, e.g. "fp16 weights, bf16 compute"
-    runtime: str | None = None  # what ran it and how, e.g. "OpenVINO 2026.4 CPU, INFERENCE_PRECISION_HINT=f32"
+    runtime: str | None = None  # what ran it, with which settings: DEFAULTS or ``only_under`` (see under_defaults)
     shapes: str | None = None  # "dynamic: B 1..8" or "static: x 1x3x224x224"
     layout: str | None = None  # e.g. "input x: NCHW -> NHWC"
     tolerance: str | None = None

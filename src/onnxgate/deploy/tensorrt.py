@@ -10,6 +10,7 @@ missing extra is named (exit 8).
 from __future__ import annotations
 
 from .check import Built, Context, Skipped
+from .model import DEFAULTS
 
 
 def convert(ctx: Context) -> list[Built]:
@@ -29,7 +30,9 @@ def convert(ctx: Context) -> list[Built]:
         engine = build_engine(ctx.onnx_path, folder / ("model.engine" if not fp16 else "model_fp16.engine"),
                               fp16=fp16, profile=profile)
         built.append(Built(variant, [engine], variant, variant, f"TensorRT {trt.__version__} on CUDA device 0 "
-                           f"(profile {profile_text(profile)})", lambda engine=engine: TensorRtRunner(engine)))
+                           f"{DEFAULTS} (no runtime setting: the engine fixes its {variant} precision and its "
+                           f"optimization profile {profile_text(profile)}, and runs only on this GPU model)",
+                           lambda engine=engine: TensorRtRunner(engine)))
     return built
 
 

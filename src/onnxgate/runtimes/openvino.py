@@ -25,17 +25,25 @@ class OpenVinoRunner:
     ``precision_hint`` pins it (``"f32"``: float32 even in PERFORMANCE mode, a configuration that can be verified
     with float32 tolerances where the bf16 one cannot).
 
+    ``execution_mode=None`` with no other setting compiles exactly as a user who passes nothing does
+    (``core.compile_model(path, device)``): OpenVINO's defaults, and nothing read from the IR's ``runtime_options``
+    that OpenVINO itself does not apply (``recorded_options`` says what an IR records; ``apply_recorded=True``
+    passes it, as serve and bench do).
+
     Each compiled model keeps one infer request, reused between calls; outputs are copied once, so the caller owns
     them. The CPU plugin runs dynamic shapes as they are. Devices that need static shapes get the model reshaped
     to each new set of input shapes and recompiled on first use (cached per shape set).
     """
 
-    def __init__(self, model_path: str | Path, device: str = "CPU", *, execution_mode: str = "ACCURACY",
-                 threads: int | None = None, performance_hint: str | None = None, precision_hint: str | None = None):
+    def __init__(self, model_path: str | Path, device: str = "CPU", *, execution_mode: str | None = "ACCURACY",
+                 threads: int | None = None, performance_hint: str | None = None, precision_hint: str | None = None,
+                 apply_recorded: bool = False):
         ov = require("openvino", "openvino", "The OpenVINO runner")
         self.name = "openvino"
         self.device = device
-        self._config: dict[str, object] = {"EXECUTION_MODE_HINT": execution_mode}
+        self._config: dict[str, object] = dict(recorded_options(model_path)) if apply_recorded else {}
+        if execution_mode is not None:
+            self._config["EXECUTION_MODE_HINT"] = execution_mode
         if performance_hint is not None:
             self._config["PERFORMANCE_HINT"] = performance_hint
         if threads is not None:
@@ -51,8 +59,9 @@ class OpenVinoRunner:
         self.output_names = [p.get_any_name() for p in self._model.outputs]
         self._compiled: dict[tuple, object] = {}
         self._static_only = False
-        try:
-            self._compiled[()] = self._core.compile_model(self._model, device, self._config)
+        try:  # no setting at all: compiled from the path, as `core.compile_model(path, device)` does it
+            self._compiled[()] = (self._core.compile_model(self._model, device, self._config) if self._config
+                                  else self._core.compile_model(str(model_path), device))
         except Exception as exc:
             if not self._model.is_dynamic():
                 raise self._incompatible(f"cannot compile '{model_path}' for {device}", exc) from exc
@@ -126,15 +135,23 @@ class OpenVinoRunner:
         self._compiled.clear()
 
 
-def convert_to_ir(model_path: str | Path, xml_path: str | Path, *, compress_to_fp16: bool) -> tuple[Path, Path]:
+RUNTIME_OPTIONS = "runtime_options"  # the IR's rt_info section OpenVINO reads compile settings from
+
+
+def convert_to_ir(model_path: str | Path, xml_path: str | Path, *, compress_to_fp16: bool,
+                  runtime_options: dict[str, str] | None = None) -> tuple[Path, Path]:
     """OpenVINO IR (``.xml`` + ``.bin``) from an ONNX file through OpenVINO's own converter
     (``openvino.convert_model``, then ``openvino.save_model``; ``compress_to_fp16`` stores the weights in float16,
-    which the CPU plugin expands back to its inference precision). Returns ``(xml, bin)``. Raises
-    ``RuntimeIncompatibleError`` when OpenVINO cannot convert the model."""
+    which the CPU plugin expands back to its inference precision). ``runtime_options`` (e.g.
+    ``{"INFERENCE_PRECISION_HINT": "f32"}``) are written into the IR's rt_info ``runtime_options``, OpenVINO's own
+    place for the settings a model is meant to be compiled with (``model.set_rt_info(value, ["runtime_options",
+    key])``). Returns ``(xml, bin)``. Raises ``RuntimeIncompatibleError`` when OpenVINO cannot convert the model."""
     ov = require("openvino", "openvino", "The OpenVINO IR target")
     xml_path = Path(xml_path)
     try:
         model = ov.convert_model(str(model_path))
+        for key, value in (runtime_options or {}).items():
+            model.set_rt_info(str(value), [RUNTIME_OPTIONS, key])
         ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
     except Exception as exc:  # OpenVINO raises generic RuntimeError/OpConversionFailure for every frontend failure
         raise RuntimeIncompatibleError(f"OpenVINO {ov.get_version()} cannot convert '{model_path}' to IR: "
@@ -144,19 +161,50 @@ def convert_to_ir(model_path: str | Path, xml_path: str | Path, *, compress_to_f
     return xml_path, xml_path.with_suffix(".bin")
 
 
+def recorded_options(model_path: str | Path) -> dict[str, str]:
+    """The settings an IR records in its rt_info ``runtime_options`` (``{}`` for an ONNX file or an IR without
+    them). OpenVINO's CPU plugin applies only some of them by itself (KV-cache and dynamic-quantization options, in
+    2026.4; not ``INFERENCE_PRECISION_HINT``): a caller that wants the IR run as it was verified passes them."""
+    if Path(model_path).suffix.lower() != ".xml":
+        return {}
+    ov = require("openvino", "openvino", "Reading an OpenVINO IR")
+    model = ov.Core().read_model(str(model_path))
+    if not model.has_rt_info(RUNTIME_OPTIONS):
+        return {}
+    return {key: str(value.astype(str)) for key, value in model.get_rt_info(RUNTIME_OPTIONS).astype(dict).items()}
+
+
+def record_options(xml_path: str | Path, runtime_options: dict[str, str]) -> None:
+    """Rewrite an IR's rt_info ``runtime_options`` in place (read, set, save: the weights are written back as they
+    are stored, FP16 included)."""
+    ov = require("openvino", "openvino", "Writing an OpenVINO IR")
+    xml_path = Path(xml_path)
+    model = ov.Core().read_model(str(xml_path))
+    for key, value in runtime_options.items():
+        model.set_rt_info(str(value), [RUNTIME_OPTIONS, key])
+    staged = xml_path.with_name(xml_path.stem + ".rewrite.xml")
+    ov.save_model(model, str(staged), compress_to_fp16=False)
+    del model
+    staged.replace(xml_path)
+    staged.with_suffix(".bin").replace(xml_path.with_suffix(".bin"))
+
+
 class OpenVinoSession:
     """Serving on OpenVINO: a session with onnxruntime's ``run(output_names, feed)`` face, so serve's executor, batch
     probe and golden self-check run on it unchanged. Compiled the way ``onnxgate bench`` measured and verified an
     OpenVINO configuration: CPU, ``EXECUTION_MODE_HINT=PERFORMANCE``, ``PERFORMANCE_HINT=LATENCY``, the
     configuration's thread count, and ``INFERENCE_PRECISION_HINT`` pinned to the precision it was verified at (so this
-    machine cannot pick another one, e.g. bf16 where f32 was verified). Each thread gets its own infer request (a
-    request is not safe to share between threads); outputs are copies the caller owns."""
+    machine cannot pick another one, e.g. bf16 where f32 was verified): ``precision``, or, when None, what the IR
+    records in its rt_info ``runtime_options`` (the setting its deploy verification held under). Each thread gets
+    its own infer request (a request is not safe to share between threads); outputs are copies the caller owns."""
 
-    def __init__(self, model_path: str | Path, *, threads: int | None, precision: str):
+    def __init__(self, model_path: str | Path, *, threads: int | None, precision: str | None = None):
         ov = require("openvino", "openvino", "`onnxgate serve --runtime openvino`")
         self.version = ov.get_version().split("-")[0]
-        config: dict[str, object] = {"EXECUTION_MODE_HINT": "PERFORMANCE", "PERFORMANCE_HINT": "LATENCY",
-                                     "INFERENCE_PRECISION_HINT": precision}
+        config: dict[str, object] = {**recorded_options(model_path), "EXECUTION_MODE_HINT": "PERFORMANCE",
+                                     "PERFORMANCE_HINT": "LATENCY"}
+        if precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = precision
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()
