@@ -18,13 +18,18 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     model, out_dir, shapes = argv[0], Path(argv[1]), json.loads(argv[2])
+    # TensorFlow's C++ log, gRPC's and absl's stay quiet (issue 27 item 7); the parent captures what is left
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
     report: dict = {"ok": False}
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log):
             import onnx2tf
             import tensorflow as tf
+
+            _quiet_python_logs(tf)
 
             report.update(onnx2tf=onnx2tf.__version__, tensorflow=tf.__version__)
             onnx2tf.convert(input_onnx_file_path=model, output_folder_path=str(out_dir), non_verbose=True,
@@ -43,6 +48,19 @@ def main(argv: list[str]) -> int:
         report["error"] = f"{type(exc).__name__}: {str(exc)[:400]} {tail[-600:]}".strip()
     print(json.dumps(report), flush=True)
     return 0
+
+
+def _quiet_python_logs(tf) -> None:
+    """absl's and TensorFlow's Python loggers at ERROR (their INFO/WARNING lines are noise to the user)."""
+    import logging
+
+    tf.get_logger().setLevel(logging.ERROR)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:  # absl comes with TensorFlow; a converter Python without it has nothing to quiet
+        pass
 
 
 if __name__ == "__main__":

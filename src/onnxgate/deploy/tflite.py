@@ -15,19 +15,26 @@ INT8 TFLite is not built yet.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import RuntimeIncompatibleError
 from .check import Built, Context
+from .model import DEFAULTS
 
 WORKER = Path(__file__).with_name("_onnx2tf_worker.py")
 CONVERT_TIMEOUT_S = 1800
+HEARTBEAT_S = 15.0  # a progress line this often while onnx2tf converts (MobileNetV2: about 150 s)
 
 
 def convert(ctx: Context) -> list[Built]:
@@ -39,7 +46,7 @@ def convert(ctx: Context) -> list[Built]:
     python = converter_python(ctx.note)
     folder = ctx.out_dir / "tflite"
     folder.mkdir(parents=True, exist_ok=True)
-    ctx.note("tflite: converting with onnx2tf (static shapes, channels last)")
+    ctx.note(f"tflite: converting with onnx2tf ({planned_shapes(ctx)}; channels last)")
     report = _run_worker(python, ctx, folder)
     built = []
     for variant, path in report["files"].items():
@@ -47,11 +54,33 @@ def convert(ctx: Context) -> list[Built]:
         shutil.move(path, final)
         layouts, dynamic = layouts_of(final, ctx)
         text = describe_layouts(layouts)
+        ctx.note(f"tflite: the {variant} file {kept_shapes(ctx, dynamic)}")
         built.append(Built(variant, [final], variant, "fp32" if variant == "fp32" else "fp16 weights, fp32 compute",
-                           f"LiteRT (ai-edge-litert) CPU, onnx2tf {report.get('onnx2tf')} / TensorFlow "
-                           f"{report.get('tensorflow')}", _opener(final, layouts), dynamic=dynamic, layout=text))
+                           f"LiteRT (ai-edge-litert) CPU {DEFAULTS} (default threads, XNNPACK delegate, no option "
+                           f"passed; inputs in the file's own layout, stated with it), converted by onnx2tf "
+                           f"{report.get('onnx2tf')} / TensorFlow {report.get('tensorflow')}", _opener(final, layouts),
+                           dynamic=dynamic, layout=text))
     _tidy(folder, keep={b.files[0].name for b in built})
     return built
+
+
+def planned_shapes(ctx: Context) -> str:
+    """What onnx2tf is asked for: each dynamic dim at its traced size, and the batch (axis 0) left to onnx2tf,
+    which keeps it dynamic (issue 27 item 7: the step said "static shapes" while the batch stayed dynamic)."""
+    sizes = ctx.traced
+    batch = {s.shape[0] for s in ctx.specs if s.shape and isinstance(s.shape[0], str)}
+    fixed = [f"{d}={sizes[d]}" for d in ctx.dims if d not in batch]
+    parts = [f"batch {', '.join(sorted(batch))} kept dynamic"] if batch else []
+    parts += [f"built at {', '.join(fixed)}"] if fixed else []
+    return "; ".join(parts) or "every shape static, as in the ONNX file"
+
+
+def kept_shapes(ctx: Context, dynamic: set[str]) -> str:
+    """What the converted file keeps dynamic and what it fixed, found in its signature."""
+    sizes = ctx.traced
+    fixed = [f"{d}={sizes[d]}" for d in ctx.dims if d not in dynamic]
+    kept = f"keeps {', '.join(sorted(dynamic))} dynamic" if dynamic else "has static shapes only"
+    return kept + (f" and fixes {', '.join(fixed)} (verified there)" if fixed else "")
 
 
 def _opener(path: Path, layouts: dict[str, tuple[int, ...]]):
@@ -68,11 +97,8 @@ def _run_worker(python: str, ctx: Context, folder: Path) -> dict:
     staged.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ctx.onnx_path, staged)
     command = [python, str(WORKER), str(staged), str(folder / "work"), json.dumps(shapes)]
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        raise RuntimeIncompatibleError(f"onnx2tf did not finish within {CONVERT_TIMEOUT_S} s.",
-                                       hint="Deploy the other targets without tflite.") from exc
+    stdout, stderr, returncode = _run_with_heartbeat(command, folder / "work", ctx.note)
+    proc = subprocess.CompletedProcess(command, returncode, stdout, stderr)
     lines = proc.stdout.strip().splitlines()
     try:
         report = json.loads(lines[-1]) if lines else None
@@ -87,6 +113,52 @@ def _run_worker(python: str, ctx: Context, folder: Path) -> dict:
     return report
 
 
+def _run_with_heartbeat(command: list[str], work: Path, note) -> tuple[str, str, int]:
+    """Run the converter with its output in files (TensorFlow's and onnx2tf's lines never reach onnxgate's
+    output), saying every HEARTBEAT_S seconds that it is still converting. Returns (stdout, stderr, exit code)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "ERROR", "ABSL_MIN_LOG_LEVEL": "3"}
+    out_path, err_path = work / "convert.out", work / "convert.err"
+    start = time.monotonic()
+    with open(out_path, "w+", encoding="utf-8") as out, open(err_path, "w+", encoding="utf-8") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
+        while True:
+            try:
+                proc.wait(timeout=HEARTBEAT_S)
+                break
+            except subprocess.TimeoutExpired:
+                elapsed = time.monotonic() - start
+                if elapsed > CONVERT_TIMEOUT_S:
+                    proc.kill()
+                    proc.wait()
+                    raise RuntimeIncompatibleError(f"onnx2tf did not finish within {CONVERT_TIMEOUT_S} s.",
+                                                   hint="Deploy the other targets without tflite.") from None
+                note(f"tflite: onnx2tf still converting ({elapsed:.0f} s)")
+        out.seek(0)
+        err.seek(0)
+        return out.read(), err.read(), proc.returncode
+
+
+@contextlib.contextmanager
+def quiet_native_info():
+    """LiteRT's C++ runtime prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on the first run in
+    a process, straight to file descriptor 2 (no Python logger, no environment variable silences it): while the
+    block runs, descriptor 2 goes to a scratch file, and every line but ``INFO:`` ones is written back after."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:  # unnamed: nothing to sweep
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = [line for line in sink.read().decode(errors="replace").splitlines()
+                    if not line.startswith("INFO: ")]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+
+
 def layouts_of(path: Path, ctx: Context) -> tuple[dict[str, tuple[int, ...]], set[str]]:
     """(each input's and output's permutation from the ONNX layout to the TFLite file's, the dims the file keeps
     dynamic), found by comparing shapes (-1 in the file's signature matches any size; one run at the traced sizes
@@ -94,7 +166,11 @@ def layouts_of(path: Path, ctx: Context) -> tuple[dict[str, tuple[int, ...]], se
     from rank 3 on."""
     from ..runtimes.litert import LiteRtRunner
 
-    probe = LiteRtRunner(path)
+    with quiet_native_info():  # the first LiteRT run of the process: the only one that prints
+        return _layouts_of(LiteRtRunner(path), ctx)
+
+
+def _layouts_of(probe, ctx: Context) -> tuple[dict[str, tuple[int, ...]], set[str]]:
     layouts, feed, fixed = {}, {}, set()
     for spec, static in zip(ctx.specs, ctx.static_specs()):
         signature = probe.input_signatures.get(spec.name)
