@@ -81,12 +81,17 @@ def input_specs(meta: Mapping[str, Any], *, model: str | Path,
     raw = json_entry(meta, INPUTS, model=model, invalid_utf8=invalid_utf8)
     if raw is None:
         return None
+    return specs_from_raw(raw, model=model), dims(meta, model=model, invalid_utf8=invalid_utf8)
+
+
+def specs_from_raw(raw: Any, *, model: str | Path, key: str = INPUTS) -> list[InputSpec]:
+    """The input specs of an already decoded ``onnxgate.inputs`` value, every one checked (see ``input_specs``)."""
     form = ('a JSON array of input specs such as [{"name": "x", "shape": ["B", 3, 224, 224], "dtype": "float32", '
             '"value_range": null}]')
     if not isinstance(raw, list) or not raw:
-        raise malformed(model, INPUTS, f"it must be {form}, not {describe_value(raw)}")
+        raise malformed(model, key, f"it must be {form}, not {describe_value(raw)}")
     if len(raw) > MAX_INPUTS:
-        raise malformed(model, INPUTS, f"it lists {len(raw):,} inputs (at most {MAX_INPUTS:,})")
+        raise malformed(model, key, f"it lists {len(raw):,} inputs (at most {MAX_INPUTS:,})")
     specs: list[InputSpec] = []
     for i, item in enumerate(raw):
         try:
@@ -95,15 +100,15 @@ def input_specs(meta: Mapping[str, Any], *, model: str | Path,
             elif isinstance(item, str):  # files written before the structured form: the --input text
                 spec = parse_input(item, where=f"item {i + 1} ('{clip(item, 60)}')")
             else:
-                raise malformed(model, INPUTS, f"item {i + 1} is {describe_value(item)}; it must be {form}")
+                raise malformed(model, key, f"item {i + 1} is {describe_value(item)}; it must be {form}")
         except BadInputError as exc:
             if exc.message.startswith(f"'{model}'"):
                 raise
-            raise malformed(model, INPUTS, exc.message.rstrip(".")) from None
+            raise malformed(model, key, exc.message.rstrip(".")) from None
         if any(s.name == spec.name for s in specs):
-            raise malformed(model, INPUTS, f"the input '{spec.name}' is listed twice")
+            raise malformed(model, key, f"the input '{spec.name}' is listed twice")
         specs.append(spec)
-    return specs, dims(meta, model=model, invalid_utf8=invalid_utf8)
+    return specs
 
 
 def _spec_from_dict(item: dict, *, where: str) -> InputSpec:
@@ -132,42 +137,48 @@ def dims(meta: Mapping[str, Any], *, model: str | Path, invalid_utf8: Collection
     64, "example": 2}}``, every size an integer in 0..MAX_DIM, the example inside the range; ``"multiple_of": 64``
     (or null) when the model claims only multiples of a size (an accepted verified domain)."""
     raw = json_entry(meta, DIMS, model=model, invalid_utf8=invalid_utf8)
-    if raw is None:
-        return {}
+    return {} if raw is None else dims_from_raw(raw, model=model)
+
+
+def dims_from_raw(raw: Any, *, model: str | Path, key: str = DIMS) -> dict[str, Dim]:
+    """``dims`` on an already decoded value (the bundle manifest's ``domain`` through ``onnxgate.claim``): the same
+    checks, the same messages, naming ``key``."""
     form = 'a JSON object such as {"B": {"name": "B", "min": 1, "max": 64, "example": 2}}'
     if not isinstance(raw, dict):
-        raise malformed(model, DIMS, f"it must be {form}, not {describe_value(raw)}")
+        raise malformed(model, key, f"it must be {form}, not {describe_value(raw)}")
+    if len(raw) > MAX_INPUTS:
+        raise malformed(model, key, f"it lists {len(raw):,} dims (at most {MAX_INPUTS:,})")
     out: dict[str, Dim] = {}
     for name, fields in raw.items():
         where = f"dim '{clip(name, 40)}'"
-        if not _DIM_NAME.fullmatch(name):
-            raise malformed(model, DIMS, f"{where} is not a dim name (letters, digits, underscores)")
+        if not isinstance(name, str) or not _DIM_NAME.fullmatch(name):
+            raise malformed(model, key, f"{where} is not a dim name (letters, digits, underscores)")
         if not isinstance(fields, dict):
-            raise malformed(model, DIMS, f"{where} is {describe_value(fields)}; it must be {form}")
+            raise malformed(model, key, f"{where} is {describe_value(fields)}; it must be {form}")
         unknown = sorted(set(fields) - set(_DIM_KEYS))
         if unknown:
-            raise malformed(model, DIMS, f"{where} has unknown fields {', '.join(repr(clip(k, 20)) for k in unknown[:3])} "
+            raise malformed(model, key, f"{where} has unknown fields {', '.join(repr(clip(k, 20)) for k in unknown[:3])} "
                                          f"(known: {', '.join(_DIM_KEYS)})")
         if fields.get("name", name) != name:
-            raise malformed(model, DIMS, f"{where} names itself '{clip(str(fields.get('name')), 40)}'")
+            raise malformed(model, key, f"{where} names itself '{clip(str(fields.get('name')), 40)}'")
         sizes = {}
-        for key in ("min", "max", "example", "multiple_of"):
-            value = fields.get(key, 1 if key == "min" else None)
-            if value is None and key != "min":
-                sizes[key] = None
+        for field in ("min", "max", "example", "multiple_of"):
+            value = fields.get(field, 1 if field == "min" else None)
+            if value is None and field != "min":
+                sizes[field] = None
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
-                raise malformed(model, DIMS, f"{where}: '{key}' is {describe_value(value)}; it must be an integer")
+                raise malformed(model, key, f"{where}: '{field}' is {describe_value(value)}; it must be an integer")
             if not 0 <= value <= MAX_DIM:
-                raise malformed(model, DIMS, f"{where}: '{key}' is {clip(str(value), 30)}, outside 0..{MAX_DIM:,}")
-            sizes[key] = value
+                raise malformed(model, key, f"{where}: '{field}' is {clip(str(value), 30)}, outside 0..{MAX_DIM:,}")
+            sizes[field] = value
         if sizes["multiple_of"] is not None and sizes["multiple_of"] < 1:
-            raise malformed(model, DIMS, f"{where}: 'multiple_of' is {sizes['multiple_of']}; it must be at least 1")
+            raise malformed(model, key, f"{where}: 'multiple_of' is {sizes['multiple_of']}; it must be at least 1")
         dim = Dim(name, sizes["min"], sizes["max"], sizes["example"], sizes["multiple_of"] or None)
         if dim.max is not None and dim.max < dim.min:
-            raise malformed(model, DIMS, f"{where}: the range {dim.min}..{dim.max} is empty")
+            raise malformed(model, key, f"{where}: the range {dim.min}..{dim.max} is empty")
         if dim.example is not None and (dim.example < 1 or not dim.contains(dim.example)):
-            raise malformed(model, DIMS, f"{where}: the example size {dim.example} lies outside "
+            raise malformed(model, key, f"{where}: the example size {dim.example} lies outside "
                                          f"{dim.min}..{'' if dim.max is None else dim.max} (or is 0"
                                          + (f", or is not a multiple of {dim.multiple_of})" if dim.multiple_of else ")"))
         out[name] = dim
@@ -203,5 +214,6 @@ def problems(meta: Mapping[str, Any], *, model: str | Path, invalid_utf8: Collec
     return found
 
 
-__all__ = ["INPUTS", "DIMS", "SOURCE", "REINIT", "input_specs", "dims", "recorded_source", "reinit_degenerate",
+__all__ = ["INPUTS", "DIMS", "SOURCE", "REINIT", "input_specs", "dims", "dims_from_raw", "specs_from_raw",
+           "recorded_source", "reinit_degenerate",
            "problems", "entry", "json_entry", "malformed", "OVERRIDE_HINT"]

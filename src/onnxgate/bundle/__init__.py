@@ -7,8 +7,8 @@ machine with only numpy, onnxruntime and onnxgate's base install can check a bun
 from .._lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "FORMAT_VERSION": ".manifest", "parse_runtime": ".matrix", "BundleVerification": ".verify",
-    "OutputComparison": ".verify", "verify_bundle": ".verify", "verify_matrix": ".verify", "write_bundle": ".write",
+    "FORMAT_VERSION": ".manifest", "open": ".opened", "opened": ".opened", "VerifiedBundle": ".opened",
+    "parse_runtime": ".matrix", "BundleVerification": ".verify", "OutputComparison": ".verify", "verify_bundle": ".verify", "verify_matrix": ".verify", "write_bundle": ".write",
 })
-__all__ = ["FORMAT_VERSION", "BundleVerification", "OutputComparison", "parse_runtime", "verify_bundle",
-           "verify_matrix", "write_bundle"]
+__all__ = ["FORMAT_VERSION", "open", "opened", "VerifiedBundle", "BundleVerification", "OutputComparison",
+           "parse_runtime", "verify_bundle", "verify_matrix", "write_bundle"]

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .. import claim as cl
 from ..errors import BadInputError, UnsafeInputError
 from ..fsutil import atomic_write_text
 
@@ -56,8 +56,7 @@ MAX_NAMES = 10_000  # model inputs / outputs
 MAX_NAME_CHARS = 4096
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_REMAKE = ("Re-create the bundle with `onnxgate bundle` (or fetch it again from its source); never edit manifest.json "
-           "by hand.")
+_REMAKE = cl.REMAKE_HINT
 
 
 def sha256_file(path: Path) -> str:
@@ -118,7 +117,8 @@ def bundle_path(rel: Any, *, where: str) -> str:
 def read_manifest(folder: Path) -> dict[str, Any]:
     """Load ``folder/manifest.json`` and validate every field bundle verification reads.
 
-    Returns the manifest with ``files``, ``inputs``, ``outputs`` and ``tolerances`` in checked form.
+    Returns the manifest with ``files``, ``inputs``, ``outputs`` and the claim's tolerance table in checked form
+    (the rest of the claim: ``claim.from_manifest``, or ``bundle.open``).
     """
     raw = _read_raw(folder)
     return validate_manifest(raw, where=f"The manifest '{folder / MANIFEST}'", folder=folder)
@@ -166,7 +166,7 @@ def validate_manifest(raw: Any, *, where: str, folder: Path | str = "") -> dict[
             f"The bundle '{folder}' has format version {version}; this onnxgate reads up to {FORMAT_VERSION}.",
             hint="Upgrade onnxgate on this machine (pip install -U onnxgate).",
         )
-    for key in ("files", "inputs", "outputs", "tolerances"):
+    for key in ("files", "inputs", "outputs", cl.MANIFEST_TOLERANCES):
         if key not in raw:
             raise _malformed(where, f"it lacks its '{key}' section")
     manifest = dict(raw)
@@ -175,7 +175,8 @@ def validate_manifest(raw: Any, *, where: str, folder: Path | str = "") -> dict[
     manifest["outputs"] = _value_specs(raw["outputs"], "outputs", where)
     if not manifest["outputs"]:
         raise _malformed(where, "'outputs' is empty: there is nothing to verify")
-    manifest["tolerances"] = _tolerance_table(raw["tolerances"], [o["name"] for o in manifest["outputs"]], where)
+    tolerances = cl.manifest_tolerances(raw[cl.MANIFEST_TOLERANCES], [o["name"] for o in manifest["outputs"]], where)
+    manifest[cl.MANIFEST_TOLERANCES] = cl.tolerance_table(tolerances)
     return manifest
 
 
@@ -221,28 +222,6 @@ def _value_specs(specs: Any, key: str, where: str) -> list[dict[str, Any]]:
             raise _malformed(where, f"'{key}' names {name[:200]!r} twice")
         seen.add(name)
     return specs
-
-
-def _tolerance_table(tolerances: Any, outputs: list[str], where: str) -> dict[str, dict[str, float]]:
-    if not isinstance(tolerances, dict):
-        raise _malformed(where, f"'tolerances' must be a mapping of output name to {{rtol, atol}}, "
-                                f"not {_kind(tolerances)}")
-    table = {}
-    for name, tol in tolerances.items():
-        if name not in outputs:
-            raise _malformed(where, f"'tolerances' names {name[:200]!r}, which is not in 'outputs'")
-        if not isinstance(tol, dict):
-            raise _malformed(where, f"'tolerances'[{name[:200]!r}] must be a mapping with 'rtol' and 'atol', "
-                                    f"not {_kind(tol)}")
-        values = {}
-        for key in ("rtol", "atol"):
-            value = tol.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or value < 0:
-                raise _malformed(where, f"'tolerances'[{name[:200]!r}].{key} must be a finite number >= 0, "
-                                        f"not {_show(value)}")
-            values[key] = float(value)
-        table[name] = values
-    return table
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -409,13 +388,6 @@ def _malformed(where: str, what: str) -> BadInputError:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _finite(value: int | float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond float range
-        return False
 
 
 def _kind(value: Any) -> str:

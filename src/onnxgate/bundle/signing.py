@@ -6,7 +6,7 @@ payload is an in-toto Statement v1 —
 
 * ``subject``: every file of the bundle, ``manifest.json`` included, by name and sha256;
 * ``predicateType``: ``PREDICATE_TYPE``; ``predicate``: the bundle's claim, read from its manifest (see
-  ``claim_of``): the verified domain, the tolerances, the inputs and outputs, the verification record (noise
+  ``claim_of``): the verified domain, the tolerances, the claim codec's ``claim`` section, the inputs and outputs, the verification record (noise
   profile, runtimes), the tool versions (exporter, onnxruntime, onnxgate), the digests of the golden data;
 
 signed with an ECDSA P-256 key (SHA-256; Ed25519 keys work too). ``onnxgate verify BUNDLE --trust KEY.pub``
@@ -32,6 +32,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from .. import claim as cl
 from ..errors import BadInputError, IntegrityError
 from ..fsutil import atomic_write_text
 from . import manifest as mf
@@ -43,8 +44,9 @@ PREDICATE_TYPE = "https://onnxgate.dev/bundle-claim/v1"
 MAX_SIGNATURE_BYTES = 16 << 20
 # The manifest fields that make up the claim (what the bundle says it proves, and with what); created_at and the
 # machine's CPU flags are provenance, not claims, and stay out so that re-signing a bundle gives the same payload.
-CLAIM_FIELDS = ("source_ref", "model", "inputs", "outputs", "tolerances", "domain", "verification", "export",
-                "targets")
+# The claim codec's fields (``claim.MANIFEST_FIELDS``: tolerances, domain, and the ``claim`` section of bundles that
+# have one) are signed too.
+CLAIM_FIELDS = ("source_ref", "model", "inputs", "outputs", "verification", "export", "targets")
 _KEY_HINT = ("Make a key pair with `onnxgate sign --generate-key KEY` (or `openssl genpkey -algorithm EC -pkeyopt "
              "ec_paramgen_curve:P-256 -out KEY && openssl pkey -in KEY -pubout -out KEY.pub`).")
 
@@ -55,6 +57,9 @@ _KEY_HINT = ("Make a key pair with `onnxgate sign --generate-key KEY` (or `opens
 def claim_of(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """The bundle's claim as its (validated) manifest states it: the signed predicate."""
     claim = {key: manifest.get(key) for key in CLAIM_FIELDS}
+    for key in cl.MANIFEST_FIELDS:  # a bundle written before the claim section signs without it, as it was signed
+        if key in manifest or key != cl.MANIFEST_CLAIM:
+            claim[key] = manifest.get(key)
     environment = manifest.get("environment")
     # the exporter (torch, onnxscript), onnx, onnxruntime, onnxgate and python versions the bundle was made with
     claim["versions"] = environment.get("versions") if isinstance(environment, dict) else None

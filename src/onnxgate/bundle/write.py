@@ -9,11 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import claim as cl
 from .. import envinfo
 from ..errors import BadInputError, UnsafeInputError
 from ..fsutil import atomic_dir, atomic_file, check_target
@@ -28,21 +30,26 @@ def write_bundle(out_dir: str | Path, *, model_path: str | Path, golden_inputs: 
                  reference_outputs: dict[str, np.ndarray],
                  tolerances: dict[str, tuple[float, float]] | None = None, export_info: dict | None = None,
                  verification: dict | None = None, source_ref: str | None = None, force: bool = False,
-                 tarball: bool = False, domain: dict | None = None) -> Path:
+                 tarball: bool = False, domain: dict | None = None, claim: cl.Claim | None = None) -> Path:
     """Write a bundle folder at ``out_dir`` (and ``<out_dir>.tar.gz`` with ``tarball``); return the folder.
 
     ``tolerances`` maps output names to ``(rtol, atol)``; outputs not named get the defaults.
     ``export_info`` (the export attempt that won) and ``verification`` (the parity results) are recorded
-    as given. ``domain``: the verified shape domain per dynamic dim (``{"S": {"min": 4, "max": 512, "multiple_of":
-    null, ...}}``): what the bundle claims, and what a server built on it accepts. Existing outputs are replaced
-    only with ``force``.
+    as given. ``claim``: what verification proved (``claim.Claim``: domain, tolerances, runtime conditions,
+    reference, evidence), written through the claim codec (``claim.to_manifest``); its tolerances are used where
+    ``tolerances`` names none. ``domain``: a plain verified domain per dynamic dim (``{"S": {"min": 4, "max": 512,
+    "multiple_of": null, "example": 8}}``), checked by the codec, for a bundle without a claim. What the bundle
+    claims is what a server built on it accepts. Existing outputs are replaced only with ``force``.
     """
     out_dir, model_path = Path(out_dir), Path(model_path)
     model = describe_model(model_path)
     _check_arrays("golden inputs", golden_inputs, model["inputs"], model_path)
     _check_arrays("reference outputs", reference_outputs, model["outputs"], model_path)
     output_names = [spec["name"] for spec in model["outputs"]]
-    tolerance_table = _tolerances(tolerances, {name: reference_outputs[name] for name in output_names})
+    claim = _claim(claim, domain, out_dir)
+    given = {**{o.name: (o.rtol, o.atol) for o in claim.outputs}, **(tolerances or {})}
+    tolerance_table = _tolerances(given, {name: reference_outputs[name] for name in output_names})
+    claim = _with_outputs(claim, tolerance_table, set(tolerances or ()))
     tar_path = out_dir.with_name(out_dir.name + ".tar.gz")
     if tarball:
         check_target(tar_path, force=force, kind="file")  # refuse before writing anything
@@ -65,17 +72,37 @@ def write_bundle(out_dir: str | Path, *, model_path: str | Path, golden_inputs: 
                                                   "external_data")},
             "inputs": model["inputs"],
             "outputs": model["outputs"],
-            "tolerances": tolerance_table,
+            **cl.to_manifest(claim),
             "files": mf.file_entries(tmp),
             "environment": {key: env[key] for key in ("versions", "platform", "cpu")},
             "export": export_info,
             "verification": verification,
-            "domain": domain,
         }
         (tmp / mf.MANIFEST).write_text(mf.manifest_text(manifest), encoding="utf-8")
     if tarball:
         write_tarball(out_dir, tar_path, force=force)
     return out_dir
+
+
+def _claim(claim: cl.Claim | None, domain: dict | None, out_dir: Path) -> cl.Claim:
+    """The claim to write: the one given, else one holding the plain ``domain`` (checked as the codec reads it)."""
+    if claim is not None:
+        if domain:
+            raise BadInputError("write_bundle() got both a claim and a domain.", hint="The claim holds the domain.")
+        return claim
+    return cl.from_report({"domain": domain or {}}, where=f"the domain given for '{out_dir}'")
+
+
+def _with_outputs(claim: cl.Claim, table: dict[str, dict], overridden: set[str]) -> cl.Claim:
+    """The claim with one output per model output, at the tolerances written (the defaults filled in)."""
+    known = {o.name: o for o in claim.outputs}
+    outputs = []
+    for name, tol in table.items():
+        seen = known.get(name)
+        policy = "user" if name in overridden else seen.policy if seen else "dtype default"
+        outputs.append(replace(seen, rtol=tol["rtol"], atol=tol["atol"], policy=policy) if seen else
+                       cl.OutputClaim(name, tol["rtol"], tol["atol"], policy))
+    return replace(claim, outputs=tuple(outputs))
 
 
 def write_tarball(folder: Path, tar_path: Path, *, force: bool = False) -> Path:

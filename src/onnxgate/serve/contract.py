@@ -2,9 +2,10 @@
 
 Every dim of every input gets one rule, from the most specific record the bundle holds:
 
-* a fixed size in the input spec (``onnxgate.inputs`` metadata, else the manifest's graph shapes): that size;
-* a named dim with a verified domain (the manifest's ``domain``, else the model's ``onnxgate.dims``): its interval
-  and granularity, e.g. ``B: 1..64`` or ``W: multiples of 64 in 64..512``;
+* a fixed size in the input spec (the bundle's claim, else the model's recorded specs, else the manifest's graph
+  shapes): that size;
+* a named dim with a verified domain (the bundle's claim, else the claim the model's metadata records): its
+  interval and granularity, e.g. ``B: 1..64`` or ``W: multiples of 64 in 64..512``;
 * a dynamic dim nothing verified (a bundle packed from a plain .onnx file): only the size of the golden input,
   the one size the bundle's reference outputs prove.
 
@@ -12,8 +13,8 @@ Integer inputs with a recorded value range (``ids:Bx128:int64:0..30521``) are he
 any rule is a ``RequestError`` (HTTP 400) naming the input, the dim and the allowed values: the server never runs
 a shape the bundle does not prove.
 
-Loading checks the bundle as ``onnxgate verify BUNDLE`` does (``bundle.verify``: checksums, exit 9 when a file
-changed), then hashes ``model.onnx`` once more as it reads the bytes the session is built from, and runs the
+Loading opens the bundle once (``bundle.open``: checksums, exit 9 when a file changed; the claim decoded by the
+claim codec), then hashes ``model.onnx`` once more as it reads the bytes the session is built from, and runs the
 golden inputs through the serving session itself (its optimization level and threads) against the reference
 outputs at the bundle's tolerances (exit 4 when they differ). No torch, no onnx: the metadata comes from
 onnxruntime.
@@ -30,6 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import claim as cl
+from ..bundle.opened import VerifiedBundle
+from ..bundle.opened import open as open_bundle
 from ..errors import BadInputError, IntegrityError, ParityError
 from .protocol import NonFiniteOutput, RequestError, datatype_of, json_safe
 
@@ -165,7 +169,8 @@ class ServedModel:
     runtime: str = "onnxruntime"  # or "openvino" (runtimes.openvino.OpenVinoSession)
     runtime_config: str = ""  # how the session runs, e.g. "OpenVINO 2026.4 CPU, ..., INFERENCE_PRECISION_HINT=f32"
     runtime_source: str = "the default"  # why this runtime: --runtime, or the bundle's benchmark recommendation
-    check_manifest: dict[str, Any] | None = None  # tolerances the self-check and batch probe use, when not the bundle's
+    claim: cl.Claim | None = None  # what the bundle proves (bundle.open), read once
+    check_claim: cl.Claim | None = None  # the claim the self-check and batch probe judge by, when not the bundle's
     self_check: list[dict] = field(default_factory=list)
     golden: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -233,18 +238,10 @@ class ServedModel:
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def check_integrity(folder: Path) -> dict[str, Any]:
-    """The bundle's manifest once every file matches its checksum; IntegrityError (exit 9) naming what changed."""
-    from ..bundle import manifest as mf
-    from ..bundle.verify import check_external_data
-
-    manifest = mf.read_manifest(folder)
-    problems = mf.check_files(folder, manifest, mf.scan_bundle(folder)) or check_external_data(folder, manifest)
-    if problems:
-        raise IntegrityError(f"The bundle '{folder}' changed since it was written: {'; '.join(problems[:5])}. onnxgate "
-                             "serves only a bundle whose files match their checksums.",
-                             hint="Do not serve this bundle: re-create it, or fetch it again from its source.")
-    return manifest
+def check_integrity(folder: Path) -> VerifiedBundle:
+    """The bundle, opened once every file matches its checksum (``bundle.open``); IntegrityError (exit 9) naming
+    what changed."""
+    return open_bundle(folder, purpose="serves")
 
 
 RUNTIMES = ("auto", "onnxruntime", "openvino")
@@ -262,7 +259,8 @@ def load_served_model(folder: Path, *, name: str | None = None, threads: int | N
     if runtime not in RUNTIMES:
         raise BadInputError(f"--runtime '{runtime}' is not a runtime onnxgate serves.",
                             hint=f"Use one of: {', '.join(RUNTIMES)}.")
-    manifest = check_integrity(folder)
+    bundle = check_integrity(folder)
+    manifest = bundle.manifest
     source = _model_source(folder, manifest)
     plan = _runtime_plan(folder, manifest, runtime)
     if plan["runtime"] == "openvino":
@@ -276,19 +274,19 @@ def load_served_model(folder: Path, *, name: str | None = None, threads: int | N
                            intra_op_threads=chosen if plan["runtime"] == "onnxruntime" else 1, inter_op_threads=1)
     meta = dict(session.get_modelmeta().custom_metadata_map)
     golden, reference = load_npz(folder / mf.GOLDEN_INPUTS), load_npz(folder / mf.REFERENCE_OUTPUTS)
-    inputs = _input_rules(folder, manifest, meta, golden)
+    inputs = _input_rules(folder, manifest, bundle.claim, meta, golden)
     outputs = [replace(rule, nonfinite=_has_nonfinite(reference.get(rule.name)))
                for rule in _output_rules(manifest, {d.name: d for t in inputs for d in t.dims if d.name})]
     model = ServedModel(_served_name(name, manifest, folder), folder, manifest, inputs, outputs,
                         _batch_dim(inputs, outputs), meta, threads=chosen, threads_source=how, opt_level=level,
-                        session=session, runtime_source=plan["source"])
+                        session=session, runtime_source=plan["source"], claim=bundle.claim)
     if plan["runtime"] == "openvino":
         from ..runtimes.openvino import OpenVinoSession
 
         model.session = None  # onnxruntime gave the metadata; OpenVINO serves
         model.session = OpenVinoSession(folder / mf.MODEL, threads=chosen or None, precision=plan["precision"])
         model.runtime, model.runtime_config = "openvino", model.session.describe()
-        model.check_manifest = _precision_manifest(manifest, reference, model.session.precision)
+        model.check_claim = _precision_claim(bundle.claim, reference, model.session.precision)
     else:
         model.runtime_config = (f"onnxruntime CPU, graph optimization '{level}', "
                                 f"{chosen or 'all'} intra-op thread(s)")
@@ -363,23 +361,20 @@ def _runtime_plan(folder: Path, manifest: dict[str, Any], runtime: str) -> dict[
             "source": f"the bundle's benchmark ({recommended[1]}: {recommended[0]}, verified at {precision})"}
 
 
-def _precision_manifest(manifest: dict[str, Any], reference: dict[str, np.ndarray],
-                        precision: str) -> dict[str, Any] | None:
-    """For OpenVINO computing in a reduced precision (bf16, f16), the manifest with each output's tolerance widened
-    to that precision's, as the benchmark verified the configuration; None at f32 (the bundle's own tolerances)."""
-    from ..verify.compare import Tolerance
+def _precision_claim(claim: cl.Claim, reference: dict[str, np.ndarray], precision: str) -> cl.Claim | None:
+    """For OpenVINO computing in a reduced precision (bf16, f16), the bundle's claim with each output's tolerance
+    widened to that precision's, as the benchmark verified the configuration; None at f32 (the bundle's own)."""
     from ..verify.contract import normalize_precision, runtime_tolerance
 
     stated = runtime_tolerance(normalize_precision(precision))
     if stated is None:
         return None
-    tolerances = {}
-    for name, tol in manifest["tolerances"].items():
-        value = reference.get(name)
+    scale = {}
+    for out in claim.outputs:
+        value = reference.get(out.name)
         finite = np.abs(value[np.isfinite(value)]) if value is not None and value.dtype.kind == "f" else np.zeros(0)
-        wide: Tolerance = stated.for_scale(float(finite.max()) if finite.size else None)
-        tolerances[name] = {**tol, "rtol": max(tol["rtol"], wide.rtol), "atol": max(tol["atol"], wide.atol)}
-    return {**manifest, "tolerances": tolerances}
+        scale[out.name] = float(finite.max()) if finite.size else None
+    return cl.widened(claim, scale, stated, policy=f"OpenVINO at {precision}")
 
 
 def _threads(folder: Path, manifest: dict[str, Any], threads: int | None, opt_level: str,
@@ -420,14 +415,12 @@ def _recommended_config(folder: Path, manifest: dict[str, Any]) -> tuple[str, st
     return (config_id, where, recommendation) if isinstance(config_id, str) else None
 
 
-def _input_rules(folder: Path, manifest: dict[str, Any], meta: dict[str, str],
+def _input_rules(folder: Path, manifest: dict[str, Any], claim: cl.Claim, meta: dict[str, str],
                  golden: dict[str, np.ndarray]) -> list[TensorRule]:
-    from ..metadata import dims as recorded_dims, input_specs
-
     model = folder / "model.onnx"
-    recorded = input_specs(meta, model=model)
-    specs = {s.name: s for s in recorded[0]} if recorded else {}
-    domains = _manifest_domain(manifest, model) or (recorded[1] if recorded else recorded_dims(meta, model=model))
+    recorded = cl.from_metadata(meta, model=model) if not (claim.inputs and claim.dims) else None
+    specs = {s.name: s for s in (claim.inputs or (recorded.inputs if recorded else ()))}
+    domains = claim.domains or (recorded.domains if recorded else {})
     rules = []
     for entry in manifest["inputs"]:
         name, spec = entry["name"], specs.get(entry["name"])
@@ -455,21 +448,6 @@ def _input_rules(folder: Path, manifest: dict[str, Any], meta: dict[str, str],
 def _has_nonfinite(array: np.ndarray | None) -> bool:
     """Whether a golden/reference array holds NaN/Inf: then the bundle proves the model handles (or makes) them."""
     return array is not None and array.dtype.kind in "fc" and bool(array.size) and not np.isfinite(array).all()
-
-
-def _manifest_domain(manifest: dict[str, Any], model: Path) -> dict[str, Any]:
-    """The manifest's verified domain per dim, through the same checks as the model's ``onnxgate.dims``."""
-    from ..metadata import DIMS, dims
-
-    domain = manifest.get("domain")
-    if not domain:
-        return {}
-    if not isinstance(domain, dict):
-        raise BadInputError(f"The manifest of '{model.parent}' has a 'domain' that is not a mapping.",
-                            hint="Re-create the bundle with `onnxgate bundle`.")
-    keys = ("min", "max", "example", "multiple_of")
-    plain = {n: {k: v for k, v in d.items() if k in keys} if isinstance(d, dict) else d for n, d in domain.items()}
-    return dims({DIMS: json.dumps(plain)}, model=model.parent / "manifest.json")
 
 
 def _output_rules(manifest: dict[str, Any], named: dict[str, DimRule]) -> list[TensorRule]:
@@ -505,7 +483,7 @@ def batch_probe(model: ServedModel) -> str | None:
     golden rows, repeated to another size inside the verified batch domain, must come back row for row as they
     came alone, within the bundle's tolerances (a model that mixes rows, or whose outputs do not follow the batch
     dim, fails here and dynamic batching is refused)."""
-    from ..verify.compare import Tolerance, compare_outputs
+    from ..verify.compare import compare_outputs
 
     rule, golden = model.batch_rule, model.golden
     if rule is None or not golden:
@@ -517,8 +495,7 @@ def batch_probe(model: ServedModel) -> str | None:
         return f"no batch size other than {rows} lies in the verified domain {rule.describe()}"
     names = [o.name for o in model.outputs]
     alone = dict(zip(names, model.session.run(names, {t.name: golden[t.name] for t in model.inputs})))
-    tolerances = {n: Tolerance(t["rtol"], t["atol"])
-                  for n, t in (model.check_manifest or model.manifest)["tolerances"].items()}
+    tolerances = (model.check_claim or model.claim).tolerances()
     for size in sizes[:2]:  # two sizes: the golden rows repeated whole (2x) keep a batch mean; rows + 1 does not
         index = np.arange(size) % rows
         merged = dict(zip(names, model.session.run(names, {t.name: golden[t.name][index] for t in model.inputs})))
@@ -576,7 +553,7 @@ def _self_check(model: ServedModel, golden: dict[str, np.ndarray],
 
     names = [o.name for o in model.outputs]
     got = dict(zip(names, model.session.run(names, {t.name: golden[t.name] for t in model.inputs})))
-    compared = compare_all(model.check_manifest or model.manifest, reference, got)
+    compared = compare_all(cl.manifest_with(model.manifest, model.check_claim or model.claim), reference, got)
     failed = [c for c in compared if not c.passed]
     if failed:
         raise ParityError(f"The serving session ({model.runtime_config}) computes the bundle's golden outputs beyond "

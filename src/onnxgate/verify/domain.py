@@ -22,8 +22,8 @@ infers
   "Output size is too small").
 
 The result is a ``DimDomain``: declared vs verified, the failures (size, who failed, the error), every size probed
-and the seconds it took. It is data: the parity report, the model's metadata (``onnxgate.dims``), the bundle
-manifest and the report all read the same record. Torch-free.
+and the seconds it took. It is data: the parity report shows it, and ``to_claim`` gives the ``claim.DimClaim`` that
+the model's metadata, the bundle manifest and the report store (through ``claim``'s codec). Torch-free.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..claim import DimClaim, DimFailure as ClaimedFailure, EdgeReason
 from ..spec import Dim
 
 #: Granularities every dim is probed for (odd multiples of each), besides what the graph shows.
@@ -165,10 +166,22 @@ class DimDomain:
 
     def claimed(self) -> dict:
         """The domain the model claims once verified: the verified one (equal to the declared one unless a narrower
-        domain was accepted). The form of ``onnxgate.dims`` and the bundle manifest's ``domain``."""
+        domain was accepted): what ``to_claim`` records."""
         step = self.multiple_of if self.narrower else self.declared_multiple_of
         return {"min": self.verified_min, "max": self.verified_max, "multiple_of": step if step > 1 else None,
                 "example": self.traced}
+
+    def to_claim(self) -> DimClaim:
+        """The dim as a ``Claim`` records it: the claimed sizes (``claimed``), what was declared, why each edge
+        PyTorch sets is where it is, the failures, the sizes probed and skipped."""
+        claimed = self.claimed()
+        edges = tuple(EdgeReason(end, self.verified_min if end == "min" else self.verified_max, f.size, f.by, f.error)
+                      for end, f in self.reference_edges().items())
+        return DimClaim(self.dim, claimed["min"], claimed["max"], claimed["multiple_of"], claimed["example"],
+                        self.declared_min, self.declared_max, self.declared_multiple_of, self.unranged,
+                        self.narrower, self.multiple_of, edges,
+                        tuple(ClaimedFailure(f.size, f.by, f.error) for f in sorted(self.failures, key=lambda f: f.size)),
+                        tuple(self.probes), tuple(self.skipped), self.summary())
 
     def describe(self) -> str:
         """"multiples of 64 in 64..1024", "1..16", "only 224"; a dim declared without a range adds the edges
