@@ -137,28 +137,32 @@ def evaluate(model: onnx.ModelProto, data: Dataset, reference: list[list[np.ndar
              reference_accuracy: float | None, *, levels=LEVELS) -> list[Evaluation]:
     """``model`` at each level of ``levels`` (default ``LEVELS``) against the FP32 ``reference`` outputs on
     ``data``."""
-    evaluations = []
+    return [evaluate_outputs(name, run_outputs(model, data, opt_level=level), data, reference, reference_accuracy)
+            for name, level in levels]
+
+
+def evaluate_outputs(name: str, outputs: list[list[np.ndarray]], data: Dataset, reference: list[list[np.ndarray]],
+                     reference_accuracy: float | None) -> Evaluation:
+    """One evaluation (``name``: where it ran) of ``outputs`` — a quantized model's outputs on ``data``, computed
+    by any runtime — against the FP32 ``reference`` outputs."""
     scales = output_scales(reference)
-    for name, level in levels:
-        outputs = run_outputs(model, data, opt_level=level)
-        errs = [0.0] * len(scales)
-        cosine = None
-        for feed, ref_feed, out_feed in zip(data.feeds, reference, outputs):
-            for i, (r, o) in enumerate(zip(ref_feed, out_feed)):
-                if r.size:
-                    errs[i] = max(errs[i], float(np.abs(r.astype(np.float64) - o.astype(np.float64)).max()))
-                low = min_cosine(r, o, mask=feed.get(MASK_INPUT))
-                cosine = low if cosine is None or (low is not None and low < cosine) else cosine
-        scaled = [e / s if s > 0 else (0.0 if e == 0 else math.inf) for e, s in zip(errs, scales)]
-        ev = Evaluation(name, max(errs, default=0.0), scaled_err=max(scaled, default=0.0), cosine=cosine)
-        if data.labels is not None and reference_accuracy is not None:
-            ev.accuracy = top1(outputs, data.labels)
-            ev.drop = round((reference_accuracy - ev.accuracy) * 100, 6)
-            ref_right, got_right = correct(reference, data.labels), correct(outputs, data.labels)
-            ev.discordant = (int((ref_right & ~got_right).sum()), int((got_right & ~ref_right).sum()))
-            ev.drop_ci = drop_interval(*ev.discordant, len(data.labels))
-        evaluations.append(ev)
-    return evaluations
+    errs = [0.0] * len(scales)
+    cosine = None
+    for feed, ref_feed, out_feed in zip(data.feeds, reference, outputs):
+        for i, (r, o) in enumerate(zip(ref_feed, out_feed)):
+            if r.size:
+                errs[i] = max(errs[i], float(np.abs(r.astype(np.float64) - o.astype(np.float64)).max()))
+            low = min_cosine(r, o, mask=feed.get(MASK_INPUT))
+            cosine = low if cosine is None or (low is not None and low < cosine) else cosine
+    scaled = [e / s if s > 0 else (0.0 if e == 0 else math.inf) for e, s in zip(errs, scales)]
+    ev = Evaluation(name, max(errs, default=0.0), scaled_err=max(scaled, default=0.0), cosine=cosine)
+    if data.labels is not None and reference_accuracy is not None:
+        ev.accuracy = top1(outputs, data.labels)
+        ev.drop = round((reference_accuracy - ev.accuracy) * 100, 6)
+        ref_right, got_right = correct(reference, data.labels), correct(outputs, data.labels)
+        ev.discordant = (int((ref_right & ~got_right).sum()), int((got_right & ~ref_right).sum()))
+        ev.drop_ci = drop_interval(*ev.discordant, len(data.labels))
+    return ev
 
 
 MASK_INPUT = "attention_mask"  # a text model's padding mask: padded positions are left out of the cosine
