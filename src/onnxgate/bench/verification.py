@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from ..verify.compare import Tolerance, compare_outputs, default_tolerance
+from ..verify import engine
+from ..verify.engine import TolerancePolicy
+from ..verify.tolerance import default_tolerance
 from ..verify.contract import Contract, contract_of, normalize_precision, runtime_tolerance
 
 MAX_DATA_FEEDS = 4  # real feeds verified per configuration, besides the seeded random ones
@@ -97,29 +99,20 @@ class ConfigVerifier:
             return Verification("nothing", precision, str(stated or "-"), source, 0, False,
                                 reason="no reference to verify against: give the PyTorch model (--against), or a "
                                        "base model that passed verification")
-        worst_abs, worst_scaled, worst_used, worst_name, failures, shown = 0.0, 0.0, 0.0, None, [], None
         pairs = list(zip(self.feeds, self.reference_outputs()))
         real_only = (contract is not None and not str(contract.measured.get("on") or "random").startswith("random")
                      and len(pairs) > self.random_feeds)
+        first = self.random_feeds if real_only else 0
         if real_only:
-            pairs = pairs[self.random_feeds:]
             source += ", on the real feeds alone (it was measured on real data)"
-        for index, (feed, ref) in enumerate(pairs):
-            got = _cast_like(runner.run(feed), ref)
-            tolerances = _tolerances(ref, stated) if stated is not None else None
-            for comp in compare_outputs(ref, got, tolerances=tolerances, reference_label=self.reference):
-                shown = shown or str(comp.tolerance)
-                scale = comp.scale or 0.0
-                if comp.max_abs_err is not None and comp.max_abs_err >= worst_abs:
-                    worst_abs, worst_name = comp.max_abs_err, comp.name
-                if comp.max_abs_err is not None and scale > 0:
-                    worst_scaled = max(worst_scaled, comp.max_abs_err / scale)
-                worst_used = max(worst_used, _allowance_used(comp, ref[comp.name], got.get(comp.name)))
-                if not comp.passed:
-                    failures.append(f"{comp.name} on feed {index}: {comp.reason}")
-        tolerance = str(stated) if stated is not None else (shown or str(default_tolerance("float32")))
-        return Verification(self.reference, precision, tolerance, source, len(pairs), not failures, worst_abs,
-                            worst_scaled, worst_used, worst_name, "; ".join(failures[:2]) or None)
+        policy = TolerancePolicy(contract=contract, reduced=None if contract is not None else stated)
+        record = engine.check(self.reference_outputs()[first:], runner, self.feeds[first:], policy,
+                              reference_label=self.reference, indices=range(len(pairs) - first))
+        tolerance = str(stated) if stated is not None else (record.shown_tolerance
+                                                            or str(default_tolerance("float32")))
+        return Verification(self.reference, precision, tolerance, source, len(pairs) - first, record.passed,
+                            record.max_abs_err or 0.0, record.max_scaled_err, record.tolerance_used,
+                            record.worst_output, "; ".join(record.failures(2)) or None)
 
 
 def build_verifier(target, data: list[dict[str, np.ndarray]] | None) -> ConfigVerifier:
@@ -147,26 +140,6 @@ def build_verifier(target, data: list[dict[str, np.ndarray]] | None) -> ConfigVe
     return ConfigVerifier(feeds, None, "nothing", contracts)
 
 
-def _allowance_used(comp, ref: np.ndarray, got: np.ndarray | None) -> float:
-    """How much of its tolerance the worst element uses, as compare judged it: |got - ref| / (atol + rtol |ref|)
-    element-wise, or max abs err / (atol + rtol * scale) where compare judged the output against its scale. A
-    reader of the record checks the verdict with it (<= 1) without re-deriving each element's allowance."""
-    if got is None or comp.max_abs_err is None or np.shape(ref) != np.shape(got):
-        return float("inf") if not comp.passed else 0.0
-    tol = comp.tolerance
-    if comp.scale_relative:
-        allowance = tol.atol + tol.rtol * (comp.scale or 0.0)
-        return comp.max_abs_err / allowance if allowance > 0 else (0.0 if comp.max_abs_err == 0 else float("inf"))
-    a, b = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
-    finite = np.isfinite(a) & np.isfinite(b)
-    if not finite.any():
-        return 0.0
-    diff, allowance = np.abs(a - b)[finite], tol.atol + tol.rtol * np.abs(a)[finite]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(allowance > 0, diff / allowance, np.where(diff > 0, np.inf, 0.0))
-    return float(ratio.max())
-
-
 def _contract(path: str) -> Contract | None:
     from .. import serde
 
@@ -178,25 +151,3 @@ def _output_names(path: str) -> list[str]:
     from .. import serde
 
     return [o.name for o in serde.load(path, load_external_data=False).graph.output]
-
-
-def _tolerances(ref: dict[str, np.ndarray], stated) -> dict[str, Tolerance]:
-    """Each output's tolerance at its own scale on this feed (max |ref| over finite elements)."""
-    out = {}
-    for name, value in ref.items():
-        magnitude = np.abs(np.asarray(value, dtype=np.float64)) if np.asarray(value).dtype.kind == "f" else None
-        finite = magnitude[np.isfinite(magnitude)] if magnitude is not None else np.zeros(0)
-        out[name] = stated.for_scale(float(finite.max()) if finite.size else None)
-    return out
-
-
-def _cast_like(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Float outputs in the reference's dtype (an FP16 file's float16 outputs are judged by value)."""
-    out = {}
-    for name, value in got.items():
-        want = ref.get(name)
-        value = np.asarray(value)
-        if want is not None and value.dtype != want.dtype and value.dtype.kind == np.asarray(want).dtype.kind == "f":
-            value = value.astype(np.asarray(want).dtype)
-        out[name] = value
-    return out

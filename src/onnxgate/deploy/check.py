@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..spec import Dim, InputSpec
+from ..verify import engine
+from ..verify.engine import TolerancePolicy
 from .model import FAILED, NOT_CONVERTED, PASSED, DeployedArtifact
 
 MAX_DATA_ROWS = 64  # real-data rows a static (batch-fixed) artifact is fed, one batch at a time
@@ -123,13 +125,14 @@ def verify_built(built: Built, ctx: Context, target: str) -> DeployedArtifact:
     if ctx.golden is not None:  # one feed: what was verified is the traced sizes, whatever the artifact keeps
         row.shapes = _shapes(ctx.static_specs(), {}) + " (golden feed only" + (
             f"; {', '.join(dims)} kept dynamic, not probed)" if dims else ")")
-    tolerances, default = _tolerances(built.precision, ctx)
-    if tolerances:
-        row.tolerance = f"{built.precision}: {next(iter(tolerances.values()))} (tied to each output's scale)"
+    policy = _policy(built.precision, ctx)
+    if policy.rule is not None:
+        first = next(iter(policy.tolerances(ctx.traced_outputs()).values()), None)
+        row.tolerance = f"{built.precision}: {first} (tied to each output's scale)"
     seeds, data = ((), [ctx.golden]) if ctx.golden is not None else ((0, 1), _fit(ctx.data, specs, bool(dims)))
     with runner:
         report = verify_parity(ctx.reference, runner, specs, {} if ctx.golden is not None else dims, seeds=seeds,
-                               data=data, tolerances=tolerances, default=default)
+                               data=data, policy=policy)
         if ctx.measure_latency and report.passed:
             row.latency_ms = _latency(runner, ctx.traced_feed())
     _fill(row, report, target)
@@ -167,18 +170,13 @@ def _top1(cases, source: str) -> tuple[float | None, str | None]:
     return (agree / rows, f"{source} ({int(rows)} rows)") if rows else (None, None)
 
 
-def _tolerances(precision: str, ctx: Context):
-    """Per-output tolerances for a reduced-precision artifact (scale of the traced reference outputs); None for
-    FP32, which then gets exactly what ``verify`` uses."""
-    from ..verify.contract import runtime_tolerance
-
-    reduced = runtime_tolerance(precision)
-    if reduced is None:
-        return None, None
-    outputs = ctx.traced_outputs()
-    scales = {n: float(np.abs(v).max()) if np.asarray(v).size and np.issubdtype(np.asarray(v).dtype, np.floating)
-              else 0.0 for n, v in outputs.items()}
-    return {n: reduced.for_scale(s) for n, s in scales.items()}, reduced.for_scale(max(scales.values(), default=0.0))
+def _policy(precision: str, ctx: Context) -> TolerancePolicy:
+    """The engine's policy for an artifact computing in ``precision``: FP32 gets exactly what ``verify`` uses;
+    FP16/BF16 a reduced-precision tolerance tied to the scale of each traced reference output."""
+    policy = TolerancePolicy.for_runtime(precision)
+    if policy.rule is None:
+        return policy
+    return TolerancePolicy.for_runtime(precision, scales=engine.output_scales([ctx.traced_outputs()]))
 
 
 def _fit(data, specs: list[InputSpec], dynamic: bool):

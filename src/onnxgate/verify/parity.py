@@ -14,15 +14,17 @@ these weights", never a pass.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 import numpy as np
 
 from ..spec import Dim, InputSpec
 from ..errors import first_line
-from .compare import (OutputComparison, Tolerance, check_input_sensitivity, compare_outputs,
-                      indiscriminate_reason)
+from . import engine
+from .compare import OutputComparison, check_input_sensitivity, indiscriminate_reason
+from .engine import TolerancePolicy
+from .tolerance import Tolerance
 from .domain import DimDomain, DomainBudget, ProbeOutcome, discover
 from .inputs import random_inputs, variant_feeds
 from .refcache import cached
@@ -171,7 +173,7 @@ def _reference_failed(case: ShapeCase) -> bool:
     return bool(case.error and case.error.startswith("the reference fails"))
 
 
-def _run_case(case: ShapeCase, feed, reference, candidate, tolerances, default) -> dict[str, np.ndarray] | None:
+def _run_case(case: ShapeCase, feed, reference, candidate, policy: TolerancePolicy) -> dict[str, np.ndarray] | None:
     try:
         ref = reference.run(feed)
     except Exception as exc:
@@ -184,13 +186,14 @@ def _run_case(case: ShapeCase, feed, reference, candidate, tolerances, default) 
         return ref
     # Candidate outputs line up with the reference by position: the exporter named them from the same flattening.
     got = dict(zip(ref, got.values())) if set(got) != set(ref) and len(got) == len(ref) else got
-    case.comparisons = compare_outputs(ref, got, tolerances=tolerances, default=default)
+    case.comparisons = engine.compare(ref, got, policy)
     return ref
 
 
 def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, Dim], *,
                   seeds: tuple[int, ...] = (0, 1), data: list[dict[str, np.ndarray]] | None = None,
                   tolerances: dict[str, Tolerance] | None = None, default: Tolerance | None = None,
+                  policy: TolerancePolicy | None = None,
                   allow_static: tuple[str, ...] = (),
                   quick: bool = False, static_in_graph: dict[str, str] | None = None,
                   accept_domain: bool = False, granularities: tuple[int, ...] = (),
@@ -205,22 +208,27 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
     the reference's own outputs are checked for being able to tell a wrong candidate at all (``degenerate``).
     Reference outputs are cached per feed (``refcache``): nothing runs twice.
 
+    Tolerances: ``policy`` (the engine's ``TolerancePolicy``), with ``tolerances`` (per output) and ``default``
+    layered on top as recorded per-output tolerances and an override.
+
     ``probes``: labelled feeds built to send value-dependent decisions the other way (the export ladder's, from the
     example inputs); ``variants``: the sign and scale variants of the first seed's feed (``inputs.variant_feeds``:
     all-negative, all-positive, zeros, x10, x0.01) at the traced sizes. Both count like the traced feeds.
     """
     reference = cached(reference)
+    policy = replace(policy or TolerancePolicy(), fixed={**((policy and policy.fixed) or {}), **(tolerances or {})},
+                     override=default or (policy.override if policy else None))
     traced = {n: d.example or 2 for n, d in dims.items()}
     cases: list[ShapeCase] = []
     refs = []
     for seed in seeds:
         case = ShapeCase("traced", dict(traced), f"random(seed={seed})")
-        refs.append(_run_case(case, random_inputs(specs, traced, seed=seed), reference, candidate, tolerances, default))
+        refs.append(_run_case(case, random_inputs(specs, traced, seed=seed), reference, candidate, policy))
         cases.append(case)
     data_refs = []
     for i, feed in enumerate(data or []):
         case = ShapeCase(f"data[{i}]", _sizes_of(feed, specs), "data")
-        data_refs.append(_run_case(case, feed, reference, candidate, tolerances, default))
+        data_refs.append(_run_case(case, feed, reference, candidate, policy))
         cases.append(case)
     labelled = list(probes or [])
     if variants:
@@ -229,10 +237,10 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
                      for label, feed in variant_feeds(specs, traced, seed=seed)]
     for label, feed, *source in labelled:
         case = ShapeCase(label, _sizes_of(feed, specs), source[0] if source else "probe")
-        _run_case(case, feed, reference, candidate, tolerances, default)
+        _run_case(case, feed, reference, candidate, policy)
         cases.append(case)
     insensitive = check_input_sensitivity(refs[0], refs[1]) if len(refs) > 1 and all(r is not None for r in refs) else []
-    run = _Runs(reference, candidate, specs, traced, tolerances, default, seed=(seeds[0] if seeds else 0) + 100,
+    run = _Runs(reference, candidate, specs, traced, policy, seed=(seeds[0] if seeds else 0) + 100,
                 cases=cases)
     frozen = dict(static_in_graph or {})
     traced_ok = all(c.passed for c in cases)
@@ -249,7 +257,7 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
             frozen[name] = run.frozen_reason(name, dim, domain)
     if quick:  # the ladder's quick check judges the export, not the model: a size PyTorch rejects is no evidence
         cases[:] = [c for c in cases if not (c.dim and _reference_failed(c))]
-    degenerate = {} if quick or not traced_ok else degenerate_outputs(refs, data_refs, tolerances, default)
+    degenerate = {} if quick or not traced_ok else degenerate_outputs(refs, data_refs, policy=policy)
     return ParityReport(reference.name, candidate.name, cases, frozen, list(allow_static), insensitive,
                         dict(static_in_graph or {}), domains, accept_domain, degenerate)
 
@@ -257,16 +265,16 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
 class _Runs:
     """Runs one dim at one size (the other dims traced) as a ShapeCase appended to ``cases``."""
 
-    def __init__(self, reference, candidate, specs, traced, tolerances, default, *, seed: int, cases: list):
+    def __init__(self, reference, candidate, specs, traced, policy, *, seed: int, cases: list):
         self.reference, self.candidate, self.specs, self.traced = reference, candidate, specs, traced
-        self.tolerances, self.default, self.seed, self.cases = tolerances, default, seed, cases
+        self.policy, self.seed, self.cases = policy, seed, cases
         self.outputs: dict[str, list] = {}
 
     def case(self, name: str, size: int) -> ShapeCase:
         sizes = {**self.traced, name: size}
         case = ShapeCase(f"{name}={size}", sizes, f"random(seed={self.seed})", dim=name)
         ref = _run_case(case, random_inputs(self.specs, sizes, seed=self.seed), self.reference, self.candidate,
-                        self.tolerances, self.default)
+                        self.policy)
         self.outputs[case.label] = list(ref or [])
         self.cases.append(case)
         return case
@@ -318,7 +326,8 @@ def _probe_fixed(run: _Runs, name: str, dim: Dim, *, quick: bool, judge: bool, f
             frozen[name] = f"traced at {dim.example}, wrong at {label} ({why})"
 
 
-def degenerate_outputs(refs: list, data_refs: list, tolerances, default) -> dict[str, str]:
+def degenerate_outputs(refs: list, data_refs: list, tolerances: dict[str, Tolerance] | None = None,
+                       default: Tolerance | None = None, *, policy: TolerancePolicy | None = None) -> dict[str, str]:
     """Outputs whose comparison cannot fail: the reference's output for one input passes as the output for
     *another* input, in every pair of feeds available (two random seeds at the traced sizes; consecutive real
     data feeds of one shape). A candidate that ignored its input, or returned arbitrary boxes among tied scores,
@@ -328,10 +337,11 @@ def degenerate_outputs(refs: list, data_refs: list, tolerances, default) -> dict
               and all(np.shape(a[k]) == np.shape(b.get(k)) for k in a)]
     if not pairs:
         return {}
+    policy = policy or TolerancePolicy(fixed=tolerances, override=default)
     found: dict[str, str] | None = None
     for a, b in pairs:
         unable = {c.name: indiscriminate_reason(c, np.asarray(a[c.name]))
-                  for c in compare_outputs(a, b, tolerances=tolerances, default=default) if c.passed}
+                  for c in engine.compare(a, b, policy) if c.passed}
         found = unable if found is None else {n: why for n, why in found.items() if n in unable}
     return found or {}
 
