@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtimes.intermediates import run_with_intermediates
 from .flops import _is_heavy, _known_shapes, _node_flops, gemm_peak_gflops, inferred_model
 
 BANDWIDTH_MB = 128  # per array: far beyond the L3 caches of current server CPUs
@@ -185,16 +186,6 @@ def _runtime_shapes(model, input_shapes, shapes: dict, dtypes: dict) -> tuple[di
     random, integers 0, masks 1), with every node output exposed; the inferred ones where the run fails."""
     import onnx
 
-    from ..runtimes.ort import OrtRunner
-
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {o.name for o in exposed.graph.output}
-    for node in exposed.graph.node:
-        for name in node.output:
-            if name and name not in present:
-                exposed.graph.output.append(onnx.ValueInfoProto(name=name))
-                present.add(name)
     rng = np.random.default_rng(0)
     feed = {}
     for value in model.graph.input:
@@ -203,8 +194,7 @@ def _runtime_shapes(model, input_shapes, shapes: dict, dtypes: dict) -> tuple[di
         feed[value.name] = (rng.standard_normal(shape).astype(dtype) if np.dtype(dtype).kind == "f" else
                             np.full(shape, 1 if "mask" in value.name else 0, dtype=dtype))
     try:
-        with OrtRunner(exposed, opt_level="disable") as runner:
-            values = runner.run(feed)
+        values = run_with_intermediates(model, feed)
     except Exception:  # a graph onnxruntime cannot run as written: keep what inference found
         return shapes, dtypes
     shapes, dtypes = dict(shapes), dict(dtypes)

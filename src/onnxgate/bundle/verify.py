@@ -39,7 +39,9 @@ import numpy as np
 from ..errors import BadInputError, IntegrityError, UnsafeInputError
 from ..fsutil import staging_dir
 from ..npz import load_npz
-from ..verify.compare import OutputComparison, Tolerance, compare_outputs, default_tolerance, sci
+from ..verify import engine
+from ..verify.compare import OutputComparison
+from ..verify.tolerance import Tolerance, default_tolerance, sci
 from . import manifest as mf
 from ._onnx_refs import ProtoError, external_data_refs
 from .matrix import RunOutcome, run_in_venv
@@ -286,16 +288,7 @@ def checked_tolerances(manifest: dict[str, Any], reference: dict[str, np.ndarray
 
 def tolerance_ceiling(reference: np.ndarray | None, dtype: str) -> Tolerance:
     """The loosest tolerance a manifest may give an output whose reference is ``reference`` (see ``MAX_RTOL``)."""
-    return Tolerance(MAX_RTOL, max(MAX_SCALE_FRACTION * _scale(reference), default_tolerance(dtype).atol))
-
-
-def _scale(array: np.ndarray | None) -> float:
-    """max |value| over the finite values of a numeric array (0 when there is none)."""
-    if array is None or array.dtype.kind not in _NUMERIC or not array.size:
-        return 0.0
-    values = np.abs(array.astype(np.float64, copy=False)) if array.dtype.kind != "c" else np.abs(array)
-    finite = values[np.isfinite(values)]
-    return float(finite.max()) if finite.size else 0.0
+    return engine.ceiling(reference, dtype, max_rtol=MAX_RTOL, max_scale_fraction=MAX_SCALE_FRACTION)
 
 
 _BY_FAR = "misses the reference by far"
@@ -311,7 +304,7 @@ def compare_all(manifest: dict[str, Any], reference: dict[str, np.ndarray],
     comparison with its reason, never an exception.
     """
     names = [spec["name"] for spec in manifest["outputs"]]
-    tolerances = {name: Tolerance(tol["rtol"], tol["atol"]) for name, tol in manifest["tolerances"].items()}
+    tolerances = engine.recorded_tolerances(manifest["tolerances"])
     failed: dict[str, str] = {}
     for name in names:
         if name not in reference:
@@ -323,21 +316,20 @@ def compare_all(manifest: dict[str, Any], reference: dict[str, np.ndarray],
     comparable = {n: reference[n] for n in names if n not in failed}
     checked_tolerances(manifest, comparable)  # a tolerance beyond its output's ceiling: BadInputError
     try:
-        compared = compare_outputs(comparable, got, tolerances=tolerances, reference_label="the reference")
+        compared = engine.compare(comparable, got, tolerances=tolerances, reference_label="the reference")
     except (ValueError, TypeError, IndexError) as exc:  # e.g. boxes/scores/labels of different counts
-        compared = [OutputComparison(n, None, None, None, None, tolerances.get(n, Tolerance(0.0, 0.0)),
-                                     reason=f"cannot be compared: {str(exc)[:300]}") for n in comparable]
+        compared = [engine.not_compared(n, f"cannot be compared: {str(exc)[:300]}", tolerances.get(n))
+                    for n in comparable]
     for comp in compared:  # whatever the manifest allows: an output missed by far is not reproduced
         if comp.name not in comparable or any(n.startswith("compared as detections") for n in comp.notes):
             continue  # detections are judged as IoU-matched sets, not element by element
-        scale = _scale(np.asarray(comparable[comp.name]))
+        scale = engine.output_scale(np.asarray(comparable[comp.name]))
         if comp.passed and comp.max_abs_err is not None and scale > 0 and comp.max_abs_err > MAX_SCALE_FRACTION * scale:
             comp.passed = False
             comp.reason = (f"{_BY_FAR}: max abs err {sci(comp.max_abs_err)} is {comp.max_abs_err / scale:.0%} of the "
                            f"output's scale (max |ref| = {sci(scale)}); no precision errs beyond "
                            f"{MAX_SCALE_FRACTION:.0%}, so the golden outputs are not what this model computes")
-    return compared + [OutputComparison(n, None, None, None, None, tolerances.get(n, Tolerance(0.0, 0.0)),
-                                        reason=why) for n, why in failed.items()]
+    return compared + [engine.not_compared(n, why, tolerances.get(n)) for n, why in failed.items()]
 
 
 # ------------------------------------------------------------------------------------------------ tar files

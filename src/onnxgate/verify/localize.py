@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from .. import serde
 from ..errors import BadInputError, first_line, user_code
-from ..runtimes.ort import OrtRunner
-from .compare import OutputComparison, Tolerance, compare_outputs, sci
+from ..runtimes.intermediates import run_with_intermediates
+from . import engine
+from .compare import OutputComparison, sci
+from .tolerance import Tolerance
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 RULE_KEY = "pkg.onnxscript.rewriter.rule_name"
@@ -90,7 +91,7 @@ def localize(module, onnx_path: str | Path, feed: dict[str, np.ndarray], *, inpu
     """Compare every PyTorch submodule's output with its ONNX counterpart on ``feed``; see the module docstring.
 
     ``input_names`` orders the feed for ``forward()`` (default: the ONNX graph inputs). ``tolerance`` defaults to
-    the per-dtype default of ``compare_outputs``. At most ``max_layers`` modules are compared, in execution order.
+    the per-dtype default of the comparer (``compare.compare_outputs``). At most ``max_layers`` modules are compared, in execution order.
     """
     model = serde.load(onnx_path)  # external data resolved relative to the file, never outside its folder
     graph = model.graph
@@ -274,55 +275,9 @@ def _run_values(model, candidate_lists: list[list[str]], feed):
 
 
 def _run(model, outputs: list[str], feed, *, prune: bool) -> dict[str, np.ndarray]:
-    """Run a copy of ``model`` with ``outputs`` exposed (as name-only outputs, which onnx allows); ``prune`` drops
-    the original outputs and every node they do not need."""
-    import onnxruntime as ort
-
-    if prune and not outputs:
-        return {}
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    graph = copy.graph
-    if prune:
-        del graph.output[:]
-        kept = _needed_nodes(list(graph.node), set(outputs))
-        del graph.node[:]
-        graph.node.extend(kept)
-    existing = {o.name for o in graph.output}
-    graph.output.extend(onnx.ValueInfoProto(name=v) for v in dict.fromkeys(outputs) if v not in existing)
-    options = ort.RunOptions()
-    options.log_severity_level = 4  # failures are expected while bisecting; they are reported as values
-    with _ort_runner(copy) as runner:
-        results = runner.session.run(None, {k: v for k, v in feed.items() if k in runner.input_names}, options)
-        return dict(zip(runner.output_names, results))
-
-
-def _needed_nodes(nodes, wanted: set[str]):
-    """The nodes ``wanted`` depends on, in their order (values used inside If/Loop bodies count as inputs)."""
-    needed, kept = set(wanted), []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(node.input)
-            needed.update(_subgraph_inputs(node))
-    return kept[::-1]
-
-
-def _subgraph_inputs(node) -> set[str]:
-    subgraphs = [g for attr in node.attribute for g in ([attr.g] if attr.HasField("g") else attr.graphs)]
-    return {name for sub in subgraphs for inner in sub.node for name in [*inner.input, *_subgraph_inputs(inner)]}
-
-
-@contextlib.contextmanager
-def _ort_runner(model):
-    """OrtRunner without graph optimizations (so exposed values are not fused away); from memory when the model
-    fits in one protobuf, else from a scratch file with external data (which empties ``model``, a throwaway copy)."""
-    if serde.fits_in_bytes(model):
-        with OrtRunner(model, opt_level="disable") as runner:
-            yield runner
-        return
-    with serde.temporary_file(model, "localize") as path, OrtRunner(path, opt_level="disable") as runner:
-        yield runner
+    """``model`` run with ``outputs`` exposed (``runtimes.intermediates``); ``prune`` drops the original outputs and
+    every node they do not need. Failures are expected while bisecting: onnxruntime logs nothing for them."""
+    return run_with_intermediates(model, feed, outputs, prune=prune, quiet=True)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -370,7 +325,7 @@ def _compare_row(row: LayerDivergence, capture: _Capture, candidates: list[str],
 
 def _best(references: list[np.ndarray], got: np.ndarray, tolerance) -> tuple[OutputComparison, int]:
     """The comparison with a call output that passes, else the one with the smallest error."""
-    comps = [compare_outputs({"value": ref}, {"value": got}, default=tolerance)[0] for ref in references]
+    comps = [engine.compare_value(ref, got, tolerance) for ref in references]
     best = min(range(len(comps)), key=lambda i: (not comps[i].passed, comps[i].max_abs_err is None,
                                                  comps[i].max_abs_err or 0.0))
     return comps[best], best
