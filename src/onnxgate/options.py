@@ -302,8 +302,8 @@ def check(values: dict[str, Any], name_of, *, model=None, source: str | None = N
         shown = "; ".join(list(problems.values())[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6
                                                            else "")
         raise BadInputError((f"In {source}, " if source else "") + shown + ("" if shown.endswith("?") else "."),
-                            hint="Fix " + ("those keys" if source else "those options") + " (`onnxgate "
-                            "options` lists every option with its flag, key and values).") from None
+                            hint="Fix " + ("those keys" if source else "those options") + " (`onnxgate COMMAND "
+                            "--help` lists each option with its values).") from None
 
 
 def _value_at(data: Any, loc: list[str]) -> Any:
@@ -364,8 +364,11 @@ def check_given(given: dict[str, Any]) -> dict[str, Any]:
     def name_of(loc, err, values):
         opt = BY_NAME.get(loc[0]) if loc else None
         value = _value_at(values, loc[:1])
+        flag = opt.flag if opt else loc[0]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return problem(f"{flag} {value:g}", opt, err, value, flag=True)
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
-        return problem(f"{opt.flag if opt else loc[0]} '{clip(str(shown), 40)}'", opt, err, value, flag=True)
+        return problem(f"{flag} '{clip(str(shown), 40)}'", opt, err, value, flag=True)
 
     return check(given, name_of)
 
@@ -588,9 +591,3 @@ def zoo_entry(table: dict[str, Any], base: Path) -> dict[str, Any]:
         if alias in table:
             values[name] = values.get(name) or table[alias]
     return _resolve_paths(values, base)
-
-
-def zoo_form(key: str) -> str | None:
-    """What a zoo key must be, for the zoo's messages."""
-    opt = BY_NAME.get(key)
-    return opt.describe() if opt else None

@@ -46,7 +46,7 @@ from typing import Any
 
 from ..errors import BadInputError
 from ..configure import flags_from, run_config
-from ..options import zoo_entry, zoo_form, zoo_model_schema
+from ..options import BY_NAME, problem, zoo_entry, zoo_model_schema
 from ..spec import RunConfig, clip, describe_value
 
 STAGES = ("export", "verify", "optimize", "quantize", "bench", "bundle", "deploy")
@@ -142,12 +142,16 @@ def _problems(data: dict, exc) -> list[str]:
             out[where] = f"{where} is not a key onnxgate knows" + (
                 f": did you mean '{close[0]}'?" if close else f" (known keys there: {', '.join(known)})")
             continue
-        field_name = next((p for p in reversed(loc) if not p.isdigit() and (p in _MODEL_KEYS_FORMS or zoo_form(p))),
-                          key)
         if where in out:
             continue
         value = _value_at(data, loc)
-        form = _MODEL_KEYS_FORMS.get(field_name) or zoo_form(field_name) or err.get("msg", "").lower()
+        name = loc[2] if loc[:1] == ["model"] and len(loc) > 2 else loc[1] if loc[:1] == ["defaults"] and len(loc) > 1 else ""
+        option = BY_NAME.get(name)
+        if option is not None and option.zoo:  # an option: the message onnxgate.toml and the flags give
+            out[where] = problem(where, option, err, _value_at(data, loc[:3] if loc[0] == "model" else loc[:2]))
+            continue
+        field_name = next((p for p in reversed(loc) if not p.isdigit() and p in _MODEL_KEYS_FORMS), key)
+        form = _MODEL_KEYS_FORMS.get(field_name, err.get("msg", "").lower())
         out[where] = f"{where} must be {form} (it is {describe_value(value, mapping='a table', limit=40)})"
     return list(out.values())
 
