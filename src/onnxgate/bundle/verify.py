@@ -39,6 +39,7 @@ import numpy as np
 from ..errors import BadInputError, IntegrityError, UnsafeInputError
 from ..fsutil import staging_dir
 from ..npz import load_npz
+from ..runtimes.ort import open_session
 from ..verify import engine
 from ..verify.compare import OutputComparison
 from ..verify.tolerance import Tolerance, default_tolerance, sci
@@ -243,7 +244,7 @@ def run_here(model: Path, inputs: dict[str, np.ndarray]) -> RunOutcome:
 
     version = onnxruntime.__version__
     try:
-        return RunOutcome("pass", version, outputs=run_model(str(model), inputs))
+        return RunOutcome("pass", version, outputs=run_model(str(model), inputs, session_factory=open_session))
     except ModelRunError as exc:
         return RunOutcome("incompatible", version, reason=f"onnxruntime {version} cannot {exc.stage} the model: "
                                                           f"{exc.message}")

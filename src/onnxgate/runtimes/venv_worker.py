@@ -19,6 +19,8 @@ import json
 import re
 import sys
 import zipfile
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -45,20 +47,27 @@ def clean_message(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def run_model(model_path: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Outputs of the model on ``inputs``, keyed by output name, on the CPU provider.
-
-    CPU only so that the result does not depend on which accelerators the verifying machine has.
-    """
+def cpu_session(model_path: str):
+    """The worker's own session, for when it runs by path in an isolated venv (where nothing of onnxgate can be
+    imported): CPU only, so that the result does not depend on which accelerators the verifying machine has;
+    errors only in the log. In-process callers pass ``runtimes.ort.open_session`` instead (``run_model``)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only; warnings would interleave with the JSON protocol
+    # When a session fails to build, onnxruntime's Python wrapper print()s an "EP Error ... Falling back"
+    # banner to stdout and retries: that would corrupt `--json` output (and this script's protocol line).
+    with contextlib.redirect_stdout(io.StringIO()):
+        return ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+
+
+def run_model(model_path: str, inputs: dict[str, np.ndarray], *,
+              session_factory: Callable[[str], Any] = cpu_session) -> dict[str, np.ndarray]:
+    """Outputs of the model on ``inputs``, keyed by output name. ``session_factory`` builds the session from the
+    path: ``cpu_session`` in the isolated venv, ``runtimes.ort.open_session`` in onnxgate's own process (every
+    session onnxgate builds goes through it); a factory that wraps onnxruntime's error is reported by its cause."""
     try:
-        # When a session fails to build, onnxruntime's Python wrapper print()s an "EP Error ... Falling back"
-        # banner to stdout and retries: that would corrupt `--json` output (and this script's protocol line).
-        with contextlib.redirect_stdout(io.StringIO()):
-            session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        session = session_factory(model_path)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented classes
-        raise ModelRunError("load", clean_message(exc)) from exc
+        raise ModelRunError("load", clean_message(exc.__cause__ or exc)) from exc
     names = [o.name for o in session.get_outputs()]
     expected = [i.name for i in session.get_inputs()]
     missing = [name for name in expected if name not in inputs]
