@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from ..verify.compare import Tolerance, default_tolerance
+from ..verify.tolerance import Tolerance, default_tolerance
 from .passes import APPLIED, PassResult, TransformReport
 
 FP16_TOLERANCE: Tolerance = default_tolerance("float16")
