@@ -190,3 +190,26 @@ def test_every_typer_parameter_is_a_row_of_the_table():
             if row.kind == "bool" and row.negatable:
                 assert param.secondary_opts == [f"--no-{row.flag[2:]}"] and param.default is None
         assert len([p for p in params if p.param_type_name == "argument"]) == 1, command
+
+
+FACADE = {"export": "onnxgate.export:export", "verify": "onnxgate.verify.api:verify",
+          "load_model": "onnxgate.sources.loader:load_model", "optimize": "onnxgate.transform.optimize:optimize",
+          "quantize": "onnxgate.transform.quantize:quantize", "bench": "onnxgate.bench.api:bench",
+          "bundle": "onnxgate.pipeline:bundle_from_ref", "verify_bundle": "onnxgate.bundle.verify:verify_bundle",
+          "run": "onnxgate.pipeline:run"}
+
+
+@pytest.mark.parametrize("name", list(FACADE))
+def test_the_public_facade_has_the_real_signature(name):
+    """help(onnxgate.run) shows every keyword the implementation takes (no **kwargs facade), with its default."""
+    import importlib
+    import inspect
+
+    import onnxgate
+
+    module, attr = FACADE[name].split(":")
+    facade = inspect.signature(getattr(onnxgate, name)).parameters
+    real = inspect.signature(getattr(importlib.import_module(module), attr)).parameters
+    assert [(p.name, p.kind, p.default) for p in facade.values()] == \
+        [(p.name, p.kind, p.default) for p in real.values()], name
+    assert any(p.kind == p.KEYWORD_ONLY for p in facade.values())

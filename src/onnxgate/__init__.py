@@ -21,15 +21,17 @@ from . import export as _export_package  # noqa: F401
 from . import verify as _verify_package  # noqa: F401
 from ._version import __version__
 from .errors import ExitCode, OnnxgateError
-from .spec import Dim, ExportConfig, InputSpec, parse_dim, parse_input
+from .spec import Dim, ExportConfig, InputSpec, QuantizeConfig, RunConfig, VerifyConfig, parse_dim, parse_input
 
 
-def export(model, output=None, **kwargs):
+def export(model, output=None, *, config: ExportConfig | None = None, example_inputs=None, weights: str | None = None,
+           arch: str | None = None, trust_pickle: bool = False, force: bool = False, progress=None):
     """Export a model (a reference string or an nn.Module) through the ladder -> ``ExportResult``.
-    See ``onnxgate.export.export``."""
+    ``config``: inputs, dims, strategy, opset... (``ExportConfig``). See ``onnxgate.export.export``."""
     from .export import export as _export
 
-    return _export(model, output, **kwargs)
+    return _export(model, output, config=config, example_inputs=example_inputs, weights=weights, arch=arch,
+                   trust_pickle=trust_pickle, force=force, progress=progress)
 
 
 def inspect(path):
@@ -39,68 +41,96 @@ def inspect(path):
     return check_structure(path)
 
 
-def verify(model, against=None, **kwargs):
+def verify(model, against=None, *, config: ExportConfig | None = None, settings: VerifyConfig | None = None,
+           data=None, tolerances=None, proof=None, **options):
     """Verify an ONNX file against its PyTorch model at every shape it claims -> ``VerifyResult``.
+    ``config``: input specs and dims (``ExportConfig``); ``settings``: runtimes, tolerances, data... (``VerifyConfig``).
     See ``onnxgate.verify.api.verify``."""
     from .verify.api import verify as _verify
 
-    return _verify(model, against, **kwargs)
+    return _verify(model, against, config=config, settings=settings, data=data, tolerances=tolerances, proof=proof,
+                   **options)
 
 
-def load_model(ref, **kwargs):
+def load_model(ref, *, weights: str | None = None, arch: str | None = None, trust_pickle: bool = False):
     """Resolve a model reference to a ``LoadedModel``. See ``onnxgate.sources.load_model``."""
     from .sources import load_model as _load_model
 
-    return _load_model(ref, **kwargs)
+    return _load_model(ref, weights=weights, arch=arch, trust_pickle=trust_pickle)
 
 
-def optimize(model_path, out, **kwargs):
+def optimize(model_path, out, *, level: str | None = "basic", simplifier: str | None = "onnxslim", fold: bool = True,
+             fuse: bool = True, fp16: bool = False, keep_io_types: bool = True, fp16_keep_ops: tuple[str, ...] = (),
+             feeds=None, preprocess: str | None = None, force: bool = False, progress=None):
     """Optimize an ONNX file with every transform re-verified -> ``TransformReport``.
     See ``onnxgate.transform.optimize.optimize``."""
     from .transform.optimize import optimize as _optimize
 
-    return _optimize(model_path, out, **kwargs)
+    return _optimize(model_path, out, level=level, simplifier=simplifier, fold=fold, fuse=fuse, fp16=fp16,
+                     keep_io_types=keep_io_types, fp16_keep_ops=fp16_keep_ops, feeds=feeds, preprocess=preprocess,
+                     force=force, progress=progress)
 
 
-def quantize(model_path, out, **kwargs):
-    """INT8-quantize an ONNX file within an accuracy budget -> ``QuantizeReport``.
-    See ``onnxgate.transform.quantize.quantize``."""
+def quantize(model_path, out, *, mode: str = "static", calib=None, eval_data=None, labels=None, class_names=None,
+             labels_key: str = "labels", preprocess: str | None = None, method: str = "minmax",
+             per_channel: bool = True, max_accuracy_drop: float | None = None, max_error: float | None = None,
+             max_float_nodes: int = 8, force: bool = False, progress=None):
+    """INT8-quantize an ONNX file within an accuracy budget -> ``QuantizeReport`` (the options of
+    ``QuantizeConfig``). See ``onnxgate.transform.quantize.quantize``."""
     from .transform.quantize import quantize as _quantize
 
-    return _quantize(model_path, out, **kwargs)
+    return _quantize(model_path, out, mode=mode, calib=calib, eval_data=eval_data, labels=labels,
+                     class_names=class_names, labels_key=labels_key, preprocess=preprocess, method=method,
+                     per_channel=per_channel, max_accuracy_drop=max_accuracy_drop, max_error=max_error,
+                     max_float_nodes=max_float_nodes, force=force, progress=progress)
 
 
-def bench(model, **kwargs):
+def bench(model, *, against=None, variants=(), config: ExportConfig | None = None, settings=None,
+          base_verified: bool | None = None, weights: str | None = None, arch: str | None = None,
+          trust_pickle: bool = False, data=None, shipped=None, progress=None):
     """Benchmark a model against PyTorch eager and across runtimes -> ``BenchReport``.
-    See ``onnxgate.bench.api.bench``."""
+    ``settings``: a ``onnxgate.bench.BenchSettings``. See ``onnxgate.bench.api.bench``."""
     from .bench.api import bench as _bench
 
-    return _bench(model, **kwargs)
+    return _bench(model, against=against, variants=variants, config=config, settings=settings,
+                  base_verified=base_verified, weights=weights, arch=arch, trust_pickle=trust_pickle, data=data,
+                  shipped=shipped, progress=progress)
 
 
-def bundle(ref, out_dir, **kwargs):
+def bundle(ref, out_dir, *, config: ExportConfig | None = None, force: bool = False, tarball: bool = False,
+           progress=None, on_stage=None):
     """Export, verify and write a portable bundle of ``ref`` -> the bundle's path.
     See ``onnxgate.pipeline.bundle_from_ref``."""
     from .pipeline import bundle_from_ref
 
-    return bundle_from_ref(ref, out_dir, **kwargs)
+    return bundle_from_ref(ref, out_dir, config=config, force=force, tarball=tarball, progress=progress,
+                           on_stage=on_stage)
 
 
-def verify_bundle(path, **kwargs):
+def verify_bundle(path, *, runtime: str | None = None, trust=None):
     """Re-verify a bundle without PyTorch (checksums, golden outputs) -> ``BundleVerification``."""
     from .bundle.verify import verify_bundle as _verify_bundle
 
-    return _verify_bundle(path, **kwargs)
+    return _verify_bundle(path, runtime=runtime, trust=trust)
 
 
-def run(ref, out_dir, **kwargs):
+def run(ref, out_dir, *, config: ExportConfig | None = None, data=None, evaluate=None, force: bool = False,
+        bundle: bool = True, targets: tuple[str, ...] = (), bench: str | None = "quick", optimize: bool = True,
+        quantize: QuantizeConfig | None = None, progress=None, weights: str | None = None, arch: str | None = None,
+        trust_pickle: bool = False, deploy: tuple[str, ...] = (), eval_data=None, eval_labels=None,
+        preprocess: str | None = None, on_stage=None):
     """The main job: export -> verify -> optimize -> quantize -> bench -> bundle -> ``PipelineReport``.
+    ``config``: the export (``ExportConfig``); ``quantize``: the INT8 stage (``QuantizeConfig``). A whole job read
+    from flags or onnxgate.toml (a ``RunConfig``, see ``configure.load_toml``) runs with ``pipeline.run_job``.
     See ``onnxgate.pipeline.run``."""
     from .pipeline import run as _run
 
-    return _run(ref, out_dir, **kwargs)
+    return _run(ref, out_dir, config=config, data=data, evaluate=evaluate, force=force, bundle=bundle,
+                targets=targets, bench=bench, optimize=optimize, quantize=quantize, progress=progress,
+                weights=weights, arch=arch, trust_pickle=trust_pickle, deploy=deploy, eval_data=eval_data,
+                eval_labels=eval_labels, preprocess=preprocess, on_stage=on_stage)
 
 
 __all__ = ["__version__", "export", "verify", "inspect", "load_model", "optimize", "quantize", "bench", "bundle",
-           "verify_bundle", "run", "Dim", "ExportConfig", "InputSpec", "parse_dim", "parse_input", "ExitCode",
+           "verify_bundle", "run", "Dim", "ExportConfig", "VerifyConfig", "QuantizeConfig", "RunConfig", "InputSpec", "parse_dim", "parse_input", "ExitCode",
            "OnnxgateError"]
