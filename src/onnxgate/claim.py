@@ -333,6 +333,12 @@ def tolerance_table(tolerances: Mapping[str, Tolerance]) -> dict[str, dict[str, 
     return {n: {"rtol": float(t.rtol), "atol": float(t.atol)} for n, t in tolerances.items()}
 
 
+def from_domain(domain: Mapping[str, Any] | None, *, where: str | Path) -> Claim:
+    """A claim holding only a plain domain table (``{"B": {"min": 1, "max": 64, "multiple_of": null, "example":
+    2}}``, as ``write_bundle(domain=...)`` takes it), checked like the manifest's."""
+    return from_report({"domain": dict(domain or {})}, where=where)
+
+
 # ---------------------------------------------------------------------------------- side files and reports
 
 
@@ -607,4 +613,4 @@ def _show(value: Any) -> str:
 __all__ = ["Claim", "DimClaim", "DimFailure", "EdgeReason", "OutputClaim", "RuntimeCondition", "ReferenceIdentity",
            "Evidence", "CLAIM_KEY", "MANIFEST_FIELDS", "to_metadata", "from_metadata", "metadata_entries",
            "dims_of_metadata", "to_manifest", "from_manifest", "manifest_tolerances", "manifest_with", "tolerance_table",
-           "to_side_file", "from_side_file", "to_report", "from_report", "widened"]
+           "to_side_file", "from_side_file", "to_report", "from_report", "from_domain", "widened"]

@@ -219,10 +219,19 @@ def _verify_stage(job: Job, report: PipelineReport) -> None:
 
     job.note("verifying parity at every claimed shape")
     start = time.perf_counter()
-    job.verified = verify(job.model_path, job.loaded, config=job.config, data=job.data, targets=job.targets)
+    job.verified = verify(job.model_path, job.loaded, config=job.config, data=job.data, targets=job.targets,
+                          proof=_proof_of(job.exported))
     report.stages["verify"] = {**job.verified.to_dict(), "seconds": round(time.perf_counter() - start, 2)}
     if job.verified.targets:
         report.stages["targets"] = [t.to_dict() for t in job.verified.targets]
+
+
+def _proof_of(exported):
+    """The export's proof of its winner (``export.ladder._prove``: the full onnxruntime verification of the graph
+    it saved), handed to the verify stage so that the domain the export just proved is not discovered again."""
+    if exported is None or exported.winner is None:
+        return None
+    return exported.attempts[exported.winner].parity
 
 
 def _accuracy_stage(job: Job, report: PipelineReport) -> None:
@@ -362,16 +371,13 @@ def _bundle_stage(job: Job, report: PipelineReport) -> None:
 
 def _deploy_stage(job: Job, report: PipelineReport) -> None:
     from .deploy.api import deploy_verified
-    from .verify.api import specs_from_model
 
     if not (job.proven and job.deploy):
         return
     job.note(f"deploying to {', '.join(job.deploy)} (each artifact verified against PyTorch)")
-    specs, dims = specs_from_model(job.verified.structure, job.config)
-    dims = job.verified.parities[0].claimed_dims(dims) if job.verified.parities else dims  # the verified domain
     bundle = job.out / "bundle" if report.stages.get("bundle") else None
-    job.deployed = deploy_verified(job.model_path, job.loaded, job.verified.structure, specs, dims, job.deploy,
-                                   bundle_dir=bundle, out_dir=job.out, data=job.data, progress=job.note)
+    job.deployed = deploy_verified(job.model_path, job.loaded, job.verified.structure, job.verified.claim,
+                                   job.deploy, bundle_dir=bundle, out_dir=job.out, data=job.data, progress=job.note)
     report.stages["deploy"] = job.deployed.to_dict()
 
 
@@ -404,26 +410,24 @@ def _write_reports(report: PipelineReport, out: Path) -> None:
 
 def write_verified_bundle(loaded, exported, verified, out_dir: Path, *, force: bool, tarball: bool = False) -> Path:
     """Bundle an exported model that passed verification: golden inputs are a seeded random feed at the traced
-    sizes, reference outputs come from PyTorch, tolerances are the ones verification used."""
+    sizes, reference outputs come from PyTorch; the domain, tolerances and conditions are the verification's claim
+    (``verified.claim``), written by the claim codec."""
     from .bundle import write_bundle
     from .runtimes.torch_runner import TorchRunner
-    from .verify.api import specs_from_model
     from .verify.inputs import random_inputs
 
-    specs, dims = specs_from_model(verified.structure, ExportConfig())
-    golden = random_inputs(specs, {n: d.example for n, d in dims.items()}, seed=0)
+    claim = verified.claim
+    specs = list(claim.inputs)
+    golden = random_inputs(specs, {d.name: d.example for d in claim.dims}, seed=0)
     reference = TorchRunner(loaded.module, input_names=[s.name for s in specs],
                             output_names=[t.name for t in verified.structure.outputs]).run(golden)
-    first_case = verified.parities[0].cases[0]
-    tolerances = {c.name: (c.tolerance.rtol, c.tolerance.atol) for c in first_case.comparisons}
     won = exported.attempts[exported.winner]
     export_info = {"strategy": won.strategy, "opset": won.opset_emitted or won.opset, "seconds": won.seconds,
                    "peak_mb": won.peak_mb, "attempts": len([a for a in exported.attempts if a.outcome != "skipped"])}
     verification = {"passed": verified.passed, "summary": [p.summary() for p in verified.parities]}
-    domain = {n: {**d.claimed(), "verified": d.to_dict()} for n, d in verified.domains.items()}
     return write_bundle(out_dir, model_path=verified.model, golden_inputs=golden, reference_outputs=reference,
-                        tolerances=tolerances, export_info=export_info, verification=verification,
-                        source_ref=loaded.ref, force=force, tarball=tarball, domain=domain)
+                        export_info=export_info, verification=verification, source_ref=loaded.ref, force=force,
+                        tarball=tarball, claim=claim)
 
 
 def bundle_from_ref(ref: str, out_dir: str | Path, *, config: ExportConfig | None = None, force: bool = False,
@@ -451,7 +455,7 @@ def bundle_from_ref(ref: str, out_dir: str | Path, *, config: ExportConfig | Non
         raise_for(exported)  # the ladder's own error (ExportError, ParityError...), as when it raised it
         announce(Stage.VERIFY)
         note("verifying parity at every claimed shape")
-        verified = verify(model_path, loaded, config=config)
+        verified = verify(model_path, loaded, config=config, proof=_proof_of(exported))
         raise_for(verified)  # an unproven model is never bundled
         announce(Stage.BUNDLE)
         note("writing the bundle")

@@ -90,7 +90,7 @@ def _claim(claim: cl.Claim | None, domain: dict | None, out_dir: Path) -> cl.Cla
         if domain:
             raise BadInputError("write_bundle() got both a claim and a domain.", hint="The claim holds the domain.")
         return claim
-    return cl.from_report({"domain": domain or {}}, where=f"the domain given for '{out_dir}'")
+    return cl.from_domain(domain, where=f"the domain given for '{out_dir}'")
 
 
 def _with_outputs(claim: cl.Claim, table: dict[str, dict], overridden: set[str]) -> cl.Claim:

@@ -4,7 +4,10 @@ Two doors: ``deploy_verified`` (the pipeline's deploy stage: the PyTorch model i
 the ONNX file claims) and ``deploy_bundle`` (an existing bundle: checked first, then its golden outputs are the
 reference). Artifacts are converted into a staging folder; the ones that passed (or, for Core ML, were converted
 and checked structurally) move into the bundle's ``targets/`` folder and the manifest gains their checksums and a
-``targets`` section. A failed artifact is reported and not shipped.
+``targets`` section. A failed artifact is reported and not shipped. Each shipped artifact carries a side file
+(``targets/TARGET-VARIANT.claim.json``, ``claim.to_side_file``): the claim it was verified under — the runtime
+and settings that ran it, the error measured, and the shapes it was proven at (the traced sizes only for a static
+artifact, or for ``deploy_bundle``, which has no PyTorch to probe other sizes with).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .. import claim as cl
 from ..bundle import manifest as mf
+from ..bundle.opened import open as open_bundle
 from ..errors import MissingExtraError, OnnxgateError, require
 from ..fsutil import atomic_dir, staging_dir
-from ..npz import load_npz
 from ..outcome import raise_for
 from ..spec import ExportConfig
 from .check import Built, Context, GoldenReference, Skipped, verify_built
@@ -84,41 +88,49 @@ def _verify_with_fallback(built: Built, ctx: Context, target: str) -> DeployedAr
     return kept
 
 
-def deploy_verified(onnx_path: str | Path, loaded, structure, specs, dims, targets: tuple[str, ...], *,
+def deploy_verified(onnx_path: str | Path, loaded, structure, claim: cl.Claim, targets: tuple[str, ...], *,
                     bundle_dir: Path | None, out_dir: Path, data=None, progress: Callable[[str], None] | None = None,
                     measure_latency: bool = True) -> DeployReport:
-    """Deploy a model whose ONNX file passed verification (the pipeline's stage): PyTorch is the reference.
-    Artifacts go to ``bundle_dir/targets`` (recorded in its manifest) or, without a bundle, ``out_dir/targets``."""
+    """Deploy a model whose ONNX file passed verification (the pipeline's stage): PyTorch is the reference, at
+    every shape ``claim`` (the verification's ``Claim``) proves. Artifacts go to ``bundle_dir/targets`` (recorded
+    in its manifest) or, without a bundle, ``out_dir/targets``."""
     from ..runtimes.torch_runner import TorchRunner
 
     check_extras(targets)
+    specs, dims = list(claim.inputs), claim.domains
     reference = TorchRunner(loaded.module, input_names=[s.name for s in specs],
                             output_names=[t.name for t in structure.outputs])
     ctx_args = dict(onnx_path=Path(onnx_path), specs=list(specs), dims=dict(dims), reference=reference, data=data,
                     loaded=loaded, note=progress or (lambda _m: None), measure_latency=measure_latency)
     report = DeployReport(loaded.ref, str(onnx_path), "PyTorch", "", list(targets))
-    return _deploy(report, ctx_args, targets, bundle_dir or out_dir, manifest=bundle_dir is not None)
+    return _deploy(report, ctx_args, targets, bundle_dir or out_dir, manifest=bundle_dir is not None, claim=claim)
 
 
 def deploy_bundle(bundle: str | Path, targets: tuple[str, ...], *, progress: Callable[[str], None] | None = None,
                   measure_latency: bool = True) -> DeployReport:
     """Deploy an existing bundle: its checksums are verified first (a tampered bundle is never deployed), then
     every artifact is verified against the bundle's golden outputs on its golden inputs (no PyTorch: that one
-    feed, at the traced sizes)."""
+    feed, at the traced sizes). The specs and domain are the bundle's claim (``bundle.open``); a bundle written
+    before its manifest held input specs falls back to the model's recorded ones."""
     from ..bundle.verify import verify_bundle
-    from ..verify.api import specs_from_model
     from ..verify.parity import _sizes_of
-    from ..verify.structure import check_structure
 
     folder = Path(bundle)
     check_extras(targets, with_torch=False)
     note = progress or (lambda _m: None)
     note("checking the bundle")
-    raise_for(verify_bundle(folder))  # tampered (9), wrong numbers (4), cannot run (6): nothing is deployed
+    opened = open_bundle(folder, purpose="deploys")  # tampered (9) before anything runs
+    raise_for(verify_bundle(folder))  # wrong numbers (4), cannot run (6): nothing is deployed
     model = folder / mf.MODEL
-    specs, dims = specs_from_model(check_structure(model), ExportConfig())
-    golden = load_npz(folder / mf.GOLDEN_INPUTS, bundle=True)
-    outputs = load_npz(folder / mf.REFERENCE_OUTPUTS, bundle=True)
+    claim = opened.claim
+    specs, dims = list(claim.inputs), claim.domains
+    if not specs:
+        from ..verify.api import specs_from_model
+        from ..verify.structure import check_structure
+
+        specs, recorded = specs_from_model(check_structure(model), ExportConfig())
+        dims = {**recorded, **{n: d for n, d in dims.items() if n in recorded}}
+    golden, outputs = opened.golden()
     sizes = _sizes_of(golden, specs)
     dims = {n: replace(d, example=sizes.get(n, d.example)) for n, d in dims.items()}
     ctx_args = dict(onnx_path=model, specs=specs, dims=dims, reference=GoldenReference(golden, outputs),
@@ -126,18 +138,41 @@ def deploy_bundle(bundle: str | Path, targets: tuple[str, ...], *, progress: Cal
     report = DeployReport(str(folder), str(model), "the bundle's golden outputs", "", list(targets),
                           notes=["Without PyTorch, each artifact is verified on the bundle's golden feed only, at "
                                  "the traced sizes: the shape domain is not probed."])
-    return _deploy(report, ctx_args, targets, folder, manifest=True)
+    return _deploy(report, ctx_args, targets, folder, manifest=True, claim=claim, traced_only=True)
 
 
-def _deploy(report: DeployReport, ctx_args: dict[str, Any], targets, dest: Path, *, manifest: bool) -> DeployReport:
+def _deploy(report: DeployReport, ctx_args: dict[str, Any], targets, dest: Path, *, manifest: bool,
+            claim: cl.Claim, traced_only: bool = False) -> DeployReport:
     with staging_dir("deploy") as tmp:
         ctx = Context(out_dir=Path(tmp), **ctx_args)
         report.artifacts = convert_and_verify(ctx, targets)
+        _side_files(report, Path(tmp), claim, ctx.dims, traced_only=traced_only)
         report.out_dir = str(dest / TARGETS_DIR)
         _ship(report, Path(tmp), dest / TARGETS_DIR)
     if manifest:
         record_in_manifest(dest, report)
     return report
+
+
+def _side_files(report: DeployReport, staged: Path, claim: cl.Claim, dims: dict, *, traced_only: bool) -> None:
+    """Each artifact to ship gets ``TARGET-VARIANT.claim.json``: ``claim`` as this artifact proved it (the runtime
+    and its settings, the largest error and the tolerance, the feeds, and the shapes: the traced ones for a static
+    artifact or a deploy without PyTorch)."""
+    for a in report.artifacts:
+        if a.status not in (PASSED, UNVERIFIED) or not a.files:
+            continue
+        name = f"{a.target}-{a.variant}.claim.json" if a.variant else f"{a.target}.claim.json"
+        static = traced_only or (a.shapes or "").startswith("static")
+        proven = tuple(cl.DimClaim(n, d.example, d.example, None, d.example) if static else
+                       (claim.dim(n) or cl.DimClaim(n, d.min, d.max, d.multiple_of, d.example))
+                       for n, d in dims.items())
+        condition = cl.RuntimeCondition(a.target, a.runtime, a.precision, layout=a.layout)
+        worst = a.max_abs_err if len(claim.outputs) == 1 else None  # the row records the worst output's only
+        outputs = tuple(replace(o, max_abs_err=worst, policy=a.tolerance or o.policy) for o in claim.outputs)
+        artifact = replace(claim, dims=proven, outputs=outputs, conditions=(condition,),
+                           evidence=cl.Evidence(cases=a.feeds))
+        (staged / name).write_text(cl.to_side_file(artifact), encoding="utf-8")
+        a.files = [*a.files, name]
 
 
 def _ship(report: DeployReport, staged: Path, final: Path) -> None:

@@ -1,8 +1,13 @@
 """``onnxgate.verify``: an ONNX file against its PyTorch model, at every shape it claims.
 
-Where the input specs come from, in order: ``config.inputs`` (``--input`` flags), the ``onnxgate.inputs`` /
-``onnxgate.dims`` metadata that ``onnxgate export`` writes into every model, or the graph's own inputs (symbolic
-dims become dynamic dims; they then need an example size from ``--dim`` unless they look like a batch).
+Where the input specs come from, in order: ``config.inputs`` (``--input`` flags), the input specs and dims that
+``onnxgate export`` records in every model (read through ``claim.from_metadata``), or the graph's own inputs
+(symbolic dims become dynamic dims; they then need an example size from ``--dim`` unless they look like a batch).
+
+A verification ends in one ``claim.Claim`` (``VerifyResult.claim``): what was proven, under which runtime settings,
+against which reference. The pipeline hands the export ladder's proof of its winner in (``proof=``): the
+onnxruntime parity is then that proof (plus the real-data feeds it did not run), not a second discovery of the
+domain the export just proved. ``onnxgate verify model.onnx`` discovers it as before.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import claim as cl
 from ..errors import BadInputError, ParityError
 from ..spec import BATCH_NAMES, Dim, ExportConfig, InputSpec, VerifyConfig
 from .compare import Tolerance
@@ -32,6 +38,7 @@ class VerifyResult:
     localization: dict | None = None
     targets: list = field(default_factory=list)  # TargetResult per --target
     preprocessing: dict | None = None  # onnxgate.preprocess.prove on --data image folders (recorded preprocess=)
+    claim: cl.Claim | None = None  # what this verification proved (None when nothing ran)
 
     @property
     def passed(self) -> bool:
@@ -53,14 +60,15 @@ class VerifyResult:
                 "structure": self.structure.to_dict(), "parity": [p.to_dict() for p in self.parities],
                 "domains": {n: d.to_dict() for n, d in self.domains.items()},
                 "warnings": self.warnings, "localization": self.localization,
-                "targets": [t.to_dict() for t in self.targets], "preprocessing": self.preprocessing}
+                "targets": [t.to_dict() for t in self.targets], "preprocessing": self.preprocessing,
+                "claim": cl.to_report(self.claim) if self.claim is not None else None}
 
 
 def specs_from_model(structure: StructureReport, config: ExportConfig) -> tuple[list[InputSpec], dict[str, Dim]]:
     """Input specs and dynamic dims for verifying this ONNX file (see the module docstring).
 
-    The ``onnxgate.inputs``/``onnxgate.dims`` metadata is validated before use (``onnxgate.metadata``): a malformed
-    entry is a BadInputError naming it; ``--input`` skips the metadata altogether. The data the specs would make
+    The recorded specs and dims are validated before use (``claim.from_metadata``): a malformed entry is a
+    BadInputError naming it; ``--input`` skips the metadata altogether. The data the specs would make
     verification generate is bounded before any array exists (``inputs.check_generated_size``)."""
     from .. import metadata as md
     from .inputs import check_generated_size
@@ -70,10 +78,10 @@ def specs_from_model(structure: StructureReport, config: ExportConfig) -> tuple[
     if config.inputs:
         specs = list(config.inputs)
     else:
-        found = md.input_specs(structure.metadata, model=structure.path,
-                               invalid_utf8=getattr(structure, "metadata_invalid_utf8", ()))
-        if found is not None:
-            (specs, recorded), found_in_metadata = found, True
+        found = cl.from_metadata(structure.metadata, model=structure.path,
+                                 invalid_utf8=getattr(structure, "metadata_invalid_utf8", ()))
+        if found is not None and found.inputs:
+            specs, recorded, found_in_metadata = list(found.inputs), found.domains, True
         else:
             specs = [_graph_spec(t, structure.path) for t in structure.inputs]
     dims = dict(recorded)
@@ -103,19 +111,17 @@ def specs_from_model(structure: StructureReport, config: ExportConfig) -> tuple[
 
 
 def _recorded_dims(structure: StructureReport, config: ExportConfig) -> dict[str, Dim]:
-    """The dims the file's ``onnxgate.dims`` records, for an example size when ``--input`` gave the specs (which
-    skip the metadata) and no ``--dim`` gave one: ``run --input x:Bx3xHxW:float32`` verifies its own export at the
-    size it was traced at. Empty when there is no usable record (then the caller asks for ``--dim``)."""
-    from .. import metadata as md
-
+    """The dims the file records, for an example size when ``--input`` gave the specs (which skip the metadata) and
+    no ``--dim`` gave one: ``run --input x:Bx3xHxW:float32`` verifies its own export at the size it was traced at.
+    Empty when there is no usable record (then the caller asks for ``--dim``)."""
     if not config.inputs:
         return {}
     try:
-        found = md.input_specs(structure.metadata, model=structure.path,
-                               invalid_utf8=getattr(structure, "metadata_invalid_utf8", ()))
+        found = cl.from_metadata(structure.metadata, model=structure.path,
+                                 invalid_utf8=getattr(structure, "metadata_invalid_utf8", ()))
     except BadInputError:
         return {}
-    return found[1] if found is not None else {}
+    return found.domains if found is not None and found.inputs else {}
 
 
 def _graph_spec(tensor, model: str) -> InputSpec:
@@ -138,14 +144,16 @@ def _graph_spec(tensor, model: str) -> InputSpec:
 
 def verify(model: str | Path, against=None, *, config: ExportConfig | None = None,
            settings: VerifyConfig | None = None, data: list[dict[str, np.ndarray]] | None = None,
-           tolerances: dict[str, Tolerance] | None = None, **options) -> VerifyResult:
+           tolerances: dict[str, Tolerance] | None = None, proof=None, **options) -> VerifyResult:
     """Verify the ONNX file ``model`` against the PyTorch model ``against``: a reference string, a ``LoadedModel``
     or an ``nn.Module``. Localizes the first diverging layer when parity fails.
 
     ``config``: the model's inputs and dims (``--input``/``--dim``; default: what the file records). ``settings``:
     how to judge (``VerifyConfig``: runtimes, targets, tolerances, --data files, ...); its fields may also be given
     as keywords (``runtimes=("openvino",)``). ``data``: in-memory feeds besides the random ones; ``tolerances``:
-    per-output tolerances. Without ``against``, the ``onnxgate.source`` recorded in the file is used only when it
+    per-output tolerances. ``proof``: the export ladder's full onnxruntime verification of this very graph
+    (``verify_export``), used as the onnxruntime parity instead of discovering the domain again (only at the
+    settings it was made at: default seeds and tolerances). Without ``against``, the ``onnxgate.source`` recorded in the file is used only when it
     is a registry name (``torchvision:NAME``, ``timm:NAME``) or ``trust_source`` is set: a file's metadata is
     data, and verifying a file must never import or run code its author chose."""
     from .targets import check_targets
@@ -165,14 +173,21 @@ def verify(model: str | Path, against=None, *, config: ExportConfig | None = Non
 
         data = [*(data or []), *load_feeds(list(settings.data), specs, meta=structure.metadata)]
     loaded, warnings = _reference_model(ref, structure, config, settings)
+    policy = "user" if tolerances is not None or settings.default_tolerance is not None else "dtype default"
+    given = tolerances
     tolerances = _contract_tolerances(model, structure, settings, tolerances, warnings)
+    policy = "contract" if tolerances is not given else policy
     probes = _example_probes(loaded, specs)
-    parities = _parities(model, loaded, structure, specs, dims, config, settings, data, tolerances, probes)
+    reuse = proof is not None and tolerances is None and settings.default_tolerance is None \
+        and tuple(settings.seeds) == VerifyConfig().seeds
+    parities = _parities(model, loaded, structure, specs, dims, config, settings, data, tolerances, probes,
+                         proof=proof if reuse else None)
     for parity in parities:
         if not parity.passed:
             parity.branch = _value_branch(loaded.module, parity, specs, dict(probes))
     result = VerifyResult(str(model), loaded.ref, structure, parities, warnings, targets=target_results)
     result.preprocessing = _preprocessing_proof(model, loaded, structure, specs, dims, settings, warnings)
+    result.claim = _claim(result, specs, dims, settings, loaded.ref, policy=policy, data=len(data or []))
     failed = next((p for p in parities if not p.passed), None)
     if settings.localize and failed is not None:
         result.localization = _localize(loaded.module, model, failed, specs)
@@ -274,8 +289,9 @@ def _example_probes(loaded, specs: list[InputSpec]) -> list[tuple[str, dict[str,
 
 
 def _parities(model, loaded, structure: StructureReport, specs, dims, config: ExportConfig,
-              settings: VerifyConfig, data, tolerances, probes=None) -> list[ParityReport]:
-    """One parity report per runtime: PyTorch against it at every probed shape."""
+              settings: VerifyConfig, data, tolerances, probes=None, *, proof=None) -> list[ParityReport]:
+    """One parity report per runtime: PyTorch against it at every probed shape (onnxruntime's: ``proof`` with
+    the real-data feeds added, when the export's proof is handed in)."""
     from ..runtimes.torch_runner import TorchRunner
 
     reference = TorchRunner(loaded.module, input_names=[s.name for s in specs],
@@ -283,16 +299,86 @@ def _parities(model, loaded, structure: StructureReport, specs, dims, config: Ex
     from .contract import CONTRACT_KEY
 
     static = static_dims_in_graph(specs, {t.name: t.shape for t in structure.inputs})
-    strides = tuple(graph_granularities(model)) if dims else ()
     # Sign and scale variants judge an export (FP32: the graph must compute what PyTorch computes on any values); an
     # INT8/FP16 file's contract was measured in distribution, where x10 inputs are not.
     variants = CONTRACT_KEY not in structure.metadata
-    return [verify_parity(reference, _runner(runtime, model), specs, dims, seeds=settings.seeds, data=data,
-                          tolerances=tolerances, default=settings.default_tolerance,
-                          allow_static=config.allow_static, static_in_graph=static,
-                          accept_domain=config.accept_domain or settings.accept_domain, granularities=strides,
-                          variants=variants, probes=probes if variants else None)
-            for runtime in settings.runtimes]
+    reports = []
+    strides = None
+    for runtime in settings.runtimes:
+        if runtime == "onnxruntime" and proof is not None and variants:
+            reports.append(_proven_parity(proof, reference, _runner(runtime, model), specs, dims, data))
+            continue
+        if strides is None:
+            strides = tuple(graph_granularities(model)) if dims else ()
+        reports.append(verify_parity(reference, _runner(runtime, model), specs, dims, seeds=settings.seeds, data=data,
+                                     tolerances=tolerances, default=settings.default_tolerance,
+                                     allow_static=config.allow_static, static_in_graph=static,
+                                     accept_domain=config.accept_domain or settings.accept_domain,
+                                     granularities=strides, variants=variants, probes=probes if variants else None))
+    return reports
+
+
+def _proven_parity(proof: ParityReport, reference, candidate, specs, dims, data) -> ParityReport:
+    """The export's proof as this file's onnxruntime parity, with the real-data feeds it did not run (at the data's
+    own sizes; no dim is probed again: the proof holds the domain). An output counts as degenerate only when it
+    is in both the proof's random pairs and the data's pairs, as one run over both would judge it."""
+    if not data:
+        return proof
+    fixed = {n: Dim(n, d.example or 2, d.example or 2, d.example or 2) for n, d in dims.items()}
+    extra = verify_parity(reference, candidate, specs, fixed, seeds=(), data=data)
+    degenerate = ({n: why for n, why in proof.degenerate.items() if n in extra.degenerate}
+                  if _paired(data) else dict(proof.degenerate))
+    return replace(proof, cases=[*proof.cases, *[c for c in extra.cases if c.source == "data"]], degenerate=degenerate)
+
+
+def _paired(data: list) -> bool:
+    """Whether two consecutive real-data feeds have the same shapes (then they form a pair degeneracy is judged on)."""
+    return any({k: np.shape(v) for k, v in a.items()} == {k: np.shape(v) for k, v in b.items()}
+               for a, b in zip(data, data[1:]))
+
+
+def _claim(result: VerifyResult, specs, dims, settings: VerifyConfig, ref, *, policy: str, data: int) -> cl.Claim:
+    """What ``result`` proved, as one ``Claim``: the domain every runtime agrees on (its dims with no domain:
+    as declared), each output's tolerance and largest error measured, the runtime settings, the reference."""
+    from ..preprocess import Preprocess
+
+    merged = result.domains
+    frozen = {n for p in result.parities for n in p.frozen}
+    claimed = tuple(merged[n].to_claim() if n in merged and n not in frozen else
+                    cl.DimClaim(n, d.min, d.max, d.multiple_of, d.example) for n, d in dims.items())
+    outputs: dict[str, cl.OutputClaim] = {}
+    for case in (c for p in result.parities for c in p.cases):
+        for comp in case.comparisons:
+            seen = outputs.get(comp.name)
+            err = comp.max_abs_err if comp.passed else None
+            if seen is None:
+                outputs[comp.name] = cl.OutputClaim(comp.name, float(comp.tolerance.rtol), float(comp.tolerance.atol),
+                                                    policy, err)
+            elif err is not None and (seen.max_abs_err is None or err > seen.max_abs_err):
+                outputs[comp.name] = replace(seen, max_abs_err=float(err))
+    try:
+        pre = Preprocess.from_meta(result.structure.metadata, model=result.model)
+    except BadInputError:
+        pre = None
+    meta = result.structure.metadata
+    reference = cl.ReferenceIdentity(ref, meta.get("onnxgate.weights_sha256"),
+                                     meta.get("onnxgate.reinit_degenerate") == "true" or settings.reinit_degenerate)
+    evidence = cl.Evidence(sum(len(p.cases) for p in result.parities), tuple(settings.seeds), data,
+                           {n: tuple(d.probes) for n, d in merged.items()})
+    return cl.Claim(tuple(specs), claimed, tuple(outputs.values()), tuple(_condition(r) for r in settings.runtimes),
+                    {"spec": str(pre)} if pre is not None else None, reference, evidence)
+
+
+def _condition(runtime: str) -> cl.RuntimeCondition:
+    """The settings ``_runner`` verifies ``runtime`` under."""
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        from ..runtimes.ort import VERIFY_OPT_LEVEL
+
+        return cl.RuntimeCondition("onnxruntime", "CPUExecutionProvider", opt_level=VERIFY_OPT_LEVEL,
+                                   version=ort.__version__)
+    return cl.RuntimeCondition(runtime, "CPU", precision_hint="EXECUTION_MODE_HINT=ACCURACY")
 
 
 def _value_branch(module, parity: ParityReport, specs: list[InputSpec], probes: dict) -> str | None:

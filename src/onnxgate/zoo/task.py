@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExitCode
+from .. import claim as cl
+from ..errors import BadInputError, ExitCode
 from ..outcome import Killed, failure_class as class_of, judge
 from ..stages import Ending, Stage, StageFile
 from ..worker import CRASHED, ERROR, MEMORY, TIMEOUT, WorkerOutcome
@@ -73,7 +74,7 @@ def summarize(report: dict) -> dict[str, Any]:
     won = attempts[winner] if winner is not None and winner < len(attempts) else None
     diagnosis = export.get("diagnosis") or next((a.get("diagnosis") for a in reversed(attempts) if a.get("diagnosis")),
                                                 None)
-    domains = (stages.get("verify") or {}).get("domains") or {}
+    domain, narrowed = _claimed_domain(stages.get("verify") or {})
     cause = report.get("cause")
     if "cause" not in report and report.get("exit_code") == ExitCode.EXPORT_FAILED and diagnosis:
         cause = diagnosis.get("id")  # a report written before reports recorded their cause
@@ -91,9 +92,24 @@ def summarize(report: dict) -> dict[str, Any]:
                      if a.get("outcome") != "skipped"],
         "diagnosis": {k: diagnosis.get(k) for k in ("id", "cause", "fix", "operator") if diagnosis.get(k)}
         if diagnosis else None,
-        "domain": {n: d.get("summary") for n, d in domains.items()},
-        "narrowed": sorted(n for n, d in domains.items() if d.get("narrower")),
+        "domain": domain,
+        "narrowed": narrowed,
     }
+
+
+def _claimed_domain(verify: dict) -> tuple[dict[str, str], list[str]]:
+    """Each verified dim's summary and the dims narrower than declared, from the verify stage's claim (``claim``
+    codec); a report written before reports held a claim: from its per-runtime domains."""
+    if verify.get("claim"):
+        try:
+            claim = cl.from_report(verify["claim"], where="the verify stage's claim")
+        except BadInputError:
+            return {}, []
+        return ({d.name: d.summary for d in claim.dims if d.summary},
+                sorted(d.name for d in claim.dims if d.narrower))
+    domains = verify.get("domains") or {}
+    return ({n: d.get("summary") for n, d in domains.items()},
+            sorted(n for n, d in domains.items() if d.get("narrower")))
 
 
 def ledger_row(model: ZooModel, outcome: WorkerOutcome, out: Path, *, executor: str) -> dict[str, Any]:
