@@ -20,13 +20,13 @@
     tags = ["cnn", "small"]
     dim = ["B=1..8"]                      # per-model options, keys as in onnxgate.toml / the `run` flags
 
-The per-model keys mirror ``onnxgate run``'s flags (and ``onnxgate.toml``): ``input``, ``dim``, ``strategy``,
-``opset``, ``target``, ``allow_static``, ``accept_domain``, ``reinit_degenerate``, ``weights``, ``arch``,
-``trust_pickle``, ``labels``, ``meta``, ``device``, ``data``, ``bench`` (quick/full, when the bench stage runs),
-``quantize`` (static/dynamic, when the quantize stage runs) with ``calib``, ``eval``, ``method``, ``preprocess``,
-``max_accuracy_drop``, ``max_error``, and ``deploy`` (the targets of the deploy stage). Stages map onto the run's
-flags: without ``bench`` the run gets ``--bench none``, without ``optimize`` ``--no-optimize``, without ``bundle``
-``--no-bundle``, with ``deploy`` ``--deploy TARGETS``; export and verify always run. Relative paths (a ``file.py:build`` ref, weights, labels,
+The per-model keys are ``onnxgate run``'s options, named as in ``onnxgate.toml`` (one flat table, the flag without
+its dashes): the schema of an entry is generated from ``options.OPTIONS`` (``options.zoo_model_schema``), so the
+zoo, the toml file and the flags accept the same names and values. What the zoo decides itself is not a key:
+``output`` (each model's folder), and ``optimize``/``bundle``, which follow the stages: without ``bench`` the run
+gets ``--bench none``, without ``optimize`` ``--no-optimize``, without ``bundle`` ``--no-bundle``, with ``quantize``
+``--quantize`` (``dynamic`` unless the entry names a mode), with ``deploy`` ``--deploy TARGETS``; export and verify
+always run. Relative paths (a ``file.py:build`` ref, weights, labels,
 data) are relative to the zoo file. Every model's options go through ``configure.run_config`` — the same checks as
 ``onnxgate run`` — when the file is read, so a bad option is exit 2 naming the model and the key before any model
 runs. Built-in zoos (``torchvision``, ``timm``, ``transformers``) ship as package data in ``builtin/``.
