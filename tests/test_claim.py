@@ -62,9 +62,14 @@ def test_manifest_round_trip_keeps_every_field_and_the_long_standing_form():
 
 
 def test_side_file_and_report_round_trip():
+    from onnxgate.report.html import render_html
+
     claim = full_claim()
     assert cl.from_side_file(cl.to_side_file(claim), where="a.claim.json") == claim
     assert cl.from_report(json.loads(json.dumps(cl.to_report(claim)))) == claim
+    page = render_html({"stages": {"verify": {"claim": cl.to_report(claim)}}})  # the HTML report reads the claim
+    assert "Holds under: onnxruntime 1.2, CPUExecutionProvider" in page and "precision f32, 4 thread(s)" in page
+    assert "max 64: pytorch fails at 65 (index out of range)" in page
 
 
 def test_metadata_entries_are_what_export_has_always_written():

@@ -9,6 +9,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from .. import claim as cl
+from ..errors import BadInputError
 from ..verify.compare import ERR_DECADES
 from . import svg
 
@@ -48,7 +50,7 @@ def render_html(report: dict) -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>onnxgate report: "
              f"{escape(report.get('ref', ''))}</title><style>{CSS}</style></head><body>",
              f"<h1>onnxgate report — <code>{escape(report.get('ref', ''))}</code></h1>", _verdict(report)]
-    for section in (_export, _parity, _localization, _accuracy, _transforms, _bench, _deploy, _graph, _targets,
+    for section in (_export, _claim, _parity, _localization, _accuracy, _transforms, _bench, _deploy, _graph, _targets,
                     _environment):
         html = section(stages)
         if html:
@@ -80,6 +82,35 @@ def _export(stages: dict) -> str:
     return ("<h2 id='export'>Export attempts</h2>" + _table(
         ["#", "strategy", "opset asked", "opset emitted", "seconds", "peak RSS MB", "outcome", "detail"], rows)
         + extra + warnings)
+
+
+def _claim(stages: dict) -> str:
+    """What the verification proved, read through the claim codec: each dim's domain and why its edges are where
+    they are, each output's tolerance and largest error, the runtime settings it holds under, the reference."""
+    raw = (stages.get("verify") or {}).get("claim")
+    if not raw:
+        return ""
+    try:
+        claim = cl.from_report(raw)
+    except BadInputError as exc:
+        return f"<h2 id='claim'>What was proven</h2><p class='fail'>{escape(exc.message)}</p>"
+    parts = ["<h2 id='claim'>What was proven</h2>"]
+    if claim.dims:
+        parts.append(_table(["dim", "claimed", "declared", "why the edges are there", "sizes probed"], [
+            [d.name, d.describe(), "no range" if d.unranged else
+             (f"{d.declared_min}..{'' if d.declared_max is None else d.declared_max}"
+              if d.declared_min is not None else "–"),
+             "; ".join(f"{e.end} {e.edge}: {e.by} fails at {e.size} ({e.error})" for e in d.edges) or "–",
+             ", ".join(map(str, d.probes)) or "–"] for d in claim.dims]))
+    parts.append(_table(["output", "rtol", "atol", "policy", "max abs err"],
+                        [[o.name, o.rtol, o.atol, o.policy, o.max_abs_err] for o in claim.outputs]))
+    held = "; ".join(c.describe() for c in claim.conditions) or "–"
+    parts.append(f"<p>Holds under: {escape(held)}. Reference: <code>{escape(str(claim.reference.source))}</code>"
+                 + (f", weights sha256 {escape(claim.reference.weights_sha256[:16])}…"
+                    if claim.reference.weights_sha256 else "") +
+                 f". Evidence: {claim.evidence.cases} feeds (random seeds {', '.join(map(str, claim.evidence.seeds))}; "
+                 f"{claim.evidence.data} real-data feed(s)).</p>")
+    return "".join(parts)
 
 
 def _parity(stages: dict) -> str:

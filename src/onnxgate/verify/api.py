@@ -431,9 +431,10 @@ def verify_export(prepared, path: str | Path, config: ExportConfig,
                   static_in_graph: dict[str, str] | None = None, *, probes=None) -> ParityReport:
     """The full verification of the export ladder's winner (``prepared``: the ladder's Prepared model, ``path``:
     its staged file, ``static_in_graph``: what its quick check found): the shape domain of every dynamic dim and
-    whether the weights can be verified at all, at the settings ``verify`` uses (so a verification of the written
-    file afterwards, as the pipeline runs, finds every PyTorch output in the reference cache), with the sign and
-    scale variants ``verify`` adds and ``probes``: every labelled feed a rung of the ladder was judged by."""
+    whether the weights can be verified at all, at the settings ``verify`` uses (so the pipeline hands this report
+    to ``verify(proof=...)`` as the written file's onnxruntime parity instead of discovering the domain again),
+    with the sign and scale variants ``verify`` adds and ``probes``: every labelled feed a rung of the ladder was
+    judged by."""
     from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
     from ..runtimes.torch_runner import TorchRunner
 
