@@ -167,3 +167,46 @@ def test_recorded_tolerances_and_the_ceiling():
     assert table == {"y": Tolerance(1e-3, 1e-4)}
     assert engine.ceiling(np.array([-8.0, 2.0]), "float32", max_rtol=0.25, max_scale_fraction=0.25) == \
         Tolerance(0.25, 2.0)
+
+
+# ------------------------------------------------------------------------------------------------ the runtimes
+
+
+def test_run_with_intermediates_exposes_every_node_output_and_prunes():
+    from helpers import mlp
+
+    from onnxgate.runtimes.intermediates import run_with_intermediates
+    from onnxgate.runtimes.ort import OrtRunner
+
+    model = mlp()
+    feed = {"x": np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)}
+    values = run_with_intermediates(model, feed)
+    produced = [o for n in model.graph.node for o in n.output]
+    assert set(values) == set(produced) | {"y"} and len(model.graph.output) == 1  # the model itself untouched
+    with OrtRunner(model, opt_level="disable") as runner:
+        np.testing.assert_array_equal(values["y"], runner.run(feed)["y"])
+    first = model.graph.node[0].output[0]
+    assert set(run_with_intermediates(model, feed, [first], prune=True)) == {first}
+
+
+def test_the_venv_worker_builds_its_session_with_the_factory_it_is_given(tmp_path):
+    from helpers import mlp
+
+    from onnxgate.runtimes.ort import open_session
+    from onnxgate.runtimes.venv_worker import ModelRunError, run_model
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(mlp().SerializeToString())
+    built = []
+
+    def factory(model_path):
+        built.append(model_path)
+        return open_session(model_path)
+
+    outputs = run_model(str(path), {"x": np.ones((2, 16), np.float32)}, session_factory=factory)
+    assert built == [str(path)] and outputs["y"].shape == (2, 10)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(ModelRunError) as info:  # open_session's wrapper error is reported by onnxruntime's own
+        run_model(str(broken), {}, session_factory=open_session)
+    assert info.value.stage == "load" and not info.value.message.startswith("onnxruntime ")
