@@ -101,14 +101,29 @@ def test_verifier_random_probes_every_size_of_the_claim():
     assert "B=8" in verifier.source
 
 
-def test_a_probe_size_the_input_model_cannot_run_is_said_not_the_claim_inherited_silently():
-    """A claim the input model itself does not hold at a probe size (a static graph under a B = 1..8 claim):
-    that size is dropped from the feeds and the report says the claim was not verified there."""
+def test_a_claim_the_input_model_does_not_hold_is_narrowed_and_written_not_inherited():
+    """A claim the input model itself does not hold at some probe sizes (a graph whose batch is fixed at 2 under a
+    B = 1..8 claim): those sizes are dropped from the feeds, and the file written carries the claim narrowed to
+    what was verified, and says so."""
     model = shape_dependent_model()
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # graph fixed at B = 2, claim says 1..8
     model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 2
+    original = model.SerializeToString()
     caller = Verifier([{"x": np.ones((2, 4), np.float32)}])
     report = run_passes(model, [], verifier=caller)
     assert set(report.claim.unverified) == {"B=1", "B=3", "B=7", "B=8"}
-    assert report.claim.probes == {"B": [2]}
-    assert "not at B=1" in report.claim.describe()
+    assert report.claim.probes == {"B": [2]} and report.claim.status == "narrowed"
+    assert "not at B=1" in report.claim.describe() and "narrowed to B=2..2" in report.claim.describe()
+    written = json.loads({p.key: p.value for p in report.model.metadata_props}["onnxgate.dims"])
+    assert written == {"B": {"name": "B", "min": 2, "max": 2, "example": 2, "multiple_of": None}}
+    assert model.SerializeToString() == original  # the caller's model keeps its own (unverified) claim
+
+
+def test_narrowing_stops_at_the_last_verified_probe_before_a_failing_size():
+    from onnxgate.transform.verifier import ClaimCheck
+
+    claim = ClaimCheck("re-verified", {"H": Dim("H", 32, 512, 224)}, {"H": [32, 160, 224, 288]},
+                       unverified={"H=512": "the input model fails there"})
+    claim.narrow()
+    assert claim.dims["H"] == Dim("H", 32, 288, 224) and claim.status == "narrowed"
+    assert json.loads(claim.metadata()["onnxgate.dims"])["H"]["max"] == 288

@@ -212,7 +212,7 @@ def _write_large(report: TransformReport, original: onnx.ModelProto, chosen: Pat
             copy = source_dir / data.relative_to(model_path.parent)
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(data, copy)
-    model = _with_claim_of(model, original, applied=applied)  # re-verified at the claim's probe sizes
+    model = _with_claim_of(model, original, applied=applied, claim=report.claim)  # re-verified at its probes
     report.output = str(serde.save_moving_external_data(model, source_dir, out, force=force))
     report.model = model
     report.external_bytes = sum(f.stat().st_size for f in data_files(out, model) if f.is_file())

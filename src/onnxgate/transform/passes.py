@@ -225,7 +225,8 @@ def run_passes(model: onnx.ModelProto, passes: list[Pass], *, verifier: Verifier
                 record.status = ROLLED_BACK
                 record.message = f"{name} broke parity, so it was rolled back: {verdict.reason}"
         report.records.append(record)
-    report.model = _with_claim_of(current, model, applied=[r.name for r in report.records if r.status == APPLIED])
+    report.model = _with_claim_of(current, model, applied=[r.name for r in report.records if r.status == APPLIED],
+                                  claim=claim)
     report.error_vs_float = verifier.max_abs_err(float_outputs, current_outputs)
     return report
 
@@ -236,17 +237,23 @@ def output_scales(outputs: list[dict[str, Any]]) -> dict[str, float]:
     return engine_output_scales(outputs)
 
 
-def _with_claim_of(model: onnx.ModelProto, original: onnx.ModelProto, *, applied: list[str]) -> onnx.ModelProto:
+def _with_claim_of(model: onnx.ModelProto, original: onnx.ModelProto, *, applied: list[str],
+                   claim: ClaimCheck | None = None) -> onnx.ModelProto:
     """The transformed model with the original's onnxgate metadata. Its claim (input specs, ``onnxgate.dims``) is
     the original's *because* ``run_passes`` re-verified every kept pass at each of the claim's probe sizes (see
-    ``verifier.claim_probes``): call this only on a model verified that way. Some tools drop the model's metadata;
-    onnxgate's keys must survive every pass. The applied transforms are recorded under ``onnxgate.transforms``."""
+    ``verifier.claim_probes``), or the narrowed one ``claim`` says was verified: call this only on a model verified
+    that way. Some tools drop the model's metadata; onnxgate's keys must survive every pass. The applied
+    transforms are recorded under ``onnxgate.transforms``."""
     import json
 
+    if model is original and ((claim is not None and claim.metadata()) or applied):
+        model = copy_model(model)  # the caller's model is never modified
     present = {p.key for p in model.metadata_props}
     for prop in original.metadata_props:
         if prop.key not in present:
             model.metadata_props.add(key=prop.key, value=prop.value)
+    if claim is not None and claim.metadata():
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **claim.metadata()})
     if applied:
         previous = next((_recorded_transforms(p.value) for p in model.metadata_props
                          if p.key == "onnxgate.transforms"), [])

@@ -13,6 +13,7 @@ rolled back, and the claim the transformed file keeps is the one re-verified on 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,8 +44,8 @@ class ClaimCheck:
     """What the transformed file may claim: the dims of the input model's claim (``onnxgate.dims``), re-verified
     at ``probes`` (every probe size of each dim) on every pass that was kept."""
 
-    status: str  # "re-verified" | "none recorded"
-    dims: dict[str, Dim] = field(default_factory=dict)
+    status: str  # "re-verified" | "narrowed" | "none recorded"
+    dims: dict[str, Dim] = field(default_factory=dict)  # what the transformed file claims (narrowed: written)
     probes: dict[str, list[int]] = field(default_factory=dict)
     # probe sizes the input model itself does not run at in onnxruntime: not verified, and said so
     unverified: dict[str, str] = field(default_factory=dict)
@@ -55,12 +56,40 @@ class ClaimCheck:
                 "probes": dict(self.probes), "unverified": dict(self.unverified)}
 
     def describe(self) -> str:
-        if self.status != "re-verified":
+        if self.status == "none recorded":
             return "no claim recorded: nothing to re-verify"
         text = "claim re-verified at " + "; ".join(f"{n} = {', '.join(map(str, s))}" for n, s in self.probes.items())
         if self.unverified:
             text += "; not at " + "; ".join(f"{k} ({why})" for k, why in self.unverified.items())
+        if self.status == "narrowed":
+            text += "; narrowed to " + ", ".join(_dim_text(d) for d in self.dims.values())
         return text
+
+    def metadata(self) -> dict[str, str]:
+        """The metadata the transformed file's claim changes: the narrowed dims (none when re-verified as it was).
+        The one place a transform writes ``onnxgate.dims`` (the claim codec replaces it here)."""
+        if self.status != "narrowed":
+            return {}
+        return {"onnxgate.dims": json.dumps({n: asdict(d) for n, d in self.dims.items()})}
+
+    def narrow(self) -> None:
+        """Each dim narrowed to the probe sizes around its traced size that were verified: the interval stops at
+        the last verified probe before the nearest size that was not (an open end stays as claimed)."""
+        for name in dict.fromkeys(label.split("=", 1)[0] for label in self.unverified):
+            dim, ok = self.dims[name], self.probes.get(name, [])
+            failed = [int(k.split("=", 1)[1]) for k in self.unverified if k.split("=", 1)[0] == name]
+            traced = dim.example or 2
+            below = max((f for f in failed if f < traced), default=None)
+            above = min((f for f in failed if f > traced), default=None)
+            low = dim.min if below is None else min(p for p in ok if p > below)
+            high = dim.max if above is None else max(p for p in ok if p < above)
+            self.dims[name] = Dim(name, low, high, dim.example, dim.multiple_of, declared=dim.ranged)
+            self.status = "narrowed"
+
+
+def _dim_text(dim: Dim) -> str:
+    return f"{dim.name}={dim.min}..{'' if dim.max is None else dim.max}" + (
+        f"%{dim.multiple_of}" if dim.multiple_of else "")
 
 
 class Verifier:
@@ -179,6 +208,10 @@ def claim_probes(model: onnx.ModelProto, verifier: Verifier) -> tuple[Verifier, 
     return extended, ClaimCheck("re-verified", dims, probes, first_probe=len(verifier.feeds))
 
 
+def _traced_labels(claim: ClaimCheck) -> set[str]:
+    return {f"{n}={d.example or 2}" for n, d in claim.dims.items()}
+
+
 def baseline(model: onnx.ModelProto, verifier: Verifier, claim: ClaimCheck) -> tuple[Outputs, Verifier]:
     """The input model's outputs on every feed. A caller's feed it cannot run is a RuntimeIncompatibleError; a
     probe feed of its claim it cannot run is dropped, and the claim says it was not verified there."""
@@ -189,13 +222,15 @@ def baseline(model: onnx.ModelProto, verifier: Verifier, claim: ClaimCheck) -> t
             outputs.append(runner.run(feed))
             keep.append(index)
         except Exception as exc:
-            if index < claim.first_probe or claim.status != "re-verified":
+            traced = claim.status == "re-verified" and verifier.labels[index] in _traced_labels(claim)
+            if index < claim.first_probe or claim.status != "re-verified" or traced:
                 raise RuntimeIncompatibleError(f"onnxruntime cannot run the input model: {first_line(exc)}",
                                                hint="Check that the feeds match the model's inputs.") from exc
             label = verifier.labels[index]
             claim.unverified[label] = f"the input model fails there: {first_line(exc, 200)}"
             name, size = label.split("=", 1)
             claim.probes[name] = [s for s in claim.probes.get(name, []) if str(s) != size]
+    claim.narrow()
     if len(keep) == len(verifier.feeds):
         return outputs, verifier
     pick = lambda items: [items[i] for i in keep]  # noqa: E731
