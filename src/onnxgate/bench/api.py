@@ -1,16 +1,20 @@
 """``bench``: one model, side by side in one run — PyTorch eager, ONNX Runtime, OpenVINO, every variant.
 
 Order of work: resolve the model (export a reference into a temporary folder first), build one seeded feed at
-the latency shape (batch 1 when the batch dim is dynamic), count FLOPs, measure the machine's GEMM peak, verify and
-time every configuration (each is checked against PyTorch at its own precision by the runner that is timed — see
-``verification``; only a verified configuration can be recommended), then for each side's best configuration sweep batch sizes (throughput) and start a fresh process
-(start-up and peak memory). The machine's load is watched throughout, and figures taken on a busy machine say so.
+the latency shape (batch 1 when the batch dim is dynamic), count FLOPs, measure the machine's GEMM peak, verify every
+configuration (each is checked against PyTorch at its own precision by the runner that is timed — see
+``verification``; only a verified configuration can be recommended), time them all interleaved with those same
+runners (round-robin, so a busy spell slows every configuration alike; each gets a confidence interval, and the
+recommendation breaks ties within noise by the fewest moving parts — ``report``), then for each side's best
+configuration sweep batch sizes (throughput) and start a fresh process (start-up and peak memory). The machine's
+load is watched throughout, and figures taken on a busy machine say so.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,15 +22,16 @@ from typing import Any, Callable, Sequence
 from ..errors import BadInputError
 from ..spec import ExportConfig
 from .flops import FlopCount, count_flops, gemm_peak_gflops
-from .harness import measure
+from .harness import measure, measure_interleaved
 from .machine import LoadMonitor, usable_cores
 from .report import BenchReport, ConfigResult, ThroughputPoint, VariantInfo, best_of
-from .runners import BASE, EAGER, OPENVINO, PYTORCH, RUNTIMES, Config, Variant, open_runner, plan
+from .runners import BASE, EAGER, OPENVINO, PYTORCH, RUNTIMES, Config, Variant, open_runner, plan, thread_setup
 from .startup import measure_startup, save_feed
 from .target import Target, module_bytes, prepare_target, size_on_disk
 from .verification import ConfigVerifier, build_verifier
 
 SPREAD_LIMIT = 0.10  # repeat medians further apart than this (relative) are called out
+OPEN_BYTES = 4 * 2**30  # runners open at once while interleaving, at about 3x their file's size each
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,7 @@ class BenchSettings:
     warmup_runs: int = 5
     runs: int = 300  # per repeat, at most
     seconds: float = 3.0  # per configuration, at most (all repeats together)
-    repeats: int = 3
+    repeats: int = 6  # rounds of the interleaved timing; 6 gives a 96.9% interval of the median (harness)
     max_batch: int = 8
     throughput_seconds: float = 1.0  # per batch size
     startup_repeats: int = 2  # fresh processes per side; 0 skips start-up and memory
@@ -105,11 +110,11 @@ def _measure(target: Target, settings: BenchSettings, note, monitor: LoadMonitor
 
         if OpenVinoRunner.default_precision() not in (None, "f32"):  # PERFORMANCE mode computes in bf16 here
             precisions = (None, "f32")
+    configs = plan(target.variants, runtimes=runtimes, threads=threads, opt_levels=settings.opt_levels,
+                   openvino_precisions=precisions)
     results = []
-    for cfg in plan(target.variants, runtimes=runtimes, threads=threads, opt_levels=settings.opt_levels,
-                    openvino_precisions=precisions):
-        note(f"verifying and timing {cfg.id}")
-        results.append(_time_config(cfg, target, settings, flops, peak, verifier))
+    for group in _groups(configs, target):
+        results += _time_interleaved(group, target, settings, flops, peak, verifier, note)
     bests = [b for b in (best_of(results, side) for side in dict.fromkeys(r.config.side for r in results)) if b]
     throughput, problems = [], []
     for best in bests if target.batch_dim else []:
@@ -139,28 +144,52 @@ def _measure(target: Target, settings: BenchSettings, note, monitor: LoadMonitor
     return report
 
 
-def _time_config(cfg: Config, target: Target, settings: BenchSettings, flops, peak,
-                 verifier: ConfigVerifier | None = None) -> ConfigResult:
-    """Verification and latency of one configuration, with the same runner. A runtime that cannot load or run a
-    variant (an INT8 operator it lacks) is a result, not a crash: the error is recorded and the benchmark goes on."""
-    result = ConfigResult(cfg, target.batch)
-    try:
-        with open_runner(cfg, model_path=target.paths.get(cfg.variant), module=target.module,
-                         input_names=target.input_names) as runner:
-            if cfg.runtime == OPENVINO:
-                result.inference_precision = runner.inference_precision
-                if runner.inference_precision not in ("f32", None):
-                    result.notes.append(f"OpenVINO computes in {runner.inference_precision} here (PERFORMANCE "
-                                        "mode); verified with that precision's tolerance")
-            if verifier is not None and cfg.runtime != PYTORCH:
-                result.verification = verifier.check(cfg.variant, runner, result.inference_precision)
-            result.latency = measure(lambda: runner.run(target.feed), warmup_runs=settings.warmup_runs,
-                                     runs=settings.runs, seconds=settings.seconds, repeats=settings.repeats)
-    except Exception as exc:  # onnxruntime and openvino raise their own classes, not derived from RuntimeError
-        result.error = _first_line(exc)
-        return result
-    result.gflops, result.peak_fraction = _achieved(flops.get(cfg.variant), result.latency.p50_ms, peak[cfg.threads])
-    return result
+def _groups(configs: list[Config], target: Target) -> list[list[Config]]:
+    """The configurations, in groups whose runners can be open together (interleaving keeps every runner of a
+    group alive): as many as fit OPEN_BYTES at about three times the largest variant's size each."""
+    largest = max((size_on_disk(v.path) for v in target.variants), default=0)
+    per_group = max(1, int(OPEN_BYTES // max(1, 3 * largest)))
+    return [configs[i:i + per_group] for i in range(0, len(configs), per_group)]
+
+
+def _time_interleaved(configs: list[Config], target: Target, settings: BenchSettings, flops, peak,
+                      verifier: ConfigVerifier | None, note) -> list[ConfigResult]:
+    """Verification of each configuration with its runner, then the latency of all of them interleaved
+    (``measure_interleaved``: round-robin, ``settings.repeats`` rounds), with the same runners. A runtime that
+    cannot load or run a variant (an INT8 operator it lacks) is a result, not a crash: the error is recorded and
+    the benchmark goes on."""
+    results = [ConfigResult(cfg, target.batch) for cfg in configs]
+    live: list[tuple[ConfigResult, object]] = []
+    with ExitStack() as stack:
+        for result in results:
+            cfg = result.config
+            note(f"verifying {cfg.id}")
+            try:
+                runner = stack.enter_context(open_runner(cfg, model_path=target.paths.get(cfg.variant),
+                                                         module=target.module, input_names=target.input_names))
+                if cfg.runtime == OPENVINO:
+                    result.inference_precision = runner.inference_precision
+                    if runner.inference_precision not in ("f32", None):
+                        result.notes.append(f"OpenVINO computes in {runner.inference_precision} here (PERFORMANCE "
+                                            "mode); verified with that precision's tolerance")
+                if verifier is not None and cfg.runtime != PYTORCH:
+                    result.verification = verifier.check(cfg.variant, runner, result.inference_precision)
+            except Exception as exc:  # onnxruntime and openvino raise their own classes, not RuntimeError's
+                result.error = _first_line(exc)
+                continue
+            live.append((result, runner))
+        note(f"timing {len(live)} configurations interleaved, {settings.repeats} rounds")
+        timed = measure_interleaved([lambda runner=runner: runner.run(target.feed) for _, runner in live],
+                                    warmup_runs=settings.warmup_runs, runs=settings.runs, seconds=settings.seconds,
+                                    rounds=settings.repeats, setups=[thread_setup(r.config) for r, _ in live])
+    for (result, _), stats in zip(live, timed):
+        if isinstance(stats, Exception):
+            result.error = _first_line(stats)
+            continue
+        result.latency = stats
+        result.gflops, result.peak_fraction = _achieved(flops.get(result.config.variant), stats.p50_ms,
+                                                        peak[result.config.threads])
+    return results
 
 
 def _throughput(cfg: Config, target: Target, settings: BenchSettings,

@@ -8,7 +8,13 @@ the side's, ``memory_ratio`` is the side's peak memory over PyTorch's (the targe
 The recommendation is the fastest *configuration* that is verified twice over: its variant file passed verification
 (``Variant.verified``), and the configuration itself — this runtime, level, thread count and precision — matched the
 reference within the tolerance of its precision (``ConfigResult.verification``, stated in the report). It names the
-file it refers to, its verification record, and the faster configurations it passed over and why.
+file it refers to, its verification record, the settings it was verified and timed with (``runners.settings_of``:
+the runtime's own names, exactly what was passed), and the faster configurations it passed over and why.
+
+"Fastest" is decided beyond noise (issue 27 item 5): every configuration carries a confidence interval of its median
+latency (``LatencyStats.interval``: configurations are timed interleaved, round-robin); the eligible configurations
+whose intervals overlap the fastest one's are a tie, broken by ``runners.PREFERENCE`` (fewest moving parts), not by
+noise, and the recommendation states the tie (``tie``: with which configurations, broken by what).
 """
 
 from __future__ import annotations
@@ -19,11 +25,11 @@ from .._version import __version__
 from .flops import FlopCount
 from .harness import LatencyStats
 from .machine import MachineLoad
-from .runners import PYTORCH, PYTORCH_SIDE, Config, Variant
+from .runners import PREFERENCE, PYTORCH, PYTORCH_SIDE, Config, Variant, preference, settings_of
 from .startup import Startup
 from .verification import Verification
 
-SCHEMA_VERSION = "2"  # 2: configurations carry their precision and verification record
+SCHEMA_VERSION = "2"  # 2: configurations carry their precision and verification record; + interval, settings, tie
 
 
 @dataclass
@@ -48,7 +54,8 @@ class ConfigResult:
 
     def to_dict(self, max_samples: int, speedup: float | None) -> dict:
         return {"id": self.config.id, "side": self.config.side, **asdict(self.config), "batch": self.batch,
-                "latency": self.latency.to_dict(max_samples) if self.latency else None, "speedup": speedup,
+                "latency": self.latency.to_dict(max_samples) if self.latency else None,
+                "interval": self.latency.interval() if self.latency else None, "speedup": speedup,
                 "gflops": self.gflops,
                 "peak_fraction": self.peak_fraction, "inference_precision": self.inference_precision,
                 "verification": self.verification.to_dict() if self.verification else None,
@@ -128,32 +135,56 @@ class BenchReport:
 
     def recommendation(self) -> dict | None:
         """The fastest ONNX configuration whose variant passed verification and which itself matched the reference
-        at its own precision, among the ``shipped`` variants; None when there is none. Faster configurations it
-        passed over are named in ``passed_over`` with the reason."""
+        at its own precision, among the ``shipped`` variants, ties within noise broken by ``PREFERENCE``; None when
+        there is none. Faster configurations it passed over are named in ``passed_over`` with the reason."""
         infos = {info.variant.name: info for info in self.variants}
         measured = sorted((r for r in self.configs if r.config.runtime != PYTORCH and r.latency is not None),
                           key=lambda r: r.p50_ms)
-        passed_over: list[str] = []
+        why_not = {id(r): self._why_not(r, infos.get(r.config.variant)) for r in measured}
+        eligible = [r for r in measured if why_not[id(r)] is None]
+        if not eligible:
+            return None
+        fastest = eligible[0]
+        tied = [r for r in eligible if r is fastest or r.latency.overlaps(fastest.latency)]
+        chosen = min(tied, key=lambda r: (preference(r.config, self._default_threads()), r.p50_ms))
+        passed_over = []
         for r in measured:
-            info = infos.get(r.config.variant)
-            why = None
-            if info is None or not info.variant.verified:
-                why = "its file did not pass verification"
-            elif not r.verified:
-                why = (f"it missed its tolerance: {r.verification.summary()}" if r.verification
-                       else "it was not verified")
-                if r.verification and r.verification.reason and r.verification.max_abs_err is None:
-                    why = f"it was not verified: {r.verification.reason}"
-            elif self.shipped is not None and r.config.variant not in self.shipped:
-                why = f"its variant '{r.config.variant}' is not in the bundle (which ships {', '.join(self.shipped)})"
-            if why is not None:
-                passed_over.append(f"{r.config.id} ({r.p50_ms:.2f} ms): {why}")
-                continue
-            return {"side": r.config.side, "runtime": r.config.runtime, "variant": r.config.variant,
-                    "config_id": r.config.id, "p50_ms": r.p50_ms, "speedup": self.speedup(r),
-                    "path": info.variant.path, "verification": r.verification.to_dict(), "notes": list(r.notes),
-                    "passed_over": passed_over[:6], "restricted_to": self.shipped}
+            if r is chosen:
+                break
+            why = why_not[id(r)] or (f"within noise of {chosen.config.id} (confidence intervals overlap): the tie "
+                                     "is broken by the fewest moving parts")
+            passed_over.append(f"{r.config.id} ({r.p50_ms:.2f} ms): {why}")
+        settings = settings_of(chosen.config)
+        if chosen.inference_precision is not None:
+            settings["inference_precision"] = chosen.inference_precision  # what the runtime computed in
+        others = [r for r in tied if r is not chosen]
+        tie = {"with": [r.config.id for r in others],
+               "intervals_ms": {r.config.id: [r.latency.interval()["low_ms"], r.latency.interval()["high_ms"]]
+                                for r in tied},
+               "broken_by": PREFERENCE} if others else None
+        info = infos[chosen.config.variant]
+        return {"side": chosen.config.side, "runtime": chosen.config.runtime, "variant": chosen.config.variant,
+                "config_id": chosen.config.id, "p50_ms": chosen.p50_ms, "speedup": self.speedup(chosen),
+                "path": info.variant.path, "verification": chosen.verification.to_dict(), "notes": list(chosen.notes),
+                "passed_over": passed_over[:6], "restricted_to": self.shipped, "settings": settings,
+                "interval": chosen.latency.interval(), "tie": tie}
+
+    def _why_not(self, r: ConfigResult, info: VariantInfo | None) -> str | None:
+        """Why ``r`` cannot be recommended (None: it can)."""
+        if info is None or not info.variant.verified:
+            return "its file did not pass verification"
+        if not r.verified:
+            if r.verification and r.verification.reason and r.verification.max_abs_err is None:
+                return f"it was not verified: {r.verification.reason}"
+            return f"it missed its tolerance: {r.verification.summary()}" if r.verification else "it was not verified"
+        if self.shipped is not None and r.config.variant not in self.shipped:
+            return f"its variant '{r.config.variant}' is not in the bundle (which ships {', '.join(self.shipped)})"
         return None
+
+    def _default_threads(self) -> int:
+        """The runtime's default thread count: all usable cores, the largest count measured."""
+        threads = self.settings.get("threads") or [r.config.threads for r in self.configs]
+        return max(threads, default=1)
 
     def _startup(self, side: str) -> Startup | None:
         return next((s for s in self.startups if s.side == side and s.error is None), None)

@@ -68,17 +68,45 @@ def plan(variants: list[Variant], *, runtimes: tuple[str, ...], threads: tuple[i
     return configs
 
 
+def settings_of(config: Config) -> dict[str, Any]:
+    """Every setting ``open_runner`` passes to the runtime for ``config``, by the runtime's own names: what a
+    recommendation records, and exactly what its verification and timing ran with (``open_runner`` builds the
+    runner from this dict). None: not passed, the runtime's own choice."""
+    if config.runtime == PYTORCH:
+        return {"torch.set_num_threads": config.threads}
+    if config.runtime == ONNXRUNTIME:
+        return {"providers": ["CPUExecutionProvider"], "graph_optimization_level": config.opt_level or "all",
+                "intra_op_num_threads": config.threads}
+    # OpenVINO the way a deployment runs it: PERFORMANCE execution mode (which may compute float32 models in
+    # bfloat16 on CPUs that support it; ``runner.inference_precision`` says what it chose), LATENCY hint, a fixed
+    # thread count, one infer request reused between calls.
+    return {"device": "CPU", "EXECUTION_MODE_HINT": "PERFORMANCE", "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": config.threads, "INFERENCE_PRECISION_HINT": config.precision}
+
+
+def thread_setup(config: Config):
+    """What must run before each timed block of ``config`` when several are interleaved: PyTorch's thread count is
+    process-wide, so it is set again before each of its blocks; None for runtimes that keep it per session."""
+    if config.runtime != PYTORCH:
+        return None
+    import torch
+
+    return lambda: torch.set_num_threads(config.threads)
+
+
 @contextmanager
 def open_runner(config: Config, *, model_path: str | Path | None, module: Any = None,
                 input_names: list[str] | None = None) -> Iterator[Any]:
-    """The runner of ``config``, with its thread count in force while the block runs."""
+    """The runner of ``config``, built from ``settings_of(config)``, with its thread count in force while the
+    block runs."""
+    settings = settings_of(config)
     if config.runtime == PYTORCH:
         import torch
 
         from ..runtimes.torch_runner import TorchRunner
 
         previous = torch.get_num_threads()
-        torch.set_num_threads(config.threads)  # process-wide: restored when the block ends
+        torch.set_num_threads(settings["torch.set_num_threads"])  # process-wide: restored when the block ends
         try:
             with TorchRunner(module, input_names=list(input_names or [])) as runner:
                 yield runner
@@ -87,14 +115,31 @@ def open_runner(config: Config, *, model_path: str | Path | None, module: Any = 
     elif config.runtime == ONNXRUNTIME:
         from ..runtimes.ort import OrtRunner
 
-        with OrtRunner(model_path, opt_level=config.opt_level or "all", intra_op_threads=config.threads) as runner:
+        with OrtRunner(model_path, providers=settings["providers"], opt_level=settings["graph_optimization_level"],
+                       intra_op_threads=settings["intra_op_num_threads"]) as runner:
             yield runner
     else:
         from ..runtimes.openvino import OpenVinoRunner
 
-        # OpenVINO the way a deployment runs it: PERFORMANCE execution mode (which may compute float32 models in
-        # bfloat16 on CPUs that support it; ``runner.inference_precision`` says what it chose), LATENCY hint, a fixed
-        # thread count, one infer request reused between calls.
-        with OpenVinoRunner(model_path, "CPU", execution_mode="PERFORMANCE", performance_hint="LATENCY",
-                            threads=config.threads, precision_hint=config.precision) as runner:
+        with OpenVinoRunner(model_path, settings["device"], execution_mode=settings["EXECUTION_MODE_HINT"],
+                            performance_hint=settings["PERFORMANCE_HINT"], threads=settings["INFERENCE_NUM_THREADS"],
+                            precision_hint=settings["INFERENCE_PRECISION_HINT"]) as runner:
             yield runner
+
+
+# Ties "within noise" (overlapping confidence intervals) are broken by the fewest moving parts, in this order: the
+# base file before a transformed variant (optimized, FP16, INT8), onnxruntime before OpenVINO, onnxruntime's default
+# optimization level ("all") before the others, the runtime's own precision before a pinned one, the runtime's
+# default thread count (all usable cores) before another; then the faster median.
+PREFERENCE = ("fewest moving parts: the base file before a transformed variant, onnxruntime before OpenVINO, "
+              "onnxruntime's default optimization level (all) before the others, the runtime's own precision before "
+              "a pinned one, the default thread count (all usable cores) before another")
+_LEVEL_RANK = {"all": 0, "extended": 1, "basic": 2, "disable": 3}
+_RUNTIME_RANK = {ONNXRUNTIME: 0, OPENVINO: 1, PYTORCH: 2}
+
+
+def preference(config: Config, default_threads: int) -> tuple[int, ...]:
+    """The sort key of ``PREFERENCE`` (lower is preferred)."""
+    return (int(config.variant != BASE), _RUNTIME_RANK.get(config.runtime, 3),
+            _LEVEL_RANK.get(config.opt_level or "all", 4), int(config.precision is not None),
+            int(config.threads != default_threads))
