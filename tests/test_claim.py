@@ -143,6 +143,25 @@ def test_bundle_open_reads_the_claim_once_and_refuses_a_changed_file(tmp_path):
     assert err.value.exit_code == 9 and "golden_inputs.npz" in err.value.message and "serves only" in err.value.message
 
 
+def test_a_deployed_artifact_carries_the_claim_it_was_verified_under(tmp_path):
+    from onnxgate.bundle import verify_bundle, write_bundle
+    from onnxgate.deploy.api import deploy_bundle
+
+    model = make_model(tmp_path / "m.onnx")
+    inputs, reference = golden_and_reference(model)
+    folder = write_bundle(tmp_path / "b", model_path=model, golden_inputs=inputs, reference_outputs=reference,
+                          claim=replace(full_claim(), conditions=()))
+    report = deploy_bundle(folder, ("ort-mobile",), measure_latency=False)
+    (row,) = report.artifacts
+    side = folder / "targets" / "ort-mobile-fp32.claim.json"
+    assert row.status == "passed" and "ort-mobile-fp32.claim.json" in row.files and side.is_file()
+    artifact = cl.from_side_file(side.read_text(), where=side)
+    assert [c.runtime for c in artifact.conditions] == ["ort-mobile"] and artifact.conditions[0].provider
+    # deploy_bundle has no PyTorch to probe other sizes with: the artifact claims the golden feed's size only
+    assert artifact.domains == {"N": Dim("N", 2, 2, 2)} and artifact.reference == full_claim().reference
+    assert artifact.evidence.cases == row.feeds and verify_bundle(folder).passed  # the side file is checksummed
+
+
 # ------------------------------------------------------------------------------------- proof handed along
 
 
