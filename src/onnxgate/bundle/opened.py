@@ -49,17 +49,39 @@ class VerifiedBundle:
                 load_npz(self.folder / mf.REFERENCE_OUTPUTS, bundle=True))
 
 
+@dataclass(frozen=True)
+class FileCheck:
+    """The manifest (checked) and what proves the files changed since it was written (empty when intact): ``what``
+    says which check found it ("the bundle changed since it was written", or the external data's)."""
+
+    manifest: dict[str, Any]
+    problems: list[str]
+    what: str = ""
+
+
+def check(folder: Path) -> FileCheck:
+    """The bundle's manifest and its files' problems, without raising for them (``verify BUNDLE`` reports a
+    tampered bundle per runtime; ``open`` refuses it): links and special files (exit 7) and a malformed manifest
+    (exit 2) still raise."""
+    manifest = mf.read_manifest(folder)
+    problems = mf.check_files(folder, manifest, mf.scan_bundle(folder))
+    if problems:
+        return FileCheck(manifest, problems, "the bundle changed since it was written")
+    problems = check_external_data(folder, manifest)
+    return FileCheck(manifest, problems, "the model's external data does not match the bundle" if problems else "")
+
+
 def open(path: str | Path, *, purpose: str = "uses") -> VerifiedBundle:  # noqa: A001  bundle.open, as the issue names it
     """The bundle folder at ``path``, checked (see the module docstring); IntegrityError (exit 9) when a file
     changed, saying that onnxgate ``purpose`` (e.g. "serves") only a bundle whose files match their checksums."""
     folder = Path(path)
-    manifest = mf.read_manifest(folder)
-    problems = mf.check_files(folder, manifest, mf.scan_bundle(folder)) or check_external_data(folder, manifest)
-    if problems:
-        raise IntegrityError(f"The bundle '{folder}' changed since it was written: {'; '.join(problems[:5])}. onnxgate "
-                             f"{purpose} only a bundle whose files match their checksums.",
+    checked = check(folder)
+    if checked.problems:
+        raise IntegrityError(f"The bundle '{folder}' changed since it was written: {'; '.join(checked.problems[:5])}. "
+                             f"onnxgate {purpose} only a bundle whose files match their checksums.",
                              hint="Do not use this bundle: re-create it, or fetch it again from its source.")
-    return VerifiedBundle(folder, manifest, cl.from_manifest(manifest, where=f"The manifest '{folder / mf.MANIFEST}'"))
+    return VerifiedBundle(folder, checked.manifest,
+                          cl.from_manifest(checked.manifest, where=f"The manifest '{folder / mf.MANIFEST}'"))
 
 
 @contextmanager
@@ -69,4 +91,4 @@ def opened(path: str | Path, *, purpose: str = "uses") -> Iterator[VerifiedBundl
         yield open(folder, purpose=purpose)
 
 
-__all__ = ["VerifiedBundle", "open", "opened"]
+__all__ = ["VerifiedBundle", "FileCheck", "check", "open", "opened"]
