@@ -73,8 +73,11 @@ def test_side_file_and_report_round_trip():
 
 
 def test_metadata_entries_are_what_export_has_always_written():
+    from dataclasses import asdict
+
     spec, dim = parse_input("x:Bx3:float32"), Dim("B", 1, 8, 2)
     entries = cl.metadata_entries([spec], {"B": dim})
+    assert entries["onnxgate.dims"] == json.dumps({"B": asdict(dim)}) == cl.dims_entries({"B": dim})["onnxgate.dims"]
     assert json.loads(entries["onnxgate.dims"]) == {"B": {"name": "B", "min": 1, "max": 8, "example": 2,
                                                           "multiple_of": None}}
     claim = cl.from_metadata(entries, model="m.onnx")  # a file written before onnxgate.claim: specs and dims only
@@ -221,6 +224,9 @@ DIMS_KEY_READERS = {
     # Until the lead changes export/ladder.py's _metadata to `**claim.metadata_entries(prepared.specs,
     # prepared.dims)` (another helper's file this turn).
     "export/ladder.py": "to call claim.metadata_entries (issue 24; lead applies)",
+    # ClaimCheck.metadata writes the narrowed dims itself: to `return claim.dims_entries(self.dims)` (the transform
+    # helper's file this turn).
+    "transform/verifier.py": "to call claim.dims_entries (issue 24; transform helper's file)",
 }
 # Modules allowed to use the manifest's claim keys ("domain", "tolerances") as keys, and why.
 MANIFEST_KEY_READERS = {

@@ -219,8 +219,13 @@ def widened(claim: Claim, scale: Mapping[str, float | None], stated: Any, *, pol
 def metadata_entries(specs, dims: Mapping[str, Dim]) -> dict[str, str]:
     """The ``onnxgate.inputs`` / ``onnxgate.dims`` entries for these specs and dims: what ``onnxgate export``
     records in every model (the ladder writes ``**metadata_entries(prepared.specs, prepared.dims)``)."""
-    return {md.INPUTS: json.dumps([s.to_dict() for s in specs]),
-            md.DIMS: json.dumps({n: _dim_entry(d) for n, d in dims.items()})}
+    return {md.INPUTS: json.dumps([s.to_dict() for s in specs]), **dims_entries(dims)}
+
+
+def dims_entries(dims: Mapping[str, Dim]) -> dict[str, str]:
+    """The ``onnxgate.dims`` entry alone: what a transform re-verifying (or narrowing) the dims it keeps writes
+    (``transform/verifier.py``: ``ClaimCheck.metadata`` returns ``claim.dims_entries(self.dims)``)."""
+    return {md.DIMS: json.dumps({n: _dim_entry(d) for n, d in dims.items()})}
 
 
 def _dim_entry(dim: Dim) -> dict[str, Any]:
@@ -611,6 +616,6 @@ def _show(value: Any) -> str:
 
 
 __all__ = ["Claim", "DimClaim", "DimFailure", "EdgeReason", "OutputClaim", "RuntimeCondition", "ReferenceIdentity",
-           "Evidence", "CLAIM_KEY", "MANIFEST_FIELDS", "to_metadata", "from_metadata", "metadata_entries",
+           "Evidence", "CLAIM_KEY", "MANIFEST_FIELDS", "to_metadata", "from_metadata", "metadata_entries", "dims_entries",
            "dims_of_metadata", "to_manifest", "from_manifest", "manifest_tolerances", "manifest_with", "tolerance_table",
            "to_side_file", "from_side_file", "to_report", "from_report", "from_domain", "widened"]
