@@ -113,7 +113,7 @@ def test_a_claim_the_input_model_does_not_hold_is_narrowed_and_written_not_inher
     report = run_passes(model, [], verifier=caller)
     assert set(report.claim.unverified) == {"B=1", "B=3", "B=7", "B=8"}
     assert report.claim.probes == {"B": [2]} and report.claim.status == "narrowed"
-    assert "not at B=1" in report.claim.describe() and "narrowed to B=2..2" in report.claim.describe()
+    assert "not at B=1" in report.claim.describe() and "narrowed to B=2..2" in report.summary()
     written = json.loads({p.key: p.value for p in report.model.metadata_props}["onnxgate.dims"])
     assert written == {"B": {"name": "B", "min": 2, "max": 2, "example": 2, "multiple_of": None}}
     assert model.SerializeToString() == original  # the caller's model keeps its own (unverified) claim

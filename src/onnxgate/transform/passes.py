@@ -112,6 +112,8 @@ class TransformReport:
                 f"max abs err vs float {self.error_vs_float:.2e}")
         if self.rolled_back:
             text += f"; rolled back: {', '.join(r.name for r in self.rolled_back)}"
+        if self.claim is not None and self.claim.status == "narrowed":
+            text += f"; {self.claim.describe()}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
