@@ -145,3 +145,25 @@ def _real_photos(spec, n: int) -> np.ndarray:
     with open(folder / "labels.csv", newline="") as f:
         names = [row[0] for row in csv.reader(f)][1:1 + n]
     return np.stack([spec.array(Image.open(folder / name)) for name in names]).astype(np.float32)
+
+
+def test_rewriting_the_recorded_setting_keeps_the_fp16_weights(deployed, tmp_path):
+    """The FP16 IR that fails at the CPU's default is re-recorded as pinned to f32 before it is verified so: the
+    rewrite changes the setting and nothing the IR computes."""
+    import shutil
+
+    from onnxgate.runtimes.openvino import record_options, recorded_options
+
+    _, targets = deployed
+    for name in ("model_fp16.xml", "model_fp16.bin"):
+        shutil.copyfile(targets / "openvino" / name, tmp_path / name)
+    xml = tmp_path / "model_fp16.xml"
+    feed = {"x": np.random.default_rng(3).standard_normal((2, 4, 4, 4)).astype(np.float32)}
+    pinned = {"INFERENCE_PRECISION_HINT": "f32"}
+    before = ov.Core().compile_model(str(xml), "CPU", pinned)(feed)[0]
+    size = (tmp_path / "model_fp16.bin").stat().st_size
+    record_options(xml, pinned)
+    assert recorded_options(xml) == pinned
+    assert (tmp_path / "model_fp16.bin").stat().st_size == size  # still FP16 weights
+    np.testing.assert_array_equal(ov.Core().compile_model(str(xml), "CPU", pinned)(feed)[0], before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_fp16.bin", "model_fp16.xml"]
