@@ -289,7 +289,7 @@ def check(values: dict[str, Any], name_of, *, model=None, source: str | None = N
     BadInputError listing every offending option, each named by ``name_of(loc) -> (name, value_text)``."""
     from pydantic import ValidationError
 
-    model = model or schema(tuple(values))
+    model = model or schema(tuple(BY_NAME))  # every field optional: one model for any set of given options
     try:
         return model.model_validate(values).model_dump(exclude_none=True)
     except ValidationError as exc:
