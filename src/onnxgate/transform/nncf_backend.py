@@ -20,6 +20,7 @@ NNCF is an optional dependency (the ``openvino`` extra, pinned): imported where 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,9 @@ from ..fsutil import check_target
 from .budget import (LEVELS, AccuracyGate, Budget, Evaluation, accuracy_gate, check, evaluate, evaluate_outputs,
                      run_outputs, top1)
 from .data import DataArg, Dataset, model_specs
-from .quantize import QuantizeReport, QuantizeStep, _calibration_data, _evaluation_data, _record_in_metadata
+from .passes import TransformRecord
+from .quantize import (QuantizeReport, QuantizeStep, _calibration_data, _evaluation_data, _record_in_metadata,
+                       equalize_verified)
 
 TARGETS = ("onnx", "openvino")
 DEFAULT_SUBSET = 300  # calibration samples NNCF uses (its own default)
@@ -59,6 +62,7 @@ class NncfResult:
     gate: AccuracyGate | None = None
     classes: dict[str, int] | None = None
     quantized_ops: int = 0  # FakeQuantize (IR) or Q/DQ (ONNX) nodes
+    equalized: TransformRecord | None = None  # cross-layer equalization, when asked for
     seconds: float = 0.0
 
     @property
@@ -86,21 +90,26 @@ class NncfResult:
                 "calibration": self.calibration, "evaluation": self.evaluation, "fp32_accuracy": self.fp32_accuracy,
                 "evaluations": [e.to_dict() for e in self.evaluations], "warnings": self.warnings,
                 "accuracy_gate": self.gate.to_dict() if self.gate else None, "classes": self.classes,
-                "quantized_ops": self.quantized_ops, "seconds": self.seconds}
+                "quantized_ops": self.quantized_ops, "seconds": self.seconds,
+                "equalized": self.equalized.to_dict() if self.equalized else None}
 
 
 def nncf_quantize(model_path: str | Path, out: str | Path, *, target: str = "onnx", calib: DataArg = None,
                   eval_data: DataArg = None, labels: Any = None, class_names: Sequence[str] | None = None,
                   labels_key: str = "labels", preprocess: str | None = None, max_accuracy_drop: float | None = None,
                   max_error: float | None = None, min_cosine: float | None = None, accuracy_control: bool = False,
-                  subset_size: int = DEFAULT_SUBSET, ignored_nodes: Sequence[str] = (), force: bool = False,
+                  subset_size: int = DEFAULT_SUBSET, ignored_nodes: Sequence[str] = (), per_channel: bool = True,
+                  bias_correction: str = "fast", equalize: bool = False, force: bool = False,
                   progress: Callable[[str], None] | None = None) -> NncfResult:
     """Quantize the ONNX file at ``model_path`` with NNCF for ``target`` (onnx: a QDQ ``.onnx``; openvino: an IR
     ``.xml``) and write it to ``out`` when it holds the budget. Data and budget as ``quantize`` takes them (a
     labelled evaluation set without a budget gets 1 top-1 point). ``accuracy_control``: NNCF's
     ``quantize_with_accuracy_control``, reverting its most harmful quantizers to float until top-1 on the evaluation
     data drops at most ``max_accuracy_drop`` (needs labels); the result is then judged by onnxgate all the same.
-    ``ignored_nodes``: node names kept in float."""
+    ``ignored_nodes``: node names kept in float; ``per_channel``: int8 weights per output channel (NNCF's default)
+    or one range per tensor; ``bias_correction``: fast (NNCF's default), full or none; ``equalize``: onnxgate's
+    cross-layer equalization first (``transform.equalize``, verified on the calibration data, rolled back on a
+    mismatch: ``result.equalized`` says which; NNCF's own channel alignment exists for its OpenVINO backend only)."""
     note = progress or (lambda _m: None)
     if target not in TARGETS:
         raise BadInputError(f"NNCF target '{target}' is not supported.", hint=f"Use one of: {', '.join(TARGETS)}.")
@@ -124,8 +133,12 @@ def nncf_quantize(model_path: str | Path, out: str | Path, *, target: str = "onn
         result.fp32_accuracy = top1(reference, evaluation.labels)
         result.gate = accuracy_gate(result.budget, evaluation.labels, result.fp32_accuracy,
                                     int(reference[0][0].shape[-1]) if reference and reference[0] else None)
+    if equalize:
+        equalized, result.equalized = equalize_verified(model, calibration.feeds[:4])
+        model = equalized or model
     samples = _samples(calibration)
     calibration_set = nncf.Dataset(samples)
+    options = quantize_options(nncf, per_channel=per_channel, bias_correction=bias_correction)
     ignored = nncf.IgnoredScope(names=list(ignored_nodes), validate=False) if ignored_nodes else None
     subset = min(subset_size, len(samples))
     if target == "onnx":
@@ -135,9 +148,10 @@ def nncf_quantize(model_path: str | Path, out: str | Path, *, target: str = "onn
             quantized = nncf.quantize_with_accuracy_control(
                 source, calibration_set, _validation_set(nncf, evaluation), _onnx_top1,
                 max_drop=result.budget.max_accuracy_drop / 100, drop_type=nncf.DropType.ABSOLUTE,
-                subset_size=subset, ignored_scope=ignored)
+                subset_size=subset, ignored_scope=ignored, fast_bias_correction=options["fast_bias_correction"],
+                advanced_quantization_parameters=options["advanced_parameters"])
         else:
-            quantized = nncf.quantize(source, calibration_set, subset_size=subset, ignored_scope=ignored)
+            quantized = nncf.quantize(source, calibration_set, subset_size=subset, ignored_scope=ignored, **options)
         note("measuring NNCF's INT8 model as written and as deployed")
         result.evaluations = evaluate(quantized, evaluation, reference, result.fp32_accuracy, levels=LEVELS)
         result.quantized_ops = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear")
@@ -146,14 +160,20 @@ def nncf_quantize(model_path: str | Path, out: str | Path, *, target: str = "onn
         import openvino as ov
 
         note("converting to OpenVINO and quantizing with NNCF (OpenVINO backend)")
-        ov_model = ov.convert_model(str(model_path))
+        if result.equalized is not None and result.equalized.status == "applied":
+            with tempfile.TemporaryDirectory(prefix="onnxgate-nncf-") as tmp:
+                ov_model = ov.convert_model(str(serde.save(model, Path(tmp) / "equalized.onnx")))
+        else:
+            ov_model = ov.convert_model(str(model_path))
         if accuracy_control:
             quantized = nncf.quantize_with_accuracy_control(
                 ov_model, calibration_set, _validation_set(nncf, evaluation), _openvino_top1,
                 max_drop=result.budget.max_accuracy_drop / 100, drop_type=nncf.DropType.ABSOLUTE,
-                subset_size=subset, ignored_scope=ignored)
+                subset_size=subset, ignored_scope=ignored, fast_bias_correction=options["fast_bias_correction"],
+                advanced_quantization_parameters=options["advanced_parameters"])
         else:
-            quantized = nncf.quantize(ov_model, calibration_set, subset_size=subset, ignored_scope=ignored)
+            quantized = nncf.quantize(ov_model, calibration_set, subset_size=subset, ignored_scope=ignored,
+                                      **options)
         result.quantized_ops = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
         note("measuring NNCF's INT8 IR in OpenVINO")
         compiled = ov.Core().compile_model(quantized, "CPU")
@@ -170,6 +190,30 @@ def nncf_quantize(model_path: str | Path, out: str | Path, *, target: str = "onn
                          if target == "onnx" else _write_ir(quantized, result, out, force))
     result.seconds = round(time.perf_counter() - started, 2)
     return result
+
+
+def quantize_options(nncf, *, per_channel: bool = True, bias_correction: str = "fast") -> dict[str, Any]:
+    """``nncf.quantize`` keywords for onnxgate's settings."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    if bias_correction not in ("fast", "full", "none"):
+        raise BadInputError(f"Bias correction '{bias_correction}' is not one NNCF has.", hint="Use fast, full or none.")
+    advanced = AdvancedQuantizationParameters(
+        weights_quantization_params=None if per_channel else QuantizationParameters(per_channel=False),
+        disable_bias_correction=bias_correction == "none")
+    return {"fast_bias_correction": bias_correction != "full", "advanced_parameters": advanced}
+
+
+def quantize_model(model: onnx.ModelProto, calibration: Dataset, *, per_channel: bool = True,
+                   bias_correction: str = "fast", ignored_nodes: Sequence[str] = (),
+                   subset_size: int = DEFAULT_SUBSET) -> onnx.ModelProto:
+    """NNCF's QDQ model of ``model`` (ONNX backend), unmeasured: for the recipe search, which measures it."""
+    nncf = _nncf()
+    samples = _samples(calibration)
+    ignored = nncf.IgnoredScope(names=list(ignored_nodes), validate=False) if ignored_nodes else None
+    return nncf.quantize(_opset13(model), nncf.Dataset(samples), subset_size=min(subset_size, len(samples)),
+                         ignored_scope=ignored, **quantize_options(nncf, per_channel=per_channel,
+                                                                   bias_correction=bias_correction))
 
 
 def _nncf():
@@ -315,4 +359,4 @@ def _parse_budget(text: str) -> Budget:
     return Budget(drop, error, cosine)
 
 
-__all__ = ["NncfResult", "nncf_quantize", "verify_ir", "ir_record", "TARGETS"]
+__all__ = ["NncfResult", "nncf_quantize", "quantize_model", "verify_ir", "ir_record", "TARGETS"]

@@ -40,14 +40,16 @@ from ..errors import BadInputError
 from ..fsutil import check_target
 from .budget import AccuracyGate, Budget, Evaluation, accuracy_gate, check, evaluate, output_scales, run_outputs, top1
 from .data import DataArg, Dataset, load_data, model_specs, random_dataset
+from .equalize import equalize as equalize_pairs
 from .large import check_memory, file_bytes, is_large, weight_bytes
 from .passes import APPLIED, ROLLED_BACK, TransformRecord, copy_model
-from .sensitivity import QDQ_OPS, LayerError, NodeSensitivity, layer_errors, layer_table
+from .sensitivity import QDQ_OPS, LayerError, NodeSensitivity, channel_means, layer_errors, layer_table
 
 MODES = ("static", "dynamic")
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 DEFAULT_MAX_FLOAT_NODES = 8
 DEFAULT_ACCURACY_DROP = 1.0  # points, when labels are given and no budget is
+EQUALIZE_TOLERANCE = 1e-4  # equalization is exact in real arithmetic: float32 rounding only, relative to outputs
 LAYER_SAMPLES = 16  # calibration samples the per-layer error table is measured on (every intermediate kept)
 WORST_LAYERS = 10  # rows of the per-layer error table in the report
 # Not "Attention": onnxruntime's dynamic quantizer rewrites any node of that type into its contrib QAttention,
@@ -87,6 +89,7 @@ class QuantizeReport:
     gate: AccuracyGate | None = None  # can the top-1 budget judge anything on this data?
     classes: dict[str, int] | None = None  # image folder -> label index, as matched
     layer_errors: list[LayerError] = field(default_factory=list)  # the worst layers of the fully quantized model
+    equalized: TransformRecord | None = None  # cross-layer equalization, when asked for: applied or rolled back
 
     def layer_table(self) -> list[str]:
         """The per-layer error table (SQNR against FP32 on the calibration data), worst first, as text lines."""
@@ -133,7 +136,8 @@ class QuantizeReport:
                 "float_nodes": [s.to_dict() for s in self.float_nodes], "steps": [s.to_dict() for s in self.steps],
                 "record": self.record.to_dict() if self.record else None, "warnings": self.warnings,
                 "accuracy_gate": self.gate.to_dict() if self.gate else None, "classes": self.classes,
-                "layer_errors": [r.to_dict() for r in self.layer_errors]}
+                "layer_errors": [r.to_dict() for r in self.layer_errors],
+                "equalized": self.equalized.to_dict() if self.equalized else None}
 
 
 def quantize(model_path: str | Path, out: str | Path, *, mode: str = "static", calib: DataArg = None,
@@ -141,6 +145,7 @@ def quantize(model_path: str | Path, out: str | Path, *, mode: str = "static", c
              labels_key: str = "labels", preprocess: str | None = None,
              method: str = "minmax", per_channel: bool = True, max_accuracy_drop: float | None = None,
              max_error: float | None = None, max_float_nodes: int = DEFAULT_MAX_FLOAT_NODES, force: bool = False,
+             equalize: bool = False, bias_correction: bool = False,
              progress: Callable[[str], None] | None = None) -> QuantizeReport:
     """Quantize the ONNX file at ``model_path`` to int8 and write it to ``out`` if it holds the budget.
 
@@ -150,6 +155,9 @@ def quantize(model_path: str | Path, out: str | Path, *, mode: str = "static", c
     evaluation data gets
     ``max_accuracy_drop=1.0``; unlabelled data is only measured. A missed budget is a value, not an exception:
     ``report.passed`` is False, nothing is written, and ``report.float_nodes`` lists what was tried.
+    ``equalize``: cross-layer equalization first (``transform.equalize``; verified, rolled back on a mismatch:
+    ``report.equalized`` says which); ``bias_correction``: each quantization's convolution biases corrected for
+    the mean shift their int8 weights cause (``correct_bias``) and quantized again.
     """
     note = progress or (lambda _m: None)
     if mode not in MODES:
@@ -177,8 +185,10 @@ def quantize(model_path: str | Path, out: str | Path, *, mode: str = "static", c
                                     int(reference[0][0].shape[-1]) if reference and reference[0] else None)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="onnxgate-quant-") as tmp, _large_source(model_path, model, large) as src:
-        quantizer = _Quantizer(Path(tmp), model, mode, method, per_channel, calibration, source=src)
+        quantizer = _Quantizer(Path(tmp), model, mode, method, per_channel, calibration, source=src,
+                               equalize=equalize, bias_correction=bias_correction)
         report.warnings += quantizer.notes
+        report.equalized = quantizer.equalized
         layer_data = _layer_feeds(calibration or evaluation)
         quantized = _search(quantizer, evaluation, reference, report, 0 if large else max_float_nodes, note,
                             layer_data)
@@ -249,9 +259,13 @@ class _Quantizer:
     """onnxruntime's quantizer on the pre-processed float model; calibrates once and reuses the ranges."""
 
     def __init__(self, tmp: Path, model: onnx.ModelProto, mode: str, method: str, per_channel: bool,
-                 calibration: Dataset | None, *, source: Path | None = None):
+                 calibration: Dataset | None, *, source: Path | None = None, equalize: bool = False,
+                 bias_correction: bool = False):
         """``source``: a model over 2 GB (``model`` then holds its graph without weights) as a file beside its
-        data (``_large_source``): quantized as it is, with external data, never serialized as one protobuf."""
+        data (``_large_source``): quantized as it is, with external data, never serialized as one protobuf.
+        ``equalize``: cross-layer equalization of the pre-processed model first (``equalize``), verified against
+        it on the calibration data and rolled back (``self.equalized`` None, a note) when it does not match.
+        ``bias_correction``: every static quantization is followed by ``correct_bias`` and quantized again."""
         self.tmp, self.method, self.per_channel = tmp, method, per_channel
         self.dynamic = mode == "dynamic"
         self.calibration = calibration
@@ -259,7 +273,22 @@ class _Quantizer:
         self.large = source is not None
         self.float_path = source if source is not None else self._pre_process(model)
         self.float_model = serde.load(self.float_path, load_external_data=not self.large)
+        self.equalized: TransformRecord | None = None
+        if equalize and not self.large:
+            self._equalize()
+        self.bias_correction = bias_correction and not self.large
         self.count = 0
+
+    def _equalize(self) -> None:
+        """Replace the float model by its equalized form when it verifies (``equalize_verified``)."""
+        model, record = equalize_verified(self.float_model, self.calibration.feeds[:4] if self.calibration else [])
+        self.equalized = record
+        if model is None:
+            self.notes.append(f"Cross-layer equalization {record.message}.")
+            return
+        path = self.tmp / "float_equalized.onnx"
+        serde.save(model, path, force=True)
+        self.float_path, self.float_model = path, model
 
     def _pre_process(self, model: onnx.ModelProto) -> Path:
         """Shape inference and graph cleanup, which the quantizer needs to place Q/DQ pairs well. onnxruntime's
@@ -283,7 +312,8 @@ class _Quantizer:
 
     def quantize(self, exclude: list[str], *, dynamic: bool | None = None, fmt: str = "qdq",
                  per_channel: bool | None = None, reduce_range: bool = False, method: str | None = None,
-                 op_types: Sequence[str] | None = None, activation: str = "uint8") -> onnx.ModelProto:
+                 op_types: Sequence[str] | None = None, activation: str = "uint8",
+                 bias_correction: bool | None = None, source: Path | None = None) -> onnx.ModelProto:
         """The quantized model keeping ``exclude`` in float. The keywords override this quantizer's settings (the
         recipe search tries several on one pre-processed model): ``fmt`` qdq or qoperator, ``op_types`` to quantize
         (None: every type the quantizer handles; dynamic: ``DYNAMIC_OP_TYPES``), ``activation`` uint8 or int8.
@@ -294,11 +324,22 @@ class _Quantizer:
         dynamic = self.dynamic if dynamic is None else dynamic
         per_channel = self.per_channel if per_channel is None else per_channel
         method = method or self.method
+        settings = dict(dynamic=dynamic, fmt=fmt, per_channel=per_channel, reduce_range=reduce_range, method=method,
+                        op_types=op_types, activation=activation)
+        if (self.bias_correction if bias_correction is None else bias_correction) and not dynamic and fmt == "qdq":
+            first = self.quantize(exclude, **settings, bias_correction=False)
+            corrected = correct_bias(self.float_model, first, _layer_feeds(self.calibration))
+            if corrected is not None:
+                self.count += 1
+                path = self.tmp / f"float_bias_corrected_{self.count}.onnx"
+                serde.save(corrected, path, force=True)
+                return self.quantize(exclude, **settings, bias_correction=False, source=path)
+            return first
         self.count += 1
         out = self.tmp / f"quantized_{self.count}.onnx"
         with _sandbox(self.tmp):
             if dynamic:
-                quantize_dynamic(str(self.float_path), str(out),
+                quantize_dynamic(str(source or self.float_path), str(out),
                                  op_types_to_quantize=list(op_types or DYNAMIC_OP_TYPES), per_channel=per_channel,
                                  reduce_range=reduce_range, nodes_to_exclude=list(exclude),
                                  use_external_data_format=self.large)
@@ -306,7 +347,7 @@ class _Quantizer:
                 cache = self.tmp / f"ranges-{method}.json"
                 if op_types is not None and not cache.is_file():  # calibrate every op type's tensors first
                     self.quantize([], dynamic=False, method=method)
-                quantize_static(str(self.float_path), str(out), _FeedReader(self._calibration_feeds(method)),
+                quantize_static(str(source or self.float_path), str(out), _FeedReader(self._calibration_feeds(method)),
                                 quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ,
                                 per_channel=per_channel, reduce_range=reduce_range,
                                 op_types_to_quantize=list(op_types) if op_types is not None else None,
@@ -334,6 +375,105 @@ class _Quantizer:
                                 f"which {method} calibration cannot combine, and the model's batch is fixed.",
                                 hint="Give batches of one shape, or use --method minmax.")
         return [{k: v[i:i + 1] for k, v in f.items()} for f in feeds for i in range(len(next(iter(f.values()))))]
+
+
+def equalize_verified(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]
+                      ) -> tuple[onnx.ModelProto | None, TransformRecord]:
+    """Cross-layer equalization (``transform.equalize``) of ``model``, verified on ``feeds``: the equalized model
+    when its outputs match ``model``'s within ``EQUALIZE_TOLERANCE`` of the largest output, else None (rolled
+    back: the record says why). No pair to equalize, or no data to verify on, is a rollback too."""
+    start = time.perf_counter()
+    done = equalize_pairs(model)
+    before = run_outputs(model, Dataset(feeds, None, "calibration")) if feeds and done.pairs else []
+    after = run_outputs(done.model, Dataset(feeds, None, "calibration")) if before else []
+    scale = max((float(np.abs(r).max()) for f in before for r in f if r.size), default=1.0) or 1.0
+    err = max((float(np.abs(a.astype(np.float64) - b).max()) for fa, fb in zip(after, before)
+               for a, b in zip(fa, fb) if a.size), default=0.0)
+    record = TransformRecord("equalize", APPLIED, len(model.graph.node), len(done.model.graph.node),
+                             serde.byte_size(model), serde.byte_size(done.model), error_vs_float=err,
+                             seconds=round(time.perf_counter() - start, 3),
+                             message=f"{len(done.pairs)} convolution pairs, {done.clips} ReLU6 caps made "
+                                     f"per-channel; median weight-range spread {done.spread_before:.3g}x -> "
+                                     f"{done.spread_after:.3g}x")
+    problem = ("no convolution pair to equalize" if not done.pairs else
+               "no calibration data to verify it on" if not feeds else
+               f"max abs err {err:.3g} against the model before (tolerance {EQUALIZE_TOLERANCE:g} x {scale:.3g})"
+               if err > EQUALIZE_TOLERANCE * scale else None)
+    if problem:
+        record.status, record.message = ROLLED_BACK, f"rolled back: {problem}"
+        return None, record
+    return done.model, record
+
+
+def correct_bias(float_model: onnx.ModelProto, quantized: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]
+                 ) -> onnx.ModelProto | None:
+    """Bias correction (Nagel et al. 2019, the empirical form): int8 weights shift each convolution's output mean
+    by ``(W_q - W) . E[x]``, which the next layers read as a signal. ``float_model`` with each quantized Conv's bias
+    minus that shift — ``W_q`` read back from ``quantized``'s int8 weights, ``E[x]`` the per-channel mean of the
+    conv's input in ``quantized`` on ``feeds`` — to be quantized again; None when no Conv could be corrected."""
+    inits = {i.name: i for i in quantized.graph.initializer}
+    dequant = {n.output[0]: n for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    float_inits = {i.name: i for i in float_model.graph.initializer}
+    float_convs = {n.name: n for n in float_model.graph.node if n.op_type == "Conv"}
+    targets = []
+    for node in quantized.graph.node:
+        fnode = float_convs.get(node.name)
+        dq = dequant.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if fnode is None or dq is None or fnode.input[1] not in float_inits or dq.input[0] not in inits:
+            continue
+        w_q = _dequantize(dq, inits)
+        w = onnx.numpy_helper.to_array(float_inits[fnode.input[1]]).astype(np.float64)
+        if w_q is None or w_q.shape != w.shape:
+            continue
+        targets.append((fnode, node.input[0], w_q - w))
+    if not targets or not feeds:
+        return None
+    means = channel_means(quantized, feeds, [t for _, t, _ in targets])
+    out = copy_model(float_model)
+    by_name = {i.name: i for i in out.graph.initializer}
+    nodes = {n.name: n for n in out.graph.node}
+    corrected = 0
+    for fnode, tensor, dw in targets:
+        mean = means.get(tensor)
+        group = next((a.i for a in fnode.attribute if a.name == "group"), 1)
+        if mean is None:
+            continue
+        per_in = dw.reshape(dw.shape[0], dw.shape[1], -1).sum(axis=2)  # [out, in per group]
+        if group == 1 and per_in.shape[1] == len(mean):
+            shift = per_in @ mean
+        elif group == dw.shape[0] and per_in.shape[1] == 1 and len(mean) == dw.shape[0]:
+            shift = per_in[:, 0] * mean
+        else:
+            continue
+        node = nodes[fnode.name]
+        if len(node.input) > 2 and node.input[2] in by_name:
+            bias = by_name[node.input[2]]
+            value = onnx.numpy_helper.to_array(bias).astype(np.float64) - shift
+            bias.CopyFrom(onnx.numpy_helper.from_array(value.astype(np.float32), bias.name))
+        else:
+            name = f"{node.name}_corrected_bias"
+            out.graph.initializer.append(onnx.numpy_helper.from_array((-shift).astype(np.float32), name))
+            while len(node.input) < 3:
+                node.input.append("")
+            node.input[2] = name
+        corrected += 1
+    return out if corrected else None
+
+
+def _dequantize(dq: onnx.NodeProto, inits: dict) -> np.ndarray | None:
+    """A DequantizeLinear of initializers, computed: (q - zero_point) * scale, per tensor or along ``axis``."""
+    if any(name and name not in inits for name in dq.input):
+        return None
+    q = onnx.numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
+    scale = onnx.numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+    zero = (onnx.numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64)
+            if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale))
+    if scale.ndim == 0 or scale.size == 1:
+        return (q - zero.reshape(())) * scale.reshape(())
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    shape = [1] * q.ndim
+    shape[axis] = -1
+    return (q - zero.reshape(shape)) * scale.reshape(shape)
 
 
 def _large_source(model_path, model: onnx.ModelProto, large: bool):

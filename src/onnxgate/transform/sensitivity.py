@@ -122,6 +122,21 @@ def layer_table(rows: list[LayerError], limit: int = 10) -> list[str]:
     return lines
 
 
+def channel_means(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], tensors: list[str]
+                  ) -> dict[str, np.ndarray]:
+    """The per-channel mean (axis 1) of each of ``tensors`` that ``model`` computes, over ``feeds``."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    wanted = set(tensors)
+    for feed in feeds:
+        for name, value in _all_values(model, feed).items():
+            if name in wanted and value.ndim >= 2:
+                moved = np.moveaxis(value.astype(np.float64), 1, 0).reshape(value.shape[1], -1)
+                sums[name] = sums.get(name, 0) + moved.sum(axis=1)
+                counts[name] = counts.get(name, 0) + moved.shape[1]
+    return {n: sums[n] / counts[n] for n in sums}
+
+
 def node_sensitivity(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, feed: dict[str, np.ndarray], *,
                      dynamic: bool) -> list[NodeSensitivity]:
     """The quantized nodes of ``quant_model``, most sensitive first. Node names are those of ``float_model``, so
