@@ -125,6 +125,16 @@ def test_verify_bench_and_bundle_read_their_options_from_onnxgate_toml(tmp_path,
         assert file_job.export.inputs and file_job.export.allow_static == ("B",) and file_job.targets
 
 
+@pytest.mark.parametrize("command, key, bad", [("verify", "rtol", -1.0), ("bench", "seconds", 0),
+                                               ("bundle", "atol", -0.5)])
+def test_verify_bench_and_bundle_refuse_a_bad_toml_value_before_touching_the_model(capsys, tmp_path, command, key,
+                                                                                    bad):
+    toml = tmp_path / "onnxgate.toml"
+    toml.write_text(f"{key} = {bad}\n")
+    message = _error(capsys, [command, str(tmp_path / "absent.onnx"), "--config", str(toml)])
+    assert f"key '{key}' must be" in message and str(toml) in message, message
+
+
 # A bad value of each checked option: a choice that is none of its values, a number below its bound.
 BAD = [(o.name, "banana" if o.choices else (0 if o.kind == "int" else -1.0))
        for o in OPTIONS if o.zoo and (o.choices or o.ge is not None or o.gt is not None)]
@@ -185,8 +195,7 @@ def test_every_typer_parameter_is_a_row_of_the_table():
         for param in options:
             row = BY_NAME[param.name]
             assert command in row.commands and param.help == row.help, (command, param.name)
-            assert param.opts == [f for f in row.cli_flags[0].split("/")[:1]] + list(row.cli_flags[1:]) or \
-                param.opts == list(row.cli_flags), (command, param.name, param.opts)
+            assert param.opts == [f.split("/")[0] for f in row.cli_flags], (command, param.name, param.opts)
             if row.kind == "bool" and row.negatable:
                 assert param.secondary_opts == [f"--no-{row.flag[2:]}"] and param.default is None
         assert len([p for p in params if p.param_type_name == "argument"]) == 1, command
