@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import claim as cl
 from ..errors import BadInputError, IntegrityError, UnsafeInputError
 from ..fsutil import staging_dir
 from ..npz import load_npz
@@ -257,9 +258,10 @@ def checked_tolerances(manifest: dict[str, Any], reference: dict[str, np.ndarray
     output (``MAX_RTOL``; atol at most ``MAX_SCALE_FRACTION`` x the reference's scale, or the dtype's default
     atol when that is larger)."""
     table = []
+    recorded = _recorded(manifest, where)
     for spec in manifest["outputs"]:
         name = spec["name"]
-        tol = manifest["tolerances"].get(name)
+        tol = recorded.get(name)
         array = np.asarray(reference[name]) if name in reference else None
         dtype = array.dtype.name if array is not None else str(spec.get("dtype"))
         default = default_tolerance(dtype)
@@ -268,23 +270,28 @@ def checked_tolerances(manifest: dict[str, Any], reference: dict[str, np.ndarray
                           "source": f"the {dtype} default (the manifest names no tolerance for it)"})
             continue
         if array is None or array.dtype.kind not in _NUMERIC:  # no reference to judge by: its comparison fails
-            table.append({"output": name, **tol, "source": "manifest.json"})
+            table.append({"output": name, "rtol": tol.rtol, "atol": tol.atol, "source": "manifest.json"})
             continue
         ceiling = tolerance_ceiling(array, dtype)
-        if tol["rtol"] > ceiling.rtol or tol["atol"] > ceiling.atol:
+        if tol.rtol > ceiling.rtol or tol.atol > ceiling.atol:
             raise BadInputError(
-                f"{where} claims a tolerance for output '{name[:200]}' (rtol={sci(tol['rtol'])}, "
-                f"atol={sci(tol['atol'])}) beyond what its {dtype} precision allows (rtol <= {sci(ceiling.rtol)}, "
+                f"{where} claims a tolerance for output '{name[:200]}' (rtol={sci(tol.rtol)}, "
+                f"atol={sci(tol.atol)}) beyond what its {dtype} precision allows (rtol <= {sci(ceiling.rtol)}, "
                 f"atol <= {sci(ceiling.atol)}: {MAX_SCALE_FRACTION:g} x the reference's scale, or the {dtype} "
                 "default): a comparison at it would pass a wrong model, so the bundle proves nothing. onnxgate "
                 "never writes such a manifest; it was edited.",
                 hint="Do not use this bundle: re-create it with `onnxgate bundle` (or fetch it again from its source).")
-        same = tol["rtol"] == default.rtol and tol["atol"] == default.atol
+        same = tol.rtol == default.rtol and tol.atol == default.atol
         source = (f"manifest.json, the {dtype} default" if same else
                   f"manifest.json, set when the bundle was written (the {dtype} default is {default})")
-        table.append({"output": name, "rtol": tol["rtol"], "atol": tol["atol"], "source": source,
+        table.append({"output": name, "rtol": tol.rtol, "atol": tol.atol, "source": source,
                       "ceiling": {"rtol": ceiling.rtol, "atol": ceiling.atol}})
     return table
+
+
+def _recorded(manifest: dict[str, Any], where: str) -> dict[str, Tolerance]:
+    """The manifest's tolerance table through the claim codec (``manifest.read_manifest`` checked it already)."""
+    return cl.manifest_tolerances(manifest[cl.MANIFEST_TOLERANCES], [o["name"] for o in manifest["outputs"]], where)
 
 
 def tolerance_ceiling(reference: np.ndarray | None, dtype: str) -> Tolerance:
@@ -305,7 +312,7 @@ def compare_all(manifest: dict[str, Any], reference: dict[str, np.ndarray],
     comparison with its reason, never an exception.
     """
     names = [spec["name"] for spec in manifest["outputs"]]
-    tolerances = engine.recorded_tolerances(manifest["tolerances"])
+    tolerances = _recorded(manifest, "the manifest")
     failed: dict[str, str] = {}
     for name in names:
         if name not in reference:

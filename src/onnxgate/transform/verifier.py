@@ -13,13 +13,13 @@ rolled back, and the claim the transformed file keeps is the one re-verified on 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
 
+from .. import claim as claim_codec
 from ..errors import RuntimeIncompatibleError, first_line
 from ..spec import Dim, InputSpec
 from ..verify import engine
@@ -67,10 +67,8 @@ class ClaimCheck:
 
     def metadata(self) -> dict[str, str]:
         """The metadata the transformed file's claim changes: the narrowed dims (none when re-verified as it was).
-        The one place a transform writes ``onnxgate.dims`` (the claim codec replaces it here)."""
-        if self.status != "narrowed":
-            return {}
-        return {"onnxgate.dims": json.dumps({n: asdict(d) for n, d in self.dims.items()})}
+        Written by the claim codec (``claim.dims_entries``)."""
+        return claim_codec.dims_entries(self.dims) if self.status == "narrowed" else {}
 
     def narrow(self) -> None:
         """Each dim narrowed to the probe sizes around its traced size that were verified: the interval stops at
@@ -194,15 +192,13 @@ class Verifier:
 
 def claim_probes(model: onnx.ModelProto, verifier: Verifier) -> tuple[Verifier, ClaimCheck]:
     """``verifier`` extended to every probe size of the claim ``model`` records, and what the transformed file may
-    claim once every kept pass passed on them. The one place a transform reads the claim (the validated reader
-    ``metadata.input_specs``; the claim codec replaces it here)."""
-    from ..metadata import input_specs
-
+    claim once every kept pass passed on them. The one place a transform reads the claim (the claim codec,
+    ``onnxgate.claim``)."""
     meta = {p.key: p.value for p in model.metadata_props}
-    recorded = input_specs(meta, model="the model to transform")
-    if recorded is None or not recorded[1]:
+    recorded = claim_codec.from_metadata(meta, model="the model to transform")
+    if recorded is None or not recorded.inputs or not recorded.dims:
         return verifier, ClaimCheck("none recorded")
-    specs, dims = recorded
+    specs, dims = list(recorded.inputs), recorded.domains
     extended = verifier.with_probes(specs, dims)
     probes = {n: sorted({s[n] for s in extended.sizes if n in s}) for n in dims}
     return extended, ClaimCheck("re-verified", dims, probes, first_probe=len(verifier.feeds))

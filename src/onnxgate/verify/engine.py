@@ -132,12 +132,6 @@ class TolerancePolicy:
         return scaled_tolerance(rule.rtol, rule.atol, fraction, largest)
 
 
-def recorded_tolerances(table: Mapping[str, Mapping[str, Any]]) -> dict[str, Tolerance]:
-    """Per-output tolerances as an artifact records them (``{"y": {"rtol": 1e-3, "atol": 1e-4}}``)."""
-    return {str(name): scaled_tolerance(float(tol["rtol"]), float(tol["atol"]), 0.0, None)
-            for name, tol in table.items()}
-
-
 def ceiling(reference: np.ndarray | None, dtype: str, *, max_rtol: float, max_scale_fraction: float) -> Tolerance:
     """The loosest tolerance an output whose reference is ``reference`` may be judged with: beyond it a comparison
     no longer tells the model from a wrong one (a bundle's manifest is held to it)."""
