@@ -231,3 +231,19 @@ def test_equalization_that_changes_the_function_is_rolled_back(tmp_path, monkeyp
 def _save(folder, model):
     onnx.save(model, folder / "m.onnx")
     return folder / "m.onnx"
+
+
+def test_recipe_search_runs_the_depthwise_methods_as_judged_candidates(digits, tmp_path):
+    from onnxgate.transform.recipes import STATIC_RECIPES, search_int8, skip_nodes
+
+    path, (x_train, _, x_test, y_test) = digits
+    new = [r for r in STATIC_RECIPES if r.equalize or r.bias_correction or r.backend == "nncf"]
+    assert len(new) == 3
+    search = search_int8(path, tmp_path / "int8.onnx", calib=[{"x": x_train[:128]}], eval_data=[{"x": x_test}],
+                         labels=y_test, max_accuracy_drop=1.0, recipes=new, seconds=0.3, rounds=1)
+    assert search.equalized is not None and search.equalized.status == "applied"  # conv -> relu -> conv
+    for c in search.candidates:
+        assert c.status != "failed" and c.quantized_ops > 0 and c.evaluations, (c.recipe.name, c.error)
+    first_last = next(c for c in search.candidates if "first_last" in c.recipe.skip)
+    assert first_last.float_nodes[:2] == skip_nodes(onnx.load(path), ("first_last",))["first_last"]
+    assert len(first_last.float_nodes) >= 2

@@ -18,6 +18,14 @@ convolutions, squeeze-excitation blocks and hard-swish — and the calibration m
 per-tensor or per-channel, with or without the embedding tables). A recipe with ``fallback`` that misses the budget
 keeps its most sensitive nodes in float one at a time (``sensitivity``), up to that many. Activations are uint8 and weights int8 (U8S8, the
 fast path of onnxruntime's x86 kernels) except in the one S8S8 candidate.
+
+For depthwise nets (MobileNet, EfficientNet: issue 26) three more: per-tensor weights after cross-layer
+equalization and with bias correction (``equalize``, ``quantize.correct_bias``; the equalized float model is
+verified against the original on the calibration data and a mismatch fails those candidates, which is their
+rollback), per-channel weights with bias correction and the first and last layers in float, and NNCF's ONNX
+quantizer (``nncf_backend``: its MinMax ranges, symmetric per-channel weights and fast bias correction). Each is
+measured and judged like the others; the sensitive-layer fallback ranks layers by their SQNR on the calibration
+data (``sensitivity.layer_errors``).
 """
 
 from __future__ import annotations
@@ -37,13 +45,16 @@ from ..errors import BadInputError, first_line
 from ..fsutil import check_target
 from .budget import LEVELS, AccuracyGate, Budget, Evaluation, accuracy_gate, check, evaluate, run_outputs, top1
 from .data import DataArg, model_specs
-from .quantize import (METHODS, QuantizeReport, QuantizeStep, _calibration_data, _evaluation_data, _Quantizer,
-                       _record_in_metadata)
-from .sensitivity import QDQ_OPS, node_sensitivity
+from .nncf_backend import quantize_model as nncf_quantize_model
+from .passes import APPLIED, TransformRecord
+from .quantize import (METHODS, QuantizeReport, QuantizeStep, _calibration_data, _evaluation_data, _layer_feeds,
+                       _Quantizer, _record_in_metadata)
+from .sensitivity import QDQ_OPS, layer_errors
 
 MIN_GAIN = 1.05  # an INT8 recipe must be this much faster than FP32 to be worth shipping
 DEFAULT_MIN_COSINE = 0.99  # the budget when none is given and the data has no labels
-SKIP_FAMILIES = ("depthwise", "se", "hardswish")
+SKIP_FAMILIES = ("depthwise", "se", "hardswish", "first_last")
+BACKENDS = ("ort", "nncf")
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,9 @@ class Recipe:
     skip: tuple[str, ...] = ()  # families kept in float (SKIP_FAMILIES)
     activation: str = "uint8"  # uint8 (U8S8) or int8 (S8S8)
     fallback: int = 0  # while it misses the budget, keep up to this many of the most sensitive nodes in float
+    equalize: bool = False  # cross-layer equalization first (verified; a failed one fails the candidate)
+    bias_correction: bool = False  # conv biases corrected for the int8 weights' mean shift, then quantized again
+    backend: str = "ort"  # ort (onnxruntime's quantizer) or nncf (NNCF's ONNX backend, with its bias correction)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,11 +83,15 @@ STATIC_RECIPES = (
     Recipe("qdq-per-channel", fallback=4),
     Recipe("qdq-per-tensor", per_channel=False),
     Recipe("qdq-conv-matmul-only", op_types=("Conv", "MatMul", "Gemm")),
-    Recipe("qdq-skip-depthwise-se-hardswish", skip=SKIP_FAMILIES),
+    Recipe("qdq-skip-depthwise-se-hardswish", skip=("depthwise", "se", "hardswish")),
     Recipe("qdq-reduce-range", reduce_range=True),
     Recipe("qoperator-per-channel", fmt="qoperator"),
     Recipe("qdq-s8s8", activation="int8"),
     Recipe("qdq-percentile", method="percentile"),
+    Recipe("qdq-per-tensor-cle-bias-correction", per_channel=False, equalize=True, bias_correction=True),
+    Recipe("qdq-per-channel-bias-correction-first-last-float", bias_correction=True, skip=("first_last",),
+           fallback=4),
+    Recipe("nncf", backend="nncf"),
 )
 DYNAMIC_RECIPES = (
     Recipe("dynamic-matmul", "dynamic", per_channel=False, op_types=("MatMul",)),
@@ -129,6 +147,7 @@ class RecipeSearch:
     gate: AccuracyGate | None = None
     classes: dict[str, int] | None = None
     seconds: float = 0.0
+    equalized: TransformRecord | None = None  # the equalized float model the equalize recipes start from
 
     @property
     def passed(self) -> bool:
@@ -155,7 +174,7 @@ class RecipeSearch:
                 "best": self.best.recipe.name if self.best else None,
                 "candidates": [c.to_dict() for c in self.candidates], "warnings": self.warnings,
                 "accuracy_gate": self.gate.to_dict() if self.gate else None, "classes": self.classes,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "equalized": self.equalized.to_dict() if self.equalized else None}
 
 
 def search_int8(model_path: str | Path, out: str | Path, *, mode: str = "auto", calib: DataArg = None,
@@ -204,9 +223,17 @@ def search_int8(model_path: str | Path, out: str | Path, *, mode: str = "auto", 
     with tempfile.TemporaryDirectory(prefix="onnxgate-recipes-") as tmp:
         quantizer = _Quantizer(Path(tmp), model, mode, "minmax", True, calibration)
         search.warnings += quantizer.notes
+        equalized = None
         for recipe in recipes:
             note(f"quantizing and measuring {recipe.name}")
-            search.candidates.append(_candidate(quantizer, recipe, evaluation, reference, search))
+            if recipe.equalize and equalized is None:
+                note("equalizing the float model (cross-layer equalization)")
+                (Path(tmp) / "equalized").mkdir()
+                equalized = _Quantizer(Path(tmp) / "equalized", model, mode, "minmax", True, calibration,
+                                       equalize=True)
+                search.equalized = equalized.equalized
+            search.candidates.append(_candidate(equalized if recipe.equalize else quantizer, recipe, evaluation,
+                                                reference, search))
         within = [c for c in search.candidates if c.status == WITHIN]
         timed = [c for c in search.candidates if c.status == WITHIN or (time_over_budget and c.status == OVER)]
         if timed:
@@ -224,8 +251,9 @@ def search_int8(model_path: str | Path, out: str | Path, *, mode: str = "auto", 
 
 def skip_nodes(model: onnx.ModelProto, families: Sequence[str]) -> dict[str, list[str]]:
     """Node names of each family in ``model``: ``depthwise`` convolutions (one input channel per group),
-    squeeze-excitation blocks (from a global pooling to the Mul that rescales the features, the Mul included) and
-    ``hardswish`` (HardSwish, and x * HardSigmoid(x) with its HardSigmoid)."""
+    squeeze-excitation blocks (from a global pooling to the Mul that rescales the features, the Mul included),
+    ``hardswish`` (HardSwish, and x * HardSigmoid(x) with its HardSigmoid) and ``first_last``: the first and the last
+    convolution or matrix product in graph order (the stem sees raw pixels, the classifier writes the logits)."""
     consumers: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -245,6 +273,9 @@ def skip_nodes(model: onnx.ModelProto, families: Sequence[str]) -> dict[str, lis
                                        if c.op_type == "Mul" and node.input[0] in c.input]
         if "se" in found and node.op_type in ("GlobalAveragePool", "ReduceMean"):
             found["se"] += _se_block(node, consumers)
+    if "first_last" in found:
+        compute = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")]
+        found["first_last"] += compute[:1] + compute[-1:]
     return {f: sorted(set(names)) for f, names in found.items()}
 
 
@@ -282,11 +313,13 @@ def _check_recipes(recipes: Sequence[Recipe]) -> None:
             [f"format '{r.fmt}'"] if r.fmt not in ("qdq", "qoperator") else []) + (
             [f"method '{r.method}'"] if r.method not in METHODS else []) + (
             [f"skip '{s}'" for s in r.skip if s not in SKIP_FAMILIES]) + (
-            [f"activation '{r.activation}'"] if r.activation not in ("uint8", "int8") else [])
+            [f"activation '{r.activation}'"] if r.activation not in ("uint8", "int8") else []) + (
+            [f"backend '{r.backend}'"] if r.backend not in BACKENDS else [])
         if problems:
             raise BadInputError(f"Recipe '{r.name}' has an unknown {', '.join(problems)}.",
                                 hint=f"Modes static/dynamic, formats qdq/qoperator, methods {', '.join(METHODS)}, "
-                                     f"skip families {', '.join(SKIP_FAMILIES)}, activations uint8/int8.")
+                                     f"skip families {', '.join(SKIP_FAMILIES)}, activations uint8/int8, "
+                                     f"backends {', '.join(BACKENDS)}.")
 
 
 def _candidate(quantizer: _Quantizer, recipe: Recipe, evaluation, reference, search: RecipeSearch) -> Candidate:
@@ -295,13 +328,17 @@ def _candidate(quantizer: _Quantizer, recipe: Recipe, evaluation, reference, sea
     result = Candidate(recipe)
     start = time.perf_counter()
     try:
+        if recipe.equalize and (quantizer.equalized is None or quantizer.equalized.status != APPLIED):
+            raise RuntimeError("cross-layer equalization " + (quantizer.equalized.message if quantizer.equalized
+                                                              else "was not run"))
         if recipe.skip:
             result.float_nodes = [n for names in skip_nodes(quantizer.float_model, recipe.skip).values()
                                   for n in names]
         quantized = _quantize_and_measure(quantizer, recipe, result, evaluation, reference, search)
         for _ in range(recipe.fallback if result.miss is not None and not _unjudgeable(search) else 0):
-            ranked = node_sensitivity(quantizer.float_model, quantized, _few(evaluation.feeds[0]),
-                                      dynamic=recipe.mode == "dynamic")
+            ranked = layer_errors(quantizer.float_model, quantized,
+                                  _layer_feeds(quantizer.calibration) if quantizer.calibration
+                                  else [_few(evaluation.feeds[0])], dynamic=recipe.mode == "dynamic")
             extra = next((r.node for r in ranked if r.node not in result.float_nodes), None)
             if extra is None:
                 break
@@ -327,9 +364,14 @@ def _candidate(quantizer: _Quantizer, recipe: Recipe, evaluation, reference, sea
 def _quantize_and_measure(quantizer: _Quantizer, recipe: Recipe, result: Candidate, evaluation, reference,
                           search: RecipeSearch) -> onnx.ModelProto:
     """Quantize with ``recipe``, keeping ``result.float_nodes`` in float, and measure it as deployed."""
-    quantized = quantizer.quantize(result.float_nodes, dynamic=recipe.mode == "dynamic", fmt=recipe.fmt,
-                                   per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
-                                   method=recipe.method, op_types=recipe.op_types, activation=recipe.activation)
+    if recipe.backend == "nncf":
+        quantized = nncf_quantize_model(quantizer.float_model, quantizer.calibration, per_channel=recipe.per_channel,
+                                        bias_correction="fast", ignored_nodes=result.float_nodes)
+    else:
+        quantized = quantizer.quantize(result.float_nodes, dynamic=recipe.mode == "dynamic", fmt=recipe.fmt,
+                                       per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+                                       method=recipe.method, op_types=recipe.op_types, activation=recipe.activation,
+                                       bias_correction=recipe.bias_correction)
     result.evaluations = evaluate(quantized, evaluation, reference, search.fp32_accuracy, levels=LEVELS[1:])
     result.miss = _miss(search, result.evaluations)
     return quantized
