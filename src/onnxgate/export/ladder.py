@@ -26,6 +26,7 @@ from .._version import __version__
 from ..errors import ExportError, ParityError, first_line
 from ..spec import ExportConfig
 from ..verify.structure import StructureReport, check_structure
+from .guards import branch_frozen
 from .prepare import Prepared, prepare
 from .strategies import EXPORTERS, STRATEGIES, describe_assumption
 
@@ -66,6 +67,9 @@ class Attempt:
     # What the rung assumed instead of capturing (strategies.assumption dicts: draft export's data-dependent guards,
     # TorchScript's tensor-to-Python conversions): each value decision's other side must agree before it can win.
     assumptions: list[dict] = field(default_factory=list)
+    # Declared dims the capture pinned to the example's size, with the guards that did it (export/guards.py
+    # ``Specialized``): the rung is frozen there as soon as captured.
+    specialized: list[dict] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -566,9 +570,9 @@ def _step(prepared: Prepared, attempts: list[Attempt], i: int, path: Path, confi
 
 
 def _export_in_worker(prepared: Prepared, strategy: str, opset: int, path: Path, variant: str | None,
-                      repairs: dict[str, list[str]]) -> dict:
+                      repairs: dict[str, list[str]], allow_static: tuple[str, ...] = ()) -> dict:
     """One export, run inside the attempt's worker process: returns plain data, never raises."""
-    from .strategies import CaptureError
+    from .strategies import CaptureError, SpecializedDims
 
     try:
         with contextlib.ExitStack() as stack:
@@ -577,8 +581,12 @@ def _export_in_worker(prepared: Prepared, strategy: str, opset: int, path: Path,
 
                 stack.enter_context(apply_repairs(prepared.module, repairs))  # the worker's own copy
             kwargs = {"variant": variant} if variant else {}
+            if strategy == "dynamo":
+                kwargs["allow_static"] = tuple(allow_static)
             out = EXPORTERS[strategy](prepared, opset, path, **kwargs)
         return {"warnings": out.warnings, "traced_branches": out.traced_branches, "assumptions": out.assumptions}
+    except SpecializedDims as exc:  # frozen as soon as captured: no conversion, no parity run
+        return {"specialized": [d.to_dict() for d in exc.dims], "frozen": {d.dim: d.why() for d in exc.dims}}
     except Exception as exc:  # an exporter failure is an expected outcome, recorded
         from .diagnose import diagnose
 
@@ -599,7 +607,7 @@ def _run_attempt(prepared: Prepared, attempt: Attempt, path: Path, config: Expor
     label = f"the {attempt.label} exporter (opset {attempt.opset})"
     if _can_fork():
         done = run_in_worker(_export_in_worker, prepared, attempt.strategy, attempt.opset, path, attempt.variant,
-                             attempt.repairs, timeout_s=config.attempt_timeout_s, label=label,
+                             attempt.repairs, tuple(config.allow_static), timeout_s=config.attempt_timeout_s, label=label,
                              memory_mb=config.attempt_memory_mb or _default_memory_mb())
         attempt.seconds, attempt.peak_mb = done.seconds, done.peak_mb
         attempt.warnings += done.notes
@@ -613,8 +621,14 @@ def _run_attempt(prepared: Prepared, attempt: Attempt, path: Path, config: Expor
 
         start = time.perf_counter()
         work = dataclasses.replace(prepared, module=copy.deepcopy(prepared.module)) if attempt.repairs else prepared
-        result = _export_in_worker(work, attempt.strategy, attempt.opset, path, attempt.variant, attempt.repairs)
+        result = _export_in_worker(work, attempt.strategy, attempt.opset, path, attempt.variant, attempt.repairs,
+                                   tuple(config.allow_static))
         attempt.seconds = round(time.perf_counter() - start, 2)
+    if "specialized" in result:
+        attempt.outcome, attempt.error_class = FROZEN_DIM, "frozen_dim"
+        attempt.specialized, attempt.frozen_dims = result["specialized"], result["frozen"]
+        attempt.error = "; ".join(result["frozen"].values()) + " (not converted: every graph of this capture holds it static)"
+        return None
     if "error" in result:
         attempt.outcome, attempt.error_class, attempt.error = EXPORT_ERROR, result["error_class"], result["error"]
         attempt.stage, attempt.diagnosis = result["stage"], result["diagnosis"]
@@ -743,13 +757,36 @@ def _draft_repeats(attempt: Attempt, earlier: list[Attempt]) -> bool:
     return True
 
 
+def _branch_frozen(attempt: Attempt, earlier: list[Attempt]) -> bool:
+    """A capture variant (Dim.AUTO, strict, draft) is skipped when the non-strict capture with the same repairs
+    pinned a declared dim by a Python branch on a size comparison in the model's code (``guards.branch_frozen``:
+    ``if H == self.window_size``, and no size turned into a Python number anywhere in that capture): every capture
+    evaluates that branch on the example's size and guards on it, so this rung would freeze the same dim. The
+    TorchScript and repair rungs still run (a trace or a replaced module computes sizes otherwise)."""
+    if attempt.strategy != "dynamo" or attempt.variant not in ("auto-dims", "strict", "draft"):
+        return False
+    for a in earlier:
+        found = (branch_frozen(a.specialized) if a.strategy == "dynamo" and a.variant is None
+                 and a.repairs == attempt.repairs and a.outcome == FROZEN_DIM else None)
+        if found:
+            branches = [g for g in found["guards"] if g["kind"] == "branch" and g.get("site")]
+            guard = next((g for g in branches if g["expr"].startswith("Eq(")), branches[0] if branches else {})
+            code = f" (`{guard['code'][:100]}`)" if guard.get("code") else ""
+            attempt.outcome, attempt.error_class = SKIPPED, "frozen_dim"
+            attempt.error = (f"not run: the non-strict capture pinned {found['dim']} to {found['value']} by a Python "
+                             f"branch on a size comparison at {guard.get('site')}{code}, which this capture "
+                             "evaluates on the example's size and guards on the same way")
+            return True
+    return False
+
+
 def _ruled_out(attempt: Attempt, earlier: list[Attempt]) -> bool:
     """Skip an extra rung (a repair, a capture variant) when every plain rung that ran failed with the same
     diagnosed cause and this rung cannot change that cause (``RULED_OUT``); the attempt is recorded as skipped with
     the reason. A repair of an operator's module is never ruled out by that operator (adaptive pooling)."""
     if not (attempt.repairs or attempt.variant):
         return False
-    if _draft_repeats(attempt, earlier):
+    if _branch_frozen(attempt, earlier) or _draft_repeats(attempt, earlier):
         return True
     ran = [a for a in earlier if not a.repairs and not a.variant and a.outcome != SKIPPED]
     causes = {_cause(a) for a in ran}

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..errors import first_line, user_code
 from ..spec import STRATEGIES  # noqa: F401  (re-exported: the ladder's order)
+from .guards import recording
 from .prepare import Prepared
 
 
@@ -72,6 +73,16 @@ VARIANT_WORDS = {"nonstrict": "non-strict capture", "strict": "strict capture (T
 
 class CaptureError(Exception):
     """``torch.export`` could not capture the model: the same at every opset, so the ladder skips the rest."""
+
+
+class SpecializedDims(CaptureError):
+    """The capture pinned declared dynamic dims to the example's sizes (``export/guards.py``): the program, and every
+    ONNX graph made from it, holds them static, so the rung is frozen there without converting or judging it.
+    ``dims``: ``guards.Specialized`` records."""
+
+    def __init__(self, dims: list) -> None:
+        super().__init__("; ".join(d.why() for d in dims))
+        self.dims = dims
 
 
 def _dim_names(prepared: Prepared):
@@ -155,9 +166,66 @@ def _user_frame(stack: list[dict], files: dict) -> tuple[str | None, str | None]
     return None, None
 
 
-def _capture(prepared: Prepared, variant: str, dynamic, notes: list[str], assumed: list[dict] | None = None):
-    """The ExportedProgram of ``prepared.module``; CaptureError when torch.export cannot capture it. A draft
-    export's assumptions are appended to ``assumed``."""
+def _dim_sources(prepared: Prepared) -> dict[str, list[str]]:
+    """Dim -> how the capture may name its input size (the end of a source text such as ``L['x'].size()[2]``): by
+    the input's name, by forward()'s parameter at its position, or by position."""
+    import inspect
+
+    try:
+        params = [p.name for p in inspect.signature(prepared.module.forward).parameters.values()]
+    except (TypeError, ValueError):
+        params = []
+    out: dict[str, list[str]] = {}
+    for i, spec in enumerate(prepared.specs):
+        names = [f"['{spec.name}']"] + ([f"['{params[i]}']"] if i < len(params) and not prepared.call_as_kwargs
+                                         else []) + [f"[{i}]"]
+        for axis, dim in spec.dynamic_axes.items():
+            out.setdefault(dim, []).extend(f"{n}.size()[{axis}]" for n in names)
+    return out
+
+
+def _pinned_in_shapes(prepared: Prepared, shapes) -> dict[str, int]:
+    """Declared dims that ``shapes`` (dynamic_shapes, as refined by torch's suggested fixes) holds as a plain int."""
+    per_input = list(shapes.values()) if isinstance(shapes, dict) else list(shapes or ())
+    pinned = {}
+    for spec, axes in zip(prepared.specs, per_input):
+        for axis, dim in spec.dynamic_axes.items():
+            value = (axes or {}).get(axis) if isinstance(axes, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                pinned.setdefault(dim, value)
+    return pinned
+
+
+def _pinned_in_program(prepared: Prepared, program) -> dict[str, int]:
+    """Declared dims the captured program's inputs hold as a plain int (Dim.AUTO specializes without an error).
+    Nothing when the user inputs cannot be matched to the specs one to one."""
+    user = set(program.graph_signature.user_inputs)
+    vals = [n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder" and n.name in user]
+    if len(vals) != len(prepared.specs):
+        return {}
+    pinned = {}
+    for spec, val in zip(prepared.specs, vals):
+        shape = getattr(val, "shape", None)
+        if shape is None or len(shape) != len(spec.shape):
+            return {}
+        for axis, dim in spec.dynamic_axes.items():
+            if type(shape[axis]) is int:
+                pinned.setdefault(dim, shape[axis])
+    return pinned
+
+
+def _check_pinned(prepared: Prepared, pinned: dict[str, int], recorder, allow_static: tuple[str, ...]) -> None:
+    """SpecializedDims when the capture pinned a declared dim the user did not allow static."""
+    pinned = {d: v for d, v in pinned.items() if d in prepared.dims and d not in allow_static}
+    if pinned:
+        raise SpecializedDims(recorder.specialized(pinned, _dim_sources(prepared)))
+
+
+def _capture(prepared: Prepared, variant: str, dynamic, notes: list[str], assumed: list[dict] | None = None,
+             allow_static: tuple[str, ...] = ()):
+    """The ExportedProgram of ``prepared.module``; CaptureError when torch.export cannot capture it, its subclass
+    SpecializedDims (the guards that pinned each dim, ``export/guards.py``) as soon as a declared dim not in
+    ``allow_static`` is pinned to the example's size. A draft export's assumptions are appended to ``assumed``."""
     assumed = [] if assumed is None else assumed
     import torch
 
@@ -183,21 +251,30 @@ def _capture(prepared: Prepared, variant: str, dynamic, notes: list[str], assume
                                    strict=variant == "strict", prefer_deferred_runtime_asserts_over_guards=True)
 
     try:
-        with oblivious, user_code(f"torch.export captured it ({VARIANT_WORDS[variant]})"):
+        with oblivious, recording() as recorder, user_code(f"torch.export captured it ({VARIANT_WORDS[variant]})"):
             try:
-                return export(dynamic)
+                program = export(dynamic)
             except torch._dynamo.exc.UserError as exc:  # torch suggests dims that hold; verification checks them
                 try:
                     refined = torch.export.dynamic_shapes.refine_dynamic_shapes_from_suggested_fixes(exc.msg, dynamic)
                 except Exception:
                     raise exc from None
+                # A dim the fixes pin to a size is frozen whatever the rest of the export does: stop here.
+                _check_pinned(prepared, _pinned_in_shapes(prepared, refined), recorder, allow_static)
                 notes.append(f"torch.export refined the dynamic dims with its suggested fixes: {first_line(exc, 200)}")
-                return export(refined)
+                program = export(refined)
+            if dynamic is not None:
+                _check_pinned(prepared, _pinned_in_program(prepared, program), recorder, allow_static)
+            return program
+    except SpecializedDims:
+        raise
     except Exception as exc:
         raise CaptureError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def export_dynamo(prepared: Prepared, opset: int, path: Path, variant: str = "nonstrict") -> StrategyOutput:
+def export_dynamo(prepared: Prepared, opset: int, path: Path, variant: str = "nonstrict",
+                  allow_static: tuple[str, ...] = ()) -> StrategyOutput:
+    """Raises SpecializedDims when the capture pins a declared dim outside ``allow_static`` (the rung is frozen)."""
     import torch
 
     dynamic = _dynamic_shapes(prepared, auto=variant == "auto-dims") if prepared.dims else None
@@ -206,7 +283,7 @@ def export_dynamo(prepared: Prepared, opset: int, path: Path, variant: str = "no
     assumed: list[dict] = []
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(stdout):
         warnings.simplefilter("always")
-        program = _capture(prepared, variant, dynamic, notes, assumed)
+        program = _capture(prepared, variant, dynamic, notes, assumed, allow_static)
         with user_code("the dynamo exporter converted it"):
             onnx_program = torch.onnx.export(
                 program, dynamo=True, opset_version=opset, input_names=[s.name for s in prepared.specs],

@@ -1,0 +1,100 @@
+"""The export's own cost (issue 25, items 2-3): a dim the capture pins is frozen as soon as captured (no conversion,
+no parity run), and a dim pinned by a Python branch on a size comparison — timm tiny_vit's
+``if H == self.window_size and W == self.window_size`` — skips the capture variants that would evaluate the same
+branch (Dim.AUTO, strict, draft), named in the attempts table. A size turned into a Python int another way
+(``int()``) rules nothing out: strict capture may keep it symbolic."""
+
+import pytest
+import torch
+from torch import nn
+
+import onnxgate
+from onnxgate.errors import ParityError
+from onnxgate.export.ladder import FROZEN_DIM, SKIPPED
+from onnxgate.export.prepare import prepare
+from onnxgate.export.strategies import SpecializedDims, _capture, _dynamic_shapes
+from onnxgate.sources import LoadedModel
+from onnxgate.spec import ExportConfig, parse_dim, parse_input
+
+DIMS = ["B=1..4", "H=160..320@224", "W=160..320@224"]
+
+
+def cfg(**kw):
+    return ExportConfig(inputs=(parse_input("x:Bx3xHxW:float32"),), dims=tuple(map(parse_dim, DIMS)), **kw)
+
+
+class Window(nn.Module):
+    """tiny_vit's block in small: the window attention's shortcut taken when the feature map is one window."""
+
+    def __init__(self):
+        super().__init__()
+        self.window_size = 7
+        self.conv = nn.Conv2d(3, 4, 3, stride=32, padding=1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        B, C, H, W = x.shape
+        if H == self.window_size and W == self.window_size:
+            return x * 2
+        return x + 1
+
+
+class IntOfSize(Window):
+    def forward(self, x):
+        x = self.conv(x)
+        h = int(x.shape[2])  # a Python int: non-strict capture pins H, strict capture keeps it symbolic
+        return x.reshape(x.shape[0], x.shape[1], h, -1) + 1
+
+
+def capture(module, allow_static=()):
+    """The non-strict capture of ``module`` at the declared dims (raises SpecializedDims when it pins one)."""
+    prepared = prepare(LoadedModel(module.eval(), "m", example_inputs={"x": torch.randn(2, 3, 224, 224)}), cfg())
+    return _capture(prepared, "nonstrict", _dynamic_shapes(prepared), [], allow_static=allow_static)
+
+
+def pinned(module) -> SpecializedDims:
+    with pytest.raises(SpecializedDims) as info:
+        capture(module)
+    return info.value
+
+
+def test_a_capture_that_pins_a_dim_says_which_guard_did_it_and_whether_it_was_a_size_branch():
+    err = pinned(Window())
+    by_dim = {d.dim: d for d in err.dims}
+    assert set(by_dim) == {"H", "W"} and by_dim["H"].value == 224
+    h = by_dim["H"]
+    assert h.branch, h
+    assert any(g.kind == "branch" and "if H == self.window_size" in (g.code or "") for g in h.guards)
+    assert "a Python branch on a size comparison at" in h.why() and __file__ in h.why()
+    err = pinned(IntOfSize())  # pinned too, but by int(), which strict capture may keep symbolic
+    assert "H" in {d.dim for d in err.dims}
+    assert not any(d.branch for d in err.dims), [d.guards for d in err.dims]
+    assert any(g.kind == "conversion" for d in err.dims for g in d.guards)
+    # allowed static: the capture goes on and returns the program
+    program = capture(Window(), allow_static=("H", "W"))
+    assert hasattr(program, "graph_signature")
+
+
+def test_a_dim_frozen_by_a_size_branch_is_refused_without_the_capture_variants(tmp_path):
+    """The tiny_vit-class refusal: the non-strict rung is frozen at capture (never converted), TorchScript runs and
+    freezes H too, and Dim.AUTO, strict and draft capture are listed as not run, saying why."""
+    notes = []
+    with pytest.raises(ParityError) as info:
+        onnxgate.export(Window(), tmp_path / "w.onnx", config=cfg(), progress=notes.append)
+    attempts = info.value.result.attempts
+    dynamo = attempts[0]
+    assert (dynamo.strategy, dynamo.variant, dynamo.outcome) == ("dynamo", None, FROZEN_DIM)
+    assert dynamo.path is None and "not converted" in dynamo.error
+    assert {s["dim"] for s in dynamo.specialized} == {"H", "W"}
+    assert "attempt 1/4: checking and running in onnxruntime" not in notes  # stopped at the capture
+    ran = [(a.strategy, a.variant) for a in attempts if a.outcome != SKIPPED]
+    assert ran == [("dynamo", None), ("torchscript", None)]
+    variants = {a.variant: a for a in attempts if a.variant}
+    assert set(variants) == {"auto-dims", "strict", "draft"}
+    for a in variants.values():
+        assert a.outcome == SKIPPED and a.error_class == "frozen_dim"
+        assert "by a Python branch on a size comparison" in a.error and "if H == self.window_size" in a.error
+    message = info.value.message
+    assert "torch.export specialized H to 224 while capturing" in message
+    assert "Not run, as they cannot change frozen_dim" in message and "Capture variants tried" not in message
+    assert (tmp_path / "w.rejected.onnx").exists()  # TorchScript's frozen graph, kept for localization
