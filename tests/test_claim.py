@@ -92,6 +92,22 @@ def test_a_manifest_written_before_the_claim_section_reads_as_its_domain_and_tol
     assert claim.outputs == (cl.OutputClaim("y", 0.01, 0.001, "bundle"),) and claim.inputs == ()
 
 
+def test_a_discovered_domain_becomes_the_dim_claim_it_proves():
+    from onnxgate.verify.domain import DimDomain, DomainFailure
+
+    narrowed = DimDomain("H", 32, 512, 1, 224, 64, 512, 32, [DomainFailure(48, "onnxruntime", "Reshape")],
+                         probes=[224, 32, 512, 48], skipped=[40])
+    dim = narrowed.to_claim()  # narrower than declared: the verified interval and granularity, and why
+    assert (dim.min, dim.max, dim.multiple_of, dim.example, dim.narrower) == (64, 512, 32, 224, True)
+    assert (dim.declared_min, dim.declared_max, dim.granularity) == (32, 512, 32)
+    assert dim.failures == (cl.DimFailure(48, "onnxruntime", "Reshape"),) and dim.probes == (224, 32, 512, 48)
+    assert dim.skipped == (40,) and dim.summary == narrowed.summary()
+    edged = DimDomain("H", 1, None, 1, 224, 63, None, 1, [DomainFailure(62, "pytorch", "Output size is too small")],
+                      unranged=True)
+    assert edged.to_claim().edges == (cl.EdgeReason("min", 63, 62, "pytorch", "Output size is too small"),)
+    assert edged.to_claim().as_dim() == Dim("H", 63, None, 224)
+
+
 # ------------------------------------------------------------------------------------------------ refusals
 
 
