@@ -235,21 +235,14 @@ def test_the_verify_stage_takes_the_exports_proof_instead_of_discovering_again(e
 
 # Modules allowed to spell the ``onnxgate.dims`` key, and why.
 DIMS_KEY_READERS = {
-    "claim.py": "the codec",
-    "metadata.py": "the validated low-level reader the codec calls",
+    "metadata.py": "the validated low-level reader the codec calls (claim.py names the key by its constant)",
     # Until the lead changes export/ladder.py's _metadata to `**claim.metadata_entries(prepared.specs,
     # prepared.dims)` (another helper's file this turn).
     "export/ladder.py": "to call claim.metadata_entries (issue 24; lead applies)",
-    # ClaimCheck.metadata writes the narrowed dims itself: to `return claim.dims_entries(self.dims)` (the transform
-    # helper's file this turn).
-    "transform/verifier.py": "to call claim.dims_entries (issue 24; transform helper's file)",
 }
 # Modules allowed to use the manifest's claim keys ("domain", "tolerances") as keys, and why.
 MANIFEST_KEY_READERS = {
     "claim.py": "the codec",
-    # bundle/verify.py's checked_tolerances/compare_all read manifest["tolerances"]: the engine helper's file this
-    # turn; to take VerifiedBundle.claim.tolerances() instead.
-    "bundle/verify.py": "to read the claim (issue 24; engine helper's file)",
     "zoo/task.py": "the zoo ledger's own 'domain' column (from the report's claim), not the manifest's",
     "zoo/html.py": "shows the zoo ledger's 'domain' column",
 }
@@ -278,15 +271,18 @@ def _sources():
 
 
 def test_only_the_codec_spells_where_a_claim_is_stored():
-    dims_key, manifest_keys = [], []
+    dims_key, manifest_keys = {}, {}
     for rel, tree in _sources():
-        if rel not in DIMS_KEY_READERS:
-            dims_key += [f"{rel}:{n.lineno}" for n in ast.walk(tree)
-                         if isinstance(n, ast.Constant) and n.value == "onnxgate.dims"]
-        if rel not in MANIFEST_KEY_READERS:
-            manifest_keys += [f"{rel}:{line}" for line in _key_uses(tree, {"domain", "tolerances"})]
-    assert not dims_key, f"read and write onnxgate.dims through onnxgate.claim: {dims_key}"
-    assert not manifest_keys, f"read and write the manifest's domain/tolerances through onnxgate.claim: {manifest_keys}"
+        dims_key[rel] = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value == "onnxgate.dims"]
+        manifest_keys[rel] = _key_uses(tree, {"domain", "tolerances"})
+    spelled = [f"{rel}:{lines}" for rel, lines in dims_key.items() if lines and rel not in DIMS_KEY_READERS]
+    assert not spelled, f"read and write onnxgate.dims through onnxgate.claim: {spelled}"
+    spelled = [f"{rel}:{lines}" for rel, lines in manifest_keys.items() if lines and rel not in MANIFEST_KEY_READERS]
+    assert not spelled, f"read and write the manifest's domain/tolerances through onnxgate.claim: {spelled}"
+    # The lists only shrink: an entry whose module no longer spells the key must go.
+    stale = [rel for rel in DIMS_KEY_READERS if not dims_key.get(rel)]
+    stale += [rel for rel in MANIFEST_KEY_READERS if not manifest_keys.get(rel)]
+    assert not stale, f"no longer needed: delete from the allowlists: {stale}"
 
 
 def test_the_scan_sees_a_spelled_key():
