@@ -21,6 +21,7 @@ import onnx
 
 from .. import claim as claim_codec
 from ..errors import RuntimeIncompatibleError, first_line
+from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner, open_session
 from ..spec import Dim, InputSpec
 from ..verify import engine
 from ..verify.engine import TolerancePolicy
@@ -148,8 +149,6 @@ class Verifier:
 
     def runner(self, model: onnx.ModelProto, *, what: str):
         """onnxruntime on ``model`` as verification runs it (optimizations off, feeds cast to its input types)."""
-        from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
-
         return OrtRunner(model, what=what, opt_level=VERIFY_OPT_LEVEL, providers=["CPUExecutionProvider"],
                          cast_float_inputs=True)
 
@@ -236,7 +235,5 @@ def baseline(model: onnx.ModelProto, verifier: Verifier, claim: ClaimCheck) -> t
 
 def session_for(model: onnx.ModelProto, *, what: str, opt_level: str | None = None, threads: int = 0):
     """An onnxruntime CPU session for an in-memory model (default: optimizations off, as verification wants)."""
-    from ..runtimes.ort import VERIFY_OPT_LEVEL, open_session
-
     return open_session(model, what=what, opt_level=opt_level or VERIFY_OPT_LEVEL, intra_op_threads=threads,
                         providers=["CPUExecutionProvider"])
