@@ -26,7 +26,7 @@ from ..spec import Dim, InputSpec
 from ..verify import engine
 from ..verify.engine import TolerancePolicy
 from ..verify.inputs import Feed, random_inputs
-from ..verify.shapes import first_off_trace_size, probe_sizes
+from ..verify.shapes import first_off_trace_size
 from ..verify.tolerance import Tolerance
 
 Outputs = list[dict[str, np.ndarray]]  # one dict per feed
@@ -128,20 +128,11 @@ class Verifier:
     def with_probes(self, specs: list[InputSpec], dims: dict[str, Dim], *, seed: int = 1) -> "Verifier":
         """These feeds plus a seeded random feed at every probe size of each dim that no feed has yet (the other
         dims at their traced sizes)."""
-        traced = {n: d.example or 2 for n, d in dims.items()}
-        feeds, labels, sizes = list(self.feeds), list(self.labels), list(self.sizes)
-        added = 0
-        for name, dim in dims.items():
-            have = {s.get(name) for s in sizes}
-            for size in probe_sizes(dim):
-                if size in have:
-                    continue
-                have.add(size)
-                probe = {**traced, name: size}
-                feeds.append(random_inputs(specs, probe, seed=seed))
-                labels.append(f"{name}={size}")
-                sizes.append(probe)
-                added += 1
+        probes = engine.probe_feeds(specs, dims, seed=seed, have=self.sizes)
+        feeds = [*self.feeds, *(p.feed for p in probes)]
+        labels = [*self.labels, *(p.label for p in probes)]
+        sizes = [*self.sizes, *(p.sizes for p in probes)]
+        added = len(probes)
         source = self.source + (f", {len(feeds)} feeds" if added or len(feeds) > 1 else "")
         if added:
             source += f" (with the claim's probe sizes: {', '.join(labels[len(self.feeds):])})"

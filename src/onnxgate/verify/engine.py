@@ -31,8 +31,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import first_line
+from ..spec import Dim, InputSpec
 from .compare import OutputComparison, compare_outputs
 from .contract import Contract, PrecisionTolerance, runtime_tolerance
+from .inputs import random_inputs
+from .shapes import probe_sizes
 from .tolerance import Tolerance, default_tolerance, scaled_tolerance, sci, zero_tolerance
 
 Feed = dict[str, np.ndarray]
@@ -159,6 +162,36 @@ def output_scales(outputs: Sequence[Outputs]) -> dict[str, float]:
             if arr.dtype.kind == "f" and arr.size:
                 scales[name] = max(scales.get(name, 0.0), output_scale(arr))
     return scales
+
+
+# ------------------------------------------------------------------------------------------------ feeds
+
+
+@dataclass
+class ProbeFeed:
+    """A seeded random feed at one probe size of one dim (the other dims at their traced sizes)."""
+
+    label: str  # "B=8"
+    sizes: dict[str, int]
+    feed: Feed
+
+
+def probe_feeds(specs: Sequence[InputSpec], dims: Mapping[str, Dim], *, seed: int = 1,
+                have: Sequence[Mapping[str, int]] = ()) -> list[ProbeFeed]:
+    """The domain probes of a claim: a feed at every probe size of each dim (``shapes.probe_sizes``: the traced
+    size, the range's ends, sizes that are none of these), one dim at a time, leaving out the sizes some feed in
+    ``have`` (the sizes of feeds already run) has for that dim."""
+    traced = {n: d.example or 2 for n, d in dims.items()}
+    probes = []
+    for name, dim in dims.items():
+        seen = {s.get(name) for s in have}
+        for size in probe_sizes(dim):
+            if size in seen:
+                continue
+            seen.add(size)
+            sizes = {**traced, name: size}
+            probes.append(ProbeFeed(f"{name}={size}", sizes, random_inputs(list(specs), sizes, seed=seed)))
+    return probes
 
 
 # ------------------------------------------------------------------------------------------------ comparing
