@@ -98,3 +98,22 @@ def test_a_dim_frozen_by_a_size_branch_is_refused_without_the_capture_variants(t
     assert "torch.export specialized H to 224 while capturing" in message
     assert "Not run, as they cannot change frozen_dim" in message and "Capture variants tried" not in message
     assert (tmp_path / "w.rejected.onnx").exists()  # TorchScript's frozen graph, kept for localization
+
+
+def test_the_shape_audit_reads_shapes_without_copying_outputs():
+    """graph_shapes._run_shapes (issue 25 item 2: the vit_b_16 export's peak was the audit's exposed activations
+    copied into numpy): with an onnxruntime session the shapes come from its OrtValues and match what ``run`` returns;
+    a runner without a session (FakeRunner) is read through ``run``."""
+    import numpy as np
+
+    from helpers import mlp
+    from onnxgate.export.graph_shapes import _run_shapes
+    from onnxgate.runtimes.fake import FakeRunner
+    from onnxgate.runtimes.ort import OrtRunner
+
+    runner = OrtRunner(mlp().SerializeToString())
+    for batch in (1, 3):
+        feed = {"x": np.ones((batch, 16), np.float32)}
+        assert _run_shapes(runner, feed) == {k: v.shape for k, v in runner.run(feed).items()} == {"y": (batch, 10)}
+    fake = FakeRunner({"y": np.zeros((2, 10), np.float32)})
+    assert _run_shapes(fake, {"x": np.ones((2, 16), np.float32)}) == {"y": (2, 10)}

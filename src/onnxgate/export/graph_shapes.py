@@ -175,13 +175,28 @@ def _observe_with(runner, specs, runs, random_inputs):
     for sizes in runs:
         feed = random_inputs(specs, sizes, seed=0)
         try:
-            outputs = runner.run(feed)
+            seen = _run_shapes(runner, feed)
         except Exception:  # a size this graph cannot run at: no evidence about declarations
             continue
         done.append(sizes)
-        for name, array in [*feed.items(), *outputs.items()]:
-            shapes.setdefault(name, []).append(tuple(np.shape(array)))
+        for name, shape in [*((k, tuple(np.shape(v))) for k, v in feed.items()), *seen.items()]:
+            shapes.setdefault(name, []).append(shape)
     return done, shapes
+
+
+def _run_shapes(runner, feed: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """Output name -> shape of one run. With an onnxruntime session the outputs stay onnxruntime's ``OrtValue``s and
+    only their shapes are read: every intermediate a probe exposes is never copied into a numpy array (a ViT-B/16's
+    exposed activations at the probed batch are about a gigabyte)."""
+    session = getattr(runner, "session", None)
+    if session is None or not hasattr(session, "run_with_ort_values"):
+        return {k: tuple(np.shape(v)) for k, v in runner.run(feed).items()}
+    import onnxruntime as ort
+
+    wanted = {i.name for i in session.get_inputs()}
+    values = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in feed.items() if k in wanted}
+    outputs = session.run_with_ort_values(None, values)
+    return {o.name: tuple(v.shape()) for o, v in zip(session.get_outputs(), outputs)}
 
 
 def _judge_dim(declared, observed: list[int], runs: list[dict[str, int]]) -> tuple[bool, str | None]:
