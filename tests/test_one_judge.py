@@ -179,7 +179,8 @@ PARTS = {"ParityReport": "inside VerifyResult / an export attempt (VerifyResult'
          "Outcome": "the verdict itself", "PassResult": "one transform inside TransformReport",
          "LocalizationReport": "inside VerifyResult (its localization)",
          "ConfigResult": "one measured configuration inside BenchReport (measurements: no verdict)",
-         "Verification": "a benchmarked variant's check inside ConfigResult / BenchReport"}
+         "Verification": "a benchmarked variant's check inside ConfigResult / BenchReport",
+         "FeedResult": "one feed's comparison inside verify/engine's ParityRecord (its caller's rules)"}
 
 
 def test_every_result_type_and_status_has_a_verdict():
