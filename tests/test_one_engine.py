@@ -27,9 +27,7 @@ TOLERANCE_MAKERS = {
     "verify/tolerance.py": "the Tolerance type, its dtype defaults and its arithmetic (scale rules)",
     "claim.py": "the claim codec decodes the tolerances a manifest or metadata records (issue 24 item 1)",
     # (serve/contract.py's entry went when its tolerances moved into the claim codec, issue 24 item 1.)
-    # TO REMOVE once spec.VerifyConfig.tolerance() returns tolerance.user_tolerance(self.rtol, self.atol)
-    # (spec.py belongs to another engineer right now; the change is one line).
-    "spec.py": "VerifyConfig.tolerance() builds the user's override with the FP32 default written out again",
+    # (spec.py's entry went when VerifyConfig.default_tolerance became tolerance.user_tolerance, issue 24 item 2.)
 }
 
 #: Modules that may call the comparer (``compare_outputs``) or numpy's closeness checks (path -> why).

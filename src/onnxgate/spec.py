@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError
-from .verify.tolerance import Tolerance
+from .verify.tolerance import Tolerance, user_tolerance
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 DTYPE_ALIASES = {"float": "float32", "fp32": "float32", "half": "float16", "fp16": "float16", "double": "float64",
@@ -344,7 +344,7 @@ class VerifyConfig:
         """One tolerance for every output when --rtol/--atol is given (the other defaults to 1e-3 / 1e-4)."""
         if self.rtol is None and self.atol is None:
             return None
-        return Tolerance(1e-3 if self.rtol is None else self.rtol, 1e-4 if self.atol is None else self.atol)
+        return user_tolerance(self.rtol, self.atol)
 
 
 VERIFY_RUNTIMES = ("onnxruntime", "openvino")
