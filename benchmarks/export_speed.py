@@ -6,6 +6,10 @@ proportional set size (PSS) of the process and all its children (onnxgate's expo
 that share the model's pages; PSS counts a shared page once, where summing RSS would count it per process).
 
     .venv/bin/python benchmarks/export_speed.py [--only NAME] [--write]   # --write: replace the table in RESULTS.md
+
+It prints ``uptime`` before and after (the figures mean something only on a machine where nothing else runs), and per
+model the sizes the proof probed and the domain it claims (a change that makes the export cheaper must leave the
+claims as they were: compare this table before and after).
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ MODELS = [
     ("vit_b_16", "torchvision:vit_b_16", ["x:Bx3x224x224:float32"], ["B=1..8@2"], ["--reinit-degenerate"]),
     ("bert (tiny config)", "onnxgate.examples.tiny_transformers:bert",
      ["input_ids:BxS:int64:0..1000", "attention_mask:BxS:int64:1..2"], ["B=1..8@2", "S=4..64@16"]),
+    ("gpt2 (tiny config)", "onnxgate.examples.tiny_transformers:gpt2",
+     ["input_ids:BxS:int64:0..1000", "attention_mask:BxS:int64:1..2"], ["B=1..8@2", "S=4..64@16"]),
+    # a timm conv/attention hybrid (random weights): the corpus row that cost 107 s vs a plain 9 s under load
+    ("timm fastvit_t8", "timm:fastvit_t8", ["x:Bx3x256x256:float32"], ["B=1..8@2"]),
     ("timm beit_base_patch16_224 (dynamo capture fails)", "timm:beit_base_patch16_224", ["x:Bx3x224x224:float32"],
      ["B=1..8@2"]),
 ]
@@ -102,6 +110,29 @@ def measure(cmd: list[str]) -> tuple[float, float, str, str, float]:
     return time.perf_counter() - start, peak / 2**20, last, out, cpu
 
 
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def claims(json_text: str) -> list[tuple[str, str, str]]:
+    """(dim, sizes probed, domain claimed) of the winner's proof, from ``onnxgate export --json``."""
+    import json
+
+    try:
+        result = json.loads(json_text).get("result") or {}
+    except ValueError:
+        return []
+    won = result.get("winner")
+    parity = (result.get("attempts") or [{}])[won].get("parity") if won is not None else None
+    rows = []
+    for dim, domain in ((parity or {}).get("domains") or {}).items():
+        rows.append((dim, ", ".join(map(str, domain.get("probes") or [])), domain.get("summary") or ""))
+    return rows
+
+
 def winner(json_text: str) -> str:
     import json
 
@@ -124,7 +155,9 @@ def main() -> int:
     parser.add_argument("--only", default="")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    rows = []
+    rows, domains = [], []
+    before = uptime()
+    print(f"uptime before: {before}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, ref, inputs, dims, *extra) in enumerate(m for m in MODELS if args.only in m[0]):
             plain_cmd = [PY, "-c", PLAIN, ref, f"{tmp}/plain.onnx", ";".join(inputs), ";".join(dims)]
@@ -137,26 +170,33 @@ def main() -> int:
                 print(f"{name}: {side} {results[side][0]:.1f} s, {results[side][1]:.0f} MB", flush=True)
             plain, gate = results["plain"], results["onnxgate"]
             rows.append((name, plain[0], plain[4], plain[1], plain[2], gate[0], gate[4], gate[1], winner(gate[3])))
-    return _print(rows, args.write)
+            domains += [(name, *row) for row in claims(gate[3])] or [(name, "-", "-", winner(gate[3]))]
+    after = uptime()
+    print(f"uptime after: {after}", flush=True)
+    return _print(rows, domains, (before, after), args.write)
 
 
-def _print(rows, write: bool) -> int:
+def _print(rows, domains, load: tuple[str, str], write: bool) -> int:
     lines = ["| model | plain wall s | plain CPU s | plain peak MB | plain export | onnxgate wall s | onnxgate CPU s | "
              "onnxgate peak MB | onnxgate winner | wall ratio | CPU ratio | memory ratio |", "|" + " --- |" * 12]
     for name, ps, pc, pm, presult, gs, gc, gm, won in rows:
         lines.append(f"| {name} | {ps:.1f} | {pc:.1f} | {pm:.0f} | {presult} | {gs:.1f} | {gc:.1f} | {gm:.0f} | {won} | "
                      f"{gs / ps:.2f}x | {gc / pc:.2f}x | {gm / pm:.2f}x |")
+    lines += ["", "| model | dim | sizes probed (in order) | domain claimed |", "|" + " --- |" * 4]
+    lines += [f"| {name} | {dim} | {probed} | {claim} |" for name, dim, probed, claim in domains]
+    lines += ["", f"uptime before: `{load[0]}`; after: `{load[1]}`"]
     table = "\n".join(lines)
     print(table)
     if write:
         results = ROOT / "benchmarks" / "RESULTS.md"
         text = results.read_text()
-        head = "# Export speed: plain torch.onnx.export vs onnxgate export (issue 13)"
+        head = "# Export speed: plain torch.onnx.export vs onnxgate export (issue 25, `export_speed.py --write`)"
         section = (f"{head}\n\nProduced by `.venv/bin/python benchmarks/export_speed.py --write` on "
-                   f"{time.strftime('%Y-%m-%d')}, load average at the end {os.getloadavg()[0]:.1f} on "
-                   f"{os.cpu_count()} cores (other jobs shared the machine: the CPU columns, user + system seconds of each side's "
-                   f"whole process tree, are the figures a busy machine does not inflate). Targets: time ratio <= 1.5x, "
-                   f"memory ratio <= 1.2x.\n\n{table}\n")
+                   f"{time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores; `uptime` before and after is under the "
+                   "tables (wall seconds mean something only when nothing else ran; the CPU columns, user + system "
+                   "seconds of each side's whole process tree, are what a busy machine inflates least). Targets: "
+                   "median wall ratio <= 1.5x and memory ratio <= 1.3x over the models both sides export, no model "
+                   f"above 2.5x; the claimed domains unchanged.\n\n{table}\n")
         if head in text:
             start = text.index(head)
             end = text.find("\n# ", start + len(head))
