@@ -34,9 +34,7 @@ TOLERANCE_MAKERS = {
 COMPARERS = {
     "verify/engine.py": "the engine",
     "verify/compare.py": "the comparer itself (it defines compare_outputs)",
-    # TO REMOVE when serve's batch probe / self-check become engine callers (issue 24 item 2: serve is another
-    # engineer's room right now).
-    "serve/contract.py": "serve's batch probe compares a batch's rows with the same inputs run alone",
+    # (serve/contract.py's entry went when its batch probe became an engine caller, issue 24 item 2.)
     "serve/images.py": "np.allclose checks whether one output's rows sum to 1 (softmax or logits), not parity",
 }
 

@@ -35,6 +35,7 @@ from .. import claim as cl
 from ..bundle.opened import VerifiedBundle
 from ..bundle.opened import open as open_bundle
 from ..errors import BadInputError, IntegrityError, ParityError
+from ..verify import engine
 from .protocol import NonFiniteOutput, RequestError, datatype_of, json_safe
 
 _NAME = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -483,8 +484,6 @@ def batch_probe(model: ServedModel) -> str | None:
     golden rows, repeated to another size inside the verified batch domain, must come back row for row as they
     came alone, within the bundle's tolerances (a model that mixes rows, or whose outputs do not follow the batch
     dim, fails here and dynamic batching is refused)."""
-    from ..verify.compare import compare_outputs
-
     rule, golden = model.batch_rule, model.golden
     if rule is None or not golden:
         return "its inputs share no leading batch dim with a verified range"
@@ -502,8 +501,8 @@ def batch_probe(model: ServedModel) -> str | None:
         wrong = [n for n in names if merged[n].shape[:1] != (size,)]
         if wrong:
             return f"output '{wrong[0]}' does not follow the batch dim (shape {list(merged[wrong[0]].shape)} at {size} rows)"
-        compared = compare_outputs({n: alone[n][index] for n in names}, merged, tolerances=tolerances,
-                                   reference_label="the rows run alone")
+        compared = engine.compare({n: alone[n][index] for n in names}, merged, tolerances=tolerances,
+                                  reference_label="the rows run alone")
         failed = [c for c in compared if not c.passed]
         if failed:
             return (f"rows are not independent: output '{failed[0].name}' changes when rows run together "
