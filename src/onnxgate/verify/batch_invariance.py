@@ -1,0 +1,241 @@
+"""Batch invariance for served artifacts (issue 28 item 3): a row's output must not depend on what it is batched
+with, or dynamic batching changes answers.
+
+For each golden row (at most ``max_rows``), the row is run alone, then inside batches of random companions at every
+batch size given (``sizes``: the verified ones; ``batch_sizes`` picks a bounded set from a claimed domain), at a
+random position, ``trials`` times per size; its output rows are compared with the row alone through the engine at
+``policy`` (a claim's tolerances, or the noise tolerances of ``noise.py``). Where a dim is padded (``Padding``:
+sequences padded to the longest in the batch, with a mask input), the row is also padded to its companions' length
+and its output cropped back before the comparison. Companions are other golden rows and fresh rows drawn like the
+golden ones (floats normal with each input's mean and spread, integers and bools within the values seen or the
+declared range): real and random companions both.
+
+The result holds the measured bound (the largest |row in a batch - row alone| per output over every trial), the
+largest batch size at which every trial held (``max_batch``: what ``serve --max-batch`` may enable) and, when a
+trial failed, why dynamic batching is refused. Torch-free: the model is any runner or callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadInputError
+from ..spec import Dim
+from . import engine
+from .tolerance import sci
+
+Feed = dict[str, np.ndarray]
+
+MAX_SIZES = 6  # batch sizes checked at most (``batch_sizes``)
+MAX_ROWS = 4  # golden rows checked at most
+TRIALS = 2  # random batches per row and size
+
+
+@dataclass(frozen=True)
+class Padding:
+    """A padded dim: ``axes`` (input name -> the axis padded, e.g. the sequence axis of ``input_ids``), the pad
+    ``values`` (input name -> value; default 0), the ``mask`` input (1 on real positions, 0 on padding; None: no
+    mask) and ``outputs`` (output name -> its axis along the padded dim, cropped back before comparing; outputs not
+    named have no such axis)."""
+
+    axes: Mapping[str, int]
+    values: Mapping[str, float] = field(default_factory=dict)
+    mask: str | None = None
+    outputs: Mapping[str, int] = field(default_factory=dict)
+    extra: tuple[int, ...] = (1, 3)  # positions of padding tried
+
+
+@dataclass
+class BatchInvariance:
+    """What was measured: the sizes tried, per output the largest |row in a batch - row alone| (``bound``) and
+    how much of its tolerance that used (``used``), the largest size that held at every smaller one too
+    (``max_batch``; None: not even the smallest), the trials run, and the failures (row, size, position, why)."""
+
+    sizes: tuple[int, ...]
+    bound: dict[str, float]
+    used: float
+    max_batch: int | None
+    trials: int
+    failures: list[str] = field(default_factory=list)
+    padded: bool = False
+    tolerance: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def refusal(self) -> str | None:
+        """Why dynamic batching is refused (None: it may be enabled up to ``max_batch``)."""
+        if self.passed:
+            return None
+        worst = max(self.bound, key=self.bound.get) if self.bound else "?"
+        within = f"; batching holds up to {self.max_batch} rows" if self.max_batch and self.max_batch > 1 else ""
+        return (f"dynamic batching refused: a row's output '{worst}' changes by up to {sci(self.bound.get(worst, 0))} "
+                f"with its batch companions ({self.failures[0]}){within}")
+
+    def summary(self) -> str:
+        bound = ", ".join(f"{n} {sci(v)}" for n, v in self.bound.items())
+        if self.passed:
+            return (f"batch invariant at sizes {', '.join(map(str, self.sizes))}{' (padded too)' if self.padded else ''}"
+                    f": a row's output moves by at most {bound} with its companions ({self.trials} trials)")
+        return self.refusal() or ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "sizes": list(self.sizes), "bound": dict(self.bound), "used": self.used,
+                "max_batch": self.max_batch, "trials": self.trials, "padded": self.padded,
+                "tolerance": self.tolerance, "failures": self.failures[:10]}
+
+
+def batch_sizes(dim: Dim, limit: int = MAX_SIZES) -> list[int]:
+    """A bounded set of sizes >= 2 from a claimed batch domain: 2, 3, powers of two, the largest claimed size."""
+    top = dim.max if dim.max is not None else 64
+    wanted = [2, 3, *(2 ** k for k in range(2, 12)), top]
+    sizes = sorted({s for s in wanted if 2 <= s <= top and dim.contains(s)})
+    if len(sizes) > limit:  # keep the smallest ones and the largest
+        sizes = sizes[:limit - 1] + [sizes[-1]]
+    return sizes
+
+
+def batch_invariance(model: Any, golden: Feed, sizes: Sequence[int], *,
+                     policy: engine.TolerancePolicy | None = None, padding: Padding | None = None,
+                     value_ranges: Mapping[str, tuple[float, float]] | None = None, max_rows: int = MAX_ROWS,
+                     trials: int = TRIALS, seed: int = 0, batch_axis: int = 0) -> BatchInvariance:
+    """Check that each of the first ``max_rows`` golden rows computes the same alone as inside batches of random
+    companions at each of ``sizes`` (and padded, with ``padding``), judged at ``policy``."""
+    policy = policy or engine.TolerancePolicy()
+    rng = np.random.default_rng(seed)
+    rows = _rows(golden, batch_axis)
+    sizes = sorted({int(s) for s in sizes if int(s) >= 2})
+    state = _Measure(policy)
+    for r in range(min(rows, max_rows)):
+        row = {k: np.take(v, [r], axis=batch_axis) for k, v in golden.items()}
+        alone = engine.run_on(model, row)
+        for size in sizes:
+            for _ in range(trials):
+                pos = int(rng.integers(size))
+                batch = _batch(row, golden, size, pos, rng, value_ranges or {}, batch_axis)
+                state.judge(alone, engine.run_on(model, batch), pos, batch_axis, f"row {r} at {pos} of {size}", size)
+            if padding is not None:
+                for extra in padding.extra:
+                    pos = int(rng.integers(size))
+                    batch = _batch(row, golden, size, pos, rng, value_ranges or {}, batch_axis)
+                    batch = _padded(batch, pos, extra, padding, rng, batch_axis)
+                    got = _cropped(engine.run_on(model, batch), padding, alone)
+                    state.judge(alone, got, pos, batch_axis, f"row {r} at {pos} of {size}, padded by {extra}", size)
+    bad = sorted({s for s, ok in state.held.items() if not ok})
+    held = [s for s in sizes if not bad or s < bad[0]]
+    return BatchInvariance(tuple(sizes), state.bound, state.used, max(held) if held else (1 if sizes else None),
+                           state.trials, state.failures, padding is not None, policy.describe() or policy.source)
+
+
+class _Measure:
+    def __init__(self, policy: engine.TolerancePolicy):
+        self.policy = policy
+        self.bound: dict[str, float] = {}
+        self.used = 0.0
+        self.trials = 0
+        self.failures: list[str] = []
+        self.held: dict[int, bool] = {}
+
+    def judge(self, alone, batched, pos: int, axis: int, label: str, size: int) -> None:
+        self.trials += 1
+        mine = {}
+        for name, value in batched.items():
+            value = np.asarray(value)
+            if value.ndim <= axis or value.shape[axis] != size:
+                self.failures.append(f"{label}: output '{name}' does not follow the batch dim "
+                                     f"(shape {list(value.shape)})")
+                self.held[size] = False
+                continue
+            mine[name] = np.take(value, [pos], axis=axis)
+        comparisons = engine.compare(alone, mine, self.policy, reference_label="the row alone")
+        ok = True
+        for c in comparisons:
+            if c.max_abs_err is not None:
+                self.bound[c.name] = max(self.bound.get(c.name, 0.0), c.max_abs_err)
+            if c.tolerance_used is not None:
+                self.used = max(self.used, c.tolerance_used)
+            if not c.passed:
+                ok = False
+                self.failures.append(f"{label}: {c.name}: {c.reason}")
+        self.held[size] = self.held.get(size, True) and ok
+
+
+def _rows(golden: Feed, axis: int) -> int:
+    counts = {np.shape(v)[axis] for v in golden.values() if np.ndim(v) > axis}
+    if len(counts) != 1:
+        raise BadInputError(f"The golden inputs do not share a batch dim on axis {axis}.",
+                            hint="Give one feed whose inputs all have the batch dim on the same axis.")
+    return counts.pop()
+
+
+def _batch(row: Feed, golden: Feed, size: int, pos: int, rng: np.random.Generator,
+           ranges: Mapping[str, tuple[float, float]], axis: int) -> Feed:
+    """``size`` rows: ``row`` at ``pos``, each other one a golden row or a fresh random row (even odds)."""
+    n = _rows(golden, axis)
+    picks = [int(rng.integers(n)) if rng.random() < 0.5 else -1 for _ in range(size)]
+    out = {}
+    for name, value in golden.items():
+        parts = []
+        for i, pick in enumerate(picks):
+            if i == pos:
+                parts.append(row[name])
+            elif pick >= 0:
+                parts.append(np.take(value, [pick], axis=axis))
+            else:
+                parts.append(_fresh(value, row[name].shape, rng, ranges.get(name)))
+        out[name] = np.concatenate(parts, axis=axis)
+    return out
+
+
+def _fresh(like: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator, declared) -> np.ndarray:
+    """A random row drawn like the golden ones: floats normal with their mean and spread (within a declared range),
+    integers uniform within the declared range or the values seen, bools fair coins."""
+    like = np.asarray(like)
+    if like.dtype == np.bool_:
+        return rng.random(shape) < 0.5
+    if like.dtype.kind in "iu":
+        low, high = declared or (int(like.min()), int(like.max()))
+        return rng.integers(int(low), int(high), size=shape, endpoint=True).astype(like.dtype)
+    values = rng.normal(float(like.mean()), float(like.std()) or 1.0, shape)
+    if declared:
+        values = np.clip(values, *declared)
+    return values.astype(like.dtype)
+
+
+def _padded(batch: Feed, pos: int, extra: int, padding: Padding, rng: np.random.Generator, axis: int) -> Feed:
+    """Every row extended by ``extra`` positions along the padded axis: the row at ``pos`` with padding (pad value,
+    mask 0), its companions with real (random, mask 1) values, as a batch padded to its longest sequence is."""
+    out = dict(batch)
+    for name, pad_axis in padding.axes.items():
+        value = np.asarray(batch[name])
+        shape = list(value.shape)
+        shape[pad_axis] = extra
+        if name == padding.mask:
+            tail = np.ones(shape, value.dtype)
+        else:
+            tail = _fresh(value, tuple(shape), rng, None)
+        index = [slice(None)] * value.ndim
+        index[axis] = pos
+        tail[tuple(index)] = 0 if name == padding.mask else padding.values.get(name, 0)
+        out[name] = np.concatenate([value, tail], axis=pad_axis)
+    return out
+
+
+def _cropped(outputs: dict, padding: Padding, alone: dict) -> dict:
+    """Outputs along the padded dim cut back to the unpadded length (the row alone's)."""
+    out = {}
+    for name, value in outputs.items():
+        value = np.asarray(value)
+        axis = padding.outputs.get(name)
+        if axis is not None and name in alone:
+            value = np.take(value, range(np.shape(alone[name])[axis]), axis=axis)
+        out[name] = value
+    return out
+
+
+__all__ = ["BatchInvariance", "Padding", "batch_invariance", "batch_sizes", "MAX_ROWS", "MAX_SIZES", "TRIALS"]

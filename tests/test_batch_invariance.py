@@ -1,0 +1,109 @@
+"""Batch invariance (issue 28 item 3): a BatchNorm left in training mode, exported as such, makes a row's output
+depend on its batch companions: dynamic batching is refused with the measured bound. The digits CNN (trained, real
+8x8 digits) passes at every checked batch size; a sequence model pooling over padding is caught by the padded
+trials while its masked twin passes. Real onnxruntime sessions of real exports; a few seconds."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from onnxgate.spec import Dim  # noqa: E402
+from onnxgate.verify import batch_invariance as bi  # noqa: E402
+
+
+def _session(model, example: tuple, names: list[str], outputs: list[str], dynamic: dict, **kwargs):
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example, buf, input_names=names, output_names=outputs, dynamic_axes=dynamic,
+                          dynamo=False, **kwargs)
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    return lambda feed: dict(zip(outputs, sess.run(None, feed)))
+
+
+def test_batch_sizes_are_bounded_and_inside_the_domain():
+    assert bi.batch_sizes(Dim("B", 1, 32)) == [2, 3, 4, 8, 16, 32]
+    assert bi.batch_sizes(Dim("B", 1, 1000)) == [2, 3, 4, 8, 16, 1000]
+    assert bi.batch_sizes(Dim("B", 1, 6)) == [2, 3, 4, 6]
+    assert bi.batch_sizes(Dim("B", 1, 1)) == []
+
+
+class TrainingBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)).mean((2, 3))
+
+
+def test_a_batchnorm_left_in_training_mode_is_refused_with_its_bound():
+    run = _session(TrainingBN().train(), (torch.zeros(4, 1, 8, 8),), ["x"], ["y"], {"x": {0: "B"}, "y": {0: "B"}},
+                   training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False)
+    golden = {"x": np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)}
+    result = bi.batch_invariance(run, golden, bi.batch_sizes(Dim("B", 1, 8)))
+    assert not result.passed
+    assert result.bound["y"] > 1e-2 and result.used > 1
+    assert result.max_batch == 1  # not even two rows may be merged
+    refusal = result.refusal()
+    assert refusal.startswith("dynamic batching refused") and "'y'" in refusal and "row " in refusal
+    assert result.to_dict()["bound"] == result.bound
+
+
+def test_the_digits_cnn_is_batch_invariant():
+    from onnxgate.examples.digits import digits_split, trained_digits_cnn
+
+    model, example = trained_digits_cnn()
+    run = _session(model.eval(), (example["x"],), ["x"], ["logits"], {"x": {0: "B"}, "logits": {0: "B"}})
+    golden = {"x": digits_split()[2][:4]}
+    sizes = bi.batch_sizes(Dim("B", 1, 32))
+    result = bi.batch_invariance(run, golden, sizes)
+    assert result.passed, result.summary()
+    assert result.max_batch == 32 and result.sizes == tuple(sizes)
+    assert result.trials == 4 * len(sizes) * bi.TRIALS
+    assert 0 <= result.bound["logits"] < 1e-4 and result.refusal() is None
+    assert "batch invariant at sizes 2, 3, 4, 8, 16, 32" in result.summary()
+
+
+class Pool(nn.Module):
+    """Mean of token embeddings over the mask (``masked``), or the masked sum divided by the padded length (a leak:
+    the same row's output shrinks with every pad position its batch adds)."""
+
+    def __init__(self, masked: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(20, 6)
+        self.masked = masked
+
+    def forward(self, ids, mask):
+        e = self.embed(ids)
+        m = mask.unsqueeze(-1).to(e.dtype)
+        return (e * m).sum(1) / (m.sum(1) if self.masked else ids.shape[1])
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_padding_is_checked_where_a_dim_is_padded(masked):
+    ids = torch.randint(1, 20, (2, 5))
+    run = _session(Pool(masked).eval(), (ids, torch.ones(2, 5, dtype=torch.int64)), ["ids", "mask"], ["pooled"],
+                   {"ids": {0: "B", 1: "S"}, "mask": {0: "B", 1: "S"}, "pooled": {0: "B"}})
+    rng = np.random.default_rng(0)
+    golden = {"ids": rng.integers(1, 20, (2, 5)).astype(np.int64), "mask": np.ones((2, 5), np.int64)}
+    padding = bi.Padding(axes={"ids": 1, "mask": 1}, values={"ids": 0}, mask="mask")
+    result = bi.batch_invariance(run, golden, [2, 4], padding=padding, value_ranges={"ids": (1, 19)})
+    assert result.padded
+    if masked:
+        assert result.passed, result.summary()
+    else:
+        assert not result.passed and "padded by" in result.refusal()
+        unpadded = bi.batch_invariance(run, golden, [2, 4], value_ranges={"ids": (1, 19)})
+        assert unpadded.passed  # without padding the leak is invisible: the padded trials found it
