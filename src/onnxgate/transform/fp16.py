@@ -15,11 +15,12 @@ not with float32 tolerances it cannot meet.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import onnx
 
+from ..claim import metadata_entries
+from ..metadata import input_specs
 from ..verify.tolerance import Tolerance, default_tolerance
 from .passes import APPLIED, PassResult, TransformReport
 
@@ -84,14 +85,13 @@ def _topological_sort(model: onnx.ModelProto) -> None:
 
 
 def _retype_input_specs(model: onnx.ModelProto) -> None:
-    """Inputs became float16: say so in the ``onnxgate.inputs`` metadata, which verification reads its specs from."""
-    from ..metadata import input_specs
-    from ..spec import replace
-
+    """Inputs became float16: say so in the input specs verification reads (written by the claim codec, with the
+    recorded dims unchanged)."""
     props = {p.key: p.value for p in model.metadata_props}
     recorded = input_specs(props, model="the model being converted to FP16")
     if recorded is None:
         return
+    specs, dims = recorded
     fp16_inputs = {v.name for v in model.graph.input if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
-    specs = [replace(s, dtype="float16") if s.name in fp16_inputs else s for s in recorded[0]]
-    onnx.helper.set_model_props(model, {**props, "onnxgate.inputs": json.dumps([s.to_dict() for s in specs])})
+    specs = [replace(s, dtype="float16") if s.name in fp16_inputs else s for s in specs]
+    onnx.helper.set_model_props(model, {**props, **metadata_entries(specs, dims)})
