@@ -31,7 +31,7 @@ from .target import Target, module_bytes, prepare_target, size_on_disk
 from .verification import ConfigVerifier, build_verifier
 
 SPREAD_LIMIT = 0.10  # repeat medians further apart than this (relative) are called out
-OPEN_BYTES = 4 * 2**30  # runners open at once while interleaving, at about 3x their file's size each
+OPEN_BYTES = 2 * 2**30  # runners open at once while interleaving, at about 4x their file's size each
 
 
 @dataclass(frozen=True)
@@ -146,9 +146,10 @@ def _measure(target: Target, settings: BenchSettings, note, monitor: LoadMonitor
 
 def _groups(configs: list[Config], target: Target) -> list[list[Config]]:
     """The configurations, in groups whose runners can be open together (interleaving keeps every runner of a
-    group alive): as many as fit OPEN_BYTES at about three times the largest variant's size each."""
+    group alive): as many as fit OPEN_BYTES at about four times the largest variant's size each (weights, pre-packed
+    copies, arena); a model too large for two at once is timed alone, as before."""
     largest = max((size_on_disk(v.path) for v in target.variants), default=0)
-    per_group = max(1, int(OPEN_BYTES // max(1, 3 * largest)))
+    per_group = max(1, int(OPEN_BYTES // max(1, 4 * largest)))
     return [configs[i:i + per_group] for i in range(0, len(configs), per_group)]
 
 
