@@ -148,6 +148,15 @@ def recommendation_line(rec: dict | None) -> str:
     v = rec["verification"]
     text += escape(f", {rec['path']}; verified in {v['precision']} against {v['reference']} on {v['feeds']} feeds: "
                    f"max abs err {v['max_abs_err']:.3g} within {v['tolerance']}")
+    iv = rec.get("interval")
+    if iv:
+        text += escape(f"; median {iv['median_ms']:.2f} ms, {iv['confidence']:.0%} interval {iv['low_ms']:.2f}-"
+                       f"{iv['high_ms']:.2f} ms over {iv['rounds']} interleaved rounds")
+    if rec.get("tie"):
+        text += escape(f"; within noise of {', '.join(rec['tie']['with'])}: tie broken by {rec['tie']['broken_by']}")
+    settings = rec.get("settings") or {}
+    if settings:
+        text += escape("; settings " + ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None))
     text += "".join(f"; {escape(n)}" for n in rec["notes"])
     return text + "".join(f"\n  passed over {escape(p)}" for p in rec.get("passed_over", []))
 

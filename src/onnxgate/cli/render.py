@@ -123,7 +123,8 @@ def print_pipeline(console, report) -> None:
     rec = (report.stages.get("bench") or {}).get("recommendation")
     if rec:
         console.print(f"bench: recommended {rec['config_id']}: p50 {rec['p50_ms']:.2f} ms"
-                      + (f", {rec['speedup']:.2f}x PyTorch eager" if rec.get("speedup") else ""))
+                      + (f", {rec['speedup']:.2f}x PyTorch eager" if rec.get("speedup") else "")
+                      + (" (a tie within noise, broken by the fewest moving parts)" if rec.get("tie") else ""))
     if report.stages.get("bundle"):
         console.print(f"bundle: {report.stages['bundle']['path']}")
     if report.stages.get("deploy"):
