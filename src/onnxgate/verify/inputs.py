@@ -420,8 +420,8 @@ def read_labels_csv(path: Path) -> list[dict[str, str]]:
     import csv
 
     if not path.is_file():
-        raise BadInputError(f"The labelled CSV '{path}' does not exist.", hint="Give a CSV file: file,wnid,class_index,"
-                                                                             "class_name (a header row, one image a row).")
+        raise BadInputError(f"The labelled CSV '{path}' does not exist.",
+                            hint="Give a CSV file: file,wnid,class_index,class_name (a header row, one image a row).")
     with open(path, newline="", encoding="utf-8") as f:
         rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(f)]
     if not rows or "file" not in rows[0]:
