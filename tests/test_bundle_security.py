@@ -28,7 +28,7 @@ import pytest
 from helpers import bundle_of, edit_manifest, make_model, rehash
 
 from onnxgate.bundle import verify_bundle, verify_matrix
-from onnxgate.bundle import verify as bundle_verify
+from onnxgate.bundle import unpack
 from onnxgate.bundle._onnx_refs import ProtoError, external_data_refs
 from onnxgate.cli.main import main
 from onnxgate.errors import BadInputError, UnsafeInputError
@@ -504,11 +504,11 @@ def test_an_oversized_pax_header_is_refused_before_tarfile_reads_it(tmp_path, pr
 
 def test_total_size_cap_counts_every_member(bundle, private_tmpdir):
     tar_path = bundle.with_name(bundle.name + ".tar.gz")
-    limits = bundle_verify.TarLimits(max_total_bytes=1000)
+    limits = unpack.TarLimits(max_total_bytes=1000)
     with pytest.raises(UnsafeInputError, match="more than 1,000 bytes in all"):
         verify_matrix(tar_path, [None], limits=limits)
     with pytest.raises(UnsafeInputError, match="more than 3 members"):
-        verify_matrix(tar_path, [None], limits=bundle_verify.TarLimits(max_members=3))
+        verify_matrix(tar_path, [None], limits=unpack.TarLimits(max_members=3))
 
 
 @pytest.mark.parametrize("damage", ["not a tar", "truncated", "two folders"])
@@ -533,7 +533,7 @@ def test_the_unpacked_tree_holds_only_what_the_headers_said(bundle, tmp_path, pr
     for member, _data in members:
         member.mode = 0o6777 if member.isreg() else 0o777
     path = write_tar(tmp_path / "modes.tar.gz", members)
-    with bundle_verify.opened_bundle(path) as folder:
+    with unpack.opened_bundle(path) as folder:
         modes = {p.name: p.stat().st_mode & 0o7777 for p in folder.iterdir()}
         assert folder.parent.parent == private_tmpdir and folder.parent.name.startswith(".onnxgate-staging-")
     assert all(mode & 0o6000 == 0 for mode in modes.values()), modes

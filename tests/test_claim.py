@@ -162,7 +162,8 @@ def test_bundle_open_reads_the_claim_once_and_refuses_a_changed_file(tmp_path):
     assert err.value.exit_code == 9 and "golden_inputs.npz" in err.value.message and "serves only" in err.value.message
 
 
-def test_a_deployed_artifact_carries_the_claim_it_was_verified_under(tmp_path):
+def test_a_deployed_artifact_carries_the_claim_it_was_verified_under(tmp_path, monkeypatch):
+    from onnxgate.bundle import manifest as mf
     from onnxgate.bundle import verify_bundle, write_bundle
     from onnxgate.deploy.api import deploy_bundle
 
@@ -170,7 +171,11 @@ def test_a_deployed_artifact_carries_the_claim_it_was_verified_under(tmp_path):
     inputs, reference = golden_and_reference(model)
     folder = write_bundle(tmp_path / "b", model_path=model, golden_inputs=inputs, reference_outputs=reference,
                           claim=replace(full_claim(), conditions=()))
+    hashed, hash_checked = [], mf.hash_checked
+    monkeypatch.setattr(mf, "hash_checked", lambda path, size: hashed.append(path.name) or hash_checked(path, size))
     report = deploy_bundle(folder, ("ort-mobile",), measure_latency=False)
+    assert hashed.count("model.onnx") == 1  # bundle.open checks the files; verify_bundle(opened) does not again
+    monkeypatch.undo()
     (row,) = report.artifacts
     side = folder / "targets" / "ort-mobile-fp32.claim.json"
     assert row.status == "passed" and "ort-mobile-fp32.claim.json" in row.files and side.is_file()

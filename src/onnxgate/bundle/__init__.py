@@ -8,7 +8,7 @@ from .._lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "FORMAT_VERSION": ".manifest", "open": ".opened", "opened": ".opened", "VerifiedBundle": ".opened",
-    "parse_runtime": ".matrix", "BundleVerification": ".verify", "OutputComparison": ".verify", "verify_bundle": ".verify", "verify_matrix": ".verify", "write_bundle": ".write",
+    "parse_runtime": ".matrix", "TarLimits": ".unpack", "BundleVerification": ".verify", "OutputComparison": ".verify", "verify_bundle": ".verify", "verify_matrix": ".verify", "write_bundle": ".write",
 })
 __all__ = ["FORMAT_VERSION", "open", "opened", "VerifiedBundle", "BundleVerification", "OutputComparison",
-           "parse_runtime", "verify_bundle", "verify_matrix", "write_bundle"]
+           "parse_runtime", "TarLimits", "verify_bundle", "verify_matrix", "write_bundle"]

@@ -23,6 +23,7 @@ from typing import Any
 from .. import claim as cl
 from ..bundle import manifest as mf
 from ..bundle.opened import open as open_bundle
+from ..bundle.verify import verify_bundle
 from ..errors import MissingExtraError, OnnxgateError, require
 from ..fsutil import atomic_dir, staging_dir
 from ..outcome import raise_for
@@ -112,7 +113,6 @@ def deploy_bundle(bundle: str | Path, targets: tuple[str, ...], *, progress: Cal
     every artifact is verified against the bundle's golden outputs on its golden inputs (no PyTorch: that one
     feed, at the traced sizes). The specs and domain are the bundle's claim (``bundle.open``); a bundle written
     before its manifest held input specs falls back to the model's recorded ones."""
-    from ..bundle.verify import verify_bundle
     from ..verify.parity import _sizes_of
 
     folder = Path(bundle)
@@ -120,7 +120,7 @@ def deploy_bundle(bundle: str | Path, targets: tuple[str, ...], *, progress: Cal
     note = progress or (lambda _m: None)
     note("checking the bundle")
     opened = open_bundle(folder, purpose="deploys")  # tampered (9) before anything runs
-    raise_for(verify_bundle(folder))  # wrong numbers (4), cannot run (6): nothing is deployed
+    raise_for(verify_bundle(opened))  # wrong numbers (4), cannot run (6): nothing is deployed; hashed once, above
     model = folder / mf.MODEL
     claim = opened.claim
     specs, dims = list(claim.inputs), claim.domains
