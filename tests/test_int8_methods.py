@@ -250,3 +250,17 @@ def test_recipe_search_runs_the_depthwise_methods_as_judged_candidates(digits, t
     first_last = next(c for c in search.candidates if "first_last" in c.recipe.skip)
     assert first_last.float_nodes[:2] == skip_nodes(onnx.load(path), ("first_last",))["first_last"]
     assert len(first_last.float_nodes) >= 2
+
+
+def test_nncf_accuracy_control_is_driven_by_the_budget_and_judged_again(digits, tmp_path):
+    from onnxgate.errors import BadInputError
+    from onnxgate.transform.nncf_backend import nncf_quantize
+
+    path, (x_train, y_train, x_test, y_test) = digits
+    with pytest.raises(BadInputError, match="accuracy control needs"):
+        nncf_quantize(path, tmp_path / "x.onnx", calib=[{"x": x_train[:64]}], eval_data=[{"x": x_test}],
+                      max_error=1.0, accuracy_control=True)
+    result = nncf_quantize(path, tmp_path / "ac.onnx", calib=[{"x": x_train[:128]}], eval_data=[{"x": x_test}],
+                           labels=y_test, max_accuracy_drop=1.0, accuracy_control=True)
+    assert result.accuracy_control and result.passed, result.summary()
+    assert all(e.drop <= 1.0 for e in result.evaluations) and (tmp_path / "ac.onnx").is_file()
