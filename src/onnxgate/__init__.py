@@ -107,11 +107,12 @@ def bundle(ref, out_dir, *, config: ExportConfig | None = None, force: bool = Fa
                            on_stage=on_stage)
 
 
-def verify_bundle(path, *, runtime: str | None = None, trust=None):
-    """Re-verify a bundle without PyTorch (checksums, golden outputs) -> ``BundleVerification``."""
+def verify_bundle(bundle, *, runtime: str | None = None, trust=None):
+    """Re-verify a bundle (a folder, a ``.tar.gz`` or what ``bundle.open`` returned) without PyTorch (checksums,
+    golden outputs) -> ``BundleVerification``."""
     from .bundle.verify import verify_bundle as _verify_bundle
 
-    return _verify_bundle(path, runtime=runtime, trust=trust)
+    return _verify_bundle(bundle, runtime=runtime, trust=trust)
 
 
 def run(ref, out_dir, *, config: ExportConfig | None = None, data=None, evaluate=None, force: bool = False,

@@ -275,6 +275,24 @@ def _quantize(report) -> Outcome:
                  "a looser budget.")
 
 
+def _nncf(result) -> Outcome:
+    """NNCF's INT8 model (``transform.nncf_backend``): written only within the budget, like every INT8 recipe."""
+    if result.passed:
+        return PASSED
+    return _fail(ExitCode.ACCURACY_BUDGET, f"{result.summary()}. The output was not written.",
+                 "Try accuracy_control=True with labelled evaluation data, more calibration data, per-channel "
+                 "weights, or a looser budget.")
+
+
+def _hunt(result) -> Outcome:
+    """The divergence hunt (``verify.hunt``): a feed on which the candidate leaves its tolerance is a parity failure."""
+    if result.passed:
+        return PASSED
+    return _fail(ExitCode.PARITY_FAILED, f"the divergence hunt found a failing feed ({result.found_by}, seed "
+                 f"{result.seed}): {result.record.reason()}",
+                 "The export differs from PyTorch on inputs the sampled proof did not draw; see the hunted feed.")
+
+
 # Bundle verification statuses (bundle/verify.py). When several runtimes fail, the worst is reported: a tampered
 # bundle, then wrong numbers, then a runtime that cannot run it.
 _BUNDLE_CODES = {"pass": ExitCode.OK, "tampered": ExitCode.INTEGRITY, "fail": ExitCode.PARITY_FAILED,
@@ -352,6 +370,7 @@ def _zoo(report) -> Outcome:
 _JUDGES: dict[str, Callable[[Any], Outcome]] = {
     "StructureReport": _structure, "TargetResult": lambda t: _targets([t]), "VerifyResult": _verify,
     "ExportResult": _export, "TransformReport": _transform, "QuantizeReport": _quantize, "RecipeSearch": _recipe_search,
+    "NncfResult": _nncf, "HuntResult": _hunt,
     "BundleVerification": _bundle, "PipelineReport": _pipeline, "DeployReport": _deploy,
     "BenchReport": lambda _r: PASSED,  # measurements: a benchmark has no verdict of its own
     "ServeResult": lambda _r: PASSED, "ConfigExport": lambda _r: PASSED,  # serve: failures raise before it starts

@@ -161,6 +161,15 @@ def convert_to_ir(model_path: str | Path, xml_path: str | Path, *, compress_to_f
     return xml_path, xml_path.with_suffix(".bin")
 
 
+def run_model(model, feeds, device: str = "CPU") -> list[list[np.ndarray]]:
+    """Every output (in the model's order) of an OpenVINO model on each feed: an IR's path or an in-memory
+    ``ov.Model`` (NNCF's quantized model before it is written), compiled under OpenVINO's defaults for ``device``,
+    as a user who passes nothing runs it. The outputs are copies the caller owns."""
+    ov = require("openvino", "openvino", "Running an OpenVINO model")
+    compiled = ov.Core().compile_model(str(model) if isinstance(model, (str, Path)) else model, device)
+    return [[np.array(got[port]) for port in compiled.outputs] for got in (compiled(feed) for feed in feeds)]
+
+
 def recorded_options(model_path: str | Path) -> dict[str, str]:
     """The settings an IR records in its rt_info ``runtime_options`` (``{}`` for an ONNX file or an IR without
     them). OpenVINO's CPU plugin applies only some of them by itself (KV-cache and dynamic-quantization options, in

@@ -32,6 +32,7 @@ import onnx
 from .. import serde
 from ..errors import BadInputError
 from ..fsutil import check_target
+from ..runtimes.openvino import run_model
 from .budget import (LEVELS, AccuracyGate, Budget, Evaluation, accuracy_gate, check, evaluate, evaluate_outputs,
                      run_outputs, top1)
 from .data import DataArg, Dataset, model_specs
@@ -176,8 +177,7 @@ def nncf_quantize(model_path: str | Path, out: str | Path, *, target: str = "onn
                                       **options)
         result.quantized_ops = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
         note("measuring NNCF's INT8 IR in OpenVINO")
-        compiled = ov.Core().compile_model(quantized, "CPU")
-        result.evaluations = [evaluate_outputs("openvino CPU", _run_openvino(compiled, evaluation), evaluation,
+        result.evaluations = [evaluate_outputs("openvino CPU", run_model(quantized, evaluation.feeds), evaluation,
                                                reference, result.fp32_accuracy)]
     result.miss = check(result.budget, result.evaluations)
     if result.gate is not None and result.gate.problem:
@@ -262,15 +262,6 @@ def _openvino_top1(compiled, items) -> float:
     return right / max(total, 1)
 
 
-def _run_openvino(compiled, data: Dataset) -> list[list[np.ndarray]]:
-    """Every output of an OpenVINO compiled model on every feed (outputs in model order)."""
-    outputs = []
-    for feed in data.feeds:
-        got = compiled(feed)
-        outputs.append([np.asarray(got[o]) for o in compiled.outputs])
-    return outputs
-
-
 def _opset13(model: onnx.ModelProto) -> onnx.ModelProto:
     """NNCF's ONNX backend needs opset >= 13 (per-channel QuantizeLinear); older models are converted first."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
@@ -340,8 +331,7 @@ def verify_ir(ir_path: str | Path, model_path: str | Path, data: DataArg, *, lab
         recorded = json.loads(ir.get_rt_info(["onnxgate", "quantization"]).astype(str)) \
             if ir.has_rt_info(["onnxgate", "quantization"]) else {}
         budget = _parse_budget(recorded.get("budget", ""))
-    evaluations = [evaluate_outputs("openvino CPU", _run_openvino(core.compile_model(ir, "CPU"), dataset), dataset,
-                                    reference, ref_acc)]
+    evaluations = [evaluate_outputs("openvino CPU", run_model(ir, dataset.feeds), dataset, reference, ref_acc)]
     return evaluations, check(budget, evaluations)
 
 

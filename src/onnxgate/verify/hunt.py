@@ -88,7 +88,7 @@ def hunt(reference: Any, candidate: Any, specs: Sequence[InputSpec], sizes: Mapp
     from ``reference`` (runners or callables) at ``policy``, spending at most ``budget`` evaluations."""
     specs = list(specs)
     rng = np.random.default_rng(seed)
-    state = _Search(reference, candidate, policy or engine.TolerancePolicy(), budget, reference_label,
+    state = _Hunter(reference, candidate, policy or engine.TolerancePolicy(), budget, reference_label,
                     candidate_label)
     bounds = {s.name: _bounds(s, float_bound) for s in specs}
     pool: list[tuple[float, int, Feed]] = []  # (score, order, feed) of random feeds, for the restarts
@@ -114,7 +114,7 @@ def hunt(reference: Any, candidate: Any, specs: Sequence[InputSpec], sizes: Mapp
 # ------------------------------------------------------------------------------------------------ the search
 
 
-class _Search:
+class _Hunter:
     """Evaluations, their scores by phase, and the worst feed so far."""
 
     def __init__(self, reference, candidate, policy, budget, reference_label, candidate_label):
@@ -151,7 +151,7 @@ class _Search:
                           [s for s in self.scores["hunted"] if s > -math.inf], self.evaluations, seed, phase)
 
 
-def _local_search(state: _Search, start: Feed, score: float, specs: list[InputSpec], bounds, rng: np.random.Generator,
+def _local_search(state: _Hunter, start: Feed, score: float, specs: list[InputSpec], bounds, rng: np.random.Generator,
                   steps: int) -> None:
     """(1+1)-ES from ``start``: mutate one block, keep it when the score does not drop; the step size follows the
     1/5th success rule (x e^(1/3) on a kept step, x e^(-1/12) on a rejected one: stationary at 1 kept in 5)."""
