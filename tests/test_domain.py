@@ -408,23 +408,34 @@ def test_a_mobilevit_like_ceil_chain_is_claimed_at_its_safe_granularity():
     assert domain.telling_failure().size == 160
 
 
-def test_reference_outputs_run_once_per_weights_and_feed():
+def test_reference_outputs_run_once_per_feed_while_their_owner_keeps_them(tmp_path):
+    """No global cache (issue 24): a ``ReferenceRuns`` its caller owns runs each feed once (a failure is a result
+    too), a new one runs it again; ``verify`` over two runtimes runs each PyTorch feed once for both."""
     from onnxgate.runtimes.torch_runner import TorchRunner
-    from onnxgate.verify.refcache import cached
+    from onnxgate.verify.parity import ReferenceRuns
 
     model = nn.Linear(4, 2).eval()
     calls = []
     model.register_forward_pre_hook(lambda *_: calls.append(1))
     feed = {"x": np.ones((3, 4), np.float32)}
-    first = cached(TorchRunner(model, input_names=["x"])).run(feed)
-    again = cached(TorchRunner(model, input_names=["x"])).run({"x": feed["x"].copy()})  # another runner, same feed
-    assert len(calls) == 1 and np.array_equal(first["output"], again["output"])
-    with torch.no_grad():
-        model.weight.add_(1.0)  # new weights: new outputs
-    changed = cached(TorchRunner(model, input_names=["x"])).run(feed)
-    assert len(calls) == 2 and not np.array_equal(first["output"], changed["output"])
+    runs = ReferenceRuns(TorchRunner(model, input_names=["x"]))
+    first = runs.run(feed)
+    again = runs.run({"x": feed["x"].copy()})  # the same feed in other arrays
+    assert len(calls) == 1 and runs.runs == 1 and np.array_equal(first["output"], again["output"])
+    again["output"][:] = 0  # the caller's copy, not the kept one
+    assert np.array_equal(runs.run(feed)["output"], first["output"])
     wrong = {"x": np.ones((3, 5), np.float32)}
-    for _ in range(2):  # the reference's failure is a result too: cached, raised again
+    for _ in range(2):  # the reference's failure is a result too: kept, raised again
         with pytest.raises(Exception, match="shapes cannot be multiplied"):
-            cached(TorchRunner(model, input_names=["x"])).run(wrong)
+            runs.run(wrong)
+    assert len(calls) == 2
+    ReferenceRuns(TorchRunner(model, input_names=["x"])).run(feed)  # another owner: nothing shared
     assert len(calls) == 3
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.randn(2, 4),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["output"], dynamic_axes={"x": {0: "B"}}, opset_version=17)
+    pytest.importorskip("openvino")
+    calls.clear()
+    result = onnxgate.verify(path, model, runtimes=("onnxruntime", "openvino"))
+    (ort, ov) = result.parities
+    assert result.passed and len(ort.cases) == len(ov.cases) > 2 and len(calls) == len(ort.cases)

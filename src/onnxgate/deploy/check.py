@@ -1,7 +1,7 @@
 """Verify one deployed artifact through the same parity machinery as the ONNX file (``verify/parity.py``).
 
-The reference is the PyTorch model (``TorchRunner``, outputs cached per feed by ``refcache``, so the PyTorch
-outputs the ONNX verification computed are reused) or, for a bundle without PyTorch, the bundle's golden outputs
+The reference is the PyTorch model (``TorchRunner``, each feed run once per deploy: the ``Context`` owns a
+``parity.ReferenceRuns`` that every artifact's verification shares) or, for a bundle without PyTorch, the bundle's golden outputs
 on its golden inputs (``GoldenReference``: that one feed only, and it says so). A target that keeps the ONNX file's
 dynamic dims is verified over the model's claimed shape domain (``domain.discover`` probes it, as for the ONNX
 file); a static one (TFLite) at the traced sizes it was built for, with real-data feeds cut to its batch size.
@@ -22,6 +22,7 @@ import numpy as np
 from ..spec import Dim, InputSpec
 from ..verify import engine
 from ..verify.engine import TolerancePolicy
+from ..verify.parity import ReferenceRuns, feed_digest, verify_parity
 from .model import FAILED, NOT_CONVERTED, PASSED, DeployedArtifact
 
 MAX_DATA_ROWS = 64  # real-data rows a static (batch-fixed) artifact is fed, one batch at a time
@@ -43,6 +44,11 @@ class Context:
     measure_latency: bool = True
     _traced_outputs: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        # this deploy's reference outputs, per feed: every artifact is judged against the same ones, computed once
+        if not isinstance(self.reference, ReferenceRuns):
+            self.reference = ReferenceRuns(self.reference)
+
     @property
     def traced(self) -> dict[str, int]:
         return {n: d.example or 2 for n, d in self.dims.items()}
@@ -55,9 +61,7 @@ class Context:
     def traced_outputs(self) -> dict[str, np.ndarray]:
         """The reference's outputs on the seed-0 feed at the traced sizes (the first feed parity runs)."""
         if self._traced_outputs is None:
-            from ..verify.refcache import cached
-
-            self._traced_outputs = cached(self.reference).run(self.traced_feed())
+            self._traced_outputs = self.reference.run(self.traced_feed())
         return self._traced_outputs
 
     def static_specs(self, keep: set[str] | frozenset[str] = frozenset()) -> list[InputSpec]:
@@ -88,14 +92,10 @@ class GoldenReference:
     name = "golden outputs"
 
     def __init__(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]):
-        from ..verify.refcache import feed_digest
-
         self._digest, self._outputs = feed_digest(inputs), outputs
         self.input_names, self.output_names = list(inputs), list(outputs)
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ..verify.refcache import feed_digest
-
         if feed_digest(feed) != self._digest:
             raise ValueError("only the bundle's golden inputs have reference outputs")
         return {k: v.copy() for k, v in self._outputs.items()}
@@ -109,7 +109,6 @@ def total_bytes(files: list[Path]) -> int:
 def verify_built(built: Built, ctx: Context, target: str) -> DeployedArtifact:
     """Run ``built`` on its runtime against the reference, at every shape it claims; the row for the report."""
     from ..errors import OnnxgateError
-    from ..verify.parity import verify_parity
 
     start = time.perf_counter()
     row = DeployedArtifact(target, built.variant, FAILED, [_rel(f, ctx.out_dir) for f in built.files],

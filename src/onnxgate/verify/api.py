@@ -23,7 +23,7 @@ from ..spec import BATCH_NAMES, Dim, ExportConfig, InputSpec, VerifyConfig
 from .compare import Tolerance
 from .domain import DimDomain, graph_granularities
 from .identity import REGISTRY_SOURCES
-from .parity import ParityReport, static_dims_in_graph, verify_parity
+from .parity import ParityReport, ReferenceRuns, static_dims_in_graph, verify_parity
 from .structure import StructureReport, check_structure
 
 
@@ -294,8 +294,9 @@ def _parities(model, loaded, structure: StructureReport, specs, dims, config: Ex
     the real-data feeds added, when the export's proof is handed in)."""
     from ..runtimes.torch_runner import TorchRunner
 
-    reference = TorchRunner(loaded.module, input_names=[s.name for s in specs],
-                            output_names=[t.name for t in structure.outputs])
+    # every runtime is judged against the same PyTorch outputs: each feed runs once for this verification
+    reference = ReferenceRuns(TorchRunner(loaded.module, input_names=[s.name for s in specs],
+                                          output_names=[t.name for t in structure.outputs]))
     from .contract import CONTRACT_KEY
 
     static = static_dims_in_graph(specs, {t.name: t.shape for t in structure.inputs})

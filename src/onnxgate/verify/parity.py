@@ -13,7 +13,9 @@ these weights", never a pass.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
@@ -27,7 +29,6 @@ from .engine import TolerancePolicy
 from .tolerance import Tolerance
 from .domain import DimDomain, DomainBudget, ProbeOutcome, discover
 from .inputs import random_inputs, variant_feeds
-from .refcache import cached
 from .shapes import first_off_trace_size, probe_sizes
 
 
@@ -206,7 +207,8 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
     shape domain of every dim is discovered (``domain.discover``: range ends, off-trace sizes, sizes of different
     divisibility incl. the graph's ``granularities``, seeded draws, bisection of the ends, within ``budget``), and
     the reference's own outputs are checked for being able to tell a wrong candidate at all (``degenerate``).
-    Reference outputs are cached per feed (``refcache``): nothing runs twice.
+    Each feed runs once here; a caller judging several candidates against one reference wraps it in a
+    ``ReferenceRuns`` it owns (one verification over its runtimes, one deploy over its artifacts).
 
     Tolerances: ``policy`` (the engine's ``TolerancePolicy``), with ``tolerances`` (per output) and ``default``
     layered on top as recorded per-output tolerances and an override.
@@ -215,7 +217,6 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
     example inputs); ``variants``: the sign and scale variants of the first seed's feed (``inputs.variant_feeds``:
     all-negative, all-positive, zeros, x10, x0.01) at the traced sizes. Both count like the traced feeds.
     """
-    reference = cached(reference)
     policy = replace(policy or TolerancePolicy(), fixed={**((policy and policy.fixed) or {}), **(tolerances or {})},
                      override=default or (policy.override if policy else None))
     traced = {n: d.example or 2 for n, d in dims.items()}
@@ -260,6 +261,68 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
     degenerate = {} if quick or not traced_ok else degenerate_outputs(refs, data_refs, policy=policy)
     return ParityReport(reference.name, candidate.name, cases, frozen, list(allow_static), insensitive,
                         dict(static_in_graph or {}), domains, accept_domain, degenerate)
+
+
+class ReferenceRuns:
+    """A reference runner that runs each feed once for as long as its owner keeps it: one verification judging
+    several runtimes, one deploy judging several artifacts. The outputs (or the reference's failure, which is a
+    result too) are kept by a digest of the feed's bytes, at most ``max_bytes`` of them (least recently used go
+    first). Owned by its caller and dropped with it, never module-global (issue 24): the weights do not change
+    while it lives, so they are no part of the key. Same ``run``/``name`` as the runner it wraps."""
+
+    MAX_BYTES = 256 * 2**20
+
+    def __init__(self, runner, max_bytes: int = MAX_BYTES):
+        self.runner, self.max_bytes = runner, max_bytes
+        self.name = getattr(runner, "name", "reference")
+        self.runs = 0  # feeds the wrapped runner actually ran
+        self._kept: OrderedDict[str, tuple[dict[str, np.ndarray] | None, Exception | None, int]] = OrderedDict()
+        self._bytes = 0
+
+    def __getattr__(self, item: str):
+        if item == "runner":  # not set yet (a copy being built): no recursion through self.runner
+            raise AttributeError(item)
+        return getattr(self.runner, item)
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        key = feed_digest(feed)
+        if key in self._kept:
+            self._kept.move_to_end(key)
+            outputs, error, _ = self._kept[key]
+            if error is not None:
+                raise error
+            return {k: v.copy() for k, v in outputs.items()}
+        self.runs += 1
+        try:
+            outputs, error = self.runner.run(feed), None
+        except Exception as exc:  # noqa: BLE001  the reference failing at this feed is a result too
+            outputs, error = None, exc
+        self._keep(key, outputs, error)
+        if error is not None:
+            raise error
+        return outputs
+
+    def _keep(self, key: str, outputs: dict[str, np.ndarray] | None, error: Exception | None) -> None:
+        size = sum(np.asarray(v).nbytes for v in (outputs or {}).values())
+        if size > self.max_bytes // 4:
+            return
+        kept = {k: np.array(v, copy=True) for k, v in outputs.items()} if outputs is not None else None
+        if error is not None:  # a kept traceback would keep the failed forward pass's frames (and tensors) alive
+            error.__traceback__ = error.__context__ = error.__cause__ = None
+        self._kept[key] = (kept, error, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes and self._kept:
+            self._bytes -= self._kept.popitem(last=False)[1][2]
+
+
+def feed_digest(feed: dict[str, np.ndarray]) -> str:
+    """A digest of a feed's names, dtypes, shapes and bytes: which feed this is, whatever arrays hold it."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(feed):
+        arr = np.ascontiguousarray(feed[name])
+        h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
+        h.update(arr.view(np.uint8).reshape(-1) if arr.size else b"")
+    return h.hexdigest()
 
 
 class _Runs:
