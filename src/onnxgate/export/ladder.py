@@ -26,6 +26,7 @@ from .._version import __version__
 from ..errors import ExportError, ParityError, first_line
 from ..spec import ExportConfig
 from ..verify.structure import StructureReport, check_structure
+from ..worker import release_freed_memory
 from .guards import branch_frozen
 from .prepare import Prepared, prepare
 from .strategies import EXPORTERS, STRATEGIES, describe_assumption
@@ -562,10 +563,12 @@ def _step(prepared: Prepared, attempts: list[Attempt], i: int, path: Path, confi
             note(f"attempt {i + 1}/{len(attempts)}: adding {len(fallbacks)} fallback rung(s) at an older opset "
                  f"for the target, {len(attempts) + len(fallbacks)} attempts in all now")
         attempts[i + 1:i + 1] = fallbacks
+    release_freed_memory()  # the judge's PyTorch and onnxruntime buffers, before the next rung or the audit
     if attempt.outcome != OK:
         return False
     note(f"attempt {i + 1}/{len(attempts)}: checking the graph's declared shapes")
     _honest_shapes(prepared, attempt, config, out.traced_branches)
+    release_freed_memory()  # the audit's exposed intermediates, before the proof
     return True
 
 
