@@ -135,3 +135,28 @@ def test_the_claim_records_the_noise_tolerance(deep):
     # and the manifest codec reads it back
     back = cl.from_manifest({"outputs": [{"name": "y"}], **cl.to_manifest(noise.claim_with_noise(claim, verdict))})
     assert back.outputs[0] == out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["resnet152", "inception_v3", "wide_resnet101_2"])
+def test_random_init_classics_pass_at_their_noise_and_a_wrong_weight_fails(arch, tmp_path):
+    """The issue's hidden-corpus classics, random init (huge activations), without flags: a correct export passes at
+    k x the model's own noise, the same export with one weight off by 1e-3 of its layer's scale fails."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": False, "init_weights": True} if arch == "inception_v3" else {}
+    model = getattr(tv.models, arch)(weights=None, **kwargs).eval()
+    size = 96 if arch == "inception_v3" else 64
+    feeds = [{"x": np.random.default_rng(s).standard_normal((2, 3, size, size)).astype(np.float32)} for s in range(2)]
+    sources = noise.torch_sources(model, ["x"], ["y"])
+    profiles = noise.measure_noise(sources, feeds)
+    verdict = noise.judge(sources, _session(model, feeds[0]["x"]), feeds, profiles)
+    assert verdict.passed, verdict.summary()
+    bad = copy.deepcopy(model)
+    conv = next(m for m in bad.modules() if isinstance(m, nn.Conv2d))  # the first: deeper ones can hide in noise
+    with torch.no_grad():
+        w = conv.weight
+        w.view(-1)[int(w.abs().view(-1).argmax())] += 1e-3 * float(w.abs().max())
+    wrong = noise.judge(sources, _session(bad, feeds[0]["x"]), feeds, profiles)
+    assert not wrong.passed, wrong.summary()
+    print(arch, profiles["y"].describe(), "|", verdict.summary(), "| wrong:", wrong.summary())
