@@ -188,7 +188,7 @@ def _verify(result) -> Outcome:
         return _fail(ExitCode.PARITY_FAILED, "; ".join(f"{p.candidate}: {p.summary()}" for p in failed) + where,
                      _parity_hint(failed), _parity_cause(failed))
     proof = getattr(result, "preprocessing", None)
-    if proof and not proof["passed"]:  # the served preprocessing is not torchvision's (onnxgate.preprocess.prove)
+    if proof and proof.get("passed") is False:  # the served preprocessing is not torchvision's (onnxgate.preprocess.prove)
         return _fail(ExitCode.PARITY_FAILED, f"preprocessing {proof['spec']}: max pixel error "
                      f"{proof['max_pixel_error']:.3g} (bound {proof['pixel_bound']:g}), top-1 agreement "
                      f"{proof['top1_agree']}/{proof['images']} (at most {proof['max_top1_disagreements']} may differ)",

@@ -61,6 +61,7 @@ class Job:
     eval_data: Any = None  # the accuracy stage's DATA (--eval); else the quantize stage's evaluation data
     eval_labels: Any = None  # one label per sample of eval_data, winning over labels found in it
     preprocess: str | None = None  # reads image-folder eval_data (else the quantize stage's, else the metadata)
+    photos: tuple[str, ...] = ()  # the DATA arguments ``data`` was read from (image folders, labelled CSVs...)
     exported: Any = None
     accuracy: Any = None  # (evaluation Dataset, PyTorch's logits on it): each shipped variant is measured on both
     verified: Any = None
@@ -96,6 +97,11 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
     ``bench``: "quick" (under a minute), "full", or None to skip the benchmark stage. ``optimize``: write the
     verified, optimized ``model.opt.onnx``. ``quantize``: an INT8 variant within an accuracy budget.
     ``deploy``: targets (``deploy.TARGETS``) converted from the verified file and each verified against PyTorch.
+    ``data`` may also name DATA (an image folder, a labelled CSV, an .npz...), read with ``config.inputs``.
+    ``preprocess`` (image DATA) is recorded in the model's metadata when the config records none, so that the
+    bundle serves what was proven; whenever image DATA is given (``data``, ``eval_data``, the quantize stage's) and
+    a preprocessing is recorded or given, the verify stage proves the served bytes -> label path on a sample of
+    those photos (``_prove_preprocessing``; ``report.stages["preprocessing"]``, the claim's ``preprocess``).
     ``on_stage(stage)``: called as the run enters each stage (``stages.Stage``), before any of its work.
     Expected failures end up in the report (verdict, exit code, reason, stage), not as exceptions.
     """
@@ -107,15 +113,17 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
         from .deploy.api import check_extras
 
         check_extras(tuple(deploy))
+    config = _recording(config or ExportConfig(), preprocess)
+    data, photos = _read_data(data, config, preprocess)  # a bad --data is refused before any output exists
     out = Path(out_dir)
     _prepare_out_dir(out, force)
     loaded = ref if isinstance(ref, LoadedModel) else load_model(ref, weights=weights, arch=arch,
                                                                  trust_pickle=trust_pickle)
-    config = config or ExportConfig()
     targets = tuple(targets) or config.targets  # the targets steer the export as well as verification
     job = Job(loaded, replace(config, targets=targets), out, progress or (lambda _m: None), data=data,
               evaluate=evaluate, targets=targets, bench=bench, optimize=optimize, quantize=quantize, bundle=bundle,
-              deploy=tuple(deploy), eval_data=eval_data, eval_labels=eval_labels, preprocess=preprocess)
+              deploy=tuple(deploy), eval_data=eval_data, eval_labels=eval_labels, preprocess=preprocess,
+              photos=photos)
     report = PipelineReport(loaded.ref, str(out))
     reached = Stage.LOAD
     for stage, step in STAGES:
@@ -139,18 +147,39 @@ def run_job(job: RunConfig, *, out_dir: str | Path | None = None, force: bool = 
             progress: Callable[[str], None] | None = None,
             on_stage: Callable[[Stage], None] | None = None) -> PipelineReport:
     """``onnxgate run``: the pipeline on a ``RunConfig`` (see ``configure.run_config``); ``--data`` files are read
-    with the job's input specs."""
-    feeds = None
+    with the job's input specs (by ``run``, which keeps their names for the preprocessing proof)."""
     preprocess = getattr(job, "preprocess", None) or (job.quantize.preprocess if job.quantize else None)
-    if job.data:
-        from .verify.inputs import load_feeds
-
-        feeds = load_feeds(list(job.data), list(job.export.inputs), meta=job.export.meta, preprocess=preprocess)
-    return run(job.ref, out_dir or job.output or "onnxgate-out", config=job.export, data=feeds, force=force,
+    return run(job.ref, out_dir or job.output or "onnxgate-out", config=job.export, data=list(job.data) or None,
+               force=force,
                bundle=job.bundle, targets=job.targets, bench=None if job.bench == "none" else job.bench,
                optimize=job.optimize, quantize=job.quantize, progress=progress, weights=job.weights, arch=job.arch,
                trust_pickle=job.trust_pickle, deploy=job.deploy, eval_data=getattr(job, "eval_data", None),
                preprocess=preprocess, on_stage=on_stage)
+
+
+def _recording(config: ExportConfig, preprocess: str | None) -> ExportConfig:
+    """The export config with ``preprocess`` recorded in the model's metadata (``preprocess=``) when the config
+    records none: the preprocessing the run reads photos with is then what the bundle serves and what the claim
+    states. A recorded one is kept (the proof then holds it to ``preprocess``)."""
+    from .preprocess import Preprocess
+
+    if not preprocess or Preprocess.from_meta(config.meta, model="--meta") is not None:
+        return config
+    return replace(config, meta={**config.meta, "preprocess": str(Preprocess.parse(preprocess))})
+
+
+def _read_data(data, config: ExportConfig, preprocess: str | None) -> tuple[list[dict] | None, tuple[str, ...]]:
+    """``data``'s feeds, its DATA arguments (str/Path items) read with the config's input specs, and those
+    arguments' names (the preprocessing proof reads the photos behind them)."""
+    if not data:
+        return data, ()
+    names = tuple(str(d) for d in data if isinstance(d, (str, Path)))
+    feeds = [d for d in data if not isinstance(d, (str, Path))]
+    if names:
+        from .verify.inputs import load_feeds
+
+        feeds += load_feeds(list(names), list(config.inputs), meta=config.meta, preprocess=preprocess)
+    return feeds, names
 
 
 def _announcer(on_stage: Callable[[Stage], None] | None) -> Callable[[Stage], None]:
@@ -221,9 +250,33 @@ def _verify_stage(job: Job, report: PipelineReport) -> None:
     start = time.perf_counter()
     job.verified = verify(job.model_path, job.loaded, config=job.config, data=job.data, targets=job.targets,
                           proof=_proof_of(job.exported))
-    report.stages["verify"] = {**job.verified.to_dict(), "seconds": round(time.perf_counter() - start, 2)}
+    seconds = time.perf_counter() - start
+    if job.verified.passed:
+        _prove_preprocessing(job, report)
+    report.stages["verify"] = {**job.verified.to_dict(), "seconds": round(seconds, 2)}
     if job.verified.targets:
         report.stages["targets"] = [t.to_dict() for t in job.verified.targets]
+
+
+def _prove_preprocessing(job: Job, report: PipelineReport) -> None:
+    """Image bytes to label, proven inside ``run`` (``verify/preprocessing.py``, the same proof as ``verify --data
+    PHOTOS``): on the photos behind the run's image DATA (``data``, ``eval_data``, the quantize stage's calibration
+    and evaluation data), a sample of ``RUN_IMAGES``, when a preprocessing is recorded in the model (what ``serve``
+    will run) or given (``preprocess``: what the model expects). A failed proof fails the verification; the
+    figures are in ``report.stages["preprocessing"]`` and the claim's ``preprocess``."""
+    from .verify.api import prove_preprocessing
+    from .verify.preprocessing import RUN_IMAGES
+
+    sources = list(job.photos)
+    for value in (job.eval_data, *((job.quantize.calib, job.quantize.eval_data) if job.quantize else ())):
+        if isinstance(value, (str, Path)):
+            sources.append(str(value))
+    if not sources:
+        return
+    given = job.preprocess or (job.quantize.preprocess if job.quantize else None)
+    prove_preprocessing(job.verified, job.loaded.module, sources, given=given, limit=RUN_IMAGES, note=job.note)
+    if job.verified.preprocessing is not None:
+        report.stages["preprocessing"] = job.verified.preprocessing
 
 
 def _proof_of(exported):

@@ -234,6 +234,7 @@ class PreprocessProof:
     top1_differs: list[dict] = field(default_factory=list)  # image, server's and PyTorch's top-1 (and scores)
     max_top1_disagreements: int = 0
     top5: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # image -> {"server": [...], "pytorch": [...]}
+    reference_spec: str | None = None  # torchvision's side ran this spec instead (None: the same as ``spec``)
 
     @property
     def passed(self) -> bool:
@@ -241,8 +242,10 @@ class PreprocessProof:
             self.images - self.top1_agree <= self.max_top1_disagreements
 
     def to_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec, "images": self.images, "max_pixel_error": self.max_pixel_error,
-                "pixel_bound": self.pixel_bound, "top1_agreement": self.top1_agree / max(self.images, 1),
+        return {"spec": self.spec, "reference_spec": self.reference_spec or self.spec, "images": self.images,
+                "max_pixel_error": self.max_pixel_error, "pixel_bound": self.pixel_bound,
+                "top1_agreement": self.top1_agree / max(self.images, 1),
+                "top5_agreement": self.top5_agree / max(self.images, 1),
                 "top1_agree": self.top1_agree, "top5_agree": self.top5_agree,
                 "max_top1_disagreements": self.max_top1_disagreements, "top1_differs": self.top1_differs,
                 "passed": self.passed}
@@ -250,10 +253,14 @@ class PreprocessProof:
 
 def prove(pre: Preprocess, model_path: str | Path, module, images: Iterable[tuple[str, bytes]], *,
           channels: int = 3, batch: int = 8, max_top1_disagreements: int | None = None,
-          pixel_bound: float = PIXEL_BOUND) -> PreprocessProof:
+          pixel_bound: float = PIXEL_BOUND, reference: Preprocess | None = None) -> PreprocessProof:
     """Run every (name, image file bytes) through both paths: the server's (``serve.images.to_array``, the ONNX
     model in onnxruntime) and torchvision's transforms + ``module`` in PyTorch eager; compare the preprocessed
-    tensors and the labels. ``max_top1_disagreements`` defaults to 0.4% of the images (2 of 500)."""
+    tensors and the labels. ``max_top1_disagreements`` defaults to 0.4% of the images (2 of 500).
+
+    ``reference``: the spec torchvision's side runs when it is not ``pre`` (``onnxgate run --preprocess`` says what
+    the model expects while the model records what the server will run): the proof then shows whether serving the
+    recorded spec gives the model's answer. Both must crop the same size (the model takes one input size)."""
     import torch
     from PIL import Image
 
@@ -263,7 +270,13 @@ def prove(pre: Preprocess, model_path: str | Path, module, images: Iterable[tupl
 
     session = open_session(str(model_path))
     input_name = session.get_inputs()[0].name
-    reference = pre.torchvision(channels)
+    theirs_pre = reference or pre
+    if theirs_pre.crop != pre.crop:
+        raise BadInputError(f"Preprocessing proof: the server's spec ({pre}) crops {pre.crop}x{pre.crop}, the "
+                            f"reference's ({theirs_pre}) {theirs_pre.crop}x{theirs_pre.crop}: the server would feed "
+                            "the model another size than it expects.",
+                            hint="Record the preprocessing the model was trained with (--meta preprocess=...).")
+    reference_fn = theirs_pre.torchvision(channels)
     module.eval()
     items = list(images)
     worst, top1, top5, differs, proof_top5 = 0.0, 0, 0, [], {}
@@ -273,11 +286,12 @@ def prove(pre: Preprocess, model_path: str | Path, module, images: Iterable[tupl
             served = np.stack([to_array(data, name, pre, channels, "float32") for name, data in chunk])
         except RequestError as exc:  # what the server would answer with a 4xx
             raise BadInputError(f"Preprocessing proof: {exc.message}", hint="Remove or replace that image.") from None
-        theirs = torch.stack([reference(Image.open(io.BytesIO(data))) for _name, data in chunk])
+        theirs = torch.stack([reference_fn(Image.open(io.BytesIO(data))) for _name, data in chunk])
         worst = max(worst, float(np.abs(served - theirs.numpy()).max()))
         (ours,) = session.run(None, {input_name: served})[:1]
         with torch.inference_mode():
-            eager = module(theirs).float().numpy()
+            eager = module(theirs)
+            eager = (eager[0] if isinstance(eager, (tuple, list)) else eager).float().numpy()
         for (name, _data), a, b in zip(chunk, ours, eager):
             a5, b5 = np.argsort(-a, kind="stable")[:5], np.argsort(-b, kind="stable")[:5]
             top1 += int(a5[0] == b5[0])
@@ -286,7 +300,8 @@ def prove(pre: Preprocess, model_path: str | Path, module, images: Iterable[tupl
             if a5[0] != b5[0]:
                 differs.append({"image": name, "server": int(a5[0]), "pytorch": int(b5[0])})
     allowed = int(len(items) * 0.004) if max_top1_disagreements is None else max_top1_disagreements
-    return PreprocessProof(str(pre), len(items), worst, pixel_bound, top1, top5, differs, allowed, proof_top5)
+    return PreprocessProof(str(pre), len(items), worst, pixel_bound, top1, top5, differs, allowed, proof_top5,
+                           str(theirs_pre) if theirs_pre != pre else None)
 
 
 # ------------------------------------------------------------------------------------ preprocessing in the graph

@@ -50,7 +50,7 @@ def render_html(report: dict) -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>onnxgate report: "
              f"{escape(report.get('ref', ''))}</title><style>{CSS}</style></head><body>",
              f"<h1>onnxgate report — <code>{escape(report.get('ref', ''))}</code></h1>", _verdict(report)]
-    for section in (_export, _claim, _parity, _localization, _accuracy, _transforms, _bench, _deploy, _graph, _targets,
+    for section in (_export, _claim, _parity, _preprocessing, _localization, _accuracy, _transforms, _bench, _deploy, _graph, _targets,
                     _environment):
         html = section(stages)
         if html:
@@ -166,6 +166,30 @@ def _localization(stages: dict) -> str:
     return (f"<h2 id='localization'>Layer-wise localization</h2><p><strong>{escape(loc.get('summary', ''))}</strong>"
             f" (feed: {escape(str(loc.get('feed', '')))}, mapping: {escape(loc.get('strategy', ''))})</p>"
             + chart + _table(["module", "type", "max abs err", "verdict", "ONNX nodes"], rows, raw={3}))
+
+
+def _preprocessing(stages: dict) -> str:
+    """Image bytes to label: the server's preprocessing + onnxruntime against torchvision + PyTorch eager on the
+    run's photos (``pipeline._prove_preprocessing``), or why the proof was skipped."""
+    pre = stages.get("preprocessing")
+    if not pre:
+        return ""
+    head = "<h2 id='preprocessing'>Preprocessing, image bytes to label</h2>"
+    if pre.get("skipped"):
+        return head + f"<p>{escape(pre['spec'])}: not proven ({escape(pre['skipped'])}).</p>"
+    expected = pre.get("reference_spec")
+    note = "" if not expected or expected == pre["spec"] else \
+        f"<p>The reference ran <code>{escape(expected)}</code> (given), the server runs the recorded spec.</p>"
+    rows = [[pre["spec"], pre.get("sampled") or pre["images"], pre["max_pixel_error"], pre["pixel_bound"],
+             f"{pre['top1_agree']}/{pre['images']}", f"{pre['top5_agree']}/{pre['images']}",
+             pre["max_top1_disagreements"], _ok(pre["passed"])]]
+    differs = "".join(f"<li>{escape(str(d.get('image')))}: server {escape(str(d.get('server')))}, PyTorch "
+                      f"{escape(str(d.get('pytorch')))}</li>" for d in pre.get("top1_differs", [])[:20])
+    return (head + f"<p class='muted'>{escape(pre.get('server', 'server'))} against "
+            f"{escape(pre.get('reference', 'torchvision + PyTorch'))}, from the same image bytes.</p>" + note
+            + _table(["spec (served)", "photos", "max pixel error", "bound", "top-1 agree", "top-5 sets agree",
+                      "top-1 may differ", "verdict"], rows, raw={7})
+            + (f"<p>Top-1 differs on:</p><ul>{differs}</ul>" if differs else ""))
 
 
 def _accuracy(stages: dict) -> str:

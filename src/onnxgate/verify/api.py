@@ -37,14 +37,14 @@ class VerifyResult:
     warnings: list[str] = field(default_factory=list)
     localization: dict | None = None
     targets: list = field(default_factory=list)  # TargetResult per --target
-    preprocessing: dict | None = None  # onnxgate.preprocess.prove on --data image folders (recorded preprocess=)
+    preprocessing: dict | None = None  # image bytes to label on the --data photos (verify/preprocessing.py)
     claim: cl.Claim | None = None  # what this verification proved (None when nothing ran)
 
     @property
     def passed(self) -> bool:
         return (self.structure.passed and all(p.passed for p in self.parities)
                 and all(t.supported for t in self.targets)
-                and (self.preprocessing is None or self.preprocessing["passed"]))
+                and (self.preprocessing is None or self.preprocessing.get("passed") is not False))
 
     @property
     def domains(self) -> dict[str, DimDomain]:
@@ -186,40 +186,31 @@ def verify(model: str | Path, against=None, *, config: ExportConfig | None = Non
         if not parity.passed:
             parity.branch = _value_branch(loaded.module, parity, specs, dict(probes))
     result = VerifyResult(str(model), loaded.ref, structure, parities, warnings, targets=target_results)
-    result.preprocessing = _preprocessing_proof(model, loaded, structure, specs, dims, settings, warnings)
     result.claim = _claim(result, specs, dims, settings, loaded.ref, policy=policy, data=len(data or []))
+    if settings.data and result.passed:
+        prove_preprocessing(result, loaded.module, settings.data)
     failed = next((p for p in parities if not p.passed), None)
     if settings.localize and failed is not None:
         result.localization = _localize(loaded.module, model, failed, specs)
     return result
 
 
-def _preprocessing_proof(model, loaded, structure: StructureReport, specs, dims, settings: VerifyConfig,
-                         warnings: list) -> dict | None:
-    """Image bytes to label, proven: the recorded ``preprocess=`` run by the server's implementation and by
-    torchvision's transforms on every --data image folder (at most 500 photos), the ONNX model against PyTorch
-    eager (``onnxgate.preprocess.prove``). None without image folders or recorded preprocessing."""
-    from ..preprocess import Preprocess, image_files, prove
+def prove_preprocessing(result: VerifyResult, module, sources, *, given: str | None = None,
+                        limit: int | None = None, note=None) -> None:
+    """Image bytes to label on the photos behind ``sources`` (``verify/preprocessing.py``: image folders and
+    labelled CSVs; the recorded ``preprocess=``, else ``given``): the figures go to ``result.preprocessing`` and
+    the claim's ``preprocess`` (a failed proof fails the verification), a skipped proof to the warnings and to
+    ``result.preprocessing["skipped"]``."""
+    from .preprocessing import VERIFY_IMAGES, prove_on_photos
 
-    folders = [Path(d) for d in settings.data if Path(d).is_dir()]
-    pre = Preprocess.from_meta(structure.metadata, model=str(model)) if folders else None
-    if pre is None:
-        return None
-    spec = specs[0] if len(specs) == 1 else None
-    if spec is None or len(spec.shape) != 4 or spec.shape[1] not in (1, 3):
-        warnings.append("The preprocessing proof was skipped: the model does not take one NCHW image input.")
-        return None
-    batch_dim = dims.get(spec.shape[0]) if isinstance(spec.shape[0], str) else None
-    sizes = [b for b in (8, 4, 2, 1) if (spec.shape[0] == 1 if batch_dim is None else
-                                        all(batch_dim.contains(n) for n in range(1, b + 1)))]
-    if not sizes:
-        warnings.append("The preprocessing proof was skipped: it runs batches of 1 to 8 images, outside the "
-                        f"model's batch dim {spec.shape[0]}.")
-        return None
-    files = [f for folder in folders for f in image_files(folder)][:500]
-    proof = prove(pre, model, loaded.module, [(str(f), f.read_bytes()) for f in files], channels=spec.shape[1],
-                  batch=sizes[0])
-    return proof.to_dict()
+    proof = prove_on_photos(result.model, module, result.structure.metadata, result.claim,
+                            [t.shape for t in result.structure.outputs], [str(s) for s in sources], given=given,
+                            limit=limit or VERIFY_IMAGES, note=note)
+    if proof is None:
+        return
+    result.preprocessing, result.claim = proof.entry, proof.claim
+    if proof.skipped:
+        result.warnings.append(f"The preprocessing proof was skipped: {proof.skipped}.")
 
 
 def _contract_tolerances(model, structure: StructureReport, settings: VerifyConfig, tolerances, warnings: list):
