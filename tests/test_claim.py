@@ -38,7 +38,9 @@ def full_claim() -> cl.Claim:
                     cl.RuntimeCondition("openvino", "CPU", precision_hint="f32", threads=4, layout="NCHW")),
         preprocess={"spec": "resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,order=RGB"},
         reference=cl.ReferenceIdentity("torchvision:resnet18", "ab" * 32, True),
-        evidence=cl.Evidence(cases=14, seeds=(0, 1), data=2, sizes={"N": (2, 1, 64, 65, 3)}))
+        evidence=cl.Evidence(cases=14, seeds=(0, 1), data=2, sizes={"N": (2, 1, 64, 65, 3)}),
+        noise={"logits": {"noise_abs": 3e-6, "scale": 4.0, "measured_by": "float64, threads"}},
+        hunt={"budget": 200, "seed": 0, "score": 0.4}, batching={"sizes": [1, 2, 8], "bound": 1e-6})
 
 
 # ------------------------------------------------------------------------------------------------ round trips

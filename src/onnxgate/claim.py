@@ -182,6 +182,10 @@ class Claim:
     preprocess: Mapping[str, Any] | None = None  # opaque: the recorded preprocessing spec, as ``preprocess`` has it
     reference: ReferenceIdentity = ReferenceIdentity()
     evidence: Evidence = Evidence()
+    # Beyond sampling (issue 28), each opaque like ``preprocess`` and None when that check did not run:
+    noise: Mapping[str, Any] | None = None  # per output: the reference's own float32 noise and its sources
+    hunt: Mapping[str, Any] | None = None  # the divergence hunt: budget, seed, worst score, random vs hunted
+    batching: Mapping[str, Any] | None = None  # batch invariance: sizes tried, the measured bound, largest held
 
     @property
     def domains(self) -> dict[str, Dim]:
@@ -418,7 +422,11 @@ def _extras(claim: Claim) -> dict[str, Any]:
             "evidence": {"cases": claim.evidence.cases, "seeds": list(claim.evidence.seeds),
                          "data": claim.evidence.data,
                          "sizes": {n: list(s) for n, s in claim.evidence.sizes.items()}},
-            "dims": {d.name: _dim_record(d) for d in claim.dims}}
+            "dims": {d.name: _dim_record(d) for d in claim.dims},
+            **{key: dict(getattr(claim, key)) for key in _OPAQUE if getattr(claim, key) is not None}}
+
+
+_OPAQUE = ("noise", "hunt", "batching")  # optional sections, written only when their check ran
 
 
 _CONDITION_FIELDS = ("runtime", "provider", "precision_hint", "threads", "layout", "opt_level", "version")
@@ -440,7 +448,8 @@ def _assemble(specs, dims: dict[str, Dim], records: dict[str, Any], extras: Any,
         extras = {}
     if not isinstance(extras, dict):
         raise where.malformed(f"it must be a JSON object, not {describe_value(extras)}")
-    unknown = sorted(set(extras) - {"version", "outputs", "conditions", "preprocess", "reference", "evidence", "dims"})
+    unknown = sorted(set(extras) - {"version", "outputs", "conditions", "preprocess", "reference", "evidence", "dims",
+                                    *_OPAQUE})
     if unknown:
         raise where.malformed(f"it has unknown fields {', '.join(repr(clip(str(k), 20)) for k in unknown[:3])}")
     version = extras.get("version", CLAIM_VERSION)
@@ -453,9 +462,10 @@ def _assemble(specs, dims: dict[str, Dim], records: dict[str, Any], extras: Any,
         raise where.malformed("'outputs' names an output twice")
     conditions = tuple(_condition(c, i, where) for i, c in
                        enumerate(_items(extras.get("conditions"), "conditions", where)))
-    preprocess = extras.get("preprocess")
-    if preprocess is not None and not isinstance(preprocess, dict):
-        raise where.malformed(f"'preprocess' must be an object or null, not {describe_value(preprocess)}")
+    opaque = {key: extras.get(key) for key in ("preprocess", *_OPAQUE)}
+    for key, value in opaque.items():
+        if value is not None and not isinstance(value, dict):
+            raise where.malformed(f"'{key}' must be an object or null, not {describe_value(value)}")
     ref = _mapping(extras.get("reference"), "reference", where)
     reference = ReferenceIdentity(_text(ref.get("source"), "reference.source", where),
                                   _text(ref.get("weights_sha256"), "reference.weights_sha256", where),
@@ -467,7 +477,8 @@ def _assemble(specs, dims: dict[str, Dim], records: dict[str, Any], extras: Any,
                                                                                    where)),
                         _count(ev.get("data", 0), "evidence.data", where),
                         {str(n): _sizes(v, f"evidence.sizes.{clip(str(n), 40)}", where) for n, v in sizes.items()})
-    return Claim(tuple(specs), dim_claims, outputs, conditions, preprocess, reference, evidence)
+    return Claim(tuple(specs), dim_claims, outputs, conditions, opaque["preprocess"], reference, evidence,
+                 opaque["noise"], opaque["hunt"], opaque["batching"])
 
 
 def _dim_claim(dim: Dim, record: Any, where: _Where) -> DimClaim:
