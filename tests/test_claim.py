@@ -244,9 +244,6 @@ def test_the_verify_stage_takes_the_exports_proof_instead_of_discovering_again(e
 # the input specs through claim.metadata_entries).
 DIMS_KEY_READERS = {
     "metadata.py": "the validated low-level reader the codec calls (claim.py names the key by its constant)",
-    # Until the lead changes export/ladder.py's _metadata to `**claim.metadata_entries(prepared.specs,
-    # prepared.dims)` (another helper's file this turn).
-    "export/ladder.py": "to call claim.metadata_entries (issue 24; lead applies)",
 }
 # Modules allowed to use the manifest's claim keys ("domain", "tolerances") as keys, and why.
 MANIFEST_KEY_READERS = {

@@ -74,7 +74,8 @@ def optimize(model_path, out, *, level: str | None = "basic", simplifier: str | 
 def quantize(model_path, out, *, mode: str = "static", calib=None, eval_data=None, labels=None, class_names=None,
              labels_key: str = "labels", preprocess: str | None = None, method: str = "minmax",
              per_channel: bool = True, max_accuracy_drop: float | None = None, max_error: float | None = None,
-             max_float_nodes: int = 8, force: bool = False, progress=None):
+             max_float_nodes: int = 8, force: bool = False, equalize: bool = False, bias_correction: bool = False,
+             progress=None):
     """INT8-quantize an ONNX file within an accuracy budget -> ``QuantizeReport`` (the options of
     ``QuantizeConfig``). See ``onnxgate.transform.quantize.quantize``."""
     from .transform.quantize import quantize as _quantize
@@ -82,7 +83,8 @@ def quantize(model_path, out, *, mode: str = "static", calib=None, eval_data=Non
     return _quantize(model_path, out, mode=mode, calib=calib, eval_data=eval_data, labels=labels,
                      class_names=class_names, labels_key=labels_key, preprocess=preprocess, method=method,
                      per_channel=per_channel, max_accuracy_drop=max_accuracy_drop, max_error=max_error,
-                     max_float_nodes=max_float_nodes, force=force, progress=progress)
+                     max_float_nodes=max_float_nodes, force=force, equalize=equalize,
+                     bias_correction=bias_correction, progress=progress)
 
 
 def bench(model, *, against=None, variants=(), config: ExportConfig | None = None, settings=None,

@@ -23,6 +23,7 @@ import numpy as np
 from .. import serde
 from ..fsutil import check_target
 from .._version import __version__
+from ..claim import metadata_entries
 from ..errors import ExportError, ParityError, first_line
 from ..spec import ExportConfig
 from ..verify.structure import StructureReport, check_structure
@@ -455,8 +456,7 @@ def _metadata(loaded, prepared: Prepared, config: ExportConfig, attempt: Attempt
         "onnxgate.version": __version__,
         "onnxgate.torch_version": torch.__version__,
         "onnxgate.source": loaded.ref,
-        "onnxgate.inputs": json.dumps([s.to_dict() for s in prepared.specs]),
-        "onnxgate.dims": json.dumps({n: asdict(d) for n, d in prepared.dims.items()}),
+        **metadata_entries(prepared.specs, prepared.dims),
         "onnxgate.strategy": attempt.strategy,
         **({"onnxgate.export_variant": attempt.variant} if attempt.variant else {}),
         **({"onnxgate.repairs": json.dumps(attempt.repairs)} if attempt.repairs else {}),
