@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx
 
-from .verifier import session_for
+from ..runtimes.intermediates import run_with_intermediates
 
 DEQUANT_SUFFIX = "_DequantizeLinear_Output"  # onnxruntime.quantization's naming of a DequantizeLinear's output
 QUANT_INPUT_SUFFIX = "_QuantizeLinear_Input"  # ... and of a graph output's value before its Q/DQ pair
@@ -178,18 +178,7 @@ def _quantized_nodes(float_model: onnx.ModelProto, quant_model: onnx.ModelProto,
 
 
 def _all_values(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every float tensor the model computes on ``feed``, by name (as computed: float32 keeps a large model's
-    intermediates in half the memory; sums are taken in float64 by the callers)."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {o.name for o in exposed.graph.output}
-    for node in exposed.graph.node:
-        for name in node.output:
-            if name and name not in present:
-                exposed.graph.output.append(onnx.ValueInfoProto(name=name))
-                present.add(name)
-    session = session_for(exposed, what="the model with its intermediate tensors exposed")
-    names = [o.name for o in session.get_outputs()]
-    inputs = {i.name for i in session.get_inputs()}
-    values = session.run(None, {k: v for k, v in feed.items() if k in inputs})
-    return {n: v for n, v in zip(names, values) if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+    """Every float tensor the model computes on ``feed``, by name (``runtimes.intermediates``; as computed: float32
+    keeps a large model's intermediates in half the memory; sums are taken in float64 by the callers)."""
+    values = run_with_intermediates(model, feed, what="the model with its intermediate tensors exposed")
+    return {n: v for n, v in values.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
