@@ -113,9 +113,13 @@ def test_tritonclient_reads_the_model_config_and_tritons_protobuf_accepts_it(bat
 
 def test_metadata_and_the_start_up_line_say_dynamic_batching_and_its_limits(batching_server, bundle):
     meta = httpclient.InferenceServerClient(batching_server.hostport).get_model_metadata(NAME)
-    assert meta["parameters"]["dynamic_batching"] == {
+    batching = meta["parameters"]["dynamic_batching"]
+    proof = batching.pop("proof")
+    assert batching == {
         "enabled": True, "max_batch": 8, "timeout_ms": 5.0, "batch_dim": "B",
         "verified": {"dim": "B", "min": 1, "max": 64, "multiple_of": None, "source": "verified domain"}}
+    assert proof["passed"] and proof["max_batch"] == 64 and proof["source"] == "the bundle's claim"
+    assert proof["sizes"] == [2, 3, 4, 8, 16, 64] and proof["bound"]["y"] < 1e-5
     assert meta["parameters"]["max_queue"] is None and meta["parameters"]["auth"] == "off"
     assert "dynamic batching on: up to 8 rows per run, waiting at most 5 ms, within B: 1..64" in batching_server.log
     assert "admission unlimited; auth off; gRPC off" in batching_server.log
@@ -173,7 +177,7 @@ def test_export_refuses_dynamic_batching_for_a_model_that_mixes_rows(tmp_path, c
     mixing = tiny_bundle(tmp_path / "mix", mixes_rows=True)
     code = main(["serve", str(mixing), "--export-config", "triton", str(tmp_path / "t"), "--max-batch", "8", "--json"])
     envelope = json.loads(capsys.readouterr().out)
-    assert code == 2 and "rows are not independent" in json.dumps(envelope)
+    assert code == 2 and "changes by up to" in envelope["reason"] and "batch companions" in envelope["reason"]
     assert not (tmp_path / "t").exists()
 
 

@@ -50,6 +50,7 @@ def write_bundle(out_dir: str | Path, *, model_path: str | Path, golden_inputs: 
     given = {**{o.name: (o.rtol, o.atol) for o in claim.outputs}, **(tolerances or {})}
     tolerance_table = _tolerances(given, {name: reference_outputs[name] for name in output_names})
     claim = _with_outputs(claim, tolerance_table, set(tolerances or ()))
+    claim = _with_batching(claim, model_path, model, golden_inputs)
     tar_path = out_dir.with_name(out_dir.name + ".tar.gz")
     if tarball:
         check_target(tar_path, force=force, kind="file")  # refuse before writing anything
@@ -103,6 +104,45 @@ def _with_outputs(claim: cl.Claim, table: dict[str, dict], overridden: set[str])
         outputs.append(replace(seen, rtol=tol["rtol"], atol=tol["atol"], policy=policy) if seen else
                        cl.OutputClaim(name, tol["rtol"], tol["atol"], policy))
     return replace(claim, outputs=tuple(outputs))
+
+
+def _with_batching(claim: cl.Claim, model_path: Path, model: dict[str, Any],
+                   golden: dict[str, np.ndarray]) -> cl.Claim:
+    """The claim with its batch-invariance proof (``claim.batching``, issue 28 item 3) when the model has a dynamic
+    batch dim that ``onnxgate serve --max-batch`` could merge requests along: each golden row alone vs inside batches
+    of golden and random companions at a bounded set of the claimed batch sizes, on onnxruntime, judged at the
+    bundle's tolerances (``verify.batch_invariance.prove``). Unchanged when the claim brings a proof or the model has
+    no such dim. The dim is found as serve finds it: the claim's input specs and domains, else those the model's
+    metadata records, else the graph's shapes."""
+    if claim.batching is not None:
+        return claim
+    graph_inputs = [spec["shape"] or [] for spec in model["inputs"]]
+    leading = {shape[0] if shape else None for shape in graph_inputs}
+    if not claim.dims and (len(leading) != 1 or not isinstance(next(iter(leading)), str)):
+        return claim  # no symbolic leading dim shared by every input: nothing to batch along
+    from ..runtimes.ort import open_session
+    from ..verify import batch_invariance as bi
+
+    session = open_session(str(model_path), what=f"the model '{model_path}'")
+    specs, domains = claim.inputs, claim.domains
+    if not (specs and claim.dims):
+        recorded = cl.from_metadata(dict(session.get_modelmeta().custom_metadata_map), model=model_path)
+        specs, domains = specs or (recorded.inputs if recorded else ()), domains or (
+            recorded.domains if recorded else {})
+    by_name = {s.name: s for s in specs}
+    shapes = [list(by_name[spec["name"]].shape) if spec["name"] in by_name else (spec["shape"] or [])
+              for spec in model["inputs"]]
+    dim = bi.leading_batch_dim(shapes, [spec["shape"] or [] for spec in model["outputs"]], domains)
+    if dim is None:
+        return claim
+    import onnxruntime
+
+    names = [spec["name"] for spec in model["outputs"]]
+    ranges = {s.name: tuple(s.value_range) for s in specs if s.value_range}
+    proof = bi.prove(lambda feed: dict(zip(names, session.run(names, feed))), golden, dim,
+                     tolerances=claim.tolerances(), value_ranges=ranges,
+                     runtime=f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider, optimization 'all'")
+    return replace(claim, batching=proof)
 
 
 def write_tarball(folder: Path, tar_path: Path, *, force: bool = False) -> Path:

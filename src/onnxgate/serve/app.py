@@ -69,6 +69,7 @@ class AppSettings:
     grpc_port: int | None = None  # None: no gRPC
     grpc_reuse_port: bool = False  # several workers share the gRPC port (SO_REUSEPORT)
     grace_s: float = 30.0
+    batching: dict[str, Any] | None = None  # the metadata's dynamic_batching (contract.BatchingPlan): limits, proof
 
 
 class BodyTooLarge(Exception):

@@ -35,7 +35,7 @@ from .. import claim as cl
 from ..bundle.opened import VerifiedBundle
 from ..bundle.opened import open as open_bundle
 from ..errors import BadInputError, IntegrityError, ParityError
-from ..verify import engine
+from ..spec import Dim
 from .protocol import NonFiniteOutput, RequestError, datatype_of, json_safe
 
 _NAME = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -479,35 +479,103 @@ def _batch_dim(inputs: list[TensorRule], outputs: list[TensorRule]) -> str | Non
     return rule.name
 
 
-def batch_probe(model: ServedModel) -> str | None:
-    """Why requests cannot be merged along the batch dim (None when they can), shown on the model itself: the
-    golden rows, repeated to another size inside the verified batch domain, must come back row for row as they
-    came alone, within the bundle's tolerances (a model that mixes rows, or whose outputs do not follow the batch
-    dim, fails here and dynamic batching is refused)."""
-    rule, golden = model.batch_rule, model.golden
-    if rule is None or not golden:
-        return "its inputs share no leading batch dim with a verified range"
-    rows = int(golden[model.inputs[0].name].shape[0])
-    sizes = list(dict.fromkeys(n for n in (2 * rows, rows + 1, rows - 1, rule.max)
-                               if n and n != rows and n >= 1 and rule.allows(n)))
-    if not sizes or rows < 1:
-        return f"no batch size other than {rows} lies in the verified domain {rule.describe()}"
+@dataclass(frozen=True)
+class BatchingPlan:
+    """How a server may merge requests, from the batch-invariance proof (``verify.batch_invariance``, issue 28
+    item 3): ``max_batch`` rows per run at most (None: dynamic batching off), and ``reason`` when that is off or
+    below the ``asked`` --max-batch; ``proof`` is the record judged (the bundle's ``claim.batching``, or the same
+    proof run at start-up: ``source`` says which)."""
+
+    asked: int
+    max_batch: int | None
+    reason: str | None = None
+    proof: dict[str, Any] | None = None
+    source: str | None = None
+
+    def proof_summary(self) -> dict[str, Any] | None:
+        if self.proof is None:
+            return None
+        keys = ("passed", "allowed", "max_batch", "sizes", "bound", "used_by", "trials", "tolerance", "runtime")
+        return json_safe({**{k: self.proof.get(k) for k in keys}, "source": self.source})
+
+    def metadata(self, rule: DimRule | None, timeout_ms: float) -> dict[str, Any]:
+        """``parameters.dynamic_batching`` of the model metadata: on with its limits and proof, or off and why."""
+        if self.max_batch is None:
+            return {"enabled": False, "asked": self.asked, "reason": self.reason, "proof": self.proof_summary()}
+        doc = {"enabled": True, "max_batch": self.max_batch, "timeout_ms": timeout_ms,
+               "batch_dim": rule.name if rule else None, "verified": rule.to_dict() if rule else None,
+               "proof": self.proof_summary()}
+        if self.reason:
+            doc["capped"] = self.reason
+        return doc
+
+    def text(self, timeout_ms: float, rule: DimRule | None) -> str:
+        """The start-up line's batching part."""
+        if self.max_batch is None:
+            return (f"dynamic batching refused (--max-batch {self.asked}): "
+                    f"{(self.reason or '').removeprefix('dynamic batching refused: ')}")
+        proof = self.proof or {}
+        bound = ", ".join(f"{n} {v:.3g}" for n, v in (proof.get("bound") or {}).items() if v is not None)
+        text = (f"dynamic batching on: up to {self.max_batch} rows per run, waiting at most {timeout_ms:g} ms, within "
+                f"{rule.name}: {rule.describe()}; batch-invariant up to {proof.get('max_batch')} rows "
+                f"(bound {bound or 'n/a'}; {self.source})")
+        return text + (f"; {self.reason}" if self.reason else "")
+
+
+def batch_proof(model: ServedModel, asked: int) -> tuple[dict[str, Any], str]:
+    """The batch-invariance proof for ``model`` and where it comes from: the bundle's recorded ``claim.batching``
+    (written with the bundle, on onnxruntime), else -- an older bundle, or a server on another runtime -- the same
+    proof run now on the serving session at the claimed batch sizes up to ``asked``."""
+    from ..verify import batch_invariance as bi
+
+    rule = model.batch_rule
+    recorded = bi.read_record(model.claim.batching if model.claim is not None else None)
+    if recorded is not None and recorded.get("batch_dim") == rule.name and model.runtime == "onnxruntime":
+        return recorded, "the bundle's claim"
+    why = ("the bundle records no batch-invariance proof" if recorded is None else
+           f"the bundle's proof ran on onnxruntime, this server runs {model.runtime}" if model.runtime != "onnxruntime"
+           else f"the bundle's proof is for the batch dim '{recorded.get('batch_dim')}'")
+    dim = Dim(rule.name, rule.min, rule.max, None, rule.multiple_of)
+    sizes = [s for s in bi.batch_sizes(Dim(rule.name, rule.min, min(asked, rule.max or asked), None,
+                                           rule.multiple_of))]
     names = [o.name for o in model.outputs]
-    alone = dict(zip(names, model.session.run(names, {t.name: golden[t.name] for t in model.inputs})))
-    tolerances = (model.check_claim or model.claim).tolerances()
-    for size in sizes[:2]:  # two sizes: the golden rows repeated whole (2x) keep a batch mean; rows + 1 does not
-        index = np.arange(size) % rows
-        merged = dict(zip(names, model.session.run(names, {t.name: golden[t.name][index] for t in model.inputs})))
-        wrong = [n for n in names if merged[n].shape[:1] != (size,)]
-        if wrong:
-            return f"output '{wrong[0]}' does not follow the batch dim (shape {list(merged[wrong[0]].shape)} at {size} rows)"
-        compared = engine.compare({n: alone[n][index] for n in names}, merged, tolerances=tolerances,
-                                  reference_label="the rows run alone")
-        failed = [c for c in compared if not c.passed]
-        if failed:
-            return (f"rows are not independent: output '{failed[0].name}' changes when rows run together "
-                    f"({failed[0].reason})")
-    return None
+    tolerances = (model.check_claim or model.claim).tolerances() if (model.check_claim or model.claim) else {}
+    ranges = {t.name: tuple(t.value_range) for t in model.inputs if t.value_range is not None}
+    proof = bi.prove(lambda feed: dict(zip(names, model.session.run(names, feed))),
+                     {t.name: model.golden[t.name] for t in model.inputs}, dim, tolerances=tolerances, sizes=sizes,
+                     value_ranges=ranges, runtime=model.runtime_config)
+    return proof, f"measured at start-up: {why}"
+
+
+def plan_batching(model: ServedModel, asked: int) -> BatchingPlan:
+    """Dynamic batching within the proof: off with the refusal (the measured bound) when not even two rows held,
+    capped at the largest batch size that held, else ``asked``."""
+    rule = model.batch_rule
+    if rule is None or not model.golden:
+        return BatchingPlan(asked, None, "its inputs share no leading batch dim with a verified range")
+    if asked < 2:
+        return BatchingPlan(asked, asked, None, None, None)
+    proof, source = batch_proof(model, asked)
+    held = proof.get("max_batch") or 1
+    if not proof.get("allowed") or held < 2:
+        return BatchingPlan(asked, None, proof.get("refusal") or "dynamic batching refused: no batch size held",
+                            proof, source)
+    if asked <= held:
+        return BatchingPlan(asked, asked, None, proof, source)
+    tried = ", ".join(map(str, proof.get("sizes") or []))
+    beyond = (f"a larger batch failed: {proof['failures'][0]}" if proof.get("failures") else
+              f"no larger size was proven (sizes tried: {tried})")
+    return BatchingPlan(asked, held, f"--max-batch {asked} capped at {held} rows, the largest batch size proven "
+                                     f"batch-invariant; {beyond}", proof, source)
+
+
+def batch_probe(model: ServedModel, max_batch: int | None = None) -> str | None:
+    """Why requests cannot be merged along the batch dim (None when they can): the batch-invariance proof
+    (``plan_batching``) up to ``max_batch`` (default: the batch domain's largest size)."""
+    rule = model.batch_rule
+    asked = max_batch or (rule.max if rule is not None and rule.max else 64)
+    plan = plan_batching(model, asked)
+    return plan.reason if plan.max_batch is None else None
 
 
 def _classify_setup(model: ServedModel) -> None:

@@ -168,31 +168,51 @@ def reserve_grpc_port(settings: ServeSettings) -> ServeSettings:
         return replace(settings, grpc_port=probe.getsockname()[1])
 
 
-def batching_text(max_batch: int | None, timeout_ms: float, model) -> str:
+def batching_text(max_batch: int | None, timeout_ms: float, model, plan=None) -> str:
+    if plan is not None:
+        return plan.text(timeout_ms, model.batch_rule)
     if not max_batch:
         return "dynamic batching off"
     return (f"dynamic batching on: up to {max_batch} rows per run, waiting at most {timeout_ms:g} ms, within "
             f"{model.batch_rule.name}: {model.batch_rule.describe()}")
 
 
-def check_batching(model, settings: ServeSettings) -> int | None:
-    """The max merged batch: ``--max-batch`` within the verified batch domain, once ``contract.batch_probe`` has
-    shown that rows run together come back as they run alone; BadInputError otherwise."""
-    from .contract import batch_probe
+def plan_batching(model, settings: ServeSettings):
+    """How ``--max-batch`` is honoured (``contract.BatchingPlan``; None without the flag): BadInputError when the
+    flag cannot apply at all (no verified batch dim, beyond its verified domain); otherwise within the
+    batch-invariance proof -- capped at the largest batch size that held, or off with the measured bound when
+    rows are not independent (the server still serves, one request per run)."""
+    from .contract import plan_batching as plan
 
     if settings.max_batch is None:
         return None
-    why = batch_probe(model)
-    if why is not None:
-        raise BadInputError(f"--max-batch: '{model.name}' cannot merge requests: {why} "
-                            f"({', '.join(t.name + ' ' + t.shape_text() for t in model.inputs)}).",
-                            hint="Serve without --max-batch, or export with a dynamic batch: --dim B=1..64.")
     rule = model.batch_rule
+    if rule is None or not model.golden:
+        raise BadInputError(f"--max-batch: '{model.name}' cannot merge requests: its inputs share no leading batch "
+                            f"dim with a verified range ({', '.join(t.name + ' ' + t.shape_text() for t in model.inputs)}).",
+                            hint="Serve without --max-batch, or export with a dynamic batch: --dim B=1..64.")
     if rule.max is not None and settings.max_batch > rule.max:
         raise BadInputError(f"--max-batch {settings.max_batch} exceeds the verified batch domain of {rule.name}: "
                             f"{rule.describe()}.", hint=f"Give --max-batch {rule.max} or less: larger merged batches "
                             "were never verified.")
-    return settings.max_batch
+    return plan(model, settings.max_batch)
+
+
+def check_batching(model, settings: ServeSettings) -> int | None:
+    """The max merged batch, strictly (what `serve --export-config` writes into Triton's config): ``--max-batch``
+    within the verified batch domain and within the batch-invariance proof; BadInputError otherwise (a refusal
+    with the measured bound, or the largest size that held)."""
+    found = plan_batching(model, settings)
+    if found is None:
+        return None
+    if found.max_batch is None:
+        raise BadInputError(f"--max-batch: '{model.name}' cannot merge requests: {found.reason} "
+                            f"({', '.join(t.name + ' ' + t.shape_text() for t in model.inputs)}).",
+                            hint="Serve without --max-batch: a row's output would change with its batch companions.")
+    if found.max_batch < settings.max_batch:
+        raise BadInputError(f"--max-batch: '{model.name}': {found.reason}.",
+                            hint=f"Give --max-batch {found.max_batch} or less.")
+    return found.max_batch
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -227,7 +247,8 @@ def serve(bundle: str | Path, settings: ServeSettings | None = None, *,
         model = load_served_model(folder, name=settings.model_name, threads=settings.threads,
                                   opt_level=settings.opt_level, default_threads=_default_threads(settings),
                                   runtime=settings.runtime)
-        max_batch = check_batching(model, settings)
+        plan = plan_batching(model, settings)
+        max_batch = plan.max_batch if plan is not None else None
         if settings.grpc_port is not None:
             _require_grpc()
         sock = bind(settings.host, settings.port)
@@ -239,21 +260,24 @@ def serve(bundle: str | Path, settings: ServeSettings | None = None, *,
         host, port = sock.getsockname()[:2]
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         result = ServeResult(str(bundle), model.name, url, settings.workers, verification.to_dict(), model.metadata())
+        if plan is not None and plan.reason:
+            result.notes.append(plan.reason)
         say(f"serving '{model.name}' ({', '.join(t.name + ' ' + t.shape_text() for t in model.inputs)}; threads "
             f"{model.threads or 'all'} from {model.threads_source})")
         say(f"runtime: {model.runtime_config} (from {model.runtime_source}); golden outputs re-checked on it")
         admission = (f"limit {settings.max_queue} requests per worker (503 beyond)" if settings.max_queue
                      else "unlimited")
-        say(f"{batching_text(max_batch, settings.batch_timeout_ms, model)}; admission {admission}"
+        say(f"{batching_text(max_batch, settings.batch_timeout_ms, model, plan)}; admission {admission}"
             f"; auth {'bearer token (health endpoints open)' if token else 'off'}"
             f"; gRPC {'on port ' + str(settings.grpc_port) if settings.grpc_port is not None else 'off'}")
         say(f"listening on {url}")
+        batching = plan.metadata(model.batch_rule, settings.batch_timeout_ms) if plan is not None else None
         with _stop_quietly():
             if settings.workers == 1:
-                _run_one(model, settings, max_batch, sock, token)
+                _run_one(model, settings, max_batch, sock, token, batching)
             else:
                 model.session = None
-                _run_many(folder, settings, max_batch, sock)
+                _run_many(folder, settings, max_batch, sock, batching)
         result.seconds = round(time.monotonic() - started, 3)
     return result
 
@@ -297,20 +321,23 @@ def _require_grpc() -> None:
         require(module, "serve", "`onnxgate serve --grpc-port`")
 
 
-def app_settings(settings: ServeSettings, max_batch: int | None, token: str | None):
+def app_settings(settings: ServeSettings, max_batch: int | None, token: str | None,
+                 batching: dict[str, Any] | None = None):
     from .app import AppSettings
 
     return AppSettings(int(settings.max_body_mb * (1 << 20)), max_batch, settings.batch_timeout_ms,
                        max_queue=settings.max_queue, auth_token=token, grpc_host=settings.host,
-                       grpc_port=settings.grpc_port, grpc_reuse_port=settings.workers > 1, grace_s=settings.grace_s)
+                       grpc_port=settings.grpc_port, grpc_reuse_port=settings.workers > 1, grace_s=settings.grace_s,
+                       batching=batching)
 
 
-def _run_one(model, settings: ServeSettings, max_batch: int | None, sock: socket.socket, token: str | None) -> None:
+def _run_one(model, settings: ServeSettings, max_batch: int | None, sock: socket.socket, token: str | None,
+             batching: dict[str, Any] | None = None) -> None:
     import uvicorn
 
     from .app import create_app
 
-    app = create_app(model, app_settings(settings, max_batch, token))
+    app = create_app(model, app_settings(settings, max_batch, token, batching))
     server = uvicorn.Server(_uvicorn_config(app, settings))
     try:
         server.run(sockets=[sock])
@@ -321,14 +348,15 @@ def _run_one(model, settings: ServeSettings, max_batch: int | None, sock: socket
         raise BadInputError(f"The server could not start: {failed}.", hint="Pick another --grpc-port.")
 
 
-def _run_many(folder: Path, settings: ServeSettings, max_batch: int | None, sock: socket.socket) -> None:
+def _run_many(folder: Path, settings: ServeSettings, max_batch: int | None, sock: socket.socket,
+              batching: dict[str, Any] | None = None) -> None:
     """uvicorn's supervisor with ``workers`` processes; each builds its own session from the proven folder."""
     from uvicorn.supervisors import Multiprocess
 
     metrics_dir = tempfile.mkdtemp(prefix="onnxgate-serve-metrics-")
     saved = {k: os.environ.get(k) for k in (SETTINGS_ENV, "PROMETHEUS_MULTIPROC_DIR")}
     os.environ[SETTINGS_ENV] = json.dumps({"folder": str(folder), "settings": asdict(settings),
-                                           "max_batch": max_batch})
+                                           "max_batch": max_batch, "batching": batching})
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         config = _uvicorn_config("onnxgate.serve.server:app_from_env", settings, factory=True)
@@ -353,4 +381,4 @@ def app_from_env():
     model = load_served_model(Path(spec["folder"]), name=settings.model_name, threads=settings.threads,
                               opt_level=settings.opt_level, default_threads=_default_threads(settings),
                               runtime=settings.runtime)
-    return create_app(model, app_settings(settings, spec["max_batch"], read_token(settings)))
+    return create_app(model, app_settings(settings, spec["max_batch"], read_token(settings), spec.get("batching")))

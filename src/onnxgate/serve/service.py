@@ -67,7 +67,9 @@ def served_metadata(model, settings) -> dict[str, Any]:
     """The model's metadata with how this server runs it: dynamic batching and its limits, admission, auth, gRPC."""
     doc = model.metadata()
     rule = model.batch_rule
-    doc["parameters"]["dynamic_batching"] = ({"enabled": True, "max_batch": settings.max_batch,
+    planned = getattr(settings, "batching", None)  # with --max-batch: on within the proof, or off and why
+    doc["parameters"]["dynamic_batching"] = (dict(planned) if planned else
+                                             {"enabled": True, "max_batch": settings.max_batch,
                                               "timeout_ms": settings.batch_timeout_ms, "batch_dim": rule.name,
                                               "verified": rule.to_dict()}
                                              if settings.max_batch else {"enabled": False})

@@ -17,7 +17,9 @@ trial failed, why dynamic batching is refused. Torch-free: the model is any runn
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +65,7 @@ class BatchInvariance:
     failures: list[str] = field(default_factory=list)
     padded: bool = False
     tolerance: str | None = None
+    used_by: dict[str, float] = field(default_factory=dict)  # per output: the largest share of its tolerance used
 
     @property
     def passed(self) -> bool:
@@ -72,10 +75,13 @@ class BatchInvariance:
         """Why dynamic batching is refused (None: it may be enabled up to ``max_batch``)."""
         if self.passed:
             return None
-        worst = max(self.bound, key=self.bound.get) if self.bound else "?"
+        ranked = self.used_by or self.bound
+        worst = max(ranked, key=ranked.get) if ranked else "?"
         within = f"; batching holds up to {self.max_batch} rows" if self.max_batch and self.max_batch > 1 else ""
-        return (f"dynamic batching refused: a row's output '{worst}' changes by up to {sci(self.bound.get(worst, 0))} "
-                f"with its batch companions ({self.failures[0]}){within}")
+        share = self.used_by.get(worst)
+        times = f" ({share:.3g}x its tolerance)" if share is not None and math.isfinite(share) else ""
+        return (f"dynamic batching refused: a row's output '{worst}' changes by up to {sci(self.bound.get(worst, 0))}"
+                f"{times} with its batch companions ({self.failures[0]}){within}")
 
     def summary(self) -> str:
         bound = ", ".join(f"{n} {sci(v)}" for n, v in self.bound.items())
@@ -87,7 +93,8 @@ class BatchInvariance:
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "sizes": list(self.sizes), "bound": dict(self.bound), "used": self.used,
                 "max_batch": self.max_batch, "trials": self.trials, "padded": self.padded,
-                "tolerance": self.tolerance, "failures": self.failures[:10]}
+                "tolerance": self.tolerance, "failures": self.failures[:10], "used_by": dict(self.used_by),
+                "refusal": self.refusal()}
 
 
 def batch_sizes(dim: Dim, limit: int = MAX_SIZES) -> list[int]:
@@ -129,7 +136,8 @@ def batch_invariance(model: Any, golden: Feed, sizes: Sequence[int], *,
     bad = sorted({s for s, ok in state.held.items() if not ok})
     held = [s for s in sizes if not bad or s < bad[0]]
     return BatchInvariance(tuple(sizes), state.bound, state.used, max(held) if held else (1 if sizes else None),
-                           state.trials, state.failures, padding is not None, policy.describe() or policy.source)
+                           state.trials, state.failures, padding is not None, policy.describe() or policy.source,
+                           state.used_by)
 
 
 class _Measure:
@@ -140,6 +148,7 @@ class _Measure:
         self.trials = 0
         self.failures: list[str] = []
         self.held: dict[int, bool] = {}
+        self.used_by: dict[str, float] = {}
 
     def judge(self, alone, batched, pos: int, axis: int, label: str, size: int) -> None:
         self.trials += 1
@@ -159,6 +168,7 @@ class _Measure:
                 self.bound[c.name] = max(self.bound.get(c.name, 0.0), c.max_abs_err)
             if c.tolerance_used is not None:
                 self.used = max(self.used, c.tolerance_used)
+                self.used_by[c.name] = max(self.used_by.get(c.name, 0.0), c.tolerance_used)
             if not c.passed:
                 ok = False
                 self.failures.append(f"{label}: {c.name}: {c.reason}")
@@ -238,4 +248,93 @@ def _cropped(outputs: dict, padding: Padding, alone: dict) -> dict:
     return out
 
 
-__all__ = ["BatchInvariance", "Padding", "batch_invariance", "batch_sizes", "MAX_ROWS", "MAX_SIZES", "TRIALS"]
+# ------------------------------------------------------------------------------- the proof a bundle records
+
+RECORD_VERSION = 1
+PROOF_ROWS = 2  # golden rows a bundle's proof checks (each alone, then in batches at every size)
+PROOF_TRIALS = 2  # random batches per row and size
+
+
+def leading_batch_dim(inputs: Sequence[Sequence[Any]], outputs: Sequence[Sequence[Any] | None],
+                      domains: Mapping[str, Dim]) -> Dim | None:
+    """The dim dynamic batching merges along (as ``serve`` finds it): the leading dim every input shape names alike,
+    with a claimed domain of more than one size, and a leading dim on every output that is not fixed; None else."""
+    leading = {shape[0] if shape else None for shape in inputs}
+    if len(leading) != 1:
+        return None
+    name = leading.pop()
+    dim = domains.get(name) if isinstance(name, str) else None
+    if dim is None or dim.max == dim.min:
+        return None
+    if any(not shape or (isinstance(shape[0], int) and not isinstance(shape[0], bool)) for shape in outputs):
+        return None
+    return dim
+
+
+def prove(run: Callable[[Feed], Mapping[str, np.ndarray]], golden: Feed, dim: Dim, *,
+          tolerances: Mapping[str, Any], sizes: Sequence[int] | None = None,
+          value_ranges: Mapping[str, tuple[float, float]] | None = None, runtime: str = "onnxruntime",
+          max_rows: int = PROOF_ROWS, trials: int = PROOF_TRIALS) -> dict[str, Any]:
+    """Batch invariance of ``run`` (a session's run on one feed) on the golden rows at ``sizes`` (default:
+    ``batch_sizes(dim)``), judged at the per-output ``tolerances`` (``Tolerance``s): the record ``claim.batching``
+    holds (``record``). A batch the runtime cannot run at all refuses batching with its error."""
+    sizes = list(sizes) if sizes is not None else batch_sizes(dim)
+    started = time.perf_counter()
+    policy = engine.TolerancePolicy(fixed=dict(tolerances))
+    try:
+        result = batch_invariance(run, golden, sizes, policy=policy, value_ranges=value_ranges, max_rows=max_rows,
+                                  trials=trials)
+    except BadInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the runtime's own error (onnxruntime raises its own classes)
+        text = " ".join(str(exc).split())[:300]
+        result = BatchInvariance(tuple(sorted({int(s) for s in sizes if int(s) >= 2})), {}, math.inf, 1, 0,
+                                 [f"a batch of golden and random rows did not run: {type(exc).__name__}: {text}"])
+    tolerance = ", ".join(f"{name} {tol}" for name, tol in tolerances.items())
+    return record(result, dim, runtime=runtime, seconds=time.perf_counter() - started,
+                  rows=min(_rows(golden, 0), max_rows), tolerance=tolerance or None)
+
+
+def record(result: BatchInvariance, dim: Dim, *, runtime: str, seconds: float, rows: int,
+           tolerance: str | None = None) -> dict[str, Any]:
+    """What ``claim.batching`` records: the batch dim and its claimed domain, the sizes tried, per output the
+    largest |row in a batch - row alone| (``bound``) and its share of the output's tolerance (``used_by``), the
+    largest size that held (``max_batch``), whether dynamic batching is allowed (``allowed``: some size >= 2
+    held) and, when not everywhere, why (``refusal``); the runtime it ran on and the seconds it took."""
+    doc = result.to_dict()
+    doc["used"] = _finite(doc["used"])
+    doc["used_by"] = {k: _finite(v) for k, v in doc["used_by"].items()}
+    doc["bound"] = {k: _finite(v) for k, v in doc["bound"].items()}
+    doc["failures"] = doc["failures"][:5]
+    if tolerance:
+        doc["tolerance"] = tolerance
+    return {"version": RECORD_VERSION, "batch_dim": dim.name,
+            "domain": {"min": dim.min, "max": dim.max, "multiple_of": dim.multiple_of},
+            **doc, "allowed": bool(result.max_batch and result.max_batch >= 2), "rows": rows,
+            "summary": result.summary(), "runtime": runtime, "seconds": round(seconds, 3)}
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: an output that could not be compared at all records None."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def read_record(doc: Any) -> dict[str, Any] | None:
+    """A recorded ``claim.batching`` in the form this onnxgate writes (None when absent or not in that form: the
+    proof is then run again)."""
+    if not isinstance(doc, Mapping) or doc.get("version") != RECORD_VERSION:
+        return None
+    sizes, max_batch = doc.get("sizes"), doc.get("max_batch")
+    if not isinstance(doc.get("passed"), bool) or not isinstance(doc.get("allowed"), bool):
+        return None
+    if not isinstance(sizes, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
+        return None
+    if max_batch is not None and (not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1):
+        return None
+    if not isinstance(doc.get("bound"), Mapping) or not isinstance(doc.get("batch_dim"), str):
+        return None
+    return dict(doc)
+
+
+__all__ = ["BatchInvariance", "Padding", "batch_invariance", "batch_sizes", "leading_batch_dim", "prove",
+           "read_record", "record", "MAX_ROWS", "MAX_SIZES", "TRIALS"]
