@@ -69,16 +69,19 @@ class RunFlags:
     max_accuracy_drop: float | None = None
     max_error: float | None = None
     deploy: str | tuple[str, ...] | None = None  # --deploy openvino,ort-mobile,... (or the names)
+    hunt_budget: int | None = None  # --hunt-budget: evaluations of the divergence hunt (0: off)
 
 
 @dataclass(frozen=True)
 class RunJob(RunConfig):
     """A ``RunConfig`` plus the accuracy stage's data: ``eval_data`` (``--eval DATA``, or the quantize stage's), on
     which ``run`` measures top-1/top-5 of PyTorch, the exported model and each shipped variant, with or without
-    ``--quantize``; ``preprocess`` reads image folders (``--eval``, ``--data``) with or without it."""
+    ``--quantize``; ``preprocess`` reads image folders (``--eval``, ``--data``) with or without it;
+    ``hunt_budget``: the divergence hunt's evaluations (``pipeline.run``)."""
 
     eval_data: str | None = None
     preprocess: str | None = None
+    hunt_budget: int | None = None  # evaluations of the divergence hunt (None: its default; 0: no hunt)
 
 
 #: Options that only the INT8 stage reads: given without quantize they are an error, never silently dropped.
@@ -198,7 +201,8 @@ def _resolve(v: dict[str, Any], at: _Namer) -> RunJob:
         trust_pickle=bool(v.get("trust_code")), output=v.get("output"), targets=cfg.targets, data=data,
         bench=v.get("bench", "quick"), optimize=v.get("optimize", True), bundle=v.get("bundle", True),
         quantize=quantize, deploy=_deploy(v.get("deploy"), at),
-        eval_data=str(eval_data) if eval_data is not None else None, preprocess=v.get("preprocess"))
+        eval_data=str(eval_data) if eval_data is not None else None, preprocess=v.get("preprocess"),
+        hunt_budget=v.get("hunt_budget"))
 
 
 def _export(v: dict[str, Any], at: _Namer) -> ExportConfig:

@@ -62,9 +62,13 @@ class Job:
     eval_labels: Any = None  # one label per sample of eval_data, winning over labels found in it
     preprocess: str | None = None  # reads image-folder eval_data (else the quantize stage's, else the metadata)
     photos: tuple[str, ...] = ()  # the DATA arguments ``data`` was read from (image folders, labelled CSVs...)
+    hunt_budget: int | None = None  # evaluations of the divergence hunt (None: verify.hunt.DEFAULT_BUDGET; 0: off)
     exported: Any = None
     accuracy: Any = None  # (evaluation Dataset, PyTorch's logits on it): each shipped variant is measured on both
     verified: Any = None
+    hunted: Any = None  # the divergence hunt's HuntResult (verify/hunt.py), once the sampled proof passed
+    golden_extra: dict | None = None  # the hunted row(s) the bundle's golden set adds (``_hunted_rows``)
+    golden_replaced: bool = False  # ... or the hunted feed that replaces it (a batch that admits no more rows)
     quantized: Any = None
     variants: list = field(default_factory=list)
     deployed: Any = None
@@ -77,8 +81,10 @@ class Job:
 
     @property
     def proven(self) -> bool:
-        """The exported model verified: the later stages (optimize ... bundle) only run on a proven model."""
-        return self.verified is not None and self.verified.passed
+        """The exported model verified (and the divergence hunt found no failing feed): the later stages (optimize
+        ... bundle) only run on a proven model."""
+        return (self.verified is not None and self.verified.passed
+                and (self.hunted is None or self.hunted.passed))
 
 
 def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: list[dict] | None = None,
@@ -86,7 +92,8 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
         bench: str | None = "quick", optimize: bool = True, quantize: QuantizeConfig | None = None,
         progress: Callable[[str], None] | None = None, weights: str | None = None, arch: str | None = None,
         trust_pickle: bool = False, deploy: tuple[str, ...] = (), eval_data: Any = None, eval_labels: Any = None,
-        preprocess: str | None = None, on_stage: Callable[[Stage], None] | None = None) -> PipelineReport:
+        preprocess: str | None = None, on_stage: Callable[[Stage], None] | None = None,
+        hunt_budget: int | None = None) -> PipelineReport:
     """Run the pipeline on ``ref`` (a reference string or a LoadedModel) into ``out_dir``.
 
     ``data``: real feeds verified besides the random ones. ``evaluate(runner) -> dict``: an accuracy measurement
@@ -103,6 +110,9 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
     a preprocessing is recorded or given, the verify stage proves the served bytes -> label path on a sample of
     those photos (``_prove_preprocessing``; ``report.stages["preprocessing"]``, the claim's ``preprocess``).
     ``on_stage(stage)``: called as the run enters each stage (``stages.Stage``), before any of its work.
+    ``hunt_budget``: evaluations of the divergence hunt run after the sampled proof passes (``verify/hunt.py``;
+    None: ``hunt.DEFAULT_BUDGET``, 0: no hunt); a feed it finds outside the tolerance fails the verification
+    (exit 4), and the worst feed it found joins the bundle's golden set (``report.stages["hunt"]``).
     Expected failures end up in the report (verdict, exit code, reason, stage), not as exceptions.
     """
     from .sources import LoadedModel, load_model
@@ -123,7 +133,7 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
     job = Job(loaded, replace(config, targets=targets), out, progress or (lambda _m: None), data=data,
               evaluate=evaluate, targets=targets, bench=bench, optimize=optimize, quantize=quantize, bundle=bundle,
               deploy=tuple(deploy), eval_data=eval_data, eval_labels=eval_labels, preprocess=preprocess,
-              photos=photos)
+              photos=photos, hunt_budget=_hunt_budget(hunt_budget))
     report = PipelineReport(loaded.ref, str(out))
     reached = Stage.LOAD
     for stage, step in STAGES:
@@ -154,7 +164,18 @@ def run_job(job: RunConfig, *, out_dir: str | Path | None = None, force: bool = 
                bundle=job.bundle, targets=job.targets, bench=None if job.bench == "none" else job.bench,
                optimize=job.optimize, quantize=job.quantize, progress=progress, weights=job.weights, arch=job.arch,
                trust_pickle=job.trust_pickle, deploy=job.deploy, eval_data=getattr(job, "eval_data", None),
-               preprocess=preprocess, on_stage=on_stage)
+               preprocess=preprocess, on_stage=on_stage, hunt_budget=getattr(job, "hunt_budget", None))
+
+
+def _hunt_budget(budget: int | None) -> int | None:
+    """``hunt_budget`` checked: an integer >= 0 (0: no hunt), None for the default."""
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+        raise BadInputError(f"hunt_budget={budget!r} is not a number of evaluations.",
+                            hint="Give an integer >= 0 (0 turns the divergence hunt off), or leave it unset for "
+                                 "the default.")
+    return budget
 
 
 def _recording(config: ExportConfig, preprocess: str | None) -> ExportConfig:
@@ -253,7 +274,11 @@ def _verify_stage(job: Job, report: PipelineReport) -> None:
     seconds = time.perf_counter() - start
     if job.verified.passed:
         _prove_preprocessing(job, report)
+    if job.verified.passed:
+        _hunt_stage(job, report)
     report.stages["verify"] = {**job.verified.to_dict(), "seconds": round(seconds, 2)}
+    if job.hunted is not None and not job.hunted.passed:  # the sampled proof passed, the hunt found a failing feed
+        report.stages["verify"]["passed"] = False
     if job.verified.targets:
         report.stages["targets"] = [t.to_dict() for t in job.verified.targets]
 
@@ -277,6 +302,70 @@ def _prove_preprocessing(job: Job, report: PipelineReport) -> None:
     prove_preprocessing(job.verified, job.loaded.module, sources, given=given, limit=RUN_IMAGES, note=job.note)
     if job.verified.preprocessing is not None:
         report.stages["preprocessing"] = job.verified.preprocessing
+
+
+def _hunt_stage(job: Job, report: PipelineReport) -> None:
+    """The divergence hunt (``verify/hunt.py``, issue 28 item 2), once the sampled proof passed: the exported
+    model in onnxruntime, at the session settings the verification used, against the PyTorch reference, on feeds
+    of the claimed inputs at the traced sizes, judged at the claim's tolerances (what every re-verification of the
+    bundle judges by), within ``job.hunt_budget`` evaluations. A failing feed fails the verification (the judge's
+    HuntResult rule: exit 4); the figures go to ``report.stages["hunt"]`` and the claim's ``hunt``, and the worst
+    row found to the bundle's golden set (``_hunted_rows``)."""
+    from .runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
+    from .runtimes.torch_runner import TorchRunner
+    from .verify import engine, hunt
+
+    budget = hunt.DEFAULT_BUDGET if job.hunt_budget is None else job.hunt_budget
+    claim = job.verified.claim
+    if budget == 0 or claim is None or not claim.inputs:
+        return
+    job.note(f"hunting for inputs that diverge ({budget} evaluations)")
+    start = time.perf_counter()
+    specs = list(claim.inputs)
+    sizes = {d.name: d.example for d in claim.dims}
+    reference = TorchRunner(job.loaded.module, input_names=[s.name for s in specs],
+                            output_names=[t.name for t in job.verified.structure.outputs])
+    candidate = OrtRunner(job.model_path, opt_level=VERIFY_OPT_LEVEL)
+    policy = engine.TolerancePolicy(fixed=claim.tolerances())
+    found = hunt.hunt(reference, candidate, specs, sizes, policy=policy, budget=budget, seed=HUNT_SEED,
+                      candidate_label="onnxruntime")
+    job.hunted = found
+    golden = None
+    if found.passed:
+        job.golden_extra, golden = _hunted_rows(job, found, reference, candidate, policy)
+        job.golden_replaced = golden["mode"] == "replaced"
+    entry = {**found.to_dict(), "budget": budget, "sizes": dict(sizes), "summary": found.summary(),
+             "runtime": "onnxruntime", "golden": golden, "seconds": round(time.perf_counter() - start, 2)}
+    report.stages["hunt"] = entry
+    job.verified.claim = replace(claim, hunt={k: entry[k] for k in (
+        "passed", "budget", "evaluations", "seed", "found_by", "score", "distribution", "golden")})
+
+
+HUNT_SEED = 0  # the run's divergence hunt is seeded: the same model and budget find the same feed
+
+
+def _hunted_rows(job: Job, found, reference, candidate, policy) -> tuple[dict | None, dict]:
+    """What the hunt adds to the bundle's golden set (the seeded random feed at the traced sizes): the row of the
+    worst feed on which onnxruntime came closest to its tolerance, appended along the batch axis when every input
+    has one (the same dynamic dim at axis 0) and one more row lies in the claimed domain; else the worst feed
+    whole, appended when twice the rows lie in it; else (a static batch) the worst feed replaces the random one.
+    -> (the rows to append or the feed that replaces, a record of which, for the report and the claim)."""
+    from .verify import hunt
+
+    claim = job.verified.claim
+    axis0 = {s.shape[0] if s.shape else None for s in claim.inputs}
+    name = axis0.pop() if len(axis0) == 1 else None
+    dim = claim.dim(name) if isinstance(name, str) else None
+    if dim is not None and dim.example:
+        row = hunt.worst_row(reference, candidate, found.worst, policy)
+        options = ([("row", hunt.row_of(found.worst, row), 1)] if row is not None else []) + \
+            [("feed", found.worst, dim.example)]
+        for what, rows, count in options:
+            if dim.allows(dim.example + count):
+                return rows, {"mode": "appended", "rows": count, "what": "the worst row" if what == "row" else
+                              "the worst feed", "dim": name, "golden_size": dim.example + count}
+    return found.worst, {"mode": "replaced", "rows": 0, "what": "the worst feed",
+                         "why": "no batch dim that admits more rows than the traced size"}
 
 
 def _proof_of(exported):
@@ -418,7 +507,8 @@ def _bundle_stage(job: Job, report: PipelineReport) -> None:
     if not (job.proven and job.bundle):
         return
     job.note("writing the bundle")
-    path = write_verified_bundle(job.loaded, job.exported, job.verified, job.out / "bundle", force=True)
+    path = write_verified_bundle(job.loaded, job.exported, job.verified, job.out / "bundle", force=True,
+                                 hunted=job.golden_extra, hunted_replaces=job.golden_replaced)
     report.stages["bundle"] = {"path": str(path), "verification": verify_bundle(path).to_dict()}
 
 
@@ -444,8 +534,9 @@ STAGES: tuple[tuple[Stage, Callable[[Job, PipelineReport], None]], ...] = (
 
 def _conclude(job: Job, report: PipelineReport, reached: Stage) -> None:
     """The judge's verdict (``outcome.judge_run``) and the stage it came from (on a pass: the last stage that ran)."""
+    verified = [job.verified, job.hunted] if job.hunted is not None else job.verified  # the hunt: the worse
     verdict, stage = judge_run((job.stage, job.failure) if job.failure is not None else None,
-                               {Stage.VERIFY: job.verified, Stage.QUANTIZE: job.quantized, Stage.DEPLOY: job.deployed})
+                               {Stage.VERIFY: verified, Stage.QUANTIZE: job.quantized, Stage.DEPLOY: job.deployed})
     report.verdict = "pass" if verdict.passed else "fail"
     report.exit_code = verdict.exit_code
     report.reason, report.hint, report.cause = verdict.reason, verdict.hint, verdict.cause
@@ -461,10 +552,13 @@ def _write_reports(report: PipelineReport, out: Path) -> None:
     atomic_write_text(out / "report.html", report.to_html(), force=True)
 
 
-def write_verified_bundle(loaded, exported, verified, out_dir: Path, *, force: bool, tarball: bool = False) -> Path:
+def write_verified_bundle(loaded, exported, verified, out_dir: Path, *, force: bool, tarball: bool = False,
+                          hunted: dict | None = None, hunted_replaces: bool = False) -> Path:
     """Bundle an exported model that passed verification: golden inputs are a seeded random feed at the traced
     sizes, reference outputs come from PyTorch; the domain, tolerances and conditions are the verification's claim
-    (``verified.claim``), written by the claim codec."""
+    (``verified.claim``), written by the claim codec. ``hunted``: the divergence hunt's rows (``_hunted_rows``),
+    appended to the golden feed along the batch axis (``hunted_replaces``: replacing it, for a batch that admits no
+    more rows), so that every later re-verification of the bundle checks them again, against PyTorch's outputs on them."""
     from .bundle import write_bundle
     from .runtimes.torch_runner import TorchRunner
     from .verify.inputs import random_inputs
@@ -472,6 +566,10 @@ def write_verified_bundle(loaded, exported, verified, out_dir: Path, *, force: b
     claim = verified.claim
     specs = list(claim.inputs)
     golden = random_inputs(specs, {d.name: d.example for d in claim.dims}, seed=0)
+    if hunted is not None:
+        from .verify.hunt import golden_with
+
+        golden = {k: np.asarray(v) for k, v in hunted.items()} if hunted_replaces else golden_with(golden, hunted)
     reference = TorchRunner(loaded.module, input_names=[s.name for s in specs],
                             output_names=[t.name for t in verified.structure.outputs]).run(golden)
     won = exported.attempts[exported.winner]

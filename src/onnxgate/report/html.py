@@ -50,7 +50,7 @@ def render_html(report: dict) -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>onnxgate report: "
              f"{escape(report.get('ref', ''))}</title><style>{CSS}</style></head><body>",
              f"<h1>onnxgate report — <code>{escape(report.get('ref', ''))}</code></h1>", _verdict(report)]
-    for section in (_export, _claim, _parity, _preprocessing, _localization, _accuracy, _transforms, _bench, _deploy, _graph, _targets,
+    for section in (_export, _claim, _parity, _hunt, _preprocessing, _localization, _accuracy, _transforms, _bench, _deploy, _graph, _targets,
                     _environment):
         html = section(stages)
         if html:
@@ -152,6 +152,37 @@ def _parity(stages: dict) -> str:
     for w in verify.get("warnings", []):
         parts.append(f"<p class='muted'>warning: {escape(w)}</p>")
     return "".join(parts)
+
+
+def _hunt(stages: dict) -> str:
+    """The divergence hunt (``pipeline._hunt_stage``): the share of the tolerance random feeds and hunted feeds
+    used (median, 90th percentile, max; > 1 fails), the worst feed's verdict and what joined the golden set."""
+    hunt = stages.get("hunt")
+    if not hunt:
+        return ""
+    dist = hunt.get("distribution") or {}
+
+    def share(x: Any) -> str:
+        return "∞ (could not run)" if x is None else _e(x)
+
+    rows = [[label, d.get("count"), share(d.get("median")), share(d.get("p90")), share(d.get("max"))]
+            for label, d in (("random feeds", dist.get("random") or {}), ("hunted feeds", dist.get("hunted") or {}))]
+    golden = hunt.get("golden") or {}
+    joined = ("" if not golden else
+              f"<p>{escape(str(golden.get('what', '')).capitalize())} "
+              + (f"joins the bundle's golden set ({escape(str(golden.get('dim')))}="
+                 f"{escape(str(golden.get('golden_size')))})" if golden.get("mode") == "appended"
+                 else f"replaces the bundle's random golden feed ({escape(str(golden.get('why', '')))})")
+              + ": every re-verification of the bundle checks it again.</p>")
+    verdict = (f"{_ok(bool(hunt.get('passed')))} — "
+               + escape("no feed found outside the tolerance" if hunt.get("passed") else str(hunt.get("reason"))))
+    return ("<h2 id='hunt'>Divergence hunt: random vs hunted inputs</h2>"
+            f"<p>{verdict}</p><p class='muted'>{escape(str(hunt.get('evaluations')))} evaluations of "
+            f"{escape(str(hunt.get('budget')))} (seed {escape(str(hunt.get('seed')))}; worst found by "
+            f"{escape(str(hunt.get('found_by')))}) on {escape(str(hunt.get('runtime', 'onnxruntime')))} against "
+            "PyTorch, at the claim's tolerances. Each figure is the share of the tolerance used (1 = at the "
+            "tolerance, above 1 fails).</p>"
+            + _table(["feeds", "count", "median", "p90", "max"], rows) + joined)
 
 
 def _localization(stages: dict) -> str:

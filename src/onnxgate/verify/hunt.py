@@ -75,9 +75,11 @@ class HuntResult:
                 f"feeds median {_num(d['hunted']['median'])} max {_num(d['hunted']['max'])}")
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (an infinite score, a feed the candidate could not run, is null)."""
         return {"passed": self.passed, "score": _finite_or_none(self.score), "evaluations": self.evaluations,
                 "seed": self.seed, "found_by": self.found_by, "reason": self.record.reason(),
-                "distribution": self.distribution()}
+                "distribution": {label: {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in d.items()}
+                                 for label, d in self.distribution().items()}}
 
 
 def hunt(reference: Any, candidate: Any, specs: Sequence[InputSpec], sizes: Mapping[str, int], *,
@@ -246,6 +248,36 @@ def golden_with(golden: Feed, found: Feed, batch_axis: int = 0) -> Feed:
                                  axis=batch_axis) for name in golden}
 
 
+def worst_row(reference: Any, candidate: Any, feed: Feed, policy: engine.TolerancePolicy | None = None, *,
+              batch_axis: int = 0) -> int | None:
+    """The row of ``feed`` (an index along ``batch_axis`` of every input) on which ``candidate`` uses the largest
+    share of its tolerance, judged on the outputs that have the same rows (axis 0 of the feed's batch size). None
+    when the inputs share no batch axis, no output has it, or either side fails on the feed."""
+    sizes = {np.shape(v)[batch_axis] if np.ndim(v) > batch_axis else None for v in feed.values()}
+    if len(sizes) != 1 or None in sizes:
+        return None
+    rows = sizes.pop()
+    try:
+        ref, got = engine.run_on(reference, feed), engine.run_on(candidate, feed)
+    except Exception:
+        return None
+    names = [n for n, v in ref.items() if np.ndim(v) > 0 and np.shape(v)[0] == rows and n in got
+             and np.ndim(got[n]) > 0 and np.shape(got[n])[0] == rows]
+    if not names:
+        return None
+    scores = []
+    for i in range(rows):
+        r = {n: np.asarray(ref[n])[i:i + 1] for n in names}
+        g = {n: np.asarray(got[n])[i:i + 1] for n in names}
+        scores.append(engine.check([r], lambda _f, g=g: g, [{}], policy).tolerance_used)
+    return int(np.argmax(scores))
+
+
+def row_of(feed: Feed, row: int, batch_axis: int = 0) -> Feed:
+    """One row of ``feed`` (kept as a batch of one)."""
+    return {name: np.take(np.asarray(v), [row], axis=batch_axis) for name, v in feed.items()}
+
+
 def _stats(scores: list[float]) -> dict[str, float]:
     if not scores:
         return {"count": 0, "median": 0.0, "p90": 0.0, "max": 0.0}
@@ -264,4 +296,4 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-__all__ = ["DEFAULT_BUDGET", "FLOAT_BOUND", "HuntResult", "hunt", "golden_with"]
+__all__ = ["DEFAULT_BUDGET", "FLOAT_BOUND", "HuntResult", "hunt", "golden_with", "worst_row", "row_of"]
