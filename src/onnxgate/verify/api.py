@@ -178,15 +178,34 @@ def verify(model: str | Path, against=None, *, config: ExportConfig | None = Non
     tolerances = _contract_tolerances(model, structure, settings, tolerances, warnings)
     policy = "contract" if tolerances is not given else policy
     probes = _example_probes(loaded, specs)
-    reuse = proof is not None and tolerances is None and settings.default_tolerance is None \
-        and tuple(settings.seeds) == VerifyConfig().seeds
+    reference = _reference_runs(loaded, specs, structure)
+    # No tolerance given (no --rtol/--atol, no per-output table, no INT8/FP16 contract): FP32 outputs are judged
+    # at the model's own float32 noise, measured on the traced feeds (verify/noise.py; issue 28 item 1)
+    noisy = _noise_profiles(reference, loaded, specs, dims, settings, structure, warnings) \
+        if tolerances is None and settings.default_tolerance is None else None
+    if noisy is not None:
+        policy = "noise"
+        tolerances = _noise_parity_tolerances(noisy[1])
+    # The export's proof was judged at the dtype defaults. It stands in for the domain discovery only where it
+    # passed: the noise parity tolerances are never tighter than those defaults, so what passed them passes these,
+    # and the noise verdict below is judged afresh on the candidate whatever the proof says.
+    reuse = proof is not None and tuple(settings.seeds) == VerifyConfig().seeds and (
+        (given is None and tolerances is None and settings.default_tolerance is None)
+        or (noisy is not None and proof.passed))
     parities = _parities(model, loaded, structure, specs, dims, config, settings, data, tolerances, probes,
-                         proof=proof if reuse else None)
+                         proof=proof if reuse else None, reference=reference)
+    verdicts = {}
+    if noisy is not None:
+        parities, verdicts = _judge_at_noise(parities, reference, noisy, model, settings)
     for parity in parities:
         if not parity.passed:
             parity.branch = _value_branch(loaded.module, parity, specs, dict(probes))
     result = VerifyResult(str(model), loaded.ref, structure, parities, warnings, targets=target_results)
     result.claim = _claim(result, specs, dims, settings, loaded.ref, policy=policy, data=len(data or []))
+    if verdicts:
+        from .noise import claim_with_noise
+
+        result.claim = claim_with_noise(result.claim, verdicts)
     if settings.data and result.passed:
         prove_preprocessing(result, loaded.module, settings.data)
     failed = next((p for p in parities if not p.passed), None)
@@ -279,15 +298,95 @@ def _example_probes(loaded, specs: list[InputSpec]) -> list[tuple[str, dict[str,
     return [("example", feed), *value_probes(feed, specs)]
 
 
-def _parities(model, loaded, structure: StructureReport, specs, dims, config: ExportConfig,
-              settings: VerifyConfig, data, tolerances, probes=None, *, proof=None) -> list[ParityReport]:
-    """One parity report per runtime: PyTorch against it at every probed shape (onnxruntime's: ``proof`` with
-    the real-data feeds added, when the export's proof is handed in)."""
+def _reference_runs(loaded, specs, structure: StructureReport) -> ReferenceRuns:
+    """The PyTorch reference every runtime (and the noise measurement) is judged against: each feed runs once
+    for this verification."""
     from ..runtimes.torch_runner import TorchRunner
 
+    return ReferenceRuns(TorchRunner(loaded.module, input_names=[s.name for s in specs],
+                                     output_names=[t.name for t in structure.outputs]))
+
+
+def _traced_feeds(specs, dims, settings: VerifyConfig) -> list[dict[str, np.ndarray]]:
+    """The seeded random feeds at the traced sizes (the ones ``verify_parity`` runs first, so the reference's
+    outputs on them are shared)."""
+    from .inputs import random_inputs
+
+    traced = {n: d.example or 2 for n, d in dims.items()}
+    return [random_inputs(specs, traced, seed=seed) for seed in settings.seeds]
+
+
+def _noise_profiles(reference: ReferenceRuns, loaded, specs, dims, settings: VerifyConfig,
+                    structure: StructureReport, warnings: list):
+    """The reference's own float32 noise on the traced feeds (``noise.measure_noise``: float64, one thread, each
+    row alone), per float32 or integer output -> (feeds, profiles); None when nothing could be measured (then the
+    dtype defaults judge, and a warning says why)."""
+    from .noise import NoiseSources, measure_noise, torch_sources
+
+    feeds = _traced_feeds(specs, dims, settings)
+    if not feeds:
+        return None
+    try:
+        own = torch_sources(loaded.module, [s.name for s in specs], [t.name for t in structure.outputs])
+        sources = NoiseSources(reference.run, own.run64, own.variants, own.skipped)
+        profiles = measure_noise(sources, feeds)
+    except Exception as exc:  # noqa: BLE001  PyTorch failing on the traced feeds shows in the parity itself
+        warnings.append(f"The model's own float32 noise could not be measured ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); outputs are judged at the "
+                        "per-dtype default tolerances.")
+        return None
+    profiles = {n: p for n, p in profiles.items() if p.measured and (p.exact or p.dtype == "float32")}
+    if not any(not p.exact for p in profiles.values()):  # no float32 output measured: the defaults say it all
+        return None
+    skipped = {k: v for p in profiles.values() for k, v in p.skipped.items()}
+    if skipped:
+        warnings.append("Noise sources not measured: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ".")
+    return feeds, profiles
+
+
+def _noise_parity_tolerances(profiles) -> dict[str, Tolerance]:
+    """The tolerances the parity (domain probes, sign and scale variants, real data) judges each float32 output
+    by: the looser of the dtype default and the noise tolerance, per part. Never tighter than the default (a
+    probe at another size or x10 values has other noise than the traced feeds it was measured on), and loose
+    enough where the model's own noise exceeds the default; the noise verdict on the traced feeds is the sharp
+    gate (``_judge_at_noise``)."""
+    from .noise import noise_tolerance
+    from .tolerance import default_tolerance
+
+    base = default_tolerance("float32")
+    tolerances = {}
+    for name, profile in profiles.items():
+        if profile.exact:
+            continue
+        tol = noise_tolerance(profile)
+        tolerances[name] = type(base)(max(base.rtol, tol.rtol), max(base.atol, tol.atol))
+    return tolerances
+
+
+def _judge_at_noise(parities: list[ParityReport], reference: ReferenceRuns, noisy, model,
+                    settings: VerifyConfig) -> tuple[list[ParityReport], dict]:
+    """Each runtime's candidate judged at the model's own noise on the traced feeds (``noise.judge``: every
+    element within k x the max noise, the RMS error within rms_k x the RMS noise), set on its parity report (a
+    copy: a proof handed in stays the export's)."""
+    from .noise import judge
+
+    feeds, profiles = noisy
+    verdicts, judged = {}, []
+    for runtime, parity in zip(settings.runtimes, parities):
+        label = "ONNX" if runtime == "onnxruntime" else f"ONNX on {runtime}"
+        verdict = judge(reference.run, _runner(runtime, model), feeds, profiles, candidate_label=label)
+        verdicts[runtime] = verdict
+        judged.append(replace(parity, noise=verdict))
+    return judged, verdicts
+
+
+def _parities(model, loaded, structure: StructureReport, specs, dims, config: ExportConfig,
+              settings: VerifyConfig, data, tolerances, probes=None, *, proof=None,
+              reference: ReferenceRuns | None = None) -> list[ParityReport]:
+    """One parity report per runtime: PyTorch against it at every probed shape (onnxruntime's: ``proof`` with
+    the real-data feeds added, when the export's proof is handed in)."""
     # every runtime is judged against the same PyTorch outputs: each feed runs once for this verification
-    reference = ReferenceRuns(TorchRunner(loaded.module, input_names=[s.name for s in specs],
-                                          output_names=[t.name for t in structure.outputs]))
+    reference = reference or _reference_runs(loaded, specs, structure)
     from .contract import CONTRACT_KEY
 
     static = static_dims_in_graph(specs, {t.name: t.shape for t in structure.inputs})
@@ -298,7 +397,8 @@ def _parities(model, loaded, structure: StructureReport, specs, dims, config: Ex
     strides = None
     for runtime in settings.runtimes:
         if runtime == "onnxruntime" and proof is not None and variants:
-            reports.append(_proven_parity(proof, reference, _runner(runtime, model), specs, dims, data))
+            reports.append(_proven_parity(proof, reference, _runner(runtime, model), specs, dims, data,
+                                          tolerances))
             continue
         if strides is None:
             strides = tuple(graph_granularities(model)) if dims else ()
@@ -310,14 +410,14 @@ def _parities(model, loaded, structure: StructureReport, specs, dims, config: Ex
     return reports
 
 
-def _proven_parity(proof: ParityReport, reference, candidate, specs, dims, data) -> ParityReport:
+def _proven_parity(proof: ParityReport, reference, candidate, specs, dims, data, tolerances=None) -> ParityReport:
     """The export's proof as this file's onnxruntime parity, with the real-data feeds it did not run (at the data's
     own sizes; no dim is probed again: the proof holds the domain). An output counts as degenerate only when it
     is in both the proof's random pairs and the data's pairs, as one run over both would judge it."""
     if not data:
         return proof
     fixed = {n: Dim(n, d.example or 2, d.example or 2, d.example or 2) for n, d in dims.items()}
-    extra = verify_parity(reference, candidate, specs, fixed, seeds=(), data=data)
+    extra = verify_parity(reference, candidate, specs, fixed, seeds=(), data=data, tolerances=tolerances)
     degenerate = ({n: why for n, why in proof.degenerate.items() if n in extra.degenerate}
                   if _paired(data) else dict(proof.degenerate))
     return replace(proof, cases=[*proof.cases, *[c for c in extra.cases if c.source == "data"]], degenerate=degenerate)

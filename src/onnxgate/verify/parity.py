@@ -18,6 +18,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 
@@ -70,6 +71,9 @@ class ParityReport:
     # Where PyTorch's own path parts between a feed that agrees and one that fails (verify.api._value_branch): the
     # value-dependent branch a graph holds one side of. None when not looked for or not found.
     branch: str | None = None
+    # The judgment at the model's own float32 noise on the traced feeds (``noise.NoiseVerdict``; issue 28), when
+    # no tolerance was given: a report whose noise verdict fails does not pass, whatever its cases say.
+    noise: Any = None
 
     @property
     def narrowed(self) -> list[DimDomain]:
@@ -81,6 +85,8 @@ class ParityReport:
     def passed(self) -> bool:
         blocking = set(self.frozen) - set(self.allowed_static)
         if blocking or self.degenerate or (self.narrowed and not self.accept_domain):
+            return False
+        if self.noise is not None and not self.noise.passed:
             return False
         return all(c.passed or self._excused(c) for c in self.cases)
 
@@ -125,6 +131,8 @@ class ParityReport:
                      and d.reference_edges()]
             if edged:
                 extra += "; where PyTorch runs: " + "; ".join(d.summary() for d in edged)
+            if self.noise is not None:
+                extra += f"; {self.noise.summary()}"
             return f"parity holds on {len(self.cases)} feeds{extra}"
         if set(self.frozen) - set(self.allowed_static):
             return "; ".join(f"dim {d} is frozen: {why}" for d, why in self.frozen.items() if d not in self.allowed_static)
@@ -139,6 +147,9 @@ class ParityReport:
                          + "; ".join(d.summary() for d in self.narrowed))
         if self.degenerate:
             parts.append(degenerate_summary(self.degenerate))
+        if self.noise is not None and not self.noise.passed:
+            parts.append(f"at the model's own float32 noise ({len(self.noise.record.feeds)} traced feeds): "
+                         f"{self.noise.reason()}")
         if self.branch:
             parts.append(self.branch)
         return "; ".join(parts) or "parity failed"
@@ -148,7 +159,8 @@ class ParityReport:
                 "candidate": self.candidate, "frozen": self.frozen, "allowed_static": self.allowed_static,
                 "static_in_graph": self.static_in_graph, "insensitive_outputs": self.insensitive_outputs,
                 "domains": {n: d.to_dict() for n, d in self.domains.items()}, "accept_domain": self.accept_domain,
-                "degenerate": self.degenerate, "branch": self.branch, "cases": [c.to_dict() for c in self.cases]}
+                "degenerate": self.degenerate, "branch": self.branch, "cases": [c.to_dict() for c in self.cases],
+                "noise": self.noise.to_dict() if self.noise is not None else None}
 
 
 NOT_VERIFIABLE = "not verifiable with these weights"

@@ -1,0 +1,114 @@
+"""``onnxgate.verify`` judges FP32 outputs at the model's own float32 noise when no tolerance is given (issue 28
+item 1): an exploding-activation conv stack that the fixed default false-alarms on passes without flags and says
+"ONNX error = 0.9x the model's own float32 noise"; one weight off by 1e-3 of its layer's scale, which the fixed
+default lets through, fails without flags; the claim and the bundle's manifest carry the noise profile. Real torch,
+real onnxruntime, small models: a few seconds."""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from onnxgate import claim as cl  # noqa: E402
+from onnxgate.outcome import judge  # noqa: E402
+from onnxgate.verify import noise  # noqa: E402
+from onnxgate.verify.api import verify  # noqa: E402
+
+NOISE_WORDS = "x the model's own float32 noise"
+
+
+def _stack(depth: int = 12, ch: int = 16, gain: float = 1.45, head: bool = False):
+    """Conv+ReLU stack, He-normal init times ``gain`` per layer: activations grow ~gain^depth (max|y| ~ 2e2)."""
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, ch, 3, padding=1)]
+    for _ in range(depth):
+        layers += [nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1)]
+    if head:
+        layers += [nn.Flatten(), nn.Linear(ch * 8 * 8, 10)]
+    model = nn.Sequential(*layers)
+    for layer in model:
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(layer.weight, std=gain * (2 / layer.weight[0].numel()) ** 0.5)
+    return model.eval()
+
+
+def _wrong(model, layer: int = 4):
+    """The model with one weight off by 1e-3 of its layer's largest |weight|."""
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        w = bad[layer].weight
+        w[0, 0, 1, 1] += 1e-3 * float(w.abs().max())
+    return bad
+
+
+def _export(model, path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(2, 3, 8, 8),), str(path), input_names=["x"], output_names=["y"],
+                          dynamo=False)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def exploding(tmp_path_factory):
+    model = _stack()
+    path = _export(model, tmp_path_factory.mktemp("noise") / "stack.onnx")
+    return model, path, verify(path, model)
+
+
+def test_an_exploding_conv_stack_passes_at_its_noise_without_flags(exploding):
+    model, path, result = exploding
+    fixed = verify(path, model, rtol=1e-3, atol=1e-4)  # the fixed float32 default, given explicitly
+    assert not fixed.passed, "the fixed default passes now: the test lost its point"
+    assert fixed.claim.noise is None and fixed.parities[0].noise is None  # a given tolerance is not overridden
+    assert result.passed, result.parities[0].summary()
+    verdict = result.parities[0].noise
+    assert verdict is not None and verdict.passed and 0 < verdict.ratio("y") < noise.RMS_K
+    summary = result.parities[0].summary()
+    assert f"ONNX error = {verdict.ratio('y'):.2g}{NOISE_WORDS}" in summary, summary
+    assert judge(result).passed
+
+
+def test_one_weight_off_fails_without_flags_where_the_fixed_default_passes(tmp_path):
+    model = _stack(ch=32, gain=1.4, head=True)
+    path = _export(_wrong(model), tmp_path / "wrong.onnx")
+    assert verify(path, model, rtol=1e-3, atol=1e-4).passed, "the default catches it now: the test lost its point"
+    result = verify(path, model, localize=False)
+    assert not result.passed
+    verdict = result.parities[0].noise
+    assert verdict is not None and verdict.ratio("y") > noise.RMS_K
+    outcome = judge(result)
+    assert outcome.exit_code == 4 and NOISE_WORDS in outcome.reason and "above 2x in the mean" in outcome.reason
+
+
+def test_the_claim_and_the_bundle_manifest_carry_the_noise_profile(exploding, tmp_path):
+    from onnxgate.bundle.write import write_bundle
+    from onnxgate.runtimes.torch_runner import TorchRunner
+
+    model, path, result = exploding
+    section = result.claim.noise
+    y = section["outputs"]["y"]
+    assert section["k"] == noise.NOISE_K and section["rms_k"] == noise.RMS_K and section["passed"]
+    assert y["noise_abs"] > 0 and y["noise_rms"] > 0 and y["scale"] > 10
+    assert {"float64", "batch position"} <= set(y["sources"])
+    run = y["runtimes"]["onnxruntime"]
+    assert run["passed"] and NOISE_WORDS in run["verdict"] and 0 < run["ratio"] < noise.RMS_K
+    out = result.claim.outputs[0]
+    assert out.policy.startswith(f"{noise.NOISE_K:g}x float32 noise") and out.max_abs_err == run["error_max"]
+    assert np.isclose(out.atol + out.rtol * y["scale"], y["bound"])  # the recorded tolerance is the noise bound
+
+    feed = {"x": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    ref = TorchRunner(model, input_names=["x"], output_names=["y"]).run(feed)
+    folder = write_bundle(tmp_path / "bundle", model_path=path, golden_inputs=feed, reference_outputs=ref,
+                          claim=result.claim)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["claim"]["noise"]["outputs"]["y"]["noise_rms"] == y["noise_rms"]
+    back = cl.from_manifest(manifest)
+    assert back.noise == json.loads(json.dumps(section)) and back.outputs[0].policy == out.policy
