@@ -6,6 +6,7 @@ trials while its masked twin passes. Real onnxruntime sessions of real exports; 
 from __future__ import annotations
 
 import io
+import json
 import warnings
 
 import numpy as np
@@ -73,6 +74,50 @@ def test_the_digits_cnn_is_batch_invariant():
     assert result.trials == 4 * len(sizes) * bi.TRIALS
     assert 0 <= result.bound["logits"] < 1e-4 and result.refusal() is None
     assert "batch invariant at sizes 2, 3, 4, 8, 16, 32" in result.summary()
+
+
+def test_a_row_budget_runs_one_batch_at_the_largest_sizes():
+    """What a bundle's proof runs (``prove``: 16 rows per size): every row and trial at the small sizes, one batch
+    at 16 and 32, and the same verdict."""
+    from onnxgate.examples.digits import digits_split, trained_digits_cnn
+
+    model, example = trained_digits_cnn()
+    run = _session(model.eval(), (example["x"],), ["x"], ["logits"], {"x": {0: "B"}, "logits": {0: "B"}})
+    golden = {"x": digits_split()[2][:4]}
+    result = bi.batch_invariance(run, golden, [2, 3, 4, 8, 16, 32], row_budget=16)
+    assert result.passed and result.max_batch == 32
+    assert result.trials == 8 + 5 + 4 + 2 + 1 + 1  # per size: as many batches as 16 rows allow, at least one
+
+
+def test_the_proof_a_bundle_records():
+    """``prove`` gives the record ``claim.batching`` holds; ``read_record`` reads it back and refuses other forms;
+    ``leading_batch_dim`` finds the dim serve would merge along."""
+    from onnxgate.verify.tolerance import Tolerance
+
+    dim = Dim("B", 1, 8)
+    assert bi.leading_batch_dim([["B", 1, 8, 8]], [["B", 4]], {"B": dim}) == dim
+    assert bi.leading_batch_dim([["B", 4], ["N", 4]], [["B", 4]], {"B": dim}) is None  # no shared leading dim
+    assert bi.leading_batch_dim([["B", 4]], [[1, 4]], {"B": dim}) is None  # an output without it
+    assert bi.leading_batch_dim([["B", 4]], [["B", 4]], {"B": Dim("B", 2, 2)}) is None  # one size only
+    run = _session(TrainingBN().train(), (torch.zeros(4, 1, 8, 8),), ["x"], ["y"], {"x": {0: "B"}, "y": {0: "B"}},
+                   training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False)
+    golden = {"x": np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)}
+    doc = bi.prove(run, golden, dim, tolerances={"y": Tolerance(1e-3, 1e-4)}, runtime="onnxruntime test")
+    assert doc["allowed"] is False and doc["max_batch"] == 1 and doc["rows"] == bi.PROOF_ROWS
+    assert doc["sizes"] == [2, 3, 4, 8] and doc["tolerance"] == "y rtol=1e-3 atol=1e-4" and doc["runtime"] == (
+        "onnxruntime test")
+    assert doc["used_by"]["y"] > 10 and doc["refusal"].startswith("dynamic batching refused")
+    assert bi.read_record(json.loads(json.dumps(doc))) == json.loads(json.dumps(doc))
+    for broken in ({**doc, "version": 99}, {**doc, "max_batch": "8"}, {**doc, "sizes": "2,3"}, None, [1]):
+        assert bi.read_record(broken) is None
+
+    def crashes(feed):
+        if len(feed["x"]) > 1:
+            raise RuntimeError("fixed batch of 1")
+        return run(feed)
+
+    doc = bi.prove(crashes, golden, dim, tolerances={"y": Tolerance(1e-3, 1e-4)})
+    assert doc["allowed"] is False and "did not run: RuntimeError: fixed batch of 1" in doc["refusal"]
 
 
 class Pool(nn.Module):

@@ -127,6 +127,20 @@ def test_tritonclient_infer_matches_the_bundle_reference_and_onnxruntime(server,
     client.close()
 
 
+def test_the_digits_bundle_proves_batch_invariance_and_serve_batches_within_it(bundle):
+    """Issue 28 item 3: the trained digits CNN's bundle records its batch-invariance proof (every claimed size
+    held, at a bound inside the tolerance), and --max-batch 16 is enabled on it, the proof named in the metadata."""
+    proof = json.loads((bundle / "manifest.json").read_text())["claim"]["batching"]
+    assert proof["passed"] is True and proof["allowed"] is True and proof["refusal"] is None
+    assert proof["sizes"] == [2, 3, 4, 8, 16, 64] and proof["max_batch"] == 64
+    assert 0 <= proof["bound"]["output"] < 1e-4 and proof["used_by"]["output"] <= 1
+    with ServerProcess(bundle, "--max-batch", "16") as srv:
+        batching = json.loads(request(srv, "GET", f"/v2/models/{NAME}")[2])["parameters"]["dynamic_batching"]
+    assert batching["enabled"] is True and batching["max_batch"] == 16 and "capped" not in batching
+    assert batching["proof"]["source"] == "the bundle's claim" and batching["proof"]["max_batch"] == 64
+    assert "batch-invariant up to 64 rows" in srv.log
+
+
 def test_dynamic_batching_merges_concurrent_requests_and_keeps_rows_apart(bundle, runner):
     rng = np.random.default_rng(2)
     feeds = [rng.random((int(rng.integers(1, 5)), 1, 8, 8), dtype=np.float32) for _ in range(48)]

@@ -188,8 +188,9 @@ def plan_batching(model, settings: ServeSettings):
         return None
     rule = model.batch_rule
     if rule is None or not model.golden:
+        shapes = ", ".join(t.name + " " + t.shape_text() for t in model.inputs)
         raise BadInputError(f"--max-batch: '{model.name}' cannot merge requests: its inputs share no leading batch "
-                            f"dim with a verified range ({', '.join(t.name + ' ' + t.shape_text() for t in model.inputs)}).",
+                            f"dim with a verified range ({shapes}).",
                             hint="Serve without --max-batch, or export with a dynamic batch: --dim B=1..64.")
     if rule.max is not None and settings.max_batch > rule.max:
         raise BadInputError(f"--max-batch {settings.max_batch} exceeds the verified batch domain of {rule.name}: "

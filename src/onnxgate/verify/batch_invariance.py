@@ -75,6 +75,8 @@ class BatchInvariance:
         """Why dynamic batching is refused (None: it may be enabled up to ``max_batch``)."""
         if self.passed:
             return None
+        if not self.bound:  # nothing compared: the batch did not run, or no output followed the batch dim
+            return f"dynamic batching refused: {self.failures[0]}"
         ranked = self.used_by or self.bound
         worst = max(ranked, key=ranked.get) if ranked else "?"
         within = f"; batching holds up to {self.max_batch} rows" if self.max_batch and self.max_batch > 1 else ""
@@ -110,24 +112,39 @@ def batch_sizes(dim: Dim, limit: int = MAX_SIZES) -> list[int]:
 def batch_invariance(model: Any, golden: Feed, sizes: Sequence[int], *,
                      policy: engine.TolerancePolicy | None = None, padding: Padding | None = None,
                      value_ranges: Mapping[str, tuple[float, float]] | None = None, max_rows: int = MAX_ROWS,
-                     trials: int = TRIALS, seed: int = 0, batch_axis: int = 0) -> BatchInvariance:
+                     trials: int = TRIALS, seed: int = 0, batch_axis: int = 0,
+                     row_budget: int | None = None) -> BatchInvariance:
     """Check that each of the first ``max_rows`` golden rows computes the same alone as inside batches of random
-    companions at each of ``sizes`` (and padded, with ``padding``), judged at ``policy``."""
+    companions at each of ``sizes`` (and padded, with ``padding``), judged at ``policy``. ``row_budget``: at each
+    size, batches stop once they would run more rows than this in all (at least one batch per size is run), so the
+    largest sizes of a costly model get one random batch rather than ``max_rows * trials``."""
     policy = policy or engine.TolerancePolicy()
     rng = np.random.default_rng(seed)
     rows = _rows(golden, batch_axis)
     sizes = sorted({int(s) for s in sizes if int(s) >= 2})
     state = _Measure(policy)
+    runs = dict.fromkeys(sizes, 0)
+
+    def within(size: int) -> bool:
+        if row_budget is not None and runs[size] and (runs[size] + 1) * size > row_budget:
+            return False
+        runs[size] += 1
+        return True
+
     for r in range(min(rows, max_rows)):
         row = {k: np.take(v, [r], axis=batch_axis) for k, v in golden.items()}
         alone = engine.run_on(model, row)
         for size in sizes:
             for _ in range(trials):
+                if not within(size):
+                    break
                 pos = int(rng.integers(size))
                 batch = _batch(row, golden, size, pos, rng, value_ranges or {}, batch_axis)
                 state.judge(alone, engine.run_on(model, batch), pos, batch_axis, f"row {r} at {pos} of {size}", size)
             if padding is not None:
                 for extra in padding.extra:
+                    if not within(size):
+                        break
                     pos = int(rng.integers(size))
                     batch = _batch(row, golden, size, pos, rng, value_ranges or {}, batch_axis)
                     batch = _padded(batch, pos, extra, padding, rng, batch_axis)
@@ -253,6 +270,7 @@ def _cropped(outputs: dict, padding: Padding, alone: dict) -> dict:
 RECORD_VERSION = 1
 PROOF_ROWS = 2  # golden rows a bundle's proof checks (each alone, then in batches at every size)
 PROOF_TRIALS = 2  # random batches per row and size
+PROOF_ROW_BUDGET = 16  # rows run in batches per size (beyond: one batch at that size): bounds a bundle's cost
 
 
 def leading_batch_dim(inputs: Sequence[Sequence[Any]], outputs: Sequence[Sequence[Any] | None],
@@ -274,16 +292,18 @@ def leading_batch_dim(inputs: Sequence[Sequence[Any]], outputs: Sequence[Sequenc
 def prove(run: Callable[[Feed], Mapping[str, np.ndarray]], golden: Feed, dim: Dim, *,
           tolerances: Mapping[str, Any], sizes: Sequence[int] | None = None,
           value_ranges: Mapping[str, tuple[float, float]] | None = None, runtime: str = "onnxruntime",
-          max_rows: int = PROOF_ROWS, trials: int = PROOF_TRIALS) -> dict[str, Any]:
+          max_rows: int = PROOF_ROWS, trials: int = PROOF_TRIALS,
+          row_budget: int | None = PROOF_ROW_BUDGET) -> dict[str, Any]:
     """Batch invariance of ``run`` (a session's run on one feed) on the golden rows at ``sizes`` (default:
-    ``batch_sizes(dim)``), judged at the per-output ``tolerances`` (``Tolerance``s): the record ``claim.batching``
-    holds (``record``). A batch the runtime cannot run at all refuses batching with its error."""
+    ``batch_sizes(dim)``), judged at the per-output ``tolerances`` (``Tolerance``s), within ``row_budget`` rows per
+    size: the record ``claim.batching`` holds (``record``). A batch the runtime cannot run at all refuses batching
+    with its error."""
     sizes = list(sizes) if sizes is not None else batch_sizes(dim)
     started = time.perf_counter()
     policy = engine.TolerancePolicy(fixed=dict(tolerances))
     try:
         result = batch_invariance(run, golden, sizes, policy=policy, value_ranges=value_ranges, max_rows=max_rows,
-                                  trials=trials)
+                                  trials=trials, row_budget=row_budget)
     except BadInputError:
         raise
     except Exception as exc:  # noqa: BLE001 - the runtime's own error (onnxruntime raises its own classes)
@@ -297,8 +317,8 @@ def prove(run: Callable[[Feed], Mapping[str, np.ndarray]], golden: Feed, dim: Di
 
 def record(result: BatchInvariance, dim: Dim, *, runtime: str, seconds: float, rows: int,
            tolerance: str | None = None) -> dict[str, Any]:
-    """What ``claim.batching`` records: the batch dim and its claimed domain, the sizes tried, per output the
-    largest |row in a batch - row alone| (``bound``) and its share of the output's tolerance (``used_by``), the
+    """What ``claim.batching`` records: the batch dim and its claimed sizes (``batch_domain``), the sizes tried,
+    per output the largest |row in a batch - row alone| (``bound``) and its share of the output's tolerance (``used_by``), the
     largest size that held (``max_batch``), whether dynamic batching is allowed (``allowed``: some size >= 2
     held) and, when not everywhere, why (``refusal``); the runtime it ran on and the seconds it took."""
     doc = result.to_dict()
@@ -309,7 +329,7 @@ def record(result: BatchInvariance, dim: Dim, *, runtime: str, seconds: float, r
     if tolerance:
         doc["tolerance"] = tolerance
     return {"version": RECORD_VERSION, "batch_dim": dim.name,
-            "domain": {"min": dim.min, "max": dim.max, "multiple_of": dim.multiple_of},
+            "batch_domain": {"min": dim.min, "max": dim.max, "multiple_of": dim.multiple_of},
             **doc, "allowed": bool(result.max_batch and result.max_batch >= 2), "rows": rows,
             "summary": result.summary(), "runtime": runtime, "seconds": round(seconds, 3)}
 
