@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 
 from onnxgate.cli.main import main
@@ -104,3 +105,138 @@ def test_report_renders_in_notebooks(demo_run):
     data = json.loads((demo_run[1] / "report.json").read_text())
     report = PipelineReport(data["ref"], data["out_dir"], data["stages"], data["verdict"], data["exit_code"])
     assert report._repr_html_().startswith("<!DOCTYPE html>")
+
+
+# ------------------------------------------------------------------------------------- the divergence hunt (issue 28)
+
+BAND_MODEL = '''
+import torch
+from torch import nn
+
+
+def _exporting():
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+class Net(nn.Module):
+    """y = Wx, doubled where input channel 2 lies in 3..5: beyond 3 sigma of the proof's N(0,1) feeds, and below
+    what their x10 variant reaches (a plain threshold at 3 the sampled proof catches by itself). The graph the
+    exporter traces multiplies by EXPORTED instead of 2 there."""
+
+    EXPORTED = 2.5  # wrong: 25% off in the band
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.linear(x)
+        c = x[:, 2:3]
+        factor = self.EXPORTED if _exporting() else 2.0
+        return torch.where((c > 3.0) & (c < 5.0), y * factor, y)
+
+
+class Right(Net):
+    EXPORTED = 2.0
+'''
+
+
+def _band_run(tmp_path_factory, cls: str, **kw):
+    from onnxgate.pipeline import run
+    from onnxgate.spec import ExportConfig, parse_dim, parse_input
+
+    folder = tmp_path_factory.mktemp(f"band-{cls}")
+    model = folder / "band.py"
+    model.write_text(BAND_MODEL)
+    config = ExportConfig(inputs=(parse_input("x:Bx4:float32"),), dims=(parse_dim("B=1..8@2"),))
+    return run(f"{model}:{cls}", folder / "out", config=config, bench=None, optimize=False, **kw), folder / "out"
+
+
+@pytest.fixture(scope="module")
+def wrong_run(tmp_path_factory):
+    return _band_run(tmp_path_factory, "Net")
+
+
+@pytest.fixture(scope="module")
+def right_run(tmp_path_factory):
+    return _band_run(tmp_path_factory, "Right")
+
+
+def test_a_bug_above_3_sigma_passes_the_sampled_proof_and_the_hunt_fails_the_run(wrong_run):
+    report, out = wrong_run
+    verify = report.stages["verify"]
+    assert all(p["passed"] for p in verify["parity"]), "the sampled proof should not reach the band"
+    assert report.verdict == "fail" and report.exit_code == ExitCode.PARITY_FAILED and report.stage == "verify"
+    assert report.reason.startswith("the divergence hunt found a failing feed") and "output" in report.reason
+    assert verify["passed"] is False and "bundle" not in report.stages  # a failed verification: nothing shipped
+    hunt = report.stages["hunt"]
+    assert not hunt["passed"] and hunt["evaluations"] <= hunt["budget"] <= 200 and hunt["golden"] is None
+    d = hunt["distribution"]
+    assert d["random"]["max"] <= 1 < d["hunted"]["max"]
+    x = np.load(hunt["feed"])["x"]  # the failing feed, kept to reproduce the failure
+    assert ((x[:, 2] > 3) & (x[:, 2] < 5)).any()
+    on_disk = json.loads((out / "report.json").read_text())
+    jsonschema.validate(on_disk, SCHEMA)
+    assert on_disk["stages"]["hunt"]["passed"] is False and on_disk["stages"]["verify"]["claim"]["hunt"]
+    assert "id='hunt'" in (out / "report.html").read_text()
+
+
+def test_a_correct_model_passes_the_hunt_and_its_worst_row_joins_the_golden_set(right_run):
+    from onnxgate import verify_bundle
+    from onnxgate.bundle.manifest import read_manifest
+    from onnxgate.spec import parse_input
+    from onnxgate.verify.inputs import random_inputs
+
+    report, out = right_run
+    assert report.verdict == "pass", report.reason
+    hunt = report.stages["hunt"]
+    assert hunt["passed"] and hunt["score"] <= 1 and hunt["evaluations"] == hunt["budget"] == 200
+    assert hunt["golden"] == {"mode": "appended", "rows": 1, "what": "the worst row", "dim": "B", "golden_size": 3}
+    bundle = Path(report.stages["bundle"]["path"])
+    golden = np.load(bundle / "golden_inputs.npz")["x"]
+    assert golden.shape == (3, 4)  # the random feed at the traced B=2, and the hunted row
+    np.testing.assert_array_equal(golden[:2], random_inputs([parse_input("x:Bx4:float32")], {"B": 2}, seed=0)["x"])
+    assert verify_bundle(bundle).status == "pass"
+    claim = read_manifest(bundle)["claim"]
+    assert claim["hunt"]["evaluations"] == 200 and claim["hunt"]["golden"]["rows"] == 1
+    html = (out / "report.html").read_text()
+    assert "id='hunt'" in html and "random feeds" in html and "joins the bundle's golden set" in html
+    jsonschema.validate(json.loads((out / "report.json").read_text()), SCHEMA)
+
+
+def test_hunt_budget_0_turns_the_hunt_off(tmp_path_factory):
+    report, out = _band_run(tmp_path_factory, "Right", hunt_budget=0)
+    assert report.verdict == "pass" and "hunt" not in report.stages
+    assert np.load(Path(report.stages["bundle"]["path"]) / "golden_inputs.npz")["x"].shape == (2, 4)
+    assert "hunt" not in json.loads((out / "report.json").read_text())["stages"]["verify"]["claim"]
+
+
+def test_the_hunted_row_in_the_golden_set_fails_the_wrong_artifact(right_run, wrong_run, tmp_path):
+    """The right run's bundle, its golden set joined by the row the wrong run's hunt found (with PyTorch's outputs
+    on it), and the wrong export in place of its model (written afresh, so the checksums hold and only the numbers
+    can tell): re-verification fails on the hunted row; the bundle's golden rows alone let the wrong model
+    through."""
+    from onnxgate.bundle import write_bundle
+    from onnxgate.bundle.manifest import read_manifest
+    from onnxgate.bundle.verify import verify_bundle
+    from onnxgate.runtimes.torch_runner import TorchRunner
+    from onnxgate.sources import load_model
+    from onnxgate.verify.hunt import golden_with
+
+    bundle = Path(right_run[0].stages["bundle"]["path"])
+    golden = dict(np.load(bundle / "golden_inputs.npz"))
+    tolerances = {n: (t["rtol"], t["atol"]) for n, t in read_manifest(bundle)["tolerances"].items()}
+    wrong_report, wrong_out = wrong_run
+    found = np.load(wrong_report.stages["hunt"]["feed"])["x"]
+    row = {"x": found[((found[:, 2] > 3) & (found[:, 2] < 5)).argmax()][None]}
+    pytorch = TorchRunner(load_model(wrong_report.ref).module, input_names=["x"], output_names=["output"])
+
+    def bundle_of(feed, name):
+        return write_bundle(tmp_path / name, model_path=wrong_out / "model.onnx", golden_inputs=feed,
+                            reference_outputs=pytorch.run(feed), tolerances=tolerances)
+
+    assert verify_bundle(bundle_of(golden, "plain")).status == "pass"
+    result = verify_bundle(bundle_of(golden_with(golden, row), "hunted"))
+    assert result.status == "fail", result.reason
+    assert any(not c.passed for c in result.outputs if c.name == "output")

@@ -308,7 +308,8 @@ def _hunt_stage(job: Job, report: PipelineReport) -> None:
     """The divergence hunt (``verify/hunt.py``, issue 28 item 2), once the sampled proof passed: the exported
     model in onnxruntime, at the session settings the verification used, against the PyTorch reference, on feeds
     of the claimed inputs at the traced sizes, judged at the claim's tolerances (what every re-verification of the
-    bundle judges by), within ``job.hunt_budget`` evaluations. A failing feed fails the verification (the judge's
+    bundle judges by), within ``job.hunt_budget`` evaluations (unset: ``hunt.DEFAULT_BUDGET``, shrunk to what fits
+    in ``HUNT_SECONDS``; a budget given is spent whole). A failing feed fails the verification (the judge's
     HuntResult rule: exit 4); the figures go to ``report.stages["hunt"]`` and the claim's ``hunt``, and the worst
     row found to the bundle's golden set (``_hunted_rows``)."""
     from .runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
@@ -327,21 +328,29 @@ def _hunt_stage(job: Job, report: PipelineReport) -> None:
                             output_names=[t.name for t in job.verified.structure.outputs])
     candidate = OrtRunner(job.model_path, opt_level=VERIFY_OPT_LEVEL)
     policy = engine.TolerancePolicy(fixed=claim.tolerances())
+    cap = HUNT_SECONDS if job.hunt_budget is None else None
     found = hunt.hunt(reference, candidate, specs, sizes, policy=policy, budget=budget, seed=HUNT_SEED,
-                      candidate_label="onnxruntime")
+                      candidate_label="onnxruntime", seconds=cap)
     job.hunted = found
-    golden = None
+    golden, feed = None, None
     if found.passed:
         job.golden_extra, golden = _hunted_rows(job, found, reference, candidate, policy)
         job.golden_replaced = golden["mode"] == "replaced"
-    entry = {**found.to_dict(), "budget": budget, "sizes": dict(sizes), "summary": found.summary(),
-             "runtime": "onnxruntime", "golden": golden, "seconds": round(time.perf_counter() - start, 2)}
+    else:  # the failing feed, to reproduce the failure with (inputs by name, as --data reads them)
+        from .runtimes.venv_worker import save_npz
+
+        feed = job.out / "hunted_feed.npz"
+        save_npz(feed, found.worst)
+    entry = {**found.to_dict(), "requested": budget, "seconds_cap": cap, "sizes": dict(sizes), "summary": found.summary(),
+             "runtime": "onnxruntime", "golden": golden, "feed": str(feed) if feed else None,
+             "seconds": round(time.perf_counter() - start, 2)}
     report.stages["hunt"] = entry
     job.verified.claim = replace(claim, hunt={k: entry[k] for k in (
-        "passed", "budget", "evaluations", "seed", "found_by", "score", "distribution", "golden")})
+        "passed", "budget", "capped", "evaluations", "seed", "found_by", "score", "distribution", "golden")})
 
 
 HUNT_SEED = 0  # the run's divergence hunt is seeded: the same model and budget find the same feed
+HUNT_SECONDS = 15.0  # the default hunt's time cap: its budget shrinks to the evaluations that fit (a large model)
 
 
 def _hunted_rows(job: Job, found, reference, candidate, policy) -> tuple[dict | None, dict]:

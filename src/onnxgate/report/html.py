@@ -178,7 +178,9 @@ def _hunt(stages: dict) -> str:
                + escape("no feed found outside the tolerance" if hunt.get("passed") else str(hunt.get("reason"))))
     return ("<h2 id='hunt'>Divergence hunt: random vs hunted inputs</h2>"
             f"<p>{verdict}</p><p class='muted'>{escape(str(hunt.get('evaluations')))} evaluations of "
-            f"{escape(str(hunt.get('budget')))} (seed {escape(str(hunt.get('seed')))}; worst found by "
+            f"{escape(str(hunt.get('budget')))}"
+            + (f" (the {escape(str(hunt.get('requested')))} asked for, shrunk to fit "
+               f"{escape(str(hunt.get('seconds_cap')))} s)" if hunt.get("capped") else "") + f" (seed {escape(str(hunt.get('seed')))}; worst found by "
             f"{escape(str(hunt.get('found_by')))}) on {escape(str(hunt.get('runtime', 'onnxruntime')))} against "
             "PyTorch, at the claim's tolerances. Each figure is the share of the tolerance used (1 = at the "
             "tolerance, above 1 fails).</p>"

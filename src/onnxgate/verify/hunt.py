@@ -16,7 +16,9 @@ error, within a budget counted in evaluations (one evaluation = the reference an
 Values stay in the declared space: a ``value_range`` when the spec has one, else ``float_bound`` (6: six standard
 deviations of the proof's standard-normal feeds). The error of a feed is the engine's "share of the tolerance
 used" (``ParityRecord.tolerance_used``: > 1 fails) at the given policy, so outputs of different scales compare.
-Everything is seeded: the same seed, budget and models give the same worst feed. The result holds the worst feed
+Everything is seeded: the same seed, budget and models give the same worst feed. ``seconds`` caps the time: the
+first two evaluations are timed and the budget shrunk to what fits (``HuntResult.capped``), before the phases are
+shared out, so a large model gets a shorter hunt of the same shape rather than a random phase and nothing else. The result holds the worst feed
 (for the bundle's golden set: ``golden_with``) and the error distribution of random vs hunted feeds.
 Torch-free: the reference is any runner or callable.
 """
@@ -24,6 +26,7 @@ Torch-free: the reference is any runner or callable.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +59,8 @@ class HuntResult:
     evaluations: int = 0
     seed: int = 0
     found_by: str = "random"
+    budget: int = 0  # the evaluations allowed (the budget given, or what fitted in ``seconds``)
+    capped: bool = False  # the budget was shrunk to fit the time cap
 
     @property
     def passed(self) -> bool:
@@ -77,7 +82,7 @@ class HuntResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (an infinite score, a feed the candidate could not run, is null)."""
         return {"passed": self.passed, "score": _finite_or_none(self.score), "evaluations": self.evaluations,
-                "seed": self.seed, "found_by": self.found_by, "reason": self.record.reason(),
+                "budget": self.budget, "capped": self.capped, "seed": self.seed, "found_by": self.found_by, "reason": self.record.reason(),
                 "distribution": {label: {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in d.items()}
                                  for label, d in self.distribution().items()}}
 
@@ -85,21 +90,28 @@ class HuntResult:
 def hunt(reference: Any, candidate: Any, specs: Sequence[InputSpec], sizes: Mapping[str, int], *,
          policy: engine.TolerancePolicy | None = None, budget: int = DEFAULT_BUDGET, seed: int = 0,
          restarts: int = 3, float_bound: float = FLOAT_BOUND, reference_label: str = "PyTorch",
-         candidate_label: str = "ONNX") -> HuntResult:
+         candidate_label: str = "ONNX", seconds: float | None = None) -> HuntResult:
     """Search the feeds of ``specs`` at ``sizes`` (dim name -> size) for the one where ``candidate`` differs most
-    from ``reference`` (runners or callables) at ``policy``, spending at most ``budget`` evaluations."""
+    from ``reference`` (runners or callables) at ``policy``, spending at most ``budget`` evaluations (and, with
+    ``seconds``, about that much time: the budget shrinks to what the first two evaluations say fits)."""
     specs = list(specs)
     rng = np.random.default_rng(seed)
     state = _Hunter(reference, candidate, policy or engine.TolerancePolicy(), budget, reference_label,
                     candidate_label)
     bounds = {s.name: _bounds(s, float_bound) for s in specs}
     pool: list[tuple[float, int, Feed]] = []  # (score, order, feed) of random feeds, for the restarts
-    for i in range(max(1, int(budget * RANDOM_SHARE))):
-        if state.spent():
-            break
+    randoms, i, start = max(1, int(budget * RANDOM_SHARE)), 0, time.perf_counter()
+    while i < randoms and not state.spent():
         feed = random_inputs(specs, dict(sizes), seed=seed * 1_000_003 + i)
         score = state.evaluate(feed, "random")
         pool.append((score, i, feed))
+        i += 1
+        if seconds is not None and i == 2:
+            fits = max(i, int(seconds / ((time.perf_counter() - start) / i)))
+            if fits < budget:
+                budget = state.budget = fits
+                state.capped = True
+                randoms = max(i, int(budget * RANDOM_SHARE))
     for feed in _edge_feeds(specs, sizes, bounds, rng):
         if state.spent():
             break
@@ -123,6 +135,7 @@ class _Hunter:
         self.reference, self.candidate, self.policy, self.budget = reference, candidate, policy, budget
         self.labels = (reference_label, candidate_label)
         self.evaluations = 0
+        self.capped = False
         self.scores: dict[str, list[float]] = {"random": [], "hunted": []}
         self.worst: tuple[float, Feed, engine.ParityRecord, str] | None = None
 
@@ -150,7 +163,8 @@ class _Hunter:
     def result(self, seed: int) -> HuntResult:
         score, feed, record, phase = self.worst
         return HuntResult(feed, score, record, [s for s in self.scores["random"] if s > -math.inf],
-                          [s for s in self.scores["hunted"] if s > -math.inf], self.evaluations, seed, phase)
+                          [s for s in self.scores["hunted"] if s > -math.inf], self.evaluations, seed, phase,
+                          self.budget, self.capped)
 
 
 def _local_search(state: _Hunter, start: Feed, score: float, specs: list[InputSpec], bounds, rng: np.random.Generator,
