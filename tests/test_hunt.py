@@ -106,3 +106,20 @@ def test_the_hunted_feed_in_the_golden_set_fails_re_verification_of_the_wrong_ar
     result = verify_bundle(bundle)
     assert result.status == "fail", result.reason
     assert any(not c.passed for c in result.outputs if c.name == "y")
+
+
+def test_a_time_cap_shrinks_the_budget_to_what_fits_and_keeps_every_phase():
+    """A candidate taking 20 ms a feed, 0.4 s allowed: about 20 evaluations instead of 200, still random feeds
+    first and a local search after (a large model gets a shorter hunt of the same shape)."""
+    import time
+
+    def slow(feed):
+        time.sleep(0.02)
+        return {"y": feed["x"] * 2}
+
+    found = hunt.hunt(lambda f: {"y": f["x"] * 2}, slow, SPECS, SIZES, seconds=0.4)
+    assert found.capped and 2 <= found.budget < 40 and found.evaluations <= found.budget
+    assert found.random and found.hunted and found.passed
+    assert found.to_dict()["budget"] == found.budget and found.to_dict()["capped"] is True
+    uncapped = hunt.hunt(lambda f: {"y": f["x"] * 2}, lambda f: {"y": f["x"] * 2}, SPECS, SIZES, seconds=60)
+    assert not uncapped.capped and uncapped.budget == uncapped.evaluations == hunt.DEFAULT_BUDGET

@@ -100,14 +100,14 @@ def hunt(reference: Any, candidate: Any, specs: Sequence[InputSpec], sizes: Mapp
                     candidate_label)
     bounds = {s.name: _bounds(s, float_bound) for s in specs}
     pool: list[tuple[float, int, Feed]] = []  # (score, order, feed) of random feeds, for the restarts
-    randoms, i, start = max(1, int(budget * RANDOM_SHARE)), 0, time.perf_counter()
+    randoms, i, began = max(1, int(budget * RANDOM_SHARE)), 0, time.perf_counter()
     while i < randoms and not state.spent():
         feed = random_inputs(specs, dict(sizes), seed=seed * 1_000_003 + i)
         score = state.evaluate(feed, "random")
         pool.append((score, i, feed))
         i += 1
         if seconds is not None and i == 2:
-            fits = max(i, int(seconds / ((time.perf_counter() - start) / i)))
+            fits = max(i, int(seconds / ((time.perf_counter() - began) / i)))
             if fits < budget:
                 budget = state.budget = fits
                 state.capped = True
