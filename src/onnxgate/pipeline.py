@@ -124,6 +124,7 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
 
         check_extras(tuple(deploy))
     config = _recording(config or ExportConfig(), preprocess)
+    hunt_budget = _hunt_budget(hunt_budget)  # refused before any output exists
     data, photos = _read_data(data, config, preprocess)  # a bad --data is refused before any output exists
     out = Path(out_dir)
     _prepare_out_dir(out, force)
@@ -133,7 +134,7 @@ def run(ref, out_dir: str | Path, *, config: ExportConfig | None = None, data: l
     job = Job(loaded, replace(config, targets=targets), out, progress or (lambda _m: None), data=data,
               evaluate=evaluate, targets=targets, bench=bench, optimize=optimize, quantize=quantize, bundle=bundle,
               deploy=tuple(deploy), eval_data=eval_data, eval_labels=eval_labels, preprocess=preprocess,
-              photos=photos, hunt_budget=_hunt_budget(hunt_budget))
+              photos=photos, hunt_budget=hunt_budget)
     report = PipelineReport(loaded.ref, str(out))
     reached = Stage.LOAD
     for stage, step in STAGES:
