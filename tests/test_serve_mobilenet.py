@@ -114,14 +114,3 @@ def test_export_config_triton_takes_the_verified_batch_of_four(bundle, tmp_path,
     assert config.max_batch_size == 4 and list(config.input[0].dims) == [3, 224, 224]
     assert list(config.output[0].dims) == [1000]
 
-
-def test_mobilenet_v2_is_batch_invariant_and_batches_up_to_its_proof(bundle, server):
-    """Issue 28 item 3: the real MobileNetV2's bundle proves batch invariance at every claimed size (1..4) and the
-    server merges up to 4 rows on that proof."""
-    proof = json.loads((bundle / "manifest.json").read_text())["claim"]["batching"]
-    assert proof["passed"] is True and proof["sizes"] == [2, 3, 4] and proof["max_batch"] == 4
-    assert proof["used_by"][next(iter(proof["used_by"]))] <= 1
-    meta = httpclient.InferenceServerClient(server.hostport).get_model_metadata(NAME)
-    batching = meta["parameters"]["dynamic_batching"]
-    assert batching["enabled"] is True and batching["max_batch"] == 4
-    assert batching["proof"]["source"] == "the bundle's claim"
