@@ -101,8 +101,12 @@ def test_the_claim_and_the_bundle_manifest_carry_the_noise_profile(exploding, tm
     run = y["runtimes"]["onnxruntime"]
     assert run["passed"] and NOISE_WORDS in run["verdict"] and 0 < run["ratio"] < noise.RMS_K
     out = result.claim.outputs[0]
-    assert out.policy.startswith(f"{noise.NOISE_K:g}x float32 noise") and out.max_abs_err == run["error_max"]
-    assert np.isclose(out.atol + out.rtol * y["scale"], y["bound"])  # the recorded tolerance is the noise bound
+    assert f"{noise.NOISE_K:g}x float32 noise" in out.policy and out.max_abs_err == run["error_max"]
+    # the output holds, everywhere claimed, the looser of the float32 default and the noise tolerance (what the
+    # parity judged every probe by; a later hunt or bundle check judges other inputs by it)
+    tol = noise.noise_tolerance(noise.NoiseProfile("y", y["scale"], y["noise_abs"], y["noise_rel"]))
+    assert (out.rtol, out.atol) == (max(1e-3, tol.rtol), max(1e-4, tol.atol))
+    assert np.isclose(tol.atol + tol.rtol * y["scale"], y["bound"])
 
     feed = {"x": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
     ref = TorchRunner(model, input_names=["x"], output_names=["y"]).run(feed)

@@ -205,7 +205,9 @@ def verify(model: str | Path, against=None, *, config: ExportConfig | None = Non
     if verdicts:
         from .noise import claim_with_noise
 
-        result.claim = claim_with_noise(result.claim, verdicts)
+        # the outputs hold what the parity proved everywhere (never tighter than the default: a later hunt, bundle
+        # or deploy check judges other inputs by it); the noise bound on the traced feeds is in the claim's noise
+        result.claim = claim_with_noise(result.claim, verdicts, tolerances=tolerances)
     if settings.data and result.passed:
         prove_preprocessing(result, loaded.module, settings.data)
     failed = next((p for p in parities if not p.passed), None)
