@@ -41,6 +41,10 @@ MODELS = [
      ["input_ids:BxS:int64:0..1000", "attention_mask:BxS:int64:1..2"], ["B=1..8@2", "S=4..64@16"]),
     # a timm conv/attention hybrid (random weights): the corpus row that cost 107 s vs a plain 9 s under load
     ("timm fastvit_t8", "timm:fastvit_t8", ["x:Bx3x256x256:float32"], ["B=1..8@2"]),
+    # issue 25's hopeless model: H is frozen by a Python branch on a size ('if H == self.window_size'); every rung
+    # must refuse, and the target is a refusal in <= 2x the time of one plain export attempt (was 378 s vs 28 s)
+    ("timm tiny_vit_5m_224 (H dynamic: refused)", "timm:tiny_vit_5m_224", ["x:Bx3xHx224:float32"],
+     ["B=1..8@2", "H=224..448@224"]),
     ("timm beit_base_patch16_224 (dynamo capture fails)", "timm:beit_base_patch16_224", ["x:Bx3x224x224:float32"],
      ["B=1..8@2"]),
 ]

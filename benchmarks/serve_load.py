@@ -1,7 +1,8 @@
 """A bounded loopback load test of `onnxgate serve`, next to the same model's in-process onnxruntime throughput.
 
     .venv/bin/python benchmarks/serve_load.py [--models digits,mobilenet_v2] [--requests 2000] [--concurrency 32]
-                                              [--max-batch 32] [--batch-timeout-ms 2] [--results benchmarks/RESULTS.md]
+                                              [--max-batch 32] [--batch-timeout-ms 2] [--protocols http,grpc]
+                                              [--runtimes onnxruntime,openvino] [--results benchmarks/RESULTS.md]
 
 For each model a bundle is built (the digits CNN trained on scikit-learn's digits; torchvision's MobileNetV2 with
 its real ImageNet weights, ../shared/REAL_ASSETS.md), then the real command is started on a free loopback port
@@ -12,6 +13,13 @@ answer counts as an error). Reported: requests/s, p50/p99 latency per request (c
 errors; and the in-process baselines: one batch-1 `session.run` after another (what a request costs without HTTP),
 and runs of ``--max-batch`` rows (what batching can reach at best). The ratio is served requests/s over the in-process
 batch-1 runs/s. Client and server share this machine's cores: the client's own CPU time is part of the overhead.
+
+``--protocols``: HTTP (binary tensors over aiohttp) and gRPC (tritonclient.grpc.aio, the KServe/Triton
+``GRPCInferenceService``; the server started with ``--grpc-port 0``). ``--runtimes``: each runtime is served with
+``onnxgate serve --runtime R`` and compared with the same runtime in-process (onnxruntime's ``OrtRunner``; OpenVINO's
+``OpenVinoSession``, the class serve runs, at float32 as verified): the runtime that wins in-process is the one a
+bundle's benchmark recommends, so its row is "the recommended runtime". MobileNetV2 gets ``--requests-large``
+requests (a 40 ms model: the same number of seconds as the digits CNN's requests).
 """
 
 from __future__ import annotations
@@ -60,26 +68,33 @@ def feeds_for(bundle: Path, count: int = 64) -> tuple[str, list[np.ndarray]]:
     return spec["name"], [rng.standard_normal(shape).astype(np.float32) for _ in range(count)]
 
 
-def in_process(bundle: Path, name: str, feeds: list[np.ndarray], requests: int, batch: int) -> dict:
-    """Runs/s of batch-1 session.run one after another, and rows/s at ``batch`` rows, with the server's session
-    settings (onnxruntime's default threads, level all)."""
-    from onnxgate.runtimes.ort import OrtRunner
+def in_process(bundle: Path, name: str, feeds: list[np.ndarray], requests: int, batch: int,
+               runtime: str = "onnxruntime") -> dict:
+    """Runs/s of batch-1 runs one after another, and rows/s at ``batch`` rows, with the server's session settings
+    (onnxruntime: default threads, level all; OpenVINO: ``OpenVinoSession`` at f32, serve's class)."""
+    if runtime == "openvino":
+        from onnxgate.runtimes.openvino import OpenVinoSession
 
-    with OrtRunner(str(bundle / "model.onnx")) as runner:
-        for feed in feeds[:5]:
-            runner.run({name: feed})
-        start = time.perf_counter()
-        for i in range(requests):
-            runner.run({name: feeds[i % len(feeds)]})
-        single = requests / (time.perf_counter() - start)
-        stacked = np.concatenate([feeds[i % len(feeds)] for i in range(batch)])
-        runs = max(3, requests // batch)
-        start = time.perf_counter()
-        for _ in range(runs):
-            runner.run({name: stacked})
-        batched = runs * batch / (time.perf_counter() - start)
-        expected = [runner.run({name: f})["output"] for f in feeds]
-    return {"single": single, "batched": batched, "expected": expected}
+        session = OpenVinoSession(bundle / "model.onnx", threads=None, precision="f32")
+        run = lambda feed: session.run(["output"], {name: feed})[0]  # noqa: E731
+    else:
+        from onnxgate.runtimes.ort import OrtRunner
+
+        runner = OrtRunner(str(bundle / "model.onnx"))
+        run = lambda feed: runner.run({name: feed})["output"]  # noqa: E731
+    for feed in feeds[:5]:
+        run(feed)
+    start = time.perf_counter()
+    for i in range(requests):
+        run(feeds[i % len(feeds)])
+    single = requests / (time.perf_counter() - start)
+    stacked = np.concatenate([feeds[i % len(feeds)] for i in range(batch)])
+    runs = max(3, requests // batch)
+    start = time.perf_counter()
+    for _ in range(runs):
+        run(stacked)
+    batched = runs * batch / (time.perf_counter() - start)
+    return {"single": single, "batched": batched, "expected": [run(f) for f in feeds]}
 
 
 def request_body(name: str, feed: np.ndarray) -> tuple[bytes, str]:
@@ -137,15 +152,59 @@ async def load(url: str, model: str, name: str, feeds: list[np.ndarray], expecte
             "p99_ms": 1000 * float(np.percentile(latencies, 99)) if latencies else None}
 
 
-def served(bundle: Path, args, extra: list[str], feeds, expected) -> dict:
+async def load_grpc(target: str, model: str, name: str, feeds: list[np.ndarray], expected: list[np.ndarray],
+                    requests: int, concurrency: int, tol: dict) -> dict:
+    """The same load over gRPC, with tritonclient's asyncio client (one channel, ``concurrency`` calls in flight)."""
+    import tritonclient.grpc.aio as grpcclient
+
+    latencies, errors, wrong, next_index = [], 0, 0, iter(range(requests))
+    client = grpcclient.InferenceServerClient(target)
+
+    async def worker():
+        nonlocal errors, wrong
+        for i in next_index:
+            feed = feeds[i % len(feeds)]
+            start = time.perf_counter()
+            try:
+                tensor = grpcclient.InferInput(name, list(feed.shape), "FP32")
+                tensor.set_data_from_numpy(feed)
+                got = (await client.infer(model, [tensor])).as_numpy("output")
+            except Exception:  # noqa: BLE001  counted, not raised: the table reports errors
+                got = None
+            if got is None:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - start)
+            if not np.allclose(got, expected[i % len(feeds)], rtol=tol["rtol"], atol=tol["atol"]):
+                wrong += 1
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - start
+    finally:
+        await client.close()
+    return {"seconds": seconds, "throughput": len(latencies) / seconds, "errors": errors + wrong, "wrong": wrong,
+            "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
+            "p99_ms": 1000 * float(np.percentile(latencies, 99)) if latencies else None}
+
+
+def served(bundle: Path, args, extra: list[str], feeds, expected, protocol: str = "http",
+           requests: int | None = None) -> dict:
     from onnxgate.serve.launch import ServerProcess
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     name = manifest["inputs"][0]["name"]
     tol = next(iter(manifest["tolerances"].values()))
-    with ServerProcess(bundle, *extra) as srv:
+    requests = requests or args.requests
+    with ServerProcess(bundle, *extra, *(["--grpc-port", "0"] if protocol == "grpc" else [])) as srv:
         model = _model_name(srv)
-        row = asyncio.run(load(srv.hostport, model, name, feeds, expected, args.requests, args.concurrency, tol))
+        if protocol == "grpc":
+            row = asyncio.run(load_grpc(srv.grpc_target, model, name, feeds, expected, requests, args.concurrency,
+                                        tol))
+        else:
+            row = asyncio.run(load(srv.hostport, model, name, feeds, expected, requests, args.concurrency, tol))
+        row["requests"] = requests
         metrics = _get(srv.url + "/metrics")
         code = srv.stop()
     runs = re.search(r"^onnxgate_batch_requests_count (\S+)$", metrics, re.M)
@@ -167,13 +226,14 @@ def _model_name(srv) -> str:
 
 
 def table(rows: list[dict], args) -> str:
-    head = ("| model | configuration | requests | concurrency | req/s | p50 ms | p99 ms | errors | onnxruntime runs | "
-            "in-process batch-1 runs/s | served / in-process |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| model | runtime | protocol | configuration | requests | concurrency | req/s | p50 ms | p99 ms | errors | "
+            "runs | in-process batch-1 runs/s | served / in-process |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
-        lines.append(f"| {r['model']} | {r['config']} | {args.requests} | {args.concurrency} | {r['throughput']:.0f} | "
-                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {r['runs']} | {r['single']:.0f} | "
-                     f"{r['throughput'] / r['single']:.2f}x |")
+        lines.append(f"| {r['model']} | {r['runtime']} | {r['protocol']} | {r['config']} | {r['requests']} | "
+                     f"{args.concurrency} | {r['throughput']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['errors']} | {r['runs']} | {r['single']:.0f} | {r['throughput'] / r['single']:.2f}x |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -182,7 +242,8 @@ def write_results(path: Path, rows: list[dict], baselines: dict, args, seconds: 
     load = "/".join(f"{v:.1f}" for v in os.getloadavg())
     text = (f"{START}\n## Serving: loopback load test (`benchmarks/serve_load.py`)\n\n"
             f"`.venv/bin/python benchmarks/serve_load.py --models {args.models} --requests {args.requests} "
-            f"--concurrency {args.concurrency} --max-batch {args.max_batch} --batch-timeout-ms {args.batch_timeout_ms}`"
+            f"--requests-large {args.requests_large} --concurrency {args.concurrency} --max-batch {args.max_batch} "
+            f"--batch-timeout-ms {args.batch_timeout_ms} --protocols {args.protocols} --runtimes {args.runtimes}`"
             f" ({seconds:.0f} s, {cores} cores shared by the client, the server and other work on this machine; load "
             f"average {load} at the end). "
             "Batch-1 requests, binary tensors, aiohttp keep-alive connections; latency is the client's, send to full "
@@ -207,6 +268,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    parser.add_argument("--requests-large", type=int, default=400, help="requests per row for MobileNetV2")
+    parser.add_argument("--protocols", default="http,grpc")
+    parser.add_argument("--runtimes", default="onnxruntime,openvino")
     parser.add_argument("--results", type=Path, default=None, help="Write the table into this markdown file.")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -215,17 +279,22 @@ def main() -> None:
         for model in args.models.split(","):
             bundle = build_bundle(model, Path(tmp))
             name, feeds = feeds_for(bundle)
-            base = in_process(bundle, name, feeds, min(args.requests, 2000), args.max_batch)
-            baselines[model] = base
-            for config, extra in (("serve", []), (f"serve --max-batch {args.max_batch}",
-                                                  ["--max-batch", str(args.max_batch), "--batch-timeout-ms",
-                                                   str(args.batch_timeout_ms)])):
-                row = served(bundle, args, extra, feeds, base["expected"])
-                rows.append({"model": model, "config": config, **row, "single": base["single"]})
-                print(f"{model} / {config}: {row['throughput']:.0f} req/s, p50 {row['p50_ms']:.1f} ms, "
-                      f"p99 {row['p99_ms']:.1f} ms, errors {row['errors']}, runs {row['runs']} "
-                      f"(in-process batch-1: {base['single']:.0f}/s, batch {args.max_batch}: {base['batched']:.0f} "
-                      "rows/s)", flush=True)
+            requests = args.requests if model == "digits" else args.requests_large
+            for runtime in args.runtimes.split(","):
+                base = in_process(bundle, name, feeds, min(requests, 2000), args.max_batch, runtime)
+                baselines[f"{model} on {runtime}"] = base
+                for protocol in args.protocols.split(","):
+                    for config, extra in (("serve", []), (f"serve --max-batch {args.max_batch}",
+                                                          ["--max-batch", str(args.max_batch), "--batch-timeout-ms",
+                                                           str(args.batch_timeout_ms)])):
+                        row = served(bundle, args, ["--runtime", runtime, *extra], feeds, base["expected"], protocol,
+                                     requests)
+                        rows.append({"model": model, "runtime": runtime, "protocol": protocol, "config": config,
+                                     **row, "single": base["single"]})
+                        print(f"{model} / {runtime} / {protocol} / {config}: {row['throughput']:.0f} req/s, p50 "
+                              f"{row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, errors {row['errors']}, runs "
+                              f"{row['runs']} (in-process batch-1: {base['single']:.0f}/s, batch {args.max_batch}: "
+                              f"{base['batched']:.0f} rows/s)", flush=True)
     print(table(rows, args))
     if args.results:
         write_results(args.results, rows, baselines, args, time.perf_counter() - started)
