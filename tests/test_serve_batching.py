@@ -169,3 +169,54 @@ def test_mobilenet_v2_with_real_weights_is_batch_invariant_and_batches_up_to_its
         batching = json.loads(request(srv, "GET", "/v2/models/mobilenet_v2")[2])["parameters"]["dynamic_batching"]
     assert batching["enabled"] is True and batching["max_batch"] == 4
     assert batching["proof"]["source"] == "the bundle's claim"
+
+
+class Pool(nn.Module):
+    """Token embeddings averaged over the attention mask (``masked``), or the masked sum divided by the padded
+    length: a padding leak, the row's output shrinking with every pad position its batch adds."""
+
+    def __init__(self, masked: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(20, 6)
+        self.masked = masked
+
+    def forward(self, ids, attention_mask):
+        e = self.embed(ids)
+        m = attention_mask.unsqueeze(-1).to(e.dtype)
+        return (e * m).sum(1) / (m.sum(1) if self.masked else ids.shape[1])
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["masked", "padding-leak"])
+def test_a_sequence_bundle_is_proven_padded_too(tmp_path, masked):
+    """Where an attention mask says a dim is padded, the bundle's proof pads each row among longer companions: the
+    masked mean passes, the padding leak is refused for dynamic batching with its bound."""
+    ids = torch.randint(1, 20, (2, 5), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 5, dtype=torch.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Pool(masked).eval(), (ids, mask), str(tmp_path / "pool.onnx"),
+                          input_names=["ids", "attention_mask"], output_names=["pooled"], dynamo=False,
+                          dynamic_axes={"ids": {0: "B", 1: "S"}, "attention_mask": {0: "B", 1: "S"},
+                                        "pooled": {0: "B"}})
+    golden = {"ids": ids.numpy(), "attention_mask": mask.numpy()}
+    pooled = _session(tmp_path / "pool.onnx").run(None, golden)[0]
+    bundle = write_bundle(tmp_path / "bundle", model_path=tmp_path / "pool.onnx", golden_inputs=golden,
+                          reference_outputs={"pooled": pooled}, source_ref="tests:pool",
+                          domain={"B": {"min": 1, "max": 4, "multiple_of": None, "example": 2},
+                                  "S": {"min": 2, "max": 16, "multiple_of": None, "example": 5}})
+    proof = _claim_batching(bundle)
+    assert proof["padded"] is True and proof["padding"] == {"axes": {"ids": 1, "attention_mask": 1},
+                                                            "mask": "attention_mask", "extra": [1, 3]}
+    if masked:
+        assert proof["passed"] is True and proof["max_batch"] == 4, proof["failures"]
+    else:
+        assert proof["allowed"] is False and "padded by" in proof["refusal"] and proof["bound"]["pooled"] > 1e-2
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        del manifest["claim"]["batching"]  # serve proves it at start-up, padded the same way
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        with ServerProcess(bundle, "--max-batch", "4") as srv:
+            meta = json.loads(request(srv, "GET", "/v2/models/pool")[2])
+        batching = meta["parameters"]["dynamic_batching"]
+        assert batching["enabled"] is False and "padded by" in batching["reason"]
+        assert batching["proof"]["padded"] is True and batching["proof"]["source"].startswith("measured at start-up")

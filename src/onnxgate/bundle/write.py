@@ -111,7 +111,8 @@ def _with_batching(claim: cl.Claim, model_path: Path, model: dict[str, Any],
     """The claim with its batch-invariance proof (``claim.batching``, issue 28 item 3) when the model has a dynamic
     batch dim that ``onnxgate serve --max-batch`` could merge requests along: each golden row alone vs inside batches
     of golden and random companions at a bounded set of the claimed batch sizes, on onnxruntime, judged at the
-    bundle's tolerances (``verify.batch_invariance.prove``). Unchanged when the claim brings a proof or the model has
+    bundle's tolerances (``verify.batch_invariance.prove``), and padded along a sequence dim where an attention mask
+    says it is padded (``padding_of``). Unchanged when the claim brings a proof or the model has
     no such dim. The dim is found as serve finds it: the claim's input specs and domains, else those the model's
     metadata records, else the graph's shapes."""
     if claim.batching is not None:
@@ -139,8 +140,11 @@ def _with_batching(claim: cl.Claim, model_path: Path, model: dict[str, Any],
 
     names = [spec["name"] for spec in model["outputs"]]
     ranges = {s.name: tuple(s.value_range) for s in specs if s.value_range}
+    padding = bi.padding_of([(spec["name"], shape, spec["dtype"], ranges.get(spec["name"]))
+                             for spec, shape in zip(model["inputs"], shapes)],
+                            [(spec["name"], spec["shape"]) for spec in model["outputs"]], domains, golden, dim.name)
     proof = bi.prove(lambda feed: dict(zip(names, session.run(names, feed))), golden, dim,
-                     tolerances=claim.tolerances(), value_ranges=ranges,
+                     tolerances=claim.tolerances(), value_ranges=ranges, padding=padding,
                      runtime=f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider, optimization 'all'")
     return replace(claim, batching=proof)
 

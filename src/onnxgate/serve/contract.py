@@ -495,7 +495,8 @@ class BatchingPlan:
     def proof_summary(self) -> dict[str, Any] | None:
         if self.proof is None:
             return None
-        keys = ("passed", "allowed", "max_batch", "sizes", "bound", "used_by", "trials", "tolerance", "runtime")
+        keys = ("passed", "allowed", "max_batch", "sizes", "bound", "used_by", "trials", "padded", "tolerance",
+                "runtime")
         return json_safe({**{k: self.proof.get(k) for k in keys}, "source": self.source})
 
     def metadata(self, rule: DimRule | None, timeout_ms: float) -> dict[str, Any]:
@@ -541,10 +542,19 @@ def batch_proof(model: ServedModel, asked: int) -> tuple[dict[str, Any], str]:
     names = [o.name for o in model.outputs]
     tolerances = (model.check_claim or model.claim).tolerances() if (model.check_claim or model.claim) else {}
     ranges = {t.name: tuple(t.value_range) for t in model.inputs if t.value_range is not None}
-    proof = bi.prove(lambda feed: dict(zip(names, model.session.run(names, feed))),
-                     {t.name: model.golden[t.name] for t in model.inputs}, dim, tolerances=tolerances, sizes=sizes,
-                     value_ranges=ranges, runtime=model.runtime_config)
+    golden = {t.name: model.golden[t.name] for t in model.inputs}
+    domains = {d.name: Dim(d.name, d.min, d.max, None, d.multiple_of) for t in model.inputs for d in t.dims
+               if d.source == "verified domain"}
+    padding = bi.padding_of([(t.name, _dim_names(t), t.dtype, t.value_range) for t in model.inputs],
+                            [(t.name, _dim_names(t)) for t in model.outputs], domains, golden, rule.name)
+    proof = bi.prove(lambda feed: dict(zip(names, model.session.run(names, feed))), golden, dim,
+                     tolerances=tolerances, sizes=sizes, value_ranges=ranges, padding=padding,
+                     runtime=model.runtime_config)
     return proof, f"measured at start-up: {why}"
+
+
+def _dim_names(tensor: TensorRule) -> list[Any]:
+    return [d.min if d.fixed else d.name for d in tensor.dims]
 
 
 def plan_batching(model: ServedModel, asked: int) -> BatchingPlan:

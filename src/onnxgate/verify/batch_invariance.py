@@ -289,38 +289,86 @@ def leading_batch_dim(inputs: Sequence[Sequence[Any]], outputs: Sequence[Sequenc
     return dim
 
 
+def padding_of(inputs: Sequence[tuple[str, Sequence[Any], str, Any]], outputs: Sequence[tuple[str, Any]],
+               domains: Mapping[str, Dim], golden: Feed, batch: str) -> Padding | None:
+    """The padded dim of a sequence model, when its inputs say so plainly: one integer or bool input named like a
+    mask (``attention_mask``) with a claimed dynamic dim besides the batch (the sequence), every output's dims
+    fixed, the batch or that dim (so a padded output can be cropped back), and the golden length plus 1 or 3 inside
+    the dim's claimed sizes. ``inputs``: (name, shape, dtype, value range); integer inputs pad with 0, or the low
+    end of their value range when 0 is outside it. None: no padded dim is checked."""
+    masks = [(name, list(shape)) for name, shape, dtype, _ in inputs
+             if "mask" in name.lower() and (str(dtype).startswith(("int", "uint")) or dtype == "bool")]
+    if len(masks) != 1:
+        return None
+    mask, mask_shape = masks[0]
+    seq = next((d for d in mask_shape[1:] if isinstance(d, str) and d != batch and d in domains), None)
+    if seq is None or mask not in golden:
+        return None
+    axes: dict[str, int] = {}
+    for name, shape, _, _ in inputs:
+        shape = list(shape)
+        if shape[1:].count(seq) > 1:
+            return None
+        if seq in shape[1:]:
+            axes[name] = shape.index(seq, 1)
+    out_axes: dict[str, int] = {}
+    for name, shape in outputs:
+        if shape is None:
+            return None
+        for axis, d in enumerate(list(shape)[1:], 1):
+            if isinstance(d, int) and not isinstance(d, bool):
+                continue
+            if d != seq or name in out_axes:
+                return None  # another dynamic dim (or the sequence twice): it could not be cropped back
+            out_axes[name] = axis
+    length = int(np.shape(golden[mask])[axes[mask]])
+    extra = tuple(e for e in (1, 3) if domains[seq].contains(length + e))
+    if not extra:
+        return None
+    values = {}
+    for name, _, dtype, value_range in inputs:
+        if name in axes and name != mask and value_range and not value_range[0] <= 0 <= value_range[1]:
+            values[name] = value_range[0]
+    return Padding(axes, values, mask, out_axes, extra)
+
+
 def prove(run: Callable[[Feed], Mapping[str, np.ndarray]], golden: Feed, dim: Dim, *,
           tolerances: Mapping[str, Any], sizes: Sequence[int] | None = None,
           value_ranges: Mapping[str, tuple[float, float]] | None = None, runtime: str = "onnxruntime",
-          max_rows: int = PROOF_ROWS, trials: int = PROOF_TRIALS,
+          max_rows: int = PROOF_ROWS, trials: int = PROOF_TRIALS, padding: Padding | None = None,
           row_budget: int | None = PROOF_ROW_BUDGET) -> dict[str, Any]:
     """Batch invariance of ``run`` (a session's run on one feed) on the golden rows at ``sizes`` (default:
     ``batch_sizes(dim)``), judged at the per-output ``tolerances`` (``Tolerance``s), within ``row_budget`` rows per
-    size: the record ``claim.batching`` holds (``record``). A batch the runtime cannot run at all refuses batching
-    with its error."""
+    size, and padded along ``padding`` (``padding_of``): the record ``claim.batching`` holds (``record``). A batch
+    the runtime cannot run at all refuses batching with its error."""
     sizes = list(sizes) if sizes is not None else batch_sizes(dim)
     started = time.perf_counter()
     policy = engine.TolerancePolicy(fixed=dict(tolerances))
     try:
         result = batch_invariance(run, golden, sizes, policy=policy, value_ranges=value_ranges, max_rows=max_rows,
-                                  trials=trials, row_budget=row_budget)
+                                  trials=trials, row_budget=row_budget, padding=padding)
     except BadInputError:
         raise
     except Exception as exc:  # noqa: BLE001 - the runtime's own error (onnxruntime raises its own classes)
         text = " ".join(str(exc).split())[:300]
         result = BatchInvariance(tuple(sorted({int(s) for s in sizes if int(s) >= 2})), {}, math.inf, 1, 0,
-                                 [f"a batch of golden and random rows did not run: {type(exc).__name__}: {text}"])
+                                 [f"a batch of golden and random rows did not run: {type(exc).__name__}: {text}"],
+                                 padding is not None)
     tolerance = ", ".join(f"{name} {tol}" for name, tol in tolerances.items())
-    return record(result, dim, runtime=runtime, seconds=time.perf_counter() - started,
-                  rows=min(_rows(golden, 0), max_rows), tolerance=tolerance or None)
+    doc = record(result, dim, runtime=runtime, seconds=time.perf_counter() - started,
+                 rows=min(_rows(golden, 0), max_rows), tolerance=tolerance or None)
+    if padding is not None:
+        doc["padding"] = {"axes": dict(padding.axes), "mask": padding.mask, "extra": list(padding.extra)}
+    return doc
 
 
 def record(result: BatchInvariance, dim: Dim, *, runtime: str, seconds: float, rows: int,
            tolerance: str | None = None) -> dict[str, Any]:
     """What ``claim.batching`` records: the batch dim and its claimed sizes (``batch_domain``), the sizes tried,
-    per output the largest |row in a batch - row alone| (``bound``) and its share of the output's tolerance (``used_by``), the
-    largest size that held (``max_batch``), whether dynamic batching is allowed (``allowed``: some size >= 2
-    held) and, when not everywhere, why (``refusal``); the runtime it ran on and the seconds it took."""
+    per output the largest |row in a batch - row alone| (``bound``) and its share of the output's tolerance
+    (``used_by``), the largest size that held (``max_batch``), whether dynamic batching is allowed (``allowed``:
+    some size >= 2 held) and, when not everywhere, why (``refusal``); the runtime it ran on and the seconds it
+    took."""
     doc = result.to_dict()
     doc["used"] = _finite(doc["used"])
     doc["used_by"] = {k: _finite(v) for k, v in doc["used_by"].items()}
@@ -356,5 +404,5 @@ def read_record(doc: Any) -> dict[str, Any] | None:
     return dict(doc)
 
 
-__all__ = ["BatchInvariance", "Padding", "batch_invariance", "batch_sizes", "leading_batch_dim", "prove",
-           "read_record", "record", "MAX_ROWS", "MAX_SIZES", "TRIALS"]
+__all__ = ["BatchInvariance", "Padding", "batch_invariance", "batch_sizes", "leading_batch_dim", "padding_of",
+           "prove", "read_record", "record", "MAX_ROWS", "MAX_SIZES", "TRIALS"]
