@@ -124,10 +124,33 @@ def test_a_bundle_without_a_proof_is_proven_at_start_up(bn_bundle, tmp_path):
     assert "dynamic batching refused (--max-batch 4)" in srv.log
 
 
-def test_max_batch_is_capped_at_the_largest_size_the_proof_held(tmp_path):
-    from test_serve_protocol import NAME as AFFINE, tiny_bundle
+def _affine_bundle(folder: Path) -> Path:
+    """y = x @ W + b, x: [B, 4] with B verified in 1..64: rows independent."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
-    bundle = tiny_bundle(tmp_path / "affine")
+    folder.mkdir(parents=True)
+    w = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+    b = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 3])],
+                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, folder / "m.onnx")
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    return write_bundle(folder / "bundle", model_path=folder / "m.onnx", golden_inputs={"x": x},
+                        reference_outputs={"y": x @ w + b}, source_ref=f"tests:{AFFINE}",
+                        domain={"B": {"min": 1, "max": 64, "multiple_of": None, "example": 2}})
+
+
+AFFINE = "tiny_affine"
+
+
+def test_max_batch_is_capped_at_the_largest_size_the_proof_held(tmp_path):
+    bundle = _affine_bundle(tmp_path / "affine")
     proof = _claim_batching(bundle)
     assert proof["passed"] and proof["max_batch"] == 64 and proof["bound"]["y"] < 1e-5
     manifest = json.loads((bundle / "manifest.json").read_text())
