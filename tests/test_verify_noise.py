@@ -106,7 +106,7 @@ def test_the_claim_and_the_bundle_manifest_carry_the_noise_profile(exploding, tm
     # parity judged every probe by; a later hunt or bundle check judges other inputs by it)
     tol = noise.noise_tolerance(noise.NoiseProfile("y", y["scale"], y["noise_abs"], y["noise_rel"]))
     assert (out.rtol, out.atol) == (max(1e-3, tol.rtol), max(1e-4, tol.atol))
-    assert np.isclose(tol.atol + tol.rtol * y["scale"], y["bound"])
+    assert np.isclose(tol.atol, y["bound"]) and np.isclose(tol.rtol * y["scale"], y["bound"])
 
     feed = {"x": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
     ref = TorchRunner(model, input_names=["x"], output_names=["y"]).run(feed)
