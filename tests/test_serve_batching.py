@@ -149,6 +149,27 @@ def _affine_bundle(folder: Path) -> Path:
 AFFINE = "tiny_affine"
 
 
+def test_an_onnx_file_recording_its_dims_is_proven_when_bundled_without_a_claim(tmp_path):
+    """`onnxgate bundle model.onnx --golden --reference` passes no claim: the dims the model's metadata records
+    (as onnxgate export writes them) are what serve batches along, so the proof runs on them."""
+    import onnx
+
+    from onnxgate import claim as cl
+    from onnxgate.spec import Dim, InputSpec
+
+    bundle = _affine_bundle(tmp_path / "affine")
+    model = onnx.load(bundle / "model.onnx")
+    entries = cl.metadata_entries([InputSpec("x", ("B", 4))], {"B": Dim("B", 1, 16)})
+    onnx.helper.set_model_props(model, entries)
+    onnx.save(model, tmp_path / "recorded.onnx")
+    golden = {"x": np.ones((2, 4), np.float32)}
+    y = _session(tmp_path / "recorded.onnx").run(None, golden)[0]
+    again = write_bundle(tmp_path / "again", model_path=tmp_path / "recorded.onnx", golden_inputs=golden,
+                         reference_outputs={"y": y})
+    proof = _claim_batching(again)
+    assert proof["passed"] and proof["batch_dim"] == "B" and proof["sizes"] == [2, 3, 4, 8, 16]
+
+
 def test_max_batch_is_capped_at_the_largest_size_the_proof_held(tmp_path):
     bundle = _affine_bundle(tmp_path / "affine")
     proof = _claim_batching(bundle)

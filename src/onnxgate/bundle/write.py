@@ -124,10 +124,12 @@ def _with_batching(claim: cl.Claim, model_path: Path, model: dict[str, Any],
     from ..runtimes.ort import open_session
     from ..verify import batch_invariance as bi
 
-    session = open_session(str(model_path), what=f"the model '{model_path}'")
     specs, domains = claim.inputs, claim.domains
     if not (specs and claim.dims):
-        recorded = cl.from_metadata(dict(session.get_modelmeta().custom_metadata_map), model=model_path)
+        try:
+            recorded = cl.from_metadata(model["metadata"], model=model_path)
+        except BadInputError:  # malformed records: serve refuses them with this error; the bundle has no proof
+            return claim
         specs, domains = specs or (recorded.inputs if recorded else ()), domains or (
             recorded.domains if recorded else {})
     by_name = {s.name: s for s in specs}
@@ -138,6 +140,7 @@ def _with_batching(claim: cl.Claim, model_path: Path, model: dict[str, Any],
         return claim
     import onnxruntime
 
+    session = open_session(str(model_path), what=f"the model '{model_path}'")
     names = [spec["name"] for spec in model["outputs"]]
     ranges = {s.name: tuple(s.value_range) for s in specs if s.value_range}
     padding = bi.padding_of([(spec["name"], shape, spec["dtype"], ranges.get(spec["name"]))
@@ -179,6 +182,7 @@ def describe_model(model_path: Path) -> dict[str, Any]:
         "external_data": _external_data(proto, model_path),
         "inputs": [_value_spec(v) for v in proto.graph.input if v.name not in initializers],
         "outputs": [_value_spec(v) for v in proto.graph.output],
+        "metadata": {p.key: p.value for p in proto.metadata_props},
     }
 
 
