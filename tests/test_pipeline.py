@@ -142,14 +142,15 @@ class Right(Net):
 '''
 
 
-def _band_run(tmp_path_factory, cls: str, **kw):
+def _band_run(tmp_path_factory, cls: str, *, static: bool = False, **kw):
     from onnxgate.pipeline import run
     from onnxgate.spec import ExportConfig, parse_dim, parse_input
 
     folder = tmp_path_factory.mktemp(f"band-{cls}")
     model = folder / "band.py"
     model.write_text(BAND_MODEL)
-    config = ExportConfig(inputs=(parse_input("x:Bx4:float32"),), dims=(parse_dim("B=1..8@2"),))
+    config = (ExportConfig(inputs=(parse_input("x:2x4:float32"),)) if static else
+              ExportConfig(inputs=(parse_input("x:Bx4:float32"),), dims=(parse_dim("B=1..8@2"),)))
     return run(f"{model}:{cls}", folder / "out", config=config, bench=None, optimize=False, **kw), folder / "out"
 
 
@@ -210,6 +211,22 @@ def test_hunt_budget_0_turns_the_hunt_off(tmp_path_factory):
     assert report.verdict == "pass" and "hunt" not in report.stages
     assert np.load(Path(report.stages["bundle"]["path"]) / "golden_inputs.npz")["x"].shape == (2, 4)
     assert "hunt" not in json.loads((out / "report.json").read_text())["stages"]["verify"]["claim"]
+
+
+def test_with_a_static_batch_the_worst_row_replaces_the_last_random_row(tmp_path_factory):
+    from onnxgate import verify_bundle
+    from onnxgate.spec import parse_input
+    from onnxgate.verify.inputs import random_inputs
+
+    report, out = _band_run(tmp_path_factory, "Right", static=True)
+    assert report.verdict == "pass", report.reason
+    assert report.stages["hunt"]["golden"]["mode"] == "replaced" and report.stages["hunt"]["golden"]["rows"] == 1
+    bundle = Path(report.stages["bundle"]["path"])
+    golden = np.load(bundle / "golden_inputs.npz")["x"]
+    random = random_inputs([parse_input("x:2x4:float32")], {}, seed=0)["x"]
+    assert golden.shape == (2, 4) and (golden[0] == random[0]).all() and not (golden[1] == random[1]).all()
+    assert verify_bundle(bundle).status == "pass"
+    assert "replaces the last random row" in (out / "report.html").read_text()
 
 
 def test_the_hunted_row_in_the_golden_set_fails_the_wrong_artifact(right_run, wrong_run, tmp_path):

@@ -354,28 +354,33 @@ HUNT_SEED = 0  # the run's divergence hunt is seeded: the same model and budget 
 HUNT_SECONDS = 15.0  # the default hunt's time cap: its budget shrinks to the evaluations that fit (a large model)
 
 
-def _hunted_rows(job: Job, found, reference, candidate, policy) -> tuple[dict | None, dict]:
+def _hunted_rows(job: Job, found, reference, candidate, policy) -> tuple[dict, dict]:
     """What the hunt adds to the bundle's golden set (the seeded random feed at the traced sizes): the row of the
     worst feed on which onnxruntime came closest to its tolerance, appended along the batch axis when every input
-    has one (the same dynamic dim at axis 0) and one more row lies in the claimed domain; else the worst feed
-    whole, appended when twice the rows lie in it; else (a static batch) the worst feed replaces the random one.
-    -> (the rows to append or the feed that replaces, a record of which, for the report and the claim)."""
+    has the same dynamic dim at axis 0 and one more row lies in the claimed domain (else the worst feed whole, when
+    twice the rows lie in it); with a batch that admits no more rows (a static one), the worst row replaces the
+    last random row, or the worst feed the random one when there is no row to pick.
+    -> (the rows, a record of what was done: the report's and the claim's ``golden``)."""
     from .verify import hunt
 
     claim = job.verified.claim
     axis0 = {s.shape[0] if s.shape else None for s in claim.inputs}
     name = axis0.pop() if len(axis0) == 1 else None
     dim = claim.dim(name) if isinstance(name, str) else None
+    row = hunt.worst_row(reference, candidate, found.worst, policy)
+    picked = hunt.row_of(found.worst, row) if row is not None else None
     if dim is not None and dim.example:
-        row = hunt.worst_row(reference, candidate, found.worst, policy)
-        options = ([("row", hunt.row_of(found.worst, row), 1)] if row is not None else []) + \
-            [("feed", found.worst, dim.example)]
-        for what, rows, count in options:
-            if dim.allows(dim.example + count):
-                return rows, {"mode": "appended", "rows": count, "what": "the worst row" if what == "row" else
-                              "the worst feed", "dim": name, "golden_size": dim.example + count}
-    return found.worst, {"mode": "replaced", "rows": 0, "what": "the worst feed",
-                         "why": "no batch dim that admits more rows than the traced size"}
+        for rows, count, what in ((picked, 1, "the worst row"), (found.worst, dim.example, "the worst feed")):
+            if rows is not None and dim.allows(dim.example + count):
+                return rows, {"mode": "appended", "rows": count, "what": what, "dim": name,
+                              "golden_size": dim.example + count}
+    why = "the batch admits no more rows than the traced size" if name is not None else "no batch axis"
+    size = next(iter(found.worst.values())).shape[0] if picked is not None else 0
+    if picked is not None and size >= 2:
+        return picked, {"mode": "replaced", "rows": 1, "what": "the worst row", "replaces": "the last random row",
+                        "why": why}
+    return found.worst, {"mode": "replaced", "rows": size, "what": "the worst feed", "replaces": "the random feed",
+                         "why": why}
 
 
 def _proof_of(exported):
@@ -579,7 +584,7 @@ def write_verified_bundle(loaded, exported, verified, out_dir: Path, *, force: b
     if hunted is not None:
         from .verify.hunt import golden_with
 
-        golden = {k: np.asarray(v) for k, v in hunted.items()} if hunted_replaces else golden_with(golden, hunted)
+        golden = _replacing(golden, hunted) if hunted_replaces else golden_with(golden, hunted)
     reference = TorchRunner(loaded.module, input_names=[s.name for s in specs],
                             output_names=[t.name for t in verified.structure.outputs]).run(golden)
     won = exported.attempts[exported.winner]
@@ -589,6 +594,18 @@ def write_verified_bundle(loaded, exported, verified, out_dir: Path, *, force: b
     return write_bundle(out_dir, model_path=verified.model, golden_inputs=golden, reference_outputs=reference,
                         export_info=export_info, verification=verification, source_ref=loaded.ref, force=force,
                         tarball=tarball, claim=claim)
+
+
+def _replacing(golden: dict, hunted: dict) -> dict:
+    """The golden feed with its last rows replaced by the hunted ones (fewer rows than it has, on axis 0 of every
+    input), else the hunted feed whole."""
+    rows = {np.shape(v)[0] if np.ndim(v) else None for v in hunted.values()}
+    sizes = {np.shape(v)[0] if np.ndim(v) else None for v in golden.values()}
+    if len(rows) == len(sizes) == 1 and None not in rows | sizes and min(rows) < min(sizes):
+        keep = min(sizes) - min(rows)
+        return {k: np.concatenate([np.asarray(golden[k])[:keep], np.asarray(hunted[k]).astype(golden[k].dtype)])
+                for k in golden}
+    return {k: np.asarray(v) for k, v in hunted.items()}
 
 
 def bundle_from_ref(ref: str, out_dir: str | Path, *, config: ExportConfig | None = None, force: bool = False,

@@ -172,7 +172,8 @@ def _hunt(stages: dict) -> str:
               f"<p>{escape(str(golden.get('what', '')).capitalize())} "
               + (f"joins the bundle's golden set ({escape(str(golden.get('dim')))}="
                  f"{escape(str(golden.get('golden_size')))})" if golden.get("mode") == "appended"
-                 else f"replaces the bundle's random golden feed ({escape(str(golden.get('why', '')))})")
+                 else f"replaces {escape(str(golden.get('replaces', 'the random feed')))} of the bundle's golden "
+                      f"set ({escape(str(golden.get('why', '')))})")
               + ": every re-verification of the bundle checks it again.</p>")
     verdict = (f"{_ok(bool(hunt.get('passed')))} — "
                + escape("no feed found outside the tolerance" if hunt.get("passed") else str(hunt.get("reason"))))

@@ -17,7 +17,7 @@ Values stay in the declared space: a ``value_range`` when the spec has one, else
 deviations of the proof's standard-normal feeds). The error of a feed is the engine's "share of the tolerance
 used" (``ParityRecord.tolerance_used``: > 1 fails) at the given policy, so outputs of different scales compare.
 Everything is seeded: the same seed, budget and models give the same worst feed. ``seconds`` caps the time: the
-first two evaluations are timed and the budget shrunk to what fits (``HuntResult.capped``), before the phases are
+second and third evaluations are timed (the first warms both sides up) and the budget shrunk to what fits (``HuntResult.capped``), before the phases are
 shared out, so a large model gets a shorter hunt of the same shape rather than a random phase and nothing else. The result holds the worst feed
 (for the bundle's golden set: ``golden_with``) and the error distribution of random vs hunted feeds.
 Torch-free: the reference is any runner or callable.
@@ -93,21 +93,25 @@ def hunt(reference: Any, candidate: Any, specs: Sequence[InputSpec], sizes: Mapp
          candidate_label: str = "ONNX", seconds: float | None = None) -> HuntResult:
     """Search the feeds of ``specs`` at ``sizes`` (dim name -> size) for the one where ``candidate`` differs most
     from ``reference`` (runners or callables) at ``policy``, spending at most ``budget`` evaluations (and, with
-    ``seconds``, about that much time: the budget shrinks to what the first two evaluations say fits)."""
+    ``seconds``, about that much time: the budget shrinks to what the second and third evaluations say
+    fits)."""
     specs = list(specs)
     rng = np.random.default_rng(seed)
     state = _Hunter(reference, candidate, policy or engine.TolerancePolicy(), budget, reference_label,
                     candidate_label)
     bounds = {s.name: _bounds(s, float_bound) for s in specs}
     pool: list[tuple[float, int, Feed]] = []  # (score, order, feed) of random feeds, for the restarts
-    randoms, i, began = max(1, int(budget * RANDOM_SHARE)), 0, time.perf_counter()
+    randoms, i, first = max(1, int(budget * RANDOM_SHARE)), 0, time.perf_counter()
+    began = first
     while i < randoms and not state.spent():
         feed = random_inputs(specs, dict(sizes), seed=seed * 1_000_003 + i)
         score = state.evaluate(feed, "random")
         pool.append((score, i, feed))
         i += 1
-        if seconds is not None and i == 2:
-            fits = max(i, int(seconds / ((time.perf_counter() - began) / i)))
+        if i == 1:  # the first evaluation warms both sides up: the next two are timed
+            began = time.perf_counter()
+        elif seconds is not None and i == 3:
+            fits = max(i, 1 + int((seconds - (began - first)) / ((time.perf_counter() - began) / 2)))
             if fits < budget:
                 budget = state.budget = fits
                 state.capped = True
