@@ -353,16 +353,10 @@ def _noise_parity_tolerances(profiles) -> dict[str, Tolerance]:
     enough where the model's own noise exceeds the default; the noise verdict on the traced feeds is the sharp
     gate (``_judge_at_noise``)."""
     from .noise import noise_tolerance
-    from .tolerance import default_tolerance
+    from .tolerance import default_tolerance, looser
 
     base = default_tolerance("float32")
-    tolerances = {}
-    for name, profile in profiles.items():
-        if profile.exact:
-            continue
-        tol = noise_tolerance(profile)
-        tolerances[name] = type(base)(max(base.rtol, tol.rtol), max(base.atol, tol.atol))
-    return tolerances
+    return {name: looser(base, noise_tolerance(p)) for name, p in profiles.items() if not p.exact}
 
 
 def _judge_at_noise(parities: list[ParityReport], reference: ReferenceRuns, noisy, model,

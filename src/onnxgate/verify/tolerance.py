@@ -57,6 +57,12 @@ def tied_to_scale(tol: Tolerance, scale: float) -> Tolerance:
     return Tolerance(tol.rtol, tol.rtol * scale)
 
 
+def looser(a: Tolerance, b: Tolerance) -> Tolerance:
+    """Each part the larger of the two: what passes either passes this (the parity's tolerance where a measured
+    noise tolerance meets the dtype default, ``verify.api``)."""
+    return Tolerance(max(a.rtol, b.rtol), max(a.atol, b.atol))
+
+
 def zero_tolerance() -> Tolerance:
     """Bit-exact: what an output that could not be compared is listed with."""
     return Tolerance(0.0, 0.0)
