@@ -217,9 +217,14 @@ def check_batching(model, settings: ServeSettings) -> int | None:
 
 
 def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, created as TCP (``IPPROTO_TCP``, not protocol 0): asyncio turns Nagle's algorithm off
+    (``TCP_NODELAY``) only on connections whose socket says TCP, and with it on, a response written as head then
+    body waited for the client's delayed ACK — 44 ms added to every HTTP request on Linux. ``TCP_NODELAY`` is also
+    set here, which accepted connections inherit."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
