@@ -86,6 +86,7 @@ def test_one_weight_off_fails_without_flags_where_the_fixed_default_passes(tmp_p
     assert verdict is not None and verdict.ratio("y") > noise.RMS_K
     outcome = judge(result)
     assert outcome.exit_code == 4 and NOISE_WORDS in outcome.reason and "above 2x in the mean" in outcome.reason
+    assert outcome.cause == "above the model's own float32 noise"  # every sampled case within the default
 
 
 def test_the_claim_and_the_bundle_manifest_carry_the_noise_profile(exploding, tmp_path):
