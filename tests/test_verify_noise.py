@@ -117,3 +117,23 @@ def test_the_claim_and_the_bundle_manifest_carry_the_noise_profile(exploding, tm
     assert manifest["claim"]["noise"]["outputs"]["y"]["noise_rms"] == y["noise_rms"]
     back = cl.from_manifest(manifest)
     assert back.noise == json.loads(json.dumps(section)) and back.outputs[0].policy == out.policy
+
+
+def test_the_export_ladders_quick_check_passes_at_the_noise_tolerances(exploding):
+    """``noise_tolerances`` (for the export ladder, which judges its rungs before ``verify`` runs): the ladder's
+    quick check of a correct export fails at the default on the sign variants, and passes at these."""
+    from onnxgate.runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
+    from onnxgate.runtimes.torch_runner import TorchRunner
+    from onnxgate.spec import InputSpec
+    from onnxgate.verify.api import noise_tolerances
+    from onnxgate.verify.parity import verify_parity
+
+    model, path, _ = exploding
+    specs = [InputSpec("x", (2, 3, 8, 8), "float32")]
+    tolerances = noise_tolerances(model, specs, {}, ["y"])
+    assert set(tolerances) == {"y"} and tolerances["y"].atol > 1e-4 and tolerances["y"].rtol == 1e-3
+    reference = TorchRunner(model, input_names=["x"], output_names=["y"])
+    example = {"x": np.random.default_rng(9).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    quick = [verify_parity(reference, OrtRunner(path, opt_level=VERIFY_OPT_LEVEL), specs, {}, seeds=(0,),
+                           data=[example], variants=True, quick=True, tolerances=t) for t in (None, tolerances)]
+    assert not quick[0].passed and quick[1].passed, quick[0].summary()

@@ -323,27 +323,52 @@ def _noise_profiles(reference: ReferenceRuns, loaded, specs, dims, settings: Ver
     """The reference's own float32 noise on the traced feeds (``noise.measure_noise``: float64, one thread, each
     row alone), per float32 or integer output -> (feeds, profiles); None when nothing could be measured (then the
     dtype defaults judge, and a warning says why)."""
-    from .noise import NoiseSources, measure_noise, torch_sources
-
     feeds = _traced_feeds(specs, dims, settings)
-    if not feeds:
-        return None
     try:
-        own = torch_sources(loaded.module, [s.name for s in specs], [t.name for t in structure.outputs])
-        sources = NoiseSources(reference.run, own.run64, own.variants, own.skipped)
-        profiles = measure_noise(sources, feeds)
+        profiles, skipped = _measure(reference.run, loaded.module, specs, [t.name for t in structure.outputs], feeds)
     except Exception as exc:  # noqa: BLE001  PyTorch failing on the traced feeds shows in the parity itself
         warnings.append(f"The model's own float32 noise could not be measured ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); outputs are judged at the "
                         "per-dtype default tolerances.")
         return None
-    profiles = {n: p for n, p in profiles.items() if p.measured and (p.exact or p.dtype == "float32")}
-    if not any(not p.exact for p in profiles.values()):  # no float32 output measured: the defaults say it all
+    if not profiles:
         return None
-    skipped = {k: v for p in profiles.values() for k, v in p.skipped.items()}
     if skipped:
         warnings.append("Noise sources not measured: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ".")
     return feeds, profiles
+
+
+def _measure(run32, module, specs, output_names, feeds) -> tuple[dict, dict[str, str]]:
+    """The noise profiles of the float32 and integer outputs of ``module`` on ``feeds`` ({} when no float32 output
+    was measured: the defaults say it all), and the sources that could not be measured."""
+    from .noise import NoiseSources, measure_noise, torch_sources
+
+    if not feeds:
+        return {}, {}
+    own = torch_sources(module, [s.name for s in specs], list(output_names))
+    profiles = measure_noise(NoiseSources(run32, own.run64, own.variants, own.skipped), feeds)
+    profiles = {n: p for n, p in profiles.items() if p.measured and (p.exact or p.dtype == "float32")}
+    if not any(not p.exact for p in profiles.values()):
+        return {}, {}
+    return profiles, {k: v for p in profiles.values() for k, v in p.skipped.items()}
+
+
+def noise_tolerances(module, specs, dims, output_names, *, seeds: tuple[int, ...] = VerifyConfig().seeds) -> dict:
+    """Each float32 output's parity tolerance at the model's own float32 noise (the looser of the dtype default
+    and the noise tolerance, ``_noise_parity_tolerances``), measured on the seeded random feeds at the traced
+    sizes; {} when nothing could be measured (the defaults judge). For the export ladder (issue 28): its quick
+    check and its proof judged at these do not reject a correct export of an exploding-activation model that
+    ``verify`` passes at its noise. ``module``: the PyTorch model; ``dims``: name -> ``Dim`` (the traced size is
+    its example)."""
+    from ..runtimes.torch_runner import TorchRunner
+
+    feeds = _traced_feeds(specs, dims, VerifyConfig(seeds=tuple(seeds)))
+    try:
+        run32 = TorchRunner(module, input_names=[s.name for s in specs], output_names=list(output_names)).run
+        profiles, _ = _measure(run32, module, specs, output_names, feeds)
+    except Exception:  # noqa: BLE001  the export's own checks report PyTorch failing on these feeds
+        return {}
+    return _noise_parity_tolerances(profiles)
 
 
 def _noise_parity_tolerances(profiles) -> dict[str, Tolerance]:
@@ -516,13 +541,15 @@ def _case_feed(case, specs: list[InputSpec]) -> dict[str, np.ndarray] | None:
 
 
 def verify_export(prepared, path: str | Path, config: ExportConfig,
-                  static_in_graph: dict[str, str] | None = None, *, probes=None) -> ParityReport:
+                  static_in_graph: dict[str, str] | None = None, *, probes=None,
+                  tolerances: dict[str, Tolerance] | None = None) -> ParityReport:
     """The full verification of the export ladder's winner (``prepared``: the ladder's Prepared model, ``path``:
     its staged file, ``static_in_graph``: what its quick check found): the shape domain of every dynamic dim and
     whether the weights can be verified at all, at the settings ``verify`` uses (so the pipeline hands this report
     to ``verify(proof=...)`` as the written file's onnxruntime parity instead of discovering the domain again),
     with the sign and scale variants ``verify`` adds and ``probes``: every labelled feed a rung of the ladder was
-    judged by."""
+    judged by. ``tolerances``: per output (``noise_tolerances``: what ``verify`` judges its parity at when no
+    tolerance is given); default: the dtype defaults."""
     from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
     from ..runtimes.torch_runner import TorchRunner
 
@@ -534,7 +561,7 @@ def verify_export(prepared, path: str | Path, config: ExportConfig,
             for n, d in prepared.dims.items()}
     return verify_parity(reference, OrtRunner(path, opt_level=VERIFY_OPT_LEVEL), prepared.specs, dims,
                          seeds=VerifyConfig().seeds, allow_static=config.allow_static,
-                         static_in_graph=static_in_graph, probes=probes, variants=True,
+                         static_in_graph=static_in_graph, probes=probes, variants=True, tolerances=tolerances,
                          accept_domain=config.accept_domain,
                          granularities=tuple(graph_granularities(path)) if prepared.dims else ())
 
