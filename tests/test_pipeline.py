@@ -229,14 +229,12 @@ def test_with_a_static_batch_the_worst_row_replaces_the_last_random_row(tmp_path
     assert "replaces the last random row" in (out / "report.html").read_text()
 
 
-def test_the_hunted_row_in_the_golden_set_fails_the_wrong_artifact(right_run, wrong_run, tmp_path):
-    """The right run's bundle, its golden set joined by the row the wrong run's hunt found (with PyTorch's outputs
-    on it), and the wrong export in place of its model (written afresh, so the checksums hold and only the numbers
-    can tell): re-verification fails on the hunted row; the bundle's golden rows alone let the wrong model
-    through."""
+def _swapped_bundles(right_run, wrong_run, folder: Path) -> tuple[Path, Path]:
+    """The right run's bundle with the wrong export in place of its model (written afresh, so the checksums hold
+    and only the numbers can tell): its own golden set, and that set joined by the row the wrong run's hunt found
+    (with PyTorch's outputs on it, the bundle's tolerances)."""
     from onnxgate.bundle import write_bundle
     from onnxgate.bundle.manifest import read_manifest
-    from onnxgate.bundle.verify import verify_bundle
     from onnxgate.runtimes.torch_runner import TorchRunner
     from onnxgate.sources import load_model
     from onnxgate.verify.hunt import golden_with
@@ -250,10 +248,50 @@ def test_the_hunted_row_in_the_golden_set_fails_the_wrong_artifact(right_run, wr
     pytorch = TorchRunner(load_model(wrong_report.ref).module, input_names=["x"], output_names=["output"])
 
     def bundle_of(feed, name):
-        return write_bundle(tmp_path / name, model_path=wrong_out / "model.onnx", golden_inputs=feed,
+        return write_bundle(folder / name, model_path=wrong_out / "model.onnx", golden_inputs=feed,
                             reference_outputs=pytorch.run(feed), tolerances=tolerances)
 
-    assert verify_bundle(bundle_of(golden, "plain")).status == "pass"
-    result = verify_bundle(bundle_of(golden_with(golden, row), "hunted"))
+    return bundle_of(golden, "plain"), bundle_of(golden_with(golden, row), "hunted")
+
+
+def test_the_hunted_row_in_the_golden_set_fails_the_wrong_artifact(right_run, wrong_run, tmp_path):
+    """Re-verification of the wrong artifact fails on the hunted row; the bundle's own golden rows let it through."""
+    from onnxgate.bundle.verify import verify_bundle
+
+    plain, hunted = _swapped_bundles(right_run, wrong_run, tmp_path)
+    assert verify_bundle(plain).status == "pass"
+    result = verify_bundle(hunted)
     assert result.status == "fail", result.reason
     assert any(not c.passed for c in result.outputs if c.name == "output")
+
+
+@pytest.mark.slow
+def test_the_hunted_row_fails_the_wrong_artifact_in_a_fresh_venv(right_run, wrong_run, tmp_path):
+    """The same, on a production box: a new venv with numpy, onnxruntime and the CLI libraries and onnxgate without
+    its dependencies (no torch, no onnx); `onnxgate verify BUNDLE` there fails the hunted bundle with exit 4."""
+    import shutil
+    from importlib.metadata import version
+
+    plain, hunted = _swapped_bundles(right_run, wrong_run, tmp_path)
+    source = tmp_path / "onnxgate-src"
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    pins = [f"{name}=={version(name)}" for name in ("numpy", "onnxruntime", "typer", "rich", "pydantic")]
+    for args in (["--no-deps", str(source)], pins):
+        proc = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0
+
+    def verify(bundle):
+        proc = subprocess.run([str(venv / "bin" / "onnxgate"), "verify", str(bundle), "--json"], capture_output=True,
+                              text=True)
+        return proc.returncode, json.loads(proc.stdout)
+
+    assert verify(plain)[0] == 0
+    code, doc = verify(hunted)
+    assert code == ExitCode.PARITY_FAILED == doc["exit_code"] and doc["result"]["results"][0]["status"] == "fail", doc
