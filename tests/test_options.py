@@ -35,7 +35,8 @@ def valid_values(folder: Path) -> dict:
         "data": [str(folder / "feeds.npz")], "bench": "full", "optimize": True, "bundle": True,
         "deploy": ["openvino", "ort-mobile"], "quantize": "static", "calib": str(folder / "calib.npz"),
         "eval": str(folder / "eval.npz"), "method": "entropy", "preprocess": "resize=40,crop=32",
-        "per_channel": False, "max_accuracy_drop": 1.5, "max_error": 0.25, "hunt_budget": 0, "output": str(folder / "out"),
+        "per_channel": False, "max_accuracy_drop": 1.5, "max_error": 0.25, "hunt_budget": 0,
+        "output": str(folder / "out"),
         # the options of verify, bench and bundle
         "trust_source": True, "runtime": ["openvino"], "rtol": 0.002, "atol": 0.0005, "localize": False,
         "variant": ["int8=m.int8.onnx"], "verified": ["int8"], "threads": [1, 2], "quick": True, "seconds": 0.5,

@@ -342,8 +342,8 @@ def _hunt_stage(job: Job, report: PipelineReport) -> None:
 
         feed = job.out / "hunted_feed.npz"
         save_npz(feed, found.worst)
-    entry = {**found.to_dict(), "requested": budget, "seconds_cap": cap, "sizes": dict(sizes), "summary": found.summary(),
-             "runtime": "onnxruntime", "golden": golden, "feed": str(feed) if feed else None,
+    entry = {**found.to_dict(), "requested": budget, "seconds_cap": cap, "sizes": dict(sizes),
+             "summary": found.summary(), "runtime": "onnxruntime", "golden": golden, "feed": str(feed) if feed else None,
              "seconds": round(time.perf_counter() - start, 2)}
     report.stages["hunt"] = entry
     job.verified.claim = replace(claim, hunt={k: entry[k] for k in (
@@ -573,7 +573,8 @@ def write_verified_bundle(loaded, exported, verified, out_dir: Path, *, force: b
     sizes, reference outputs come from PyTorch; the domain, tolerances and conditions are the verification's claim
     (``verified.claim``), written by the claim codec. ``hunted``: the divergence hunt's rows (``_hunted_rows``),
     appended to the golden feed along the batch axis (``hunted_replaces``: replacing it, for a batch that admits no
-    more rows), so that every later re-verification of the bundle checks them again, against PyTorch's outputs on them."""
+    more rows), so that every later re-verification of the bundle checks them again, against PyTorch's outputs on
+    them."""
     from .bundle import write_bundle
     from .runtimes.torch_runner import TorchRunner
     from .verify.inputs import random_inputs

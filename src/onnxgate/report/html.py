@@ -50,8 +50,8 @@ def render_html(report: dict) -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>onnxgate report: "
              f"{escape(report.get('ref', ''))}</title><style>{CSS}</style></head><body>",
              f"<h1>onnxgate report — <code>{escape(report.get('ref', ''))}</code></h1>", _verdict(report)]
-    for section in (_export, _claim, _parity, _hunt, _preprocessing, _localization, _accuracy, _transforms, _bench, _deploy, _graph, _targets,
-                    _environment):
+    for section in (_export, _claim, _parity, _hunt, _preprocessing, _localization, _accuracy, _transforms, _bench,
+                    _deploy, _graph, _targets, _environment):
         html = section(stages)
         if html:
             parts.append(html)
@@ -175,13 +175,16 @@ def _hunt(stages: dict) -> str:
                  else f"replaces {escape(str(golden.get('replaces', 'the random feed')))} of the bundle's golden "
                       f"set ({escape(str(golden.get('why', '')))})")
               + ": every re-verification of the bundle checks it again.</p>")
+    if hunt.get("feed"):
+        joined += (f"<p>The failing feed, to reproduce it with (<code>--data</code> reads it): "
+                   f"<code>{escape(str(hunt['feed']))}</code></p>")
     verdict = (f"{_ok(bool(hunt.get('passed')))} — "
                + escape("no feed found outside the tolerance" if hunt.get("passed") else str(hunt.get("reason"))))
+    capped = (f" (the {escape(str(hunt.get('requested')))} asked for, shrunk to fit "
+              f"{escape(str(hunt.get('seconds_cap')))} s)" if hunt.get("capped") else "")
     return ("<h2 id='hunt'>Divergence hunt: random vs hunted inputs</h2>"
             f"<p>{verdict}</p><p class='muted'>{escape(str(hunt.get('evaluations')))} evaluations of "
-            f"{escape(str(hunt.get('budget')))}"
-            + (f" (the {escape(str(hunt.get('requested')))} asked for, shrunk to fit "
-               f"{escape(str(hunt.get('seconds_cap')))} s)" if hunt.get("capped") else "") + f" (seed {escape(str(hunt.get('seed')))}; worst found by "
+            f"{escape(str(hunt.get('budget')))}{capped} (seed {escape(str(hunt.get('seed')))}; worst found by "
             f"{escape(str(hunt.get('found_by')))}) on {escape(str(hunt.get('runtime', 'onnxruntime')))} against "
             "PyTorch, at the claim's tolerances. Each figure is the share of the tolerance used (1 = at the "
             "tolerance, above 1 fails).</p>"

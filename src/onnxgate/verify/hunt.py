@@ -17,9 +17,10 @@ Values stay in the declared space: a ``value_range`` when the spec has one, else
 deviations of the proof's standard-normal feeds). The error of a feed is the engine's "share of the tolerance
 used" (``ParityRecord.tolerance_used``: > 1 fails) at the given policy, so outputs of different scales compare.
 Everything is seeded: the same seed, budget and models give the same worst feed. ``seconds`` caps the time: the
-second and third evaluations are timed (the first warms both sides up) and the budget shrunk to what fits (``HuntResult.capped``), before the phases are
-shared out, so a large model gets a shorter hunt of the same shape rather than a random phase and nothing else. The result holds the worst feed
-(for the bundle's golden set: ``golden_with``) and the error distribution of random vs hunted feeds.
+second and third evaluations are timed (the first warms both sides up) and the budget shrunk to what fits
+(``HuntResult.capped``) before the phases are shared out, so a large model gets a shorter hunt of the same shape
+rather than a random phase and nothing else. The result holds the worst feed (for the bundle's golden set:
+``golden_with``, ``worst_row``) and the error distribution of random vs hunted feeds.
 Torch-free: the reference is any runner or callable.
 """
 
@@ -82,7 +83,8 @@ class HuntResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (an infinite score, a feed the candidate could not run, is null)."""
         return {"passed": self.passed, "score": _finite_or_none(self.score), "evaluations": self.evaluations,
-                "budget": self.budget, "capped": self.capped, "seed": self.seed, "found_by": self.found_by, "reason": self.record.reason(),
+                "budget": self.budget, "capped": self.capped, "seed": self.seed, "found_by": self.found_by,
+                "reason": self.record.reason(),
                 "distribution": {label: {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in d.items()}
                                  for label, d in self.distribution().items()}}
 
