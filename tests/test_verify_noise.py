@@ -115,6 +115,7 @@ def test_the_claim_and_the_bundle_manifest_carry_the_noise_profile(exploding, tm
                           claim=result.claim)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["claim"]["noise"]["outputs"]["y"]["noise_rms"] == y["noise_rms"]
+    assert cl.from_report(json.loads(json.dumps(result.to_dict()))["claim"]) == result.claim  # report.json too
     back = cl.from_manifest(manifest)
     assert back.noise == json.loads(json.dumps(section)) and back.outputs[0].policy == out.policy
 
