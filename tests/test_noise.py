@@ -70,7 +70,8 @@ def test_the_profile_measures_every_source(deep):
     p = profiles["y"]
     assert set(p.sources) >= {"float64", "batch position"}
     assert p.feeds == 3 and p.scale > 10 and not p.exact
-    assert 0 < p.noise_abs == max(p.sources.values())
+    two = {s: d * (2 ** 0.5 if s == "float64" else 1) for s, d in p.sources.items()}  # as two float32 runs apart
+    assert 0 < p.noise_abs == max(two.values()) and p.noise_rms > 0
     assert 1e-8 < p.noise_rel < 1e-4, p.describe()  # float32 noise, not an error
     assert p.noise_abs < noise.noise_bound(p) <= noise.NOISE_K * p.noise_abs
 

@@ -8,6 +8,9 @@ much the reference disagrees with itself on the same inputs, per output:
 * ``threads``: float32 under another thread count (a different reduction split; ``torch_sources`` gives 1 vs N);
 * ``batch position``: each row of a batch run alone vs inside the batch (another kernel blocking).
 
+A candidate and the reference are two float32 computations, so the noise is stated as the difference of two such
+(the float64 source, one computation's own rounding, counts sqrt(2) x; see the two gates below).
+
 None of these changes the maths, so any difference is float32 noise. A ``NoiseProfile`` per output holds the
 scale (max |ref|), the noise (max abs difference over every source and feed; ``noise_rms``: the root mean square
 difference of two float32 computations, pooled over the output's elements and feeds), its share of the scale and
@@ -66,12 +69,15 @@ RMS_K = 2.0
 #: An output computed exactly (noise 0) is still bounded by float32's resolution at its scale: this many ulps.
 FLOOR_ULPS = 4
 _EPS32 = float(np.finfo(np.float32).eps)
+#: [another float32 run's difference, the float64 run's difference] as a difference of two float32 computations
+_TWO_FLOAT32 = (1.0, math.sqrt(2))
 
 
 @dataclass(frozen=True)
 class NoiseProfile:
     """One output's own float32 noise: ``scale`` (max |ref| over the feeds), ``noise_abs`` (max |difference| over
-    every source and feed), ``noise_rel`` (noise_abs / scale), ``sources`` (each source's max |difference|), the
+    every source and feed, as a difference of two float32 computations: the float64 source's x sqrt(2); ``sources``
+    holds each source's own), ``noise_rel`` (noise_abs / scale), ``sources`` (each source's max |difference|), the
     number of ``feeds`` measured, ``exact`` (an integer or bool output: compared exactly), ``noise_rms`` (the RMS
     difference of two float32 computations: max over the sources, the float64 one x sqrt(2)) and ``skipped``
     (source -> why it could not be measured, e.g. a model that does not run in float64)."""
@@ -175,10 +181,11 @@ def measure_noise(sources: NoiseSources, feeds: Sequence[Feed], *, batch_positio
 def _profile(name: str, scale: float, per: dict[str, float], feeds: int, dtype: str,
              squares: dict[str, list[float]], skipped: dict[str, str]) -> NoiseProfile:
     exact = np.dtype(dtype).kind in "biu"
-    noise = 0.0 if exact else max(per.values(), default=0.0)
     # float64 vs float32 is one float32 computation's rounding (sigma); the others are two float32 computations
-    # apart, like the candidate and the reference (sqrt(2) sigma): counted alike (module docstring)
-    rms = 0.0 if exact else max((math.sqrt(total / count) * (math.sqrt(2) if source == "float64" else 1.0)
+    # apart, like the candidate and the reference (sqrt(2) sigma): counted alike, in the max as in the RMS
+    # (module docstring)
+    noise = 0.0 if exact else max((d * _TWO_FLOAT32[s == "float64"] for s, d in per.items()), default=0.0)
+    rms = 0.0 if exact else max((math.sqrt(total / count) * _TWO_FLOAT32[source == "float64"]
                                  for source, (total, count) in squares.items() if count), default=0.0)
     return NoiseProfile(name, scale, noise, noise / scale if scale > 0 else 0.0, dict(per), feeds, dtype, exact,
                         rms, dict(skipped))
