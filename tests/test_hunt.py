@@ -117,7 +117,9 @@ def test_a_time_cap_shrinks_the_budget_to_what_fits_and_keeps_every_phase():
         time.sleep(0.02)
         return {"y": feed["x"] * 2}
 
+    start = time.perf_counter()
     found = hunt.hunt(lambda f: {"y": f["x"] * 2}, slow, SPECS, SIZES, seconds=0.4)
+    assert time.perf_counter() - start < 0.4 + 0.1  # no evaluation starts past the cap
     assert found.capped and 2 <= found.budget < 40 and found.evaluations <= found.budget
     assert found.random and found.hunted and found.passed
     assert found.to_dict()["budget"] == found.budget and found.to_dict()["capped"] is True

@@ -199,7 +199,7 @@ OPTIONS: tuple[Option, ...] = (
        legacy="quantize.max_error"),
     _o("hunt_budget", "int", "Evaluations of the divergence hunt run after the sampled proof passes: a search of the "
        "declared inputs for the one where ONNX and PyTorch differ most; a failing input is exit 4, the worst one "
-       "joins the bundle's golden set (default 200, fewer when they would take more than 15 s; 0 turns it off).",
+       "joins the bundle's golden set (default 200, fewer when they would take more than 10 s; 0 turns it off).",
        {RUN}, ge=0, group="run",
        form="an integer >= 0 (evaluations; 0 turns the hunt off)"),
     # verify

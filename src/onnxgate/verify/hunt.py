@@ -19,7 +19,8 @@ used" (``ParityRecord.tolerance_used``: > 1 fails) at the given policy, so outpu
 Everything is seeded: the same seed, budget and models give the same worst feed. ``seconds`` caps the time: the
 second and third evaluations are timed (the first warms both sides up) and the budget shrunk to what fits
 (``HuntResult.capped``) before the phases are shared out, so a large model gets a shorter hunt of the same shape
-rather than a random phase and nothing else. The result holds the worst feed (for the bundle's golden set:
+rather than a random phase and nothing else; past ``seconds`` no evaluation starts (on a machine slower than its
+first evaluations said, fewer run than the shrunk budget). The result holds the worst feed (for the bundle's golden set:
 ``golden_with``, ``worst_row``) and the error distribution of random vs hunted feeds.
 Torch-free: the reference is any runner or callable.
 """
@@ -105,6 +106,8 @@ def hunt(reference: Any, candidate: Any, specs: Sequence[InputSpec], sizes: Mapp
     pool: list[tuple[float, int, Feed]] = []  # (score, order, feed) of random feeds, for the restarts
     randoms, i, first = max(1, int(budget * RANDOM_SHARE)), 0, time.perf_counter()
     began = first
+    if seconds is not None:
+        state.deadline = first + seconds
     while i < randoms and not state.spent():
         feed = random_inputs(specs, dict(sizes), seed=seed * 1_000_003 + i)
         score = state.evaluate(feed, "random")
@@ -142,11 +145,17 @@ class _Hunter:
         self.labels = (reference_label, candidate_label)
         self.evaluations = 0
         self.capped = False
+        self.deadline: float | None = None  # perf_counter() past which no evaluation starts
         self.scores: dict[str, list[float]] = {"random": [], "hunted": []}
         self.worst: tuple[float, Feed, engine.ParityRecord, str] | None = None
 
     def spent(self) -> bool:
-        return self.evaluations >= self.budget
+        if self.evaluations >= self.budget:
+            return True
+        if self.deadline is not None and self.evaluations and time.perf_counter() > self.deadline:
+            self.capped = True
+            return True
+        return False
 
     def evaluate(self, feed: Feed, phase: str) -> float:
         """The share of the tolerance ``candidate`` uses on ``feed`` (inf: it fails where the reference runs;
