@@ -221,7 +221,8 @@ def test_the_verify_stage_takes_the_exports_proof_instead_of_discovering_again(e
     assert _proof_of(ladder) is proof and _proof_of(None) is None  # the pipeline hands the winner's proof along
     assert proof.domains["B"].probes  # the proof holds B's discovered domain
     handed = verify(path, loaded, config=config, proof=proof)
-    assert handed.passed and handed.parities[0] is proof  # no second discovery: the same report, not a new one
+    assert handed.passed and handed.parities[0].cases is proof.cases and handed.parities[0].domains is proof.domains
+    assert handed.parities[0].noise.passed  # no second discovery: the proof's cases, judged at its noise afresh
     feeds = [{"x": np.random.default_rng(i).standard_normal((3, 4, 4, 4)).astype(np.float32)} for i in range(2)]
     with_data = verify(path, loaded, config=config, proof=proof, data=feeds)
     added = [c for c in with_data.parities[0].cases if c.source == "data"]
@@ -231,7 +232,7 @@ def test_the_verify_stage_takes_the_exports_proof_instead_of_discovering_again(e
     assert alone.parities[0] is not proof and alone.claim.domains == handed.claim.domains == {"B": Dim("B", 1, 8, 2)}
     claim = handed.claim
     assert claim.conditions[0].runtime == "onnxruntime" and claim.conditions[0].opt_level == "disable"
-    assert claim.outputs and all(o.max_abs_err is not None and o.policy == "dtype default" for o in claim.outputs)
+    assert claim.outputs and all(o.max_abs_err is not None and "float32 noise" in o.policy for o in claim.outputs)
     assert claim.evidence.sizes["B"] == tuple(proof.domains["B"].probes) and claim.reference.source == loaded.ref
     assert cl.from_report(handed.to_dict()["claim"]) == claim  # the report states the same claim
     other_seeds = verify(path, loaded, config=config, proof=proof, seeds=(5, 6))  # not what the proof ran

@@ -436,6 +436,6 @@ def test_reference_outputs_run_once_per_feed_while_their_owner_keeps_them(tmp_pa
                       output_names=["output"], dynamic_axes={"x": {0: "B"}}, opset_version=17)
     pytest.importorskip("openvino")
     calls.clear()
-    result = onnxgate.verify(path, model, runtimes=("onnxruntime", "openvino"))
+    result = onnxgate.verify(path, model, runtimes=("onnxruntime", "openvino"), rtol=1e-3, atol=1e-4)  # no noise runs
     (ort, ov) = result.parities
     assert result.passed and len(ort.cases) == len(ov.cases) > 2 and len(calls) == len(ort.cases)

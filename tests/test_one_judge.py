@@ -218,9 +218,18 @@ from torch import nn
 ROOT = Path(__file__).parent.parent  # the test folder: the runs write under it
 
 
+def in_bundle_stage(tag):
+    """The pipeline has announced its bundle stage for this model: in the console script's stage file, or in the
+    zoo worker's (``TAG/stage``). Verification runs the model on feeds of its own too (its noise, the hunt), so
+    the stage, not a new feed, arms it."""
+    files = [Path(os.environ["ONNXGATE_STAGE_FILE"])] if os.environ.get("ONNXGATE_STAGE_FILE") else []
+    files += [p for p in ROOT.rglob("stage") if p.parent.name == tag]
+    return any(f.is_file() and f.read_text().strip() == "bundle" for f in files)
+
+
 class Armed(nn.Module):
-    """Right through its export and verification (whose PyTorch outputs are cached); once its own model.onnx is
-    written, the next forward (the bundle's reference outputs, in-process) does `act`."""
+    """Right through its export and verification; once its own model.onnx is written and the pipeline is in its
+    bundle stage, the next forward (the bundle's reference outputs, in-process) does `act`."""
 
     def __init__(self, tag, act):
         super().__init__()
@@ -229,7 +238,7 @@ class Armed(nn.Module):
         self.tag, self.act = tag, act
 
     def forward(self, x):
-        if any(p.parent.name == self.tag for p in ROOT.rglob("model.onnx")):
+        if any(p.parent.name == self.tag for p in ROOT.rglob("model.onnx")) and in_bundle_stage(self.tag):
             if self.act == "abort":
                 os.abort()
             if self.act == "hang":
