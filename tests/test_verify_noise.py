@@ -138,3 +138,18 @@ def test_the_export_ladders_quick_check_passes_at_the_noise_tolerances(exploding
     quick = [verify_parity(reference, OrtRunner(path, opt_level=VERIFY_OPT_LEVEL), specs, {}, seeds=(0,),
                            data=[example], variants=True, quick=True, tolerances=t) for t in (None, tolerances)]
     assert not quick[0].passed and quick[1].passed, quick[0].summary()
+
+
+def test_run_exports_and_verifies_an_exploding_stack_without_flags(tmp_path):
+    """The main job, end to end, no tolerance given: the export ladder's quick check and proof miss the dtype
+    default in their numbers alone, measure the model's noise once and judge again at it; the verify stage's
+    noise gate passes and the claim states the ratio."""
+    import onnxgate
+    from onnxgate.sources import LoadedModel
+    from onnxgate.spec import ExportConfig, parse_input
+
+    config = ExportConfig(inputs=(parse_input("x:2x3x8x8:float32"),), strategy="torchscript")
+    report = onnxgate.run(LoadedModel(_stack(), "tests:exploding"), tmp_path / "out", config=config, bench=None,
+                          optimize=False, bundle=False)
+    assert report.exit_code == 0, report.reason
+    assert NOISE_WORDS in json.dumps(report.stages["verify"])

@@ -31,6 +31,9 @@ class Prepared:
     call_as_kwargs: bool
     warnings: list[str] = field(default_factory=list)
     deterministic: bool = True
+    # Each float32 output's parity tolerance at the model's own float32 noise (``verify.api.noise_tolerances``),
+    # measured once, and only after an attempt missed the dtype default in its numbers alone (issue 28).
+    noise: dict | None = None
     # SHA-256 of the state dict before the first forward pass (verify/identity.py): recorded in the metadata, so
     # verify can tell a rebuilt reference with other (re-initialized) weights from a wrong export.
     weights_sha256: str | None = None
