@@ -121,7 +121,7 @@ def run(ref, out_dir, *, config: ExportConfig | None = None, data=None, evaluate
         bundle: bool = True, targets: tuple[str, ...] = (), bench: str | None = "quick", optimize: bool = True,
         quantize: QuantizeConfig | None = None, progress=None, weights: str | None = None, arch: str | None = None,
         trust_pickle: bool = False, deploy: tuple[str, ...] = (), eval_data=None, eval_labels=None,
-        preprocess: str | None = None, on_stage=None):
+        preprocess: str | None = None, on_stage=None, hunt_budget: int | None = None):
     """The main job: export -> verify -> optimize -> quantize -> bench -> bundle -> ``PipelineReport``.
     ``config``: the export (``ExportConfig``); ``quantize``: the INT8 stage (``QuantizeConfig``). A whole job read
     from flags or onnxgate.toml (a ``RunConfig``, see ``configure.load_toml``) runs with ``pipeline.run_job``.
@@ -131,7 +131,7 @@ def run(ref, out_dir, *, config: ExportConfig | None = None, data=None, evaluate
     return _run(ref, out_dir, config=config, data=data, evaluate=evaluate, force=force, bundle=bundle,
                 targets=targets, bench=bench, optimize=optimize, quantize=quantize, progress=progress,
                 weights=weights, arch=arch, trust_pickle=trust_pickle, deploy=deploy, eval_data=eval_data,
-                eval_labels=eval_labels, preprocess=preprocess, on_stage=on_stage)
+                eval_labels=eval_labels, preprocess=preprocess, on_stage=on_stage, hunt_budget=hunt_budget)
 
 
 __all__ = ["__version__", "export", "verify", "inspect", "load_model", "optimize", "quantize", "bench", "bundle",
