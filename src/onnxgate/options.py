@@ -272,7 +272,7 @@ def schema(names: tuple[str, ...], *, extra: dict[str, tuple] | None = None):
     """The strict pydantic model of these options (and ``extra`` fields), every field optional: None = not given."""
     key = (names, tuple(sorted(extra or {})))
     if key not in _MODELS:
-        from pydantic import ConfigDict, Field, create_model
+        from pydantic import BaseModel, ConfigDict, Field, create_model
 
         fields = {}
         for name in names:
@@ -282,7 +282,9 @@ def schema(names: tuple[str, ...], *, extra: dict[str, tuple] | None = None):
                 bounds["min_length"] = 1
             if opt.kind == "float":
                 bounds["allow_inf_nan"] = False
-            fields[name] = (_annotation(opt) | None, Field(None, **bounds))
+            # an option named like a BaseModel attribute ("json") is a field under an alias: pydantic warns otherwise
+            field_name, alias = (f"option_{name}", {"alias": name}) if hasattr(BaseModel, name) else (name, {})
+            fields[field_name] = (_annotation(opt) | None, Field(None, **alias, **bounds))
         fields.update(extra or {})
         _MODELS[key] = create_model(f"Options_{len(_MODELS)}", __config__=ConfigDict(extra="forbid", strict=True),
                                     **fields)
@@ -296,7 +298,7 @@ def check(values: dict[str, Any], name_of, *, model=None, source: str | None = N
 
     model = model or schema(tuple(BY_NAME))  # every field optional: one model for any set of given options
     try:
-        return model.model_validate(values).model_dump(exclude_none=True)
+        return model.model_validate(values).model_dump(exclude_none=True, by_alias=True)
     except ValidationError as exc:
         problems: dict[str, str] = {}
         for err in exc.errors():
@@ -502,7 +504,7 @@ def _check_table(flat: dict, keys: dict[str, str], names: tuple[str, ...], *, so
 
     model = model or schema(names)
     try:
-        return model.model_validate(flat).model_dump(exclude_none=True)
+        return model.model_validate(flat).model_dump(exclude_none=True, by_alias=True)
     except RecursionError:
         raise BadInputError(f"'{source}' nests arrays or tables too deeply.",
                             hint="Give the TOML file described in the README.") from None

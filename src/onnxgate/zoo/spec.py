@@ -241,8 +241,8 @@ def load_zoo(arg: str) -> Zoo:
                             hint='Add one [[model]] table per model, e.g. [[model]] ref = "torchvision:resnet18".')
     name = doc.zoo.name or (Path(source).stem if not source.startswith("builtin:") else source.split(":", 1)[1])
     _check_memory(doc.zoo.memory_mb, f"In {source}, key 'zoo.memory_mb'")
-    defaults = doc.defaults.model_dump(exclude_none=True)
-    models = tuple(_resolve(i, {**defaults, **m.model_dump(exclude_none=True)}, doc.zoo, source, base)
+    defaults = doc.defaults.model_dump(exclude_none=True, by_alias=True)
+    models = tuple(_resolve(i, {**defaults, **m.model_dump(exclude_none=True, by_alias=True)}, doc.zoo, source, base)
                    for i, m in enumerate(doc.model))
     seen: dict[str, int] = {}
     for m in models:
