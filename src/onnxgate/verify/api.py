@@ -173,25 +173,15 @@ def verify(model: str | Path, against=None, *, config: ExportConfig | None = Non
 
         data = [*(data or []), *load_feeds(list(settings.data), specs, meta=structure.metadata)]
     loaded, warnings = _reference_model(ref, structure, config, settings)
-    policy = "user" if tolerances is not None or settings.default_tolerance is not None else "dtype default"
-    given = tolerances
-    tolerances = _contract_tolerances(model, structure, settings, tolerances, warnings)
-    policy = "contract" if tolerances is not given else policy
     probes = _example_probes(loaded, specs)
     reference = _reference_runs(loaded, specs, structure)
-    # No tolerance given (no --rtol/--atol, no per-output table, no INT8/FP16 contract): FP32 outputs are judged
-    # at the model's own float32 noise, measured on the traced feeds (verify/noise.py; issue 28 item 1)
-    noisy = _noise_profiles(reference, loaded, specs, dims, settings, structure, warnings) \
-        if tolerances is None and settings.default_tolerance is None else None
-    if noisy is not None:
-        policy = "noise"
-        tolerances = _noise_parity_tolerances(noisy[1])
+    tolerances, policy, noisy = _judging(model, structure, settings, tolerances, reference, loaded, specs, dims,
+                                         warnings)
     # The export's proof was judged at the dtype defaults. It stands in for the domain discovery only where it
     # passed: the noise parity tolerances are never tighter than those defaults, so what passed them passes these,
     # and the noise verdict below is judged afresh on the candidate whatever the proof says.
     reuse = proof is not None and tuple(settings.seeds) == VerifyConfig().seeds and (
-        (given is None and tolerances is None and settings.default_tolerance is None)
-        or (noisy is not None and proof.passed))
+        (tolerances is None and settings.default_tolerance is None) or (noisy is not None and proof.passed))
     parities = _parities(model, loaded, structure, specs, dims, config, settings, data, tolerances, probes,
                          proof=proof if reuse else None, reference=reference)
     verdicts = {}
@@ -214,6 +204,24 @@ def verify(model: str | Path, against=None, *, config: ExportConfig | None = Non
     if settings.localize and failed is not None:
         result.localization = _localize(loaded.module, model, failed, specs)
     return result
+
+
+def _judging(model, structure: StructureReport, settings: VerifyConfig, tolerances, reference, loaded, specs, dims,
+             warnings: list):
+    """How the outputs are judged: (tolerances, policy, noise profiles or None). Tolerances given win ("user"),
+    then an INT8/FP16 file's contract ("contract"); with neither, FP32 outputs are judged at the model's own
+    float32 noise measured on the traced feeds ("noise": verify/noise.py; issue 28 item 1), else at the dtype
+    defaults when no noise could be measured."""
+    policy = "user" if tolerances is not None or settings.default_tolerance is not None else "dtype default"
+    given = tolerances
+    tolerances = _contract_tolerances(model, structure, settings, tolerances, warnings)
+    policy = "contract" if tolerances is not given else policy
+    if tolerances is not None or settings.default_tolerance is not None:
+        return tolerances, policy, None
+    noisy = _noise_profiles(reference, loaded, specs, dims, settings, structure, warnings)
+    if noisy is None:
+        return None, policy, None
+    return _noise_parity_tolerances(noisy[1]), "noise", noisy
 
 
 def prove_preprocessing(result: VerifyResult, module, sources, *, given: str | None = None,
