@@ -49,6 +49,7 @@ def uptime() -> str:
 
 
 def measure(name: str, ref: str, inputs: list[str], dims: list[str], tmp: Path) -> dict:
+    tmp.mkdir(parents=True, exist_ok=True)
     flags = [*(f"--input={s}" for s in inputs), *(f"--dim={d}" for d in dims), "--bench", "none", "--no-optimize"]
     run_s, doc = timed("run", ref, *flags, "-o", str(tmp / "on"), "--force")
     off_s, _ = timed("run", ref, *flags, "--hunt-budget", "0", "-o", str(tmp / "off"), "--force")

@@ -276,7 +276,7 @@ def _verify_stage(job: Job, report: PipelineReport) -> None:
     if job.verified.passed:
         _prove_preprocessing(job, report)
     if job.verified.passed:
-        _hunt_stage(job, report)
+        _hunt_stage(job, report, proof_seconds=seconds + (report.stages.get("export") or {}).get("seconds", 0.0))
     report.stages["verify"] = {**job.verified.to_dict(), "seconds": round(seconds, 2)}
     if job.hunted is not None and not job.hunted.passed:  # the sampled proof passed, the hunt found a failing feed
         report.stages["verify"]["passed"] = False
@@ -305,12 +305,13 @@ def _prove_preprocessing(job: Job, report: PipelineReport) -> None:
         report.stages["preprocessing"] = job.verified.preprocessing
 
 
-def _hunt_stage(job: Job, report: PipelineReport) -> None:
+def _hunt_stage(job: Job, report: PipelineReport, proof_seconds: float = 0.0) -> None:
     """The divergence hunt (``verify/hunt.py``, issue 28 item 2), once the sampled proof passed: the exported
     model in onnxruntime, at the session settings the verification used, against the PyTorch reference, on feeds
     of the claimed inputs at the traced sizes, judged at the claim's tolerances (what every re-verification of the
     bundle judges by), within ``job.hunt_budget`` evaluations (unset: ``hunt.DEFAULT_BUDGET``, shrunk to what fits
-    in ``HUNT_SECONDS``; a budget given is spent whole). A failing feed fails the verification (the judge's
+    in ``hunt_cap(proof_seconds)``, a share of what the export and the sampled proof took; a budget given is spent
+    whole). A failing feed fails the verification (the judge's
     HuntResult rule: exit 4); the figures go to ``report.stages["hunt"]`` and the claim's ``hunt``, and the worst
     row found to the bundle's golden set (``_hunted_rows``)."""
     from .runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
@@ -329,7 +330,7 @@ def _hunt_stage(job: Job, report: PipelineReport) -> None:
                             output_names=[t.name for t in job.verified.structure.outputs])
     candidate = OrtRunner(job.model_path, opt_level=VERIFY_OPT_LEVEL)
     policy = engine.TolerancePolicy(fixed=claim.tolerances())
-    cap = HUNT_SECONDS if job.hunt_budget is None else None
+    cap = hunt_cap(proof_seconds) if job.hunt_budget is None else None
     left = None if cap is None else max(0.0, cap - (time.perf_counter() - start))  # the session counts too
     found = hunt.hunt(reference, candidate, specs, sizes, policy=policy, budget=budget, seed=HUNT_SEED,
                       candidate_label="onnxruntime", seconds=left)
@@ -352,7 +353,15 @@ def _hunt_stage(job: Job, report: PipelineReport) -> None:
 
 
 HUNT_SEED = 0  # the run's divergence hunt is seeded: the same model and budget find the same feed
-HUNT_SECONDS = 10.0  # the default hunt's time cap: its budget shrinks to the evaluations that fit (a large model)
+# The default hunt's time cap: a quarter of what the export and the sampled proof took, within 2..10 s (its budget
+# shrinks to the evaluations that fit). A flat 10 s added 9.6 s to a 15.4 s resnet18 run (62%,
+# benchmarks/beyond_sampling.py); a small model still spends its whole budget in well under the floor.
+HUNT_SHARE, HUNT_MIN_SECONDS, HUNT_SECONDS = 0.25, 2.0, 10.0
+
+
+def hunt_cap(proof_seconds: float) -> float:
+    """Seconds the default hunt may take, given the seconds the export and the sampled proof took."""
+    return round(min(HUNT_SECONDS, max(HUNT_MIN_SECONDS, HUNT_SHARE * proof_seconds)), 2)
 
 
 def _hunted_rows(job: Job, found, reference, candidate, policy) -> tuple[dict, dict]:
