@@ -147,6 +147,10 @@ async def load(url: str, model: str, name: str, feeds: list[np.ndarray], expecte
         start = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         seconds = time.perf_counter() - start
+    return _row(latencies, errors, wrong, seconds)
+
+
+def _row(latencies: list[float], errors: int, wrong: int, seconds: float) -> dict:
     return {"seconds": seconds, "throughput": len(latencies) / seconds, "errors": errors + wrong, "wrong": wrong,
             "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
             "p99_ms": 1000 * float(np.percentile(latencies, 99)) if latencies else None}
@@ -184,9 +188,7 @@ async def load_grpc(target: str, model: str, name: str, feeds: list[np.ndarray],
         seconds = time.perf_counter() - start
     finally:
         await client.close()
-    return {"seconds": seconds, "throughput": len(latencies) / seconds, "errors": errors + wrong, "wrong": wrong,
-            "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
-            "p99_ms": 1000 * float(np.percentile(latencies, 99)) if latencies else None}
+    return _row(latencies, errors, wrong, seconds)
 
 
 def served(bundle: Path, args, extra: list[str], feeds, expected, protocol: str = "http",

@@ -224,3 +224,37 @@ def request(srv, method: str, path: str, body: bytes | str | None = None, header
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
+
+
+def onnxgate_source(tmp_path: Path) -> Path:
+    """A copy of this checkout's package source (src/, pyproject.toml, README.md) that pip can install."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "onnxgate-src"
+    shutil.copytree(repo / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, source / name)
+    return source
+
+
+def torchless_venv(tmp_path: Path) -> Path:
+    """The production box that only re-verifies bundles: a new venv holding numpy, onnxruntime and the CLI libraries
+    (typer, rich, pydantic) at this environment's versions, and onnxgate from this checkout without its
+    dependencies — no torch, no onnx (checked). Returns the venv folder (its bin/onnxgate is the CLI)."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    source = onnxgate_source(tmp_path)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    pins = [f"{name}=={version(name)}" for name in ("numpy", "onnxruntime", "typer", "rich", "pydantic")]
+    for args in (["--no-deps", str(source)], pins):
+        proc = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for heavy in ("torch", "onnx"):
+        assert subprocess.run([str(python), "-c", f"import {heavy}"], capture_output=True).returncode != 0, heavy
+    return venv

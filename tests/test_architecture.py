@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,23 +126,9 @@ def test_rooms_do_not_import_what_they_must_not(modules, banned):
 def test_a_bundle_verifies_in_a_fresh_venv_with_only_numpy_onnxruntime_and_the_cli(tiny_bundle, tmp_path):
     """The production box: a new venv holding numpy, onnxruntime and the CLI libraries (typer, rich, pydantic), and
     onnxgate itself without its dependencies: no onnx, no torch. `onnxgate verify BUNDLE` passes there."""
-    from importlib.metadata import version
+    from helpers import torchless_venv
 
-    repo = Path(onnxgate.__file__).resolve().parents[2]
-    source = tmp_path / "onnxgate-src"
-    shutil.copytree(repo / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(repo / name, source / name)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    pins = [f"{name}=={version(name)}" for name in ("numpy", "onnxruntime", "typer", "rich", "pydantic")]
-    for args in (["--no-deps", str(source)], pins):
-        proc = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args],
-                              capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    assert subprocess.run([str(python), "-c", "import onnx"], capture_output=True).returncode != 0
-    assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0
+    venv = torchless_venv(tmp_path)
     proc = subprocess.run([str(venv / "bin" / "onnxgate"), "verify", str(tiny_bundle), "--json"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,10 +57,9 @@ def test_the_ci_example_passes(tmp_path, monkeypatch):
     # job 2: the production side, in a fresh venv with what the example installs there (no torch)
     pip_line = next(c for c in commands if c[:2] == ["pip", "install"] and any(a.startswith("onnxruntime==")
                                                                                for a in c))
-    source = tmp_path / "onnxgate-src"
-    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, source / name)
+    from helpers import onnxgate_source
+
+    source = onnxgate_source(tmp_path)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     requirements = [str(source) if a == "onnxgate" else a for a in pip_line[2:]]

@@ -269,23 +269,10 @@ def test_the_hunted_row_in_the_golden_set_fails_the_wrong_artifact(right_run, wr
 def test_the_hunted_row_fails_the_wrong_artifact_in_a_fresh_venv(right_run, wrong_run, tmp_path):
     """The same, on a production box: a new venv with numpy, onnxruntime and the CLI libraries and onnxgate without
     its dependencies (no torch, no onnx); `onnxgate verify BUNDLE` there fails the hunted bundle with exit 4."""
-    import shutil
-    from importlib.metadata import version
+    from helpers import torchless_venv
 
     plain, hunted = _swapped_bundles(right_run, wrong_run, tmp_path)
-    source = tmp_path / "onnxgate-src"
-    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, source / name)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    pins = [f"{name}=={version(name)}" for name in ("numpy", "onnxruntime", "typer", "rich", "pydantic")]
-    for args in (["--no-deps", str(source)], pins):
-        proc = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args],
-                              capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0
+    venv = torchless_venv(tmp_path)
 
     def verify(bundle):
         proc = subprocess.run([str(venv / "bin" / "onnxgate"), "verify", str(bundle), "--json"], capture_output=True,
