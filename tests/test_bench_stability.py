@@ -126,3 +126,17 @@ def test_three_runs_beside_a_busy_loop_per_core_recommend_the_same_or_state_a_ti
         assert chosen <= tied, [(r["config_id"], r["interval"], r["tie"]) for r in recs]
         config = next(c.config for r in reports for c in r.configs if c.config.id == rec["config_id"])
         assert {k: v for k, v in rec["settings"].items() if k != "inference_precision"} == settings_of(config)
+
+
+def test_a_gain_under_the_minimum_is_a_tie_even_with_disjoint_intervals():
+    """Between-run drift on a shared machine is not in a run's interval: 5% apart is a tie (fewest moving parts),
+    20% apart is not."""
+    from onnxgate.bench.report import MIN_GAIN
+
+    two = _result("onnxruntime", 2, [9.0, 9.01, 9.02, 9.03, 9.04, 9.05], "all")  # the runtime's default
+    one = _result("onnxruntime", 1, [8.55, 8.56, 8.57, 8.58, 8.59, 8.6], "all")  # 5% faster, disjoint interval
+    assert not one.latency.overlaps(two.latency) and MIN_GAIN > 0.05
+    rec = _report([one, two]).recommendation()
+    assert rec["config_id"] == "onnxruntime:base/all/t2" and rec["tie"]["with"] == ["onnxruntime:base/all/t1"]
+    faster = _result("onnxruntime", 1, [7.2, 7.21, 7.22, 7.23, 7.24, 7.25], "all")  # 20% faster
+    assert _report([faster, two]).recommendation()["config_id"] == "onnxruntime:base/all/t1"

@@ -14,7 +14,10 @@ the runtime's own names, exactly what was passed), and the faster configurations
 "Fastest" is decided beyond noise (issue 27 item 5): every configuration carries a confidence interval of its median
 latency (``LatencyStats.interval``: configurations are timed interleaved, round-robin); the eligible configurations
 whose intervals overlap the fastest one's are a tie, broken by ``runners.PREFERENCE`` (fewest moving parts), not by
-noise, and the recommendation states the tie (``tie``: with which configurations, broken by what).
+noise, and the recommendation states the tie (``tie``: with which configurations, broken by what). So is one less
+than ``MIN_GAIN`` slower than the fastest: an interval covers the noise within one run, not the drift between runs
+on a shared machine (a 9 us model's 1- and 2-thread medians, 5.8% apart with disjoint intervals, swapped places
+between consecutive runs), and a few percent is not worth a setting anyway.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .runners import PREFERENCE, PYTORCH, PYTORCH_SIDE, Config, Variant, prefere
 from .startup import Startup
 from .verification import Verification
 
+MIN_GAIN = 0.10  # a configuration must be this much faster than a simpler one to be recommended over it
 SCHEMA_VERSION = "2"  # 2: configurations carry their precision and verification record; + interval, settings, tie
 
 
@@ -145,14 +149,15 @@ class BenchReport:
         if not eligible:
             return None
         fastest = eligible[0]
-        tied = [r for r in eligible if r is fastest or r.latency.overlaps(fastest.latency)]
+        tied = [r for r in eligible if r is fastest or r.latency.overlaps(fastest.latency)
+                or r.p50_ms <= fastest.p50_ms * (1 + MIN_GAIN)]
         chosen = min(tied, key=lambda r: (preference(r.config, self._default_threads()), r.p50_ms))
         passed_over = []
         for r in measured:
             if r is chosen:
                 break
-            why = why_not[id(r)] or (f"within noise of {chosen.config.id} (confidence intervals overlap): the tie "
-                                     "is broken by the fewest moving parts")
+            why = why_not[id(r)] or (f"within noise of {chosen.config.id} (confidence intervals overlap, or under "
+                                     f"{MIN_GAIN:.0%} apart): the tie is broken by the fewest moving parts")
             passed_over.append(f"{r.config.id} ({r.p50_ms:.2f} ms): {why}")
         settings = settings_of(chosen.config)
         if chosen.inference_precision is not None:
