@@ -121,6 +121,60 @@ def tiny_cnn():
     return TinyCnn().eval()
 
 
+def exploding_stack(depth: int = 12, ch: int = 16, gain: float = 1.45, head: bool = False):
+    """Conv+ReLU stack, He-normal init times ``gain`` per layer: activations grow ~gain^depth (max|y| ~ 2e2). The
+    model whose own float32 noise exceeds the fixed default (issue 28); seeded."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, ch, 3, padding=1)]
+    for _ in range(depth):
+        layers += [nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1)]
+    if head:
+        layers += [nn.Flatten(), nn.Linear(ch * 8 * 8, 10)]
+    model = nn.Sequential(*layers)
+    for layer in model:
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(layer.weight, std=gain * (2 / layer.weight[0].numel()) ** 0.5)
+    return model.eval()
+
+
+def one_weight_off(model, layer: int = 4):
+    """A copy of the ``nn.Sequential`` ``model`` with one weight of ``model[layer]`` off by 1e-3 of that layer's
+    largest |weight|."""
+    import copy
+
+    import torch
+
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        w = bad[layer].weight
+        w[0, 0, 1, 1] += 1e-3 * float(w.abs().max())
+    return bad
+
+
+def masked_pool(masked: bool):
+    """Token embeddings averaged over the attention mask (``masked``), or the masked sum divided by the padded
+    length: a padding leak, a row's output shrinking with every pad position its batch adds. ``forward(ids,
+    attention_mask)``, eval mode, seeded."""
+    import torch
+    from torch import nn
+
+    class Pool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = nn.Embedding(20, 6)
+
+        def forward(self, ids, attention_mask):
+            e = self.embed(ids)
+            m = attention_mask.unsqueeze(-1).to(e.dtype)
+            return (e * m).sum(1) / (m.sum(1) if masked else ids.shape[1])
+
+    return Pool().eval()
+
+
 def tiny_linear():
     """Linear(4, 3) behind ``forward(x)``, in eval mode: the model the security tests save as .pt2, TorchScript or
     pickle (random weights)."""
@@ -258,3 +312,24 @@ def torchless_venv(tmp_path: Path) -> Path:
     for heavy in ("torch", "onnx"):
         assert subprocess.run([str(python), "-c", f"import {heavy}"], capture_output=True).returncode != 0, heavy
     return venv
+
+
+AFFINE = "tiny_affine"  # y = x @ AFFINE_W + AFFINE_B: rows independent
+AFFINE_W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+AFFINE_B = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+
+
+def affine_bundle(folder: Path) -> Path:
+    """A bundle of ``AFFINE`` (x: [B, 4], B verified in 1..64), written under ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 3])],
+                              [numpy_helper.from_array(AFFINE_W, "W"), numpy_helper.from_array(AFFINE_B, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, folder / "m.onnx")
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    return write_bundle(folder / "bundle", model_path=folder / "m.onnx", golden_inputs={"x": x},
+                        reference_outputs={"y": x @ AFFINE_W + AFFINE_B}, source_ref=f"tests:{AFFINE}",
+                        domain={"B": {"min": 1, "max": 64, "multiple_of": None, "example": 2}})

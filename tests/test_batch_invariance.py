@@ -16,6 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+from helpers import masked_pool  # noqa: E402
+
 from onnxgate.spec import Dim  # noqa: E402
 from onnxgate.verify import batch_invariance as bi  # noqa: E402
 
@@ -120,26 +122,10 @@ def test_the_proof_a_bundle_records():
     assert doc["allowed"] is False and "did not run: RuntimeError: fixed batch of 1" in doc["refusal"]
 
 
-class Pool(nn.Module):
-    """Mean of token embeddings over the mask (``masked``), or the masked sum divided by the padded length (a leak:
-    the same row's output shrinks with every pad position its batch adds)."""
-
-    def __init__(self, masked: bool):
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Embedding(20, 6)
-        self.masked = masked
-
-    def forward(self, ids, mask):
-        e = self.embed(ids)
-        m = mask.unsqueeze(-1).to(e.dtype)
-        return (e * m).sum(1) / (m.sum(1) if self.masked else ids.shape[1])
-
-
 @pytest.mark.parametrize("masked", [True, False])
 def test_padding_is_checked_where_a_dim_is_padded(masked):
     ids = torch.randint(1, 20, (2, 5))
-    run = _session(Pool(masked).eval(), (ids, torch.ones(2, 5, dtype=torch.int64)), ["ids", "mask"], ["pooled"],
+    run = _session(masked_pool(masked), (ids, torch.ones(2, 5, dtype=torch.int64)), ["ids", "mask"], ["pooled"],
                    {"ids": {0: "B", 1: "S"}, "mask": {0: "B", 1: "S"}, "pooled": {0: "B"}})
     rng = np.random.default_rng(0)
     golden = {"ids": rng.integers(1, 20, (2, 5)).astype(np.int64), "mask": np.ones((2, 5), np.int64)}

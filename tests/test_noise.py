@@ -17,23 +17,10 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+from helpers import exploding_stack, one_weight_off  # noqa: E402
+
 from onnxgate import claim as cl  # noqa: E402
 from onnxgate.verify import engine, noise  # noqa: E402
-
-
-def _stack(depth: int = 12, ch: int = 16, gain: float = 1.45, head: bool = False):
-    """Conv+ReLU stack, He-normal init times ``gain`` per layer: activations grow ~gain^depth (max|y| ~ 2e2)."""
-    torch.manual_seed(0)
-    layers = [nn.Conv2d(3, ch, 3, padding=1)]
-    for _ in range(depth):
-        layers += [nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1)]
-    if head:
-        layers += [nn.Flatten(), nn.Linear(ch * 8 * 8, 10)]
-    model = nn.Sequential(*layers)
-    for layer in model:
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            nn.init.normal_(layer.weight, std=gain * (2 / layer.weight[0].numel()) ** 0.5)
-    return model.eval()
 
 
 def _session(model, example, outputs=("y",)):
@@ -46,21 +33,12 @@ def _session(model, example, outputs=("y",)):
     return lambda feed: dict(zip(outputs, sess.run(None, feed)))
 
 
-def _wrong(model, layer: int = 4):
-    """The model with one weight off by 1e-3 of its layer's largest |weight|."""
-    bad = copy.deepcopy(model)
-    with torch.no_grad():
-        w = bad[layer].weight
-        w[0, 0, 1, 1] += 1e-3 * float(w.abs().max())
-    return bad
-
-
 FEEDS = [{"x": np.random.default_rng(seed).standard_normal((2, 3, 8, 8)).astype(np.float32)} for seed in range(3)]
 
 
 @pytest.fixture(scope="module")
 def deep():
-    model = _stack()
+    model = exploding_stack()
     sources = noise.torch_sources(model, ["x"], ["y"])
     return model, sources, noise.measure_noise(sources, FEEDS), _session(model, FEEDS[0]["x"])
 
@@ -88,16 +66,16 @@ def test_a_correct_export_passes_at_its_noise_where_the_fixed_default_fails(deep
 
 def test_one_weight_off_by_1e_3_of_its_scale_fails(deep):
     model, sources, profiles, _ = deep
-    verdict = noise.judge(sources, _session(_wrong(model), FEEDS[0]["x"]), FEEDS, profiles)
+    verdict = noise.judge(sources, _session(one_weight_off(model), FEEDS[0]["x"]), FEEDS, profiles)
     assert not verdict.passed
     assert verdict.ratio("y") > 3 * noise.NOISE_K, verdict.summary()
 
 
 def test_the_noise_tolerance_catches_a_wrong_weight_the_fixed_default_passes():
-    model = _stack(ch=32, gain=1.4, head=True)
+    model = exploding_stack(ch=32, gain=1.4, head=True)
     sources = noise.torch_sources(model, ["x"], ["y"])
     profiles = noise.measure_noise(sources, FEEDS[:2], batch_position=False)
-    wrong = _session(_wrong(model), FEEDS[0]["x"])
+    wrong = _session(one_weight_off(model), FEEDS[0]["x"])
     assert engine.check(sources.run32, wrong, FEEDS).passed, "the default catches it now: the test lost its point"
     assert not noise.judge(sources, wrong, FEEDS, profiles).passed
     assert noise.judge(sources, _session(model, FEEDS[0]["x"]), FEEDS, profiles).passed

@@ -25,7 +25,7 @@ pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from helpers import request  # noqa: E402
+from helpers import AFFINE, affine_bundle, masked_pool, request  # noqa: E402
 
 from onnxgate.bundle.write import write_bundle  # noqa: E402
 from onnxgate.serve.launch import ServerProcess  # noqa: E402
@@ -124,29 +124,6 @@ def test_a_bundle_without_a_proof_is_proven_at_start_up(bn_bundle, tmp_path):
     assert "dynamic batching refused (--max-batch 4)" in srv.log
 
 
-def _affine_bundle(folder: Path) -> Path:
-    """y = x @ W + b, x: [B, 4] with B verified in 1..64: rows independent."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    folder.mkdir(parents=True)
-    w = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
-    b = np.array([0.5, -1.0, 2.0], dtype=np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
-    graph = helper.make_graph(nodes, "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 3])],
-                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, folder / "m.onnx")
-    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
-    return write_bundle(folder / "bundle", model_path=folder / "m.onnx", golden_inputs={"x": x},
-                        reference_outputs={"y": x @ w + b}, source_ref=f"tests:{AFFINE}",
-                        domain={"B": {"min": 1, "max": 64, "multiple_of": None, "example": 2}})
-
-
-AFFINE = "tiny_affine"
 
 
 def test_an_onnx_file_recording_its_dims_is_proven_when_bundled_without_a_claim(tmp_path):
@@ -157,7 +134,7 @@ def test_an_onnx_file_recording_its_dims_is_proven_when_bundled_without_a_claim(
     from onnxgate import claim as cl
     from onnxgate.spec import Dim, InputSpec
 
-    bundle = _affine_bundle(tmp_path / "affine")
+    bundle = affine_bundle(tmp_path / "affine")
     model = onnx.load(bundle / "model.onnx")
     entries = cl.metadata_entries([InputSpec("x", ("B", 4))], {"B": Dim("B", 1, 16)})
     onnx.helper.set_model_props(model, entries)
@@ -171,7 +148,7 @@ def test_an_onnx_file_recording_its_dims_is_proven_when_bundled_without_a_claim(
 
 
 def test_max_batch_is_capped_at_the_largest_size_the_proof_held(tmp_path):
-    bundle = _affine_bundle(tmp_path / "affine")
+    bundle = affine_bundle(tmp_path / "affine")
     proof = _claim_batching(bundle)
     assert proof["passed"] and proof["max_batch"] == 64 and proof["bound"]["y"] < 1e-5
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -215,22 +192,6 @@ def test_mobilenet_v2_with_real_weights_is_batch_invariant_and_batches_up_to_its
     assert batching["proof"]["source"] == "the bundle's claim"
 
 
-class Pool(nn.Module):
-    """Token embeddings averaged over the attention mask (``masked``), or the masked sum divided by the padded
-    length: a padding leak, the row's output shrinking with every pad position its batch adds."""
-
-    def __init__(self, masked: bool):
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Embedding(20, 6)
-        self.masked = masked
-
-    def forward(self, ids, attention_mask):
-        e = self.embed(ids)
-        m = attention_mask.unsqueeze(-1).to(e.dtype)
-        return (e * m).sum(1) / (m.sum(1) if self.masked else ids.shape[1])
-
-
 @pytest.mark.parametrize("masked", [True, False], ids=["masked", "padding-leak"])
 def test_a_sequence_bundle_is_proven_padded_too(tmp_path, masked):
     """Where an attention mask says a dim is padded, the bundle's proof pads each row among longer companions: the
@@ -239,7 +200,7 @@ def test_a_sequence_bundle_is_proven_padded_too(tmp_path, masked):
     mask = torch.ones(2, 5, dtype=torch.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Pool(masked).eval(), (ids, mask), str(tmp_path / "pool.onnx"),
+        torch.onnx.export(masked_pool(masked), (ids, mask), str(tmp_path / "pool.onnx"),
                           input_names=["ids", "attention_mask"], output_names=["pooled"], dynamo=False,
                           dynamic_axes={"ids": {0: "B", 1: "S"}, "attention_mask": {0: "B", 1: "S"},
                                         "pooled": {0: "B"}})

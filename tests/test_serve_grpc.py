@@ -26,33 +26,12 @@ httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from helpers import AFFINE, AFFINE_B, AFFINE_W, affine_bundle  # noqa: E402
+
 from onnxgate.serve.launch import ServerProcess  # noqa: E402
 
-NAME = "tiny_affine"
+NAME = AFFINE
 TOKEN = "grpc-token-0123456789abcdef"
-W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
-B = np.array([0.5, -1.0, 2.0], dtype=np.float32)
-
-
-def tiny_bundle(folder: Path) -> Path:
-    """y = x @ W + b, x: [B, 4] FP32 with B verified in 1..64, written in a second (as tests/test_serve_protocol.py)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from onnxgate.bundle.write import write_bundle
-
-    folder.mkdir(parents=True, exist_ok=True)
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 3])],
-                              [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, folder / "m.onnx")
-    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
-    return write_bundle(folder / "bundle", model_path=folder / "m.onnx", golden_inputs={"x": x},
-                        reference_outputs={"y": x @ W + B}, source_ref=f"tests:{NAME}",
-                        domain={"B": {"min": 1, "max": 64, "multiple_of": None, "example": 2}})
 
 
 def onnxruntime_outputs(bundle: Path, x: np.ndarray) -> np.ndarray:
@@ -63,7 +42,7 @@ def onnxruntime_outputs(bundle: Path, x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    return tiny_bundle(tmp_path_factory.mktemp("grpc"))
+    return affine_bundle(tmp_path_factory.mktemp("grpc"))
 
 
 @pytest.fixture(scope="module")
@@ -250,8 +229,8 @@ def test_grpc_holds_the_token_and_the_admission_limit(bundle, tmp_path):
     for exc in refusals:
         assert exc.status() == "StatusCode.UNAVAILABLE" and details(exc)["allowed"]["max_queue"] == 2
     for i, y in answers:
-        np.testing.assert_allclose(y, np.full((1, 4), i, np.float32) @ W + B, rtol=1e-6)
-    np.testing.assert_allclose(calm, B[None, :], rtol=1e-6)
+        np.testing.assert_allclose(y, np.full((1, 4), i, np.float32) @ AFFINE_W + AFFINE_B, rtol=1e-6)
+    np.testing.assert_allclose(calm, AFFINE_B[None, :], rtol=1e-6)
 
 
 def test_a_busy_grpc_port_is_exit_2_before_anything_is_served(bundle, capsys):

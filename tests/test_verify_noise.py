@@ -6,7 +6,6 @@ real onnxruntime, small models: a few seconds."""
 
 from __future__ import annotations
 
-import copy
 import json
 import warnings
 
@@ -16,6 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+from helpers import exploding_stack, one_weight_off  # noqa: E402
+
 from onnxgate import claim as cl  # noqa: E402
 from onnxgate.outcome import judge  # noqa: E402
 from onnxgate.verify import noise  # noqa: E402
@@ -23,29 +24,6 @@ from onnxgate.verify.api import verify  # noqa: E402
 
 NOISE_WORDS = "x the model's own float32 noise"
 
-
-def _stack(depth: int = 12, ch: int = 16, gain: float = 1.45, head: bool = False):
-    """Conv+ReLU stack, He-normal init times ``gain`` per layer: activations grow ~gain^depth (max|y| ~ 2e2)."""
-    torch.manual_seed(0)
-    layers = [nn.Conv2d(3, ch, 3, padding=1)]
-    for _ in range(depth):
-        layers += [nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1)]
-    if head:
-        layers += [nn.Flatten(), nn.Linear(ch * 8 * 8, 10)]
-    model = nn.Sequential(*layers)
-    for layer in model:
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            nn.init.normal_(layer.weight, std=gain * (2 / layer.weight[0].numel()) ** 0.5)
-    return model.eval()
-
-
-def _wrong(model, layer: int = 4):
-    """The model with one weight off by 1e-3 of its layer's largest |weight|."""
-    bad = copy.deepcopy(model)
-    with torch.no_grad():
-        w = bad[layer].weight
-        w[0, 0, 1, 1] += 1e-3 * float(w.abs().max())
-    return bad
 
 
 def _export(model, path) -> str:
@@ -58,7 +36,7 @@ def _export(model, path) -> str:
 
 @pytest.fixture(scope="module")
 def exploding(tmp_path_factory):
-    model = _stack()
+    model = exploding_stack()
     path = _export(model, tmp_path_factory.mktemp("noise") / "stack.onnx")
     return model, path, verify(path, model)
 
@@ -77,8 +55,8 @@ def test_an_exploding_conv_stack_passes_at_its_noise_without_flags(exploding):
 
 
 def test_one_weight_off_fails_without_flags_where_the_fixed_default_passes(tmp_path):
-    model = _stack(ch=32, gain=1.4, head=True)
-    path = _export(_wrong(model), tmp_path / "wrong.onnx")
+    model = exploding_stack(ch=32, gain=1.4, head=True)
+    path = _export(one_weight_off(model), tmp_path / "wrong.onnx")
     assert verify(path, model, rtol=1e-3, atol=1e-4).passed, "the default catches it now: the test lost its point"
     result = verify(path, model, localize=False)
     assert not result.passed
@@ -149,7 +127,7 @@ def test_run_exports_and_verifies_an_exploding_stack_without_flags(tmp_path):
     from onnxgate.spec import ExportConfig, parse_input
 
     config = ExportConfig(inputs=(parse_input("x:2x3x8x8:float32"),), strategy="torchscript")
-    report = onnxgate.run(LoadedModel(_stack(), "tests:exploding"), tmp_path / "out", config=config, bench=None,
+    report = onnxgate.run(LoadedModel(exploding_stack(), "tests:exploding"), tmp_path / "out", config=config, bench=None,
                           optimize=False, bundle=False)
     assert report.exit_code == 0, report.reason
     assert NOISE_WORDS in json.dumps(report.stages["verify"])
