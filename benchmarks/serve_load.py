@@ -111,49 +111,53 @@ def output_of(body: bytes, header_length: str) -> np.ndarray:
     return np.frombuffer(body[int(header_length):], dtype=np.float32).reshape(out["shape"])
 
 
-async def load(url: str, model: str, name: str, feeds: list[np.ndarray], expected: list[np.ndarray],
-               requests: int, concurrency: int, tol: dict) -> dict:
-    """``requests`` inferences, ``concurrency`` in flight, over aiohttp keep-alive connections (the transport
-    tritonclient's asyncio client uses, without its per-request objects: on two shared cores the load generator
-    must cost less than the server)."""
-    import aiohttp
-
-    bodies = [request_body(name, feed) for feed in feeds]
+async def drive(send, count: int, expected: list[np.ndarray], requests: int, concurrency: int, tol: dict) -> dict:
+    """``requests`` calls of ``send(i)`` (an awaitable of feed ``i % count``'s output, None on a refused answer),
+    ``concurrency`` in flight; each latency is the client's, each answer held to ``expected`` at ``tol`` (a wrong
+    answer counts as an error)."""
     latencies, errors, wrong, next_index = [], 0, 0, iter(range(requests))
-    endpoint = f"http://{url}/v2/models/{model}/infer"
 
-    async def worker(session):
+    async def worker():
         nonlocal errors, wrong
         for i in next_index:
-            body, header = bodies[i % len(feeds)]
             start = time.perf_counter()
             try:
-                async with session.post(endpoint, data=body, headers={
-                        "Inference-Header-Content-Length": header, "Content-Type": "application/octet-stream"}) as r:
-                    data = await r.read()
-                    status, length = r.status, r.headers.get("Inference-Header-Content-Length")
-                got = output_of(data, length) if status == 200 and length else None
+                got = await send(i % count)
             except Exception:  # noqa: BLE001  counted, not raised: the table reports errors
                 got = None
             if got is None:
                 errors += 1
                 continue
             latencies.append(time.perf_counter() - start)
-            if not np.allclose(got, expected[i % len(feeds)], rtol=tol["rtol"], atol=tol["atol"]):
+            if not np.allclose(got, expected[i % count], rtol=tol["rtol"], atol=tol["atol"]):
                 wrong += 1
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        seconds = time.perf_counter() - start
-    return _row(latencies, errors, wrong, seconds)
-
-
-def _row(latencies: list[float], errors: int, wrong: int, seconds: float) -> dict:
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - start
     return {"seconds": seconds, "throughput": len(latencies) / seconds, "errors": errors + wrong, "wrong": wrong,
             "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
             "p99_ms": 1000 * float(np.percentile(latencies, 99)) if latencies else None}
+
+
+async def load(url: str, model: str, name: str, feeds: list[np.ndarray], expected: list[np.ndarray],
+               requests: int, concurrency: int, tol: dict) -> dict:
+    """The load over HTTP, aiohttp keep-alive connections (the transport tritonclient's asyncio client uses,
+    without its per-request objects: on two shared cores the load generator must cost less than the server)."""
+    import aiohttp
+
+    bodies = [request_body(name, feed) for feed in feeds]
+    endpoint = f"http://{url}/v2/models/{model}/infer"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        async def send(i: int):
+            body, header = bodies[i]
+            async with session.post(endpoint, data=body, headers={
+                    "Inference-Header-Content-Length": header, "Content-Type": "application/octet-stream"}) as r:
+                data = await r.read()
+                status, length = r.status, r.headers.get("Inference-Header-Content-Length")
+            return output_of(data, length) if status == 200 and length else None
+
+        return await drive(send, len(feeds), expected, requests, concurrency, tol)
 
 
 async def load_grpc(target: str, model: str, name: str, feeds: list[np.ndarray], expected: list[np.ndarray],
@@ -161,34 +165,17 @@ async def load_grpc(target: str, model: str, name: str, feeds: list[np.ndarray],
     """The same load over gRPC, with tritonclient's asyncio client (one channel, ``concurrency`` calls in flight)."""
     import tritonclient.grpc.aio as grpcclient
 
-    latencies, errors, wrong, next_index = [], 0, 0, iter(range(requests))
     client = grpcclient.InferenceServerClient(target)
 
-    async def worker():
-        nonlocal errors, wrong
-        for i in next_index:
-            feed = feeds[i % len(feeds)]
-            start = time.perf_counter()
-            try:
-                tensor = grpcclient.InferInput(name, list(feed.shape), "FP32")
-                tensor.set_data_from_numpy(feed)
-                got = (await client.infer(model, [tensor])).as_numpy("output")
-            except Exception:  # noqa: BLE001  counted, not raised: the table reports errors
-                got = None
-            if got is None:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - start)
-            if not np.allclose(got, expected[i % len(feeds)], rtol=tol["rtol"], atol=tol["atol"]):
-                wrong += 1
+    async def send(i: int):
+        tensor = grpcclient.InferInput(name, list(feeds[i].shape), "FP32")
+        tensor.set_data_from_numpy(feeds[i])
+        return (await client.infer(model, [tensor])).as_numpy("output")
 
     try:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        seconds = time.perf_counter() - start
+        return await drive(send, len(feeds), expected, requests, concurrency, tol)
     finally:
         await client.close()
-    return _row(latencies, errors, wrong, seconds)
 
 
 def served(bundle: Path, args, extra: list[str], feeds, expected, protocol: str = "http",
