@@ -52,6 +52,27 @@ def test_csv_halves_are_fixed_disjoint_and_labelled(tmp_path):
     assert load_dataset(f"{tmp_path}:eval", SPEC, preprocess=PRE).labels.tolist() == [1, 3, 0, 2, 4]
 
 
+@pytest.mark.parametrize("escape", ["../outside.png", "/etc/hostname", "link.png"])
+def test_a_csv_row_naming_a_file_outside_its_folder_is_refused(tmp_path, escape):
+    """A downloaded labels.csv cannot make onnxgate read files elsewhere: ../, an absolute path or a symlink out of
+    the CSV's folder is refused by name, for the data reader and for run's preprocessing proof alike."""
+    from onnxgate.errors import BadInputError
+    from onnxgate.verify.preprocessing import photos
+
+    root = tmp_path / "set"
+    root.mkdir()
+    path = _csv_set(root, rows=2)
+    _image(tmp_path / "outside.png", 10)
+    (root / "link.png").symlink_to(tmp_path / "outside.png")
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerow([escape, "n00000000", 0, CLASSES[0]])
+    with pytest.raises(BadInputError, match="outside its folder"):
+        load_dataset(str(path), SPEC, preprocess=PRE, class_names=CLASSES)
+    with pytest.raises(BadInputError, match="outside its folder"):
+        photos([str(path)], 100)
+    assert len(photos([f"{path}:eval"], 100)[0]) == 1  # a half without the row still reads
+
+
 def test_ambiguous_class_folder_is_refused_with_the_fix_and_index_or_wnid_resolve_it(tmp_path):
     for folder in ("tench", "cardigan"):
         _image(tmp_path / "named" / folder / "a.png", 1)

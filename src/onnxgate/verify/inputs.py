@@ -414,6 +414,22 @@ def split_csv_ref(text: str) -> tuple[str | None, str | None]:
     return None, None
 
 
+def csv_files(path: Path, rows: list[dict[str, str]]) -> list[Path]:
+    """The image files a labelled CSV's rows name, each inside the CSV's folder: a row naming an absolute path or one
+    that leaves the folder (``../``, a symlink out) is refused, so a downloaded CSV cannot make onnxgate read files
+    elsewhere."""
+    root = path.parent.resolve()
+    files, outside = [], []
+    for row in rows:
+        file = (path.parent / row["file"]).resolve()
+        (files if file.is_relative_to(root) and not Path(row["file"]).is_absolute() else outside).append(file)
+    if outside:
+        raise BadInputError(f"The labelled CSV '{path}' names {len(outside)} file(s) outside its folder: "
+                            f"{_listed([str(f) for f in outside])}.",
+                            hint="List images by their path inside the CSV's folder.")
+    return files
+
+
 def read_labels_csv(path: Path) -> list[dict[str, str]]:
     """The rows of a labelled CSV (header ``file`` plus ``class_index``/``index``/``label``, ``wnid`` and/or
     ``class_name``/``name``), as dicts with lower-cased keys."""
@@ -476,7 +492,7 @@ def _labelled_csv(path: Path, split: str | None, specs: list[InputSpec], meta: M
     else:
         raise BadInputError(f"The {what} '{path}' has no label column.",
                             hint=f"Add one of {', '.join(INDEX_COLUMNS + NAME_COLUMNS)}.")
-    feeds = _load_files(pre, [path.parent / r["file"] for r in rows], specs[0].name)
+    feeds = _load_files(pre, csv_files(path, rows), specs[0].name)
     half = f", {split} half: rows {SPLITS[split.lower()]}, {SPLITS[split.lower()] + 2}, ..." if split else ""
     return Dataset(feeds, np.asarray(labels, dtype=np.int64), f"{path} ({len(rows)} images{half})", [], mapping)
 

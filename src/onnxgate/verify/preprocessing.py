@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import claim as cl
 from ..preprocess import Preprocess, image_files, prove
-from .inputs import SPLITS, read_labels_csv, split_csv_ref
+from .inputs import SPLITS, csv_files, read_labels_csv, split_csv_ref
 
 SERVER = "numpy/Pillow (onnxgate.preprocess.Preprocess.array) + onnxruntime"
 REFERENCE = "torchvision transforms + PyTorch eager"
@@ -82,7 +82,7 @@ def photos(sources: Sequence[str], limit: int) -> tuple[list[Path], int, tuple[s
         if csv_path is not None:
             rows = read_labels_csv(Path(csv_path))
             rows = rows[SPLITS[split.lower()]::2] if split else rows
-            found = [Path(csv_path).parent / r["file"] for r in rows]
+            found = csv_files(Path(csv_path), rows)
         elif Path(item).is_dir():
             found = image_files(item)
         else:
