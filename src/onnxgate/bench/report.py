@@ -17,7 +17,11 @@ whose intervals overlap the fastest one's are a tie, broken by ``runners.PREFERE
 noise, and the recommendation states the tie (``tie``: with which configurations, broken by what). So is one less
 than ``MIN_GAIN`` slower than the fastest: an interval covers the noise within one run, not the drift between runs
 on a shared machine (a 9 us model's 1- and 2-thread medians, 5.8% apart with disjoint intervals, swapped places
-between consecutive runs), and a few percent is not worth a setting anyway.
+between consecutive runs), and a few percent is not worth a setting anyway. On a machine measured busy
+(``MachineLoad.other_cores``: CPU time other processes used while it ran) the minimum grows with the share of the
+machine they took (``min_gain``: + ``BUSY_GAIN`` x that share): beside a busy loop per core, a 2-thread
+configuration of a 9 us model ran 5% or 21% slower than the 1-thread one in consecutive runs, depending on how the
+scheduler placed the loops; that swing is the load's, not the configurations', and the recommendation says so.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .startup import Startup
 from .verification import Verification
 
 MIN_GAIN = 0.10  # a configuration must be this much faster than a simpler one to be recommended over it
+BUSY_GAIN = 0.5  # ... plus this times the share of the machine other processes used while the benchmark ran
 SCHEMA_VERSION = "2"  # 2: configurations carry their precision and verification record; + interval, settings, tie
 
 
@@ -148,16 +153,17 @@ class BenchReport:
         eligible = [r for r in measured if why_not[id(r)] is None]
         if not eligible:
             return None
-        fastest = eligible[0]
+        fastest, min_gain = eligible[0], self.min_gain()
         tied = [r for r in eligible if r is fastest or r.latency.overlaps(fastest.latency)
-                or r.p50_ms <= fastest.p50_ms * (1 + MIN_GAIN)]
+                or r.p50_ms <= fastest.p50_ms * (1 + min_gain)]
         chosen = min(tied, key=lambda r: (preference(r.config, self._default_threads()), r.p50_ms))
         passed_over = []
         for r in measured:
             if r is chosen:
                 break
             why = why_not[id(r)] or (f"within noise of {chosen.config.id} (confidence intervals overlap, or under "
-                                     f"{MIN_GAIN:.0%} apart): the tie is broken by the fewest moving parts")
+                                     f"{min_gain:.0%} apart{self._busy_clause()}): the tie is broken by the fewest "
+                                     "moving parts")
             passed_over.append(f"{r.config.id} ({r.p50_ms:.2f} ms): {why}")
         settings = settings_of(chosen.config)
         if chosen.inference_precision is not None:
@@ -166,13 +172,26 @@ class BenchReport:
         tie = {"with": [r.config.id for r in others],
                "intervals_ms": {r.config.id: [r.latency.interval()["low_ms"], r.latency.interval()["high_ms"]]
                                 for r in tied},
-               "broken_by": PREFERENCE} if others else None
+               "broken_by": PREFERENCE, "min_gain": round(min_gain, 3),
+               "busy": bool(self.machine.warnings())} if others else None
         info = infos[chosen.config.variant]
         return {"side": chosen.config.side, "runtime": chosen.config.runtime, "variant": chosen.config.variant,
                 "config_id": chosen.config.id, "p50_ms": chosen.p50_ms, "speedup": self.speedup(chosen),
                 "path": info.variant.path, "verification": chosen.verification.to_dict(), "notes": list(chosen.notes),
                 "passed_over": passed_over[:6], "restricted_to": self.shipped, "settings": settings,
                 "interval": chosen.latency.interval(), "tie": tie}
+
+    def min_gain(self) -> float:
+        """How much faster than a simpler configuration one must be to be recommended over it: ``MIN_GAIN``, plus
+        ``BUSY_GAIN`` times the share of the machine other processes used while the benchmark ran (none measured:
+        none added)."""
+        other = self.machine.other_cores or 0.0
+        return MIN_GAIN + BUSY_GAIN * min(1.0, other / max(1, self.machine.cores))
+
+    def _busy_clause(self) -> str:
+        other = self.machine.other_cores or 0.0
+        return (f"; the machine was busy, other processes used {other:.2f} of {self.machine.cores} cores, so a "
+                "larger gain is needed" if self.min_gain() > MIN_GAIN + 0.005 else "")
 
     def _why_not(self, r: ConfigResult, info: VariantInfo | None) -> str | None:
         """Why ``r`` cannot be recommended (None: it can)."""

@@ -153,7 +153,10 @@ def recommendation_line(rec: dict | None) -> str:
         text += escape(f"; median {iv['median_ms']:.2f} ms, {iv['confidence']:.0%} interval {iv['low_ms']:.2f}-"
                        f"{iv['high_ms']:.2f} ms over {iv['rounds']} interleaved rounds")
     if rec.get("tie"):
-        text += escape(f"; within noise of {', '.join(rec['tie']['with'])}: tie broken by {rec['tie']['broken_by']}")
+        tie = rec["tie"]
+        busy = (f" (the machine was busy: a gain under {tie['min_gain']:.0%} counts as noise)"
+                if tie.get("busy") else "")
+        text += escape(f"; within noise of {', '.join(tie['with'])}{busy}: tie broken by {tie['broken_by']}")
     settings = rec.get("settings") or {}
     if settings:
         text += escape("; settings " + ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None))
