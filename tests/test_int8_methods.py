@@ -264,3 +264,22 @@ def test_nncf_accuracy_control_is_driven_by_the_budget_and_judged_again(digits, 
                            labels=y_test, max_accuracy_drop=1.0, accuracy_control=True)
     assert result.accuracy_control and result.passed, result.summary()
     assert all(e.drop <= 1.0 for e in result.evaluations) and (tmp_path / "ac.onnx").is_file()
+
+
+def test_the_quantize_command_prints_the_layer_table_worst_first(tmp_path, capsys):
+    """`onnxgate quantize` prints the per-layer error table (issue 26's target: on the real MobileNetV2 with the
+    ImageNet sample's halves it prints the ten worst layers), the badly scaled layer on its first row."""
+    from onnxgate.cli.main import main
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_conv_stack(40.0), path)
+    np.savez(tmp_path / "calib.npz", input=np.concatenate([f["input"] for f in _feeds()]))
+    np.savez(tmp_path / "eval.npz", input=np.concatenate([f["input"] for f in _feeds(seed=2)]))
+    code = main(["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--calib", str(tmp_path / "calib.npz"),
+                 "--eval", str(tmp_path / "eval.npz"), "--per-tensor", "--max-error", "1e9"])
+    printed = capsys.readouterr()
+    out = printed.out + printed.err  # the tables go to the console (stderr), the --json envelope to stdout
+    assert code == 0, out
+    table = out[out.index("layers adding the most quantization noise"):]
+    rows = [line for line in table.splitlines() if line.startswith("│")]
+    assert rows and "conv2" in rows[0] and "Conv" in rows[0], table

@@ -89,6 +89,8 @@ def quantize(
             console.print(f"[yellow]warning[/]: {escape(warning)}")
         console.print(records_table([report.record.to_dict()], title=f"quantization of {model}"))
         console.print(steps_table(report))
+        if report.layer_errors:
+            console.print(layer_errors_table(report.layer_errors))
     if not json_out and report.passed:
         console.print(f"[green]wrote[/] {output}: {escape(report.summary())}")
     finish(report, json_out=json_out)
@@ -119,6 +121,18 @@ def steps_table(report) -> Table:
     for s in report.float_nodes:
         table.caption = (table.caption or "") + (f"{s.node} ({s.op_type}) kept in float: adds {s.added_error:.3g} "
                                                   f"relative error (output error {s.output_error:.3g}). ")
+    return table
+
+
+def layer_errors_table(rows) -> Table:
+    """The layers that add the most quantization noise (``sensitivity.layer_errors``), worst first."""
+    table = Table(title="layers adding the most quantization noise", title_justify="left",
+                  caption="SQNR against FP32 on the calibration data (dB, higher is better), worst layer first",
+                  caption_justify="left")
+    for col in ("layer", "op", "SQNR dB", "input SQNR dB", "noise added"):
+        table.add_column(col, justify="left" if col in ("layer", "op") else "right")
+    for r in rows:
+        table.add_row(escape(r.node), r.op_type, f"{r.sqnr_db:.1f}", f"{r.input_sqnr_db:.1f}", f"{r.added_noise:.3g}")
     return table
 
 
