@@ -142,3 +142,44 @@ def test_freed_heap_memory_is_handed_back_between_the_ladders_phases():
     assert release_freed_memory()
     assert before - rss() > 150 * 2**20, (before, rss())
     assert len(keep) == 100_000
+
+
+def test_the_proof_judged_again_at_the_noise_reuses_every_output(tmp_path):
+    """The ladder's winner judged a second time (at the model's measured float32 noise, after a numeric miss at the
+    dtype default) is judged from the same PyTorch and onnxruntime outputs: no feed runs twice (issue 25: a ViT-B
+    paid its whole proof twice), and the noise measurement's float32 runs are the proof's."""
+    from helpers import tiny_config, tiny_loaded
+
+    from onnxgate.verify.api import export_runs
+
+    config = tiny_config()
+    path = tmp_path / "tiny.onnx"
+    onnxgate.export(tiny_loaded().module, path, config=config)
+    prepared = prepare(tiny_loaded(), config)
+    runs = export_runs(prepared, path)
+    try:
+        _judged_twice(prepared, path, config, runs)
+    finally:  # no onnxruntime session left for a later test's fork (ReferenceRuns.close)
+        for kept in runs:
+            kept.close()
+
+
+def _judged_twice(prepared, path, config, runs):
+    from onnxgate.runtimes.torch_runner import TorchRunner
+    from onnxgate.verify.api import noise_tolerances, verify_export
+    from onnxgate.verify.parity import ReferenceRuns
+
+    first = verify_export(prepared, path, config, runs=runs)
+    ran = (runs[0].runs, runs[1].runs)
+    assert first.passed and ran[0] >= 5 and ran[1] == ran[0]  # traced seeds, variants, every probed batch size
+    tolerances = noise_tolerances(prepared.module, prepared.specs, prepared.dims, prepared.output_names,
+                                  run32=runs[0].run)
+    alone = ReferenceRuns(TorchRunner(prepared.module, input_names=["x"], output_names=prepared.output_names))
+    noise_tolerances(prepared.module, prepared.specs, prepared.dims, prepared.output_names, run32=alone.run)
+    assert 0 < runs[0].runs - ran[0] < alone.runs  # the traced feeds' float32 outputs were the proof's
+    ran = (runs[0].runs, runs[1].runs)
+    again = verify_export(prepared, path, config, runs=runs, tolerances=tolerances or None)
+    assert (runs[0].runs, runs[1].runs) == ran  # nothing ran again
+    assert [(c.label, c.passed) for c in again.cases] == [(c.label, c.passed) for c in first.cases]
+    assert again.claimed_dims(prepared.dims)["B"] == first.claimed_dims(prepared.dims)["B"]
+

@@ -888,13 +888,21 @@ def _prove(prepared: Prepared, attempt: Attempt, config: ExportConfig, note: Cal
     """The winner's full verification (``verify.api.verify_export``): the shape domain of every dynamic dim and
     whether these weights can be verified at all. Its report replaces the quick one; an accepted domain
     (``--accept-domain``) becomes what the model claims (``prepared.dims``: the metadata and the result)."""
-    from ..verify.api import verify_export
+    from ..verify.api import export_runs, verify_export
 
     note("verifying the winner: the shape domain of every dynamic dim")
     static = attempt.parity.static_in_graph if attempt.parity else None
-    report = verify_export(prepared, attempt.path, config, static, probes=probes, tolerances=prepared.noise)
-    if not report.passed and prepared.noise is None and numeric_miss(report) and noise_of(prepared):
-        report = verify_export(prepared, attempt.path, config, static, probes=probes, tolerances=prepared.noise)
+    runs = export_runs(prepared, attempt.path)  # a second judgment at the measured noise reuses every output
+    try:
+        report = verify_export(prepared, attempt.path, config, static, probes=probes, tolerances=prepared.noise,
+                               runs=runs)
+        if not report.passed and prepared.noise is None and numeric_miss(report) and noise_of(prepared, runs[0].run):
+            note("verifying the winner again at the model's own float32 noise (the same outputs, judged again)")
+            report = verify_export(prepared, attempt.path, config, static, probes=probes, tolerances=prepared.noise,
+                                   runs=runs)
+    finally:
+        for kept in runs:  # the session and its threads go now, before any later fork (ReferenceRuns.close)
+            kept.close()
     attempt.parity, attempt.frozen_dims = report, {**attempt.frozen_dims, **report.frozen}
     prepared.dims = report.claimed_dims(prepared.dims)
     return report
@@ -913,15 +921,17 @@ def numeric_miss(report) -> bool:
         for case in failed)
 
 
-def noise_of(prepared: Prepared) -> bool:
+def noise_of(prepared: Prepared, run32=None) -> bool:
     """Measure, once, each float32 output's parity tolerance at the model's own float32 noise into
     ``prepared.noise`` (the looser of the dtype default and k x the noise: ``verify.api.noise_tolerances``, what
     ``verify`` judges its parity at when no tolerance is given). True when a tolerance was found; the sharp noise
-    gate stays with the verify stage."""
+    gate stays with the verify stage. ``run32``: the float32 PyTorch run to measure with (the proof's
+    ``export_runs``, which kept the traced feeds' outputs); default: a new one."""
     from ..verify.api import noise_tolerances
 
     if prepared.noise is None:
-        prepared.noise = noise_tolerances(prepared.module, prepared.specs, prepared.dims, prepared.output_names)
+        prepared.noise = noise_tolerances(prepared.module, prepared.specs, prepared.dims, prepared.output_names,
+                                          run32=run32)
     return bool(prepared.noise)
 
 

@@ -361,18 +361,19 @@ def _measure(run32, module, specs, output_names, feeds) -> tuple[dict, dict[str,
     return profiles, {k: v for p in profiles.values() for k, v in p.skipped.items()}
 
 
-def noise_tolerances(module, specs, dims, output_names, *, seeds: tuple[int, ...] = VerifyConfig().seeds) -> dict:
+def noise_tolerances(module, specs, dims, output_names, *, seeds: tuple[int, ...] = VerifyConfig().seeds,
+                     run32=None) -> dict:
     """Each float32 output's parity tolerance at the model's own float32 noise (the looser of the dtype default
     and the noise tolerance, ``_noise_parity_tolerances``), measured on the seeded random feeds at the traced
     sizes; {} when nothing could be measured (the defaults judge). For the export ladder (issue 28): its quick
     check and its proof judged at these do not reject a correct export of an exploding-activation model that
     ``verify`` passes at its noise. ``module``: the PyTorch model; ``dims``: name -> ``Dim`` (the traced size is
-    its example)."""
+    its example); ``run32``: its float32 run (the proof's ``ReferenceRuns``, which already ran these feeds)."""
     from ..runtimes.torch_runner import TorchRunner
 
     feeds = _traced_feeds(specs, dims, VerifyConfig(seeds=tuple(seeds)))
     try:
-        run32 = TorchRunner(module, input_names=[s.name for s in specs], output_names=list(output_names)).run
+        run32 = run32 or TorchRunner(module, input_names=[s.name for s in specs], output_names=list(output_names)).run
         profiles, _ = _measure(run32, module, specs, output_names, feeds)
     except Exception:  # noqa: BLE001  the export's own checks report PyTorch failing on these feeds
         return {}
@@ -548,26 +549,45 @@ def _case_feed(case, specs: list[InputSpec]) -> dict[str, np.ndarray] | None:
     return dict(variant_feeds(specs, case.sizes, seed=seed)).get(case.label)
 
 
+def export_runs(prepared, path: str | Path) -> tuple[ReferenceRuns, ReferenceRuns]:
+    """PyTorch (``prepared``: the ladder's Prepared model) and onnxruntime (``path``: the staged file, at the
+    level ``verify`` uses) for ``verify_export``, each running a feed once while the caller keeps them: the ladder
+    judges its winner a second time at the model's measured noise from the same outputs (issue 25: a ViT-B paid
+    its whole proof twice), and the noise measurement's float32 runs are the proof's."""
+    from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
+    from ..runtimes.torch_runner import TorchRunner
+
+    reference = TorchRunner(prepared.module, input_names=[s.name for s in prepared.specs],
+                            output_names=prepared.output_names)
+    return ReferenceRuns(reference), ReferenceRuns(OrtRunner(path, opt_level=VERIFY_OPT_LEVEL))
+
+
 def verify_export(prepared, path: str | Path, config: ExportConfig,
                   static_in_graph: dict[str, str] | None = None, *, probes=None,
-                  tolerances: dict[str, Tolerance] | None = None) -> ParityReport:
+                  tolerances: dict[str, Tolerance] | None = None,
+                  runs: tuple[ReferenceRuns, ReferenceRuns] | None = None) -> ParityReport:
     """The full verification of the export ladder's winner (``prepared``: the ladder's Prepared model, ``path``:
     its staged file, ``static_in_graph``: what its quick check found): the shape domain of every dynamic dim and
     whether the weights can be verified at all, at the settings ``verify`` uses (so the pipeline hands this report
     to ``verify(proof=...)`` as the written file's onnxruntime parity instead of discovering the domain again),
     with the sign and scale variants ``verify`` adds and ``probes``: every labelled feed a rung of the ladder was
     judged by. ``tolerances``: per output (``noise_tolerances``: what ``verify`` judges its parity at when no
-    tolerance is given); default: the dtype defaults."""
-    from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
-    from ..runtimes.torch_runner import TorchRunner
-
-    reference = TorchRunner(prepared.module, input_names=[s.name for s in prepared.specs],
-                            output_names=prepared.output_names)
+    tolerance is given); default: the dtype defaults. ``runs``: ``export_runs`` the caller keeps (default: new
+    ones, dropped with this call)."""
+    if runs is None:  # its own: closed here, so no onnxruntime thread outlives it (ReferenceRuns.close)
+        owned = export_runs(prepared, path)
+        try:
+            return verify_export(prepared, path, config, static_in_graph, probes=probes, tolerances=tolerances,
+                                 runs=owned)
+        finally:
+            for kept in owned:
+                kept.close()
+    reference, candidate = runs
     # Whether each dim was declared with a range, from the user's --dim (replace() in the ladder's preparation
     # forgets it, and H=1.. then reads like a dim without a range).
     dims = {n: replace(d, declared=next((c.ranged for c in config.dims if c.name == n), d.ranged))
             for n, d in prepared.dims.items()}
-    return verify_parity(reference, OrtRunner(path, opt_level=VERIFY_OPT_LEVEL), prepared.specs, dims,
+    return verify_parity(reference, candidate, prepared.specs, dims,
                          seeds=VerifyConfig().seeds, allow_static=config.allow_static,
                          static_in_graph=static_in_graph, probes=probes, variants=True, tolerances=tolerances,
                          accept_domain=config.accept_domain,

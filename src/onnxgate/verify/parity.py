@@ -288,6 +288,7 @@ class ReferenceRuns:
         self.runner, self.max_bytes = runner, max_bytes
         self.name = getattr(runner, "name", "reference")
         self.runs = 0  # feeds the wrapped runner actually ran
+        self.hits = 0  # feeds answered from what it kept
         self._kept: OrderedDict[str, tuple[dict[str, np.ndarray] | None, Exception | None, int]] = OrderedDict()
         self._bytes = 0
 
@@ -299,6 +300,7 @@ class ReferenceRuns:
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         key = feed_digest(feed)
         if key in self._kept:
+            self.hits += 1
             self._kept.move_to_end(key)
             outputs, error, _ = self._kept[key]
             if error is not None:
@@ -313,6 +315,17 @@ class ReferenceRuns:
         if error is not None:
             raise error
         return outputs
+
+    def close(self) -> None:
+        """Drop what it kept and close the runner it wraps (an onnxruntime session and its threads). A raised kept
+        error carries a traceback back to this object, so it may outlive its owner until the garbage collector runs:
+        a session alive then keeps its thread pool alive across the export ladder's next fork, and the forked
+        worker can deadlock on a lock one of those threads held (seen: a child stuck importing a module)."""
+        self._kept.clear()
+        self._bytes = 0
+        closer = getattr(self.runner, "__exit__", None)
+        if closer is not None:
+            closer(None, None, None)
 
     def _keep(self, key: str, outputs: dict[str, np.ndarray] | None, error: Exception | None) -> None:
         size = sum(np.asarray(v).nbytes for v in (outputs or {}).values())
