@@ -288,7 +288,6 @@ class ReferenceRuns:
         self.runner, self.max_bytes = runner, max_bytes
         self.name = getattr(runner, "name", "reference")
         self.runs = 0  # feeds the wrapped runner actually ran
-        self.hits = 0  # feeds answered from what it kept
         self._kept: OrderedDict[str, tuple[dict[str, np.ndarray] | None, Exception | None, int]] = OrderedDict()
         self._bytes = 0
 
@@ -300,7 +299,6 @@ class ReferenceRuns:
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         key = feed_digest(feed)
         if key in self._kept:
-            self.hits += 1
             self._kept.move_to_end(key)
             outputs, error, _ = self._kept[key]
             if error is not None:
