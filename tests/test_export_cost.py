@@ -156,12 +156,8 @@ def test_the_proof_judged_again_at_the_noise_reuses_every_output(tmp_path):
     path = tmp_path / "tiny.onnx"
     onnxgate.export(tiny_loaded().module, path, config=config)
     prepared = prepare(tiny_loaded(), config)
-    runs = export_runs(prepared, path)
-    try:
+    with export_runs(prepared, path) as runs:  # closed on leaving: no session left for a later test's fork
         _judged_twice(prepared, path, config, runs)
-    finally:  # no onnxruntime session left for a later test's fork (ReferenceRuns.close)
-        for kept in runs:
-            kept.close()
 
 
 def _judged_twice(prepared, path, config, runs):

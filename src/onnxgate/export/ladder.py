@@ -892,17 +892,13 @@ def _prove(prepared: Prepared, attempt: Attempt, config: ExportConfig, note: Cal
 
     note("verifying the winner: the shape domain of every dynamic dim")
     static = attempt.parity.static_in_graph if attempt.parity else None
-    runs = export_runs(prepared, attempt.path)  # a second judgment at the measured noise reuses every output
-    try:
+    with export_runs(prepared, attempt.path) as runs:  # a second judgment at the measured noise reruns nothing
         report = verify_export(prepared, attempt.path, config, static, probes=probes, tolerances=prepared.noise,
                                runs=runs)
         if not report.passed and prepared.noise is None and numeric_miss(report) and noise_of(prepared, runs[0].run):
             note("verifying the winner again at the model's own float32 noise (the same outputs, judged again)")
             report = verify_export(prepared, attempt.path, config, static, probes=probes, tolerances=prepared.noise,
                                    runs=runs)
-    finally:
-        for kept in runs:  # the session and its threads go now, before any later fork (ReferenceRuns.close)
-            kept.close()
     attempt.parity, attempt.frozen_dims = report, {**attempt.frozen_dims, **report.frozen}
     prepared.dims = report.claimed_dims(prepared.dims)
     return report

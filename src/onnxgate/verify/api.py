@@ -12,6 +12,8 @@ domain the export just proved. ``onnxgate verify model.onnx`` discovers it as be
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -549,17 +551,24 @@ def _case_feed(case, specs: list[InputSpec]) -> dict[str, np.ndarray] | None:
     return dict(variant_feeds(specs, case.sizes, seed=seed)).get(case.label)
 
 
-def export_runs(prepared, path: str | Path) -> tuple[ReferenceRuns, ReferenceRuns]:
+@contextlib.contextmanager
+def export_runs(prepared, path: str | Path) -> Iterator[tuple[ReferenceRuns, ReferenceRuns]]:
     """PyTorch (``prepared``: the ladder's Prepared model) and onnxruntime (``path``: the staged file, at the
     level ``verify`` uses) for ``verify_export``, each running a feed once while the caller keeps them: the ladder
     judges its winner a second time at the model's measured noise from the same outputs (issue 25: a ViT-B paid
-    its whole proof twice), and the noise measurement's float32 runs are the proof's."""
+    its whole proof twice), and the noise measurement's float32 runs are the proof's. Both are closed on leaving
+    (``ReferenceRuns.close``): the session and its threads go before any later fork."""
     from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
     from ..runtimes.torch_runner import TorchRunner
 
     reference = TorchRunner(prepared.module, input_names=[s.name for s in prepared.specs],
                             output_names=prepared.output_names)
-    return ReferenceRuns(reference), ReferenceRuns(OrtRunner(path, opt_level=VERIFY_OPT_LEVEL))
+    runs = (ReferenceRuns(reference), ReferenceRuns(OrtRunner(path, opt_level=VERIFY_OPT_LEVEL)))
+    try:
+        yield runs
+    finally:
+        for kept in runs:
+            kept.close()
 
 
 def verify_export(prepared, path: str | Path, config: ExportConfig,
@@ -572,16 +581,12 @@ def verify_export(prepared, path: str | Path, config: ExportConfig,
     to ``verify(proof=...)`` as the written file's onnxruntime parity instead of discovering the domain again),
     with the sign and scale variants ``verify`` adds and ``probes``: every labelled feed a rung of the ladder was
     judged by. ``tolerances``: per output (``noise_tolerances``: what ``verify`` judges its parity at when no
-    tolerance is given); default: the dtype defaults. ``runs``: ``export_runs`` the caller keeps (default: new
-    ones, dropped with this call)."""
-    if runs is None:  # its own: closed here, so no onnxruntime thread outlives it (ReferenceRuns.close)
-        owned = export_runs(prepared, path)
-        try:
+    tolerance is given); default: the dtype defaults. ``runs``: ``export_runs`` the caller keeps (default: its
+    own, closed with this call)."""
+    if runs is None:
+        with export_runs(prepared, path) as owned:
             return verify_export(prepared, path, config, static_in_graph, probes=probes, tolerances=tolerances,
                                  runs=owned)
-        finally:
-            for kept in owned:
-                kept.close()
     reference, candidate = runs
     # Whether each dim was declared with a range, from the user's --dim (replace() in the ladder's preparation
     # forgets it, and H=1.. then reads like a dim without a range).
