@@ -154,6 +154,7 @@ class BenchReport:
         if not eligible:
             return None
         fastest, min_gain = eligible[0], self.min_gain()
+        raised = min_gain > MIN_GAIN + 0.005  # other processes' load raised the bar (and the tie says so)
         tied = [r for r in eligible if r is fastest or r.latency.overlaps(fastest.latency)
                 or r.p50_ms <= fastest.p50_ms * (1 + min_gain)]
         chosen = min(tied, key=lambda r: (preference(r.config, self._default_threads()), r.p50_ms))
@@ -162,8 +163,8 @@ class BenchReport:
             if r is chosen:
                 break
             why = why_not[id(r)] or (f"within noise of {chosen.config.id} (confidence intervals overlap, or under "
-                                     f"{min_gain:.0%} apart{self._busy_clause()}): the tie is broken by the fewest "
-                                     "moving parts")
+                                     f"{min_gain:.0%} apart{self._busy_clause() if raised else ''}): the tie is "
+                                     "broken by the fewest moving parts")
             passed_over.append(f"{r.config.id} ({r.p50_ms:.2f} ms): {why}")
         settings = settings_of(chosen.config)
         if chosen.inference_precision is not None:
@@ -173,7 +174,7 @@ class BenchReport:
                "intervals_ms": {r.config.id: [r.latency.interval()["low_ms"], r.latency.interval()["high_ms"]]
                                 for r in tied},
                "broken_by": PREFERENCE, "min_gain": round(min_gain, 3),
-               "busy": bool(self.machine.warnings())} if others else None
+               "busy": raised} if others else None
         info = infos[chosen.config.variant]
         return {"side": chosen.config.side, "runtime": chosen.config.runtime, "variant": chosen.config.variant,
                 "config_id": chosen.config.id, "p50_ms": chosen.p50_ms, "speedup": self.speedup(chosen),
@@ -189,9 +190,8 @@ class BenchReport:
         return MIN_GAIN + BUSY_GAIN * min(1.0, other / max(1, self.machine.cores))
 
     def _busy_clause(self) -> str:
-        other = self.machine.other_cores or 0.0
-        return (f"; the machine was busy, other processes used {other:.2f} of {self.machine.cores} cores, so a "
-                "larger gain is needed" if self.min_gain() > MIN_GAIN + 0.005 else "")
+        return (f"; the machine was busy, other processes used {self.machine.other_cores or 0.0:.2f} of "
+                f"{self.machine.cores} cores, so a larger gain is needed")
 
     def _why_not(self, r: ConfigResult, info: VariantInfo | None) -> str | None:
         """Why ``r`` cannot be recommended (None: it can)."""
