@@ -102,13 +102,9 @@ def main() -> int:
             f"`uptime` before: `{before}`; after: `{after}`.\n\n{table(rows)}\n")
     print(text)
     if args.write:
-        results = ROOT / "benchmarks" / "RESULTS.md"
-        old = results.read_text(encoding="utf-8")
-        if HEAD in old:
-            start = old.index(HEAD)
-            end = old.find("\n# ", start + len(HEAD))
-            old = old[:start] + old[end + 1:] if end != -1 else old[:start]
-        results.write_text(old.rstrip("\n") + "\n\n" + text, encoding="utf-8")
+        from results_md import replace_section
+
+        replace_section(text)
     return 0
 
 

@@ -174,14 +174,9 @@ def main() -> int:
     ])
     print(text)
     if args.write:
-        results = HERE / "RESULTS.md"
-        old = results.read_text(encoding="utf-8")
-        heading = text.split("\n", 1)[0]
-        if heading in old:
-            before_part, rest = old.split(heading, 1)
-            following = rest.find("\n# ")
-            old = before_part + (rest[following + 1:] if following >= 0 else "")
-        results.write_text(old.rstrip() + "\n\n" + text, encoding="utf-8")
+        from results_md import replace_section
+
+        replace_section(text)
     return 0
 
 
