@@ -202,7 +202,10 @@ def run_model(name: str, spec: Model, work: Path, settings, limits, note) -> Res
     if exported.error is not None:
         raise exported.error
     inputs = _input_names(base)
-    evaluation, calibration, labels = _data(spec, inputs, loaded)
+    evaluation, calibration, labels = _data(spec, inputs)
+    reference = _torch_outputs(loaded, evaluation)[0]  # PyTorch on the evaluation data, once: labels and agreement
+    if spec.kind == "image" and labels is None:  # random weights: judged against PyTorch's own top-1
+        labels = reference.argmax(1)
     note("optimizing (fusions, verified)")
     opt = work / "model.opt.onnx"
     result.optimize = optimize(base, opt, force=True, progress=note)
@@ -223,7 +226,7 @@ def run_model(name: str, spec: Model, work: Path, settings, limits, note) -> Res
     result.bench = bench(str(base), against=loaded, variants=variants, config=config, settings=settings,
                          base_verified=True, weights=weights, data=real_feeds, progress=note)
     note("measuring agreement on real data")
-    result.agreement = _agreement(spec, loaded, base, opt if variants else None, result.search, evaluation, labels)
+    result.agreement = _agreement(spec, reference, base, opt if variants else None, result.search, evaluation)
     result.roofline = _roofline(base, result, limits)
     result.seconds = time.perf_counter() - start
     return result
@@ -267,12 +270,13 @@ def imagenet_halves(prep: dict, input_name: str) -> tuple[np.ndarray, np.ndarray
     return stacked[0], stacked[1], halves[0].labels
 
 
-def _data(spec: Model, inputs: list[str], loaded):
-    """(evaluation feed, calibration feeds, labels). Image models use the ImageNet sample's halves (issue 26: the
-    105 augmented views of 21 photos this benchmark used before made every INT8 recipe look 7-45 points worse than
-    it is on the real nets): real ImageNet weights are judged on the evaluation half's true labels and calibrated
-    on the whole other half; random weights are judged against PyTorch's own top-1 (agreement; their budget is the
-    output cosine) and calibrated on the other half's first ``RANDOM_CALIBRATION`` photos."""
+def _data(spec: Model, inputs: list[str]):
+    """(evaluation feed, calibration feeds, true labels or None). Image models use the ImageNet sample's halves
+    (issue 26: the 105 augmented views of 21 photos this benchmark used before made every INT8 recipe look 7-45
+    points worse than it is on the real nets): real ImageNet weights are judged on the evaluation half's true
+    labels and calibrated on the whole other half; random weights (None: the caller judges them against PyTorch's
+    own top-1, agreement, their budget being the output cosine) are calibrated on the other half's first
+    ``RANDOM_CALIBRATION`` photos."""
     if spec.kind == "text":
         feeds = sentence_feeds()
         return feeds, None, None
@@ -282,8 +286,7 @@ def _data(spec: Model, inputs: list[str], loaded):
                                 "the image models are calibrated and judged on it")
     evaluation, calibration, labels = real
     if spec.weights == "random":
-        calibration = calibration[:RANDOM_CALIBRATION]
-        labels = _torch_outputs(loaded, {inputs[0]: evaluation})[0].argmax(1)
+        calibration, labels = calibration[:RANDOM_CALIBRATION], None
     return {inputs[0]: evaluation}, [{inputs[0]: calibration[i:i + 32]} for i in range(0, len(calibration), 32)], \
         labels
 
@@ -300,11 +303,12 @@ def _torch_outputs(loaded, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     return [o.numpy() for o in out if isinstance(o, torch.Tensor)]
 
 
-def _agreement(spec: Model, loaded, base: Path, opt: Path | None, search, evaluation, labels) -> dict[str, dict]:
-    """Each variant against PyTorch on the real evaluation data: top-1/top-5 agreement, or embedding cosine."""
+def _agreement(spec: Model, reference: np.ndarray, base: Path, opt: Path | None, search, evaluation
+               ) -> dict[str, dict]:
+    """Each variant against PyTorch (``reference``: its first output on ``evaluation``) on the real evaluation data:
+    top-1/top-5 agreement, or embedding cosine."""
     from onnxgate.runtimes.ort import OrtRunner
 
-    reference = _torch_outputs(loaded, evaluation)[0]
     files = {"onnxruntime fp32": base, "onnxruntime optimized": opt}
     best = search.best or next((c for c in sorted(search.candidates, key=lambda c: c.p50_ms or 1e9)
                                 if c.path is not None), None)
