@@ -166,3 +166,42 @@ def test_a_worker_uses_the_parents_threads_after_the_parent_ran_parallel_code():
         (a @ a).sum()  # and the parent's own parallel code still runs
     finally:
         torch.set_num_threads(previous)
+
+
+def _collect():
+    import gc
+
+    gc.collect()  # torch.export does this in an export attempt
+    return "collected"
+
+
+def test_a_session_the_parent_dropped_in_a_reference_cycle_is_not_destroyed_in_the_worker():
+    """An onnxruntime session the parent no longer reaches, but whose reference cycle its collector has not broken
+    yet (a traceback's frames hold it), must not be destroyed in the forked worker: the copy has none of the
+    session's pool threads, and its destructor hung there forever (seen in the export ladder: an attempt worker
+    stuck in torch.export's gc.collect(), inside onnxruntime's pthread_cond_destroy)."""
+    import gc
+
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256, 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256, 256])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"x": np.ones((256, 256), np.float32)})
+    time.sleep(0.5)  # the pool's threads stop spinning and wait on their condition variable
+    cycle = {"session": session}
+    cycle["self"] = cycle
+    gc.disable()  # the cycle stays garbage, uncollected, until the fork
+    try:
+        del session, cycle
+        outcome = run_in_worker(_collect, timeout_s=20)
+    finally:
+        gc.enable()
+        gc.collect()  # destroyed here, in the parent, with its threads
+    assert outcome.ok and outcome.value == "collected", outcome.to_dict()

@@ -44,6 +44,7 @@ wherever Linux does.
 from __future__ import annotations
 
 import functools
+import gc
 import multiprocessing
 import os
 import signal
@@ -173,6 +174,13 @@ def total_memory_mb() -> int | None:
 def _keeper(conn, fn: Callable, args: tuple, kwargs: dict, parent: int) -> None:
     """The forked process ``run_in_worker`` starts: forks the worker, waits for it, reports a death without a result,
     and kills whatever the worker left running (see the module docstring)."""
+    # Nothing the parent left is garbage-collected here: an onnxruntime session the parent no longer reaches but whose
+    # reference cycle (a traceback's frames hold the session's wrapper) its collector had not broken yet would be
+    # destroyed in this copy, which has none of its pool's threads, and hang forever (py-spy: gc_collect_main ->
+    # onnxruntime -> pthread_cond_destroy, inside torch.export's own gc.collect()). Frozen, the parent's objects
+    # are never examined (the parent collects its own garbage); what the worker makes is collected as usual.
+    # Cheaper than a full gc.collect() before every fork (0.2-0.5 s in a process that imported torch).
+    gc.freeze()
     me, worker = os.getpid(), []
     _prctl(_PR_SET_NAME, KEEPER_NAME.encode())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the worker's to report; the keeper outlives it
