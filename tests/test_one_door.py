@@ -239,3 +239,35 @@ def test_parity_with_fake_runners_catches_a_frozen_dim():
     assert not report.passed and report.candidate == "frozen"
     assert report.domains["W"].narrower and report.domains["W"].verified_max == 4
     assert {call["x"].shape[1] for call in frozen.calls} > {4}  # it was run away from the traced width
+
+
+def test_the_size_bound_is_never_under_the_serialized_size():
+    """``serde.size_bound`` decides ``fits_in_bytes`` without encoding the weights (protobuf's ByteSize encodes the
+    whole message: 0.7 s on a ViT-B, paid three times per shape audit): it must never be below the real size, for
+    every way a tensor holds its values (raw bytes, negative int8/int64 as 10-byte varints, floats, strings), for
+    Constant nodes, subgraphs, external-data entries and metadata."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    int8 = helper.make_tensor("i8", TensorProto.INT8, [500], np.full(500, -1, np.int8).tolist())  # int32_data
+    int64 = helper.make_tensor("i64", TensorProto.INT64, [300], np.full(300, -(2**40), np.int64).tolist())
+    floats = helper.make_tensor("f", TensorProto.FLOAT, [200], rng.standard_normal(200).tolist())
+    raw = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "raw")
+    strings = helper.make_tensor("s", TensorProto.STRING, [3], [b"a" * 100, b"", b"xyz"])
+    ext = TensorProto(name="ext", data_type=TensorProto.FLOAT, dims=[4], data_location=TensorProto.EXTERNAL)
+    ext.external_data.add(key="location", value="w.bin")
+    const = helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones(100, np.float32)))
+    branch = helper.make_graph([helper.make_node("Identity", ["c"], ["z"])], "b", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, [100])], initializer=[floats])
+    cond = helper.make_node("If", ["flag"], ["w"], then_branch=branch, else_branch=branch, doc_string="d" * 50)
+    graph = helper.make_graph([const, cond, helper.make_node("Add", ["x", "x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3]),
+                               helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 3])],
+                              initializer=[int8, int64, floats, raw, strings, ext], doc_string="g" * 70)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], doc_string="m" * 30)
+    helper.set_model_props(model, {"onnxgate.inputs": "x" * 500})
+    for case in (model, _double(), helper.make_model(helper.make_graph([], "empty", [], []))):
+        assert case.ByteSize() <= serde.size_bound(case) <= 2 * case.ByteSize() + 2048, case.graph.name
+    assert serde.fits_in_bytes(model) and not serde.fits_in_bytes(model, limit=model.ByteSize() - 1)

@@ -106,12 +106,12 @@ def load(path: str | Path, *, load_external_data: bool = True) -> onnx.ModelProt
     return model
 
 
-def save(model: onnx.ModelProto, path: str | Path, *, force: bool = False) -> Path:
-    """Write ``model`` atomically. Models too big for one protobuf get their weights in ``<name>.data`` beside
-    the file (note: onnx then moves the tensors out of the in-memory ``model``)."""
+def save(model: onnx.ModelProto, path: str | Path, *, force: bool = False, external: bool = False) -> Path:
+    """Write ``model`` atomically. Models too big for one protobuf (or any, with ``external``) get their weights in
+    ``<name>.data`` beside the file (note: onnx then moves the tensors out of the in-memory ``model``)."""
     p = Path(path)
     check_target(p, force=force, kind="model file")
-    if byte_size(model) <= EXTERNAL_DATA_THRESHOLD:
+    if not external and fits_in_bytes(model, EXTERNAL_DATA_THRESHOLD):
         with atomic_file(p, force=force) as tmp:
             onnx.save_model(model, str(tmp))
         return p
@@ -190,22 +190,68 @@ def save_moving_external_data(model: onnx.ModelProto, source_dir: str | Path, pa
     return p
 
 
-def fits_in_bytes(model: onnx.ModelProto) -> bool:
-    """Whether ``model`` can be serialized as one protobuf message (see ``to_bytes``)."""
-    return byte_size(model) <= PROTOBUF_LIMIT
+def fits_in_bytes(model: onnx.ModelProto, limit: int | None = None) -> bool:
+    """Whether ``model`` serializes to at most ``limit`` bytes (default: as one protobuf message, see ``to_bytes``).
+    Decided from ``size_bound`` when that is under the limit: protobuf's ``ByteSize()`` encodes the whole message to
+    count it (a ViT-B: 0.7 s, as long as serializing it), and most models are far from 2 GiB."""
+    limit = PROTOBUF_LIMIT if limit is None else limit
+    return size_bound(model) <= limit or byte_size(model) <= limit
+
+
+_ENTRY = 16  # a repeated entry's or a field's tag and length prefix, at most (varints of 2**63 are 10 bytes)
+_PACKED = {"float_data": 4, "double_data": 8, "int32_data": 10, "int64_data": 10, "uint64_data": 10}
+
+
+def size_bound(model: onnx.ModelProto) -> int:
+    """An upper bound of ``model``'s serialized size without serializing its weights: each initializer's payload
+    counted from its lengths (raw bytes, or the widest encoding of each value), every other part by protobuf's
+    ``ByteSize()`` (nodes, their attributes and subgraphs included: small next to the weights)."""
+    return _message_bound(model)
+
+
+def _message_bound(message) -> int:
+    total = _ENTRY
+    for field, value in message.ListFields():
+        if not field.is_repeated:
+            total += _ENTRY + (_message_bound(value) if isinstance(value, onnx.GraphProto)
+                               else value.ByteSize() if field.message_type is not None
+                               else len(value) if isinstance(value, (bytes, str)) else 0)
+            continue
+        total += _ENTRY * len(value)
+        if isinstance(message, onnx.GraphProto) and field.name == "initializer":
+            total += sum(_tensor_bound(t) for t in value)
+        elif field.message_type is not None:
+            total += sum(item.ByteSize() for item in value)
+        else:
+            total += sum(len(item) if isinstance(item, (bytes, str)) else 10 for item in value)
+    return total
+
+
+def _tensor_bound(tensor: onnx.TensorProto) -> int:
+    total = _ENTRY
+    for field, value in tensor.ListFields():
+        if field.is_repeated:
+            per = _PACKED.get(field.name)
+            total += _ENTRY * (1 if per else len(value)) + (
+                per * len(value) if per
+                else sum(len(v) if isinstance(v, (bytes, str)) else v.ByteSize() if hasattr(v, "ByteSize") else 10
+                         for v in value))
+        else:
+            total += _ENTRY + (len(value) if isinstance(value, (bytes, str))
+                               else value.ByteSize() if field.message_type is not None else 0)
+    return total
 
 
 def to_bytes(model: onnx.ModelProto) -> bytes:
     """The serialized model, for a runtime to load from memory. A model over protobuf's 2 GiB limit cannot be
     serialized: that is a clear ``BadInputError`` naming the way out (a file with external data), not protobuf's
     ValueError from deep inside a session constructor."""
-    size = byte_size(model)
-    if size > PROTOBUF_LIMIT:
-        raise _too_big(size)
+    if not fits_in_bytes(model):
+        raise _too_big(byte_size(model))
     try:
         return model.SerializeToString()
     except ValueError as exc:  # protobuf's own size check, should ByteSize and it ever disagree
-        raise _too_big(size) from exc
+        raise _too_big(byte_size(model)) from exc
 
 
 def _too_big(size: int) -> BadInputError:
@@ -230,10 +276,10 @@ def temporary_sibling(model: onnx.ModelProto, folder: str | Path, label: str) ->
 
 
 @contextmanager
-def temporary_file(model: onnx.ModelProto, label: str = "model") -> Iterator[Path]:
-    """``model`` saved (as ``save`` does: atomically, with external data when large) into a private, owner-tagged
-    scratch folder (``fsutil.staging_dir``); yields the .onnx path and removes the folder when the block ends.
-    ``label`` (1..16 lowercase letters) names the folder. Like ``save``, a large model's tensors are moved out of
-    the in-memory ``model``: pass a copy you can spare."""
+def temporary_file(model: onnx.ModelProto, label: str = "model", *, external: bool = False) -> Iterator[Path]:
+    """``model`` saved (as ``save`` does: atomically, with external data when large or ``external``) into a private,
+    owner-tagged scratch folder (``fsutil.staging_dir``); yields the .onnx path and removes the folder when the block
+    ends. ``label`` (1..16 lowercase letters) names the folder. Like ``save``, a large model's tensors are moved out
+    of the in-memory ``model``: pass a copy you can spare."""
     with staging_dir(label) as folder:
-        yield save(model, folder / "model.onnx")
+        yield save(model, folder / "model.onnx", external=external)
