@@ -213,7 +213,8 @@ def default_plan(config: ExportConfig) -> list[tuple[str, int]]:
 
 
 def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple[str, ...],
-           traced_branches: list[str], *, pinned_opset: bool = False, targets: tuple[str, ...] = ()) -> None:
+           traced_branches: list[str], candidate=None, *, pinned_opset: bool = False,
+           targets: tuple[str, ...] = ()) -> None:
     """Fill in the attempt's outcome: structure, onnxruntime load, then quick parity — the example inputs, a
     random feed at the traced sizes and one other size of every dynamic dim.
 
@@ -224,9 +225,20 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
     feeds built to take the other side (``inputs.value_probes``: the example negated, rescaled, made all-positive
     or all-negative; more seeds), and PyTorch must be *seen* to take the other side
     of each assumed decision on one of them (``_check_assumptions``); otherwise it is rejected as a baked-in
-    data-dependent branch, the assumption named."""
-    from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
-    from ..runtimes.torch_runner import TorchRunner
+    data-dependent branch, the assumption named.
+
+    ``candidate``: onnxruntime on ``path`` (``verify.api.ort_runs``), whose outputs the winner's proof starts from
+    (default: its own, closed here); PyTorch's outputs are the ladder's (``prepared.reference_runs()``), shared by
+    every rung."""
+    if candidate is None:
+        from ..verify.api import ort_runs
+
+        candidate = ort_runs(path)
+        try:
+            return _judge(prepared, attempt, path, allow_static, traced_branches, candidate,
+                          pinned_opset=pinned_opset, targets=targets)
+        finally:
+            candidate.close()
     from ..verify.parity import static_dims_in_graph, verify_parity
 
     structure = check_structure(path)
@@ -246,13 +258,12 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
         return
     if targets and not _fits_targets(attempt, path, targets):
         return
-    reference = TorchRunner(prepared.module, input_names=[s.name for s in prepared.specs],
-                            output_names=prepared.output_names)
+    reference = prepared.reference_runs()
     assumed = bool(traced_branches or _value_assumptions(attempt))
 
     def quick_check(tolerances=None):
         return verify_parity(
-            reference, OrtRunner(path, opt_level=VERIFY_OPT_LEVEL), prepared.specs, prepared.dims,
+            reference, candidate, prepared.specs, prepared.dims,
             seeds=(0, 1, 2) if assumed else (0,), data=[prepared.example],
             probes=_branch_probes(prepared) if assumed else None, variants=True,
             allow_static=allow_static, quick=True, tolerances=tolerances,
@@ -260,7 +271,7 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
         )
 
     report = quick_check(prepared.noise)
-    if not report.passed and prepared.noise is None and numeric_miss(report) and noise_of(prepared):
+    if not report.passed and prepared.noise is None and numeric_miss(report) and noise_of(prepared, reference.run):
         report = quick_check(prepared.noise)  # judged again where the model's own noise exceeds the default
     attempt.parity = report
     errors = [c.max_abs_err for case in report.cases for c in case.comparisons if c.max_abs_err is not None]
@@ -347,9 +358,12 @@ def _fit(attempt: Attempt, path: Path, config: ExportConfig, limits) -> None:
         attempt.outcome, attempt.error_class, attempt.error = CHECK_FAILED, fitted.error_class, fitted.error
 
 
-def _honest_shapes(prepared: Prepared, attempt: Attempt, config: ExportConfig, traced_branches: list[str]) -> None:
+def _honest_shapes(prepared: Prepared, attempt: Attempt, config: ExportConfig, traced_branches: list[str],
+                   candidate):
     """Audit the winning file's declared shapes against what onnxruntime produces (export/graph_shapes.py); a
-    rewrite of wrong dims replaces the file only when it passes the same judgement again."""
+    rewrite of wrong dims replaces the file only when it passes the same judgement again. Returns the onnxruntime
+    runs of the file that won (``candidate``, the judged file's; the rewrite's own when it replaced it)."""
+    from ..verify.api import ort_runs
     from .graph_shapes import audit_file
 
     try:
@@ -357,26 +371,32 @@ def _honest_shapes(prepared: Prepared, attempt: Attempt, config: ExportConfig, t
                                   skip=tuple(config.allow_static) + tuple(attempt.frozen_dims))
     except Exception as exc:  # an audit that cannot run leaves the proven file as it is, and says so
         attempt.warnings.append(f"graph shapes not checked: {type(exc).__name__}: {first_line(exc, 200)}")
-        return
+        return candidate
     attempt.shapes = audit.to_dict()
     if audit.note:
         attempt.warnings.append(audit.note)
     if fixed is None:
-        return
+        return candidate
     again = Attempt(attempt.strategy, attempt.opset, variant=attempt.variant, assumptions=attempt.assumptions)
+    rewritten = ort_runs(fixed)
     try:
-        _judge(prepared, again, fixed, config.allow_static, traced_branches, pinned_opset=config.opset is not None,
-               targets=config.targets)
+        _judge(prepared, again, fixed, config.allow_static, traced_branches, rewritten,
+               pinned_opset=config.opset is not None, targets=config.targets)
     except Exception as exc:  # as in the ladder: a judgement that raises is a runtime error of that file
         again.outcome, again.error = RUNTIME_ERROR, f"{type(exc).__name__}: {first_line(exc, 200)}"
+    finally:
+        rewritten.release()
     lines = audit.summary()
     attempt.shapes["rewritten"] = again.outcome == OK
-    if again.outcome == OK:
-        attempt.path, attempt.parity = str(fixed), again.parity
-        attempt.warnings += [f"graph shape corrected and re-verified: {line}" for line in lines]
-    else:
+    if again.outcome != OK:
+        rewritten.close()
         attempt.warnings += [f"graph shape declared wrong (kept: the rewrite failed re-verification, "
                              f"{again.outcome}: {again.error}): {line}" for line in lines]
+        return candidate
+    candidate.close()
+    attempt.path, attempt.parity = str(fixed), again.parity
+    attempt.warnings += [f"graph shape corrected and re-verified: {line}" for line in lines]
+    return rewritten
 
 
 def _branch_probes(prepared: Prepared) -> list[tuple[str, dict[str, np.ndarray]]]:
@@ -503,8 +523,12 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
     try:
         proof, extras = None, False
         for i, attempt in enumerate(attempts):  # the list grows: target fallbacks, then the extra rungs
-            if _step(prepared, attempts, i, staging / f"attempt{i}" / "model.onnx", config, limits, note):
-                proof = _prove_or_demote(prepared, attempts, attempt, config, note)
+            candidate = _step(prepared, attempts, i, staging / f"attempt{i}" / "model.onnx", config, limits, note)
+            if candidate is not None:
+                try:
+                    proof = _prove_or_demote(prepared, attempts, attempt, config, note, candidate)
+                finally:
+                    candidate.close()
                 if proof is not None:
                     winner = i
                     break
@@ -534,7 +558,10 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
         won = attempts[winner]
         if output is not None:
             _save_with_metadata(won, loaded, prepared, config, Path(output), force=force)
-            result.structure = check_structure(output)
+            # The winner's graph was loaded and run in onnxruntime by its judge; the saved file only adds
+            # onnxgate's metadata to it, so the load is not repeated (a ViT-B: 1.7 s for a second session).
+            result.structure = check_structure(output, try_ort=False)
+            result.structure.ort_version, result.structure.ort_loads = _ort_version(), True
         for a in attempts:
             a.path = None
         return result
@@ -543,25 +570,32 @@ def run_ladder(loaded, config: ExportConfig, output: str | Path | None, *, force
 
 
 def _step(prepared: Prepared, attempts: list[Attempt], i: int, path: Path, config: ExportConfig, limits,
-          note: Callable[[str], None]) -> bool:
-    """Run rung ``i``: export in its worker, fit, judge; True when it won (and its declared shapes were audited)."""
+          note: Callable[[str], None]):
+    """Run rung ``i``: export in its worker, fit, judge. When it won (and its declared shapes were audited), the
+    onnxruntime runs its quick check kept (``verify.api.ort_runs``, session closed), for the proof to start from;
+    otherwise None."""
+    from ..verify.api import ort_runs
+
     attempt = attempts[i]
     note(f"attempt {i + 1}/{len(attempts)}: {attempt.label} exporter, opset {attempt.opset}")
     path.parent.mkdir()
     if (_over_budget(attempt, attempts[:i], config.ladder_budget) or _same_capture_failed(attempt, attempts[:i])
             or _ruled_out(attempt, attempts[:i])):
-        return False
+        return None
     out = _run_attempt(prepared, attempt, path, config)
     if out is None:
-        return False
+        return None
     note(f"attempt {i + 1}/{len(attempts)}: checking and running in onnxruntime")
+    candidate = ort_runs(path)
     try:
         _fit(attempt, path, config, limits)
         if attempt.outcome != CHECK_FAILED:
-            _judge(prepared, attempt, path, config.allow_static, out.traced_branches,
+            _judge(prepared, attempt, path, config.allow_static, out.traced_branches, candidate,
                    pinned_opset=config.opset is not None, targets=config.targets)
     except Exception as exc:
         attempt.outcome, attempt.error_class, attempt.error = RUNTIME_ERROR, type(exc).__name__, first_line(exc)
+    finally:
+        candidate.release()  # no session (and its threads) across the audit or the next rung's fork
     attempt.path = str(path)
     if attempt.error_class == "target":
         fallbacks = _target_fallbacks(attempt, attempts, config)
@@ -571,11 +605,12 @@ def _step(prepared: Prepared, attempts: list[Attempt], i: int, path: Path, confi
         attempts[i + 1:i + 1] = fallbacks
     release_freed_memory()  # the judge's PyTorch and onnxruntime buffers, before the next rung or the audit
     if attempt.outcome != OK:
-        return False
+        candidate.close()
+        return None
     note(f"attempt {i + 1}/{len(attempts)}: checking the graph's declared shapes")
-    _honest_shapes(prepared, attempt, config, out.traced_branches)
+    candidate = _honest_shapes(prepared, attempt, config, out.traced_branches, candidate)
     release_freed_memory()  # the audit's exposed intermediates, before the proof
-    return True
+    return candidate
 
 
 def _export_in_worker(prepared: Prepared, strategy: str, opset: int, path: Path, variant: str | None,
@@ -645,6 +680,12 @@ def _run_attempt(prepared: Prepared, attempt: Attempt, path: Path, config: Expor
     attempt.warnings += result["warnings"]
     attempt.assumptions = list(result.get("assumptions") or [])
     return StrategyOutput(path, result["warnings"], result["traced_branches"], attempt.assumptions)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def _can_fork() -> bool:
@@ -859,13 +900,13 @@ def _forced_first(plan: list[tuple[str, int]]) -> list[Attempt]:
 
 
 def _prove_or_demote(prepared: Prepared, attempts: list[Attempt], attempt: Attempt, config: ExportConfig,
-                     note: Callable[[str], None]):
+                     note: Callable[[str], None], candidate=None):
     """The quick winner's full verification. When it finds a dim frozen at a size the quick check did not reach (an
     AlexNet traced at 224 is right at 225..255, where its features stay 6x6, and wrong at 192), the attempt is
     demoted to ``frozen_dim`` and None returned, so the ladder goes on to its next rungs; any other outcome (passed,
     or a domain narrower than declared) is the ladder's verdict on this winner."""
     dims = dict(prepared.dims)
-    proof = _prove(prepared, attempt, config, note, _judged_probes(prepared, attempts))
+    proof = _prove(prepared, attempt, config, note, _judged_probes(prepared, attempts), candidate)
     if proof.passed or not [d for d in proof.frozen if d not in getattr(proof, "allowed_static", ())]:
         return proof
     prepared.dims = dims
@@ -884,15 +925,16 @@ def _judged_probes(prepared: Prepared, attempts: list[Attempt]) -> list[tuple[st
 
 
 def _prove(prepared: Prepared, attempt: Attempt, config: ExportConfig, note: Callable[[str], None],
-           probes: list[tuple[str, dict[str, np.ndarray]]] | None = None):
+           probes: list[tuple[str, dict[str, np.ndarray]]] | None = None, candidate=None):
     """The winner's full verification (``verify.api.verify_export``): the shape domain of every dynamic dim and
     whether these weights can be verified at all. Its report replaces the quick one; an accepted domain
-    (``--accept-domain``) becomes what the model claims (``prepared.dims``: the metadata and the result)."""
+    (``--accept-domain``) becomes what the model claims (``prepared.dims``: the metadata and the result).
+    ``candidate``: the quick check's onnxruntime runs of this file (``_step``), whose outputs it starts from."""
     from ..verify.api import export_runs, verify_export
 
     note("verifying the winner: the shape domain of every dynamic dim")
     static = attempt.parity.static_in_graph if attempt.parity else None
-    with export_runs(prepared, attempt.path) as runs:  # a second judgment at the measured noise reruns nothing
+    with export_runs(prepared, attempt.path, candidate) as runs:  # a second judgment at the noise reruns nothing
         report = verify_export(prepared, attempt.path, config, static, probes=probes, tolerances=prepared.noise,
                                runs=runs)
         if not report.passed and prepared.noise is None and numeric_miss(report) and noise_of(prepared, runs[0].run):

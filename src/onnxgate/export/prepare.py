@@ -37,6 +37,24 @@ class Prepared:
     # SHA-256 of the state dict before the first forward pass (verify/identity.py): recorded in the metadata, so
     # verify can tell a rebuilt reference with other (re-initialized) weights from a wrong export.
     weights_sha256: str | None = None
+    # PyTorch's outputs per feed, shared by every rung's quick check and the winner's proof (``reference_runs``).
+    _reference_runs: Any = field(default=None, init=False, repr=False, compare=False)
+
+    # What the rungs' judges and the proof may keep of PyTorch's outputs: a ViT-B's whole proof keeps under 1 MB.
+    REFERENCE_BYTES = 64 * 2**20
+
+    def reference_runs(self):
+        """PyTorch on this model, each feed run once for the whole ladder (``verify.parity.ReferenceRuns``): every
+        rung judges the same example, seeds and sign/scale variants, and the winner's proof starts from them
+        (issue 25). The module's weights never change while the ladder runs (a repair rung changes its worker's
+        copy), so a feed's digest is key enough. No threads are kept: safe across the attempt workers' forks."""
+        if self._reference_runs is None:
+            from ..runtimes.torch_runner import TorchRunner
+            from ..verify.parity import ReferenceRuns
+
+            runner = TorchRunner(self.module, input_names=[s.name for s in self.specs], output_names=self.output_names)
+            self._reference_runs = ReferenceRuns(runner, self.REFERENCE_BYTES)
+        return self._reference_runs
 
     def torch_args(self, inputs: dict[str, np.ndarray] | None = None):
         """(args, kwargs) to call the module with numpy ``inputs`` (default: the example)."""

@@ -552,23 +552,33 @@ def _case_feed(case, specs: list[InputSpec]) -> dict[str, np.ndarray] | None:
 
 
 @contextlib.contextmanager
-def export_runs(prepared, path: str | Path) -> Iterator[tuple[ReferenceRuns, ReferenceRuns]]:
-    """PyTorch (``prepared``: the ladder's Prepared model) and onnxruntime (``path``: the staged file, at the
-    level ``verify`` uses) for ``verify_export``, each running a feed once while the caller keeps them: the ladder
-    judges its winner a second time at the model's measured noise from the same outputs (issue 25: a ViT-B paid
-    its whole proof twice), and the noise measurement's float32 runs are the proof's. Both are closed on leaving
-    (``ReferenceRuns.close``): the session and its threads go before any later fork."""
-    from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
-    from ..runtimes.torch_runner import TorchRunner
-
-    reference = TorchRunner(prepared.module, input_names=[s.name for s in prepared.specs],
-                            output_names=prepared.output_names)
-    runs = (ReferenceRuns(reference), ReferenceRuns(OrtRunner(path, opt_level=VERIFY_OPT_LEVEL)))
+def export_runs(prepared, path: str | Path,
+                candidate: ReferenceRuns | None = None) -> Iterator[tuple[ReferenceRuns, ReferenceRuns]]:
+    """PyTorch (``prepared.reference_runs()``: the ladder's Prepared model, shared with every rung's quick check) and
+    onnxruntime on ``path`` (the staged file, at the level ``verify`` uses: ``candidate``, the winner's quick check's
+    own runs when given, else new ones) for ``verify_export``, each running a feed once: the proof starts from the
+    quick check's outputs, and the ladder judges its winner a second time at the model's measured noise from the
+    same outputs (issue 25: a ViT-B paid its traced-size feeds three times). On leaving, the onnxruntime session is
+    closed (``ReferenceRuns.release``; new runs are dropped whole): the session and its threads go before any later
+    fork."""
+    own = candidate is None
+    if own:
+        candidate = ort_runs(path)
     try:
-        yield runs
+        yield prepared.reference_runs(), candidate
     finally:
-        for kept in runs:
-            kept.close()
+        if own:
+            candidate.close()
+        else:
+            candidate.release()
+
+
+def ort_runs(path: str | Path) -> ReferenceRuns:
+    """onnxruntime on ``path`` at the level ``verify`` uses, each feed run once while the caller keeps it; the
+    session opens at the first feed not kept and closes with ``release``/``close``."""
+    from ..runtimes.ort import VERIFY_OPT_LEVEL, OrtRunner
+
+    return ReferenceRuns(opens=lambda: OrtRunner(path, opt_level=VERIFY_OPT_LEVEL), name="onnxruntime")
 
 
 def verify_export(prepared, path: str | Path, config: ExportConfig,

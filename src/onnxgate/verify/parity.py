@@ -277,24 +277,34 @@ def verify_parity(reference, candidate, specs: list[InputSpec], dims: dict[str, 
 
 class ReferenceRuns:
     """A reference runner that runs each feed once for as long as its owner keeps it: one verification judging
-    several runtimes, one deploy judging several artifacts. The outputs (or the reference's failure, which is a
-    result too) are kept by a digest of the feed's bytes, at most ``max_bytes`` of them (least recently used go
-    first). Owned by its caller and dropped with it, never module-global (issue 24): the weights do not change
-    while it lives, so they are no part of the key. Same ``run``/``name`` as the runner it wraps."""
+    several runtimes, one deploy judging several artifacts, one export judging its rungs (PyTorch, on ``Prepared``)
+    and its winner's quick check and proof (the winner's onnxruntime outputs). The outputs (or the reference's
+    failure, which is a result too) are kept by a digest of the feed's bytes, at most ``max_bytes`` of them (least
+    recently used go first). Owned by its caller and dropped with it, never module-global (issue 24): the weights do
+    not change while it lives, so they are no part of the key. Same ``run``/``name`` as the runner it wraps.
+
+    ``runner`` may be a factory (``opens``: a callable returning the runner, and ``name``): it is opened at the first
+    feed not kept, and ``release()`` closes it while keeping the outputs, so no onnxruntime session and its threads
+    live across a fork between two uses (the export ladder forks its next attempt worker)."""
 
     MAX_BYTES = 256 * 2**20
 
-    def __init__(self, runner, max_bytes: int = MAX_BYTES):
-        self.runner, self.max_bytes = runner, max_bytes
-        self.name = getattr(runner, "name", "reference")
+    def __init__(self, runner=None, max_bytes: int = MAX_BYTES, *, opens=None, name: str | None = None):
+        self.runner, self.opens, self.max_bytes = runner, opens, max_bytes
+        self.name = name or getattr(runner, "name", "reference")
         self.runs = 0  # feeds the wrapped runner actually ran
         self._kept: OrderedDict[str, tuple[dict[str, np.ndarray] | None, Exception | None, int]] = OrderedDict()
         self._bytes = 0
 
     def __getattr__(self, item: str):
-        if item == "runner":  # not set yet (a copy being built): no recursion through self.runner
+        if item in ("runner", "opens"):  # not set yet (a copy being built): no recursion through self.runner
             raise AttributeError(item)
-        return getattr(self.runner, item)
+        return getattr(self._open(), item)
+
+    def _open(self):
+        if self.runner is None:
+            self.runner = self.opens()
+        return self.runner
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         key = feed_digest(feed)
@@ -302,11 +312,12 @@ class ReferenceRuns:
             self._kept.move_to_end(key)
             outputs, error, _ = self._kept[key]
             if error is not None:
-                raise error
+                raise _fresh(error)
             return {k: v.copy() for k, v in outputs.items()}
+        runner = self._open()
         self.runs += 1
         try:
-            outputs, error = self.runner.run(feed), None
+            outputs, error = runner.run(feed), None
         except Exception as exc:  # noqa: BLE001  the reference failing at this feed is a result too
             outputs, error = None, exc
         self._keep(key, outputs, error)
@@ -314,16 +325,20 @@ class ReferenceRuns:
             raise error
         return outputs
 
-    def close(self) -> None:
-        """Drop what it kept and close the runner it wraps (an onnxruntime session and its threads). A raised kept
-        error carries a traceback back to this object, so it may outlive its owner until the garbage collector runs:
-        a session alive then keeps its thread pool alive across the export ladder's next fork, and the forked
-        worker can deadlock on a lock one of those threads held (seen: a child stuck importing a module)."""
-        self._kept.clear()
-        self._bytes = 0
-        closer = getattr(self.runner, "__exit__", None)
+    def release(self) -> None:
+        """Close the runner it wraps (an onnxruntime session and its threads), keep the outputs; a later feed not
+        kept opens it again (``opens``). A runner given without ``opens`` cannot be opened again: only dropped."""
+        closer = getattr(self.runner, "__exit__", None) if self.runner is not None else None
         if closer is not None:
             closer(None, None, None)
+        if self.opens is not None:
+            self.runner = None
+
+    def close(self) -> None:
+        """Drop what it kept and close the runner it wraps (``release``)."""
+        self._kept.clear()
+        self._bytes = 0
+        self.release()
 
     def _keep(self, key: str, outputs: dict[str, np.ndarray] | None, error: Exception | None) -> None:
         size = sum(np.asarray(v).nbytes for v in (outputs or {}).values())
@@ -331,11 +346,27 @@ class ReferenceRuns:
             return
         kept = {k: np.array(v, copy=True) for k, v in outputs.items()} if outputs is not None else None
         if error is not None:  # a kept traceback would keep the failed forward pass's frames (and tensors) alive
-            error.__traceback__ = error.__context__ = error.__cause__ = None
+            error = _fresh(error)
         self._kept[key] = (kept, error, size)
         self._bytes += size
         while self._bytes > self.max_bytes and self._kept:
             self._bytes -= self._kept.popitem(last=False)[1][2]
+
+
+def _fresh(error: Exception) -> Exception:
+    """A copy of a kept reference failure, without traceback or chained exceptions, to raise again. Raising the kept
+    object itself would attach the raising frames to it (``__traceback__``) — the verification's runners among their
+    locals — and, the kept error living as long as its ReferenceRuns, keep an onnxruntime session and its thread
+    pool alive across the export ladder's next fork, where the forked worker can deadlock on a lock one of those
+    threads held (seen: an attempt worker stuck importing a module)."""
+    import copy
+
+    try:
+        fresh = copy.copy(error)
+    except Exception:  # noqa: BLE001  an exception type that cannot be copied: the same words, a plain error
+        fresh = RuntimeError(str(error))
+    fresh.__traceback__ = fresh.__context__ = fresh.__cause__ = None
+    return fresh
 
 
 def feed_digest(feed: dict[str, np.ndarray]) -> str:
