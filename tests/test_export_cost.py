@@ -179,3 +179,38 @@ def _judged_twice(prepared, path, config, runs):
     assert [(c.label, c.passed) for c in again.cases] == [(c.label, c.passed) for c in first.cases]
     assert again.claimed_dims(prepared.dims)["B"] == first.claimed_dims(prepared.dims)["B"]
 
+
+
+def test_no_feed_runs_twice_in_one_runtime_across_the_quick_check_the_audit_and_the_proof(tmp_path, monkeypatch):
+    """Issue 25: the winner's quick check, its proof and a second judgment share their outputs — PyTorch's for the
+    whole ladder (``Prepared.reference_runs``), onnxruntime's per judged file (``verify.api.ort_runs``) — so no feed
+    runs twice in PyTorch, nor twice in onnxruntime on the same file (a ViT-B ran its traced-size feeds three
+    times); and the proof still ran every size it claims."""
+    from collections import Counter
+
+    from helpers import tiny_config, tiny_loaded
+
+    from onnxgate.runtimes.ort import OrtRunner
+    from onnxgate.runtimes.torch_runner import TorchRunner
+    from onnxgate.verify.parity import feed_digest
+
+    torch_runs, ort_runs = Counter(), Counter()
+    torch_run, ort_run = TorchRunner.run, OrtRunner.run
+
+    def count_torch(self, feed):
+        torch_runs[feed_digest(feed)] += 1
+        return torch_run(self, feed)
+
+    def count_ort(self, feed):
+        ort_runs[(tuple(self.output_names), feed_digest(feed))] += 1  # the shape audit's probe has more outputs
+        return ort_run(self, feed)
+
+    monkeypatch.setattr(TorchRunner, "run", count_torch)
+    monkeypatch.setattr(OrtRunner, "run", count_ort)
+    result = onnxgate.export(tiny_loaded().module, tmp_path / "tiny.onnx", config=tiny_config())
+    assert result.ok
+    assert torch_runs and max(torch_runs.values()) == 1, torch_runs.most_common(3)
+    # the quick check's session and the proof's (reopened after the audit) never run the same feed twice
+    assert ort_runs and max(ort_runs.values()) == 1, ort_runs.most_common(3)
+    proven = result.attempts[result.winner].parity
+    assert sorted({c.sizes["B"] for c in proven.cases if c.passed}) == [1, 2, 3, 7, 8]
