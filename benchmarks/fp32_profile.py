@@ -39,8 +39,8 @@ def feeds(name: str) -> dict[str, np.ndarray]:
     return {"x": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}
 
 
-def median_ms(fn, runs: int) -> float:
-    for _ in range(3):
+def median_ms(fn, runs: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
         fn()
     times = []
     for _ in range(runs):

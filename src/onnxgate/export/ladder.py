@@ -233,12 +233,9 @@ def _judge(prepared: Prepared, attempt: Attempt, path: Path, allow_static: tuple
     if candidate is None:
         from ..verify.api import ort_runs
 
-        candidate = ort_runs(path)
-        try:
-            return _judge(prepared, attempt, path, allow_static, traced_branches, candidate,
-                          pinned_opset=pinned_opset, targets=targets)
-        finally:
-            candidate.close()
+        with contextlib.closing(ort_runs(path)) as own:
+            return _judge(prepared, attempt, path, allow_static, traced_branches, own, pinned_opset=pinned_opset,
+                          targets=targets)
     from ..verify.parity import static_dims_in_graph, verify_parity
 
     structure = check_structure(path)

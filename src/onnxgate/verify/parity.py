@@ -327,7 +327,7 @@ class ReferenceRuns:
 
     def release(self) -> None:
         """Close the runner it wraps (an onnxruntime session and its threads), keep the outputs; a later feed not
-        kept opens it again (``opens``). A runner given without ``opens`` cannot be opened again: only dropped."""
+        kept opens it again (``opens``). A runner given without ``opens`` is closed for good."""
         closer = getattr(self.runner, "__exit__", None) if self.runner is not None else None
         if closer is not None:
             closer(None, None, None)
